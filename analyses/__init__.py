@@ -1,0 +1,1 @@
+"""Measurements on top of `probe`: patching, circuits, depth, neurons, generation, comparison."""

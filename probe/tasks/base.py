@@ -1,0 +1,236 @@
+"""Task examples and how they become model inputs.
+
+A task is a seeded generator of `Example`s. An example is text, not tokens: the in-place layout
+`prompt + answer + suffix` (the suffix is empty except for infilling-style tasks), a corrupted
+version with the same shape, the strings whose first token counts as a correct (or counterfactual)
+answer, and an exact checker for generated answers.
+
+`render` turns an example into token ids for one reading mode:
+
+- "ar": the model reads after the prompt. Input = tokens of `ar_prompt` (the prompt, or a
+  task-specific AR form that states the suffix first, for infilling); the first answer token is
+  predicted at the last prompt position.
+- "mdm": the answer span is replaced by mask tokens in place, the suffix follows, and each answer
+  token is read where the checkpoint's shift says (`conversion.metadata.read_positions`).
+
+Clean and corrupted renderings always have identical length and identical mask layout; a tokenizer
+that breaks this raises `TaskError` naming the example, rather than yielding misaligned pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import torch
+
+from conversion.errors import TaskError
+from conversion.metadata import read_positions
+
+Mode = Literal["ar", "mdm"]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One task instance as text.
+
+    prompt / answer / suffix: the in-place layout; the full text is prompt + answer + suffix.
+    corrupted_prompt / corrupted_suffix: the counterfactual input, same token length as the clean.
+    correct: strings whose first token is a correct first answer token (default: (answer,)).
+    counterfactual: strings whose first token is the answer the corrupted input points to.
+    ar_prompt / corrupted_ar_prompt: the AR reading's prompt when it differs from `prompt`
+        (infilling puts the whole sentence, blank included, before the answer).
+    meta: task-specific fields the checker needs (numbers and target of a Countdown, ...).
+    """
+
+    task: str
+    prompt: str
+    answer: str
+    corrupted_prompt: str
+    suffix: str = ""
+    corrupted_suffix: str = ""
+    correct: tuple[str, ...] = ()
+    counterfactual: tuple[str, ...] = ()
+    ar_prompt: str | None = None
+    corrupted_ar_prompt: str | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        """The clean in-place text (what a model trained on this task sees)."""
+        return self.prompt + self.answer + self.suffix
+
+    @property
+    def ar_text(self) -> str:
+        """The clean text in AR reading order."""
+        return (self.ar_prompt if self.ar_prompt is not None else self.prompt) + self.answer
+
+
+class Tokenizer(Protocol):
+    def __call__(self, text: str, add_special_tokens: bool = ...) -> Any: ...
+
+
+@dataclass
+class Rendered:
+    """Token ids of one example, clean and corrupted, for one reading mode.
+
+    input_ids / corrupted_ids: [T] each, same length, same mask layout.
+    answer_positions: [n] positions of the answer tokens (mask positions in "mdm"; in "ar" the
+        positions the answer would occupy after the prompt, possibly past the end of input_ids).
+    read_positions: [n] logit positions predicting each answer token.
+    answer_ids: [n] the reference answer's token ids.
+    correct_ids / counterfactual_ids: candidate first-answer-token ids for logit-difference metrics.
+    """
+
+    example: Example
+    mode: Mode
+    input_ids: torch.Tensor
+    corrupted_ids: torch.Tensor
+    answer_positions: torch.Tensor
+    read_positions: torch.Tensor
+    answer_ids: torch.Tensor
+    correct_ids: torch.Tensor
+    counterfactual_ids: torch.Tensor
+
+
+def _encode(tokenizer: Tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def _continuation_ids(tokenizer: Tokenizer, prompt: str, continuation: str, what: str) -> list[int]:
+    """Ids of `continuation` as it tokenises after `prompt` (the prompt's ids must be a prefix)."""
+    head = _encode(tokenizer, prompt)
+    full = _encode(tokenizer, prompt + continuation)
+    if full[: len(head)] != head:
+        raise TaskError(
+            f"the tokenizer merges the {what} into the prompt's last token ({prompt!r} + "
+            f"{continuation!r}); give the {what} a leading space or choose another template."
+        )
+    return full[len(head) :]
+
+
+def first_token_ids(tokenizer: Tokenizer, prompt: str, candidates: Iterable[str]) -> list[int]:
+    """The first token id of each candidate continuation of `prompt` (deduplicated, in order)."""
+    out: list[int] = []
+    for cand in candidates:
+        ids = _continuation_ids(tokenizer, prompt, cand, "answer")
+        if ids and ids[0] not in out:
+            out.append(ids[0])
+    return out
+
+
+def render(
+    example: Example,
+    tokenizer: Tokenizer,
+    mode: Mode = "ar",
+    *,
+    shift: bool = True,
+    mask_id: int | None = None,
+) -> Rendered:
+    """Token ids for `example` in reading `mode` (see the module docstring).
+
+    For "mdm" pass the checkpoint's `mask_id` and `shift` (from its `ModelMeta`).
+    Raises TaskError if clean and corrupted inputs do not tokenise to the same length.
+    """
+    if mode not in ("ar", "mdm"):
+        raise TaskError(f"unknown reading mode {mode!r}; use 'ar' or 'mdm'.")
+    ex = example
+    clean_prompt = ex.ar_prompt if (mode == "ar" and ex.ar_prompt is not None) else ex.prompt
+    corrupt_prompt = (
+        ex.corrupted_ar_prompt
+        if (mode == "ar" and ex.corrupted_ar_prompt is not None)
+        else ex.corrupted_prompt
+    )
+    p_clean = _encode(tokenizer, clean_prompt)
+    p_corrupt = _encode(tokenizer, corrupt_prompt)
+    if len(p_clean) != len(p_corrupt):
+        raise TaskError(
+            f"{ex.task}: clean prompt {clean_prompt!r} is {len(p_clean)} tokens but corrupted "
+            f"{corrupt_prompt!r} is {len(p_corrupt)}; this tokenizer splits the substituted words "
+            "differently. Filter such examples (see Task.generate_aligned) or change the word lists."
+        )
+    answer_ids = _continuation_ids(tokenizer, clean_prompt, ex.answer, "answer")
+    if not answer_ids:
+        raise TaskError(f"{ex.task}: the answer {ex.answer!r} tokenises to nothing.")
+    n = len(answer_ids)
+    correct = first_token_ids(tokenizer, clean_prompt, ex.correct or (ex.answer,))
+    counter = first_token_ids(tokenizer, clean_prompt, ex.counterfactual)
+    P = len(p_clean)
+    positions = torch.arange(P, P + n)
+    if mode == "ar":
+        ids, cids = p_clean, p_corrupt
+        reads = read_positions(positions, True)
+    else:
+        if mask_id is None:
+            raise TaskError("MDM rendering needs the checkpoint's mask_id (ModelMeta.mask_id).")
+        s_clean = _continuation_ids(tokenizer, ex.prompt + ex.answer, ex.suffix, "suffix") if ex.suffix else []
+        s_corrupt = (
+            _continuation_ids(tokenizer, ex.corrupted_prompt + ex.answer, ex.corrupted_suffix or ex.suffix, "suffix")
+            if ex.suffix
+            else []
+        )
+        if len(s_clean) != len(s_corrupt):
+            raise TaskError(
+                f"{ex.task}: clean suffix {ex.suffix!r} and corrupted suffix "
+                f"{ex.corrupted_suffix!r} tokenise to different lengths; change the word lists."
+            )
+        ids = p_clean + [mask_id] * n + s_clean
+        cids = p_corrupt + [mask_id] * n + s_corrupt
+        reads = read_positions(positions, shift)
+    return Rendered(
+        example=ex,
+        mode=mode,
+        input_ids=torch.tensor(ids, dtype=torch.long),
+        corrupted_ids=torch.tensor(cids, dtype=torch.long),
+        answer_positions=positions,
+        read_positions=reads,
+        answer_ids=torch.tensor(answer_ids, dtype=torch.long),
+        correct_ids=torch.tensor(correct, dtype=torch.long),
+        counterfactual_ids=torch.tensor(counter, dtype=torch.long),
+    )
+
+
+@dataclass
+class Batch:
+    """Right-padded batch of renderings. Shapes: input_ids/corrupted_ids/attention_mask [B, T]."""
+
+    input_ids: torch.Tensor
+    corrupted_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    items: list[Rendered]
+
+
+def collate(items: Sequence[Rendered], pad_id: int) -> Batch:
+    """Right-pad renderings into one batch. Positions stored in each item stay valid."""
+    if not items:
+        raise TaskError("cannot collate an empty list of examples.")
+    T = max(len(r.input_ids) for r in items)
+    B = len(items)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    cids = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    for b, r in enumerate(items):
+        n = len(r.input_ids)
+        ids[b, :n] = r.input_ids
+        cids[b, :n] = r.corrupted_ids
+        mask[b, :n] = 1
+    return Batch(ids, cids, mask, list(items))
+
+
+class Task(Protocol):
+    """A task suite: a seeded generator and an exact checker."""
+
+    name: str
+    kind: Literal["local", "global"]
+
+    def generate(self, n: int, seed: int = 0) -> list[Example]:
+        """n examples; the same seed gives the same list."""
+        ...
+
+    def check(self, example: Example, generated: str) -> bool:
+        """True if `generated` (the model's answer text) solves `example`."""
+        ...
+
+
+TaskFactory = Callable[..., Task]
