@@ -1,0 +1,509 @@
+"""The post-training loop that turns an AR checkpoint into a masked diffusion LM.
+
+`train(TrainConfig(...))` loads the AR model (`checkpoints.load_ar`), gives it a mask token
+(`mdm.add_mask_token`), makes its attention bidirectional, packs the text (`data.pack`), and runs
+the diffusion objective (`objective.diffusion_loss`) with AdamW, warmup + cosine learning rate,
+gradient clipping and accumulation, on HF accelerate: the same code runs on one CPU/GPU process,
+or under `accelerate launch` with DDP or FSDP. (On a CPU-only machine, several processes are
+`ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ...`: gloo backend;
+`accelerate launch --cpu` alone starts a single process unless mpirun is configured.)
+
+Same numbers on any number of processes. `batch_size` is the GLOBAL number of sequences per
+optimizer step. Each step takes the next global batch from the data stream, draws the noise for
+the whole global batch from a generator seeded by (seed, step) on every process, and gives each
+(accumulation micro-step, process) its rows. Each shard's loss is scaled so that the summed
+gradient is exactly the gradient of the global loss (weighted CE sum / global eligible tokens).
+So one process with batch 8 and two processes with batch 8 compute the same update, up to float
+summation order.
+
+Exact resume. All randomness is a function of (seed, step[, process]): the data position is the
+step (`data.batches(start=step)`), the noise generator and the global torch RNG (dropout) are
+re-seeded every step, and the learning rate is a pure function of the step. A checkpoint therefore
+holds the weights, the optimizer state and the step; resuming reproduces the uninterrupted run
+bit for bit on the same machine. Checkpoints are written atomically (into a temporary folder,
+then renamed over the previous one), as safetensors + JSON (nothing is ever unpickled).
+
+Files under `out/`:
+    train.jsonl      one JSON object per logged step ({"kind": "train", "step", "loss", "acc",
+                     "masked", "lr", "grad_norm", "tokens_per_s", "tokens_seen"}) or evaluation
+                     ({"kind": "eval", "step", "loss", "ce@t", ...})
+    checkpoint/      the last good training state (model.safetensors, optimizer.safetensors,
+                     optimizer.json, state.json)
+    config.json, model.safetensors, tokenizer files, ar2mdm.json
+                     the final MDM: an HF folder (is_causal = False) loadable by
+                     AutoModelForCausalLM.from_pretrained or `mdm.load_mdm`.
+
+A NaN or infinite loss or gradient norm stops the run with `TrainingDiverged`; the last good
+checkpoint is left untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from conversion import data as data_mod
+from conversion.attention import make_bidirectional
+from conversion.checkpoints import load_ar
+from conversion.errors import UserError
+from conversion.mdm import add_mask_token, save_mdm
+from conversion.metadata import ModelMeta
+from conversion.objective import (
+    DiffusionOptions,
+    diffusion_loss,
+    draw_noise,
+    eligible_positions,
+    heldout_loss,
+)
+
+CHECKPOINT_DIR = "checkpoint"
+LOG_FILE = "train.jsonl"
+STATE_FORMAT = 1
+# Options that do not change the trajectory: they may differ between a run and its resume.
+RESUMABLE_CHANGES = {"steps", "out", "resume", "eval_every", "eval_blocks", "save_every", "log_every"}
+
+
+class TrainingDiverged(UserError):
+    """The loss or gradient became NaN/inf; the message says where and what to try."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a conversion run depends on.
+
+    model: AR source for `load_ar` (name, HF folder, .gguf). data: text source for
+    `data.load_texts` (corpus name, .txt/.jsonl/folder, or a list). out: output folder.
+    steps: optimizer steps. seq_len: tokens per block. batch_size: GLOBAL sequences per optimizer
+    step (divisible by grad_accum x processes). lr, weight_decay, adam_beta2: AdamW. warmup: linear
+    warmup steps, then cosine decay to min_lr_ratio x lr. clip: max grad norm (0: off).
+    bf16: bf16 autocast of forward passes (weights and optimizer stay fp32). seed: data order,
+    noise, dropout.
+    noise / schedule / weighting / antithetic / attention / shift: the objective
+    (`objective.DiffusionOptions`). mask_token: "add" (new <|mask|> token) or an existing id.
+    sft: prompt-masked supervised data (not yet available from `conversion.data`).
+    held_out: fraction of documents held out. eval_every: held-out eval period in steps, plus
+    one at the end (0: no evaluation). eval_blocks: held-out blocks used. save_every: checkpoint
+    period in steps, plus one at the end (0: no checkpoints, so no resume). log_every: JSONL log
+    period. resume: continue from out/checkpoint (same options; `steps` may grow).
+    trust_remote_code: passed to `load_ar`.
+    """
+
+    model: str
+    data: str | list[str]
+    out: str
+    steps: int = 100
+    seq_len: int = 128
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    adam_beta2: float = 0.95
+    warmup: int = 0
+    min_lr_ratio: float = 0.1
+    clip: float = 1.0
+    bf16: bool = False
+    seed: int = 0
+    noise: str = "absorbing"
+    schedule: str = "linear"
+    weighting: str = "elbo"
+    antithetic: bool = True
+    attention: str = "bidirectional"
+    shift: bool = True
+    mask_token: str = "add"
+    sft: bool = False
+    held_out: float = 0.02
+    eval_every: int = 0
+    eval_blocks: int = 64
+    save_every: int = 0
+    log_every: int = 1
+    resume: bool = False
+    trust_remote_code: bool = False
+
+    def options(self) -> DiffusionOptions:
+        return DiffusionOptions(
+            noise=self.noise,
+            schedule=self.schedule,
+            weighting=self.weighting,
+            shift=self.shift,
+            antithetic=self.antithetic,
+            attention=self.attention,
+        ).checked()
+
+    def validate(self, world_size: int = 1) -> None:
+        """Raise UserError naming the first bad option."""
+        for name in ("steps", "seq_len", "batch_size", "grad_accum", "log_every", "eval_blocks"):
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        for name in ("warmup", "eval_every", "save_every"):
+            if int(getattr(self, name)) < 0:
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.seq_len < 2:
+            raise UserError(f"seq_len must be >= 2, got {self.seq_len}.")
+        shard = self.grad_accum * world_size
+        if self.batch_size % shard:
+            raise UserError(
+                f"batch_size {self.batch_size} (global, per optimizer step) must be divisible by "
+                f"grad_accum x processes = {self.grad_accum} x {world_size}."
+            )
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"lr must be a positive number, got {self.lr}.")
+        if self.clip < 0 or not 0.0 <= self.min_lr_ratio <= 1.0 or not 0.0 < self.adam_beta2 < 1.0:
+            raise UserError("clip must be >= 0, min_lr_ratio in [0, 1], adam_beta2 in (0, 1).")
+        if self.sft:
+            raise UserError(
+                "sft=True needs prompt/answer examples with a prompt mask; conversion.data does not "
+                "provide them yet. Train on plain text (sft=False), or call objective.diffusion_loss "
+                "with prompt_mask yourself."
+            )
+        self.options()
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the output folder, steps and tokens done, last logged numbers.
+
+    history: the JSONL records of the run (main process only; empty on the others).
+    """
+
+    out: Path
+    steps: int
+    tokens_seen: int
+    final_loss: float
+    last_eval: dict[str, float] | None
+    meta: ModelMeta
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine decay."""
+    if cfg.warmup and step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
+
+
+def _seed(*parts: int) -> int:
+    """A well-mixed 32-bit seed from integer parts (so (seed, step) streams never overlap)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> TrainResult:
+    """Run (or resume) a conversion; return a `TrainResult`. See the module docstring.
+
+    on_step(n) is called on every process after n optimizer steps are done (and any checkpoint
+    of step n is written): a hook for progress reporting and tests.
+    """
+    # bf16 is our own autocast, not Accelerator(mixed_precision=...): accelerate's state is a
+    # process-wide singleton that refuses a second run with another precision (notebooks, tests).
+    accelerator = Accelerator()
+    world, rank = accelerator.num_processes, accelerator.process_index
+    cfg.validate(world)
+    opts = cfg.options()
+    out = Path(cfg.out)
+    ckpt_dir = out / CHECKPOINT_DIR
+    _check_out(out, cfg.resume)  # every process, so that all of them raise (no one waits forever)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".checkpoint-*"):  # temp folders of a save that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+    # Model, mask token, bidirectional attention.
+    loaded = load_ar(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    mask_id = add_mask_token(model, tokenizer, cfg.mask_token)
+    make_bidirectional(model)
+    vocab = len(tokenizer)  # uniform noise draws real tokenizer ids only
+    specials = tuple(tokenizer.all_special_ids)
+
+    # Data.
+    with accelerator.main_process_first():
+        packed = data_mod.pack(
+            data_mod.load_texts(cfg.data), tokenizer, seq_len=cfg.seq_len, held_out=cfg.held_out, seed=cfg.seed
+        )
+
+    start, tokens_seen, opt_state = 0, 0, None
+    if cfg.resume:
+        start, tokens_seen, opt_state = _load_checkpoint(ckpt_dir, model, cfg)
+    model.train()
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state)
+    log = _Log(out / LOG_FILE, keep_until=start, enabled=accelerator.is_main_process)
+
+    device = accelerator.device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    micro = cfg.batch_size // cfg.grad_accum
+    local = micro // world
+    stream = data_mod.batches(packed.train, cfg.batch_size, seed=cfg.seed, start=start)
+    held = packed.held_out[: cfg.eval_blocks]
+    last_eval: dict[str, float] | None = None
+    final_loss = float("nan")
+    window_tokens, window_start = 0, time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=start, disable=not accelerator.is_main_process, desc="train")
+
+    for step in range(start, cfg.steps):
+        batch = next(stream).to(device)  # [batch_size, seq_len], the global batch
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        # Noise for the whole global batch, identical on every process; dropout per process.
+        gen = torch.Generator(device=device).manual_seed(_seed(cfg.seed, step))
+        draw = draw_noise(
+            batch, opts, mask_id=mask_id, vocab_size=vocab, step=step, generator=gen, exclude_ids=specials
+        )
+        n_global = eligible_positions(batch.shape, shift=opts.shift, device=device).sum()
+        torch.manual_seed(_seed(cfg.seed, step, rank))
+
+        sums = torch.zeros(3, device=device)  # weighted CE sum, masked, correct
+        for k in range(cfg.grad_accum):
+            rows = slice(k * micro + rank * local, k * micro + (rank + 1) * local)
+            sync = nullcontext() if k == cfg.grad_accum - 1 else accelerator.no_sync(model)
+            with sync:
+                with autocast:
+                    res = diffusion_loss(
+                        model, batch[rows], opts, mask_id=mask_id, step=step, draw=draw.rows(rows)
+                    )
+                # Sum of this shard's weighted CE over the GLOBAL token count; x world because
+                # DDP averages gradients over processes.
+                accelerator.backward(res.loss * res.n_tokens * world / n_global)
+            sums += torch.stack(
+                [(res.loss * res.n_tokens).detach(), res.n_masked.float(), res.n_correct.float()]
+            )
+        totals = accelerator.reduce(sums, reduction="sum")
+        loss = float(totals[0] / n_global)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(_diverged("loss", loss, step, ckpt_dir))
+        grad_norm = float("nan")
+        if cfg.clip > 0:
+            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.clip))
+            if not math.isfinite(grad_norm):
+                raise TrainingDiverged(_diverged("gradient norm", grad_norm, step, ckpt_dir))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        done = step + 1
+        tokens_seen += batch.numel()
+        window_tokens += batch.numel()
+        final_loss = loss
+        bar.update(1)
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            elapsed = time.perf_counter() - window_start
+            masked = float(totals[1])
+            log.write({
+                "kind": "train", "step": done, "loss": loss,
+                "acc": float(totals[2]) / masked if masked else float("nan"),
+                "masked": int(masked), "lr": lr, "grad_norm": grad_norm,
+                "tokens_per_s": window_tokens / elapsed if elapsed > 0 else float("nan"),
+                "tokens_seen": tokens_seen,
+            })
+            bar.set_postfix(loss=f"{loss:.3f}")
+            window_tokens, window_start = 0, time.perf_counter()
+        if cfg.eval_every and held.shape[0] and (done % cfg.eval_every == 0 or done == cfg.steps):
+            with autocast:
+                last_eval = heldout_loss(
+                    model, held.to(device), opts, mask_id=mask_id, seed=cfg.seed,
+                    batch_size=max(1, local), vocab_size=vocab,
+                )
+            log.write({"kind": "eval", "step": done, **last_eval})
+        if cfg.save_every and (done % cfg.save_every == 0 or done == cfg.steps):
+            _save_checkpoint(accelerator, model, optimizer, cfg, done, tokens_seen, ckpt_dir)
+        if on_step is not None:
+            on_step(done)
+    bar.close()
+
+    # Final MDM folder.
+    spec = opts.spec
+    meta = ModelMeta(
+        kind="mdm",
+        source=loaded.meta.source,
+        source_hash=loaded.meta.source_hash,
+        family=loaded.meta.family,
+        shift=cfg.shift,
+        mask_id=mask_id,
+        noise=cfg.noise,
+        schedule=cfg.schedule,
+        block_size=spec.block_sizes[0] if len(spec.block_sizes) == 1 else None,
+        extra={"steps": cfg.steps, "tokens_seen": tokens_seen, "processes": world, "options": cfg.to_json()},
+    )
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        save_mdm(accelerator.unwrap_model(model), tokenizer, meta, out, state_dict=state_dict)
+    accelerator.wait_for_everyone()
+    return TrainResult(
+        out=out, steps=cfg.steps, tokens_seen=tokens_seen, final_loss=final_loss, last_eval=last_eval,
+        meta=meta, history=log.history,
+    )
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+def _check_out(out: Path, resume: bool) -> None:
+    has_run = (out / CHECKPOINT_DIR).exists() or (out / LOG_FILE).exists()
+    if has_run and not resume:
+        raise UserError(
+            f"{out} already holds a training run; pass resume=True to continue it, or choose "
+            "another output folder."
+        )
+
+
+def _diverged(what: str, value: float, step: int, ckpt_dir: Path) -> str:
+    last = _checkpoint_to_read(ckpt_dir)
+    where = (
+        f"the last good checkpoint is {last} (step {json.loads((last / 'state.json').read_text())['step']})"
+        if last is not None
+        else "no checkpoint was written yet"
+    )
+    return (
+        f"training diverged: the {what} is {value} at step {step + 1}; {where}. Lower lr, raise "
+        "warmup, enable clip, or check the data."
+    )
+
+
+def _save_checkpoint(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    step: int,
+    tokens_seen: int,
+    ckpt_dir: Path,
+) -> None:
+    """Write model, optimizer and step into a temp folder, then swap it in (all processes call)."""
+    state_dict = accelerator.get_state_dict(model)  # every process: FSDP gathers shards
+    if accelerator.is_main_process:
+        tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=ckpt_dir.parent))
+        # Clones: tied weights share storage, which safetensors refuses; strict reload needs all keys.
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}, tmp / "model.safetensors")
+        tensors, meta = _flatten_optimizer(optimizer.state_dict())
+        save_file(tensors, tmp / "optimizer.safetensors")
+        (tmp / "optimizer.json").write_text(json.dumps(meta))
+        state = {"format": STATE_FORMAT, "step": step, "tokens_seen": tokens_seen, "config": cfg.to_json()}
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))  # last: marks completeness
+        _swap_in(tmp, ckpt_dir)
+    accelerator.wait_for_everyone()
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Replace `final` by `tmp`; at every instant `final` or `final.old` is a complete checkpoint."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _checkpoint_to_read(ckpt_dir: Path) -> Path | None:
+    for folder in (ckpt_dir, ckpt_dir.with_name(ckpt_dir.name + ".old")):
+        if (folder / "state.json").is_file():
+            return folder
+    return None
+
+
+def _load_checkpoint(
+    ckpt_dir: Path, model: torch.nn.Module, cfg: TrainConfig
+) -> tuple[int, int, dict[str, Any] | None]:
+    """Load weights into `model`; return (step, tokens_seen, optimizer state dict)."""
+    folder = _checkpoint_to_read(ckpt_dir)
+    if folder is None:
+        raise UserError(
+            f"resume=True but {ckpt_dir} holds no complete checkpoint; run without resume (and "
+            "set save_every to write checkpoints)."
+        )
+    state = json.loads((folder / "state.json").read_text())
+    if state.get("format") != STATE_FORMAT:
+        raise UserError(f"{folder} was written by another ar2mdm version (format {state.get('format')}).")
+    saved, now = state["config"], cfg.to_json()
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if changed:
+        raise UserError(
+            f"cannot resume {folder}: options {changed} differ from the checkpoint's "
+            f"({', '.join(f'{k}={saved.get(k)!r}' for k in changed)}); resume with the same options."
+        )
+    weights = load_file(folder / "model.safetensors")
+    model.load_state_dict(weights, strict=True)
+    tensors = load_file(folder / "optimizer.safetensors")
+    opt_state = _unflatten_optimizer(tensors, json.loads((folder / "optimizer.json").read_text()))
+    return int(state["step"]), int(state["tokens_seen"]), opt_state
+
+
+def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into tensors (for safetensors) and JSON-able rest."""
+    tensors: dict[str, torch.Tensor] = {}
+    rest: dict[str, dict[str, Any]] = {}
+    for pid, entry in state_dict["state"].items():
+        rest[str(pid)] = {}
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous().clone()
+            else:
+                rest[str(pid)][key] = value
+    return tensors, {"state": rest, "param_groups": state_dict["param_groups"]}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {int(pid): dict(rest) for pid, rest in meta["state"].items()}
+    for name, value in tensors.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    groups = []
+    for group in meta["param_groups"]:
+        group = dict(group)
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+        groups.append(group)
+    return {"state": state, "param_groups": groups}
+
+
+class _Log:
+    """Append-only JSONL log on the main process; on resume, drops lines past the checkpoint."""
+
+    def __init__(self, path: Path, *, keep_until: int, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+        self.history: list[dict[str, Any]] = []
+        if not enabled:
+            return
+        if path.exists():
+            kept = [
+                line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= keep_until
+            ]
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, path)
+            self.history = [json.loads(line) for line in kept]
+        elif keep_until == 0:
+            path.write_text("")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.history.append(record)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+

@@ -1,0 +1,236 @@
+"""The conversion loop: outputs, mask token, exact resume after SIGKILL, divergence, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import WORDS, build_tiny_model
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from conversion.errors import UserError
+from conversion.mdm import MASK_TOKEN, add_mask_token, load_mdm
+from conversion.metadata import ModelMeta
+from conversion.train import TrainConfig, TrainingDiverged, lr_at, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TrainConfig:
+    """A tiny llama, a 24-document corpus, and a 6-step config writing under tmp_path."""
+    monkeypatch.setenv("AR2MDM_CACHE", str(tmp_path / "cache"))
+    model = build_tiny_model("llama", tmp_path / "ar")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rng = random.Random(0)
+    for i in range(24):
+        (corpus / f"doc{i:02d}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(40)))
+    return TrainConfig(
+        model=str(model), data=str(corpus), out=str(tmp_path / "run"), steps=6, seq_len=16,
+        batch_size=4, lr=3e-3, warmup=2, held_out=0.2, eval_blocks=4, seed=1,
+    )
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def log_lines(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()]
+
+
+def test_lr_schedule() -> None:
+    cfg = TrainConfig(model="m", data="d", out="o", steps=10, lr=1.0, warmup=2, min_lr_ratio=0.0)
+    lrs = [lr_at(s, cfg) for s in range(10)]
+    assert lrs[:2] == [0.5, 1.0]
+    assert lrs[2] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:], strict=False))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_add_mask_token_uses_mean_rows(tmp_path: Path, family: str) -> None:
+    from conversion.checkpoints import load_ar
+
+    loaded = load_ar(build_tiny_model(family, tmp_path / family))
+    model, tok = loaded.model, loaded.tokenizer
+    emb = model.get_input_embeddings().weight.detach().clone()
+    head = model.get_output_embeddings().weight.detach().clone()
+    tied = model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    mask_id = add_mask_token(model, tok, "add")
+    assert tok.convert_ids_to_tokens(mask_id) == MASK_TOKEN
+    assert mask_id == emb.shape[0]
+    torch.testing.assert_close(model.get_input_embeddings().weight[mask_id], emb.mean(0))
+    if not tied:
+        torch.testing.assert_close(model.get_output_embeddings().weight[mask_id], head.mean(0))
+    torch.testing.assert_close(model.get_input_embeddings().weight[:mask_id], emb)  # old rows kept
+    assert add_mask_token(model, tok, "3") == 3
+    with pytest.raises(UserError, match="outside"):
+        add_mask_token(model, tok, str(10**6))
+    with pytest.raises(UserError, match="neither"):
+        add_mask_token(model, tok, "mask")
+
+
+def test_train_writes_loadable_mdm(setup: TrainConfig) -> None:
+    cfg = replace(setup, eval_every=3, log_every=2, attention="anneal:3", weighting="cart")
+    result = train(cfg)
+    out = Path(cfg.out)
+    assert result.steps == 6 and result.tokens_seen == 6 * 4 * 16
+    lines = log_lines(out)
+    assert [r["step"] for r in lines if r["kind"] == "train"] == [2, 4, 6]
+    assert [r["step"] for r in lines if r["kind"] == "eval"] == [3, 6]
+    assert {"loss", "acc", "masked", "lr", "tokens_per_s", "grad_norm", "tokens_seen"} <= set(lines[0])
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.is_causal is False
+    loaded = load_mdm(out)
+    meta = ModelMeta.load(out)
+    assert loaded.meta == meta and meta.kind == "mdm" and meta.shift is True
+    assert meta.mask_id == loaded.tokenizer.convert_tokens_to_ids(MASK_TOKEN)
+    assert meta.extra["steps"] == 6 and meta.extra["options"]["attention"] == "anneal:3"
+    for name, value in weights(out).items():
+        torch.testing.assert_close(loaded.model.state_dict()[name], value)
+    assert result.last_eval is not None and set(result.last_eval) >= {"loss", "ce@0.5"}
+    with pytest.raises(UserError, match="resume"):
+        train(cfg)  # the folder holds a run
+
+
+def test_grad_accum_gives_the_same_update(setup: TrainConfig, tmp_path: Path) -> None:
+    a = train(replace(setup, steps=3, out=str(tmp_path / "a")))
+    b = train(replace(setup, steps=3, out=str(tmp_path / "b"), grad_accum=2))
+    wa, wb = weights(a.out), weights(b.out)
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=1e-4, atol=1e-6)
+
+
+def _script(tmp_path: Path, cfg: TrainConfig, kill_at: int | None) -> Path:
+    script = tmp_path / "run_train.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, os, signal, sys
+        sys.path.insert(0, {str(REPO)!r})
+        from conversion.train import TrainConfig, train
+        cfg = TrainConfig(**json.loads({json.dumps(json.dumps(asdict(cfg)))}))
+        kill_at = {kill_at!r}
+        def hook(done):
+            if kill_at is not None and done == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+        train(cfg, on_step=hook)
+    """))
+    return script
+
+
+def test_resume_after_sigkill_is_exact(setup: TrainConfig, tmp_path: Path) -> None:
+    cfg = replace(setup, steps=8, save_every=2, eval_every=4)
+    killed = replace(cfg, out=str(tmp_path / "killed"))
+    proc = subprocess.run([sys.executable, str(_script(tmp_path, killed, kill_at=5))], env=os.environ.copy(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    state = json.loads((Path(killed.out) / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 4
+    assert not (Path(killed.out) / "ar2mdm.json").exists()
+    assert max(r["step"] for r in log_lines(Path(killed.out))) == 5  # step 5 was logged, then lost
+
+    resumed = train(replace(killed, resume=True))
+    straight = train(replace(cfg, out=str(tmp_path / "straight")))
+    wr, ws = weights(resumed.out), weights(straight.out)
+    assert wr.keys() == ws.keys()
+    for name in ws:
+        assert torch.equal(wr[name], ws[name]), name
+    def timeless(folder: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in log_lines(folder)]
+
+    assert timeless(resumed.out) == timeless(straight.out)  # log truncated to step 4, then continued
+
+
+def test_resume_rejects_changed_options(setup: TrainConfig) -> None:
+    train(replace(setup, steps=2, save_every=2))
+    with pytest.raises(UserError, match="lr"):
+        train(replace(setup, steps=4, save_every=2, resume=True, lr=1.0))
+    more = train(replace(setup, steps=4, save_every=2, resume=True))  # steps may grow
+    assert more.steps == 4
+
+
+def test_resume_without_checkpoint_is_a_user_error(setup: TrainConfig) -> None:
+    with pytest.raises(UserError, match="no complete checkpoint"):
+        train(replace(setup, resume=True))
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(setup: TrainConfig) -> None:
+    cfg = replace(setup, steps=6, lr=1e30, warmup=0, clip=0.0, save_every=1)
+    with pytest.raises(TrainingDiverged, match="diverged.*last good checkpoint") as err:
+        train(cfg)
+    assert "lr" in str(err.value)
+    ckpt = Path(cfg.out) / "checkpoint"
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] >= 1
+    assert all(torch.isfinite(v).all() for v in weights(ckpt).values())
+
+
+def test_bad_config_is_a_user_error(setup: TrainConfig) -> None:
+    for bad in ({"batch_size": 3, "grad_accum": 2}, {"steps": 0}, {"sft": True}, {"attention": "causal"},
+                {"lr": float("nan")}):
+        with pytest.raises(UserError):
+            train(replace(setup, **bad))
+
+
+def test_ddp_two_processes_match_one(setup: TrainConfig, tmp_path: Path) -> None:
+    """DDP over 2 CPU processes (gloo) equals one process with the same global batch.
+
+    `accelerate launch --cpu` alone starts ONE process unless mpirun is set up; a CPU-only
+    multi-process run is `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2`.
+    """
+    if shutil.which("accelerate") is None and not (Path(sys.executable).parent / "accelerate").exists():
+        pytest.skip("accelerate CLI not installed")
+    cfg = replace(setup, steps=3, grad_accum=2, batch_size=8)  # 2 processes x 2 micro-steps x 2 rows
+    two = replace(cfg, out=str(tmp_path / "ddp"))
+    launcher = str(Path(sys.executable).parent / "accelerate")
+    proc = subprocess.run(
+        [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", str(_script(tmp_path, two, None))],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"},
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ModelMeta.load(two.out).extra["processes"] == 2
+    one = train(replace(cfg, out=str(tmp_path / "one")))
+    w1, w2 = weights(one.out), weights(Path(two.out))
+    # Gradients differ only in float summation order; Adam divides by sqrt(v), so an element whose
+    # gradient is ~0 can move by a visible fraction of lr (3e-3): allow 1e-5 absolute.
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-5)
+    l1 = [r["loss"] for r in log_lines(one.out) if r["kind"] == "train"]
+    l2 = [r["loss"] for r in log_lines(Path(two.out)) if r["kind"] == "train"]
+    assert l1 == pytest.approx(l2, rel=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["block:4", "anneal:2", "bidirectional"])
+def test_bf16_autocast_runs(setup: TrainConfig, attention: str) -> None:
+    result = train(replace(setup, steps=2, bf16=True, attention=attention, shift=attention != "block:4"))
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history if r["kind"] == "train")
+    assert next(iter(weights(result.out).values())).dtype == torch.float32  # fp32 master weights
+    fp32 = train(replace(setup, steps=1, attention=attention, shift=attention != "block:4",
+                         out=str(Path(setup.out).with_name("fp32"))))
+    assert result.history[0]["loss"] != fp32.history[0]["loss"]  # autocast really was on
+    assert result.history[0]["loss"] == pytest.approx(fp32.history[0]["loss"], rel=0.05)
+
+
+def test_resume_survives_a_save_killed_between_renames(setup: TrainConfig) -> None:
+    """A save killed after moving checkpoint/ aside leaves checkpoint.old/ (and a temp folder)."""
+    cfg = replace(setup, steps=2, save_every=2)
+    train(cfg)
+    out = Path(cfg.out)
+    os.replace(out / "checkpoint", out / "checkpoint.old")
+    (out / ".checkpoint-junk").mkdir()
+    result = train(replace(cfg, steps=4, resume=True))
+    assert result.steps == 4
+    assert not (out / ".checkpoint-junk").exists()
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 4
