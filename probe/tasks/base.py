@@ -15,10 +15,15 @@ answer, and an exact checker for generated answers.
 
 Clean and corrupted renderings always have identical length and identical mask layout; a tokenizer
 that breaks this raises `TaskError` naming the example, rather than yielding misaligned pairs.
+`generate_aligned` keeps drawing examples until it has n that render cleanly in both modes under a
+given tokenizer (and whose correct and counterfactual first tokens differ, so a logit difference
+means something). `BaseTask` is the shared implementation the built-in suites inherit.
 """
 
 from __future__ import annotations
 
+import random
+import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -234,3 +239,175 @@ class Task(Protocol):
 
 
 TaskFactory = Callable[..., Task]
+
+
+# --- shared machinery for task suites -------------------------------------------------------------
+
+ALL_MODES: tuple[Mode, ...] = ("ar", "mdm")
+
+
+def _probe_mask_id(tokenizer: Tokenizer) -> int:
+    """A stand-in mask id for alignment checks: only lengths and layout matter there."""
+    mid = getattr(tokenizer, "mask_token_id", None)
+    return int(mid) if mid is not None else 0
+
+
+def check_alignment(
+    example: Example,
+    tokenizer: Tokenizer,
+    *,
+    modes: Sequence[Mode] = ALL_MODES,
+    mask_id: int | None = None,
+) -> None:
+    """Raise TaskError unless `example` is usable under `tokenizer` in every reading mode.
+
+    Usable means: `render` succeeds (clean and corrupted have the same length and mask layout), the
+    correct first-token set is non-empty, and it shares no id with the counterfactual set (a shared
+    id would make the logit difference meaningless).
+    """
+    mid = _probe_mask_id(tokenizer) if mask_id is None else mask_id
+    for mode in modes:
+        r = render(example, tokenizer, mode, mask_id=mid)
+        if len(r.correct_ids) == 0:
+            raise TaskError(f"{example.task}: no correct first token for {example.answer!r}.")
+        shared = set(r.correct_ids.tolist()) & set(r.counterfactual_ids.tolist())
+        if shared:
+            raise TaskError(
+                f"{example.task}: correct {example.correct or (example.answer,)!r} and "
+                f"counterfactual {example.counterfactual!r} share first token ids {sorted(shared)} "
+                f"in {mode!r} mode; the logit difference would be degenerate."
+            )
+
+
+def generate_aligned(
+    task: Task,
+    n: int,
+    tokenizer: Tokenizer,
+    seed: int = 0,
+    *,
+    modes: Sequence[Mode] = ALL_MODES,
+    mask_id: int | None = None,
+    max_attempts: int | None = None,
+) -> list[Example]:
+    """The first n examples of `task.generate(..., seed)` that pass `check_alignment`.
+
+    Deterministic for a given seed. Draws at most `max_attempts` candidates (default
+    max(200, 20 * n)) and raises TaskError, with the first rejection reason, if fewer than n align:
+    that means the tokenizer rejects almost everything and the word lists or format need changing.
+    """
+    if n < 0:
+        raise TaskError(f"n must be >= 0, got {n}.")
+    limit = max_attempts if max_attempts is not None else max(200, 20 * n)
+    m = min(limit, max(n, 16))
+    while True:
+        kept: list[Example] = []
+        first_error: str | None = None
+        candidates = task.generate(m, seed)
+        for ex in candidates:
+            try:
+                check_alignment(ex, tokenizer, modes=modes, mask_id=mask_id)
+            except TaskError as err:
+                first_error = first_error or str(err)
+                continue
+            kept.append(ex)
+            if len(kept) == n:
+                return kept
+        if m >= limit:
+            raise TaskError(
+                f"{task.name}: only {len(kept)} of {len(candidates)} generated examples render "
+                f"aligned under this tokenizer (needed {n}). First rejection: {first_error} "
+                "Use a tokenizer that keeps the task's words whole, or fewer examples."
+            )
+        m = min(limit, 2 * m)
+
+
+def single_token_words(tokenizer: Tokenizer, words: Iterable[str], *, context: str = "and") -> list[str]:
+    """The words that are exactly one known token when they follow `context` after a space.
+
+    Words are checked in context (" Mary" after "and"), the way they appear mid-sentence; a word
+    that maps to the tokenizer's unknown token does not count.
+    """
+    unk = getattr(tokenizer, "unk_token_id", None)
+    out: list[str] = []
+    for w in words:
+        try:
+            ids = _continuation_ids(tokenizer, context, " " + w, "word")
+        except TaskError:
+            continue
+        if len(ids) == 1 and ids[0] != unk:
+            out.append(w)
+    return out
+
+
+def space_is_own_token(tokenizer: Tokenizer, head: str, continuation: str) -> bool:
+    """True if `continuation` (starting with a space) tokenises after `head` with a bare-space
+    first token, as digit-splitting tokenizers do for " 3" (SmolLM2, Llama-3, Qwen)."""
+    try:
+        ids = _continuation_ids(tokenizer, head, continuation, "answer")
+    except TaskError:
+        return False
+    return bool(ids) and tokenizer.decode([ids[0]]).strip() == ""
+
+
+def first_word(text: str) -> str:
+    """The first whitespace-separated word of `text`, stripped of surrounding punctuation."""
+    parts = text.split()
+    return parts[0].strip(string.punctuation + "\u201c\u201d\u2018\u2019") if parts else ""
+
+
+class BaseTask:
+    """Shared implementation of the `Task` protocol.
+
+    Subclasses set `name` and `kind`, implement `_sample(rng)` (one example from a
+    `random.Random`) and `check`. `generate(n, seed)` draws n samples from `random.Random(seed)`,
+    so a longer list with the same seed starts with the shorter one. `tokenizer` is the tokenizer
+    the task was built for (word lists restricted to single tokens), or None for the full lists.
+    """
+
+    name: str = ""
+    kind: Literal["local", "global"] = "local"
+    tokenizer: Tokenizer | None = None
+
+    def _sample(self, rng: random.Random) -> Example:
+        raise NotImplementedError
+
+    def check(self, example: Example, generated: str) -> bool:
+        raise NotImplementedError
+
+    def generate(self, n: int, seed: int = 0) -> list[Example]:
+        """n examples; the same seed gives the same list (never touches the global RNG)."""
+        if n < 0:
+            raise TaskError(f"n must be >= 0, got {n}.")
+        rng = random.Random(seed)
+        return [self._sample(rng) for _ in range(n)]
+
+    def generate_aligned(
+        self,
+        n: int,
+        tokenizer: Tokenizer | None = None,
+        seed: int = 0,
+        *,
+        modes: Sequence[Mode] = ALL_MODES,
+        mask_id: int | None = None,
+        max_attempts: int | None = None,
+    ) -> list[Example]:
+        """n examples that render aligned under `tokenizer` (default: the task's own); see
+        the module-level `generate_aligned`."""
+        tok = tokenizer if tokenizer is not None else self.tokenizer
+        if tok is None:
+            raise TaskError(f"{self.name}: generate_aligned needs a tokenizer.")
+        return generate_aligned(
+            self, n, tok, seed, modes=modes, mask_id=mask_id, max_attempts=max_attempts
+        )
+
+    def _restrict(self, words: Sequence[str], what: str, minimum: int) -> tuple[str, ...]:
+        """`words` kept to single tokens under the task's tokenizer (all of them without one)."""
+        if self.tokenizer is None:
+            return tuple(words)
+        kept = single_token_words(self.tokenizer, words)
+        if len(kept) < minimum:
+            raise TaskError(
+                f"{self.name}: only {len(kept)} of {len(words)} {what} are single tokens under "
+                f"this tokenizer (need >= {minimum}): {kept[:10]}. Pass your own list of {what}."
+            )
+        return tuple(kept)

@@ -1,0 +1,100 @@
+"""Task suites: seeded generators of clean/corrupted example pairs with exact checkers.
+
+Locally causal tasks ("ioi", "greater_than", "induction") can be solved from tokens before the
+answer; global tasks ("countdown", "infilling", "sudoku") need the whole input (a goal, a suffix,
+a grid) to produce even the first answer token. The reference study found that an MDM converted
+from an ARM keeps the ARM's circuits on the first kind and rebuilds them on the second.
+
+    >>> from probe.tasks import get_task
+    >>> task = get_task("ioi")
+    >>> ex = task.generate(1, seed=0)[0]
+    >>> task.check(ex, ex.answer)
+    True
+
+`get_task(name, tokenizer)` restricts word lists to single tokens under that tokenizer;
+`task.generate_aligned(n)` then keeps examples whose clean and corrupted renderings align in both
+reading modes. `load_jsonl_task` reads a user task; `probe.tasks.evaluate` scores models.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from conversion.errors import TaskError
+from probe.tasks.base import (
+    BaseTask,
+    Batch,
+    Example,
+    Rendered,
+    Task,
+    TaskFactory,
+    Tokenizer,
+    check_alignment,
+    collate,
+    generate_aligned,
+    render,
+)
+from probe.tasks.countdown import CountdownTask
+from probe.tasks.greater_than import GreaterThanTask
+from probe.tasks.induction import InductionTask
+from probe.tasks.infilling import InfillingTask
+from probe.tasks.ioi import IOITask
+from probe.tasks.jsonl import JsonlTask, load_jsonl_task
+from probe.tasks.sudoku import SudokuTask
+
+TASKS: dict[str, TaskFactory] = {
+    "ioi": IOITask,
+    "greater_than": GreaterThanTask,
+    "induction": InductionTask,
+    "countdown": CountdownTask,
+    "infilling": InfillingTask,
+    "sudoku": SudokuTask,
+}
+LOCAL_TASKS: tuple[str, ...] = ("ioi", "greater_than", "induction")
+GLOBAL_TASKS: tuple[str, ...] = ("countdown", "infilling", "sudoku")
+
+
+def get_task(name: str, tokenizer: Tokenizer | None = None, **options: Any) -> Task:
+    """The task called `name`, built for `tokenizer` (None: full built-in word lists).
+
+    `options` are the task class's keyword options (e.g. `n_numbers=4` for countdown); an unknown
+    name or option raises TaskError listing what exists.
+    """
+    try:
+        factory = TASKS[name]
+    except KeyError:
+        raise TaskError(f"unknown task {name!r}; available: {', '.join(TASKS)}.") from None
+    params = inspect.signature(factory).parameters
+    accepted = [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TaskError(
+            f"task {name!r} has no option(s) {unknown}; its options are {accepted or 'none'}."
+        )
+    return factory(tokenizer, **options)
+
+
+__all__ = [
+    "GLOBAL_TASKS",
+    "LOCAL_TASKS",
+    "TASKS",
+    "BaseTask",
+    "Batch",
+    "CountdownTask",
+    "Example",
+    "GreaterThanTask",
+    "IOITask",
+    "InductionTask",
+    "InfillingTask",
+    "JsonlTask",
+    "Rendered",
+    "SudokuTask",
+    "Task",
+    "check_alignment",
+    "collate",
+    "generate_aligned",
+    "get_task",
+    "load_jsonl_task",
+    "render",
+]
