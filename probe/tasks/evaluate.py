@@ -224,3 +224,41 @@ def greedy_accuracy(
         limits = max_new_tokens
     texts = greedy_generate(model, tokenizer, prompts, limits, batch_size=batch_size)
     return sum(task.check(ex, t) for ex, t in zip(examples, texts, strict=True)) / len(examples)
+
+
+def mdm_fill_accuracy(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    task: Task,
+    examples: Sequence[Example],
+    meta: ModelMeta,
+    *,
+    steps: int | None = None,
+    batch_size: int = 16,
+) -> float:
+    """Fraction of `examples` an MDM solves by confidence-ordered filling of the answer span.
+
+    Each example is rendered in place ("mdm": prompt, masks of the reference answer's length,
+    suffix); the masks are filled with `conversion.sampling.confidence_fill` (one token per model
+    call unless `steps` says otherwise), the filled span is decoded and passed to `task.check`.
+    """
+    from conversion.sampling import confidence_fill
+
+    if not examples:
+        raise TaskError("mdm_fill_accuracy got no examples.")
+    if meta.kind != "mdm" or meta.mask_id is None:
+        raise TaskError("mdm_fill_accuracy needs an MDM checkpoint's metadata (kind 'mdm' with a mask_id).")
+    device = _device(model)
+    solved = 0
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        rendered = [render(ex, tokenizer, "mdm", shift=meta.shift, mask_id=meta.mask_id) for ex in chunk]
+        batch = collate(rendered, _pad_id(tokenizer))
+        filled, _ = confidence_fill(
+            model, batch.input_ids.to(device), batch.attention_mask.to(device),
+            mask_id=meta.mask_id, shift=meta.shift, steps=steps,
+        )
+        for row, r in enumerate(rendered):
+            answer = tokenizer.decode(filled[row, r.answer_positions].tolist())
+            solved += bool(task.check(r.example, answer))
+    return solved / len(examples)
