@@ -1,0 +1,642 @@
+"""The model organism: a small Llama trained from scratch on the task mixture, on a CPU.
+
+A converted 7B model is too big to study end to end on this hardware. The organism is the honest
+small-scale stand-in: a standard HF decoder (`LlamaForCausalLM`, so every backend, loader and
+converter treats it like any checkpoint) trained from random initialisation on the six task suites
+of `probe.tasks` until it solves the locally causal ones (IOI, Greater-Than, induction) and a good
+share of the global ones. `ar2mdm organism train` calls `train_organism` then `print_report`.
+
+How it is built, and why:
+
+1. Tokenizer (`build_tokenizer`). Byte-level BPE trained on task text with an unbounded vocabulary,
+   after a pre-tokenizer that cuts text into words (with their leading space), single digits,
+   single punctuation marks and whitespace. Training stops only when every pre-token of the
+   corpus is one token, so the result is in effect a word-level vocabulary ("ĠMary" is one token,
+   "12" is "1" "2", " 3*7" is "Ġ3" "*" "7") that still falls back to bytes for unseen text: any
+   string round-trips exactly (decode(encode(text)) == text), which Countdown's checker relies on.
+   Specials: <pad> <bos> <eos> <unk> and <mask>, the token a later MDM conversion masks with (its id
+   is also stored as `mask_token_id` in config.json). Encoding prepends <bos>.
+2. Model (`OrganismConfig`, `build_model`). LlamaConfig: RoPE, RMSNorm, SwiGLU, untied embeddings,
+   128 positions; default 3 layers, d_model 192, 6 heads of 32, MLP 512 (about 2M parameters).
+   Chosen by measuring (scripts/organism_curve.py, 28 configurations at an equal step count):
+   fp32 is the fast path on these CPUs (no native bf16: autocast to bf16 ran ~7x slower); 3 layers
+   learned IOI and induction in fewer steps than 2, 4 or 6; d_model 128 and 160 were faster per
+   step but learned induction far later, 256 was too slow per step; lr 1.5e-3 beat 1e-3 and 2e-3.
+3. Data (`MixtureStream`). An infinite, seeded stream: every batch holds a fixed number of
+   examples of each task (stratified, so each step sees every task). A training sequence is
+   `<bos> ar_text <eos>` (infilling in AR reading order, sentence first), plus the in-place infilling
+   text `<bos> prompt answer suffix <eos>` now and then, so the model is also an ordinary LM over
+   the layout an MDM will later fill in place. Sequences are right-padded: with causal attention
+   no real token ever attends to a pad, so no attention mask is needed. The mixture leans on the
+   slow learners (Countdown 30, IOI 12, induction 12 of 64 per batch); Greater-Than and infilling
+   are solved within ~200 steps and get 2 each, sudoku 6.
+4. Loss. Next-token cross-entropy over the whole sequence (the model stays an honest LM of the
+   task text, which the diffusion conversion needs), with answer tokens and the closing <eos>
+   weighted `answer_weight` (2) times more: the prompts are mostly random names and numbers that
+   no training makes predictable, and the answers are what we evaluate. Measured: weight 1 never
+   learned IOI in 1000 steps (one answer token per example drowns in the prompt loss); weights 4
+   and 8 learned induction later (the repeated half of an induction prompt is itself induction
+   training signal, which a large answer weight discounts); 2 was best on both.
+5. Held-out evaluation. Evaluation examples come from seeds the training stream never uses, and
+   for tasks with a large prompt space (IOI, induction, Countdown, sudoku) their prompts are
+   removed from the training stream, so every evaluated prompt is unseen. Greater-Than (120
+   distinct prompts) and infilling (190) have prompt pools too small for that: their held-out
+   examples are fresh draws whose prompts the model has seen, with freshly drawn reference answers.
+   Accuracy is greedy decoding checked by `task.check`; IOI also reports the mean logit
+   difference logit(IO) - logit(S).
+6. Training: AdamW, linear warmup then cosine decay, gradient clipping, 2 threads. `steps` gives
+   an exact run (same seed and steps -> identical weights); `minutes` gives a time budget, with the
+   learning-rate schedule driven by the elapsed fraction of it. The checkpoint is written into a
+   temporary sibling folder and moved into place, so a crash never leaves a half-written folder.
+
+    >>> report = train_organism(out=default_organism_dir(), minutes=10)   # doctest: +SKIP
+    >>> print_report(report)                                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from conversion._env import cache_dir
+from conversion.errors import UserError
+from probe.tasks import Example, Task, get_task
+from probe.tasks.evaluate import greedy_accuracy, logit_metrics
+
+PAD, BOS, EOS, UNK, MASK = "<pad>", "<bos>", "<eos>", "<unk>", "<mask>"
+SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK, MASK)
+
+# Words keep their leading space; digits and punctuation are single pre-tokens; a run of spaces
+# leaves its last space to the word after it (the GPT-2 convention).
+PRETOKEN_PATTERN = r" ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]|\s+(?!\S)|\s+"
+
+TASK_NAMES: tuple[str, ...] = ("ioi", "greater_than", "induction", "countdown", "infilling", "sudoku")
+
+# Options the organism's tasks are built with (train and eval). Countdown uses numbers 1..10 and
+# targets up to 100: three numbers and + - * as in the reference study, at a size a 10-minute
+# model can learn; the other tasks use their defaults. Pass the same options to `get_task` when
+# evaluating the organism elsewhere.
+TASK_OPTIONS: dict[str, dict[str, Any]] = {
+    "ioi": {},
+    "greater_than": {},
+    "induction": {},
+    "countdown": {"n_numbers": 3, "max_number": 10, "max_target": 100},
+    "infilling": {},
+    "sudoku": {},
+}
+
+# Tasks whose prompt space is large enough to hold evaluation prompts out of training.
+HOLDOUT_PROMPTS: frozenset[str] = frozenset({"ioi", "induction", "countdown", "sudoku"})
+
+TARGETS: dict[str, float] = {"ioi": 0.95, "greater_than": 0.95, "induction": 0.95, "countdown": 0.60}
+
+
+def default_organism_dir() -> Path:
+    """Where the toolkit looks for the organism: `cache_dir()/models/organism`."""
+    return cache_dir() / "models" / "organism"
+
+
+@dataclass
+class OrganismConfig:
+    """Everything that shapes an organism besides the seed and the length of training.
+
+    Model: d_model, n_layers, n_heads, n_kv_heads, d_mlp, max_positions.
+    Data: mixture (examples of each task per batch; their sum is the batch size),
+        infill_in_place (probability that an infilling example is given in place instead of in
+        AR order), answer_weight (loss weight of answer tokens and the final <eos>),
+        tokenizer_examples (examples per task the tokenizer is trained on).
+    Optimisation: lr, min_lr_ratio (cosine floor, as a fraction of lr), warmup (fraction of the
+        run), weight_decay, grad_clip, betas.
+    Evaluation: eval_examples (held-out examples per task at the end), eval_every (steps between
+        cheap periodic evaluations, 0 = never), periodic_examples (examples per task then).
+    threads: torch CPU threads (default $AR2MDM_THREADS, else 2). On a machine whose cores are
+        busy with other work, 1 is much faster than 2: OpenMP threads spin-wait for each other
+        (measured: 2 threads 4-20x slower than 1 under a load of ~5 on 2 cores). Runs are
+        bit-reproducible for a fixed seed, step count and thread count.
+    """
+
+    d_model: int = 192
+    n_layers: int = 3
+    n_heads: int = 6
+    n_kv_heads: int = 6
+    d_mlp: int = 512
+    max_positions: int = 128
+    mixture: dict[str, int] = field(
+        default_factory=lambda: {
+            "ioi": 12,
+            "greater_than": 2,
+            "induction": 12,
+            "countdown": 30,
+            "infilling": 2,
+            "sudoku": 6,
+        }
+    )
+    infill_in_place: float = 0.25
+    answer_weight: float = 2.0
+    tokenizer_examples: int = 500
+    lr: float = 1.5e-3
+    min_lr_ratio: float = 0.05
+    warmup: float = 0.03
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    eval_examples: int = 200
+    eval_every: int = 150
+    periodic_examples: int = 32
+    threads: int = field(default_factory=lambda: int(os.environ.get("AR2MDM_THREADS", "2")))
+
+    @property
+    def batch_size(self) -> int:
+        return sum(self.mixture.values())
+
+
+@dataclass
+class CurvePoint:
+    """Training loss (weighted, mean over the last logging window) at a step."""
+
+    step: int
+    loss: float
+    elapsed: float
+    lr: float
+
+
+@dataclass
+class OrganismReport:
+    """What a training run produced.
+
+    accuracy: held-out greedy accuracy per task (fraction of `eval_examples[task]` solved).
+    ioi_logit_diff: mean logit(IO) - logit(S) at the answer position over the IOI eval set.
+    curve: training loss over steps; evals: periodic held-out accuracies {"step", task: acc}.
+    tokens_seen: non-pad tokens trained on. train_seconds excludes evaluation; wall_seconds is
+    the whole call. targets: the accuracy each target task should reach, met: whether it did.
+    """
+
+    out: str
+    seed: int
+    steps: int
+    tokens_seen: int
+    train_seconds: float
+    wall_seconds: float
+    steps_per_second: float
+    accuracy: dict[str, float]
+    eval_examples: dict[str, int]
+    ioi_logit_diff: float
+    curve: list[CurvePoint]
+    evals: list[dict[str, float]]
+    config: dict[str, Any]
+    task_options: dict[str, dict[str, Any]]
+    mask_token_id: int
+    vocab_size: int
+    n_parameters: int
+    targets: dict[str, float] = field(default_factory=lambda: dict(TARGETS))
+
+    @property
+    def met(self) -> dict[str, bool]:
+        return {t: self.accuracy.get(t, 0.0) >= v for t, v in self.targets.items()}
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["met"] = self.met
+        return json.dumps(data, indent=2)
+
+
+# --- tokenizer ------------------------------------------------------------------------------------
+
+
+def example_texts(example: Example) -> list[str]:
+    """Every string of `example` a model or a metric may tokenise (clean, corrupted, candidates)."""
+    ex = example
+    texts = [ex.text, ex.ar_text, ex.corrupted_prompt + ex.answer + (ex.corrupted_suffix or ex.suffix)]
+    if ex.corrupted_ar_prompt is not None:
+        texts.append(ex.corrupted_ar_prompt + ex.answer)
+    texts += [ex.prompt + c for c in (*ex.correct, *ex.counterfactual)]
+    return texts
+
+
+def build_tokenizer(texts: Sequence[str]) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer in which every word, digit and mark of `texts` is one token.
+
+    Deterministic: the same texts (in any order) give the same vocabulary. See the module
+    docstring for the scheme.
+    """
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKEN_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1_000_000,  # a ceiling never reached: training stops when every pre-token is whole
+        min_frequency=0,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(sorted(set(texts)), trainer=trainer)
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        pad_token=PAD,
+        mask_token=MASK,
+        clean_up_tokenization_spaces=False,
+        model_max_length=10_000,
+    )
+
+
+def build_tasks(tokenizer: PreTrainedTokenizerFast | None = None) -> dict[str, Task]:
+    """The organism's six tasks with `TASK_OPTIONS` (full word lists when tokenizer is None)."""
+    return {name: get_task(name, tokenizer, **TASK_OPTIONS[name]) for name in TASK_NAMES}
+
+
+def organism_tokenizer(n_per_task: int = 500, seed: int = 0) -> PreTrainedTokenizerFast:
+    """The tokenizer trained on `n_per_task` examples of every task (full word lists)."""
+    texts: list[str] = []
+    for name, task in build_tasks(None).items():
+        for ex in task.generate(n_per_task, _seed("tokenizer", name, seed)):
+            texts += example_texts(ex)
+    return build_tokenizer(texts)
+
+
+# --- model ----------------------------------------------------------------------------------------
+
+
+def build_model(cfg: OrganismConfig, tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
+    """A randomly initialised Llama of size `cfg` over `tokenizer`'s vocabulary, seeded."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.d_mlp,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads,
+        max_position_embeddings=cfg.max_positions,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config.mask_token_id = tokenizer.mask_token_id
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+
+def _seed(*parts: object) -> int:
+    """A stable 32-bit seed from labelled parts (different labels never share a seed stream)."""
+    return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+def _prompt_key(example: Example) -> str:
+    return example.ar_prompt if example.ar_prompt is not None else example.prompt
+
+
+@dataclass
+class Batch:
+    """A right-padded training batch. input_ids/weights: [B, T]; weights is 0 on padding."""
+
+    input_ids: Int[Tensor, "batch pos"]
+    weights: Float[Tensor, "batch pos"]
+    n_tokens: int
+
+
+class MixtureStream:
+    """An infinite, seeded stream of training batches over the task mixture.
+
+    Batch i is a pure function of (seed, i): each task draws `cfg.mixture[task]` examples from its
+    own seed stream, skipping prompts in `exclude` (the held-out prompts).
+    """
+
+    def __init__(
+        self,
+        tasks: Mapping[str, Task],
+        tokenizer: PreTrainedTokenizerFast,
+        cfg: OrganismConfig,
+        seed: int,
+        exclude: Mapping[str, set[str]] | None = None,
+    ) -> None:
+        self.tasks = tasks
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.seed = seed
+        self.exclude = exclude or {}
+        self.rng = random.Random(_seed("layout", seed))
+        self._pools: dict[str, Iterator[Example]] = {
+            name: self._examples(name) for name in cfg.mixture if cfg.mixture[name] > 0
+        }
+
+    def _examples(self, name: str) -> Iterator[Example]:
+        chunk = 0
+        held_out = self.exclude.get(name, set())
+        while True:
+            for ex in self.tasks[name].generate(256, _seed("train", name, self.seed, chunk)):
+                if _prompt_key(ex) not in held_out:
+                    yield ex
+            chunk += 1
+
+    def _sequence(self, ex: Example) -> tuple[str, str, str]:
+        """(head, answer, tail): the text is head + answer + tail; the answer is weighted."""
+        if ex.suffix and self.rng.random() < self.cfg.infill_in_place:
+            return ex.prompt, ex.answer, ex.suffix
+        return _prompt_key(ex), ex.answer, ""
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            parts = [self._sequence(next(self._pools[name])) for name in self._pools for _ in range(self.cfg.mixture[name])]
+            yield self.encode(parts)
+
+    def encode(self, parts: Sequence[tuple[str, str, str]]) -> Batch:
+        """Tokenise (head, answer, tail) triples into `<bos> text <eos>` rows with loss weights."""
+        tok = self.tokenizer
+        heads = tok([h for h, _, _ in parts])["input_ids"]
+        heads_ans = tok([h + a for h, a, _ in parts])["input_ids"]
+        full = tok([h + a + t for h, a, t in parts])["input_ids"]
+        rows = [ids + [tok.eos_token_id] for ids in full]
+        T = max(map(len, rows))
+        if T > self.cfg.max_positions:
+            raise UserError(
+                f"a training sequence is {T} tokens, more than max_positions={self.cfg.max_positions}; "
+                "raise OrganismConfig.max_positions or shorten the task options."
+            )
+        ids = torch.full((len(rows), T), tok.pad_token_id, dtype=torch.long)
+        w = torch.zeros((len(rows), T))
+        for b, (row, h, ha) in enumerate(zip(rows, heads, heads_ans, strict=True)):
+            ids[b, : len(row)] = torch.tensor(row)
+            w[b, 1 : len(row)] = 1.0  # targets are positions 1.. (the token predicted there)
+            w[b, len(h) : len(ha)] = self.cfg.answer_weight
+            if len(ha) == len(row) - 1:  # no tail: the closing <eos> is part of the answer
+                w[b, len(row) - 1] = self.cfg.answer_weight
+        return Batch(ids, w, int(sum(len(r) for r in rows)))
+
+
+def weighted_lm_loss(
+    logits: Float[Tensor, "batch pos vocab"], input_ids: Int[Tensor, "batch pos"], weights: Float[Tensor, "batch pos"]
+) -> Tensor:
+    """sum_i w_i * CE(logits[i-1], token_i) / sum_i w_i, over target positions i >= 1."""
+    ce = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), input_ids[:, 1:].reshape(-1), reduction="none"
+    )
+    w = weights[:, 1:].reshape(-1)
+    return (ce * w).sum() / w.sum()
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+def ioi_logit_diff(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, examples: Sequence[Example]) -> float:
+    """Mean logit(IO) - logit(S) at the last prompt position (AR reading)."""
+    model.eval()
+    with torch.no_grad():
+        return float(logit_metrics(model, tokenizer, list(examples), batch_size=64)["mean_logit_diff"])
+
+
+def evaluate(
+    model: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    tasks: Mapping[str, Task],
+    eval_sets: Mapping[str, Sequence[Example]],
+    n: int | None = None,
+) -> dict[str, float]:
+    """Held-out greedy accuracy per task on the first `n` (default all) evaluation examples.
+
+    Greedy decoding from the AR prompt until <eos> (or the reference length + 4 tokens), checked by
+    `task.check` (`probe.tasks.evaluate.greedy_accuracy`).
+    """
+    model.eval()
+    return {
+        name: greedy_accuracy(model, tokenizer, tasks[name], eval_sets[name][:n], batch_size=64)
+        for name in eval_sets
+    }
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def lr_factor(progress: float, warmup: float, min_ratio: float) -> float:
+    """Learning-rate multiplier at `progress` in [0, 1]: linear warmup, then cosine to min_ratio.
+
+    >>> lr_factor(0.0, 0.1, 0.0), lr_factor(0.1, 0.1, 0.0), round(lr_factor(1.0, 0.1, 0.05), 6)
+    (0.0, 1.0, 0.05)
+    """
+    if warmup > 0 and progress < warmup:
+        return progress / warmup
+    p = min(1.0, (progress - warmup) / max(1e-12, 1.0 - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def _eval_sets(tasks: Mapping[str, Task], n: int, seed: int) -> dict[str, list[Example]]:
+    """n held-out examples per task, from seeds training never uses, distinct prompts."""
+    sets: dict[str, list[Example]] = {}
+    for name, task in tasks.items():
+        seen: set[str] = set()
+        kept: list[Example] = []
+        for ex in task.generate(n + n // 4 + 8, _seed("eval", name, seed)):
+            key = _prompt_key(ex)
+            if name in HOLDOUT_PROMPTS and key in seen:
+                continue
+            seen.add(key)
+            kept.append(ex)
+            if len(kept) == n:
+                break
+        sets[name] = kept
+    return sets
+
+
+def _write_atomically(out: Path, write: Any) -> None:
+    """Call write(tmp_folder), then move tmp_folder to `out` (replacing an existing folder)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the checkpoint is an ordinary folder
+    try:
+        write(tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def train_organism(
+    out: str | Path | None = None,
+    seed: int = 0,
+    minutes: float = 10.0,
+    steps: int | None = None,
+    config: OrganismConfig | None = None,
+    progress: bool = True,
+) -> OrganismReport:
+    """Train the organism from scratch, evaluate it on held-out examples, save it to `out`.
+
+    out: the HF folder to write (default `default_organism_dir()`); replaced atomically.
+    steps: train exactly this many steps (reproducible); otherwise train for `minutes`.
+    Returns the report, also written to `out/report.json`.
+    """
+    wall_start = time.perf_counter()
+    cfg = config or OrganismConfig()
+    if steps is not None and steps < 1:
+        raise UserError(f"steps must be >= 1, got {steps}.")
+    if steps is None and not minutes > 0:
+        raise UserError(f"minutes must be > 0, got {minutes}.")
+    unknown = sorted(set(cfg.mixture) - set(TASK_NAMES))
+    if unknown:
+        raise UserError(f"unknown task(s) {unknown} in the mixture; the tasks are {', '.join(TASK_NAMES)}.")
+    out = Path(out) if out is not None else default_organism_dir()
+    torch.set_num_threads(cfg.threads)
+
+    tokenizer = organism_tokenizer(cfg.tokenizer_examples, seed)
+    tasks = build_tasks(tokenizer)
+    eval_sets = _eval_sets(tasks, cfg.eval_examples, seed)
+    exclude = {name: {_prompt_key(ex) for ex in exs} for name, exs in eval_sets.items() if name in HOLDOUT_PROMPTS}
+    model = build_model(cfg, tokenizer, seed)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=cfg.betas,
+    )
+    stream = iter(MixtureStream(tasks, tokenizer, cfg, seed, exclude))
+
+    budget = None if steps is not None else 60.0 * minutes
+    curve: list[CurvePoint] = []
+    evals: list[dict[str, float]] = []
+    train_time, tokens, step, window = 0.0, 0, 0, []
+    bar = tqdm(total=steps if steps is not None else round(budget), disable=not progress, unit="step" if steps else "s")
+    while True:
+        progress_frac = step / steps if steps is not None else train_time / budget
+        if progress_frac >= 1.0:
+            break
+        t0 = time.perf_counter()
+        lr = cfg.lr * lr_factor(progress_frac, cfg.warmup, cfg.min_lr_ratio)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        batch = next(stream)
+        model.train()
+        logits = model(input_ids=batch.input_ids).logits
+        loss = weighted_lm_loss(logits, batch.input_ids, batch.weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        dt = time.perf_counter() - t0
+        train_time += dt
+        step += 1
+        tokens += batch.n_tokens
+        window.append(float(loss.detach()))
+        bar.update(1 if steps is not None else min(int(train_time), round(budget)) - bar.n)
+        if step % 25 == 0 or step == steps:
+            curve.append(CurvePoint(step, sum(window) / len(window), round(train_time, 2), lr))
+            bar.set_postfix(loss=f"{curve[-1].loss:.3f}")
+            window = []
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            accs = evaluate(model, tokenizer, tasks, eval_sets, cfg.periodic_examples)
+            evals.append({"step": step, "elapsed": round(train_time, 2), **accs})
+            bar.write(
+                f"step {step} ({train_time:.0f} s, loss {float(loss.detach()):.3f}): "
+                + "  ".join(f"{k} {v:.2f}" for k, v in accs.items())
+            )
+    bar.close()
+    if window:
+        curve.append(CurvePoint(step, sum(window) / len(window), round(train_time, 2), lr))
+
+    accuracy = evaluate(model, tokenizer, tasks, eval_sets)
+    logit_diff = ioi_logit_diff(model, tokenizer, eval_sets["ioi"]) if "ioi" in eval_sets else float("nan")
+    report = OrganismReport(
+        out=str(out),
+        seed=seed,
+        steps=step,
+        tokens_seen=tokens,
+        train_seconds=round(train_time, 2),
+        wall_seconds=0.0,
+        steps_per_second=round(step / max(train_time, 1e-9), 3),
+        accuracy=accuracy,
+        eval_examples={name: len(exs) for name, exs in eval_sets.items()},
+        ioi_logit_diff=logit_diff,
+        curve=curve,
+        evals=evals,
+        config=asdict(cfg),
+        task_options=TASK_OPTIONS,
+        mask_token_id=int(tokenizer.mask_token_id),
+        vocab_size=len(tokenizer),
+        n_parameters=sum(p.numel() for p in model.parameters()),
+    )
+
+    report.wall_seconds = round(time.perf_counter() - wall_start, 2)
+    save_checkpoint(out, model, tokenizer, {"report.json": report.to_json()})
+    return report
+
+
+def save_checkpoint(
+    out: str | Path, model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, files: Mapping[str, str] | None = None
+) -> Path:
+    """Save model (safetensors) + tokenizer (+ extra text `files`) as an HF folder, atomically.
+
+    Everything is written into a temporary sibling folder first and then moved to `out`, so `out`
+    is always either the previous complete checkpoint or the new complete one.
+    """
+    out = Path(out)
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        for name, text in (files or {}).items():
+            (folder / name).write_text(text)
+
+    _write_atomically(out, write)
+    return out
+
+
+def print_report(report: OrganismReport) -> None:
+    """Print the held-out accuracies and the run's numbers as a rich table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"model organism -> {report.out}")
+    table.add_column("task")
+    table.add_column("held-out accuracy", justify="right")
+    table.add_column("n", justify="right")
+    table.add_column("target", justify="right")
+    for name, acc in report.accuracy.items():
+        target = report.targets.get(name)
+        mark = "" if target is None else (" ok" if acc >= target else " MISSED")
+        table.add_row(name, f"{acc:.3f}", str(report.eval_examples[name]), "" if target is None else f">= {target:.2f}{mark}")
+    console = Console()
+    console.print(table)
+    console.print(
+        f"IOI logit diff {report.ioi_logit_diff:.2f} | {report.steps} steps, {report.tokens_seen:,} tokens, "
+        f"{report.train_seconds:.0f} s training ({report.steps_per_second:.2f} steps/s), "
+        f"{report.wall_seconds:.0f} s wall | seed {report.seed} | {report.n_parameters:,} parameters, "
+        f"vocab {report.vocab_size}, <mask> id {report.mask_token_id}"
+    )
