@@ -25,7 +25,7 @@ assets: $(STAMP)
 
 # The main job on the embedded default: train the model organism and print its accuracies.
 run: $(STAMP)
-	$(BIN)/ar2mdm organism train --out $${AR2MDM_ORGANISM:-runs/organism}
+	$(BIN)/ar2mdm organism train
 
 # The default test suite (fast; no real weights needed).
 test: $(STAMP)

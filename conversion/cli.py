@@ -58,7 +58,7 @@ def setup(
 
 @organism_app.command("train")
 def organism_train(
-    out: Annotated[Path, typer.Option(help="Folder to write the trained HF checkpoint to.")],
+    out: Annotated[Path | None, typer.Option(help="Folder for the trained HF checkpoint. [default: the cache's models/organism, which `load_ar('organism')` reads]")] = None,
     seed: Annotated[int, typer.Option(help="Seed for data, initialisation and training order.")] = 0,
     minutes: Annotated[float, typer.Option(help="Wall-clock training budget in minutes.")] = 10.0,
     steps: Annotated[int | None, typer.Option(help="Train for exactly this many steps (overrides --minutes; use it for reproducible runs).")] = None,
