@@ -193,6 +193,7 @@ def _named_documents(name: str) -> tuple[list[str], list[str]]:
 # 2. Loading documents
 # ---------------------------------------------------------------------------------------------
 
+TASKS_SOURCE = "tasks"
 TextSource = str | os.PathLike | datasets.Dataset | Sequence[str | os.PathLike]
 
 
@@ -201,6 +202,7 @@ def load_texts(source: TextSource, *, text_field: str = "text") -> datasets.Data
 
     `source` is one of:
       - a corpus name from `CORPORA` ("sotu", "moby-dick"); fetched on first use;
+      - "tasks": generated text of the six probe tasks in the model organism's formats;
       - a path to a .txt file (the whole file is one document), a folder (every *.txt below it,
         in sorted path order), or a .jsonl file (one JSON object per line, text in `text_field`);
       - a list of any of the above, concatenated in order;
@@ -236,6 +238,12 @@ def _source_texts(source: str | os.PathLike, text_field: str) -> list[str]:
         raise DataError(f"Cannot read {source!r} as a text source; pass {_PATH_KINDS}.")
     if isinstance(source, str) and source in CORPORA:
         return _named_documents(source)[0]
+    if isinstance(source, str) and source == TASKS_SOURCE:
+        # Task text in the model organism's formats (its word lists and options); generated on
+        # the fly, never a held-out evaluation prompt (see organism.task_corpus).
+        from conversion.organism import task_corpus
+
+        return task_corpus()
     path = Path(source).expanduser()
     if path.is_dir():
         files = sorted(path.rglob("*.txt"))
@@ -254,7 +262,7 @@ def _source_texts(source: str | os.PathLike, text_field: str) -> list[str]:
     if isinstance(source, str) and os.sep not in source and not path.suffix:
         raise DataError(
             f"Unknown corpus name {source!r} (and no such path). Known names: "
-            f"{', '.join(repr(k) for k in CORPORA)}; or pass {_PATH_KINDS}."
+            f"{', '.join(repr(k) for k in [*CORPORA, TASKS_SOURCE])}; or pass {_PATH_KINDS}."
         )
     raise DataError(f"Path {path} does not exist; pass {_PATH_KINDS}, or a corpus name.")
 

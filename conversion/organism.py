@@ -468,6 +468,33 @@ def _eval_sets(tasks: Mapping[str, Task], n: int, seed: int) -> dict[str, list[E
     return sets
 
 
+def task_corpus(n_per_task: int = 3000, seed: int = 0, *, eval_seed: int = 0) -> list[str]:
+    """Documents of task text for the organism's diffusion post-training (`--data tasks`).
+
+    Fresh examples of the six tasks with `TASK_OPTIONS`, from seed streams that neither the
+    organism's training nor its evaluation uses; prompts of the held-out evaluation sets of the
+    organism trained with `eval_seed` are left out, so an MDM evaluated on those sets never saw
+    them. Each example gives its in-place text (the answer between prompt and suffix, the natural
+    layout for a diffusion model); infilling examples also give their AR form.
+    """
+    tasks = build_tasks()
+    held_out = {
+        name: {_prompt_key(ex) for ex in exs}
+        for name, exs in _eval_sets(tasks, OrganismConfig().eval_examples, eval_seed).items()
+        if name in HOLDOUT_PROMPTS
+    }
+    docs: list[str] = []
+    for name, task in tasks.items():
+        for ex in task.generate(n_per_task, _seed("convert", name, seed)):
+            if _prompt_key(ex) in held_out.get(name, ()):
+                continue
+            docs.append(ex.text)
+            if ex.suffix:
+                docs.append(ex.ar_text)
+    random.Random(_seed("convert-order", seed)).shuffle(docs)
+    return docs
+
+
 def _write_atomically(out: Path, write: Any) -> None:
     """Call write(tmp_folder), then move tmp_folder to `out` (replacing an existing folder)."""
     out.parent.mkdir(parents=True, exist_ok=True)

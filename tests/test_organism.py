@@ -206,3 +206,21 @@ def test_default_training_reaches_targets(tmp_path):
     for task in ("ioi", "greater_than"):
         assert report.accuracy[task] >= 0.95, report.accuracy
     assert report.accuracy["infilling"] >= 0.95, report.accuracy
+
+
+def test_task_corpus_never_contains_a_held_out_prompt(monkeypatch):
+    import conversion.organism as org
+
+    # Make the conversion stream draw from the evaluation seeds, so every held-out prompt is
+    # generated: only the exclusion can keep them out.
+    real_seed = org._seed
+    monkeypatch.setattr(org, "_seed", lambda *parts: real_seed("eval", *parts[1:-1], 0) if parts[0] == "convert" else real_seed(*parts))
+    docs = org.task_corpus(n_per_task=60, seed=0)
+    held = org._eval_sets(org.build_tasks(), org.OrganismConfig().eval_examples, 0)
+    joined = set(docs)
+    for name in org.HOLDOUT_PROMPTS:
+        assert not any(ex.text in joined for ex in held[name]), name
+    kept = {name for name in org.TASK_NAMES if name not in org.HOLDOUT_PROMPTS}
+    assert any(ex.text in joined for name in kept for ex in held[name])  # those tasks are not held out
+    monkeypatch.undo()
+    assert org.task_corpus(n_per_task=30, seed=3) == org.task_corpus(n_per_task=30, seed=3)  # seeded
