@@ -34,7 +34,7 @@ def add_mask_token(
 ) -> int:
     """Give the model a mask token according to `policy` ("add" or an existing id); return its id.
 
-    "add" mutates the tokenizer (new special token) and, if needed, the model (resized embeddings,
+    "add" reuses the tokenizer's own mask token if it has one; otherwise it mutates the tokenizer (new special token) and, if needed, the model (resized embeddings,
     new rows = mean of the old ones). An id (int or digit string) must be < the embedding size.
     """
     n_rows = model.get_input_embeddings().weight.shape[0]
@@ -52,6 +52,10 @@ def add_mask_token(
             )
         return policy
 
+    existing = getattr(tokenizer, "mask_token_id", None)
+    if existing is not None and 0 <= int(existing) < n_rows:
+        # The tokenizer already reserves a mask token (the model organism does): use it as is.
+        return int(existing)
     tokenizer.add_special_tokens({"mask_token": MASK_TOKEN})
     mask_id = tokenizer.convert_tokens_to_ids(MASK_TOKEN)
     n_old = min(n_rows, mask_id)  # rows that hold real (trained) tokens

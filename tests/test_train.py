@@ -234,3 +234,16 @@ def test_resume_survives_a_save_killed_between_renames(setup: TrainConfig) -> No
     assert result.steps == 4
     assert not (out / ".checkpoint-junk").exists()
     assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 4
+
+
+def test_add_mask_token_reuses_the_tokenizers_own_mask(tmp_path: Path) -> None:
+    from conversion.checkpoints import load_ar
+
+    loaded = load_ar(build_tiny_model("llama", tmp_path / "m"))
+    model, tok = loaded.model, loaded.tokenizer
+    tok.mask_token = tok.convert_ids_to_tokens(5)
+    rows = model.get_input_embeddings().weight.shape[0]
+    before = model.get_input_embeddings().weight.detach().clone()
+    assert add_mask_token(model, tok, "add") == 5
+    assert model.get_input_embeddings().weight.shape[0] == rows  # nothing added
+    torch.testing.assert_close(model.get_input_embeddings().weight, before)
