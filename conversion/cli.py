@@ -73,6 +73,29 @@ def organism_train(
     organism.print_report(report)
 
 
+@organism_app.command("eval")
+def organism_eval(
+    source: Annotated[str, typer.Argument(help="An organism checkpoint: 'organism' (the cached AR model), or a folder (AR, or an MDM converted from it).")] = "organism",
+    n: Annotated[int, typer.Option(help="Held-out examples per task.")] = 200,
+    steps: Annotated[int | None, typer.Option(help="MDM only: model calls to fill each answer (default: one token per call).")] = None,
+) -> None:
+    """Held-out accuracy per task: greedy decoding for an AR checkpoint, confidence-ordered filling for an MDM."""
+    from rich.table import Table
+
+    from conversion import organism
+
+    try:
+        scores = organism.evaluate_checkpoint(source, n=n, steps=steps)
+    except UserError as err:
+        _fail(err)
+    table = Table(title=f"{source}: held-out accuracy ({n} examples per task)")
+    table.add_column("task")
+    table.add_column("accuracy", justify="right")
+    for name, acc in scores.items():
+        table.add_row(name, f"{acc:.3f}")
+    Console().print(table)
+
+
 @app.command()
 def convert(
     model: Annotated[str | None, typer.Option(help="AR source: smollm2 | organism | HF folder | .gguf file.")] = None,

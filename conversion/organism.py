@@ -435,6 +435,33 @@ def evaluate(
     }
 
 
+def evaluate_checkpoint(source: str | Path, *, n: int = 200, eval_seed: int = 0, steps: int | None = None) -> dict[str, float]:
+    """Held-out accuracy per task of an organism checkpoint, AR or MDM, on the organism's eval sets.
+
+    An AR checkpoint is scored by greedy decoding (`evaluate`); an MDM (a folder with ar2mdm.json
+    of kind "mdm") by confidence-ordered filling of the masked answer span
+    (`probe.tasks.evaluate.mdm_fill_accuracy`, one token per model call unless `steps` is given).
+    The evaluation sets are the ones `train_organism` held out (same `eval_seed`), so an MDM
+    converted with `--data tasks` is scored on prompts it never saw.
+    """
+    from conversion.checkpoints import load_ar
+    from conversion.mdm import load_mdm
+    from conversion.metadata import META_FILE, ModelMeta
+    from probe.tasks.evaluate import mdm_fill_accuracy
+
+    folder = Path(source)
+    is_mdm = (folder / META_FILE).is_file() and ModelMeta.load(folder).kind == "mdm"
+    loaded = load_mdm(folder) if is_mdm else load_ar(source)
+    tasks = build_tasks(loaded.tokenizer)
+    eval_sets = _eval_sets(build_tasks(), n, eval_seed)
+    if not is_mdm:
+        return evaluate(loaded.model, loaded.tokenizer, tasks, eval_sets)
+    return {
+        name: mdm_fill_accuracy(loaded.model, loaded.tokenizer, tasks[name], exs, loaded.meta, steps=steps, batch_size=64)
+        for name, exs in eval_sets.items()
+    }
+
+
 # --- training -------------------------------------------------------------------------------------
 
 
