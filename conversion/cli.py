@@ -123,6 +123,7 @@ def convert(
     mask_token: Annotated[str | None, typer.Option(help="'add' a new <|mask|> token (mean-initialised) or an existing token id. [default: add]")] = None,
     held_out: Annotated[float | None, typer.Option(help="Fraction of documents held out for evaluation. [default: 0.02]")] = None,
     eval_every: Annotated[int | None, typer.Option(help="Held-out eval period in steps (0 = none). [default: 0]")] = None,
+    eval_blocks: Annotated[int | None, typer.Option(help="Held-out blocks per evaluation. [default: 64]")] = None,
     save_every: Annotated[int | None, typer.Option(help="Checkpoint period in steps (0 = no checkpoints, so no resume). [default: 0]")] = None,
     log_every: Annotated[int | None, typer.Option(help="JSONL log period in steps. [default: 1]")] = None,
     trust_remote_code: Annotated[bool | None, typer.Option("--trust-remote-code/--no-trust-remote-code", help="Allow custom model code from the checkpoint folder. [default: off]")] = None,
