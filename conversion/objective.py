@@ -390,7 +390,8 @@ def heldout_loss(
     """Deterministic held-out evaluation of x0 [M, T] at a fixed grid of times.
 
     For every t in `t_grid` (the same corruption every call, from `seed`), returns
-    "ce@t": mean CE per corrupted token, and "loss": the mean over the grid of the weighted loss,
+    "ce@t": mean CE per corrupted token, "acc@t": the fraction of corrupted tokens whose argmax
+    prediction is the clean token, "acc": the mean of acc@t over the grid, and "loss": the mean over the grid of the weighted loss,
     a midpoint estimate of the integral over t (with weighting "elbo" and the midpoints of equal
     bins, an estimate of the NLL bound per token). The annealed attention, if any, is evaluated at
     its final (bidirectional) layout.
@@ -401,11 +402,11 @@ def heldout_loss(
     step = spec.anneal_steps or 0
     device = x0.device
     result: dict[str, float] = {}
-    weighted = []
+    weighted, accs = [], []
     try:
         for t_value in t_grid:
             gen = torch.Generator(device=device).manual_seed(seed)
-            loss_sum, tok, ce_sum, masked = 0.0, 0, 0.0, 0
+            loss_sum, tok, ce_sum, masked, correct = 0.0, 0, 0.0, 0, 0
             for start in range(0, x0.shape[0], batch_size):
                 chunk = x0[start : start + batch_size]
                 am = None if attention_mask is None else attention_mask[start : start + batch_size]
@@ -418,11 +419,15 @@ def heldout_loss(
                 tok += int(out.n_tokens)
                 ce_sum += float(out.ce_sum)
                 masked += int(out.n_masked)
+                correct += int(out.n_correct)
             result[f"ce@{t_value:g}"] = ce_sum / masked if masked else float("nan")
+            result[f"acc@{t_value:g}"] = correct / masked if masked else float("nan")
+            accs.append(result[f"acc@{t_value:g}"])
             weighted.append(loss_sum / max(tok, 1))
     finally:
         model.train(was_training)
     result["loss"] = sum(weighted) / len(weighted)
+    result["acc"] = sum(accs) / len(accs)
     return result
 
 

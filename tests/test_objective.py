@@ -254,8 +254,35 @@ def test_heldout_loss_is_deterministic() -> None:
     a = heldout_loss(model, x0, opts, mask_id=MASK, batch_size=2)
     b = heldout_loss(model, x0, opts, mask_id=MASK, batch_size=2)
     assert a == b
-    assert set(a) == {"ce@0.1", "ce@0.3", "ce@0.5", "ce@0.7", "ce@0.9", "loss"}
+    grid = ("0.1", "0.3", "0.5", "0.7", "0.9")
+    assert set(a) == {f"{k}@{t}" for k in ("ce", "acc") for t in grid} | {"loss", "acc"}
     assert all(math.isfinite(v) for v in a.values())
+
+
+class ConstantPredictor(torch.nn.Module):
+    """Predicts token `token` everywhere, whatever it reads."""
+
+    def __init__(self, token: int, vocab: int) -> None:
+        super().__init__()
+        self.token, self.vocab = token, vocab
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.config = type("Cfg", (), {"vocab_size": vocab})()
+
+    def forward(self, input_ids, **kwargs):
+        logits = torch.zeros(*input_ids.shape, self.vocab) + self.anchor
+        logits[..., self.token] = 5.0
+        return type("Out", (), {"logits": logits})()
+
+
+def test_heldout_accuracy_against_known_predictions() -> None:
+    opts = DiffusionOptions()
+    always3 = ConstantPredictor(3, V)
+    right = heldout_loss(always3, torch.full((4, 10), 3), opts, mask_id=MASK, batch_size=2)
+    wrong = heldout_loss(always3, torch.full((4, 10), 2), opts, mask_id=MASK, batch_size=2)
+    assert right["acc"] == 1.0 and wrong["acc"] == 0.0
+    half = torch.tensor([[3, 2] * 5] * 4)  # every other clean token is the predicted one
+    mixed = heldout_loss(always3, half, opts, mask_id=MASK, batch_size=2)
+    assert 0.2 < mixed["acc"] < 0.8
 
 
 @pytest.mark.parametrize(

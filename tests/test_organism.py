@@ -224,3 +224,20 @@ def test_task_corpus_never_contains_a_held_out_prompt(monkeypatch):
     assert any(ex.text in joined for name in kept for ex in held[name])  # those tasks are not held out
     monkeypatch.undo()
     assert org.task_corpus(n_per_task=30, seed=3) == org.task_corpus(n_per_task=30, seed=3)  # seeded
+
+
+def test_organism_to_mdm_end_to_end(tmp_path, tiny_run):
+    """AR organism -> a few steps of diffusion post-training on task text -> scored by filling."""
+    from conversion.metadata import ModelMeta
+    from conversion.train import TrainConfig, train
+
+    ar_folder, _ = tiny_run
+    result = train(TrainConfig(model=str(ar_folder), data="tasks", out=str(tmp_path / "mdm"), steps=2, seq_len=32, batch_size=2))
+    meta = ModelMeta.load(result.out)
+    tok = AutoTokenizer.from_pretrained(ar_folder)
+    assert meta.kind == "mdm" and meta.mask_id == tok.mask_token_id  # the organism's own <mask>
+    scores = O.evaluate_checkpoint(result.out, n=3)
+    assert set(scores) == set(O.TASK_NAMES)
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
+    ar_scores = O.evaluate_checkpoint(ar_folder, n=3)
+    assert set(ar_scores) == set(O.TASK_NAMES)
