@@ -230,6 +230,12 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
     # Model, mask token, bidirectional attention.
     loaded = load_ar(cfg.model, trust_remote_code=cfg.trust_remote_code)
     model, tokenizer = loaded.model, loaded.tokenizer
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context and cfg.seq_len > int(context):
+        raise UserError(
+            f"seq_len {cfg.seq_len} is beyond {cfg.model}'s context of {context} positions; "
+            f"use --seq-len {context} or less."
+        )
     mask_id = add_mask_token(model, tokenizer, cfg.mask_token)
     make_bidirectional(model)
     vocab = len(tokenizer)  # uniform noise draws real tokenizer ids only

@@ -247,3 +247,10 @@ def test_add_mask_token_reuses_the_tokenizers_own_mask(tmp_path: Path) -> None:
     assert add_mask_token(model, tok, "add") == 5
     assert model.get_input_embeddings().weight.shape[0] == rows  # nothing added
     torch.testing.assert_close(model.get_input_embeddings().weight, before)
+
+
+def test_seq_len_beyond_context_is_refused_before_training(setup: TrainConfig) -> None:
+    cfg = replace(setup, seq_len=129)  # the tiny models have 128 positions
+    with pytest.raises(UserError, match="context of 128"):
+        train(cfg)
+    assert not (Path(cfg.out) / "train.jsonl").exists()
