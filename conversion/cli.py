@@ -121,6 +121,7 @@ def convert(
     attention: Annotated[str | None, typer.Option(help="bidirectional | anneal:N | block:B | block:1@0.05,16@0.95 (mixture). [default: bidirectional]")] = None,
     shift: Annotated[bool | None, typer.Option("--shift/--no-shift", help="Keep the ARM's alignment (logits at i-1 predict token i). [default: on]")] = None,
     mask_token: Annotated[str | None, typer.Option(help="'add' a new <|mask|> token (mean-initialised) or an existing token id. [default: add]")] = None,
+    sft: Annotated[bool | None, typer.Option("--sft/--no-sft", help="SFT: --data is prompt/answer examples (tasks, or .jsonl with prompt, answer[, suffix]); only the answer is noised and the loss is normalised by answer length. [default: off]")] = None,
     held_out: Annotated[float | None, typer.Option(help="Fraction of documents held out for evaluation. [default: 0.02]")] = None,
     eval_every: Annotated[int | None, typer.Option(help="Held-out eval period in steps (0 = none). [default: 0]")] = None,
     eval_blocks: Annotated[int | None, typer.Option(help="Held-out blocks per evaluation. [default: 64]")] = None,

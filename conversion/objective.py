@@ -382,6 +382,7 @@ def heldout_loss(
     *,
     mask_id: int | None,
     attention_mask: Tensor | None = None,
+    prompt_mask: Tensor | None = None,
     t_grid: Sequence[float] = DEFAULT_T_GRID,
     seed: int = 0,
     batch_size: int = 8,
@@ -410,9 +411,10 @@ def heldout_loss(
             for start in range(0, x0.shape[0], batch_size):
                 chunk = x0[start : start + batch_size]
                 am = None if attention_mask is None else attention_mask[start : start + batch_size]
+                pm = None if prompt_mask is None else prompt_mask[start : start + batch_size]
                 t = torch.full((chunk.shape[0],), float(t_value), device=device)
                 out = diffusion_loss(
-                    model, chunk, options, mask_id=mask_id, attention_mask=am, step=step,
+                    model, chunk, options, mask_id=mask_id, attention_mask=am, prompt_mask=pm, step=step,
                     generator=gen, t=t, vocab_size=vocab_size,
                 )
                 loss_sum += float(out.loss) * int(out.n_tokens)

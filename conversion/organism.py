@@ -495,14 +495,12 @@ def _eval_sets(tasks: Mapping[str, Task], n: int, seed: int) -> dict[str, list[E
     return sets
 
 
-def task_corpus(n_per_task: int = 3000, seed: int = 0, *, eval_seed: int = 0) -> list[str]:
-    """Documents of task text for the organism's diffusion post-training (`--data tasks`).
+def task_examples(n_per_task: int = 3000, seed: int = 0, *, eval_seed: int = 0) -> list[Example]:
+    """Fresh examples of the six tasks (with `TASK_OPTIONS`) for post-training the organism.
 
-    Fresh examples of the six tasks with `TASK_OPTIONS`, from seed streams that neither the
-    organism's training nor its evaluation uses; prompts of the held-out evaluation sets of the
-    organism trained with `eval_seed` are left out, so an MDM evaluated on those sets never saw
-    them. Each example gives its in-place text (the answer between prompt and suffix, the natural
-    layout for a diffusion model); infilling examples also give their AR form.
+    Drawn from seed streams that neither the organism's training nor its evaluation uses;
+    prompts of the held-out evaluation sets of the organism trained with `eval_seed` are left out,
+    so an MDM evaluated on those sets never saw them. In task order, seeded.
     """
     tasks = build_tasks()
     held_out = {
@@ -510,14 +508,26 @@ def task_corpus(n_per_task: int = 3000, seed: int = 0, *, eval_seed: int = 0) ->
         for name, exs in _eval_sets(tasks, OrganismConfig().eval_examples, eval_seed).items()
         if name in HOLDOUT_PROMPTS
     }
-    docs: list[str] = []
+    out: list[Example] = []
     for name, task in tasks.items():
         for ex in task.generate(n_per_task, _seed("convert", name, seed)):
             if _prompt_key(ex) in held_out.get(name, ()):
                 continue
-            docs.append(ex.text)
-            if ex.suffix:
-                docs.append(ex.ar_text)
+            out.append(ex)
+    return out
+
+
+def task_corpus(n_per_task: int = 3000, seed: int = 0, *, eval_seed: int = 0) -> list[str]:
+    """Documents of task text for the organism's diffusion post-training (`--data tasks`).
+
+    The examples of `task_examples`, each as its in-place text (the answer between prompt and
+    suffix, the natural layout for a diffusion model); infilling examples also give their AR form.
+    """
+    docs: list[str] = []
+    for ex in task_examples(n_per_task, seed, eval_seed=eval_seed):
+        docs.append(ex.text)
+        if ex.suffix:
+            docs.append(ex.ar_text)
     random.Random(_seed("convert-order", seed)).shuffle(docs)
     return docs
 

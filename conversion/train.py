@@ -164,12 +164,6 @@ class TrainConfig:
             raise UserError(f"lr must be a positive number, got {self.lr}.")
         if self.clip < 0 or not 0.0 <= self.min_lr_ratio <= 1.0 or not 0.0 < self.adam_beta2 < 1.0:
             raise UserError("clip must be >= 0, min_lr_ratio in [0, 1], adam_beta2 in (0, 1).")
-        if self.sft:
-            raise UserError(
-                "sft=True needs prompt/answer examples with a prompt mask; conversion.data does not "
-                "provide them yet. Train on plain text (sft=False), or call objective.diffusion_loss "
-                "with prompt_mask yourself."
-            )
         self.options()
 
     def to_json(self) -> dict[str, Any]:
@@ -242,10 +236,19 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
     specials = tuple(tokenizer.all_special_ids)
 
     # Data.
+    # Rows are [N, 1, L] (packed text: every position a token) or, with sft, [N, 3, L]
+    # (ids, attention mask, prompt mask: prompt and suffix never noised, loss over the answer).
     with accelerator.main_process_first():
-        packed = data_mod.pack(
-            data_mod.load_texts(cfg.data), tokenizer, seq_len=cfg.seq_len, held_out=cfg.held_out, seed=cfg.seed
-        )
+        if cfg.sft:
+            sft = data_mod.sft_rows(
+                cfg.data, tokenizer, seq_len=cfg.seq_len, mask_id=mask_id, held_out=cfg.held_out, seed=cfg.seed
+            )
+            train_rows, held_rows = sft.train, sft.held_out
+        else:
+            packed = data_mod.pack(
+                data_mod.load_texts(cfg.data), tokenizer, seq_len=cfg.seq_len, held_out=cfg.held_out, seed=cfg.seed
+            )
+            train_rows, held_rows = packed.train[:, None], packed.held_out[:, None]
 
     start, tokens_seen, opt_state = 0, 0, None
     if cfg.resume:
@@ -263,24 +266,29 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
     micro = cfg.batch_size // cfg.grad_accum
     local = micro // world
-    stream = data_mod.batches(packed.train, cfg.batch_size, seed=cfg.seed, start=start)
-    held = packed.held_out[: cfg.eval_blocks]
+    stream = data_mod.batches(train_rows, cfg.batch_size, seed=cfg.seed, start=start)
+    held = held_rows[: cfg.eval_blocks].to(device)
+    held_ids, held_am, held_pm = _split_rows(held)
     last_eval: dict[str, float] | None = None
     final_loss = float("nan")
     window_tokens, window_start = 0, time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=start, disable=not accelerator.is_main_process, desc="train")
 
     for step in range(start, cfg.steps):
-        batch = next(stream).to(device)  # [batch_size, seq_len], the global batch
+        rows_b = next(stream).to(device)  # [batch_size, 1 or 3, seq_len], the global batch
+        batch, am, pm = _split_rows(rows_b)
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
         # Noise for the whole global batch, identical on every process; dropout per process.
         gen = torch.Generator(device=device).manual_seed(_seed(cfg.seed, step))
         draw = draw_noise(
-            batch, opts, mask_id=mask_id, vocab_size=vocab, step=step, generator=gen, exclude_ids=specials
+            batch, opts, mask_id=mask_id, vocab_size=vocab, step=step, generator=gen, exclude_ids=specials,
+            attention_mask=am, prompt_mask=pm,
         )
-        n_global = eligible_positions(batch.shape, shift=opts.shift, device=device).sum()
+        n_global = eligible_positions(
+            batch.shape, shift=opts.shift, attention_mask=am, prompt_mask=pm, device=device
+        ).sum()
         torch.manual_seed(_seed(cfg.seed, step, rank))
 
         sums = torch.zeros(3, device=device)  # weighted CE sum, masked, correct
@@ -290,7 +298,9 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
             with sync:
                 with autocast:
                     res = diffusion_loss(
-                        model, batch[rows], opts, mask_id=mask_id, step=step, draw=draw.rows(rows)
+                        model, batch[rows], opts, mask_id=mask_id, step=step, draw=draw.rows(rows),
+                        attention_mask=None if am is None else am[rows],
+                        prompt_mask=None if pm is None else pm[rows],
                     )
                 # Sum of this shard's weighted CE over the GLOBAL token count; x world because
                 # DDP averages gradients over processes.
@@ -311,8 +321,9 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
         optimizer.zero_grad(set_to_none=True)
 
         done = step + 1
-        tokens_seen += batch.numel()
-        window_tokens += batch.numel()
+        real = batch.numel() if am is None else int(am.sum())
+        tokens_seen += real
+        window_tokens += real
         final_loss = loss
         bar.update(1)
         if done % cfg.log_every == 0 or done == cfg.steps:
@@ -330,7 +341,8 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
         if cfg.eval_every and held.shape[0] and (done % cfg.eval_every == 0 or done == cfg.steps):
             with autocast:
                 last_eval = heldout_loss(
-                    model, held.to(device), opts, mask_id=mask_id, seed=cfg.seed,
+                    model, held_ids, opts, mask_id=mask_id, seed=cfg.seed,
+                    attention_mask=held_am, prompt_mask=held_pm,
                     batch_size=max(1, local), vocab_size=vocab,
                 )
             log.write({"kind": "eval", "step": done, **last_eval})
@@ -365,6 +377,13 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
+
+
+def _split_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(ids, attention_mask, prompt_mask) of rows [B, 1 or 3, L]; masks None for packed text."""
+    if rows.shape[1] == 1:
+        return rows[:, 0], None, None
+    return rows[:, 0], rows[:, 1], rows[:, 2].bool()
 
 
 def _check_out(out: Path, resume: bool) -> None:

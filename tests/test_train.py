@@ -254,3 +254,51 @@ def test_seq_len_beyond_context_is_refused_before_training(setup: TrainConfig) -
     with pytest.raises(UserError, match="context of 128"):
         train(cfg)
     assert not (Path(cfg.out) / "train.jsonl").exists()
+
+
+def _sft_jsonl(path: Path, n: int = 24) -> Path:
+    rng = random.Random(5)
+    with path.open("w") as f:
+        for i in range(n):
+            prompt = " ".join(rng.choice(WORDS) for _ in range(4 + i % 3))
+            row = {"prompt": prompt, "answer": " " + rng.choice(WORDS)}
+            if i % 2:
+                row["suffix"] = " " + " ".join(rng.choice(WORDS) for _ in range(2))
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def test_sft_rows_layout_matches_the_tokenizer(setup: TrainConfig, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from conversion.data import sft_rows
+
+    tok = AutoTokenizer.from_pretrained(setup.model)
+    src = _sft_jsonl(tmp_path / "sft.jsonl", n=6)
+    rows = sft_rows(src, tok, seq_len=16, mask_id=3, held_out=0.0, seed=0)
+    assert rows.train.shape == (6, 3, 16) and rows.held_out.shape[0] == 0
+    by_text = {}
+    for line in src.read_text().splitlines():
+        ex = json.loads(line)
+        full = tok(ex["prompt"] + ex["answer"] + ex.get("suffix", ""))["input_ids"]
+        head = tok(ex["prompt"])["input_ids"]
+        n_answer = len(tok(ex["prompt"] + ex["answer"])["input_ids"]) - len(head)
+        by_text[tuple(full)] = (len(head), n_answer)
+    for ids, attn, prompt in rows.train:
+        n = int(attn.sum())
+        start, n_answer = by_text[tuple(ids[:n].tolist())]  # every row is one example, exactly
+        assert attn[:n].all() and not attn[n:].any()
+        answer = (prompt[:n] == 0).nonzero().flatten().tolist()
+        assert answer == list(range(start, start + n_answer))  # only the answer is trainable
+
+
+def test_sft_training_never_noises_the_prompt(setup: TrainConfig, tmp_path: Path) -> None:
+    src = _sft_jsonl(tmp_path / "sft.jsonl")
+    cfg = replace(setup, data=str(src), sft=True, eval_every=3, batch_size=4)
+    result = train(cfg)
+    logs = log_lines(Path(result.out))
+    train_rows = [r for r in logs if r["kind"] == "train"]
+    # each example has exactly one answer token, and at most 4 examples are in a batch
+    assert all(0 <= r["masked"] <= 4 for r in train_rows)
+    assert any(r["kind"] == "eval" for r in logs)
+    assert ModelMeta.load(result.out).kind == "mdm"
