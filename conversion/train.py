@@ -70,6 +70,7 @@ from conversion.objective import (
     eligible_positions,
     heldout_loss,
 )
+from conversion.report import write_training_report
 
 CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train.jsonl"
@@ -369,6 +370,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         save_mdm(accelerator.unwrap_model(model), tokenizer, meta, out, state_dict=state_dict)
+        write_training_report(out)
     accelerator.wait_for_everyone()
     return TrainResult(
         out=out, steps=cfg.steps, tokens_seen=tokens_seen, final_loss=final_loss, last_eval=last_eval,

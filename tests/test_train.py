@@ -302,3 +302,15 @@ def test_sft_training_never_noises_the_prompt(setup: TrainConfig, tmp_path: Path
     assert all(0 <= r["masked"] <= 4 for r in train_rows)
     assert any(r["kind"] == "eval" for r in logs)
     assert ModelMeta.load(result.out).kind == "mdm"
+
+
+def test_training_report_plots_the_logged_numbers(setup: TrainConfig) -> None:
+    from conversion.report import training_figure
+
+    result = train(replace(setup, eval_every=3, log_every=1))
+    assert (Path(result.out) / "train.html").is_file()
+    fig = training_figure(Path(result.out) / "train.jsonl")
+    logs = log_lines(Path(result.out))
+    by_name = {trace.name: trace for trace in fig.data}
+    assert list(by_name["train loss"].y) == [r["loss"] for r in logs if r["kind"] == "train"]
+    assert list(by_name["held-out loss"].x) == [r["step"] for r in logs if r["kind"] == "eval"]
