@@ -274,8 +274,8 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path} is not UTF-8 text ({exc}); re-encode it as UTF-8.") from exc
 
 
-def _jsonl_texts(path: Path, text_field: str) -> list[str]:
-    texts = []
+def _jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, JSON object) for every non-empty line; DataError naming the bad line."""
     for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -285,6 +285,12 @@ def _jsonl_texts(path: Path, text_field: str) -> list[str]:
             raise DataError(f"{path}:{lineno} is not valid JSON ({exc}).") from exc
         if not isinstance(record, dict):
             raise DataError(f"{path}:{lineno} is a JSON {type(record).__name__}, not an object.")
+        yield lineno, record
+
+
+def _jsonl_texts(path: Path, text_field: str) -> list[str]:
+    texts = []
+    for lineno, record in _jsonl_records(path):
         if text_field not in record:
             raise DataError(
                 f"{path}:{lineno} has no field {text_field!r}; its fields are "
@@ -627,18 +633,11 @@ def _sft_examples(source: str | os.PathLike) -> list:
             f"file whose lines have 'prompt' and 'answer' (optional 'suffix'); got {source!r}."
         )
     examples = []
-    with path.open() as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{n}: not valid JSON ({err}).") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not isinstance(row.get("answer"), str):
-                raise DataError(f"{path}:{n}: each line needs string fields 'prompt' and 'answer'.")
-            suffix = row.get("suffix", "")
-            examples.append(Example(task="sft", prompt=row["prompt"], answer=row["answer"], corrupted_prompt=row["prompt"], suffix=suffix))
+    for n, row in _jsonl_records(path):
+        if not isinstance(row.get("prompt"), str) or not isinstance(row.get("answer"), str):
+            raise DataError(f"{path}:{n}: each line needs string fields 'prompt' and 'answer'.")
+        suffix = row.get("suffix", "")
+        examples.append(Example(task="sft", prompt=row["prompt"], answer=row["answer"], corrupted_prompt=row["prompt"], suffix=suffix))
     if not examples:
         raise DataError(f"{path} holds no examples.")
     return examples

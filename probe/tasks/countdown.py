@@ -36,6 +36,21 @@ _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 _MAX_EXPRESSION_CHARS = 200
 
 
+def _apply(op: str, a: Fraction | None, b: Fraction | None) -> Fraction | None:
+    """a op b exactly; None if an operand is None, on division by zero or an inexact division."""
+    if a is None or b is None:
+        return None
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    if b == 0 or (a / b).denominator != 1:
+        return None
+    return a / b
+
+
 def evaluate(expression: str, allowed_ops: str = "+-*/") -> tuple[Fraction, list[int]] | None:
     """Exact value and literals of an arithmetic expression, or None if it is not one.
 
@@ -57,18 +72,7 @@ def evaluate(expression: str, allowed_ops: str = "+-*/") -> tuple[Fraction, list
             op = _OPS.get(type(node.op))
             if op is None or op not in allowed_ops:
                 return None
-            left, right = walk(node.left), walk(node.right)
-            if left is None or right is None:
-                return None
-            if op == "+":
-                return left + right
-            if op == "-":
-                return left - right
-            if op == "*":
-                return left * right
-            if right == 0 or (left / right).denominator != 1:
-                return None
-            return left / right
+            return _apply(op, walk(node.left), walk(node.right))
         if isinstance(node, ast.Constant) and type(node.value) is int:
             text = ast.get_source_segment(src, node)
             if text is None or not (text.isascii() and text.isdigit()):
@@ -111,18 +115,7 @@ def _tree_value(node: tuple) -> Fraction | None:
     if node[0] == "num":
         return Fraction(node[1])
     op, left, right = node
-    a, b = _tree_value(left), _tree_value(right)
-    if a is None or b is None:
-        return None
-    if op == "+":
-        return a + b
-    if op == "-":
-        return a - b
-    if op == "*":
-        return a * b
-    if b == 0 or (a / b).denominator != 1:
-        return None
-    return a / b
+    return _apply(op, _tree_value(left), _tree_value(right))
 
 
 def _random_tree(rng: random.Random, numbers: Sequence[int], ops: str) -> tuple:
