@@ -255,6 +255,12 @@ def build_mask(
     batch, length = attention_mask.shape
     device = attention_mask.device
     if spec.kind == "block":
+        # Blocks are counted from position 0, so padding may only come at the end of a row.
+        if bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
+            raise UserError(
+                "block attention needs right-padded rows (padding after the tokens); got a row "
+                "with padding before a token. Pad on the right for block diffusion."
+            )
         if block_sizes is None:
             block_sizes = sample_block_sizes(spec, batch, generator=generator, device=device)
         allowed = block_allowed(block_sizes.to(device), length)

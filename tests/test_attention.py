@@ -135,8 +135,9 @@ def test_block_extremes() -> None:
 
 
 def test_padding_columns_are_blocked_and_rows_stay_finite() -> None:
-    am = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1]])
     for spec in ("bidirectional", "causal", "anneal:4", "block:2"):
+        # block rows are right-padded only (blocks count from position 0)
+        am = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0] if spec.startswith("block") else [0, 0, 1, 1, 1]])
         m = attn.build_mask(spec, am, step=2, generator=torch.Generator().manual_seed(0))
         key_valid = torch.cat([am, am], 1) if spec.startswith("block") else am
         assert m.shape[-1] == key_valid.shape[1] and m.shape[1] == 1
@@ -234,8 +235,10 @@ def test_padding_never_leaks(family: str, spec: str, side: str) -> None:
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     with torch.no_grad():
         if spec.startswith("block"):
-            if side == "left":
-                pytest.skip("block training data is right-padded (blocks are counted from position 0)")
+            if side == "left":  # blocks count from position 0: left padding is refused, clearly
+                with pytest.raises(UserError, match="right-padded"):
+                    attn.build_mask(spec, am)
+                return
             outs = []
             for x, mask in ((ids, torch.ones(1, length, dtype=torch.long)), (padded, am)):
                 m4 = attn.build_mask(spec, mask)
