@@ -217,6 +217,30 @@ def block_allowed(block_sizes: Tensor, length: int) -> Tensor:
     return same_noisy | noisy_to_clean | clean_to_clean
 
 
+def block_inference_mask(
+    attention_mask: Tensor, block: int, *, q_start: int = 0, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """4D additive mask [B, 1, T - q_start, T] for SAMPLING from a block-diffusion model.
+
+    At sampling time the earlier blocks are already clean, so the training layout over
+    [x_t ; x_0] collapses to one sequence with a block-causal layout: a query in block
+    b = i // block sees every (non-padding) key in blocks <= b. `q_start` keeps only the query
+    rows from that position on (a forward over a suffix with the prefix in a KV cache).
+    """
+    if block < 1:
+        raise UserError(f"block size must be >= 1, got {block}.")
+    batch, length = attention_mask.shape
+    pos = torch.arange(length, device=attention_mask.device)
+    allowed = (pos[None, :] // block) <= (pos[q_start:, None] // block)
+    allowed = allowed.expand(batch, length - q_start, length)
+    if q_start == 0:
+        return to_additive(allowed, attention_mask, dtype)
+    key_valid = attention_mask.to(torch.bool)
+    allowed = allowed & key_valid[:, None, :]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))
+    return mask[:, None]
+
+
 def to_additive(allowed: Tensor, key_valid: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """Float [B, 1, Tq, Tk] mask (0 = attend, -inf = not) from a layout and key validity [B, Tk].
 

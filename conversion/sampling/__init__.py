@@ -1,10 +1,74 @@
-"""Samplers for masked diffusion models, each a small state machine (`init_state`, `step`, `done`).
+"""Samplers for AR and masked diffusion checkpoints, each a small state machine.
 
-So far: confidence-ordered filling (`confidence`), the LLaDA "low-confidence" remasking rule in
-its simplest form. Every sampler reads predictions through `conversion.metadata.read_positions`
-(the checkpoint's shift) and never changes a position that was not masked at the start.
+Every sampler has the interface of `base.Sampler` (`init_state`, `step`, `done`) over one shared
+`State`, so NFE counting, tracing, batching and seeding are the same for all of them; `run` is the
+driver. Build one by name with `build_sampler`:
+
+=================  ==========================================================  ==================
+name               what it does                                                checkpoints
+=================  ==========================================================  ==================
+ar                 greedy / temperature / top-k / top-p with a KV cache        ARM
+ancestral          MDLM reverse process, prediction reused when nothing moved  absorbing MDM
+uniform            reverse process of uniform-state noise                      uniform MDM
+low-confidence     commit the k most probable tokens per step (LLaDA)          absorbing MDM
+margin             ... ranked by top-1 minus top-2 probability (Dream)         absorbing MDM
+entropy            ... ranked by minus entropy (Dream)                         absorbing MDM
+threshold          top-1 plus all above tau per step, prefix KV cache          absorbing MDM
+remask             ReMDM: decoded tokens may return to the mask                absorbing MDM
+arpc               BlockGen predictor / AR scoring / corrector                 absorbing MDM
+=================  ==========================================================  ==================
 """
 
-from conversion.sampling.confidence import FillState, confidence_fill, done, init_state, step
+from __future__ import annotations
 
-__all__ = ["FillState", "confidence_fill", "done", "init_state", "step"]
+from typing import Any
+
+from conversion.errors import UserError
+from conversion.sampling.ancestral import AncestralSampler, UniformSampler, unmask_probability
+from conversion.sampling.ar import ARSampler, filter_logits
+from conversion.sampling.arpc import ARPCSampler
+from conversion.sampling.base import (
+    ModelContext,
+    Sampler,
+    SampleResult,
+    State,
+    TraceStep,
+    make_canvas,
+    run,
+)
+from conversion.sampling.confidence import ConfidenceSampler, confidence_fill
+from conversion.sampling.remask import RemaskSampler
+from conversion.sampling.threshold import ThresholdSampler, threshold_commit
+
+SAMPLERS = ("ar", "ancestral", "uniform", "low-confidence", "margin", "entropy", "threshold", "remask", "arpc")
+
+
+def build_sampler(name: str, **options: Any) -> Sampler:
+    """The sampler called `name` with `options` (keyword arguments of its class); None-valued
+    options are dropped so callers can pass every CLI flag through."""
+    opts = {k: v for k, v in options.items() if v is not None}
+    makers: dict[str, Any] = {
+        "ar": ARSampler,
+        "ancestral": AncestralSampler,
+        "uniform": UniformSampler,
+        "low-confidence": lambda **o: ConfidenceSampler("low-confidence", **o),
+        "margin": lambda **o: ConfidenceSampler("margin", **o),
+        "entropy": lambda **o: ConfidenceSampler("entropy", **o),
+        "threshold": ThresholdSampler,
+        "remask": RemaskSampler,
+        "arpc": ARPCSampler,
+    }
+    if name not in makers:
+        raise UserError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}.")
+    try:
+        return makers[name](**opts)
+    except TypeError as err:
+        raise UserError(f"sampler {name!r} does not take these options: {err}.") from None
+
+
+__all__ = [
+    "SAMPLERS", "ARPCSampler", "ARSampler", "AncestralSampler", "ConfidenceSampler", "ModelContext",
+    "RemaskSampler", "SampleResult", "Sampler", "State", "ThresholdSampler", "TraceStep", "UniformSampler",
+    "build_sampler", "confidence_fill", "filter_logits", "make_canvas", "run", "threshold_commit",
+    "unmask_probability",
+]

@@ -1,90 +1,108 @@
-"""Confidence-ordered filling: predict every masked position, commit the most confident ones.
+"""Confidence-ordered decoding: predict every masked position, commit the most confident ones.
 
-At each step the model sees the current sequence (prompt, committed tokens, remaining masks). For
-every still-masked position we take the argmax token and its probability (the mask token itself is
-excluded, as in MDLM's SUBS parameterisation); each row commits its k most confident positions,
-where k spreads the row's remaining masks evenly over the remaining steps. With `steps` equal to
-the number of masks this commits one token per model call (NFE = number of masks).
+One sampler, three confidence rules (MaskGIT / LLaDA "low_confidence", Dream "topk_margin" and
+"entropy"):
 
-Shift: with shift on, the prediction for position i is read from logits[i - 1]
-(`conversion.metadata.read_positions`), so a masked position 0 cannot be predicted; rendering
-never puts a mask there.
+* ``low-confidence``: the probability of the chosen token;
+* ``margin``: p(top-1) - p(top-2);
+* ``entropy``: minus the entropy of the predictive distribution.
+
+Each step runs the model once on the canvas, draws a token for every masked position (argmax at
+temperature 0, else Gumbel-max in float64), and in each row commits the k most confident masked
+positions of the row's current block, where k spreads the block's remaining masks evenly over the
+block's remaining steps: k = ceil(remaining / steps_left). Committed tokens are never changed.
+Blocks give semi-autoregressive decoding (`block_length`); a block-diffusion checkpoint always
+decodes in its own blocks. `steps` is the per-row budget of model calls (default: one token per
+call).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from conversion.errors import UserError
+from conversion.sampling.base import (
+    BlockClock,
+    ModelContext,
+    Sampler,
+    State,
+    aligned_logits,
+    confidences,
+    run,
+    sample_tokens,
+    steps_per_block,
+)
+
+RULES = ("low-confidence", "margin", "entropy")
 
 
-@dataclass
-class FillState:
-    """ids [B, T] current tokens; attention_mask [B, T]; masked [B, T] still-masked positions;
-    steps_left: model calls still planned; nfe: model calls made so far."""
+class ConfidenceSampler(Sampler):
+    needs = "absorbing"
 
-    ids: Tensor
-    attention_mask: Tensor
-    masked: Tensor
-    steps_left: int
-    nfe: int = 0
+    def __init__(
+        self,
+        rule: str = "low-confidence",
+        *,
+        steps: int | None = None,
+        block_length: int | None = None,
+        temperature: float = 0.0,
+    ):
+        if rule not in RULES:
+            raise UserError(f"unknown confidence rule {rule!r}; use one of {', '.join(RULES)}.")
+        _check_common(steps, block_length, temperature)
+        self.name = rule
+        self.rule, self.steps, self.block_length, self.temperature = rule, steps, block_length, temperature
 
+    def _init(self, model: torch.nn.Module, state: State) -> None:
+        state.scratch["budget"] = steps_per_block(self.steps, state)
+        state.scratch["clock"] = BlockClock(state)
 
-def init_state(input_ids: Tensor, attention_mask: Tensor | None, *, mask_id: int, steps: int | None = None, shift: bool = True) -> FillState:
-    """Start from `input_ids` [B, T] whose positions equal to `mask_id` are to be filled.
-
-    steps: model calls to spend (default: the largest number of masks in a row, i.e. one token
-    per call).
-    """
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    masked = (input_ids == mask_id) & attention_mask.bool()
-    if shift and bool(masked[:, 0].any()):
-        raise UserError("a mask at position 0 cannot be predicted with shift on; put a prompt token (e.g. BOS) first.")
-    most = int(masked.sum(1).max()) if masked.numel() else 0
-    if steps is None:
-        steps = max(most, 1)
-    if steps < 1:
-        raise UserError(f"steps must be >= 1, got {steps}.")
-    return FillState(ids=input_ids.clone(), attention_mask=attention_mask, masked=masked, steps_left=steps)
-
-
-def done(state: FillState) -> bool:
-    return not bool(state.masked.any())
-
-
-def _predictions(model: torch.nn.Module, state: FillState, *, mask_id: int, shift: bool) -> tuple[Tensor, Tensor]:
-    """Argmax token and its probability at every position [B, T] (read through the shift rule)."""
-    logits = model(input_ids=state.ids, attention_mask=state.attention_mask).logits.float()
-    if shift:
-        # position i is predicted by logits[i - 1]; position 0 gets no prediction.
-        logits = torch.cat([torch.full_like(logits[:, :1], float("-inf")), logits[:, :-1]], dim=1)
-    if mask_id < logits.shape[-1]:
-        logits[..., mask_id] = float("-inf")
-    probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
-    conf, token = probs.max(-1)
-    return token, conf
+    def step(self, model: torch.nn.Module, state: State) -> State:
+        logits = aligned_logits(model, state)
+        tokens = sample_or_argmax(logits, self.temperature, state)
+        conf = confidences(logits, tokens, self.rule)
+        active = state.active()
+        clock: BlockClock = state.scratch["clock"]
+        left = (state.scratch["budget"] - clock.count).clamp(min=1)
+        commit = top_k_per_row(conf, active, torch.ceil(active.sum(1) / left).long())
+        provisional = torch.where(state.masked, logits.argmax(-1), state.ids)
+        state.record(commit, conf.masked_fill(~state.masked, float("nan")), provisional)
+        state.ids = torch.where(commit, tokens, state.ids)
+        state.masked = state.masked & ~commit
+        clock.advance(state)
+        return state
 
 
-@torch.no_grad()
-def step(model: torch.nn.Module, state: FillState, *, mask_id: int, shift: bool) -> FillState:
-    """One model call: commit each row's ceil(remaining / steps_left) most confident masks."""
-    token, conf = _predictions(model, state, mask_id=mask_id, shift=shift)
-    conf = conf.masked_fill(~state.masked, float("-inf"))
-    remaining = state.masked.sum(1)
-    ids, masked = state.ids.clone(), state.masked.clone()
-    for b in range(ids.shape[0]):
-        k = math.ceil(int(remaining[b]) / max(state.steps_left, 1))
-        if k == 0:
+def sample_or_argmax(logits: Tensor, temperature: float, state: State) -> Tensor:
+    """Tokens for every position at this step (keyed by the step, for reproducibility)."""
+    return sample_tokens(logits, temperature, state.rng, key=state.steps)
+
+
+def top_k_per_row(score: Tensor, allowed: Tensor, k: Tensor) -> Tensor:
+    """Bool [B, T]: in each row, the k[b] highest-`score` positions among `allowed` (ties go to
+    the earlier position)."""
+    out = torch.zeros_like(allowed)
+    for b in range(score.shape[0]):
+        n = min(int(k[b]), int(allowed[b].sum()))
+        if n <= 0:
             continue
-        top = conf[b].topk(k).indices
-        ids[b, top] = token[b, top]
-        masked[b, top] = False
-    return FillState(ids, state.attention_mask, masked, max(state.steps_left - 1, 1), state.nfe + 1)
+        s = score[b].double().masked_fill(~allowed[b], float("-inf"))
+        # stable: sort descending keeps the earlier index first among equal scores
+        order = torch.sort(s, descending=True, stable=True).indices[:n]
+        out[b, order] = True
+    return out
+
+
+def _check_common(steps: int | None, block_length: int | None, temperature: float) -> None:
+    if steps is not None and steps < 1:
+        raise UserError(f"steps must be >= 1, got {steps}.")
+    if block_length is not None and block_length < 1:
+        raise UserError(f"block_length must be >= 1, got {block_length}.")
+    if temperature < 0 or not math.isfinite(temperature):
+        raise UserError(f"temperature must be a finite number >= 0, got {temperature}.")
 
 
 @torch.no_grad()
@@ -97,8 +115,8 @@ def confidence_fill(
     shift: bool,
     steps: int | None = None,
 ) -> tuple[Tensor, int]:
-    """Fill every mask of `input_ids` [B, T]; return (ids [B, T], NFE)."""
-    state = init_state(input_ids, attention_mask, mask_id=mask_id, steps=steps, shift=shift)
-    while not done(state):
-        state = step(model, state, mask_id=mask_id, shift=shift)
-    return state.ids, state.nfe
+    """Fill every mask of `input_ids` [B, T] by low-confidence decoding at temperature 0 (one
+    block); return (ids [B, T], NFE). A convenience for scoring MDMs on tasks."""
+    ctx = ModelContext(kind="mdm", noise="absorbing", shift=shift, mask_id=mask_id)
+    result = run(ConfidenceSampler("low-confidence", steps=steps), model, input_ids, attention_mask, ctx)
+    return result.ids, result.nfe

@@ -239,10 +239,10 @@ def mdm_fill_accuracy(
     """Fraction of `examples` an MDM solves by confidence-ordered filling of the answer span.
 
     Each example is rendered in place ("mdm": prompt, masks of the reference answer's length,
-    suffix); the masks are filled with `conversion.sampling.confidence_fill` (one token per model
+    suffix); the masks are filled by low-confidence decoding (`conversion.sampling`, one token per model
     call unless `steps` says otherwise), the filled span is decoded and passed to `task.check`.
     """
-    from conversion.sampling import confidence_fill
+    from conversion.sampling import ConfidenceSampler, ModelContext, run
 
     if not examples:
         raise TaskError("mdm_fill_accuracy got no examples.")
@@ -254,10 +254,10 @@ def mdm_fill_accuracy(
         chunk = examples[start : start + batch_size]
         rendered = [render(ex, tokenizer, "mdm", shift=meta.shift, mask_id=meta.mask_id) for ex in chunk]
         batch = collate(rendered, _pad_id(tokenizer))
-        filled, _ = confidence_fill(
-            model, batch.input_ids.to(device), batch.attention_mask.to(device),
-            mask_id=meta.mask_id, shift=meta.shift, steps=steps,
-        )
+        filled = run(
+            ConfidenceSampler("low-confidence", steps=steps), model, batch.input_ids.to(device),
+            batch.attention_mask.to(device), ModelContext.from_meta(meta, tokenizer, model),
+        ).ids
         for row, r in enumerate(rendered):
             answer = tokenizer.decode(filled[row, r.answer_positions].tolist())
             solved += bool(task.check(r.example, answer))

@@ -1,0 +1,142 @@
+"""ARPC (BlockGen): predictor, autoregressive scoring, corrector.
+
+Per block of b generated positions, at each step from t to s < t:
+
+1. predictor: the diffusion model proposes a full clean block (a token for every still-masked
+   position of the block; decoded ones are kept);
+2. scoring: one causal pass of an AR model over the canvas with the proposed block scores every
+   proposed token of the block given the clean prefix and the proposed tokens before it:
+   ``nll`` = -log p_AR(token), or ``divergence`` = KL(p_AR || p_MDM) at that position;
+3. corrector: the k = round((1 - alpha(s)) * b) worst-scored positions of the block are masked
+   again; the rest stay. At the last step (s = 0) k = 0: the proposal is kept as it is, i.e. the
+   last step is plain ancestral.
+
+The AR scorer is usually the ARM the MDM was converted from (its metadata records the source; the
+generation evals and the CLI load it by default). It must share the MDM's tokenizer (the MDM may
+have one more row for the mask token). NFE counts both models' calls (`nfe_by` tells them apart).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from conversion.errors import UserError
+from conversion.noise import get_schedule
+from conversion.sampling.ancestral import time_grid
+from conversion.sampling.base import (
+    BlockClock,
+    Sampler,
+    State,
+    aligned_logits,
+    confidences,
+    sample_tokens,
+    steps_per_block,
+)
+from conversion.sampling.confidence import _check_common
+
+SCORES = ("nll", "divergence")
+
+
+class ARPCSampler(Sampler):
+    name = "arpc"
+    needs = "absorbing"
+
+    def __init__(
+        self,
+        scorer: torch.nn.Module | None = None,
+        *,
+        steps: int | None = None,
+        block_length: int | None = 8,
+        temperature: float = 1.0,
+        score: str = "nll",
+        schedule: str | None = None,
+    ):
+        _check_common(steps, block_length, temperature)
+        if score not in SCORES:
+            raise UserError(f"unknown ARPC score {score!r}; use one of {', '.join(SCORES)}.")
+        if schedule is not None:
+            get_schedule(schedule)
+        self.scorer, self.steps, self.block_length = scorer, steps, block_length
+        self.temperature, self.score, self.schedule = temperature, score, schedule
+
+    def check(self, ctx) -> None:  # type: ignore[no-untyped-def]
+        super().check(ctx)
+        if self.scorer is None:
+            raise UserError(
+                "ARPC needs an AR scorer: pass scorer=<causal LM sharing the MDM's tokenizer> (the CLI "
+                "loads the MDM's source ARM by default; give --ar-scorer PATH if it cannot be found)."
+            )
+
+    def _init(self, model: torch.nn.Module, state: State) -> None:
+        ar_vocab = _vocab(self.scorer)
+        if ar_vocab is not None and ar_vocab <= state.ctx.pad_id:
+            raise UserError("the AR scorer's vocabulary is smaller than the MDM's pad id; it is not the same tokenizer.")
+        mdm_vocab = _vocab(model)
+        if ar_vocab is not None and mdm_vocab is not None and not mdm_vocab - 2 <= ar_vocab <= mdm_vocab:
+            raise UserError(
+                f"the AR scorer has {ar_vocab} output ids but the MDM has {mdm_vocab}: they do not share a "
+                "tokenizer. Give the ARM the MDM was converted from (--ar-scorer)."
+            )
+        state.scratch["ar_vocab"] = ar_vocab
+        state.scratch["budget"] = steps_per_block(self.steps, state)
+        state.scratch["clock"] = BlockClock(state)
+
+    def step(self, model: torch.nn.Module, state: State) -> State:
+        clock: BlockClock = state.scratch["clock"]
+        logits = aligned_logits(model, state)
+        tokens = sample_tokens(logits, self.temperature, state.rng, key=state.steps)
+        active = state.active()
+        cur = state.current_block()
+        in_block = (state.blocks == cur[:, None]) & (cur[:, None] >= 0)
+        proposal = torch.where(active, tokens, state.ids)
+        t, s = time_grid(state, clock, state.scratch["budget"])
+        sched = get_schedule(self.schedule or state.ctx.schedule)
+        size = in_block.sum(1).double()
+        k = torch.round((1.0 - sched.alpha(s)) * size).long()
+        k = torch.where(s <= 0, torch.zeros_like(k), k)
+        remask = torch.zeros_like(active)
+        if bool((k > 0).any()):
+            score = self._score(state, proposal, logits)  # [B, T], higher = worse
+            from conversion.sampling.confidence import top_k_per_row
+
+            remask = top_k_per_row(score, in_block, k)
+        conf = confidences(logits, tokens, "low-confidence")
+        state.record(
+            active & ~remask, conf.masked_fill(~state.masked, float("nan")),
+            torch.where(state.masked, logits.argmax(-1), state.ids), remasked=remask & ~active,
+        )
+        state.ids = torch.where(remask, torch.full_like(proposal, state.ctx.mask_id), proposal)
+        state.masked = (state.masked & ~active) | remask
+        clock.advance(state)
+        return state
+
+    def _score(self, state: State, proposal: Tensor, mdm_logits: Tensor) -> Tensor:
+        """Badness of every proposed token [B, T] from one causal AR pass."""
+        V = state.scratch["ar_vocab"] or int(mdm_logits.shape[-1])
+        ar_ids = proposal.masked_fill(proposal >= V, state.ctx.pad_id)
+        ar_ids = torch.where(proposal == state.ctx.mask_id, torch.full_like(ar_ids, state.ctx.pad_id), ar_ids)
+        from conversion.attention import position_ids
+
+        out = state.forward(
+            self.scorer, "ar", input_ids=ar_ids, attention_mask=state.attention_mask,
+            position_ids=position_ids(state.attention_mask),
+        )
+        ar = out.logits[..., :V].double()
+        # AR: logits at i - 1 predict position i.
+        ar = torch.cat([torch.zeros_like(ar[:, :1]), ar[:, :-1]], dim=1)
+        ar_logp = torch.log_softmax(ar, dim=-1)
+        if self.score == "nll":
+            return -ar_logp.gather(-1, ar_ids[..., None]).squeeze(-1)
+        mdm_logp = torch.log_softmax(mdm_logits[..., :V].double(), dim=-1)
+        kl = (ar_logp.exp() * (ar_logp - mdm_logp.clamp(min=-1e30))).sum(-1)
+        return kl.nan_to_num(0.0)
+
+
+def _vocab(model: torch.nn.Module) -> int | None:
+    """Output size of an HF model (None for a model without an HF head or config)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and hasattr(head, "weight"):
+        return int(head.weight.shape[0])
+    config = getattr(model, "config", None)
+    return None if config is None else int(config.vocab_size)
