@@ -1,7 +1,30 @@
 """The hooking layer and the inputs to probe with.
 
-`probe.tasks` holds the task suites (IOI, Greater-Than, induction, Countdown, infilling, sudoku)
-that render clean/corrupted pairs for AR or MDM reading.
+`ProbedModel` wraps an AR or MDM checkpoint behind canonical component names (`probe.names`):
+`run_with_cache` records activations, `intervene` edits nodes and edges, `run_with_grads` takes
+gradients w.r.t. node outputs and receiver inputs, `probe.lens` reads the residual stream through
+the unembedding. `probe.tasks` holds the task suites (IOI, Greater-Than, induction, Countdown,
+infilling, sudoku) that render clean/corrupted pairs for AR or MDM reading.
 """
 
 from conversion import _env  # noqa: F401  (offline flags before transformers is imported)
+
+# isort: split
+from probe.cache import Cache, DiskCache
+from probe.interventions import Interventions
+from probe.lens import LensCurve, answer_logit_diff, direct_logit_attribution, logit_lens
+from probe.model import Decomposition, GradResult, ProbeConfig, ProbedModel
+
+__all__ = [
+    "Cache",
+    "Decomposition",
+    "DiskCache",
+    "GradResult",
+    "Interventions",
+    "LensCurve",
+    "ProbeConfig",
+    "ProbedModel",
+    "answer_logit_diff",
+    "direct_logit_attribution",
+    "logit_lens",
+]

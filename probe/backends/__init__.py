@@ -1,0 +1,22 @@
+"""Backends: the only code that knows how a hook is attached to a model.
+
+The core (`probe.engine`) speaks in *sites*: a fixed list of points in each block, in forward
+order (`SITE_ORDER`), each with one shape convention. A backend runs one forward pass and, at each
+site the core asks for, calls the core's function with the tensor there and substitutes what it
+returns (None: leave the tensor as it is). Backends never see canonical names, caches or
+interventions, and nothing outside `probe/` ever sees a backend's hook names.
+
+| backend  | how it attaches                                          | works for                     |
+|----------|----------------------------------------------------------|-------------------------------|
+| "torch"  | forward hooks on the HF modules (`probe.layout`)          | every layout the probe reads  |
+| "nnsight"| the same modules through an nnsight trace                 | every layout the probe reads  |
+| "tl"     | hook points of a TransformerLens 4 `TransformerBridge`    | architectures TL has an adapter for |
+
+`choose` picks one: an explicit name, or "auto" (see `probe.backends.choose`).
+"""
+
+from __future__ import annotations
+
+from probe.backends.base import SITE_ORDER, Backend, Site, SiteFn, choose, create
+
+__all__ = ["SITE_ORDER", "Backend", "Site", "SiteFn", "choose", "create"]

@@ -1,0 +1,80 @@
+"""The site vocabulary shared by the core and every backend, and how a backend is chosen.
+
+Sites of block l, in forward order, with the shape the core sees (B batch, T positions):
+
+    ("resid_pre", l)   block input                                  [B, T, d_model]
+    ("q", l)           query projection output (before any q-norm / rotary)  [B, T, n_heads * d_head]
+    ("k", l), ("v", l) key / value projection outputs               [B, T, n_kv_heads * d_head]
+    ("z", l)           input of the output projection (heads' z)    [B, T, n_heads * d_head]
+    ("attn_out", l)    output projection output (before a post-norm)  [B, T, d_model]
+    ("pattern", l)     attention probabilities, read only           [B, n_heads, T, T]
+    ("mlp_in", l)      the MLP branch's input, before its norm; a new value changes the MLP's
+                       input only, not the residual skip            [B, T, d_model]
+    ("neurons", l)     input of the down projection                 [B, T, d_mlp]
+    ("mlp_out", l)     MLP output (before a post-norm)              [B, T, d_model]
+    ("resid_post", l)  block output                                 [B, T, d_model]
+    ("final", L)       input of the final norm (L = n_layers)       [B, T, d_model]
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import ClassVar
+
+from torch import Tensor
+
+from conversion.errors import UserError
+
+Site = tuple[str, int]
+SiteFn = Callable[[Tensor], Tensor | None]
+
+SITE_ORDER: tuple[str, ...] = (
+    "resid_pre", "q", "k", "v", "z", "attn_out", "pattern", "mlp_in", "neurons", "mlp_out",
+    "resid_post",
+)
+BACKENDS = ("torch", "nnsight", "tl")
+
+
+class Backend(ABC):
+    """One way of running the model with site functions attached.
+
+    `causal` is fixed at construction: False for MDM checkpoints, and the backend must make the
+    model attend bidirectionally inside its own machinery.
+    """
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, fns: Mapping[Site, SiteFn]) -> Tensor:
+        """Logits [B, T, V] of one pass with `fns` applied at their sites."""
+
+
+def choose(requested: str, architecture: str) -> str:
+    """The backend name for `requested` ("auto" or a name) and the model's HF class name.
+
+    "auto" picks "torch": plain forward hooks give the same numbers as the other backends with
+    the least overhead and no copy of the model (see docs/results/probe.md for the measurements).
+    """
+    if requested == "auto":
+        return "torch"
+    if requested not in BACKENDS:
+        raise UserError(f"unknown backend {requested!r}; choose 'auto' or one of {', '.join(BACKENDS)}.")
+    return requested
+
+
+def create(name: str, model, layout, *, causal: bool, tokenizer=None, source: str = "") -> Backend:
+    """Instantiate backend `name` (imports its library only when asked for)."""
+    if name == "torch":
+        from probe.backends.torch_hooks import TorchBackend
+
+        return TorchBackend(model, layout, causal=causal)
+    if name == "nnsight":
+        from probe.backends.nnsight_backend import NNsightBackend
+
+        return NNsightBackend(model, layout, causal=causal)
+    if name == "tl":
+        from probe.backends.tl_bridge import TLBackend
+
+        return TLBackend(model, layout, causal=causal, tokenizer=tokenizer, source=source)
+    raise UserError(f"unknown backend {name!r}; choose 'auto' or one of {', '.join(BACKENDS)}.")

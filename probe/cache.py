@@ -1,0 +1,201 @@
+"""Activation caches keyed by canonical names, in memory or streamed to disk as safetensors shards.
+
+`Cache` is a read-only mapping from canonical names to tensors (batch first). Two kinds of name
+are answered without being stored twice:
+
+- `L{l}.mlp.neuron{i}` is a column of the stored `L{l}.mlp.neurons`;
+- a head's input receiver `L{l}.H{h}.q|k|v` is `L{l}.resid_pre` (what every head of the layer
+  reads, before any edge patch).
+
+`DiskCache` is what `ProbedModel.cache_to_disk` writes: one safetensors file per batch of rows and
+an `index.json`; reading a name loads that tensor from each shard and nothing else.
+
+    >>> logits, cache = pm.run_with_cache(ids, names="L*.H*")       # doctest: +SKIP
+    >>> cache["L3.H2"].shape                                         # doctest: +SKIP
+    torch.Size([8, 20, 576])
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from conversion.errors import UserError
+from probe.names import parse
+
+INDEX_FILE = "index.json"
+
+
+class CacheKeyError(UserError, KeyError):
+    """A name the cache does not hold (a KeyError too, so `name in cache` works)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def derived(name: str) -> tuple[str, int | None] | None:
+    """(stored name, neuron index or None) that a derived name is read from; None if not derived."""
+    try:
+        n = parse(name)
+    except UserError:
+        return None
+    if n.kind == "neuron":
+        return f"L{n.layer}.mlp.neurons", n.neuron
+    if n.kind == "receiver":
+        return f"L{n.layer}.resid_pre", None
+    return None
+
+
+def resolve(store: Mapping[str, Tensor], name: str) -> Tensor | None:
+    """The tensor for `name` in `store`, deriving neurons and receiver inputs; None if absent."""
+    if name in store:
+        return store[name]
+    source = derived(name)
+    if source is None or source[0] not in store:
+        return None
+    value = store[source[0]]
+    return value if source[1] is None else value[..., source[1]]
+
+
+class Cache(Mapping[str, Tensor]):
+    """Activations by canonical name (see the module docstring for derived names)."""
+
+    def __init__(self, tensors: Mapping[str, Tensor] | None = None) -> None:
+        self._t: dict[str, Tensor] = dict(tensors or {})
+
+    def __getitem__(self, name: str) -> Tensor:
+        value = resolve(self._t, name)
+        if value is None:
+            held = list(self._t)
+            sample = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
+            raise CacheKeyError(
+                f"the cache holds no {name!r} (it holds {len(held)} names: {sample or 'none'}); "
+                "ask for it with run_with_cache(..., names=...)."
+            )
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and resolve(self._t, name) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._t)
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+    def __repr__(self) -> str:
+        return f"Cache({len(self._t)} names)"
+
+    def heads(self, layer: int) -> Tensor:
+        """All head outputs of `layer` stacked: [B, T, n_heads, d_model]."""
+        names = sorted((k for k in self._t if k.startswith(f"L{layer}.H") and parse(k).kind == "head"),
+                       key=lambda k: parse(k).head)
+        if not names:
+            raise CacheKeyError(f"the cache holds no head outputs of layer {layer}.")
+        return torch.stack([self._t[k] for k in names], dim=2)
+
+    def to(self, *args, **kwargs) -> Cache:
+        """A new cache with every tensor moved/cast (`Tensor.to` arguments)."""
+        return Cache({k: v.to(*args, **kwargs) for k, v in self._t.items()})
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (views of one tensor counted once)."""
+        seen: dict[int, int] = {}
+        for v in self._t.values():
+            seen[v.untyped_storage().data_ptr()] = v.untyped_storage().nbytes()
+        return sum(seen.values())
+
+    @classmethod
+    def cat(cls, caches: Iterable[Cache]) -> Cache:
+        """Concatenate caches of consecutive batches along the batch dimension."""
+        caches = list(caches)
+        if not caches:
+            return cls()
+        return cls({k: torch.cat([c._t[k] for c in caches], dim=0) for k in caches[0]._t})
+
+    def save(self, file: str | Path) -> Path:
+        """Write the cache as one safetensors file (tensors copied to be contiguous, unshared)."""
+        file = Path(file)
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in self._t.items()}, str(file))
+        return file
+
+    @classmethod
+    def load(cls, file: str | Path) -> Cache:
+        tensors = {}
+        with safe_open(str(file), framework="pt") as fh:
+            for key in fh.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                tensors[key] = fh.get_tensor(key)
+        return cls(tensors)
+
+
+class DiskCache:
+    """A cache written shard by shard (`ProbedModel.cache_to_disk`); rows stay on disk until read.
+
+    `cache[name]` concatenates that one tensor over all shards; `shards()` yields one in-memory
+    `Cache` per shard, for streaming analyses whose memory must stay bounded.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        try:
+            self.index = json.loads((self.folder / INDEX_FILE).read_text())
+        except FileNotFoundError:
+            raise UserError(f"{self.folder} has no {INDEX_FILE}: it is not a probe disk cache.") from None
+        self.names: list[str] = list(self.index["names"])
+        self.files = [self.folder / s["file"] for s in self.index["shards"]]
+
+    def __len__(self) -> int:
+        return int(sum(s["rows"] for s in self.index["shards"]))
+
+    def __contains__(self, name: str) -> bool:
+        source = derived(name)
+        return name in self.names or (source is not None and source[0] in self.names)
+
+    def __getitem__(self, name: str) -> Tensor:
+        source = (name, None) if name in self.names else derived(name)
+        if source is None or source[0] not in self.names:
+            raise CacheKeyError(
+                f"the disk cache in {self.folder} holds no {name!r} (it holds {len(self.names)} names)."
+            )
+        parts = []
+        for file in self.files:
+            with safe_open(str(file), framework="pt") as fh:
+                parts.append(fh.get_tensor(source[0]))
+        full = torch.cat(parts, dim=0)
+        return full if source[1] is None else full[..., source[1]]
+
+    def shards(self) -> Iterator[Cache]:
+        for file in self.files:
+            yield Cache.load(file)
+
+
+class ShardWriter:
+    """Writes consecutive batch caches as numbered shards, then the index (last, atomically)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if (self.folder / INDEX_FILE).exists() or any(self.folder.glob("shard-*.safetensors")):
+            raise UserError(f"{self.folder} already holds a cache; choose an empty folder or delete it.")
+        self.shards: list[dict] = []
+        self.names: list[str] | None = None
+
+    def add(self, cache: Cache) -> None:
+        name = f"shard-{len(self.shards):05d}.safetensors"
+        cache.save(self.folder / name)
+        rows = next(iter(cache.values())).shape[0] if len(cache) else 0
+        self.shards.append({"file": name, "rows": rows})
+        self.names = self.names or list(cache)
+
+    def close(self) -> DiskCache:
+        tmp = self.folder / (INDEX_FILE + ".tmp")
+        tmp.write_text(json.dumps({"names": self.names or [], "shards": self.shards}, indent=1))
+        tmp.replace(self.folder / INDEX_FILE)
+        return DiskCache(self.folder)

@@ -1,0 +1,439 @@
+"""`ProbedModel`: one interface over AR and MDM checkpoints, in canonical names.
+
+    >>> pm = ProbedModel.from_checkpoint("smollm2")                       # doctest: +SKIP
+    >>> pm.config.n_layers, pm.config.kind, pm.backend_name               # doctest: +SKIP
+    (30, 'ar', 'torch')
+    >>> logits, cache = pm.run_with_cache(ids, names=["L*.H*", "L*.mlp"])  # doctest: +SKIP
+    >>> with pm.intervene() as iv:                                         # doctest: +SKIP
+    ...     iv.patch("L5.H*", corrupted_cache)
+    ...     patched = pm(ids)
+    >>> g = pm.run_with_grads(ids, metric, outputs="L*.H*", receivers="L*.H*.q")  # doctest: +SKIP
+
+The model runs with eager attention (so patterns can be read) and frozen parameters (gradients
+are taken with respect to activations only). An MDM checkpoint attends bidirectionally in every
+backend; an AR checkpoint causally. `config.shift` and `read_positions` say where a prediction is
+read (`conversion.metadata.read_positions`, the project's single rule).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from conversion.checkpoints import Loaded, load_ar
+from conversion.errors import UserError
+from conversion.metadata import META_FILE, ModelMeta, read_positions
+from probe.backends import Backend, choose, create
+from probe.cache import Cache, DiskCache, ShardWriter
+from probe.engine import Core, Pass, Request
+from probe.interventions import Interventions
+from probe.layout import Layout
+from probe.names import NameFilter, Shape, parse, select
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The sizes and reading rules of a probed model.
+
+    kind: "ar" (causal) or "mdm" (bidirectional). shift: logits at i predict token i + 1.
+    mask_id: the MDM's mask token (None for AR). post_norms: sublayer outputs are normalised
+    before joining the residual stream (Gemma); head-level sums then need `decompose`.
+    """
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    kind: Literal["ar", "mdm"]
+    shift: bool
+    mask_id: int | None
+    family: str
+    post_norms: bool
+
+    @property
+    def shape(self) -> Shape:
+        return Shape(self.n_layers, self.n_heads, self.n_kv_heads, self.d_mlp)
+
+
+@dataclass
+class GradResult:
+    """What `run_with_grads` returns.
+
+    metric: the scalar's value. logits: [B, T, V] (detached). outputs: gradient w.r.t. each
+    requested node's output (a head's equals its layer's attention-output gradient). inputs:
+    gradient w.r.t. each requested receiver's input. cache: activations recorded in the same pass.
+    """
+
+    metric: Tensor
+    logits: Tensor
+    outputs: Cache
+    inputs: Cache
+    cache: Cache
+
+
+Inputs = Tensor | Mapping[str, Tensor] | str | Sequence[str]
+
+
+@dataclass
+class Decomposition:
+    """Each node's contribution to the final residual stream ([B, T, d_model] per name) and the
+    rest (`bias`: output-projection biases), which sum to `L{n-1}.resid_post`."""
+
+    parts: dict[str, Tensor]
+    bias: Tensor
+
+    def total(self) -> Tensor:
+        return sum(self.parts.values()) + self.bias
+
+
+class ProbedModel:
+    """An HF decoder (AR or MDM) with canonical-name caching, interventions and gradients."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        meta: ModelMeta | None = None,
+        *,
+        backend: str = "auto",
+    ) -> None:
+        if not isinstance(model, PreTrainedModel):
+            raise UserError(f"ProbedModel wraps a transformers PreTrainedModel; got {type(model).__name__}.")
+        if meta is None:
+            if getattr(model.config, "is_causal", True) is False:
+                raise UserError(
+                    "this model attends bidirectionally (config.is_causal is False) but no ModelMeta "
+                    "was given: pass meta=ModelMeta(kind='mdm', mask_id=..., shift=...) or load it "
+                    "with conversion.mdm.load_mdm."
+                )
+            meta = ModelMeta(kind="ar", family=model.config.model_type, shift=True)
+        if meta.kind not in ("ar", "mdm"):
+            raise UserError(f"meta.kind is {meta.kind!r}; expected 'ar' or 'mdm'.")
+        model.eval()
+        model.requires_grad_(False)
+        model.set_attn_implementation("eager")  # patterns are only observable in eager attention
+        self.model = model
+        self.tokenizer = tokenizer
+        self.meta = meta
+        self.layout = Layout(model)
+        lay = self.layout
+        self.config = ProbeConfig(
+            n_layers=lay.n_layers, n_heads=lay.n_heads, n_kv_heads=lay.n_kv_heads,
+            d_model=lay.d_model, d_head=lay.d_head, d_mlp=lay.d_mlp, d_vocab=lay.d_vocab,
+            kind=meta.kind, shift=meta.shift, mask_id=meta.mask_id,
+            family=model.config.model_type, post_norms=lay.post_norms,
+        )
+        self.shape = self.config.shape
+        self.core = Core(lay, self.shape)
+        self.backend_name = choose(backend, type(model).__name__)
+        self.backend: Backend = create(
+            self.backend_name, model, lay, causal=meta.kind == "ar", tokenizer=tokenizer,
+            source=meta.extra.get("path", meta.source) if meta.extra else meta.source,
+        )
+        self._active: list[Interventions] = []
+
+    # --- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        source: str | Path | Loaded | PreTrainedModel,
+        *,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        meta: ModelMeta | None = None,
+        backend: str = "auto",
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        trust_remote_code: bool = False,
+    ) -> ProbedModel:
+        """Probe any checkpoint the toolkit loads.
+
+        source: a name or path `load_ar` accepts ("smollm2", "organism", an HF folder, a .gguf),
+        an MDM folder (it holds ar2mdm.json with kind "mdm": loaded with `load_mdm`), a `Loaded`,
+        or an in-memory HF model (then pass `tokenizer` and, for an MDM, `meta`).
+        backend: "auto", "torch", "nnsight" or "tl" (see `probe.backends`).
+        """
+        if isinstance(source, PreTrainedModel):
+            return cls(source, tokenizer, meta, backend=backend)
+        if isinstance(source, Loaded):
+            return cls(source.model, tokenizer or source.tokenizer, meta or source.meta, backend=backend)
+        if not isinstance(source, str | Path):
+            raise UserError(
+                f"from_checkpoint takes a name, a path, a Loaded or an HF model; got {type(source).__name__}."
+            )
+        path = Path(source).expanduser()
+        if path.is_dir() and (path / META_FILE).is_file() and ModelMeta.load(path).kind == "mdm":
+            from conversion.mdm import load_mdm
+
+            loaded = load_mdm(path, dtype=dtype, device=device)
+        else:
+            loaded = load_ar(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        return cls(loaded.model, tokenizer or loaded.tokenizer, meta or loaded.meta, backend=backend)
+
+    # --- names --------------------------------------------------------------------------------
+
+    def components(self, *, neurons: bool = True, receivers: bool = True) -> list[str]:
+        """Every canonical name, in forward order (see `probe.names`)."""
+        return self.shape.components(neurons=neurons, receivers=receivers)
+
+    def senders(self) -> list[str]:
+        """embed, every head, every MLP: the nodes that write into the residual stream."""
+        return self.shape.senders()
+
+    def receivers(self) -> list[str]:
+        """Every head's q/k/v input, every MLP, logits: the nodes that read from it."""
+        return self.shape.all_receivers()
+
+    def read_positions(self, answer_positions: Tensor | int) -> Tensor | int:
+        """Logit positions that predict tokens at `answer_positions` (shift-aware)."""
+        return read_positions(answer_positions, self.config.shift)
+
+    # --- inputs -------------------------------------------------------------------------------
+
+    def _inputs(self, inputs: Inputs, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        mask = attention_mask
+        if isinstance(inputs, str) or (isinstance(inputs, Sequence) and inputs and all(isinstance(t, str) for t in inputs)):
+            if self.tokenizer is None:
+                raise UserError("text inputs need a tokenizer; pass token ids or give the model a tokenizer.")
+            enc = self.tokenizer([inputs] if isinstance(inputs, str) else list(inputs), return_tensors="pt", padding=True)
+            ids, mask = enc["input_ids"], enc["attention_mask"] if mask is None else mask
+        elif isinstance(inputs, Tensor):
+            ids = inputs
+        elif isinstance(inputs, Mapping) and "input_ids" in inputs:
+            ids = inputs["input_ids"]
+            mask = inputs.get("attention_mask") if mask is None else mask
+        elif hasattr(inputs, "input_ids") and hasattr(inputs, "attention_mask"):  # probe.tasks.Batch
+            ids = inputs.input_ids
+            mask = inputs.attention_mask if mask is None else mask
+        else:
+            raise UserError(
+                f"inputs must be token ids [B, T], a mapping with input_ids (and attention_mask), a "
+                f"probe.tasks Batch, or text; got {type(inputs).__name__}."
+            )
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2 or ids.dtype not in (torch.long, torch.int, torch.int32):
+            raise UserError(f"token ids must be an integer tensor [B, T]; got {ids.dtype} {list(ids.shape)}.")
+        if mask is None:
+            mask = torch.ones_like(ids)
+        if mask.ndim == 1:
+            mask = mask[None]
+        if mask.shape != ids.shape:
+            raise UserError(f"attention_mask is {list(mask.shape)} but input_ids are {list(ids.shape)}.")
+        device = next(self.model.parameters()).device
+        return ids.to(device), mask.to(device)
+
+    # --- running ------------------------------------------------------------------------------
+
+    def _request(self, **kwargs) -> Request:
+        edits, edges = [], []
+        for iv in self._active:
+            edits += iv.edits
+            edges += iv.edges
+        return Request(edits=edits, edges=edges, **kwargs)
+
+    def _run(self, ids: Tensor, mask: Tensor, request: Request) -> tuple[Tensor, Pass]:
+        run = Pass(self.core, request, ids.shape[0], ids.shape[1], ids.device)
+        logits = self.backend.forward(ids, mask, run.site_fns())
+        return logits, run
+
+    def forward(self, inputs: Inputs, *, attention_mask: Tensor | None = None) -> Tensor:
+        """Logits [B, T, V] under the active interventions."""
+        ids, mask = self._inputs(inputs, attention_mask)
+        with torch.no_grad():
+            logits, _ = self._run(ids, mask, self._request())
+        return logits
+
+    __call__ = forward
+
+    def cache_names(self, names: NameFilter = None, *, patterns: bool = False) -> list[str]:
+        """The cacheable names `names` selects (None: all but attention patterns)."""
+        universe = self.shape.cacheable(patterns=True)
+        if names is None:
+            return [n for n in universe if not n.endswith(".pattern") or patterns]
+        return select(names, universe, self.shape, "run_with_cache names")
+
+    def run_with_cache(
+        self,
+        inputs: Inputs,
+        names: NameFilter = None,
+        *,
+        attention_mask: Tensor | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        batch_size: int | None = None,
+    ) -> tuple[Tensor, Cache]:
+        """(logits [B, T, V], Cache) of one pass under the active interventions.
+
+        names: what to record (see `cache_names`; globs, lists or a predicate; `L{l}.mlp.neurons`
+        holds a layer's neurons, `L{l}.H{h}.pattern` must be asked for). dtype / device: where
+        and how recorded tensors are kept (default: as computed). batch_size: run in chunks of
+        rows and concatenate (patch sources with as many rows as the input are sliced to match).
+        """
+        ids, mask = self._inputs(inputs, attention_mask)
+        record = set(self.cache_names(names))
+        logits_parts, caches = [], []
+        for start, stop in _chunks(ids.shape[0], batch_size):
+            request = self._chunk_request(record, dtype, device, start, stop, ids.shape[0])
+            with torch.no_grad():
+                logits, run = self._run(ids[start:stop], mask[start:stop], request)
+            logits_parts.append(logits)
+            caches.append(run.cache(logits))
+        return torch.cat(logits_parts), Cache.cat(caches) if len(caches) > 1 else caches[0]
+
+    def cache_to_disk(
+        self,
+        inputs: Inputs,
+        folder: str | Path,
+        names: NameFilter = None,
+        *,
+        attention_mask: Tensor | None = None,
+        dtype: torch.dtype | None = None,
+        batch_size: int = 8,
+    ) -> DiskCache:
+        """Record `names` batch by batch into safetensors shards under `folder`; memory holds one
+        batch at a time. Returns the `DiskCache` reading them."""
+        ids, mask = self._inputs(inputs, attention_mask)
+        record = set(self.cache_names(names))
+        writer = ShardWriter(folder)
+        for start, stop in _chunks(ids.shape[0], batch_size):
+            request = self._chunk_request(record, dtype, "cpu", start, stop, ids.shape[0])
+            with torch.no_grad():
+                logits, run = self._run(ids[start:stop], mask[start:stop], request)
+            writer.add(run.cache(logits))
+        return writer.close()
+
+    def _chunk_request(self, record, dtype, device, start: int, stop: int, total: int) -> Request:
+        request = self._request(record=record, dtype=dtype, device=device)
+        if (start, stop) != (0, total):
+            request.edits = [_slice_rows(e, start, stop, total) for e in request.edits]
+            request.edges = [_slice_rows(e, start, stop, total) for e in request.edges]
+        return request
+
+    def run_with_grads(
+        self,
+        inputs: Inputs,
+        metric: Callable[[Tensor], Tensor],
+        *,
+        outputs: NameFilter = (),
+        receivers: NameFilter = (),
+        names: NameFilter = (),
+        attention_mask: Tensor | None = None,
+    ) -> GradResult:
+        """Gradients of `metric(logits)` (a scalar) w.r.t. node outputs and receiver inputs, in one
+        backward pass, under the active interventions.
+
+        outputs: senders and other nodes (embed, L{l}.H{h}, L{l}.mlp, neurons, residuals).
+        receivers: L{l}.H{h}.q|k|v, L{l}.mlp, logits: the gradient w.r.t. that
+        receiver's own copy of its input. names: activations to record in the same pass.
+        """
+        ids, mask = self._inputs(inputs, attention_mask)
+        out_universe = [n for n in self.shape.components(neurons=False, receivers=False) if n != "logits"]
+        out_universe += [f"L{layer}.mlp.neurons" for layer in range(self.shape.n_layers)]
+        outs = _select_or_exact(outputs, out_universe, self.shape, "gradient outputs", ("neuron",))
+        ins = select(receivers, self.receivers(), self.shape, "gradient receivers") if receivers != () else []
+        record = set(self.cache_names(names)) if names != () else set()
+        request = self._request(record=record, grad_outputs=set(outs), grad_inputs=set(ins))
+        with torch.enable_grad():
+            logits, run = self._run(ids, mask, request)
+            value = metric(logits)
+            if not isinstance(value, Tensor) or value.numel() != 1:
+                raise UserError("the metric must return a scalar tensor (e.g. a mean logit difference).")
+            if not value.requires_grad:
+                raise UserError("the metric does not depend on the logits through the model; nothing to differentiate.")
+            value.backward()
+        out_grads, in_grads = run.gradients()
+        return GradResult(value.detach(), logits.detach(), out_grads, in_grads, run.cache(logits.detach()))
+
+    # --- interventions ------------------------------------------------------------------------
+
+    def interventions(self) -> Interventions:
+        """An empty intervention list for this model (activate it with `intervene(iv)`)."""
+        return Interventions(self.shape)
+
+    @contextlib.contextmanager
+    def intervene(self, interventions: Interventions | None = None) -> Iterator[Interventions]:
+        """Apply interventions to every pass run inside the block; yields the list to fill."""
+        iv = interventions if interventions is not None else self.interventions()
+        if iv.shape != self.shape:
+            raise UserError("these interventions were made for a model of another shape.")
+        self._active.append(iv)
+        try:
+            yield iv
+        finally:
+            self._active.remove(iv)
+
+    # --- residual-stream accounting -----------------------------------------------------------
+
+    def decompose(self, cache: Cache) -> Decomposition:
+        """Each sender's exact contribution to the final residual stream.
+
+        Needs `embed`, every `L{l}.H{h}` and every `L{l}.mlp` in `cache`. Without post-norms a
+        contribution is the node's value; with them (Gemma), it is the node's image under its
+        post-norm with the norm's scale fixed at that layer's actual output, which sums exactly.
+        """
+        core = self.core
+        parts: dict[str, Tensor] = {"embed": cache["embed"]}
+        bias = torch.zeros_like(parts["embed"])
+        for layer in range(self.shape.n_layers):
+            heads = cache.heads(layer)
+            o_bias = self.layout.o_bias(layer)
+            whole = heads.sum(2) + (0 if o_bias is None else o_bias.to(heads))
+            norm = core.attn_post[layer]
+            if norm is not None:
+                core.require_exact_norms([norm], "decompose")
+                for h in range(self.shape.n_heads):
+                    parts[f"L{layer}.H{h}"] = norm.linear(heads[:, :, h], whole)
+                if o_bias is not None:
+                    bias = bias + norm.linear(o_bias.to(heads).expand_as(whole), whole)
+            else:
+                for h in range(self.shape.n_heads):
+                    parts[f"L{layer}.H{h}"] = heads[:, :, h]
+                if o_bias is not None:
+                    bias = bias + o_bias.to(heads)
+            mlp = cache[f"L{layer}.mlp"]
+            mnorm = core.mlp_post[layer]
+            parts[f"L{layer}.mlp"] = mlp if mnorm is None else mnorm.linear(mlp, mlp)
+        return Decomposition(parts, bias)
+
+
+def _chunks(total: int, size: int | None) -> list[tuple[int, int]]:
+    if size is None:
+        return [(0, total)]
+    if size < 1:
+        raise UserError(f"batch_size must be >= 1, got {size}.")
+    return [(s, min(s + size, total)) for s in range(0, total, size)]
+
+
+def _slice_rows(op, start: int, stop: int, total: int):
+    """An edit / edge whose per-row value (or [B, T] mask) is cut to rows start:stop."""
+    value = op.value
+    if value.ndim >= 2 and value.shape[0] == total and total > 1:
+        value = value[start:stop]
+    pos = op.pos
+    if isinstance(pos, Tensor) and pos.dtype == torch.bool and pos.ndim == 2 and pos.shape[0] == total and total > 1:
+        pos = pos[start:stop]
+    return dataclasses.replace(op, value=value, pos=pos)
+
+
+def _select_or_exact(spec: NameFilter, universe: list[str], shape: Shape, what: str, exact_kinds: tuple[str, ...]) -> list[str]:
+    """`select`, also accepting exact names of `exact_kinds` outside the universe (single neurons)."""
+    if spec == () or spec is None:
+        return [] if spec == () else list(universe)
+    items = [spec] if isinstance(spec, str) else spec
+    if not callable(items) and all(isinstance(i, str) for i in items):
+        extra = [i for i in items if not set("*?[") & set(i) and parse(i).kind in exact_kinds]
+        rest = [i for i in items if i not in extra]
+        return [str(shape.check(i)) for i in extra] + (select(rest, universe, shape, what) if rest else [])
+    return select(spec, universe, shape, what)
