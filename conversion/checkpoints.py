@@ -54,7 +54,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from conversion._env import cache_dir
 from conversion.errors import CheckpointError
-from conversion.metadata import ModelMeta
+from conversion.metadata import META_FILE, ModelMeta
 
 SMOLLM2 = "smollm2"
 ORGANISM = "organism"
@@ -148,6 +148,23 @@ def load_ar(
 
 # --------------------------------------------------------------------------------------------
 # HF folders
+
+
+def load_any(
+    source: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+) -> Loaded:
+    """Load any checkpoint the toolkit knows: an MDM folder (one with `ar2mdm.json` of kind "mdm",
+    through `conversion.mdm.load_mdm`) or anything `load_ar` takes (a name, an HF folder, a .gguf)."""
+    from conversion.mdm import load_mdm  # mdm builds on this module
+
+    folder = Path(source)
+    if (folder / META_FILE).is_file() and ModelMeta.load(folder).kind == "mdm":
+        return load_mdm(folder, dtype=dtype, device=device)
+    return load_ar(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
 
 
 def load_hf_folder(

@@ -150,6 +150,134 @@ def convert(
     )
 
 
+_SAMPLER_HELP = "ar | ancestral | uniform | low-confidence | margin | entropy | threshold | remask | arpc"
+
+
+def _sampler_flags(
+    steps: int | None, block_length: int | None, temperature: float | None, tau: float | None,
+    top_k: int | None, top_p: float | None, strategy: str | None, eta: float | None, score: str | None,
+    cache: str | None,
+) -> dict:
+    return {
+        "steps": steps, "block_length": block_length, "temperature": temperature, "tau": tau, "top_k": top_k,
+        "top_p": top_p, "strategy": strategy, "eta": eta, "score": score, "cache": cache,
+    }
+
+
+@app.command()
+def sample(
+    model: Annotated[str, typer.Option(help="Checkpoint: an MDM folder, or an AR source (smollm2 | organism | HF folder | .gguf).")],
+    prompt: Annotated[list[str], typer.Option(help="Prompt text (repeat the flag for a batch).")],
+    sampler: Annotated[str, typer.Option(help=_SAMPLER_HELP)] = "low-confidence",
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate after each prompt.")] = 32,
+    steps: Annotated[int | None, typer.Option(help="Model calls per sequence for step-budget samplers. [default: one token per call]")] = None,
+    block_length: Annotated[int | None, typer.Option(help="Semi-autoregressive block length (MDM samplers; block-diffusion checkpoints use their own blocks).")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (0 = argmax). [default: 0 for ar/confidence/threshold, 1 for ancestral/uniform/remask/arpc]")] = None,
+    tau: Annotated[float | None, typer.Option(help="threshold: commit every token with confidence >= tau. [default: 0.9]")] = None,
+    top_k: Annotated[int | None, typer.Option(help="ar: keep the k most probable tokens.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="ar: nucleus sampling mass.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="remask: cap | rescale | conf. [default: cap]")] = None,
+    eta: Annotated[float | None, typer.Option(help="remask: the strategy's eta. [default: 0.05]")] = None,
+    score: Annotated[str | None, typer.Option(help="arpc: nll | divergence. [default: nll]")] = None,
+    cache: Annotated[str | None, typer.Option(help="threshold: prefix | none. [default: prefix]")] = None,
+    ar_scorer: Annotated[str | None, typer.Option(help="arpc: AR model to score with. [default: the MDM's source]")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sampler's random draws.")] = 0,
+    trace: Annotated[Path | None, typer.Option(help="Write a per-step trace (committed positions, confidences, provisional decode) as JSON here.")] = None,
+) -> None:
+    """Generate from a checkpoint: prints each prompt followed by its continuation."""
+    import json
+
+    from analyses.generation import ar_scorer as load_scorer
+    from conversion.checkpoints import load_any
+    from conversion.sampling import ModelContext, build_sampler, make_canvas, run
+
+    try:
+        if max_new_tokens < 1:
+            raise UserError(f"--max-new-tokens must be >= 1, got {max_new_tokens}.")
+        loaded = load_any(model)
+        options = _sampler_flags(steps, block_length, temperature, tau, top_k, top_p, strategy, eta, score, cache)
+        if sampler == "arpc":
+            options["scorer"] = load_scorer(loaded, ar_scorer)
+        chosen = build_sampler(sampler, **options)
+        ctx = ModelContext.from_meta(loaded.meta, loaded.tokenizer, loaded.model)
+        tok = loaded.tokenizer
+        encoded = [list(tok(p, add_special_tokens=True)["input_ids"]) for p in prompt]
+        canvas, am = make_canvas(encoded, max_new_tokens, mask_id=ctx.placeholder, pad_id=ctx.pad_id)
+        result = run(chosen, loaded.model, canvas, am, ctx, seed=seed, trace=trace is not None)
+    except UserError as err:
+        _fail(err)
+    for row, text in enumerate(prompt):
+        gen = result.generated(row)
+        if ctx.eos_id is not None and ctx.eos_id in gen:
+            gen = gen[: gen.index(ctx.eos_id)]
+        print(text + tok.decode(gen, skip_special_tokens=True))
+    console.print(f"{sampler}: NFE {result.nfe} {result.nfe_by}, {result.seconds:.2f} s")
+    if trace is not None:
+        steps_out = []
+        for st in result.trace or []:
+            steps_out.append({
+                "step": st.step, "nfe": st.nfe,
+                "committed": [st.committed[b].nonzero().squeeze(1).tolist() for b in range(len(prompt))],
+                "remasked": [st.remasked[b].nonzero().squeeze(1).tolist() for b in range(len(prompt))],
+                "confidence": [[None if v != v else round(v, 5) for v in st.confidence[b].tolist()] for b in range(len(prompt))],
+                "provisional": [tok.decode(st.provisional[b][result.gen[b]].tolist()) for b in range(len(prompt))],
+            })
+        trace.write_text(json.dumps({"sampler": sampler, "prompts": list(prompt), "steps": steps_out}, indent=1))
+        console.print(f"trace: {trace}")
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Option(help="Checkpoint: an MDM folder, or an AR source (smollm2 | organism | HF folder | .gguf).")],
+    out: Annotated[Path, typer.Option(help="Folder for results.json, results.md and generation.html.")],
+    tasks: Annotated[str, typer.Option(help="Comma-separated tasks: ioi, greater_than, induction, countdown, infilling, sudoku.")] = "ioi,countdown",
+    samplers: Annotated[str, typer.Option(help=f"Comma-separated samplers: {_SAMPLER_HELP}.")] = "low-confidence,threshold",
+    n: Annotated[int, typer.Option(help="Examples per task.")] = 100,
+    fractions: Annotated[str, typer.Option(help="Step budgets as fractions of the answer length L (samplers with --steps).")] = "1,0.5,0.25",
+    batch_size: Annotated[int, typer.Option(help="Sequences per model call.")] = 16,
+    block_length: Annotated[int | None, typer.Option(help="Semi-autoregressive block length.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature for every sampler (0 = argmax). [default: each sampler's]")] = None,
+    tau: Annotated[float | None, typer.Option(help="threshold's tau. [default: 0.9]")] = None,
+    strategy: Annotated[str | None, typer.Option(help="remask strategy.")] = None,
+    eta: Annotated[float | None, typer.Option(help="remask eta.")] = None,
+    score: Annotated[str | None, typer.Option(help="arpc score: nll | divergence.")] = None,
+    cache: Annotated[str | None, typer.Option(help="threshold cache: prefix | none.")] = None,
+    ar_scorer: Annotated[str | None, typer.Option(help="arpc: AR model to score with. [default: the MDM's source]")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of examples and sampler draws.")] = 0,
+) -> None:
+    """Task accuracy, NFE and tokens/s of each sampler at several step budgets; JSON + plot."""
+    from analyses.generation import SamplerSpec, evaluate_samplers, table, task_sets, write_report
+    from analyses.generation import ar_scorer as load_scorer
+    from conversion.checkpoints import load_any
+    from conversion.sampling import SAMPLERS, sampler_options
+
+    try:
+        names = [x.strip() for x in samplers.split(",") if x.strip()]
+        bad = [x for x in names if x not in SAMPLERS]
+        if bad:
+            raise UserError(f"unknown sampler(s) {bad}; choose from {', '.join(SAMPLERS)}.")
+        try:
+            fracs = [float(x) for x in fractions.split(",") if x.strip()]
+        except ValueError:
+            raise UserError(f"--fractions must be comma-separated numbers, got {fractions!r}.") from None
+        if not fracs or any(not 0 < f <= 4 for f in fracs):
+            raise UserError(f"--fractions must be numbers in (0, 4], got {fractions!r}.")
+        loaded = load_any(model)
+        flags = _sampler_flags(None, block_length, temperature, tau, None, None, strategy, eta, score, cache)
+        specs = [
+            SamplerSpec(x, {k: v for k, v in flags.items() if v is not None and k in sampler_options(x)})
+            for x in names
+        ]
+        scorer = load_scorer(loaded, ar_scorer) if "arpc" in names else None
+        sets = task_sets(loaded, [t.strip() for t in tasks.split(",") if t.strip()], n, seed=seed)
+        rows = evaluate_samplers(loaded, sets, specs, fractions=fracs, batch_size=batch_size, seed=seed, scorer=scorer)
+        write_report(rows, out, extra={"model": model, "n": n, "batch_size": batch_size, "seed": seed})
+    except UserError as err:
+        _fail(err)
+    print(table(rows))
+    console.print(f"results: {out}/results.json, {out}/generation.html")
+
+
 def main() -> None:  # pragma: no cover - entry point
     app()
 

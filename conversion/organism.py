@@ -477,6 +477,11 @@ def lr_factor(progress: float, warmup: float, min_ratio: float) -> float:
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
+def eval_examples(n: int = 200, eval_seed: int = 0) -> dict[str, list[Example]]:
+    """The organism's held-out evaluation examples, n per task (prompts training never saw)."""
+    return _eval_sets(build_tasks(), n, eval_seed)
+
+
 def _eval_sets(tasks: Mapping[str, Task], n: int, seed: int) -> dict[str, list[Example]]:
     """n held-out examples per task, from seeds training never uses, distinct prompts."""
     sets: dict[str, list[Example]] = {}

@@ -21,6 +21,7 @@ arpc               BlockGen predictor / AR scoring / corrector                 a
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from conversion.errors import UserError
@@ -40,13 +41,31 @@ from conversion.sampling.confidence import ConfidenceSampler, confidence_fill
 from conversion.sampling.remask import RemaskSampler
 from conversion.sampling.threshold import ThresholdSampler, threshold_commit
 
+_MAKERS_CLS = {
+    "ar": ARSampler, "ancestral": AncestralSampler, "uniform": UniformSampler, "low-confidence": ConfidenceSampler,
+    "margin": ConfidenceSampler, "entropy": ConfidenceSampler, "threshold": ThresholdSampler,
+    "remask": RemaskSampler, "arpc": ARPCSampler,
+}
 SAMPLERS = ("ar", "ancestral", "uniform", "low-confidence", "margin", "entropy", "threshold", "remask", "arpc")
 
 
-def build_sampler(name: str, **options: Any) -> Sampler:
-    """The sampler called `name` with `options` (keyword arguments of its class); None-valued
-    options are dropped so callers can pass every CLI flag through."""
+def sampler_options(name: str) -> tuple[str, ...]:
+    """The option names sampler `name` accepts."""
+    cls = _MAKERS_CLS.get(name)
+    if cls is None:
+        raise UserError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}.")
+    params = inspect.signature(cls.__init__).parameters
+    return tuple(p for p in params if p not in ("self", "rule"))
+
+
+def build_sampler(name: str, *, strict: bool = True, **options: Any) -> Sampler:
+    """The sampler called `name` with `options` (keyword arguments of its class). None-valued
+    options are dropped so callers can pass every CLI flag through; with strict=False options the
+    sampler does not take are dropped too (one set of flags for several samplers)."""
     opts = {k: v for k, v in options.items() if v is not None}
+    if not strict:
+        accepted = set(sampler_options(name))
+        opts = {k: v for k, v in opts.items() if k in accepted}
     makers: dict[str, Any] = {
         "ar": ARSampler,
         "ancestral": AncestralSampler,
@@ -69,6 +88,6 @@ def build_sampler(name: str, **options: Any) -> Sampler:
 __all__ = [
     "SAMPLERS", "ARPCSampler", "ARSampler", "AncestralSampler", "ConfidenceSampler", "ModelContext",
     "RemaskSampler", "SampleResult", "Sampler", "State", "ThresholdSampler", "TraceStep", "UniformSampler",
-    "build_sampler", "confidence_fill", "filter_logits", "make_canvas", "run", "threshold_commit",
+    "build_sampler", "confidence_fill", "sampler_options", "filter_logits", "make_canvas", "run", "threshold_commit",
     "unmask_probability",
 ]

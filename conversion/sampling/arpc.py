@@ -47,7 +47,7 @@ class ARPCSampler(Sampler):
         scorer: torch.nn.Module | None = None,
         *,
         steps: int | None = None,
-        block_length: int | None = 8,
+        block_length: int | None = None,
         temperature: float = 1.0,
         score: str = "nll",
         schedule: str | None = None,
