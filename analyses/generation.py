@@ -107,13 +107,14 @@ def task_sets(loaded: Loaded, names: Sequence[str], n: int, *, seed: int = 0) ->
     A checkpoint descended from the model organism gets the organism's own task options and its
     held-out evaluation examples (prompts its training never saw); any other checkpoint gets the
     built-in tasks restricted to its tokenizer, n examples that render cleanly (`generate_aligned`).
+    A name ending in .jsonl is a user task file (`probe.tasks.load_jsonl_task`; up to n rows).
     """
     from probe.tasks import get_task
 
     tok, meta = loaded.tokenizer, loaded.meta
     if not names:
         raise UserError("no tasks given; pass e.g. --tasks ioi,countdown.")
-    if meta.source == "organism":
+    if meta.source == "organism" and not any(x.endswith(".jsonl") for x in names):
         from conversion.organism import build_tasks, eval_examples
 
         tasks = build_tasks(tok)
@@ -122,8 +123,15 @@ def task_sets(loaded: Loaded, names: Sequence[str], n: int, *, seed: int = 0) ->
             raise UserError(f"unknown task(s) {unknown}; the organism's tasks are {sorted(tasks)}.")
         examples = eval_examples(n, eval_seed=seed)
         return {x: (tasks[x], examples[x]) for x in names}
+    from probe.tasks import load_jsonl_task
+
     out = {}
     for x in names:
+        if x.endswith(".jsonl"):
+            task = load_jsonl_task(x)
+            exs = task.generate(min(n, len(task.examples)), seed)
+            out[task.name] = (task, exs)
+            continue
         task = get_task(x, tok)
         out[x] = (task, task.generate_aligned(n, tok, seed, mask_id=meta.mask_id))
     return out
@@ -156,6 +164,18 @@ def _steps_for(spec: SamplerSpec, length: int, fraction: float | None) -> dict[s
     return {}
 
 
+def _checker(task: Task):
+    """The task's own checker, except for examples whose meta says {"check": "gsm"}: those are
+    scored by the final number (`gsm_match`)."""
+
+    def check(example: Example, generated: str) -> bool:
+        if example.meta.get("check") == "gsm":
+            return gsm_match(generated, example.answer)
+        return bool(task.check(example, generated))
+
+    return check
+
+
 def task_accuracy(
     loaded: Loaded,
     task: Task,
@@ -182,7 +202,7 @@ def task_accuracy(
     solved, tokens, seconds = 0, 0, 0.0
     nfe_rows: list[float] = []
     nfe_by: dict[str, float] = defaultdict(float)
-    check = check or task.check
+    check = check or _checker(task)
     for length, idx in sorted(groups.items()):
         options = dict(spec.options) | _steps_for(spec, length, fraction)
         if spec.name == "arpc":

@@ -193,3 +193,22 @@ def test_cli_eval_writes_results(tiny_mdm, tmp_path):
         ("low-confidence", 1.0), ("low-confidence", 0.5), ("arpc", 1.0), ("arpc", 0.5)
     }
     assert all(r["n"] == 4 and r["nfe"] > 0 for r in rows)
+
+
+def test_jsonl_task_with_gsm_check(tmp_path):
+    tok = tiny_tokenizer()
+    rows = [
+        {"prompt": "Tom had 17 and 1 more , so", "answer": " 18", "corrupted_prompt": "Tom had 17 and 1 more , so",
+         "meta": {"check": "gsm"}},
+    ]
+    path = tmp_path / "gsm.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    meta = ModelMeta(kind="mdm", shift=False, mask_id=tok.convert_tokens_to_ids("<mask>"), noise="absorbing")
+    from analyses.generation import task_sets
+
+    ex = task_sets(Loaded(model=None, tokenizer=tok, meta=meta), [str(path)], 5)
+    task, examples = ex["gsm"]
+    loaded = Loaded(model=Oracle(tok, examples, len(tok)), tokenizer=tok, meta=meta)
+    assert task_accuracy(loaded, task, examples, SamplerSpec("low-confidence")).accuracy == 1.0
+    wrong = Loaded(model=Oracle(tok, examples, len(tok), wrong=True), tokenizer=tok, meta=meta)
+    assert task_accuracy(wrong, task, examples, SamplerSpec("low-confidence")).accuracy == 0.0
