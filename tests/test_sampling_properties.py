@@ -54,7 +54,7 @@ class Counter:
 @st.composite
 def settings_(draw, names=MDM_SAMPLERS):
     name = draw(st.sampled_from(names))
-    family = draw(st.sampled_from(["llama", "gpt2"]))
+    family = draw(st.sampled_from(["llama", "gpt2", "qwen2", "gemma3_text"]))
     shift = draw(st.booleans())
     batch = draw(st.integers(1, 3))
     prompts = [
