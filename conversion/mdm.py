@@ -2,11 +2,17 @@
 
 Absorbing diffusion needs a token that means "unknown". Two policies:
 
-* "add": a new special token "<|mask|>" is added to the tokenizer. If the embedding matrix has no
-  spare row for it, it is resized; the new input-embedding row is set to the MEAN of the existing
-  rows (a neutral starting point the network already knows how to process), and so is the LM-head
-  row when the head is not tied to the embedding (a tied head shares the row).
+* "add": the tokenizer's own mask token if it has a usable one; otherwise a new special token
+  "<|mask|>" is added to the tokenizer. If the embedding matrix has no spare row for it, it is
+  resized; the new input-embedding row is set to the MEAN of the existing rows (a neutral starting
+  point the network already knows how to process), and so is the LM-head row when the head is not
+  tied to the embedding (a tied head shares the row).
 * an existing id (e.g. an unused reserved token): nothing is changed; the id is only recorded.
+
+Either way the id must not be the tokenizer's pad, bos or eos id (they occur in training rows).
+A tokenizer or model that cannot take a mask token (no way to add one, an addition that does not
+give the token exactly one id of its own, embeddings that cannot be resized) raises
+`MaskTokenError`, a UserError that says to pass an unused existing id instead, before training.
 
 An MDM checkpoint is an ordinary HF folder (safetensors weights, config with is_causal = False so
 any transformers code attends bidirectionally, tokenizer with the mask token) plus `ar2mdm.json`
@@ -27,6 +33,14 @@ from conversion.errors import CheckpointError, UserError
 from conversion.metadata import ModelMeta
 
 MASK_TOKEN = "<|mask|>"
+# Roles whose ids occur in training rows (document separators, padding): a mask id equal to one
+# of them would make clean tokens indistinguishable from masked ones.
+RESERVED_ROLES = ("pad", "bos", "eos")
+_USE_AN_ID = "pass --mask-token ID (TrainConfig.mask_token) with the id of an unused token the model already has"
+
+
+class MaskTokenError(UserError):
+    """The model or tokenizer cannot take a mask token as asked; the message says what to pass."""
 
 
 def add_mask_token(
@@ -34,10 +48,18 @@ def add_mask_token(
 ) -> int:
     """Give the model a mask token according to `policy` ("add" or an existing id); return its id.
 
-    "add" reuses the tokenizer's own mask token if it has one; otherwise it mutates the tokenizer (new special token) and, if needed, the model (resized embeddings,
-    new rows = mean of the old ones). An id (int or digit string) must be < the embedding size.
+    "add" reuses the tokenizer's own mask token if it has one that is free (not its pad, bos or
+    eos token) and inside the embedding. Otherwise it adds the special token "<|mask|>" to the
+    tokenizer; if that token is new, or has no embedding row yet, its rows are initialised (and
+    the embeddings resized when needed) to the mean of the rows before it. An existing "<|mask|>"
+    with a row is used as it is. An id (int or digit string) must be inside the embedding and
+    not the pad, bos or eos id.
+
+    Raises MaskTokenError (a UserError) before anything is trained when the tokenizer cannot
+    take the token (no way to add one, or adding does not give it exactly one id of its own), when
+    the id would collide with pad/bos/eos, or when the embedding cannot be resized.
     """
-    n_rows = model.get_input_embeddings().weight.shape[0]
+    n_rows = _embedding_rows(model)
     if isinstance(policy, str) and policy != "add":
         if not policy.strip().isdigit():
             raise UserError(
@@ -50,14 +72,18 @@ def add_mask_token(
                 f"mask token id {policy} is outside the model's vocabulary (0..{n_rows - 1}); pick "
                 "an unused id inside it, or use 'add'."
             )
+        _check_free(tokenizer, policy, f"mask token id {policy}", "pick an unused id, or use 'add'")
         return policy
 
     existing = getattr(tokenizer, "mask_token_id", None)
-    if existing is not None and 0 <= int(existing) < n_rows:
+    if isinstance(existing, int) and 0 <= existing < n_rows and not _roles_of(tokenizer, existing):
         # The tokenizer already reserves a mask token (the model organism does): use it as is.
-        return int(existing)
-    tokenizer.add_special_tokens({"mask_token": MASK_TOKEN})
-    mask_id = tokenizer.convert_tokens_to_ids(MASK_TOKEN)
+        return existing
+
+    mask_id, new = _add_to_tokenizer(tokenizer)
+    _check_free(tokenizer, mask_id, f"the id {mask_id} that {MASK_TOKEN} got", _USE_AN_ID)
+    if not new and mask_id < n_rows:
+        return mask_id  # "<|mask|>" was already a token with its own row: keep the row
     n_old = min(n_rows, mask_id)  # rows that hold real (trained) tokens
     with torch.no_grad():
         inp = model.get_input_embeddings().weight
@@ -69,8 +95,7 @@ def add_mask_token(
         if out is not None and getattr(out, "bias", None) is not None:
             mean_bias = out.bias[:n_old].mean().clone()
     if mask_id >= n_rows:
-        # mean_resizing=False: we set the new row ourselves (exactly the mean, no random draw).
-        model.resize_token_embeddings(mask_id + 1, mean_resizing=False)
+        _resize(model, mask_id + 1)
     with torch.no_grad():
         model.get_input_embeddings().weight[mask_id] = mean_in
         out = model.get_output_embeddings()
@@ -79,6 +104,93 @@ def add_mask_token(
         if mean_bias is not None:
             out.bias[mask_id] = mean_bias
     return mask_id
+
+
+def _embedding_rows(model: PreTrainedModel) -> int:
+    try:
+        emb = model.get_input_embeddings()
+        return int(emb.weight.shape[0])
+    except (AttributeError, NotImplementedError, TypeError) as err:
+        raise MaskTokenError(
+            f"{type(model).__name__} exposes no input embedding matrix (get_input_embeddings: "
+            f"{type(err).__name__}: {err}), so no mask token can be given to it."
+        ) from err
+
+
+def _roles_of(tokenizer: PreTrainedTokenizerBase, token_id: int) -> list[str]:
+    """The reserved roles (pad/bos/eos) whose id is `token_id`."""
+    return [role for role in RESERVED_ROLES if getattr(tokenizer, f"{role}_token_id", None) == token_id]
+
+
+def _check_free(tokenizer: PreTrainedTokenizerBase, token_id: int, what: str, fix: str) -> None:
+    roles = _roles_of(tokenizer, token_id)
+    if roles:
+        raise MaskTokenError(
+            f"{what} is the tokenizer's {'/'.join(roles)} token, which occurs in the training rows; "
+            f"the mask must be a token of its own: {fix}."
+        )
+
+
+def _add_to_tokenizer(tokenizer: PreTrainedTokenizerBase) -> tuple[int, bool]:
+    """Add MASK_TOKEN as the tokenizer's mask token; return (its id, whether it is new).
+
+    Checked: the tokenizer grows by at most one token, the token maps to one int id that maps back
+    to it, a new token's id is fresh (no other token has it) and an existing one is not unk's id.
+    """
+    cannot = f"the tokenizer ({type(tokenizer).__name__}) cannot take a new mask token"
+    if not all(callable(getattr(tokenizer, name, None)) for name in
+               ("add_special_tokens", "convert_tokens_to_ids", "convert_ids_to_tokens")):
+        raise MaskTokenError(f"{cannot}: it has no add_special_tokens/convert_tokens_to_ids; {_USE_AN_ID}.")
+    try:
+        size = len(tokenizer)
+        added = tokenizer.add_special_tokens({"mask_token": MASK_TOKEN})
+        mask_id = tokenizer.convert_tokens_to_ids(MASK_TOKEN)
+        back = tokenizer.convert_ids_to_tokens(mask_id) if isinstance(mask_id, int) else None
+        holders = (
+            sorted(t for t, i in tokenizer.get_vocab().items() if i == mask_id)
+            if isinstance(mask_id, int) and callable(getattr(tokenizer, "get_vocab", None))
+            else [MASK_TOKEN]
+        )
+        grown = len(tokenizer) - size
+    except Exception as err:  # a tokenizer's own refusal, whatever its type
+        raise MaskTokenError(f"{cannot} ({type(err).__name__}: {err}); {_USE_AN_ID}.") from err
+    if not isinstance(mask_id, int) or isinstance(mask_id, bool) or mask_id < 0:
+        raise MaskTokenError(f"{cannot}: {MASK_TOKEN} maps to {mask_id!r}, not one id; {_USE_AN_ID}.")
+    unk = getattr(tokenizer, "unk_token_id", None)
+    # What counts is the ids, not `added` (a fast tokenizer counts re-marking an existing token).
+    single = (grown == 1 and holders == [MASK_TOKEN]) or (grown == 0 and mask_id != unk)
+    if not single or back != MASK_TOKEN:
+        raise MaskTokenError(
+            f"{cannot}: adding {MASK_TOKEN} did not give it a single id of its own (tokens added: "
+            f"{added}, tokenizer size {size} -> {size + grown}, id {mask_id} -> token {back!r}"
+            + (f", also held by {[t for t in holders if t != MASK_TOKEN]}" if len(holders) > 1 else "")
+            + f"); {_USE_AN_ID}."
+        )
+    return mask_id, grown == 1
+
+
+def _resize(model: PreTrainedModel, rows: int) -> None:
+    """Resize input (and output) embeddings to `rows`, or raise MaskTokenError."""
+    try:
+        # mean_resizing=False: the caller sets the new row itself (exactly the mean, no random draw).
+        model.resize_token_embeddings(rows, mean_resizing=False)
+    except Exception as err:  # NotImplementedError, or a custom embedding class that refuses
+        raise MaskTokenError(
+            f"the embeddings of {type(model).__name__} cannot be resized to {rows} rows for a new mask "
+            f"token ({type(err).__name__}: {err}); {_USE_AN_ID}."
+        ) from err
+    inp = model.get_input_embeddings()
+    out = model.get_output_embeddings()
+    short = [
+        f"{name} has {int(m.weight.shape[0])}"
+        for name, m in (("input embedding", inp), ("output head", out))
+        if m is not None and int(m.weight.shape[0]) < rows
+    ]
+    if short:
+        raise MaskTokenError(
+            f"resizing the embeddings of {type(model).__name__} to {rows} rows did not take "
+            f"({'; '.join(short)} rows); {_USE_AN_ID}."
+        )
 
 
 def save_mdm(

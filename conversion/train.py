@@ -8,6 +8,18 @@ or under `accelerate launch` with DDP or FSDP. (On a CPU-only machine, several p
 `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ...`: gloo backend;
 `accelerate launch --cpu` alone starts a single process unless mpirun is configured.)
 
+FSDP. On GPUs, `accelerate launch --use_fsdp` (FSDP1 or FSDP2) shards the model through accelerate.
+On CPU, accelerate 1.15 never applies FSDP: its state switches to FSDP only for accelerator
+devices and silently wraps the model in DDP instead (FSDP1's plugin even fails to build, finding
+no accelerator device). So a CPU multi-process run that asks for FSDP version 2
+(`ACCELERATE_USE_CPU=true accelerate launch --use_fsdp --fsdp_version 2 --num_processes N ...`)
+is sharded here with torch's own `fully_shard` (one unit per decoder layer, plus the root), over
+the gloo group; FSDP1 on CPU is refused with a UserError, and so is a multi-process launch that
+accelerate did not join into one process group (each process would train alone). Checkpoints
+gather the full model and the full optimizer state (torch.distributed.checkpoint's state-dict
+API, keyed by parameter name) whatever the wrapping: plain, DDP, FSDP1 or FSDP2; a resume loads
+them back into whatever wrapping it runs under, sharding the optimizer state again.
+
 Same numbers on any number of processes. `batch_size` is the GLOBAL number of sequences per
 optimizer step. Each step takes the next global batch from the data stream, draws the noise for
 the whole global batch from a generator seeded by (seed, step) on every process, and gives each
@@ -20,15 +32,17 @@ Exact resume. All randomness is a function of (seed, step[, process]): the data 
 step (`data.batches(start=step)`), the noise generator and the global torch RNG (dropout) are
 re-seeded every step, and the learning rate is a pure function of the step. A checkpoint therefore
 holds the weights, the optimizer state and the step; resuming reproduces the uninterrupted run
-bit for bit on the same machine. Checkpoints are written atomically (into a temporary folder,
-then renamed over the previous one), as safetensors + JSON (nothing is ever unpickled).
+bit for bit on the same machine and the same number of processes (and, up to float summation
+order, on any other number: the checkpoint is never sharded). Checkpoints are written atomically
+(into a temporary folder, then renamed over the previous one), as safetensors + JSON (nothing is
+ever unpickled).
 
 Files under `out/`:
     train.jsonl      one JSON object per logged step ({"kind": "train", "step", "loss", "acc",
                      "masked", "lr", "grad_norm", "tokens_per_s", "tokens_seen"}) or evaluation
                      ({"kind": "eval", "step", "loss", "ce@t", ...})
-    checkpoint/      the last good training state (model.safetensors, optimizer.safetensors,
-                     optimizer.json, state.json)
+    checkpoint/      the last good training state (model.safetensors, optimizer.safetensors
+                     and optimizer.json keyed by parameter name, state.json)
     config.json, model.safetensors, tokenizer files, ar2mdm.json
                      the final MDM: an HF folder (is_causal = False) loadable by
                      AutoModelForCausalLM.from_pretrained or `mdm.load_mdm`.
@@ -45,8 +59,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +68,14 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 from tqdm.auto import tqdm
 
 from conversion import data as data_mod
@@ -74,7 +95,9 @@ from conversion.report import write_training_report
 
 CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train.jsonl"
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: optimizer state keyed by parameter name; 1 (read too): by parameter index
+# Gathered, unsharded state dicts (on the main process; CPU tensors), whatever the wrapping.
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 # Options that do not change the trajectory: they may differ between a run and its resume.
 RESUMABLE_CHANGES = {"steps", "out", "resume", "eval_every", "eval_blocks", "save_every", "log_every"}
 
@@ -207,10 +230,9 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
     on_step(n) is called on every process after n optimizer steps are done (and any checkpoint
     of step n is written): a hook for progress reporting and tests.
     """
-    # bf16 is our own autocast, not Accelerator(mixed_precision=...): accelerate's state is a
-    # process-wide singleton that refuses a second run with another precision (notebooks, tests).
-    accelerator = Accelerator()
+    accelerator = _accelerator()
     world, rank = accelerator.num_processes, accelerator.process_index
+    parallel = parallelism(accelerator.distributed_type, world)
     cfg.validate(world)
     opts = cfg.options()
     out = Path(cfg.out)
@@ -255,12 +277,16 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
     if cfg.resume:
         start, tokens_seen, opt_state = _load_checkpoint(ckpt_dir, model, cfg)
     model.train()
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay
-    )
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if parallel == "fsdp-cpu":
+        model = _shard_on_cpu(model)
+        optimizer = _adamw(model, cfg)  # over the sharded (DTensor) parameters
+    else:
+        model, optimizer = accelerator.prepare(model, _adamw(model, cfg))
     if opt_state is not None:
-        optimizer.load_state_dict(opt_state)
+        # Every process holds the full state; this shards it again if the optimizer is sharded.
+        set_optimizer_state_dict(
+            model, _inner(optimizer), opt_state, options=StateDictOptions(full_state_dict=True)
+        )
     log = _Log(out / LOG_FILE, keep_until=start, enabled=accelerator.is_main_process)
 
     device = accelerator.device
@@ -295,7 +321,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
         sums = torch.zeros(3, device=device)  # weighted CE sum, masked, correct
         for k in range(cfg.grad_accum):
             rows = slice(k * micro + rank * local, k * micro + (rank + 1) * local)
-            sync = nullcontext() if k == cfg.grad_accum - 1 else accelerator.no_sync(model)
+            sync = nullcontext() if k == cfg.grad_accum - 1 else _no_sync(accelerator, model, parallel)
             with sync:
                 with autocast:
                     res = diffusion_loss(
@@ -304,7 +330,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
                         prompt_mask=None if pm is None else pm[rows],
                     )
                 # Sum of this shard's weighted CE over the GLOBAL token count; x world because
-                # DDP averages gradients over processes.
+                # DDP and FSDP average gradients over processes.
                 accelerator.backward(res.loss * res.n_tokens * world / n_global)
             sums += torch.stack(
                 [(res.loss * res.n_tokens).detach(), res.n_masked.float(), res.n_correct.float()]
@@ -365,11 +391,15 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
         noise=cfg.noise,
         schedule=cfg.schedule,
         block_size=spec.block_sizes[0] if len(spec.block_sizes) == 1 else None,
-        extra={"steps": cfg.steps, "tokens_seen": tokens_seen, "processes": world, "options": cfg.to_json()},
+        extra={
+            "steps": cfg.steps, "tokens_seen": tokens_seen, "processes": world, "parallelism": parallel,
+            "options": cfg.to_json(),
+        },
     )
-    state_dict = accelerator.get_state_dict(model)
+    state_dict = get_model_state_dict(model, options=FULL_STATE)  # every process: gathers shards
     if accelerator.is_main_process:
-        save_mdm(accelerator.unwrap_model(model), tokenizer, meta, out, state_dict=state_dict)
+        unwrapped = accelerator.unwrap_model(model)
+        save_mdm(unwrapped, tokenizer, meta, out, state_dict=_without_aliases(unwrapped, state_dict))
         write_training_report(out)
     accelerator.wait_for_everyone()
     return TrainResult(
@@ -378,7 +408,122 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
     )
 
 
+# --- processes -----------------------------------------------------------------------------------
+
+
+def _accelerator() -> Accelerator:
+    """The run's Accelerator; accelerate's own refusals of the launch become UserErrors."""
+    # bf16 is our own autocast, not Accelerator(mixed_precision=...): accelerate's state is a
+    # process-wide singleton that refuses a second run with another precision (notebooks, tests).
+    try:
+        return Accelerator()
+    except RuntimeError as err:
+        if "no available devices" in str(err) and _flag(os.environ, "ACCELERATE_USE_FSDP"):
+            # FullyShardedDataParallelPlugin (FSDP1, sync_module_states, which accelerate launch's
+            # default --fsdp_cpu_ram_efficient_loading true forces) looks for an accelerator device.
+            raise UserError(_FSDP_CPU_HELP.format(what=f"FSDP1 cannot run on CPU (accelerate: {err})")) from err
+        raise
+
+
+_FSDP_CPU_HELP = (
+    "{what}. On a CPU-only machine, launch FSDP as version 2, which ar2mdm shards itself: "
+    "ACCELERATE_USE_CPU=true accelerate launch --use_fsdp --fsdp_version 2 --num_processes N "
+    "--num_machines 1 ... ar2mdm convert ...; or use DDP (--multi_gpu instead of --use_fsdp)."
+)
+
+
+def _flag(env: Any, name: str) -> bool:
+    return str(env.get(name, "false")).strip().lower() in ("1", "true", "yes")
+
+
+def parallelism(distributed_type: DistributedType, num_processes: int, env: dict[str, str] | None = None) -> str:
+    """How this process trains: "none", "ddp", "fsdp" (accelerate's), or "fsdp-cpu" (our FSDP2).
+
+    Raises UserError for launches that would not train as asked: FSDP1 on CPU (accelerate would
+    silently fall back to DDP), and processes started by a launcher (WORLD_SIZE > 1) that
+    accelerate did not join into one group (on a CPU-only machine without ACCELERATE_USE_CPU=true,
+    each process would train alone and all of them would write the same output folder).
+    """
+    env = dict(os.environ) if env is None else env
+    launched = int(env.get("WORLD_SIZE", "1") or 1)
+    if launched > 1 and num_processes == 1:
+        raise UserError(
+            f"{launched} processes were launched (WORLD_SIZE={launched}) but accelerate sees this one "
+            "alone, so each would train by itself into the same folder. On a CPU-only machine, set "
+            "ACCELERATE_USE_CPU=true for the launch (`accelerate launch --cpu` starts one process); "
+            "on GPUs, check that they are visible (CUDA_VISIBLE_DEVICES)."
+        )
+    wants_fsdp = _flag(env, "ACCELERATE_USE_FSDP")
+    if distributed_type == DistributedType.FSDP:
+        return "fsdp"
+    if wants_fsdp and distributed_type == DistributedType.MULTI_CPU:
+        version = env.get("FSDP_VERSION", "1").strip()
+        if version != "2":
+            raise UserError(_FSDP_CPU_HELP.format(
+                what=f"FSDP version {version} cannot run on CPU (accelerate would silently use DDP)"
+            ))
+        return "fsdp-cpu"
+    if wants_fsdp and num_processes > 1:
+        raise UserError(
+            f"FSDP was asked for but accelerate set up {distributed_type}, not FSDP; "
+            "relaunch without --use_fsdp, or on a supported device."
+        )
+    return "ddp" if num_processes > 1 else "none"
+
+
+def _adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay
+    )
+
+
+def _inner(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer under accelerate's AcceleratedOptimizer wrapper (if any)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def _shard_on_cpu(model: torch.nn.Module) -> torch.nn.Module:
+    """FSDP2 over the CPU (gloo) process group: every decoder layer one unit, the rest the root.
+
+    Rank 0's weights are broadcast first, so every process shards the same model.
+    """
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=0)
+    layer_classes = set(getattr(model, "_no_split_modules", None) or ())
+    for module in list(model.modules()):
+        if module is not model and type(module).__name__ in layer_classes:
+            fully_shard(module)
+    fully_shard(model)
+    return model
+
+
+@contextmanager
+def _no_sync(accelerator: Accelerator, model: torch.nn.Module, parallel: str) -> Iterator[None]:
+    """Context of a gradient-accumulation micro-step that must not reduce gradients yet."""
+    if parallel != "fsdp-cpu":
+        with accelerator.no_sync(model):
+            yield
+        return
+    model.set_requires_gradient_sync(False)  # FSDP2: accumulate unsharded, reduce-scatter later
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
 # --- checkpoints ---------------------------------------------------------------------------------
+
+
+def _without_aliases(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the second names of shared parameters (a tied LM head): gathered copies no longer
+    share storage, so transformers would otherwise save both; the folder is the same either way."""
+    canonical = {name for name, _ in model.named_parameters()}
+    aliases = {name for name, _ in model.named_parameters(remove_duplicate=False)} - canonical
+    return {k: v for k, v in state_dict.items() if k not in aliases}
 
 
 def _split_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -419,13 +564,18 @@ def _save_checkpoint(
     tokens_seen: int,
     ckpt_dir: Path,
 ) -> None:
-    """Write model, optimizer and step into a temp folder, then swap it in (all processes call)."""
-    state_dict = accelerator.get_state_dict(model)  # every process: FSDP gathers shards
+    """Write model, optimizer and step into a temp folder, then swap it in (all processes call).
+
+    Both state dicts are gathered in full (collectives: every process must call), so a checkpoint
+    is the same whatever the wrapping (plain, DDP, FSDP1/2) and number of processes.
+    """
+    state_dict = get_model_state_dict(model, options=FULL_STATE)
+    opt_state = get_optimizer_state_dict(model, _inner(optimizer), options=FULL_STATE)
     if accelerator.is_main_process:
         tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=ckpt_dir.parent))
         # Clones: tied weights share storage, which safetensors refuses; strict reload needs all keys.
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}, tmp / "model.safetensors")
-        tensors, meta = _flatten_optimizer(optimizer.state_dict())
+        tensors, meta = _flatten_optimizer(opt_state)
         save_file(tensors, tmp / "optimizer.safetensors")
         (tmp / "optimizer.json").write_text(json.dumps(meta))
         state = {"format": STATE_FORMAT, "step": step, "tokens_seen": tokens_seen, "config": cfg.to_json()}
@@ -455,7 +605,8 @@ def _checkpoint_to_read(ckpt_dir: Path) -> Path | None:
 def _load_checkpoint(
     ckpt_dir: Path, model: torch.nn.Module, cfg: TrainConfig
 ) -> tuple[int, int, dict[str, Any] | None]:
-    """Load weights into `model`; return (step, tokens_seen, optimizer state dict)."""
+    """Load weights into `model` (unwrapped); return (step, tokens_seen, full optimizer state dict
+    keyed by parameter name, for `set_optimizer_state_dict`)."""
     folder = _checkpoint_to_read(ckpt_dir)
     if folder is None:
         raise UserError(
@@ -463,7 +614,7 @@ def _load_checkpoint(
             "set save_every to write checkpoints)."
         )
     state = json.loads((folder / "state.json").read_text())
-    if state.get("format") != STATE_FORMAT:
+    if state.get("format") not in (1, STATE_FORMAT):
         raise UserError(f"{folder} was written by another ar2mdm version (format {state.get('format')}).")
     saved, now = state["config"], cfg.to_json()
     changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
@@ -476,11 +627,19 @@ def _load_checkpoint(
     model.load_state_dict(weights, strict=True)
     tensors = load_file(folder / "optimizer.safetensors")
     opt_state = _unflatten_optimizer(tensors, json.loads((folder / "optimizer.json").read_text()))
+    if state["format"] == 1:  # keyed by index into model.parameters(): the optimizer's order
+        names = [name for name, _ in model.named_parameters()]
+        opt_state = {
+            "state": {names[int(i)]: v for i, v in opt_state["state"].items()},
+            "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in opt_state["param_groups"]],
+        }
     return int(state["step"]), int(state["tokens_seen"]), opt_state
 
 
 def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer state dict into tensors (for safetensors) and JSON-able rest."""
+    """Split an optimizer state dict into tensors (for safetensors) and JSON-able rest.
+
+    Tensor names are "<parameter>.<state key>" (state keys such as exp_avg hold no dot)."""
     tensors: dict[str, torch.Tensor] = {}
     rest: dict[str, dict[str, Any]] = {}
     for pid, entry in state_dict["state"].items():
@@ -494,10 +653,10 @@ def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tens
 
 
 def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {int(pid): dict(rest) for pid, rest in meta["state"].items()}
+    state: dict[str, dict[str, Any]] = {pid: dict(rest) for pid, rest in meta["state"].items()}
     for name, value in tensors.items():
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
+        pid, key = name.rsplit(".", 1)
+        state.setdefault(pid, {})[key] = value
     groups = []
     for group in meta["param_groups"]:
         group = dict(group)
