@@ -105,6 +105,8 @@ class Pass:
             self._check_value(edge.sender, edge.value, "edge value")
             self.edges_from[str(edge.sender)].append(edge)
         self.masks: dict[int, Tensor | None] = {}
+        for op in [*request.edits, *request.edges]:
+            self._mask(op.pos)  # a bad position fails here, before the backend runs
 
         # Which heads / receivers each layer needs.
         self.head_layers = set()
@@ -309,11 +311,6 @@ class Pass:
             zh = z.reshape(*z.shape[:-1], H, dh)
             heads = torch.einsum("btnh,dnh->btnd", zh, w_o.reshape(-1, H, dh))
             self.heads[layer] = heads
-            wanted = [h for h in range(H) if f"L{layer}.H{h}" in self.req.record]
-            if wanted:
-                stored = heads.detach().to(device=self.req.device, dtype=self.req.dtype)
-                for h in wanted:
-                    self.record[f"L{layer}.H{h}"] = stored[:, :, h]
             return None
 
         return fn
@@ -334,6 +331,7 @@ class Pass:
                 if current:
                     a = a + sum(current[h] - heads[:, :, h] for h in current)
                     changed = True
+                self._store_heads(layer, heads, current)
                 for h in range(H):
                     name = f"L{layer}.H{h}"
                     if name in self.edges_from:
@@ -346,6 +344,17 @@ class Pass:
             return a if changed else None
 
         return fn
+
+    def _store_heads(self, layer: int, heads: Tensor, edited: dict[int, Tensor]) -> None:
+        """Record the requested heads' values as the model used them (after edits)."""
+        wanted = [h for h in range(self.core.shape.n_heads) if f"L{layer}.H{h}" in self.req.record]
+        if not wanted:
+            return
+        if edited:
+            heads = torch.stack([edited.get(h, heads[:, :, h]) for h in range(heads.shape[2])], dim=2)
+        stored = heads.detach().to(device=self.req.device, dtype=self.req.dtype)
+        for h in wanted:
+            self.record[f"L{layer}.H{h}"] = stored[:, :, h]
 
     def _fn_pattern(self, layer: int) -> SiteFn:
         def fn(p: Tensor) -> None:

@@ -225,15 +225,19 @@ class FrozenNorm:
             self.exact = bool(torch.allclose(got, expected, atol=tol, rtol=tol))
 
     def inv_scale(self, x: Tensor) -> Tensor:
-        """1 / s(x) per token, [..., 1]."""
-        xf = x.float()
+        """1 / s(x) per token, [..., 1] (computed in at least float32, like HF's norms)."""
+        xf = x.to(_compute_dtype(x))
         if self.centered:
             xf = xf - xf.mean(-1, keepdim=True)
         return torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
 
     def linear(self, part: Tensor, x: Tensor) -> Tensor:
         """The image of `part` (a summand of `x`, same leading shape or broadcastable)."""
-        p = part.float()
+        p = part.to(_compute_dtype(part))
         if self.centered:
             p = p - p.mean(-1, keepdim=True)
-        return (p * self.inv_scale(x) * self.gain.float()).to(part.dtype)
+        return (p * self.inv_scale(x).to(p.dtype) * self.gain.to(p.dtype)).to(part.dtype)
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)

@@ -257,12 +257,24 @@ class ProbedModel:
 
     __call__ = forward
 
-    def cache_names(self, names: NameFilter = None, *, patterns: bool = False) -> list[str]:
-        """The cacheable names `names` selects (None: all but attention patterns)."""
-        universe = self.shape.cacheable(patterns=True)
+    def cache_names(self, names: NameFilter = None) -> list[str]:
+        """The cacheable names `names` selects, in forward order.
+
+        None: everything but attention patterns. Patterns are recorded only when asked for by
+        name ("L3.H2.pattern") or by a glob that says so ("L3.H*.pattern"); other globs and
+        predicates never pick them up, since they are [B, T, T] per head.
+        """
+        full = self.shape.cacheable(patterns=True)
+        plain = self.shape.cacheable(patterns=False)
         if names is None:
-            return [n for n in universe if not n.endswith(".pattern") or patterns]
-        return select(names, universe, self.shape, "run_with_cache names")
+            return plain
+        if callable(names) and not isinstance(names, str):
+            return select(names, plain, self.shape, "run_with_cache names")
+        chosen: set[str] = set()
+        for item in [names] if isinstance(names, str) else list(names):
+            wide = not isinstance(item, str) or "pattern" in item or not set("*?[") & set(item)
+            chosen.update(select(item, full if wide else plain, self.shape, "run_with_cache names"))
+        return [n for n in full if n in chosen]
 
     def run_with_cache(
         self,
@@ -277,7 +289,7 @@ class ProbedModel:
         """(logits [B, T, V], Cache) of one pass under the active interventions.
 
         names: what to record (see `cache_names`; globs, lists or a predicate; `L{l}.mlp.neurons`
-        holds a layer's neurons, `L{l}.H{h}.pattern` must be asked for). dtype / device: where
+        holds a layer's neurons; patterns `L{l}.H{h}.pattern` only when named). dtype / device: where
         and how recorded tensors are kept (default: as computed). batch_size: run in chunks of
         rows and concatenate (patch sources with as many rows as the input are sliced to match).
         """

@@ -7,7 +7,10 @@ The other tests/test_probe_*.py files import `probed` and friends from here.
 
 from __future__ import annotations
 
+import atexit
 import copy
+import shutil
+import tempfile
 from functools import cache
 from pathlib import Path
 
@@ -27,23 +30,23 @@ BACKENDS = ("torch", "nnsight", "tl")
 KINDS = ("ar", "mdm")
 MASK_ID = 4  # "<mask>" in conftest's tokenizer
 
-_ROOT: list[Path] = []
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _probe_root(tmp_path_factory: pytest.TempPathFactory) -> None:
-    _ROOT.append(tmp_path_factory.mktemp("probe-models"))
+@cache
+def _root() -> Path:
+    """One temporary folder per test session for the tiny checkpoints (removed at exit)."""
+    root = Path(tempfile.mkdtemp(prefix="ar2mdm-probe-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
 
 
 @cache
 def folder(family: str, kind: str = "ar") -> Path:
     """A saved tiny checkpoint: an AR HF folder, or the same weights saved as an MDM."""
-    ar = build_tiny_model(family, _ROOT[0] / family)
+    ar = build_tiny_model(family, _root() / family)
     if kind == "ar":
         return ar
     loaded = load_ar(ar)
     meta = ModelMeta(kind="mdm", source=str(ar), family=family, shift=True, mask_id=MASK_ID)
-    return save_mdm(loaded.model, loaded.tokenizer, meta, _ROOT[0] / f"{family}-mdm")
+    return save_mdm(loaded.model, loaded.tokenizer, meta, _root() / f"{family}-mdm")
 
 
 @cache

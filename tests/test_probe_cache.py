@@ -1,0 +1,129 @@
+"""Cache name filters, storage dtype, derived names, and streaming to safetensors shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_probe import batch, probed
+
+from conversion.errors import UserError
+from probe import Cache, DiskCache
+from probe.cache import CacheKeyError
+from probe.names import Shape, parse, select
+
+
+def test_name_filters_select_what_they_say() -> None:
+    ids, _, mask = batch()
+    pm = probed("llama")
+    _, everything = pm.run_with_cache(ids, attention_mask=mask)
+    assert len(everything) == 1 + 2 * 8 + 1 and not any(k.endswith(".pattern") for k in everything)
+    _, heads = pm.run_with_cache(ids, "L1.H*", attention_mask=mask)
+    assert list(heads) == ["L1.H0", "L1.H1", "L1.H2", "L1.H3"]
+    _, mixed = pm.run_with_cache(ids, ["embed", "L0.mlp", "L*.resid_post", "L0.H2.pattern"], attention_mask=mask)
+    assert list(mixed) == ["embed", "L0.H2.pattern", "L0.mlp", "L0.resid_post", "L1.resid_post"]
+    _, by_predicate = pm.run_with_cache(ids, lambda n: n.endswith(".mlp"), attention_mask=mask)
+    assert list(by_predicate) == ["L0.mlp", "L1.mlp"]
+    for name in heads:
+        torch.testing.assert_close(heads[name], everything[name])
+    torch.testing.assert_close(mixed["L0.H2.pattern"].sum(-1), torch.ones(ids.shape), atol=1e-6, rtol=0)
+
+
+def test_unknown_names_are_errors_not_empty_results() -> None:
+    ids, _, mask = batch()
+    pm = probed("llama")
+    with pytest.raises(UserError, match="matches no name"):
+        pm.run_with_cache(ids, "L*.attn_out", attention_mask=mask)
+    with pytest.raises(UserError, match="layer 2 does not exist"):
+        pm.run_with_cache(ids, ["L0.H0", "L2.H0"], attention_mask=mask)
+    with pytest.raises(UserError, match="not available here"):
+        pm.run_with_cache(ids, "L0.H0.q", attention_mask=mask)  # receivers are not cached
+    _, cache = pm.run_with_cache(ids, "L0.H0", attention_mask=mask)
+    with pytest.raises(CacheKeyError, match="holds no 'L1.H0'.*names=") as err:
+        cache["L1.H0"]
+    assert isinstance(err.value, KeyError) and "L1.H0" not in cache and "L0.H0" in cache
+
+
+def test_storage_dtype_device_and_derived_names() -> None:
+    ids, _, mask = batch()
+    pm = probed("llama")
+    _, full = pm.run_with_cache(ids, ["L0.resid_pre", "L0.mlp.neurons"], attention_mask=mask)
+    _, half = pm.run_with_cache(ids, ["L0.resid_pre", "L0.mlp.neurons"], attention_mask=mask,
+                                dtype=torch.bfloat16, device="cpu")
+    assert all(v.dtype == torch.bfloat16 for v in half.values())
+    torch.testing.assert_close(half["L0.mlp.neurons"].float(), full["L0.mlp.neurons"], atol=1e-2, rtol=1e-2)
+    assert half.nbytes * 2 == full.nbytes
+    torch.testing.assert_close(full["L0.mlp.neuron7"], full["L0.mlp.neurons"][..., 7])
+    torch.testing.assert_close(full["L0.H3.q"], full["L0.resid_pre"])  # a receiver reads resid_pre
+
+
+def test_heads_stack_and_views_share_memory() -> None:
+    ids, _, mask = batch()
+    pm = probed("llama")
+    _, cache = pm.run_with_cache(ids, "L0.H*", attention_mask=mask)
+    stacked = cache.heads(0)
+    assert stacked.shape == (*ids.shape, 4, 32)
+    torch.testing.assert_close(stacked[:, :, 2], cache["L0.H2"])
+    assert cache.nbytes == stacked.numel() * 4  # four views of one tensor, counted once
+
+
+def test_chunked_in_memory_equals_one_pass() -> None:
+    ids, _, mask = batch()
+    pm = probed("llama", "mdm")
+    logits, cache = pm.run_with_cache(ids, attention_mask=mask)
+    logits1, cache1 = pm.run_with_cache(ids, attention_mask=mask, batch_size=1)
+    torch.testing.assert_close(logits1, logits, atol=1e-6, rtol=0)
+    assert list(cache1) == list(cache)
+    for name in cache:
+        torch.testing.assert_close(cache1[name], cache[name], atol=1e-6, rtol=0)
+
+
+def test_cache_to_disk_streams_shards_that_read_back(tmp_path: Path) -> None:
+    ids, _, mask = batch()
+    pm = probed("qwen2")
+    _, expected = pm.run_with_cache(ids, attention_mask=mask)
+    disk = pm.cache_to_disk(ids, tmp_path / "cache", attention_mask=mask, batch_size=1)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
+        "index.json", "shard-00000.safetensors", "shard-00001.safetensors"]
+    assert json.loads((tmp_path / "cache" / "index.json").read_text())["shards"][1]["rows"] == 1
+    assert len(disk) == 2 and set(disk.names) == set(expected)
+    for name in expected:
+        torch.testing.assert_close(disk[name], expected[name], atol=1e-6, rtol=0)
+    torch.testing.assert_close(disk["L1.mlp.neuron9"], expected["L1.mlp.neuron9"], atol=1e-6, rtol=0)
+    assert "L1.mlp.neuron9" in disk and "L1.H0.k" in disk and "L5.mlp" not in disk
+    shards = list(DiskCache(tmp_path / "cache").shards())
+    assert [s["L0.H1"].shape[0] for s in shards] == [1, 1]
+    with pytest.raises(UserError, match="already holds a cache"):
+        pm.cache_to_disk(ids, tmp_path / "cache", attention_mask=mask)
+    with pytest.raises(UserError, match="not a probe disk cache"):
+        DiskCache(tmp_path)
+    small = pm.cache_to_disk(ids, tmp_path / "half", "L*.H*", attention_mask=mask, dtype=torch.float16)
+    assert small["L1.H2"].dtype == torch.float16 and "L0.mlp" not in small
+
+
+def test_cache_save_load_round_trip(tmp_path: Path) -> None:
+    ids, _, mask = batch()
+    _, cache = probed("gpt2").run_with_cache(ids, ["L0.H*", "L1.H1.pattern"], attention_mask=mask)
+    back = Cache.load(cache.save(tmp_path / "c.safetensors"))
+    assert set(back) == set(cache)
+    for name in cache:
+        torch.testing.assert_close(back[name], cache[name])
+    assert len(Cache.cat([cache, cache])["L0.H0"]) == 4
+
+
+def test_names_parse_and_select() -> None:
+    assert str(parse("L12.mlp.neuron300")) == "L12.mlp.neuron300"
+    assert parse("L1.H2.k").port == "k" and parse("L1.H2.pattern").kind == "pattern"
+    for bad in ("L1.H", "l1.h2", "L1.mlp.neuronX", "embeds", "L1.H2.z"):
+        with pytest.raises(UserError, match="not a component name"):
+            parse(bad)
+    shape = Shape(n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=8)
+    with pytest.raises(UserError, match="8 neurons"):
+        shape.check("L0.mlp.neuron8")
+    universe = shape.cacheable()
+    assert select("L?.H3", universe, shape, "x") == ["L0.H3", "L1.H3"]
+    assert select(None, ["a", "b"], shape, "x") == ["a", "b"]
+    assert len(shape.components()) == 1 + 2 * (1 + 8 + 4 + 1 + 8 + 1) + 1
+    assert shape.all_receivers()[-1] == "logits" and "L1.H1.v" in shape.all_receivers()
