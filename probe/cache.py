@@ -100,9 +100,9 @@ class Cache(Mapping[str, Tensor]):
             raise CacheKeyError(f"the cache holds no head outputs of layer {layer}.")
         return torch.stack([self._t[k] for k in names], dim=2)
 
-    def to(self, *args, **kwargs) -> Cache:
-        """A new cache with every tensor moved/cast (`Tensor.to` arguments)."""
-        return Cache({k: v.to(*args, **kwargs) for k, v in self._t.items()})
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Cache:
+        """A new cache with every tensor moved to `device` and/or cast to `dtype`."""
+        return Cache({k: v.to(device=device, dtype=dtype) for k, v in self._t.items()})
 
     @property
     def nbytes(self) -> int:

@@ -136,7 +136,7 @@ class ProbedModel:
         )
         self.shape = self.config.shape
         self.core = Core(lay, self.shape)
-        self.backend_name = choose(backend, type(model).__name__)
+        self.backend_name = choose(backend)
         self.backend: Backend = create(
             self.backend_name, model, lay, causal=meta.kind == "ar", tokenizer=tokenizer,
             source=meta.extra.get("path", meta.source) if meta.extra else meta.source,

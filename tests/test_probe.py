@@ -17,7 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import build_tiny_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPTJConfig,
+    GPTJForCausalLM,
+    LlamaForCausalLM,
+)
 
 from conversion.checkpoints import load_ar
 from conversion.errors import UserError
@@ -312,3 +318,37 @@ def test_bad_inputs_give_user_errors(tmp_path: Path) -> None:
         pm(torch.ones(2, 3, dtype=torch.long), attention_mask=torch.ones(2, 4))
     with pytest.raises(UserError, match="inputs must be"):
         pm(3.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("family", ["qwen3", "gemma2", "mistral"])
+def test_other_families_match_hf_and_patch_exactly(family: str) -> None:
+    ids, cids, mask = batch()
+    pm = probed(family)
+    with torch.no_grad():
+        expected = hf(family)(ids, attention_mask=mask).logits
+    logits, _ = pm.run_with_cache(ids, attention_mask=mask)
+    torch.testing.assert_close(logits[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=0)
+    corrupted, corrupted_cache = pm.run_with_cache(cids, attention_mask=mask)
+    with pm.intervene() as iv:
+        iv.patch(pm.senders(), corrupted_cache)
+        torch.testing.assert_close(pm(ids, attention_mask=mask), corrupted, atol=1e-5, rtol=0)
+
+
+def test_tl_backend_refuses_what_it_cannot_bridge_and_names_the_alternative() -> None:
+    class TinyCustomForCausalLM(LlamaForCausalLM):
+        """An architecture name TransformerLens has no adapter for."""
+
+    model = TinyCustomForCausalLM(hf("llama").config)
+    tokenizer = AutoTokenizer.from_pretrained(folder("llama"))
+    with pytest.raises(UserError, match="no bridge adapter for TinyCustomForCausalLM; use backend='torch'"):
+        ProbedModel.from_checkpoint(model, tokenizer=tokenizer, backend="tl")
+    with pytest.raises(UserError, match="needs the model's tokenizer"):
+        ProbedModel.from_checkpoint(AutoModelForCausalLM.from_pretrained(folder("llama")), backend="tl")
+    ours = ProbedModel.from_checkpoint(model, tokenizer=tokenizer, backend="nnsight")
+    assert ours.config.n_layers == 2
+
+
+def test_layouts_the_probe_cannot_read_are_refused() -> None:
+    parallel = GPTJForCausalLM(GPTJConfig(vocab_size=64, n_embd=32, n_layer=1, n_head=4, n_positions=32, rotary_dim=4))
+    with pytest.raises(UserError, match="parallel attention and MLP"):
+        ProbedModel.from_checkpoint(parallel)

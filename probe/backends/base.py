@@ -50,11 +50,12 @@ class Backend(ABC):
         """Logits [B, T, V] of one pass with `fns` applied at their sites."""
 
 
-def choose(requested: str, architecture: str) -> str:
-    """The backend name for `requested` ("auto" or a name) and the model's HF class name.
+def choose(requested: str) -> str:
+    """The backend to use for `requested` ("auto" or a backend name).
 
-    "auto" picks "torch": plain forward hooks give the same numbers as the other backends with
-    the least overhead and no copy of the model (see docs/results/probe.md for the measurements).
+    "auto" is "torch": every backend gives the same numbers (tested), and plain forward hooks do
+    it with the least overhead, for every layout the probe reads, without a copy of the model
+    (the TransformerLens bridge wraps its own copy). See docs/results/probe.md for the timings.
     """
     if requested == "auto":
         return "torch"
