@@ -1,0 +1,74 @@
+"""Sampler throughput: generated tokens per second of each sampler as a ratio to low-confidence
+decoding, on the same examples, measured in the same process in interleaved rounds (this machine
+is noisy: each round runs every sampler once, the median over rounds is reported).
+
+    python -m benchmarks.bench_samplers [--mdm runs/organism-mdm-sft] [--task countdown] [--n 100]
+        [--rounds 5] [--batch-size 1]
+
+Prints, per sampler: median tokens/s, its ratio to low-confidence, mean NFE and accuracy. The
+issue's target: threshold decoding >= 2x the tokens/s of low-confidence within 2 points of its
+accuracy. Uses the organism's MDM (`ar2mdm convert --model organism --data tasks --sft ...`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import torch
+
+from analyses.generation import SamplerSpec, ar_scorer, task_accuracy, task_sets
+from conversion.checkpoints import load_any
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mdm", default="runs/organism-mdm-sft")
+    parser.add_argument("--task", default="countdown")
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    mdm = load_any(args.mdm)
+    task, examples = task_sets(mdm, [args.task], args.n)[args.task]
+    specs = [
+        SamplerSpec("low-confidence"),
+        SamplerSpec("threshold", {"tau": 0.9, "cache": "none"}, "threshold tau=0.9"),
+        SamplerSpec("threshold", {"tau": 0.9, "cache": "prefix"}, "threshold tau=0.9 +cache"),
+        SamplerSpec("threshold", {"tau": 0.7, "cache": "none"}, "threshold tau=0.7"),
+        SamplerSpec("threshold", {"tau": 0.7, "cache": "prefix"}, "threshold tau=0.7 +cache"),
+        SamplerSpec("threshold", {"tau": 0.5, "cache": "none"}, "threshold tau=0.5"),
+        SamplerSpec("ancestral", {"temperature": 0.0}),
+        SamplerSpec("arpc", {"temperature": 0.0}),
+    ]
+    scorer = ar_scorer(mdm)
+    speed: dict[str, list[float]] = {s.title: [] for s in specs}
+    rows = {}
+    task_accuracy(mdm, task, examples[:8], specs[0], batch_size=args.batch_size)  # warm-up
+    for _ in range(args.rounds):
+        for spec in specs:
+            row = task_accuracy(mdm, task, examples, spec, batch_size=args.batch_size, scorer=scorer)
+            speed[spec.title].append(row.tokens_per_s)
+            rows[spec.title] = row
+    base = statistics.median(speed["low-confidence"])
+    base_acc = rows["low-confidence"].accuracy
+    print(f"{args.task}, {len(examples)} examples, batch {args.batch_size}, {args.rounds} rounds, {args.threads} thread(s)")
+    print(f"{'sampler':28s} {'tok/s':>8s} {'ratio':>6s} {'NFE':>6s} {'acc':>6s} {'d acc':>6s}")
+    out = []
+    for spec in specs:
+        med = statistics.median(speed[spec.title])
+        r = rows[spec.title]
+        print(f"{spec.title:28s} {med:8.1f} {med / base:6.2f} {r.nfe:6.2f} {r.accuracy:6.3f} {r.accuracy - base_acc:+6.3f}")
+        out.append({"sampler": spec.title, "tokens_per_s": med, "ratio": med / base, "nfe": r.nfe, "accuracy": r.accuracy})
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"task": args.task, "n": len(examples), "rounds": args.rounds, "rows": out}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
