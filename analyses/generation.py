@@ -430,8 +430,13 @@ def table(rows: Sequence[EvalRow]) -> str:
     return "\n".join(lines)
 
 
-def write_report(rows: Sequence[EvalRow], out: str | Path, *, extra: Mapping[str, Any] | None = None) -> Path:
-    """results.json (rows + extra), results.md (table) and generation.html (figure) in `out`."""
+def write_report(
+    rows: Sequence[EvalRow], out: str | Path, *, extra: Mapping[str, Any] | None = None, plotlyjs: bool | str = True
+) -> Path:
+    """results.json (rows + extra), results.md (table) and generation.html (figure) in `out`.
+
+    plotlyjs: True embeds plotly.js (the page works offline, ~4 MB); "cdn" links it (small files
+    for a repository)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"rows": [asdict(r) for r in rows], **(extra or {})}
@@ -440,5 +445,5 @@ def write_report(rows: Sequence[EvalRow], out: str | Path, *, extra: Mapping[str
     tmp.replace(out / "results.json")
     (out / "results.md").write_text(table(rows) + "\n")
     if rows:
-        figure(rows).write_html(out / "generation.html", include_plotlyjs=True)
+        figure(rows).write_html(out / "generation.html", include_plotlyjs=plotlyjs)
     return out

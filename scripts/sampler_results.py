@@ -53,7 +53,7 @@ def organism(args: argparse.Namespace) -> dict:
     sets = task_sets(mdm, ["ioi", "countdown"], args.n)
     rows = evaluate_samplers(mdm, sets, ORGANISM_SPECS, batch_size=1, scorer=scorer)
     rows += evaluate_samplers(ar, task_sets(ar, ["ioi", "countdown"], args.n), [SamplerSpec("ar", label="ar (organism ARM)")], batch_size=1)
-    write_report(rows, out / "organism", extra={"mdm": args.mdm, "n": args.n, "batch_size": 1})
+    write_report(rows, out / "organism", extra={"mdm": args.mdm, "n": args.n, "batch_size": 1}, plotlyjs="cdn")
     print(table(rows))
 
     # Threshold against low-confidence on every task, several tau, cache on and off.
@@ -65,7 +65,7 @@ def organism(args: argparse.Namespace) -> dict:
         for cache in ("prefix", "none")
     ]
     trows = evaluate_samplers(mdm, tsets, specs, fractions=(1.0,), batch_size=1)
-    write_report(trows, out / "threshold", extra={"mdm": args.mdm, "n": args.n, "batch_size": 1})
+    write_report(trows, out / "threshold", extra={"mdm": args.mdm, "n": args.n, "batch_size": 1}, plotlyjs="cdn")
     print(table(trows))
     return {"organism": [asdict(r) for r in rows], "threshold": [asdict(r) for r in trows]}
 
@@ -78,7 +78,7 @@ def uniform(args: argparse.Namespace) -> None:
         SamplerSpec("uniform", {"temperature": 1.0}, "uniform T=1"),
     ]
     rows = evaluate_samplers(uni, sets, specs, batch_size=1)
-    write_report(rows, Path(args.out) / "uniform", extra={"mdm": args.uniform_mdm, "n": args.n, "batch_size": 1})
+    write_report(rows, Path(args.out) / "uniform", extra={"mdm": args.uniform_mdm, "n": args.n, "batch_size": 1}, plotlyjs="cdn")
     print(table(rows))
 
 
