@@ -87,7 +87,7 @@ class Pass:
         self.req = request
         self.B, self.T = batch, length
         self.device = device
-        L = core.shape
+        self.n_layers = core.shape.n_layers
         self.d_model = core.layout.d_model
         self.record: dict[str, Tensor] = {}
         self.grad_points: dict[Site, Tensor] = {}
@@ -108,18 +108,11 @@ class Pass:
         for op in [*request.edits, *request.edges]:
             self._mask(op.pos)  # a bad position fails here, before the backend runs
 
-        # Which heads / receivers each layer needs.
-        self.head_layers = set()
-        for n in request.record:
-            p = parse(n)
-            if p.kind == "head":
-                self.head_layers.add(p.layer)
-        for edit in request.edits:
-            if edit.name.kind == "head":
-                self.head_layers.add(edit.name.layer)
-        for edge in request.edges:
-            if edge.sender.kind == "head":
-                self.head_layers.add(edge.sender.layer)
+        # Layers whose head outputs are needed (recorded, edited or sending an edge) and
+        # (port, layer) pairs whose receivers need private inputs.
+        heads = [parse(n) for n in request.record] + [e.name for e in request.edits]
+        heads += [e.sender for e in request.edges]
+        self.head_layers = {n.layer for n in heads if n.kind == "head"}
         self.split: set[tuple[str, int]] = set()
         receivers = [e.receiver for e in request.edges] + [e.name for e in request.edits]
         receivers += [parse(n) for n in request.grad_inputs]
@@ -130,7 +123,6 @@ class Pass:
             core.require_exact_norms((core.ln1[layer] for _, layer in self.split), "giving one head its own input")
         if any(e.sender.kind in ("head", "mlp") for e in request.edges):
             core.require_exact_norms(core.attn_post + core.mlp_post, "an edge patch on a post-norm model")
-        self.n_layers = L.n_layers
 
     # --- bookkeeping --------------------------------------------------------------------------
 

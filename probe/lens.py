@@ -19,14 +19,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from conversion.errors import UserError
 from probe.cache import Cache
-from probe.layout import FrozenNorm
 from probe.tasks.base import Batch, Rendered
+
+if TYPE_CHECKING:
+    from probe.model import ProbedModel
 
 
 def _rows(items: Batch | Sequence[Rendered]) -> list[Rendered]:
@@ -61,7 +64,7 @@ def read_targets(items: Batch | Sequence[Rendered]) -> tuple[Tensor, Tensor, Ten
     return pos, correct, counter
 
 
-def _unembed(pm, x: Tensor) -> Tensor:
+def _unembed(pm: ProbedModel, x: Tensor) -> Tensor:
     w = pm.layout.unembed_weight()
     b = pm.layout.unembed_bias()
     logits = x @ w.T.to(x.dtype)
@@ -89,7 +92,7 @@ class LensCurve:
 
 
 @torch.no_grad()
-def logit_lens(pm, cache: Cache, positions: Tensor, targets: Tensor) -> LensCurve:
+def logit_lens(pm: ProbedModel, cache: Cache, positions: Tensor, targets: Tensor) -> LensCurve:
     """Rank and log-probability of `targets` [B] at `positions` [B] after each layer.
 
     `cache` needs `L0.resid_pre` and every `L{l}.resid_post`. The final norm is the model's own
@@ -127,12 +130,12 @@ class Attribution:
 
 @torch.no_grad()
 def direct_logit_attribution(
-    pm, cache: Cache, positions: Tensor, correct: Tensor, counter: Tensor | None = None
+    pm: ProbedModel, cache: Cache, positions: Tensor, correct: Tensor, counter: Tensor | None = None
 ) -> Attribution:
     """Each sender's direct effect on logit(correct) - logit(counter) (or logit(correct) when
     `counter` is None) at `positions`; all [B]. Needs `embed`, every head and every MLP in
     `cache` (and `L{n-1}.resid_post`)."""
-    final = FrozenNorm(pm.layout.final_norm)
+    final = pm.core.final
     if not final.exact:
         raise UserError(f"direct logit attribution cannot linearise the final norm ({type(pm.layout.final_norm).__name__}).")
     dec = pm.decompose(cache)
