@@ -12,10 +12,17 @@ from conversion import _env  # noqa: F401  (offline flags before transformers is
 # isort: split
 from probe.cache import Cache, DiskCache
 from probe.interventions import Interventions
-from probe.lens import LensCurve, answer_logit_diff, direct_logit_attribution, logit_lens
+from probe.lens import (
+    Attribution,
+    LensCurve,
+    answer_logit_diff,
+    direct_logit_attribution,
+    logit_lens,
+)
 from probe.model import Decomposition, GradResult, ProbeConfig, ProbedModel
 
 __all__ = [
+    "Attribution",
     "Cache",
     "Decomposition",
     "DiskCache",
