@@ -32,8 +32,8 @@ from conversion.sampling.base import (
     Sampler,
     State,
     aligned_logits,
-    confidences,
-    sample_tokens,
+    propose,
+    provisional,
     steps_per_block,
 )
 from conversion.sampling.confidence import _check_common
@@ -94,10 +94,8 @@ class AncestralSampler(Sampler):
         u = state.rng.rand(state.ids.shape[1], key=state.steps)
         active = state.active()
         reveal = active & (u < p[:, None].to(u.device))
-        tokens = sample_tokens(logits, self.temperature, state.rng, key=state.steps)
-        if state.trace is not None:
-            conf = confidences(logits, tokens, "low-confidence").masked_fill(~state.masked, float("nan"))
-            state.record(reveal, conf, torch.where(state.masked, logits.argmax(-1), state.ids))
+        tokens, conf = propose(logits, reveal, self.temperature, state, "low-confidence" if state.trace is not None else None)
+        state.record(reveal, conf, provisional(logits, state))
         state.ids = torch.where(reveal, tokens, state.ids)
         state.masked = state.masked & ~reveal
         # Nothing revealed: the canvas is unchanged, the prediction can be reused.
@@ -135,36 +133,39 @@ class UniformSampler(Sampler):
     def step(self, model: torch.nn.Module, state: State) -> State:
         pool: Tensor = state.scratch["pool"]
         n, j = state.scratch["budget"], state.scratch["j"]
-        logits = aligned_logits(model, state)[..., : pool.numel()].double()
-        logits = logits.masked_fill(~pool, float("-inf"))
+        live = state.masked  # generated positions of rows still running
+        rows, cols = live.nonzero(as_tuple=True)
+        logits = aligned_logits(model, state)
+        picked = logits[rows, cols, : pool.numel()].double().masked_fill(~pool, float("-inf"))  # [N, V]
         temp = self.temperature if self.temperature > 0 else 1.0
-        p0 = torch.softmax(logits / temp, dim=-1)  # [B, T, V] the model's x_0 prediction
+        p0 = torch.softmax(picked / temp, dim=-1)  # the model's x_0 prediction
         sched = get_schedule(self.schedule or state.ctx.schedule)
-        t = 1.0 - j.double() / n
-        s = (1.0 - (j + 1).double() / n).clamp(min=0.0)
-        a_t, a_s = sched.alpha(t), sched.alpha(s)
-        a_ts = (a_t / a_s.clamp(min=1e-12))[:, None, None]
+        t = (1.0 - j.double() / n)[rows]
+        s = (1.0 - (j + 1).double() / n).clamp(min=0.0)[rows]
+        a_t, a_s = sched.alpha(t)[:, None], sched.alpha(s)[:, None]
+        a_ts = a_t / a_s.clamp(min=1e-12)
         N = float(pool.sum())
-        keep = torch.nn.functional.one_hot(state.ids, pool.numel()).double() if state.ids.max() < pool.numel() else None
-        if keep is None:
+        current = state.ids[rows, cols]
+        if bool((current >= pool.numel()).any()):
             raise UserError("the canvas holds ids outside the model's vocabulary.")
-        post = (a_ts * keep + (1.0 - a_ts) / N) * (a_s[:, None, None] * p0 + (1.0 - a_s[:, None, None]) / N)
-        last = (j + 1 >= n)[:, None, None]
+        keep = torch.nn.functional.one_hot(current, pool.numel()).double()
+        post = (a_ts * keep + (1.0 - a_ts) / N) * (a_s * p0 + (1.0 - a_s) / N)
+        last = (j + 1 >= n)[rows][:, None]
         post = torch.where(last, p0, post).masked_fill(~pool, 0.0)
         logp = torch.log(post.clamp(min=1e-300)).masked_fill(~pool, float("-inf"))
         if self.temperature > 0:
-            new = (logp + state.rng.gumbel(tuple(logp.shape[1:]), key=state.steps)).argmax(-1)
-        else:
-            new = logp.argmax(-1)
-        live = state.masked  # generated positions of rows still running
+            logp = logp + state.rng.gumbel_at(rows, cols, logp.shape[-1], key=state.steps)
+        new = state.ids.clone()
+        new[rows, cols] = logp.argmax(-1)
         if state.trace is not None:
-            conf = p0.max(-1).values.masked_fill(~live, float("nan"))
-            changed = live & (new != state.ids)
-            state.record(changed, conf, torch.where(live, p0.argmax(-1), state.ids))
-        state.ids = torch.where(live, new, state.ids)
+            conf = torch.full(live.shape, float("nan"), dtype=torch.float64)
+            conf[rows, cols] = p0.max(-1).values
+            prov = state.ids.clone()
+            prov[rows, cols] = p0.argmax(-1)
+            state.record(live & (new != state.ids), conf, prov)
+        state.ids = new
         state.scratch["j"] = j + 1
-        finished = (j + 1 >= n)[:, None]
-        state.masked = state.masked & ~finished
+        state.masked = state.masked & ~(j + 1 >= n)[:, None]
         return state
 
 

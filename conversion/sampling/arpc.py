@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from conversion.attention import position_ids
 from conversion.errors import UserError
 from conversion.noise import get_schedule
 from conversion.sampling.ancestral import time_grid
@@ -29,11 +30,11 @@ from conversion.sampling.base import (
     Sampler,
     State,
     aligned_logits,
-    confidences,
-    sample_tokens,
+    propose,
+    provisional,
     steps_per_block,
 )
-from conversion.sampling.confidence import _check_common
+from conversion.sampling.confidence import _check_common, top_k_per_row
 
 SCORES = ("nll", "divergence")
 
@@ -85,8 +86,8 @@ class ARPCSampler(Sampler):
     def step(self, model: torch.nn.Module, state: State) -> State:
         clock: BlockClock = state.scratch["clock"]
         logits = aligned_logits(model, state)
-        tokens = sample_tokens(logits, self.temperature, state.rng, key=state.steps)
         active = state.active()
+        tokens, conf = propose(logits, active, self.temperature, state)
         cur = state.current_block()
         in_block = (state.blocks == cur[:, None]) & (cur[:, None] >= 0)
         proposal = torch.where(active, tokens, state.ids)
@@ -97,40 +98,34 @@ class ARPCSampler(Sampler):
         k = torch.where(s <= 0, torch.zeros_like(k), k)
         remask = torch.zeros_like(active)
         if bool((k > 0).any()):
-            score = self._score(state, proposal, logits)  # [B, T], higher = worse
-            from conversion.sampling.confidence import top_k_per_row
-
+            score = self._score(state, proposal, logits, in_block)  # [B, T], higher = worse
             remask = top_k_per_row(score, in_block, k)
-        conf = confidences(logits, tokens, "low-confidence")
-        state.record(
-            active & ~remask, conf.masked_fill(~state.masked, float("nan")),
-            torch.where(state.masked, logits.argmax(-1), state.ids), remasked=remask & ~active,
-        )
+        state.record(active & ~remask, conf, provisional(logits, state), remasked=remask & ~active)
         state.ids = torch.where(remask, torch.full_like(proposal, state.ctx.mask_id), proposal)
         state.masked = (state.masked & ~active) | remask
         clock.advance(state)
         return state
 
-    def _score(self, state: State, proposal: Tensor, mdm_logits: Tensor) -> Tensor:
-        """Badness of every proposed token [B, T] from one causal AR pass."""
+    def _score(self, state: State, proposal: Tensor, mdm_logits: Tensor, where: Tensor) -> Tensor:
+        """Badness [B, T] of the proposed tokens at `where` from one causal AR pass (-inf elsewhere)."""
         V = state.scratch["ar_vocab"] or int(mdm_logits.shape[-1])
         ar_ids = proposal.masked_fill(proposal >= V, state.ctx.pad_id)
         ar_ids = torch.where(proposal == state.ctx.mask_id, torch.full_like(ar_ids, state.ctx.pad_id), ar_ids)
-        from conversion.attention import position_ids
-
         out = state.forward(
             self.scorer, "ar", input_ids=ar_ids, attention_mask=state.attention_mask,
             position_ids=position_ids(state.attention_mask),
         )
-        ar = out.logits[..., :V].double()
-        # AR: logits at i - 1 predict position i.
-        ar = torch.cat([torch.zeros_like(ar[:, :1]), ar[:, :-1]], dim=1)
-        ar_logp = torch.log_softmax(ar, dim=-1)
+        rows, cols = where.nonzero(as_tuple=True)
+        score = torch.full(where.shape, float("-inf"), dtype=torch.float64, device=where.device)
+        # AR: the logits at i - 1 predict position i (a block never starts at position 0).
+        ar_logp = torch.log_softmax(out.logits[rows, (cols - 1).clamp(min=0), :V].double(), dim=-1)  # [N, V]
         if self.score == "nll":
-            return -ar_logp.gather(-1, ar_ids[..., None]).squeeze(-1)
-        mdm_logp = torch.log_softmax(mdm_logits[..., :V].double(), dim=-1)
-        kl = (ar_logp.exp() * (ar_logp - mdm_logp.clamp(min=-1e30))).sum(-1)
-        return kl.nan_to_num(0.0)
+            score[rows, cols] = -ar_logp.gather(-1, ar_ids[rows, cols][:, None]).squeeze(-1)
+        else:
+            mdm_logp = torch.log_softmax(mdm_logits[rows, cols, :V].double(), dim=-1)
+            kl = (ar_logp.exp() * (ar_logp - mdm_logp.clamp(min=-1e30))).sum(-1)
+            score[rows, cols] = kl.nan_to_num(0.0)
+        return score
 
 
 def _vocab(model: torch.nn.Module) -> int | None:

@@ -155,6 +155,16 @@ class RowRandom:
         u = u.clamp(min=1e-300, max=1.0 - 1e-16)
         return (-torch.log(-torch.log(u))).to(self.device)
 
+    def gumbel_at(self, rows: Tensor, cols: Tensor, width: int, key: int, purpose: int = 4) -> Tensor:
+        """Gumbel noise [N, width] in float64 for the positions (rows[i], cols[i]): one stream per
+        (seed, row id, step, position), so a position's draw depends on nothing else."""
+        out = torch.empty((rows.numel(), width), dtype=torch.float64)
+        for i, (r, c) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True)):
+            g = torch.Generator(device="cpu").manual_seed(_mix(self.seed, self.rows[r], key, purpose, c))
+            torch.rand(width, generator=g, dtype=torch.float64, out=out[i])
+        out = out.clamp_(min=1e-300, max=1.0 - 1e-16)
+        return (-torch.log(-torch.log(out))).to(self.device)
+
     def randint(self, high: int, length: int, key: int, purpose: int = 2) -> Tensor:
         return torch.stack([torch.randint(0, high, (length,), generator=g) for g in self._gens(key, purpose)]).to(self.device)
 
@@ -173,6 +183,41 @@ def sample_tokens(logits: Tensor, temperature: float, rng: RowRandom | None, key
         return logits.argmax(-1)
     noisy = logits.double() / temperature + rng.gumbel(tuple(logits.shape[1:]), key)
     return noisy.argmax(-1)
+
+
+def propose(
+    logits: Tensor, where: Tensor, temperature: float, state: State, rule: str | None = "low-confidence"
+) -> tuple[Tensor, Tensor]:
+    """Draw a token for every position in `where` [B, T] from aligned `logits` [B, T, V], and
+    score it under `rule` (see `confidences`; None skips scoring).
+
+    Only the selected positions are touched (for a 50k vocabulary the full [B, T, V] work in
+    float64 would dominate a step). Returns (tokens [B, T] -- the current ids elsewhere --,
+    confidence [B, T] float64 -- NaN elsewhere). Temperature 0 takes the argmax; otherwise a
+    Gumbel-max draw in float64, keyed by (seed, row, step, position).
+    """
+    rows, cols = where.nonzero(as_tuple=True)
+    tokens = state.ids.clone()
+    conf = torch.full(where.shape, float("nan"), dtype=torch.float64, device=where.device)
+    if rows.numel() == 0:
+        return tokens, conf
+    picked = logits[rows, cols].double()  # [N, V]
+    if temperature > 0:
+        noisy = picked / temperature + state.rng.gumbel_at(rows, cols, picked.shape[-1], key=state.steps)
+        chosen = noisy.argmax(-1)
+    else:
+        chosen = picked.argmax(-1)
+    tokens[rows, cols] = chosen
+    if rule is not None:
+        conf[rows, cols] = confidences(picked[None], chosen[None], rule)[0]
+    return tokens, conf
+
+
+def provisional(logits: Tensor, state: State) -> Tensor | None:
+    """The full decode a trace records: argmax wherever still masked (None without a trace)."""
+    if state.trace is None:
+        return None
+    return torch.where(state.masked, logits.argmax(-1), state.ids)
 
 
 # --- state -----------------------------------------------------------------------------------------
@@ -239,8 +284,10 @@ class State:
         cur = self.current_block()
         return self.masked & (self.blocks == cur[:, None]) & (cur[:, None] >= 0)
 
-    def record(self, committed: Tensor, confidence: Tensor, provisional: Tensor, remasked: Tensor | None = None) -> None:
-        if self.trace is None:
+    def record(
+        self, committed: Tensor, confidence: Tensor, provisional: Tensor | None, remasked: Tensor | None = None
+    ) -> None:
+        if self.trace is None or provisional is None:
             return
         self.trace.append(
             TraceStep(

@@ -30,9 +30,9 @@ from conversion.sampling.base import (
     Sampler,
     State,
     aligned_logits,
-    confidences,
+    propose,
+    provisional,
     run,
-    sample_tokens,
     steps_per_block,
 )
 
@@ -62,23 +62,16 @@ class ConfidenceSampler(Sampler):
 
     def step(self, model: torch.nn.Module, state: State) -> State:
         logits = aligned_logits(model, state)
-        tokens = sample_or_argmax(logits, self.temperature, state)
-        conf = confidences(logits, tokens, self.rule)
         active = state.active()
+        tokens, conf = propose(logits, active, self.temperature, state, self.rule)
         clock: BlockClock = state.scratch["clock"]
         left = (state.scratch["budget"] - clock.count).clamp(min=1)
         commit = top_k_per_row(conf, active, torch.ceil(active.sum(1) / left).long())
-        provisional = torch.where(state.masked, logits.argmax(-1), state.ids)
-        state.record(commit, conf.masked_fill(~state.masked, float("nan")), provisional)
+        state.record(commit, conf, provisional(logits, state))
         state.ids = torch.where(commit, tokens, state.ids)
         state.masked = state.masked & ~commit
         clock.advance(state)
         return state
-
-
-def sample_or_argmax(logits: Tensor, temperature: float, state: State) -> Tensor:
-    """Tokens for every position at this step (keyed by the step, for reproducibility)."""
-    return sample_tokens(logits, temperature, state.rng, key=state.steps)
 
 
 def top_k_per_row(score: Tensor, allowed: Tensor, k: Tensor) -> Tensor:

@@ -31,8 +31,8 @@ from conversion.sampling.base import (
     Sampler,
     State,
     aligned_logits,
-    confidences,
-    sample_tokens,
+    propose,
+    provisional,
     steps_per_block,
 )
 from conversion.sampling.confidence import _check_common
@@ -106,12 +106,8 @@ class RemaskSampler(Sampler):
         reveal = active & (u < p_reveal[:, None])
         v = state.rng.rand(state.ids.shape[1], key=state.steps, purpose=3)
         remask = decoded & (v < sigma)
-        tokens = sample_tokens(logits, self.temperature, state.rng, key=state.steps)
-        conf = confidences(logits, tokens, "low-confidence")
-        state.record(
-            reveal, conf.masked_fill(~state.masked, float("nan")),
-            torch.where(state.masked, logits.argmax(-1), state.ids), remasked=remask,
-        )
+        tokens, conf = propose(logits, reveal, self.temperature, state)
+        state.record(reveal, conf, provisional(logits, state), remasked=remask)
         mask_id = state.ctx.mask_id
         state.ids = torch.where(reveal, tokens, state.ids)
         state.ids = torch.where(remask, torch.full_like(state.ids, mask_id), state.ids)

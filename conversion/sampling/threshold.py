@@ -31,10 +31,11 @@ from conversion.sampling.base import (
     _param_dtype,
     align,
     aligned_logits,
-    confidences,
     mdm_forward_kwargs,
+    propose,
+    provisional,
 )
-from conversion.sampling.confidence import _check_common, sample_or_argmax, top_k_per_row
+from conversion.sampling.confidence import _check_common, top_k_per_row
 
 CACHES = ("prefix", "none")
 
@@ -70,12 +71,10 @@ class ThresholdSampler(Sampler):
 
     def step(self, model: torch.nn.Module, state: State) -> State:
         logits = self._logits(model, state)
-        tokens = sample_or_argmax(logits, self.temperature, state)
-        conf = confidences(logits, tokens, "low-confidence")
         active = state.active()
+        tokens, conf = propose(logits, active, self.temperature, state)
         commit = threshold_commit(conf, active, self.tau)
-        provisional = torch.where(state.masked, logits.argmax(-1), state.ids)
-        state.record(commit, conf.masked_fill(~state.masked, float("nan")), provisional)
+        state.record(commit, conf, provisional(logits, state))
         state.ids = torch.where(commit, tokens, state.ids)
         state.masked = state.masked & ~commit
         return state
