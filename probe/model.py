@@ -136,7 +136,7 @@ class ProbedModel:
         )
         self.shape = self.config.shape
         self.core = Core(lay, self.shape)
-        self.backend_name = choose(backend)
+        self.backend_name = choose(backend, model, tokenizer)
         self.backend: Backend = create(
             self.backend_name, model, lay, causal=meta.kind == "ar", tokenizer=tokenizer,
             source=meta.extra.get("path", meta.source) if meta.extra else meta.source,

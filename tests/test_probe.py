@@ -346,6 +346,10 @@ def test_tl_backend_refuses_what_it_cannot_bridge_and_names_the_alternative() ->
         ProbedModel.from_checkpoint(AutoModelForCausalLM.from_pretrained(folder("llama")), backend="tl")
     ours = ProbedModel.from_checkpoint(model, tokenizer=tokenizer, backend="nnsight")
     assert ours.config.n_layers == 2
+    # "auto": the bridge where TransformerLens has an adapter, nnsight for any other decoder
+    assert ProbedModel.from_checkpoint(model, tokenizer=tokenizer).backend_name == "nnsight"
+    assert ProbedModel.from_checkpoint(folder("llama")).backend_name == "tl"
+    assert ProbedModel.from_checkpoint(AutoModelForCausalLM.from_pretrained(folder("llama"))).backend_name == "nnsight"
 
 
 def test_layouts_the_probe_cannot_read_are_refused() -> None:

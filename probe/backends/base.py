@@ -50,15 +50,25 @@ class Backend(ABC):
         """Logits [B, T, V] of one pass with `fns` applied at their sites."""
 
 
-def choose(requested: str) -> str:
+def tl_supports(model) -> bool:
+    """True if TransformerLens 4 has a bridge adapter for this HF model's architecture."""
+    try:
+        from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+    except ImportError:  # pragma: no cover - a dependency of the package
+        return False
+    return type(model).__name__ in SUPPORTED_ARCHITECTURES
+
+
+def choose(requested: str, model=None, tokenizer=None) -> str:
     """The backend to use for `requested` ("auto" or a backend name).
 
-    "auto" is "torch": every backend gives the same numbers (tested), and plain forward hooks do
-    it with the least overhead, for every layout the probe reads, without a copy of the model
-    (the TransformerLens bridge wraps its own copy). See docs/results/probe.md for the timings.
+    "auto": the TransformerLens bridge where it has an adapter for the architecture (and a
+    tokenizer to boot with), nnsight for any other HF decoder. Every backend gives the same
+    numbers (tested); "torch" (plain forward hooks, no copy of the model, the least overhead:
+    docs/results/probe.md) is there on request.
     """
     if requested == "auto":
-        return "torch"
+        return "tl" if model is not None and tokenizer is not None and tl_supports(model) else "nnsight"
     if requested not in BACKENDS:
         raise UserError(f"unknown backend {requested!r}; choose 'auto' or one of {', '.join(BACKENDS)}.")
     return requested
