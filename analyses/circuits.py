@@ -1,0 +1,536 @@
+"""Circuit discovery: score every edge of a model's graph, select circuits, test their faithfulness.
+
+The graph (`analyses.graph`) joins senders (embed, heads, MLPs) to receivers (each head's q/k/v
+input, each MLP's input, logits). An edge's importance is how much a task metric M moves when
+that one edge carries its value from a *corrupted* input instead of the clean one (RESEARCH.md
+section 4). Four ways to score it, one call (`attribute`) for all:
+
+- "exact": activation patching, the ground truth. For each edge u->v, one forward pass on the
+  clean input in which only v reads u's corrupted output (`probe`'s `patch_edge`); score =
+  M(patched) - M(clean). Node scores likewise patch the whole node. One pass per edge (several
+  edges share a pass as separate copies of the batch: `rows_per_pass`).
+- "eap": edge attribution patching, the first-order estimate from one forward and backward pass
+  on the clean input:  score(u->v) = sum over examples and positions of
+  (a_u(corrupt) - a_u(clean)) . dM/d(input of v)  (gradient at the clean input).
+- "eap-ig-inputs": the gradient averaged over `steps` inputs whose embeddings lie between the
+  corrupted and the clean embeddings, alpha_k = (k + 1/2) / steps (midpoint rule; Hanna et al.
+  2024). Cost: 2 forward passes and `steps` forward+backward passes per batch.
+- "eap-ig-activations": the gradient averaged while one group of senders (the embedding, one
+  layer's heads, or one MLP) outputs a_corrupt + alpha_k (a_clean - a_corrupt) and everything
+  downstream runs on the clean input; an edge uses the passes of its sender's group.
+  Cost: (2 n_layers + 1) x `steps` forward+backward passes per batch.
+
+Scores are estimates of M(edge corrupted) - M(clean) averaged over examples: negative for an
+edge the task needs (with M = logit difference or probability). Metrics are read at each example's
+shift-aware read position (`probe.tasks.render` stores it): "logit_diff" (logsumexp of the
+correct first tokens minus logsumexp of the counterfactual ones, `probe.answer_logit_diff`),
+"prob" (probability of the correct first tokens), "kl" (KL(clean || model) of the next-token
+distribution; its gradient vanishes at the clean input, so plain EAP scores 0 under it).
+
+Data are `probe.tasks` renderings: a list of `Rendered` (cut into batches of `batch_size`), a
+`Batch`, or any iterable of `Batch`es (a dataloader). Each batch runs on the model's device;
+scores are summed over batches on the CPU in float64.
+
+Circuits: `Graph.select` picks edges; `faithfulness` runs the model with every edge outside the
+circuit patched to its corrupted value in one pass and normalises,
+f = (M(circuit) - M(corrupt)) / (M(clean) - M(corrupt)); `faithfulness_curve` does it for a series
+of circuit sizes and integrates f over the fraction of edges kept.
+
+    >>> pm = ProbedModel.from_checkpoint("organism")                         # doctest: +SKIP
+    >>> items = [render(ex, pm.tokenizer, "ar") for ex in examples]          # doctest: +SKIP
+    >>> graph = attribute(pm, items, method="eap-ig-inputs", steps=5)        # doctest: +SKIP
+    >>> faithfulness(pm, items, graph.select(top_n=50)).value                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from analyses.graph import Graph, forward_edges, split_edge
+from conversion.errors import UserError
+from conversion.metadata import read_positions
+from probe.cache import Cache
+from probe.interventions import Interventions
+from probe.model import ProbedModel
+from probe.tasks.base import Batch, Rendered
+
+METHODS = ("exact", "eap", "eap-ig-inputs", "eap-ig-activations")
+METRICS = ("logit_diff", "prob", "kl")
+
+Data = Batch | Sequence[Rendered] | Iterable[Batch]
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+
+def batches(pm: ProbedModel, data: Data, batch_size: int | None = 16) -> Iterator[Batch]:
+    """Batches of `data` checked against the model (reading mode, shift, mask layout).
+
+    A list of `Rendered` is collated in chunks of `batch_size` rows (right-padded with the
+    tokenizer's pad id); a `Batch` is cut into chunks of `batch_size` rows; any other iterable
+    must yield `Batch`es, used as they come. batch_size=None: one batch.
+    """
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise UserError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
+    if isinstance(data, Batch):
+        n = data.input_ids.shape[0]
+        size = batch_size or n
+        for start in range(0, n, size):
+            stop = min(start + size, n)
+            yield _checked(pm, Batch(data.input_ids[start:stop], data.corrupted_ids[start:stop],
+                                     data.attention_mask[start:stop], data.items[start:stop]))
+        return
+    if isinstance(data, Sequence) and not isinstance(data, str):
+        if not data:
+            raise UserError("no examples given; render some with probe.tasks.render.")
+        if not all(isinstance(r, Rendered) for r in data):
+            raise UserError("a list of examples must hold probe.tasks Rendered items (from probe.tasks.render).")
+        from probe.tasks import collate
+
+        size = batch_size or len(data)
+        for start in range(0, len(data), size):
+            yield _checked(pm, collate(data[start : start + size], _pad_id(pm)))
+        return
+    seen = False
+    for batch in data:
+        if not isinstance(batch, Batch):
+            raise UserError(f"a dataloader must yield probe.tasks Batch objects (probe.tasks.collate); got {type(batch).__name__}.")
+        seen = True
+        yield _checked(pm, batch)
+    if not seen:
+        raise UserError("the dataloader yielded no batches.")
+
+
+def _pad_id(pm: ProbedModel) -> int:
+    tok = pm.tokenizer
+    for pad in (getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None)):
+        if pad is not None:
+            return int(pad)
+    return 0
+
+
+def _checked(pm: ProbedModel, batch: Batch) -> Batch:
+    cfg = pm.config
+    if not batch.items:
+        raise UserError("an empty batch; give at least one example.")
+    if batch.input_ids.shape != batch.corrupted_ids.shape:
+        raise UserError(f"clean ids {list(batch.input_ids.shape)} and corrupted ids {list(batch.corrupted_ids.shape)} differ in shape; render pairs with probe.tasks.render.")
+    if len(batch.items) != batch.input_ids.shape[0]:
+        raise UserError(f"the batch holds {batch.input_ids.shape[0]} rows but {len(batch.items)} examples.")
+    for row, r in enumerate(batch.items):
+        fix = f"render with mode={cfg.kind!r}, shift={cfg.shift}, mask_id={cfg.mask_id} (the model's ProbeConfig)."
+        if r.mode != cfg.kind:
+            raise UserError(f"{r.example.task}: an example rendered for {r.mode!r} reading given to a {cfg.kind!r} model; {fix}")
+        expected = read_positions(r.answer_positions, cfg.shift)
+        if not torch.equal(torch.as_tensor(expected), r.read_positions):
+            raise UserError(f"{r.example.task}: read positions {r.read_positions.tolist()} do not follow the model's shift={cfg.shift}; {fix}")
+        if cfg.kind == "mdm":
+            at = batch.input_ids[row, r.answer_positions]
+            if not bool((at == cfg.mask_id).all()):
+                raise UserError(f"{r.example.task}: the answer positions do not hold the model's mask id {cfg.mask_id}; {fix}")
+        if len(r.correct_ids) == 0:
+            raise UserError(f"{r.example.task}: an example has no correct answer token.")
+    return batch
+
+
+# --- metrics --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Targets:
+    """Where and what each row of a batch is scored on: read positions [B], correct and
+    counterfactual first-token ids padded to [B, C] with validity masks."""
+
+    positions: Tensor
+    correct: Tensor
+    correct_ok: Tensor
+    counter: Tensor
+    counter_ok: Tensor
+
+    @classmethod
+    def of(cls, items: Sequence[Rendered]) -> Targets:
+        def padded(sets: list[Tensor]) -> tuple[Tensor, Tensor]:
+            width = max(1, max(len(s) for s in sets))
+            ids = torch.zeros(len(sets), width, dtype=torch.long)
+            ok = torch.zeros(len(sets), width, dtype=torch.bool)
+            for i, s in enumerate(sets):
+                ids[i, : len(s)] = s
+                ok[i, : len(s)] = True
+            return ids, ok
+
+        pos = torch.tensor([int(r.read_positions[0]) for r in items])
+        correct, correct_ok = padded([r.correct_ids for r in items])
+        counter, counter_ok = padded([r.counterfactual_ids for r in items])
+        return cls(pos, correct, correct_ok, counter, counter_ok)
+
+    def repeat(self, k: int) -> Targets:
+        """The targets of k stacked copies of the batch."""
+        return Targets(*(t.repeat(k, *([1] * (t.ndim - 1))) for t in
+                         (self.positions, self.correct, self.correct_ok, self.counter, self.counter_ok)))
+
+    def rows(self, logits: Tensor) -> Tensor:
+        """[B, V] logits at each row's read position, in float32 or wider."""
+        pos = self.positions.to(logits.device)
+        rows = logits[torch.arange(logits.shape[0], device=logits.device), pos]
+        return rows.to(torch.promote_types(rows.dtype, torch.float32))
+
+
+def _logsumexp_at(rows: Tensor, ids: Tensor, ok: Tensor) -> Tensor:
+    values = rows.gather(1, ids.to(rows.device)).masked_fill(~ok.to(rows.device), -math.inf)
+    return values.logsumexp(1)
+
+
+def metric_values(metric: str, logits: Tensor, targets: Targets, clean: Tensor | None = None) -> Tensor:
+    """[B] metric per row. logits: [B, T, V]. clean: [B, V] log-probabilities of the clean run
+    at the read positions (needed for "kl"; None: this run's own, detached)."""
+    rows = targets.rows(logits)
+    if metric == "logit_diff":
+        if not bool(targets.counter_ok.any(1).all()):
+            raise UserError("the logit difference needs a counterfactual answer for every example; use metric='prob' or 'kl'.")
+        return _logsumexp_at(rows, targets.correct, targets.correct_ok) - _logsumexp_at(rows, targets.counter, targets.counter_ok)
+    if metric == "prob":
+        return (_logsumexp_at(rows, targets.correct, targets.correct_ok) - rows.logsumexp(1)).exp()
+    if metric == "kl":
+        logp = torch.log_softmax(rows, -1)
+        ref = logp.detach() if clean is None else clean.to(logp)
+        return (ref.exp() * (ref - logp)).sum(-1)
+    raise UserError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}.")
+
+
+def clean_reference(metric: str, logits: Tensor, targets: Targets) -> Tensor | None:
+    """What `metric_values` needs from the clean run: its read-position log-probs for "kl"."""
+    return torch.log_softmax(targets.rows(logits), -1).detach() if metric == "kl" else None
+
+
+# --- attribution ----------------------------------------------------------------------------------
+
+
+def _check_options(method: str, metric: str, steps: int) -> None:
+    if method not in METHODS:
+        raise UserError(f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)}.")
+    if metric not in METRICS:
+        raise UserError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}.")
+    if not isinstance(steps, int) or steps < 1:
+        raise UserError(f"steps (interpolation points of EAP-IG) must be a positive integer, got {steps!r}.")
+
+
+def _pair_inputs(batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    return ({"input_ids": batch.input_ids, "attention_mask": batch.attention_mask},
+            {"input_ids": batch.corrupted_ids, "attention_mask": batch.attention_mask})
+
+
+@dataclass
+class _Sums:
+    """Per-batch sums over examples, accumulated over batches (CPU, float64)."""
+
+    edges: Tensor
+    nodes: Tensor
+    clean: float = 0.0
+    corrupt: float = 0.0
+    n: int = 0
+
+
+def attribute(
+    pm: ProbedModel,
+    data: Data,
+    *,
+    method: str = "eap-ig-inputs",
+    metric: str = "logit_diff",
+    steps: int = 5,
+    batch_size: int | None = 16,
+    rows_per_pass: int = 64,
+    nodes: bool = True,
+    meta: Mapping[str, Any] | None = None,
+) -> Graph:
+    """Score every edge (and, with nodes=True, every sender node) of `pm`'s graph on `data`.
+
+    method: "exact", "eap", "eap-ig-inputs" or "eap-ig-activations" (see the module docstring).
+    metric: "logit_diff", "prob" or "kl". steps: interpolation points of the EAP-IG methods.
+    rows_per_pass: exact patching stacks max(1, rows_per_pass // batch rows) interventions per
+    forward pass. meta: extra fields recorded in the graph (task, model name, ...).
+    Returns a `Graph` whose scores are means over examples; its meta holds the method, metric,
+    steps, number of examples and the clean and corrupted metric means.
+    """
+    _check_options(method, metric, steps)
+    if not isinstance(rows_per_pass, int) or rows_per_pass < 1:
+        raise UserError(f"rows_per_pass must be a positive integer, got {rows_per_pass!r}.")
+    graph = Graph(pm.shape)
+    sums = _Sums(torch.zeros(len(graph.edges), dtype=torch.float64), torch.zeros(len(graph.senders), dtype=torch.float64))
+    for batch in batches(pm, data, batch_size):
+        if method == "exact":
+            _exact_batch(pm, graph, batch, metric, rows_per_pass, nodes, sums)
+        else:
+            _gradient_batch(pm, graph, batch, metric, method, steps, nodes, sums)
+    n = sums.n
+    info = {
+        "method": method, "metric": metric, "steps": steps if method.startswith("eap-ig") else None,
+        "n_examples": n, "clean_metric": sums.clean / n, "corrupt_metric": sums.corrupt / n,
+        "kind": pm.config.kind, "shift": pm.config.shift, "family": pm.config.family,
+    }
+    node_scores = dict(zip(graph.senders, (sums.nodes / n).tolist(), strict=True)) if nodes else None
+    return Graph(pm.shape, sums.edges / n, node_scores, {**info, **(meta or {})})
+
+
+def _exact_batch(pm: ProbedModel, graph: Graph, batch: Batch, metric: str, rows_per_pass: int, nodes: bool, sums: _Sums) -> None:
+    """Patch one edge (or node) at a time, several per pass as stacked copies of the batch."""
+    clean_in, corrupt_in = _pair_inputs(batch)
+    targets = Targets.of(batch.items)
+    clean_logits = pm(clean_in)
+    corrupt_logits, corrupt = pm.run_with_cache(corrupt_in, names=graph.senders)
+    ref = clean_reference(metric, clean_logits, targets)
+    base = metric_values(metric, clean_logits, targets, ref)
+    B, T = batch.input_ids.shape
+    k = max(1, rows_per_pass // B)
+
+    def run(items: list, patch: Callable[[Interventions, Any, Tensor, dict[str, Tensor]], None]) -> Tensor:
+        out = torch.zeros(len(items), dtype=torch.float64)
+        for start in range(0, len(items), k):
+            chunk = items[start : start + k]
+            c = len(chunk)
+            stacked = {"input_ids": batch.input_ids.repeat(c, 1), "attention_mask": batch.attention_mask.repeat(c, 1)}
+            copies: dict[str, Tensor] = {}
+            with pm.intervene() as iv:
+                for j, item in enumerate(chunk):
+                    rows = torch.zeros(c * B, T, dtype=torch.bool)
+                    rows[j * B : (j + 1) * B] = True
+                    patch(iv, item, rows, copies)
+                logits = pm(stacked)
+            values = metric_values(metric, logits, targets.repeat(c), None if ref is None else ref.repeat(c, 1))
+            out[start : start + c] = (values.view(c, B) - base.to(values)).sum(1).double().cpu()
+        return out
+
+    def repeated(name: str, copies: dict[str, Tensor], rows: Tensor) -> Tensor:
+        if name not in copies:
+            copies[name] = corrupt[name].repeat(rows.shape[0] // B, 1, 1)
+        return copies[name]
+
+    sums.edges += run(graph.pairs, lambda iv, e, rows, cp: iv.patch_edge(e[0], e[1], repeated(e[0], cp, rows), pos=rows))
+    if nodes:
+        sums.nodes += run(graph.senders, lambda iv, s, rows, cp: iv.set(s, repeated(s, cp, rows), pos=rows))
+    sums.clean += float(base.sum())
+    sums.corrupt += float(metric_values(metric, corrupt_logits, targets, ref).sum())
+    sums.n += B
+
+
+def _written(pm: ProbedModel, cache: Cache, senders: Sequence[str]) -> dict[str, Tensor]:
+    """What each sender adds to the residual stream: its value, or (post-norm models) its exact
+    contribution with the norm's scale frozen (`ProbedModel.decompose`)."""
+    if not pm.config.post_norms:
+        return {s: cache[s] for s in senders}
+    parts = pm.decompose(cache).parts
+    return {s: parts[s] for s in senders}
+
+
+def _downstream_receivers(graph: Graph, group: Sequence[str]) -> list[str]:
+    reach = {r for s, r in graph.pairs if s in set(group)}
+    return [r for r in graph.receivers if r in reach]
+
+
+def _gradient_batch(pm: ProbedModel, graph: Graph, batch: Batch, metric: str, method: str, steps: int, nodes: bool, sums: _Sums) -> None:
+    """EAP and both EAP-IG variants: mean gradients at the receivers (and sender outputs) over
+    the method's points, dotted with each sender's corrupted-minus-clean contribution."""
+    clean_in, corrupt_in = _pair_inputs(batch)
+    targets = Targets.of(batch.items)
+    senders, receivers = graph.senders, graph.receivers
+    corrupt_logits, corrupt = pm.run_with_cache(corrupt_in, names=senders)
+    alphas = [(k + 0.5) / steps for k in range(steps)]
+    # (senders whose edges are scored, receivers to differentiate at, summed gradients at the
+    # receivers [R, B, T, D] and at the senders' outputs [S, B, T, D], number of points)
+    gradients: list[tuple[list[str], list[str], Tensor, Tensor, int]] = []
+    if method == "eap":  # one pass at the clean input; it also records the clean activations
+        result = pm.run_with_grads(clean_in, _objective(metric, targets, None), outputs=senders,
+                                   receivers=receivers, names=senders)
+        clean, clean_logits = result.cache, result.logits
+        ref = clean_reference(metric, clean_logits, targets)
+        gradients.append((senders, receivers, _stack(result.inputs, receivers), _stack(result.outputs, senders), 1))
+    else:
+        clean_logits, clean = pm.run_with_cache(clean_in, names=senders)
+        ref = clean_reference(metric, clean_logits, targets)
+        objective = _objective(metric, targets, ref)
+        groups = [["embed"]] if method == "eap-ig-inputs" else _groups(pm)
+        for group in groups:
+            scored = senders if method == "eap-ig-inputs" else group
+            downstream = _downstream_receivers(graph, scored)
+            g_in = g_out = None
+            for alpha in alphas:
+                with pm.intervene() as iv:
+                    for name in group:
+                        iv.set(name, corrupt[name] + alpha * (clean[name] - corrupt[name]))
+                    result = pm.run_with_grads(clean_in, objective, outputs=scored, receivers=downstream)
+                step_in, step_out = _stack(result.inputs, downstream), _stack(result.outputs, scored)
+                g_in = step_in if g_in is None else g_in + step_in
+                g_out = step_out if g_out is None else g_out + step_out
+            gradients.append((scored, downstream, g_in, g_out, steps))
+
+    mask = batch.attention_mask.to(corrupt["embed"].device)[..., None]
+    w_clean, w_corrupt = _written(pm, clean, senders), _written(pm, corrupt, senders)
+    s_index = {s: i for i, s in enumerate(senders)}
+    r_index = {r: i for i, r in enumerate(receivers)}
+    full = torch.zeros(len(senders), len(receivers), dtype=torch.float64)
+    for scored, downstream, g_in, g_out, points in gradients:
+        d = torch.stack([(w_corrupt[s] - w_clean[s]) * mask for s in scored]).flatten(1)
+        d = d.to(torch.promote_types(d.dtype, torch.float32))
+        rows = torch.tensor([s_index[s] for s in scored])
+        cols = torch.tensor([r_index[r] for r in downstream])
+        full[rows[:, None], cols[None, :]] = (d @ g_in.flatten(1).to(d.dtype).T).double().cpu() / points
+        if nodes:
+            sums.nodes[rows] += (d * g_out.flatten(1).to(d.dtype)).sum(1).double().cpu() / points
+    edge_s = torch.tensor([s_index[s] for s, _ in graph.pairs])
+    edge_r = torch.tensor([r_index[r] for _, r in graph.pairs])
+    sums.edges += full[edge_s, edge_r]
+    sums.clean += float(metric_values(metric, clean_logits, targets, ref).sum())
+    sums.corrupt += float(metric_values(metric, corrupt_logits, targets, ref).sum())
+    sums.n += batch.input_ids.shape[0]
+
+
+def _stack(cache: Cache, names: Sequence[str]) -> Tensor:
+    return torch.stack([cache[n] for n in names])
+
+
+def _objective(metric: str, targets: Targets, ref: Tensor | None) -> Callable[[Tensor], Tensor]:
+    """The scalar a backward pass differentiates: the metric summed over the batch's rows."""
+    return lambda logits: metric_values(metric, logits, targets, ref).sum()
+
+
+def _groups(pm: ProbedModel) -> list[list[str]]:
+    """The sender groups EAP-IG on activations interpolates one at a time: the embedding, each
+    layer's heads (they write together, before their MLP reads), each MLP."""
+    out = [["embed"]]
+    for layer in range(pm.config.n_layers):
+        out.append([f"L{layer}.H{h}" for h in range(pm.config.n_heads)])
+        out.append([f"L{layer}.mlp"])
+    return out
+
+
+# --- circuits -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Faithfulness:
+    """One circuit's faithfulness: value = (circuit - corrupt) / (clean - corrupt), from the
+    metric's means over examples with the circuit's edges clean and every other edge corrupted."""
+
+    value: float
+    circuit: float
+    clean: float
+    corrupt: float
+    edges: int
+
+
+@dataclass
+class FaithfulnessCurve:
+    """Faithfulness over circuit sizes. sizes: edges requested (top-n); kept: edges left after
+    pruning; values: f per size; area: trapezoidal integral of f over the fraction of edges
+    requested (size / total edges), over the sizes given (MIB integrates the same curve)."""
+
+    sizes: list[int]
+    kept: list[int]
+    values: list[float]
+    area: float
+    clean: float
+    corrupt: float
+    total_edges: int
+    circuits: list[list[str]] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sizes": self.sizes, "kept": self.kept, "values": self.values, "area": self.area,
+                "clean": self.clean, "corrupt": self.corrupt, "total_edges": self.total_edges}
+
+
+def circuit_metrics(
+    pm: ProbedModel,
+    data: Data,
+    circuits: Sequence[Iterable[str]],
+    *,
+    metric: str = "logit_diff",
+    batch_size: int | None = 16,
+) -> tuple[list[float], float, float]:
+    """(mean metric with each circuit's edges clean and all others corrupted, clean mean,
+    corrupted mean). One patched forward pass per circuit and batch."""
+    if metric not in METRICS:
+        raise UserError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}.")
+    pairs = forward_edges(pm.shape)
+    known = {f"{s}->{r}" for s, r in pairs}
+    chosen = []
+    for circuit in circuits:
+        edges = set(circuit)
+        unknown = edges - known
+        if unknown:
+            bad = sorted(unknown)[0]
+            split_edge(bad)
+            raise UserError(f"{bad!r} is not an edge of this model's graph (see analyses.graph.forward_edges).")
+        chosen.append(edges)
+    totals = [0.0] * len(chosen)
+    clean_sum = corrupt_sum = 0.0
+    n = 0
+    for batch in batches(pm, data, batch_size):
+        clean_in, corrupt_in = _pair_inputs(batch)
+        targets = Targets.of(batch.items)
+        clean_logits = pm(clean_in)
+        corrupt_logits, corrupt = pm.run_with_cache(corrupt_in, names=pm.senders())
+        ref = clean_reference(metric, clean_logits, targets)
+        for i, edges in enumerate(chosen):
+            with pm.intervene() as iv:
+                for s, r in pairs:
+                    if f"{s}->{r}" not in edges:
+                        iv.patch_edge(s, r, corrupt[s])
+                logits = pm(clean_in)
+            totals[i] += float(metric_values(metric, logits, targets, ref).sum())
+        clean_sum += float(metric_values(metric, clean_logits, targets, ref).sum())
+        corrupt_sum += float(metric_values(metric, corrupt_logits, targets, ref).sum())
+        n += batch.input_ids.shape[0]
+    return [t / n for t in totals], clean_sum / n, corrupt_sum / n
+
+
+def normalised(value: float, clean: float, corrupt: float) -> float:
+    """(value - corrupt) / (clean - corrupt); UserError when clean and corrupt agree."""
+    if not math.isfinite(clean - corrupt) or abs(clean - corrupt) < 1e-12 * max(1.0, abs(clean)):
+        raise UserError(
+            f"the metric is the same on clean and corrupted inputs ({clean:.6g}); faithfulness is "
+            "undefined. Use examples the model solves and a corruption that changes its answer."
+        )
+    return (value - corrupt) / (clean - corrupt)
+
+
+def faithfulness(
+    pm: ProbedModel, data: Data, circuit: Iterable[str], *, metric: str = "logit_diff", batch_size: int | None = 16
+) -> Faithfulness:
+    """Faithfulness of a circuit (edge names `sender->receiver`, e.g. from `Graph.select`)."""
+    edges = list(circuit)
+    (value,), clean, corrupt = circuit_metrics(pm, data, [edges], metric=metric, batch_size=batch_size)
+    return Faithfulness(normalised(value, clean, corrupt), value, clean, corrupt, len(set(edges)))
+
+
+def default_sizes(n_edges: int) -> list[int]:
+    """Circuit sizes at 0, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50 and 100 % of the edges (rounded up)."""
+    fractions = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+    return sorted({min(n_edges, math.ceil(f * n_edges)) for f in fractions})
+
+
+def faithfulness_curve(
+    pm: ProbedModel,
+    data: Data,
+    graph: Graph,
+    sizes: Sequence[int] | None = None,
+    *,
+    prune: bool = True,
+    metric: str = "logit_diff",
+    batch_size: int | None = 16,
+) -> FaithfulnessCurve:
+    """Faithfulness of `graph`'s top-n circuits for each n in `sizes` (default `default_sizes`)."""
+    total = len(graph.edges)
+    sizes = default_sizes(total) if sizes is None else sorted({int(s) for s in sizes})
+    if not sizes or sizes[0] < 0 or sizes[-1] > total:
+        raise UserError(f"circuit sizes must lie in 0..{total} (the graph's edges); got {sizes}.")
+    circuits = [graph.select(top_n=s, prune=prune) for s in sizes]
+    values, clean, corrupt = circuit_metrics(pm, data, circuits, metric=metric, batch_size=batch_size)
+    f = [normalised(v, clean, corrupt) for v in values]
+    x = [s / total for s in sizes]
+    area = sum((x[i + 1] - x[i]) * (f[i] + f[i + 1]) / 2 for i in range(len(x) - 1))
+    return FaithfulnessCurve(sizes, [len(c) for c in circuits], f, area, clean, corrupt, total, circuits)

@@ -1,0 +1,401 @@
+"""The computational graph circuits live in: canonical nodes, forward edges, scores, selection.
+
+A transformer reads as a residual stream that *senders* write into and *receivers* read from:
+
+    senders    embed, L{l}.H{h}, L{l}.mlp
+    receivers  L{l}.H{h}.q, L{l}.H{g}.k, L{l}.H{g}.v, L{l}.mlp, logits
+
+An edge `sender->receiver` exists when the receiver reads the stream after the sender wrote to it:
+the sender's layer is below the receiver's, or the sender is a head of the layer whose MLP
+receives (`probe.interventions.downstream`, the rule the probe's edge patching uses). Under
+grouped-query attention `L{l}.H{g}.k|v` name key/value head g, which serves query heads
+g*r .. g*r + r - 1 (r = n_heads / n_kv_heads). A receiver belongs to a *node*: q/k/v receivers to
+their head(s), the MLP receiver to its MLP, logits to itself.
+
+`Graph` holds one score per edge (float64, in canonical order: senders in forward order, then
+receivers in forward order) and optionally one per sender node, with the method, metric and data
+that produced them (`meta`). Everything here is pure: no model is needed, so selection, pruning,
+overlap and importance are checked against hand computations.
+
+- `Graph.top(k)`: the k edges of largest |score| (ties broken by canonical order).
+- `Graph.select(top_n=, threshold=, prune=True)` and `prune(shape, edges)`: a circuit, keeping
+  only edges on some path from `embed` to `logits`.
+- `jaccard(a, b, k)` / `jaccard_curve`: overlap of two graphs' top-k edge sets.
+- `node_importance(graph, k)`: s(v) = sum of |score| over the top-k edges entering or leaving v.
+- `spearman`, `compare_scores`: rank agreement of two scorings (e.g. EAP-IG vs exact patching).
+- `Graph.save` / `Graph.load`: JSON.
+
+    >>> from probe.names import Shape
+    >>> g = Graph(Shape(n_layers=1, n_heads=1, n_kv_heads=1, d_mlp=4))
+    >>> g.edges[:3]
+    ['embed->L0.H0.q', 'embed->L0.H0.k', 'embed->L0.H0.v']
+    >>> len(g.edges), len(g.senders), len(g.receivers)
+    (9, 3, 5)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from conversion.errors import UserError
+from probe.interventions import downstream
+from probe.names import Shape, parse
+
+SEP = "->"
+FORMAT = "ar2mdm.circuit-graph"
+VERSION = 1
+
+
+def edge_name(sender: str, receiver: str) -> str:
+    return f"{sender}{SEP}{receiver}"
+
+
+def split_edge(edge: str) -> tuple[str, str]:
+    """(sender, receiver) of an edge name; UserError if it is not `sender->receiver`."""
+    parts = edge.split(SEP)
+    if len(parts) != 2:
+        raise UserError(f"{edge!r} is not an edge name; edges look like 'L0.H1->L2.H3.q' or 'embed->logits'.")
+    return parts[0], parts[1]
+
+
+def forward_edges(shape: Shape) -> list[tuple[str, str]]:
+    """Every (sender, receiver) pair of the graph, senders in forward order, then receivers."""
+    receivers = [(r, parse(r)) for r in shape.all_receivers()]
+    out = []
+    for s in shape.senders():
+        sn = parse(s)
+        out += [(s, r) for r, rn in receivers if downstream(sn, rn)]
+    return out
+
+
+def nodes(shape: Shape) -> list[str]:
+    """The graph's nodes in forward order: embed, each layer's heads and MLP, logits."""
+    return [*shape.senders(), "logits"]
+
+
+def receiver_nodes(shape: Shape, receiver: str) -> list[str]:
+    """The node(s) a receiver feeds: a q input its head, a k/v input every query head of its
+    group (grouped-query attention), an MLP input its MLP, logits itself."""
+    n = parse(receiver)
+    if n.kind == "receiver":
+        if n.port == "q":
+            return [f"L{n.layer}.H{n.head}"]
+        r = shape.n_heads // shape.n_kv_heads
+        return [f"L{n.layer}.H{h}" for h in range(n.head * r, (n.head + 1) * r)]
+    return [receiver]
+
+
+class Graph:
+    """Edge scores (and optional sender-node scores) over one architecture's graph.
+
+    shape: the model's sizes (`ProbedModel.shape`); only layers and heads shape the graph.
+    scores: one float per edge, as a tensor in `edges` order or a mapping edge name -> score
+        (missing edges score 0); default zeros.
+    node_scores: sender name -> score (what patching or attributing that whole node gives).
+    meta: how the scores were made (method, metric, steps, model, task, examples, ...).
+    """
+
+    def __init__(
+        self,
+        shape: Shape,
+        scores: Tensor | Mapping[str, float] | None = None,
+        node_scores: Mapping[str, float] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        if shape.n_kv_heads < 1 or shape.n_heads % shape.n_kv_heads:
+            raise UserError(f"n_heads ({shape.n_heads}) must be a multiple of n_kv_heads ({shape.n_kv_heads}).")
+        self.shape = shape
+        self.pairs = forward_edges(shape)
+        self.edges = [edge_name(s, r) for s, r in self.pairs]
+        self.index = {e: i for i, e in enumerate(self.edges)}
+        self.senders = shape.senders()
+        self.receivers = shape.all_receivers()
+        self.scores = self._scores(scores)
+        self.node_scores: dict[str, float] = {}
+        for name, value in (node_scores or {}).items():
+            if name not in self.senders:
+                raise UserError(f"node score for {name!r}: node scores are kept for senders ({', '.join(self.senders[:4])}, ...).")
+            self.node_scores[name] = float(value)
+        self.meta: dict[str, Any] = dict(meta or {})
+
+    def _scores(self, scores: Tensor | Mapping[str, float] | None) -> Tensor:
+        out = torch.zeros(len(self.edges), dtype=torch.float64)
+        if scores is None:
+            return out
+        if isinstance(scores, Tensor):
+            if scores.shape != out.shape:
+                raise UserError(f"scores has shape {list(scores.shape)}; this graph has {len(self.edges)} edges.")
+            return scores.detach().to("cpu", torch.float64).clone()
+        for edge, value in scores.items():
+            out[self._index(edge)] = float(value)
+        return out
+
+    def _index(self, edge: str) -> int:
+        try:
+            return self.index[edge]
+        except KeyError:
+            sender, receiver = split_edge(edge)
+            self.shape.check(sender)
+            self.shape.check(receiver)
+            raise UserError(
+                f"{edge!r} is not an edge of this graph: senders are embed, L{{l}}.H{{h}}, L{{l}}.mlp; "
+                "receivers L{l}.H{h}.q|k|v, L{l}.mlp, logits, strictly downstream of the sender."
+            ) from None
+
+    def __len__(self) -> int:
+        return len(self.edges)
+
+    def __repr__(self) -> str:
+        what = ", ".join(f"{k}={v}" for k, v in self.meta.items() if k in ("method", "metric", "model", "task"))
+        return f"Graph({len(self.edges)} edges, {self.shape.n_layers} layers x {self.shape.n_heads} heads{', ' + what if what else ''})"
+
+    def score(self, edge: str) -> float:
+        return float(self.scores[self._index(edge)])
+
+    def as_dict(self) -> dict[str, float]:
+        """Edge name -> score, in canonical order."""
+        return dict(zip(self.edges, self.scores.tolist(), strict=True))
+
+    def matrix(self) -> Tensor:
+        """Scores as a [senders, receivers] float64 matrix; NaN where no edge exists."""
+        out = torch.full((len(self.senders), len(self.receivers)), math.nan, dtype=torch.float64)
+        si = {s: i for i, s in enumerate(self.senders)}
+        ri = {r: i for i, r in enumerate(self.receivers)}
+        for (s, r), value in zip(self.pairs, self.scores.tolist(), strict=True):
+            out[si[s], ri[r]] = value
+        return out
+
+    def with_scores(self, scores: Tensor | Mapping[str, float], **meta: Any) -> Graph:
+        """A graph of the same shape with other scores (node scores dropped, meta updated)."""
+        return Graph(self.shape, scores, None, {**self.meta, **meta})
+
+    # --- selection ------------------------------------------------------------------------------
+
+    def order(self) -> list[int]:
+        """Edge indices by descending |score|; ties keep canonical order (a stable sort)."""
+        return torch.argsort(-self.scores.abs(), stable=True).tolist()
+
+    def top(self, k: int) -> list[str]:
+        """The k edges of largest |score| (all edges if k exceeds their number)."""
+        if not isinstance(k, int) or k < 0:
+            raise UserError(f"k must be a non-negative integer, got {k!r}.")
+        return [self.edges[i] for i in self.order()[:k]]
+
+    def select(self, top_n: int | None = None, threshold: float | None = None, *, prune: bool = True) -> list[str]:
+        """A circuit: the top_n edges by |score|, or every edge with |score| >= threshold (exactly
+        one of the two), then (prune=True) only the edges on a path from embed to logits.
+        Returned in canonical order."""
+        if (top_n is None) == (threshold is None):
+            raise UserError("select a circuit with exactly one of top_n= (number of edges) or threshold= (minimum |score|).")
+        if top_n is not None:
+            chosen = self.top(top_n)
+        else:
+            if not threshold >= 0:
+                raise UserError(f"threshold must be >= 0 (it is compared with |score|), got {threshold!r}.")
+            chosen = [e for e, v in zip(self.edges, self.scores.abs().tolist(), strict=True) if v >= threshold]
+        if prune:
+            return prune_edges(self.shape, chosen)
+        keep = set(chosen)
+        return [e for e in self.edges if e in keep]
+
+    # --- JSON -----------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.shape
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "shape": {"n_layers": s.n_layers, "n_heads": s.n_heads, "n_kv_heads": s.n_kv_heads, "d_mlp": s.d_mlp},
+            "meta": self.meta,
+            "edges": self.as_dict(),
+            "nodes": self.node_scores,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Graph:
+        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+            raise UserError(f"not a circuit graph (expected a JSON object with format {FORMAT!r}).")
+        if data.get("version") != VERSION:
+            raise UserError(f"circuit graph version {data.get('version')!r}; this code reads version {VERSION}.")
+        try:
+            shape = Shape(**{k: int(v) for k, v in data["shape"].items()})
+            edges = dict(data["edges"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"malformed circuit graph: {err}.") from None
+        graph = cls(shape, edges, data.get("nodes") or {}, data.get("meta") or {})
+        if len(edges) != len(graph.edges):
+            raise UserError(f"the file scores {len(edges)} edges; a graph of this shape has {len(graph.edges)}.")
+        return graph
+
+    def save(self, path: str | Path) -> Path:
+        """Write the graph as JSON (scores as exact decimal floats) and return the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=True))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Graph:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"no circuit graph at {path}; write one with Graph.save.")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path} is not JSON ({err}).") from None
+        return cls.from_dict(data)
+
+
+# --- pruning ------------------------------------------------------------------------------------
+
+
+def prune_edges(shape: Shape, edges: Iterable[str]) -> list[str]:
+    """The edges of `edges` that lie on a path embed -> ... -> logits, in canonical order.
+
+    A head is reached from the input when an edge into one of its q/k/v receivers comes from a
+    reached sender (a k/v receiver reaches every head of its group); an MLP when its receiver is.
+    A sender is alive (reaches logits) when one of its edges goes to a receiver whose node is
+    alive. An edge is kept iff its sender is reached and its receiver alive: then embed reaches
+    the sender and the receiver reaches logits, so the edge is on a full path.
+    """
+    chosen = set(edges)
+    pairs = forward_edges(shape)
+    known = {edge_name(s, r) for s, r in pairs}
+    unknown = chosen - known
+    if unknown:
+        raise UserError(f"not edges of this graph: {sorted(unknown)[:3]}.")
+    kept = [(s, r) for s, r in pairs if edge_name(s, r) in chosen]
+    feeds = {r: receiver_nodes(shape, r) for r in shape.all_receivers()}
+    order = nodes(shape)
+
+    out_of: dict[str, list[str]] = {n: [] for n in order}
+    into: dict[str, list[str]] = {n: [] for n in order}  # node -> senders of edges into its receivers
+    for s, r in kept:
+        out_of[s].append(r)
+        for node in feeds[r]:
+            into[node].append(s)
+    reached = {"embed"}
+    for node in order[1:]:
+        if any(s in reached for s in into[node]):
+            reached.add(node)
+    alive = {"logits"}
+    for node in reversed(order[:-1]):
+        if any(any(n in alive for n in feeds[r]) for r in out_of[node]):
+            alive.add(node)
+    return [edge_name(s, r) for s, r in kept if s in reached and any(n in alive for n in feeds[r])]
+
+
+# --- comparing graphs ---------------------------------------------------------------------------
+
+
+def _same_architecture(a: Graph, b: Graph) -> None:
+    if (a.shape.n_layers, a.shape.n_heads, a.shape.n_kv_heads) != (b.shape.n_layers, b.shape.n_heads, b.shape.n_kv_heads):
+        raise UserError(
+            f"graphs of different architectures ({a.shape.n_layers}x{a.shape.n_heads} heads, "
+            f"{a.shape.n_kv_heads} KV vs {b.shape.n_layers}x{b.shape.n_heads}, {b.shape.n_kv_heads} KV) "
+            "have no common edges to overlap; compare a model with its own conversion."
+        )
+
+
+def jaccard(a: Graph, b: Graph, k: int) -> float:
+    """|A & B| / |A | B| for the top-k edge sets A of `a` and B of `b` (same architecture)."""
+    _same_architecture(a, b)
+    if k < 1:
+        raise UserError(f"k must be >= 1, got {k}.")
+    top_a, top_b = set(a.top(k)), set(b.top(k))
+    return len(top_a & top_b) / len(top_a | top_b)
+
+
+def default_ks(n_edges: int, points: int = 24) -> list[int]:
+    """About `points` circuit sizes from 1 to n_edges, evenly spaced on a log scale."""
+    if n_edges < 1:
+        return []
+    raw = torch.logspace(0, math.log10(n_edges), points, dtype=torch.float64).round().long().tolist()
+    return sorted(set(raw) | {1, n_edges})
+
+
+def jaccard_curve(a: Graph, b: Graph, ks: Sequence[int] | None = None) -> tuple[list[int], list[float]]:
+    """(ks, Jaccard overlap of the top-k edges for each k); default ks: log-spaced 1 .. all edges."""
+    _same_architecture(a, b)
+    ks = default_ks(len(a.edges)) if ks is None else [int(k) for k in ks]
+    return ks, [jaccard(a, b, k) for k in ks]
+
+
+def node_importance(graph: Graph, k: int | None = None) -> dict[str, float]:
+    """s(v): the sum of |score| over the top-k edges (all edges if k is None) entering or leaving v.
+
+    Keys are every node's canonical name in forward order (`embed`, `L{l}.H{h}`, `L{l}.mlp`,
+    `logits`), zero where no top edge touches the node. An edge into a head's q receiver counts
+    for that head; one into a shared k/v receiver (grouped-query attention) is split equally
+    among the heads of its group, so the total is 2 x the top edges' |score| sum either way.
+    """
+    order = range(len(graph.edges)) if k is None else [graph.index[e] for e in graph.top(k)]
+    out = dict.fromkeys(nodes(graph.shape), 0.0)
+    feeds: dict[str, list[str]] = {}
+    scores = graph.scores.abs().tolist()
+    for i in order:
+        s, r = graph.pairs[i]
+        value = scores[i]
+        out[s] += value
+        targets = feeds.setdefault(r, receiver_nodes(graph.shape, r))
+        for node in targets:
+            out[node] += value / len(targets)
+    return out
+
+
+# --- rank agreement -----------------------------------------------------------------------------
+
+
+def _ranks(x: Tensor) -> Tensor:
+    """Ranks 0..n-1 of x, ties given their average rank (float64)."""
+    order = torch.argsort(x, stable=True)
+    sorted_x = x[order]
+    ranks = torch.empty(len(x), dtype=torch.float64)
+    i = 0
+    values = sorted_x.tolist()
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def spearman(x: Tensor | Sequence[float], y: Tensor | Sequence[float]) -> float:
+    """Spearman rank correlation (Pearson correlation of average ranks); NaN if a side is constant."""
+    x = torch.as_tensor(x, dtype=torch.float64).flatten()
+    y = torch.as_tensor(y, dtype=torch.float64).flatten()
+    if x.shape != y.shape:
+        raise UserError(f"spearman needs two sequences of equal length, got {len(x)} and {len(y)}.")
+    if len(x) < 2:
+        raise UserError("spearman needs at least two values.")
+    rx, ry = _ranks(x), _ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = (rx.square().sum() * ry.square().sum()).sqrt()
+    return float((rx * ry).sum() / denom) if denom > 0 else math.nan
+
+
+def compare_scores(graph: Graph, reference: Graph, top: int = 100) -> dict[str, float]:
+    """How well `graph`'s edge scores rank edges like `reference`'s (e.g. exact patching).
+
+    spearman_all: over every edge (signed scores). spearman_top: over the `top` edges of largest
+    |reference score|. spearman_abs: over every edge, on |score|. jaccard_top: overlap of the two
+    top-`top` sets.
+    """
+    _same_architecture(graph, reference)
+    idx = torch.tensor([reference.index[e] for e in reference.top(top)])
+    return {
+        "spearman_all": spearman(graph.scores, reference.scores),
+        "spearman_top": spearman(graph.scores[idx], reference.scores[idx]),
+        "spearman_abs": spearman(graph.scores.abs(), reference.scores.abs()),
+        "jaccard_top": jaccard(graph, reference, top),
+        "top": float(min(top, len(graph.edges))),
+    }
