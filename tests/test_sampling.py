@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import tiny_config
 from transformers import AutoModelForCausalLM
 
-from conftest import tiny_config
 from conversion.attention import make_bidirectional
 from conversion.errors import UserError
 from conversion.sampling import (

@@ -11,11 +11,11 @@ from __future__ import annotations
 from functools import cache
 
 import torch
+from conftest import tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM
 
-from conftest import tiny_config
 from conversion.attention import make_bidirectional
 from conversion.sampling import ModelContext, build_sampler, make_canvas, run
 
