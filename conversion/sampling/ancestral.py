@@ -32,6 +32,7 @@ from conversion.sampling.base import (
     Sampler,
     State,
     aligned_logits,
+    output_size,
     propose,
     provisional,
     steps_per_block,
@@ -116,7 +117,9 @@ class UniformSampler(Sampler):
         self.steps, self.temperature, self.schedule = steps, temperature, schedule
 
     def _init(self, model: torch.nn.Module, state: State) -> None:
-        vocab = _output_size(model)
+        vocab = output_size(model)
+        if vocab is None:
+            raise UserError("uniform sampling needs an HF model (its output vocabulary size).")
         pool = torch.ones(vocab, dtype=torch.bool, device=state.ids.device)
         for i in (*state.ctx.exclude_ids, state.ctx.mask_id):
             if i is not None and 0 <= i < vocab:
@@ -167,10 +170,3 @@ class UniformSampler(Sampler):
         state.scratch["j"] = j + 1
         state.masked = state.masked & ~(j + 1 >= n)[:, None]
         return state
-
-
-def _output_size(model: torch.nn.Module) -> int:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and hasattr(head, "weight"):
-        return int(head.weight.shape[0])
-    return int(model.config.vocab_size)

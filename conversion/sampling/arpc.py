@@ -30,6 +30,7 @@ from conversion.sampling.base import (
     Sampler,
     State,
     aligned_logits,
+    output_size,
     propose,
     provisional,
     steps_per_block,
@@ -70,10 +71,10 @@ class ARPCSampler(Sampler):
             )
 
     def _init(self, model: torch.nn.Module, state: State) -> None:
-        ar_vocab = _vocab(self.scorer)
+        ar_vocab = output_size(self.scorer)
         if ar_vocab is not None and ar_vocab <= state.ctx.pad_id:
             raise UserError("the AR scorer's vocabulary is smaller than the MDM's pad id; it is not the same tokenizer.")
-        mdm_vocab = _vocab(model)
+        mdm_vocab = output_size(model)
         if ar_vocab is not None and mdm_vocab is not None and not mdm_vocab - 2 <= ar_vocab <= mdm_vocab:
             raise UserError(
                 f"the AR scorer has {ar_vocab} output ids but the MDM has {mdm_vocab}: they do not share a "
@@ -126,12 +127,3 @@ class ARPCSampler(Sampler):
             kl = (ar_logp.exp() * (ar_logp - mdm_logp.clamp(min=-1e30))).sum(-1)
             score[rows, cols] = kl.nan_to_num(0.0)
         return score
-
-
-def _vocab(model: torch.nn.Module) -> int | None:
-    """Output size of an HF model (None for a model without an HF head or config)."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and hasattr(head, "weight"):
-        return int(head.weight.shape[0])
-    config = getattr(model, "config", None)
-    return None if config is None else int(config.vocab_size)

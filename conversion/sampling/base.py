@@ -333,6 +333,15 @@ def _param_dtype(model: torch.nn.Module) -> torch.dtype:
     return torch.float32
 
 
+def output_size(model: torch.nn.Module) -> int | None:
+    """Output vocabulary size of an HF model (None for a model without an HF head or config)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and hasattr(head, "weight"):
+        return int(head.weight.shape[0])
+    config = getattr(model, "config", None)
+    return None if config is None else int(config.vocab_size)
+
+
 def aligned_logits(model: torch.nn.Module, state: State, ids: Tensor | None = None) -> Tensor:
     """One counted MDM call on the state's canvas (or on `ids`), read through `align`."""
     ids = state.ids if ids is None else ids
