@@ -9,10 +9,12 @@ lives here, once, for every backend:
    projection's output. Edits of heads are applied at the projection's output as
    (new value - old value), so they reach the model exactly as a change of that head would.
 2. Receivers. A head's q, k or v input is the residual stream before the block's first norm. To
-   give one head a private input (an edge patch, a receiver edit, a receiver gradient) the core
-   rebuilds that projection for every head from per-head copies of the residual stream:
+   give one head a private input (an edge patch or a receiver edit) the core rebuilds that
+   projection for every head from per-head copies of the residual stream:
    norm(x_h) @ W_h^T + b_h. The rebuilt output equals the original to float rounding, and
-   gradients reach each copy separately. An MLP's input is replaced at the input of its norm,
+   gradients reach each copy separately. A receiver that is only differentiated needs no copy:
+   its gradient is J_norm(x)^T W_h^T g_h, g_h being the gradient at head h's slice of the
+   projection output, computed after the backward pass. An MLP's input is replaced at the input of its norm,
    which leaves the residual skip alone; `logits`' input is the input of the final norm.
 3. Post-norms (Gemma). What a sender writes into the residual stream there is norm(output), so an
    edge patch adds norm(a - old + new) - norm(a) to the receiver, a being the layer's whole
@@ -114,13 +116,18 @@ class Pass:
         heads += [e.sender for e in request.edges]
         self.head_layers = {n.layer for n in heads if n.kind == "head"}
         self.split: set[tuple[str, int]] = set()
-        receivers = [e.receiver for e in request.edges] + [e.name for e in request.edits]
-        receivers += [parse(n) for n in request.grad_inputs]
-        for r in receivers:
+        for r in [e.receiver for e in request.edges] + [e.name for e in request.edits]:
             if r.kind == "receiver":
                 self.split.add((r.port, r.layer))
-        if self.split:
-            core.require_exact_norms((core.ln1[layer] for _, layer in self.split), "giving one head its own input")
+        # (port, layer) pairs whose receivers are only differentiated: gradients come from the
+        # projection output's gradient (see the module docstring), no per-head copies.
+        self.taps: set[tuple[str, int]] = set()
+        for n in request.grad_inputs:
+            r = parse(n)
+            if r.kind == "receiver" and (r.port, r.layer) not in self.split:
+                self.taps.add((r.port, r.layer))
+        if self.split or self.taps:
+            core.require_exact_norms((core.ln1[layer] for _, layer in self.split | self.taps), "giving one head its own input")
         if any(e.sender.kind in ("head", "mlp") for e in request.edges):
             core.require_exact_norms(core.attn_post + core.mlp_post, "an edge patch on a post-norm model")
 
@@ -217,7 +224,7 @@ class Pass:
         for layer in range(self.n_layers):
             pre = f"L{layer}.resid_pre"
             heads = [f"L{layer}.H{h}" for h in range(self.core.shape.n_heads)]
-            need_pre = wants(pre) or any(p == layer for _, p in self.split)
+            need_pre = wants(pre) or any(p == layer for _, p in self.split | self.taps)
             need_pre |= any(o.kind == "resid_pre" and o.layer == layer for o in outs)
             if layer == 0:
                 need_pre |= wants("embed") or Name("embed") in outs
@@ -226,6 +233,8 @@ class Pass:
             for port in "qkv":
                 if (port, layer) in self.split:
                     fns[(port, layer)] = self._fn_split(port, layer, ins)
+                elif (port, layer) in self.taps:
+                    fns[(port, layer)] = self._fn_tap(port, layer)
             if layer in self.head_layers:
                 fns[("z", layer)] = self._fn_z(layer)
             if layer in self.head_layers or any(o.kind == "head" and o.layer == layer for o in outs):
@@ -293,6 +302,28 @@ class Pass:
             return proj.reshape(out.shape).to(out.dtype)
 
         return fn
+
+    def _fn_tap(self, port: str, layer: int) -> SiteFn:
+        """Keep the projection output's gradient (its receivers' gradients derive from it)."""
+
+        def fn(out: Tensor) -> Tensor:
+            return self._track((port, layer), out)
+
+        return fn
+
+    def _tap_gradient(self, port: str, layer: int) -> Tensor:
+        """[B, T, n, d_model] gradient w.r.t. each head's own copy of its input: J^T W_h^T g_h."""
+        core = self.core
+        n = core.shape.n_heads if port == "q" else core.shape.n_kv_heads
+        d_head = core.layout.d_head
+        weight, _ = core.layout.qkv_weight(layer, port)
+        t = self.grad_points[(port, layer)]
+        g = torch.zeros_like(t) if t.grad is None else t.grad
+        dtype = torch.promote_types(g.dtype, torch.float32)
+        w = weight.reshape(n, d_head, -1).to(dtype)
+        u = torch.einsum("btne,ned->btnd", g.reshape(*g.shape[:2], n, d_head).to(dtype), w)
+        x = self.resid_pre[layer].detach()
+        return core.ln1[layer].vjp(x[:, :, None], u).to(g.dtype)
 
     def _fn_z(self, layer: int) -> SiteFn:
         core = self.core
@@ -443,9 +474,14 @@ class Pass:
             else:
                 outs[name] = grad_of((n.kind, n.layer))
         ins: dict[str, Tensor] = {}
+        tapped: dict[Site, Tensor] = {}
         for name in self.req.grad_inputs:
             n = parse(name)
-            if n.kind == "receiver":
+            if n.kind == "receiver" and (n.port, n.layer) in self.taps:
+                if (n.port, n.layer) not in tapped:
+                    tapped[(n.port, n.layer)] = self._tap_gradient(n.port, n.layer)
+                ins[name] = tapped[(n.port, n.layer)][:, :, n.head]
+            elif n.kind == "receiver":
                 ins[name] = grad_of((n.port, n.layer))[:, :, n.head]
             elif n.kind == "mlp":
                 ins[name] = grad_of(("mlp_in", n.layer))

@@ -239,5 +239,19 @@ class FrozenNorm:
         return (p * self.inv_scale(x).to(p.dtype) * self.gain.to(p.dtype)).to(part.dtype)
 
 
+    def vjp(self, x: Tensor, v: Tensor) -> Tensor:
+        """J^T v: the gradient w.r.t. the norm's input x of <v, norm(x)> (x broadcast against v)."""
+        xf = x.to(_compute_dtype(x))
+        if self.centered:
+            xf = xf - xf.mean(-1, keepdim=True)
+        r = self.inv_scale(x).to(xf.dtype)
+        x_hat = xf * r
+        w = v.to(xf.dtype) * self.gain.to(xf.dtype)
+        out = w - x_hat * (w * x_hat).mean(-1, keepdim=True)
+        if self.centered:
+            out = out - w.mean(-1, keepdim=True)
+        return r * out
+
+
 def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
