@@ -333,22 +333,23 @@ def _downstream_receivers(graph: Graph, group: Sequence[str]) -> list[str]:
 
 
 def _gradient_batch(pm: ProbedModel, graph: Graph, batch: Batch, metric: str, method: str, steps: int, nodes: bool, sums: _Sums) -> None:
-    """EAP and both EAP-IG variants: mean gradients at the receivers (and sender outputs) over
-    the method's points, dotted with each sender's corrupted-minus-clean contribution."""
+    """EAP and both EAP-IG variants: mean gradients at the receivers over the method's points,
+    dotted with each sender's corrupted-minus-clean contribution. A node's score is the sum of
+    its outgoing edges' scores (the gradient at a sender's output is the sum of the gradients
+    at the receivers it writes to, so this is the node's own attribution)."""
     clean_in, corrupt_in = _pair_inputs(batch)
     targets = Targets.of(batch.items)
     senders, receivers = graph.senders, graph.receivers
     corrupt_logits, corrupt = pm.run_with_cache(corrupt_in, names=senders)
     alphas = [(k + 0.5) / steps for k in range(steps)]
-    # (senders whose edges are scored, receivers to differentiate at, summed gradients at the
-    # receivers [R, B, T, D] and at the senders' outputs [S, B, T, D], number of points)
-    gradients: list[tuple[list[str], list[str], Tensor, Tensor, int]] = []
+    # (senders whose edges are scored, receivers they reach, summed receiver gradients [R, B, T, D],
+    # number of points summed)
+    gradients: list[tuple[list[str], list[str], Tensor, int]] = []
     if method == "eap":  # one pass at the clean input; it also records the clean activations
-        result = pm.run_with_grads(clean_in, _objective(metric, targets, None), outputs=senders,
-                                   receivers=receivers, names=senders)
+        result = pm.run_with_grads(clean_in, _objective(metric, targets, None), receivers=receivers, names=senders)
         clean, clean_logits = result.cache, result.logits
         ref = clean_reference(metric, clean_logits, targets)
-        gradients.append((senders, receivers, _stack(result.inputs, receivers), _stack(result.outputs, senders), 1))
+        gradients.append((senders, receivers, _accumulate(None, result.inputs, receivers), 1))
     else:
         clean_logits, clean = pm.run_with_cache(clean_in, names=senders)
         ref = clean_reference(metric, clean_logits, targets)
@@ -357,40 +358,45 @@ def _gradient_batch(pm: ProbedModel, graph: Graph, batch: Batch, metric: str, me
         for group in groups:
             scored = senders if method == "eap-ig-inputs" else group
             downstream = _downstream_receivers(graph, scored)
-            g_in = g_out = None
+            total = None
             for alpha in alphas:
                 with pm.intervene() as iv:
                     for name in group:
                         iv.set(name, corrupt[name] + alpha * (clean[name] - corrupt[name]))
-                    result = pm.run_with_grads(clean_in, objective, outputs=scored, receivers=downstream)
-                step_in, step_out = _stack(result.inputs, downstream), _stack(result.outputs, scored)
-                g_in = step_in if g_in is None else g_in + step_in
-                g_out = step_out if g_out is None else g_out + step_out
-            gradients.append((scored, downstream, g_in, g_out, steps))
+                    result = pm.run_with_grads(clean_in, objective, receivers=downstream)
+                total = _accumulate(total, result.inputs, downstream)
+            gradients.append((scored, downstream, total, steps))
 
     mask = batch.attention_mask.to(corrupt["embed"].device)[..., None]
     w_clean, w_corrupt = _written(pm, clean, senders), _written(pm, corrupt, senders)
     s_index = {s: i for i, s in enumerate(senders)}
     r_index = {r: i for i, r in enumerate(receivers)}
     full = torch.zeros(len(senders), len(receivers), dtype=torch.float64)
-    for scored, downstream, g_in, g_out, points in gradients:
+    for scored, downstream, total, points in gradients:
         d = torch.stack([(w_corrupt[s] - w_clean[s]) * mask for s in scored]).flatten(1)
         d = d.to(torch.promote_types(d.dtype, torch.float32))
         rows = torch.tensor([s_index[s] for s in scored])
         cols = torch.tensor([r_index[r] for r in downstream])
-        full[rows[:, None], cols[None, :]] = (d @ g_in.flatten(1).to(d.dtype).T).double().cpu() / points
-        if nodes:
-            sums.nodes[rows] += (d * g_out.flatten(1).to(d.dtype)).sum(1).double().cpu() / points
+        full[rows[:, None], cols[None, :]] = (d @ total.flatten(1).to(d.dtype).T).double().cpu() / points
     edge_s = torch.tensor([s_index[s] for s, _ in graph.pairs])
     edge_r = torch.tensor([r_index[r] for _, r in graph.pairs])
-    sums.edges += full[edge_s, edge_r]
+    edges = full[edge_s, edge_r]  # upstream (sender, receiver) pairs of `full` are no edges
+    sums.edges += edges
+    if nodes:
+        sums.nodes.index_add_(0, edge_s, edges)
     sums.clean += float(metric_values(metric, clean_logits, targets, ref).sum())
     sums.corrupt += float(metric_values(metric, corrupt_logits, targets, ref).sum())
     sums.n += batch.input_ids.shape[0]
 
 
-def _stack(cache: Cache, names: Sequence[str]) -> Tensor:
-    return torch.stack([cache[n] for n in names])
+def _accumulate(total: Tensor | None, grads: Cache, names: Sequence[str]) -> Tensor:
+    """`total` [R, B, T, D] plus the gradients of `names` (a new buffer when total is None)."""
+    if total is None:
+        first = grads[names[0]]
+        total = torch.zeros(len(names), *first.shape, dtype=first.dtype, device=first.device)
+    for i, name in enumerate(names):
+        total[i] += grads[name]
+    return total
 
 
 def _objective(metric: str, targets: Targets, ref: Tensor | None) -> Callable[[Tensor], Tensor]:

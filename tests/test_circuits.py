@@ -263,13 +263,42 @@ def test_eap_ig_completeness() -> None:
     assert sum(g.node_scores[h] for h in heads) == pytest.approx(patched - g.meta["clean_metric"], rel=2e-3)
 
 
-@pytest.mark.parametrize("method", ["eap", "eap-ig-inputs", "eap-ig-activations"])
-def test_gradient_node_scores_sum_their_outgoing_edges(method: str) -> None:
+def test_eap_node_scores_are_gradients_at_the_node_outputs() -> None:
+    """A node's EAP score (the sum of its outgoing edges) equals (a_corrupt - a_clean) . dM/da
+    taken at the node's own output: the gradient there is the sum of its receivers' gradients."""
     pm = sharpened(1)
-    g = attribute(pm, rendered(pm, toy_examples(6)), method=method, steps=3)
-    for sender in g.senders:
-        out = sum(g.score(e) for e in g.edges if e.startswith(sender + "->"))
-        assert g.node_scores[sender] == pytest.approx(out, rel=1e-4, abs=1e-7), sender
+    items = rendered(pm, toy_examples(6))
+    g = attribute(pm, items, method="eap", batch_size=None)
+    batch = collate(items, 0)
+    targets = Targets.of(items)
+    grads = pm.run_with_grads(batch, lambda lg: metric_values("logit_diff", lg, targets).sum(),
+                              outputs=pm.senders(), names=pm.senders())
+    _, corrupt = pm.run_with_cache({"input_ids": batch.corrupted_ids, "attention_mask": batch.attention_mask}, names=pm.senders())
+    for sender in pm.senders():
+        expected = float(((corrupt[sender] - grads.cache[sender]) * grads.outputs[sender]).sum()) / len(items)
+        assert g.node_scores[sender] == pytest.approx(expected, rel=1e-4, abs=1e-7), sender
+        assert g.node_scores[sender] == pytest.approx(sum(g.score(e) for e in g.edges if e.startswith(sender + "->")), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize(("family", "kind"), [("llama", "ar"), ("gpt2", "mdm"), ("gemma3_text", "mdm")])
+def test_receiver_gradients_without_copies_equal_split_ones(family: str, kind: str) -> None:
+    """probe computes the gradient of a receiver that is only differentiated from its projection
+    output (J_norm^T W_h^T g_h); with an edit on the same receivers it splits per-head copies and
+    lets autograd do it. Both must agree (the first is what EAP-IG uses)."""
+    pm = probed(family, kind)
+    items = rendered(pm, toy_examples(3))
+    batch = collate(items, 0)
+    targets = Targets.of(items)
+    metric = lambda lg: metric_values("logit_diff", lg, targets).sum()  # noqa: E731
+    receivers = [r for r in pm.receivers() if r.endswith((".q", ".k", ".v"))]
+    plain = pm.run_with_grads(batch, metric, receivers=receivers)
+    with pm.intervene() as iv:
+        iv.add(receivers, 0.0)  # an edit (of nothing) on every head input forces the copies
+        split = pm.run_with_grads(batch, metric, receivers=receivers)
+    torch.testing.assert_close(plain.metric, split.metric)
+    for r in receivers:
+        assert float(split.inputs[r].abs().max()) > 0, r
+        torch.testing.assert_close(plain.inputs[r], split.inputs[r], atol=1e-6, rtol=1e-4, msg=r)
 
 
 def test_batching_and_stacking_do_not_change_scores() -> None:
