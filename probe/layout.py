@@ -240,17 +240,22 @@ class FrozenNorm:
 
 
     def vjp(self, x: Tensor, v: Tensor) -> Tensor:
-        """J^T v: the gradient w.r.t. the norm's input x of <v, norm(x)> (x broadcast against v)."""
+        """J^T v: the gradient w.r.t. the norm's input x of <v, norm(x)>.
+
+        x: [..., 1, D] (one input per token), v: [..., n, D] (n covectors per token). With
+        x_hat = (x - mean) * r and w = gain * v:  r * (w - x_hat * mean(w * x_hat) [- mean(w)]).
+        """
         xf = x.to(_compute_dtype(x))
         if self.centered:
             xf = xf - xf.mean(-1, keepdim=True)
         r = self.inv_scale(x).to(xf.dtype)
         x_hat = xf * r
         w = v.to(xf.dtype) * self.gain.to(xf.dtype)
-        out = w - x_hat * (w * x_hat).mean(-1, keepdim=True)
+        coef = torch.matmul(w, x_hat.transpose(-1, -2)) / x.shape[-1]  # [..., n, 1]
+        out = torch.addcmul(w, coef, x_hat, value=-1.0)
         if self.centered:
-            out = out - w.mean(-1, keepdim=True)
-        return r * out
+            out -= w.mean(-1, keepdim=True)
+        return out.mul_(r)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
