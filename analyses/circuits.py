@@ -392,8 +392,7 @@ def _gradient_batch(pm: ProbedModel, graph: Graph, batch: Batch, metric: str, me
 def _accumulate(total: Tensor | None, grads: Cache, names: Sequence[str]) -> Tensor:
     """`total` [R, B, T, D] plus the gradients of `names` (a new buffer when total is None)."""
     if total is None:
-        first = grads[names[0]]
-        total = torch.zeros(len(names), *first.shape, dtype=first.dtype, device=first.device)
+        return torch.stack([grads[n] for n in names])
     for i, name in enumerate(names):
         total[i] += grads[name]
     return total
