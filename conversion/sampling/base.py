@@ -38,6 +38,7 @@ from torch import Tensor
 from conversion.attention import block_inference_mask, position_ids
 from conversion.errors import UserError
 from conversion.metadata import ModelMeta, read_positions
+from conversion.objective import _param_dtype
 
 # --- what a sampler needs to know about the checkpoint ---------------------------------------------
 
@@ -326,13 +327,6 @@ def align(logits: Tensor, ctx: ModelContext) -> Tensor:
     return logits
 
 
-def _param_dtype(model: torch.nn.Module) -> torch.dtype:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32
-
-
 def output_size(model: torch.nn.Module) -> int | None:
     """Output vocabulary size of an HF model (None for a model without an HF head or config)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -383,14 +377,6 @@ def block_ids(gen: Tensor, *, block_length: int | None, model_block: int | None)
         rank = gen.long().cumsum(1) - 1
         blocks = rank // block_length
     return torch.where(gen, blocks, torch.full_like(blocks, -1))
-
-
-def n_blocks(state: State) -> Tensor:
-    """[B] number of distinct blocks among each row's generated positions."""
-    out = []
-    for b in range(state.blocks.shape[0]):
-        out.append(int(torch.unique(state.blocks[b][state.gen[b]]).numel()))
-    return torch.tensor(out)
 
 
 # --- the sampler interface and the driver -------------------------------------------------------------
