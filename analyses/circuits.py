@@ -131,9 +131,10 @@ def _checked(pm: ProbedModel, batch: Batch) -> Batch:
         if not torch.equal(torch.as_tensor(expected), r.read_positions):
             raise UserError(f"{r.example.task}: read positions {r.read_positions.tolist()} do not follow the model's shift={cfg.shift}; {fix}")
         if cfg.kind == "mdm":
-            at = batch.input_ids[row, r.answer_positions]
-            if not bool((at == cfg.mask_id).all()):
-                raise UserError(f"{r.example.task}: the answer positions do not hold the model's mask id {cfg.mask_id}; {fix}")
+            # the answer token the metric reads must be masked; later ones may be decoded already
+            # (a state along a denoising trajectory, `analyses.compare.revealed`)
+            if int(batch.input_ids[row, r.answer_positions[0]]) != cfg.mask_id:
+                raise UserError(f"{r.example.task}: the first answer position does not hold the model's mask id {cfg.mask_id}; {fix}")
         if len(r.correct_ids) == 0:
             raise UserError(f"{r.example.task}: an example has no correct answer token.")
     return batch
@@ -234,6 +235,11 @@ class _Sums:
     clean: float = 0.0
     corrupt: float = 0.0
     n: int = 0
+    per_example: list[Tensor] | None = None  # [B, edges] float32 per batch, when kept
+
+    def add_examples(self, rows: Tensor) -> None:
+        if self.per_example is not None:
+            self.per_example.append(rows.detach().float().cpu())
 
 
 def attribute(
@@ -247,6 +253,7 @@ def attribute(
     rows_per_pass: int = 64,
     nodes: bool = True,
     meta: Mapping[str, Any] | None = None,
+    per_example: bool = False,
 ) -> Graph:
     """Score every edge (and, with nodes=True, every sender node) of `pm`'s graph on `data`.
 
@@ -254,6 +261,8 @@ def attribute(
     metric: "logit_diff", "prob" or "kl". steps: interpolation points of the EAP-IG methods.
     rows_per_pass: exact patching stacks max(1, rows_per_pass // batch rows) interventions per
     forward pass. meta: extra fields recorded in the graph (task, model name, ...).
+    per_example: also keep every example's edge scores as `graph.examples` [N, edges] (float32;
+    what bootstrap intervals over examples resample).
     Returns a `Graph` whose scores are means over examples; its meta holds the method, metric,
     steps, number of examples and the clean and corrupted metric means.
     """
@@ -261,7 +270,8 @@ def attribute(
     if not isinstance(rows_per_pass, int) or rows_per_pass < 1:
         raise UserError(f"rows_per_pass must be a positive integer, got {rows_per_pass!r}.")
     graph = Graph(pm.shape)
-    sums = _Sums(torch.zeros(len(graph.edges), dtype=torch.float64), torch.zeros(len(graph.senders), dtype=torch.float64))
+    sums = _Sums(torch.zeros(len(graph.edges), dtype=torch.float64), torch.zeros(len(graph.senders), dtype=torch.float64),
+                 per_example=[] if per_example else None)
     for batch in batches(pm, data, batch_size):
         if method == "exact":
             _exact_batch(pm, graph, batch, metric, rows_per_pass, nodes, sums)
@@ -274,7 +284,8 @@ def attribute(
         "kind": pm.config.kind, "shift": pm.config.shift, "family": pm.config.family,
     }
     node_scores = dict(zip(graph.senders, (sums.nodes / n).tolist(), strict=True)) if nodes else None
-    return Graph(pm.shape, sums.edges / n, node_scores, {**info, **(meta or {})})
+    examples = torch.cat(sums.per_example) if sums.per_example else None
+    return Graph(pm.shape, sums.edges / n, node_scores, {**info, **(meta or {})}, examples)
 
 
 def _exact_batch(pm: ProbedModel, graph: Graph, batch: Batch, metric: str, rows_per_pass: int, nodes: bool, sums: _Sums) -> None:
@@ -289,7 +300,7 @@ def _exact_batch(pm: ProbedModel, graph: Graph, batch: Batch, metric: str, rows_
     k = max(1, rows_per_pass // B)
 
     def run(items: list, patch: Callable[[Interventions, Any, Tensor, dict[str, Tensor]], None]) -> Tensor:
-        out = torch.zeros(len(items), dtype=torch.float64)
+        out = torch.zeros(len(items), B, dtype=torch.float64)  # [items, examples]
         for start in range(0, len(items), k):
             chunk = items[start : start + k]
             c = len(chunk)
@@ -302,7 +313,7 @@ def _exact_batch(pm: ProbedModel, graph: Graph, batch: Batch, metric: str, rows_
                     patch(iv, item, rows, copies)
                 logits = pm(stacked)
             values = metric_values(metric, logits, targets.repeat(c), None if ref is None else ref.repeat(c, 1))
-            out[start : start + c] = (values.view(c, B) - base.to(values)).sum(1).double().cpu()
+            out[start : start + c] = (values.view(c, B) - base.to(values)).double().cpu()
         return out
 
     def repeated(name: str, copies: dict[str, Tensor], rows: Tensor) -> Tensor:
@@ -310,9 +321,11 @@ def _exact_batch(pm: ProbedModel, graph: Graph, batch: Batch, metric: str, rows_
             copies[name] = corrupt[name].repeat(rows.shape[0] // B, 1, 1)
         return copies[name]
 
-    sums.edges += run(graph.pairs, lambda iv, e, rows, cp: iv.patch_edge(e[0], e[1], repeated(e[0], cp, rows), pos=rows))
+    edges = run(graph.pairs, lambda iv, e, rows, cp: iv.patch_edge(e[0], e[1], repeated(e[0], cp, rows), pos=rows))
+    sums.edges += edges.sum(1)
+    sums.add_examples(edges.T)
     if nodes:
-        sums.nodes += run(graph.senders, lambda iv, s, rows, cp: iv.set(s, repeated(s, cp, rows), pos=rows))
+        sums.nodes += run(graph.senders, lambda iv, s, rows, cp: iv.set(s, repeated(s, cp, rows), pos=rows)).sum(1)
     sums.clean += float(base.sum())
     sums.corrupt += float(metric_values(metric, corrupt_logits, targets, ref).sum())
     sums.n += B
@@ -371,16 +384,26 @@ def _gradient_batch(pm: ProbedModel, graph: Graph, batch: Batch, metric: str, me
     w_clean, w_corrupt = _written(pm, clean, senders), _written(pm, corrupt, senders)
     s_index = {s: i for i, s in enumerate(senders)}
     r_index = {r: i for i, r in enumerate(receivers)}
-    full = torch.zeros(len(senders), len(receivers), dtype=torch.float64)
+    B = batch.input_ids.shape[0]
+    keep = sums.per_example is not None
+    # [B, senders, receivers] per example when kept, else [1, ...] summed over the batch
+    full = torch.zeros(B if keep else 1, len(senders), len(receivers), dtype=torch.float64)
     for scored, downstream, total, points in gradients:
-        d = torch.stack([(w_corrupt[s] - w_clean[s]) * mask for s in scored]).flatten(1)
+        d = torch.stack([(w_corrupt[s] - w_clean[s]) * mask for s in scored])  # [S, B, T, D]
         d = d.to(torch.promote_types(d.dtype, torch.float32))
+        g = total.to(d.dtype)
         rows = torch.tensor([s_index[s] for s in scored])
         cols = torch.tensor([r_index[r] for r in downstream])
-        full[rows[:, None], cols[None, :]] = (d @ total.flatten(1).to(d.dtype).T).double().cpu() / points
+        if keep:
+            block = torch.einsum("sbx,rbx->bsr", d.flatten(2), g.flatten(2))
+        else:
+            block = (d.flatten(1) @ g.flatten(1).T)[None]
+        full[:, rows[:, None], cols[None, :]] = block.double().cpu() / points
     edge_s = torch.tensor([s_index[s] for s, _ in graph.pairs])
     edge_r = torch.tensor([r_index[r] for _, r in graph.pairs])
-    edges = full[edge_s, edge_r]  # upstream (sender, receiver) pairs of `full` are no edges
+    per = full[:, edge_s, edge_r]  # upstream (sender, receiver) pairs of `full` are no edges
+    edges = per.sum(0)
+    sums.add_examples(per)
     sums.edges += edges
     if nodes:
         sums.nodes.index_add_(0, edge_s, edges)

@@ -295,6 +295,9 @@ class DepthComparison:
     centre_diff: Interval
     early_mass: dict[str, Interval] = field(default_factory=dict)
     centre: dict[str, Interval] = field(default_factory=dict)
+    # bootstrap replicates of the differences ("early_mass_diff", "centre_diff"; [n_boot] each),
+    # for statistics pooled over tasks; empty without per-example scores. Not in to_dict.
+    samples: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
         return {
@@ -377,6 +380,7 @@ def compare_depth(
     idx_b = idx_a if mb[1].shape[0] == ma[1].shape[0] else bootstrap_indices(mb[1].shape[0], n_boot, seed + 1)
     ea, ca = _boot_depth(ma[1], ma[2], n_layers, da.k, weight, idx_a)
     eb, cb = _boot_depth(mb[1], mb[2], n_layers, db.k, weight, idx_b)
+    out.samples = {"early_mass_diff": eb - ea, "centre_diff": cb - ca}
     out.early_mass_diff = percentile_interval(eb - ea, db.early_mass - da.early_mass, level)
     out.centre_diff = percentile_interval(cb - ca, db.centre - da.centre, level)
     out.early_mass = {labels[0]: percentile_interval(ea, da.early_mass, level), labels[1]: percentile_interval(eb, db.early_mass, level)}

@@ -100,6 +100,8 @@ class Graph:
         (missing edges score 0); default zeros.
     node_scores: sender name -> score (what patching or attributing that whole node gives).
     meta: how the scores were made (method, metric, steps, model, task, examples, ...).
+    examples: optional [N, edges] per-example scores whose mean over examples is `scores`
+        (`attribute(..., per_example=True)`); kept in memory for bootstraps, not saved.
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class Graph:
         scores: Tensor | Mapping[str, float] | None = None,
         node_scores: Mapping[str, float] | None = None,
         meta: Mapping[str, Any] | None = None,
+        examples: Tensor | None = None,
     ) -> None:
         if shape.n_kv_heads < 1 or shape.n_heads % shape.n_kv_heads:
             raise UserError(f"n_heads ({shape.n_heads}) must be a multiple of n_kv_heads ({shape.n_kv_heads}).")
@@ -124,6 +127,9 @@ class Graph:
                 raise UserError(f"node score for {name!r}: node scores are kept for senders ({', '.join(self.senders[:4])}, ...).")
             self.node_scores[name] = float(value)
         self.meta: dict[str, Any] = dict(meta or {})
+        if examples is not None and (examples.ndim != 2 or examples.shape[1] != len(self.edges)):
+            raise UserError(f"examples must be [N, {len(self.edges)}] per-example edge scores, got {list(examples.shape)}.")
+        self.examples = examples
 
     def _scores(self, scores: Tensor | Mapping[str, float] | None) -> Tensor:
         out = torch.zeros(len(self.edges), dtype=torch.float64)

@@ -126,6 +126,7 @@ def convert(
     eval_every: Annotated[int | None, typer.Option(help="Held-out eval period in steps (0 = none). [default: 0]")] = None,
     eval_blocks: Annotated[int | None, typer.Option(help="Held-out blocks per evaluation. [default: 64]")] = None,
     save_every: Annotated[int | None, typer.Option(help="Checkpoint period in steps (0 = no checkpoints, so no resume). [default: 0]")] = None,
+    snapshot_every: Annotated[int | None, typer.Option(help="Also write the MDM every N steps to OUT/snapshots/step-N (for `ar2mdm compare --track OUT`; 0 = none). [default: 0]")] = None,
     log_every: Annotated[int | None, typer.Option(help="JSONL log period in steps. [default: 1]")] = None,
     trust_remote_code: Annotated[bool | None, typer.Option("--trust-remote-code/--no-trust-remote-code", help="Allow custom model code from the checkpoint folder. [default: off]")] = None,
 ) -> None:
@@ -276,6 +277,66 @@ def eval_(
         _fail(err)
     print(table(rows))
     console.print(f"results: {out}/results.json, {out}/generation.html")
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated numbers, got {text!r}.") from None
+
+
+@app.command()
+def compare(
+    ar: Annotated[str, typer.Option(help="The ARM: smollm2 | organism | HF folder | .gguf.")],
+    mdm: Annotated[str, typer.Option(help="The MDM: a folder written by `ar2mdm convert` (same architecture as --ar).")],
+    out: Annotated[Path, typer.Option(help="Folder for report.json, report.html, summary.md and graphs/.")],
+    tasks: Annotated[str, typer.Option(help="Comma-separated: ioi, greater_than, induction (local); countdown, infilling, sudoku (global).")] = "ioi,greater_than,induction,countdown,infilling,sudoku",
+    pool_size: Annotated[int, typer.Option(help="At most this many common-correct examples per task.")] = 500,
+    draw: Annotated[int | None, typer.Option(help="Candidate examples drawn per task before keeping those both models solve. [default: 2 x pool size]")] = None,
+    k_edges: Annotated[int | None, typer.Option(help="K of the top-K edge overlap. [default: min(1000, edges / 10)]")] = None,
+    k_nodes: Annotated[int | None, typer.Option(help="Top-K nodes for the layer distribution and ablations. [default: a fifth of heads + MLPs]")] = None,
+    steps: Annotated[int, typer.Option(help="EAP-IG interpolation steps m.")] = 5,
+    node_scores: Annotated[str, typer.Option(help="Node scores for depth: eap-ig (sum of outgoing edges) | patching (exact, one pass per node).")] = "eap-ig",
+    batch_size: Annotated[int, typer.Option(help="Examples per forward/backward pass.")] = 16,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for every interval.")] = 1000,
+    n_random: Annotated[int, typer.Option(help="Random control draws per ablation.")] = 5,
+    faithfulness: Annotated[bool, typer.Option("--faithfulness/--no-faithfulness", help="Faithfulness curves of each model's circuits.")] = True,
+    ablations: Annotated[bool, typer.Option("--ablations/--no-ablations", help="Targeted ablation of early top-K nodes vs controls.")] = True,
+    neurons: Annotated[bool, typer.Option("--neurons/--no-neurons", help="Neuron and head specialisation profiles.")] = True,
+    causal: Annotated[bool, typer.Option("--causal/--no-causal", help="Causal checks of the most selective units.")] = True,
+    denoising: Annotated[str, typer.Option(help="MDM denoising trajectory: shares t of the answer still masked ('' = off).")] = "1,0.75,0.5,0.25,0",
+    track: Annotated[Path | None, typer.Option(help="A conversion run folder with snapshots/ (convert --snapshot-every N): follow Jaccard and early mass over its steps.")] = None,
+    track_tasks: Annotated[str, typer.Option(help="Tasks followed over the snapshots.")] = "ioi,countdown",
+    seed: Annotated[int, typer.Option(help="Seed of examples and bootstraps.")] = 0,
+    backend: Annotated[str, typer.Option(help="Probe backend: torch | nnsight | tl | auto.")] = "torch",
+) -> None:
+    """ARM vs MDM on a common-correct pool: circuits (EAP-IG), depth, units; the reference study's claims tested."""
+    from analyses.compare import CompareOptions, markdown_summary, snapshots_of, write_report
+    from analyses.compare import compare as run_compare
+    from analyses.compare import track as run_track
+    from probe import ProbedModel
+
+    try:
+        opts = CompareOptions(
+            tasks=tuple(tasks.split(",")), pool_size=pool_size, draw=draw, k_edges=k_edges, k_nodes=k_nodes, steps=steps,
+            node_scores=node_scores, batch_size=batch_size, n_boot=n_boot, n_random=n_random, seed=seed,
+            faithfulness=faithfulness, ablations=ablations, neurons=neurons, causal=causal,
+            denoising=_floats(denoising, "--denoising"),
+        ).checked()
+        snapshots = snapshots_of(track) if track is not None else None
+        pm_ar = ProbedModel.from_checkpoint(ar, backend=backend)
+        pm_mdm = ProbedModel.from_checkpoint(mdm, backend=backend)
+        result = run_compare(pm_ar, pm_mdm, opts, labels={"ar": ar, "mdm": mdm}, log=console.print)
+        if snapshots is not None:
+            result.data["track"] = run_track(pm_ar, snapshots, tasks=[t for t in track_tasks.split(",") if t.strip()],
+                                             pool_size=min(pool_size, 100), steps=steps, batch_size=batch_size, seed=seed,
+                                             load=lambda p: ProbedModel.from_checkpoint(p, backend=backend), log=console.print)
+        write_report(result, out, title=f"{ar} vs {mdm}")
+    except UserError as err:
+        _fail(err)
+    print(markdown_summary(result.data))
+    console.print(f"report: {out}/report.html, {out}/report.json")
 
 
 def main() -> None:  # pragma: no cover - entry point

@@ -122,8 +122,9 @@ class TrainConfig:
     sft: prompt-masked supervised data (not yet available from `conversion.data`).
     held_out: fraction of documents held out. eval_every: held-out eval period in steps, plus
     one at the end (0: no evaluation). eval_blocks: held-out blocks used. save_every: checkpoint
-    period in steps, plus one at the end (0: no checkpoints, so no resume). log_every: JSONL log
-    period. resume: continue from out/checkpoint (same options; `steps` may grow).
+    period in steps, plus one at the end (0: no checkpoints, so no resume). snapshot_every: write
+    the MDM as it is every N steps to out/snapshots/step-NNNNNN (loadable folders, for
+    `analyses.compare.track`; 0: none). log_every: JSONL log period. resume: continue from out/checkpoint (same options; `steps` may grow).
     trust_remote_code: passed to `load_ar`.
     """
 
@@ -154,6 +155,7 @@ class TrainConfig:
     eval_every: int = 0
     eval_blocks: int = 64
     save_every: int = 0
+    snapshot_every: int = 0
     log_every: int = 1
     resume: bool = False
     trust_remote_code: bool = False
@@ -173,7 +175,7 @@ class TrainConfig:
         for name in ("steps", "seq_len", "batch_size", "grad_accum", "log_every", "eval_blocks"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        for name in ("warmup", "eval_every", "save_every"):
+        for name in ("warmup", "eval_every", "save_every", "snapshot_every"):
             if int(getattr(self, name)) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if self.seq_len < 2:
@@ -301,6 +303,9 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
     window_tokens, window_start = 0, time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=start, disable=not accelerator.is_main_process, desc="train")
 
+    if cfg.snapshot_every and start == 0:  # the source made bidirectional, before any training
+        _write_mdm(accelerator, model, tokenizer, loaded.meta, cfg, opts, mask_id, tokens_seen, world, parallel,
+                   out / "snapshots" / "step-000000", 0)
     for step in range(start, cfg.steps):
         rows_b = next(stream).to(device)  # [batch_size, 1 or 3, seq_len], the global batch
         batch, am, pm = _split_rows(rows_b)
@@ -373,6 +378,9 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
                     batch_size=max(1, local), vocab_size=vocab,
                 )
             log.write({"kind": "eval", "step": done, **last_eval})
+        if cfg.snapshot_every and done % cfg.snapshot_every == 0 and done < cfg.steps:
+            _write_mdm(accelerator, model, tokenizer, loaded.meta, cfg, opts, mask_id, tokens_seen, world, parallel,
+                       out / "snapshots" / f"step-{done:06d}", done)
         if cfg.save_every and (done % cfg.save_every == 0 or done == cfg.steps):
             _save_checkpoint(accelerator, model, optimizer, cfg, done, tokens_seen, ckpt_dir)
         if on_step is not None:
@@ -380,32 +388,43 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
     bar.close()
 
     # Final MDM folder.
-    spec = opts.spec
-    meta = ModelMeta(
-        kind="mdm",
-        source=loaded.meta.source,
-        source_hash=loaded.meta.source_hash,
-        family=loaded.meta.family,
-        shift=cfg.shift,
-        mask_id=mask_id,
-        noise=cfg.noise,
-        schedule=cfg.schedule,
-        block_size=spec.block_sizes[0] if len(spec.block_sizes) == 1 else None,
-        extra={
-            "steps": cfg.steps, "tokens_seen": tokens_seen, "processes": world, "parallelism": parallel,
-            "options": cfg.to_json(),
-        },
-    )
-    state_dict = get_model_state_dict(model, options=FULL_STATE)  # every process: gathers shards
+    meta = _write_mdm(accelerator, model, tokenizer, loaded.meta, cfg, opts, mask_id, tokens_seen, world, parallel, out, cfg.steps)
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        save_mdm(unwrapped, tokenizer, meta, out, state_dict=_without_aliases(unwrapped, state_dict))
         write_training_report(out)
     accelerator.wait_for_everyone()
     return TrainResult(
         out=out, steps=cfg.steps, tokens_seen=tokens_seen, final_loss=final_loss, last_eval=last_eval,
         meta=meta, history=log.history,
     )
+
+
+def _write_mdm(
+    accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any, source: ModelMeta, cfg: TrainConfig,
+    opts: DiffusionOptions, mask_id: int, tokens_seen: int, world: int, parallel: str, folder: Path, step: int,
+) -> ModelMeta:
+    """Write the model as an MDM folder (all processes call: the state dict is gathered)."""
+    spec = opts.spec
+    meta = ModelMeta(
+        kind="mdm",
+        source=source.source,
+        source_hash=source.source_hash,
+        family=source.family,
+        shift=cfg.shift,
+        mask_id=mask_id,
+        noise=cfg.noise,
+        schedule=cfg.schedule,
+        block_size=spec.block_sizes[0] if len(spec.block_sizes) == 1 else None,
+        extra={
+            "steps": step, "tokens_seen": tokens_seen, "processes": world, "parallelism": parallel,
+            "options": cfg.to_json(),
+        },
+    )
+    state_dict = get_model_state_dict(model, options=FULL_STATE)  # every process: gathers shards
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        save_mdm(unwrapped, tokenizer, meta, folder, state_dict=_without_aliases(unwrapped, state_dict))
+    accelerator.wait_for_everyone()
+    return meta
 
 
 # --- processes -----------------------------------------------------------------------------------

@@ -313,6 +313,22 @@ def test_batching_and_stacking_do_not_change_scores() -> None:
             assert other.meta["n_examples"] == 5
 
 
+def test_per_example_scores_are_each_examples_own_attribution() -> None:
+    """`per_example=True` keeps [N, edges] scores: their mean is the graph's score, and each row
+    equals attributing that example alone (so a bootstrap can resample examples)."""
+    pm = probed("llama", "mdm")
+    items = rendered(pm, toy_examples(4))
+    for method in METHODS:
+        graph = attribute(pm, items, method=method, steps=2, batch_size=3, per_example=True)
+        assert graph.examples is not None and graph.examples.shape == (4, len(graph.edges))
+        torch.testing.assert_close(graph.examples.double().mean(0), graph.scores, atol=1e-5, rtol=1e-4)
+        for i in (0, 3):
+            alone = attribute(pm, items[i : i + 1], method=method, steps=2)
+            torch.testing.assert_close(graph.examples[i].double(), alone.scores, atol=1e-5, rtol=1e-4, msg=f"{method} {i}")
+        assert float(graph.examples.std(0).max()) > 0, method  # examples differ: not a broadcast mean
+    assert attribute(pm, items, method="eap", steps=2).examples is None
+
+
 # --- faithfulness -----------------------------------------------------------------------------
 
 

@@ -314,3 +314,34 @@ def test_training_report_plots_the_logged_numbers(setup: TrainConfig) -> None:
     by_name = {trace.name: trace for trace in fig.data}
     assert list(by_name["train loss"].y) == [r["loss"] for r in logs if r["kind"] == "train"]
     assert list(by_name["held-out loss"].x) == [r["step"] for r in logs if r["kind"] == "eval"]
+
+
+def test_snapshots_are_loadable_mdms_along_the_run(setup: TrainConfig) -> None:
+    """--snapshot-every N writes the model at step 0 (the source, made bidirectional) and every N
+    steps before the last (the last is the run's own folder); `analyses.compare.track` follows them."""
+    from analyses.compare import snapshots_of, track
+    from probe import ProbedModel
+
+    cfg = replace(setup, snapshot_every=2)
+    train(cfg)
+    out = Path(cfg.out)
+    found = snapshots_of(out)
+    assert [step for step, _ in found] == [0, 2, 4]
+    source = weights(Path(cfg.model))
+    states = {}
+    for step, folder in found:
+        loaded = load_mdm(folder)
+        assert loaded.meta.extra["steps"] == step and loaded.meta.mask_id == ModelMeta.load(out).mask_id
+        states[step] = weights(folder)
+    final = weights(out)
+    name = "model.layers.0.mlp.down_proj.weight"
+    torch.testing.assert_close(states[0][name], source[name])  # step 0 is the source's weights
+    assert not torch.equal(states[2][name], states[0][name]) and not torch.equal(states[4][name], states[2][name])
+    assert not torch.equal(final[name], states[4][name])
+    ar = ProbedModel.from_checkpoint(cfg.model, backend="torch")
+    tracked = track(ar, found, tasks=("ioi",), pool_size=12, steps=2, log=lambda _: None)
+    points = tracked["tasks"]["ioi"]["points"]
+    assert [p["step"] for p in points] == [0, 2, 4]
+    assert all(0.0 <= p["jaccard_ar"] <= 1.0 and 0.0 <= p["accuracy"] <= 1.0 for p in points)
+    with pytest.raises(UserError, match="snapshot"):
+        snapshots_of(Path(cfg.model))

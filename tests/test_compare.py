@@ -1,0 +1,228 @@
+"""analyses.compare: the statistics against hand computations, the pool against its definition,
+and a whole comparison on tiny models checked against independent recomputation from the saved
+graphs (analyses.graph's own Jaccard and layer distribution), plus the CLI's errors.
+
+Models: test_depth's random 3-layer Llama as the ARM and the same weights read as an MDM (answer
+masked in place): an ARM and an MDM of one architecture, as the comparison needs.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_tokenizer
+from test_depth import MASK_ID, probed3
+from typer.testing import CliRunner
+
+from analyses.circuits import attribute
+from analyses.compare import (
+    CompareOptions,
+    check_pair,
+    claims,
+    common_pool,
+    compare,
+    jaccard_bootstrap,
+    jaccard_rows,
+    node_examples,
+    pooled,
+    revealed,
+    verdict,
+    write_report,
+)
+from analyses.depth import Interval, baseline_logit_diffs, layer_distribution
+from analyses.graph import Graph, jaccard
+from conversion.cli import app
+from conversion.errors import UserError
+from probe.tasks import get_task, render
+
+TASKS = ("ioi", "greater_than", "countdown", "sudoku")
+
+
+def task_examples(n: int = 12) -> dict:
+    tok = tiny_tokenizer()
+    return {t: get_task(t, tok).generate_aligned(n, tok, seed=1, modes=("ar", "mdm"), mask_id=MASK_ID) for t in TASKS}
+
+
+# --- statistics -------------------------------------------------------------------------------------
+
+
+def test_jaccard_rows_by_hand() -> None:
+    a = torch.tensor([[3.0, -2.0, 1.0, 0.0]])
+    b = torch.tensor([[0.0, 1.0, -5.0, 4.0]])
+    assert float(jaccard_rows(a, b, 2)[0]) == 0.0  # {0, 1} vs {2, 3}
+    assert float(jaccard_rows(a, b, 3)[0]) == 0.5  # {0, 1, 2} vs {1, 2, 3}: 2 shared of 4
+    assert float(jaccard_rows(a, a, 2)[0]) == 1.0
+
+
+def test_jaccard_bootstrap_estimate_is_the_graph_jaccard_of_the_means() -> None:
+    shape = probed3().shape
+    n_edges = len(Graph(shape).edges)
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(30, n_edges, generator=gen)
+    b = a + 0.8 * torch.randn(30, n_edges, generator=gen)
+    for k in (5, 40):
+        interval, reps = jaccard_bootstrap(a, b, k, n_boot=200, seed=0)
+        expected = jaccard(Graph(shape, a.double().mean(0)), Graph(shape, b.double().mean(0)), k)
+        assert interval.estimate == pytest.approx(expected)
+        assert reps.shape == (200,) and interval.low <= interval.high
+        assert 0.0 <= float(reps.min()) and float(reps.max()) <= 1.0
+    with pytest.raises(UserError, match="same examples"):
+        jaccard_bootstrap(a, b[:10], 5, n_boot=10, seed=0)
+
+
+def test_pooled_adds_replicates_term_by_term() -> None:
+    reps = [torch.arange(101, dtype=torch.float64), torch.zeros(101, dtype=torch.float64) + 10]
+    out = pooled([50.0, 10.0], reps, [0.5, -1.0])
+    assert out.estimate == 15.0
+    # replicate j = 0.5 j - 10 for j = 0..100: its 2.5 / 97.5 percentiles
+    assert out.low == pytest.approx(0.5 * 2.5 - 10) and out.high == pytest.approx(0.5 * 97.5 - 10)
+
+
+def test_verdicts() -> None:
+    assert verdict(Interval(0.2, 0.1, 0.3), 1) == "holds"
+    assert verdict(Interval(-0.2, -0.3, -0.1), 1) == "reversed"
+    assert verdict(Interval(-0.2, -0.3, -0.1), -1) == "holds"
+    assert verdict(Interval(0.0, -0.1, 0.1), 1) == "inconclusive"
+    assert verdict(Interval(0.1, float("nan"), float("nan")), 1) == "untested"
+    assert verdict(None, 1) == "untested"
+
+
+def test_node_examples_sum_outgoing_edges_per_example() -> None:
+    pm = probed3(kind="mdm")
+    items = [render(ex, pm.tokenizer, "mdm", shift=True, mask_id=MASK_ID) for ex in task_examples(6)["ioi"]]
+    g = attribute(pm, items, method="eap-ig-inputs", steps=2, per_example=True)
+    per = node_examples(g)
+    assert set(per) == set(g.senders) - {"embed"}
+    for name, values in per.items():
+        assert values.shape == (6,)
+        assert float(values.mean()) == pytest.approx(g.node_scores[name], abs=1e-6)
+    with pytest.raises(UserError, match="per_example"):
+        node_examples(attribute(pm, items, method="eap", steps=2))
+
+
+def test_revealed_writes_the_answer_after_its_first_token() -> None:
+    tok = tiny_tokenizer()
+    ex = task_examples(4)["countdown"][0]
+    item = render(ex, tok, "mdm", shift=True, mask_id=MASK_ID)
+    n = len(item.answer_positions)
+    assert n >= 3
+    assert revealed(item, 1.0, random.Random(0)) is item
+    full = revealed(item, 0.0, random.Random(0))
+    pos = item.answer_positions
+    assert int(full.input_ids[pos[0]]) == MASK_ID  # the token read stays masked
+    assert torch.equal(full.input_ids[pos[1:]], item.answer_ids[1:])
+    assert torch.equal(full.corrupted_ids[pos[1:]], item.answer_ids[1:])
+    half = revealed(item, 0.5, random.Random(0))
+    shown = int((half.input_ids[pos[1:]] != MASK_ID).sum())
+    assert shown == round(0.5 * (n - 1))
+    assert torch.equal(half.input_ids[: pos[0]], item.input_ids[: pos[0]])  # the prompt is untouched
+    with pytest.raises(UserError, match="MDM"):
+        revealed(render(ex, tok, "ar"), 0.5, random.Random(0))
+
+
+# --- the pool ---------------------------------------------------------------------------------------
+
+
+def test_common_pool_keeps_exactly_the_examples_both_models_solve() -> None:
+    ar, mdm = probed3(), probed3(kind="mdm")
+    examples = task_examples(16)["ioi"]
+    pool = common_pool(ar, mdm, "ioi", examples, pool_size=100)
+    r_ar = [render(ex, ar.tokenizer, "ar") for ex in examples]
+    r_mdm = [render(ex, mdm.tokenizer, "mdm", shift=True, mask_id=MASK_ID) for ex in examples]
+    both = (baseline_logit_diffs(ar, r_ar)[0] > 0) & (baseline_logit_diffs(mdm, r_mdm)[0] > 0)
+    expected = [ex.prompt for ex, ok in zip(examples, both.tolist(), strict=True) if ok]
+    assert [r.example.prompt for r in pool.ar] == expected == [r.example.prompt for r in pool.mdm]
+    assert 0 < len(pool) < len(examples)  # the random models solve some, not all
+    assert pool.stats["both_correct"] == len(expected) and pool.stats["aligned"] == len(examples)
+    capped = common_pool(ar, mdm, "ioi", examples, pool_size=2)
+    assert [r.example.prompt for r in capped.ar] == expected[:2]
+    everything = common_pool(ar, mdm, "ioi", examples, pool_size=100, require_correct=False)
+    assert len(everything) == len(examples)
+
+
+def test_check_pair_refuses_wrong_kinds() -> None:
+    with pytest.raises(UserError, match="autoregressive"):
+        check_pair(probed3(kind="mdm"), probed3(kind="mdm"))
+    with pytest.raises(UserError, match="masked diffusion"):
+        check_pair(probed3(), probed3())
+
+
+def test_claims_read_their_intervals() -> None:
+    """Claim (a) pools the per-task Jaccard replicates with +1/n_local and -1/n_global."""
+    n = 50
+    pools = {"ioi": None, "greater_than": None, "countdown": None}
+    reps = {"ioi": torch.full((n,), 0.8), "greater_than": torch.full((n,), 0.6), "countdown": torch.linspace(0.1, 0.3, n)}
+    data = {"tasks": {t: {"circuits": {"jaccard": Interval(float(r.mean()), 0, 1)},
+                          "depth": {"compare": {"early_mass_diff": {"estimate": 0.1}}}} for t, r in reps.items()},
+            "units": {}}
+    out = claims(pools, reps, {t: torch.full((n,), 0.1) for t in reps}, data, Interval(-0.05, -0.08, -0.02))
+    assert out["a"]["interval"].estimate == pytest.approx(0.7 - 0.2)
+    assert out["a"]["verdict"] == "holds" and out["a"]["local_tasks"] == ["ioi", "greater_than"]
+    assert out["b"]["interval"].estimate == pytest.approx(0.1) and out["b"]["verdict"] == "holds"
+    assert out["c"]["verdict"] == "holds"  # MDM - AR selectivity below 0
+    only_local = claims({"ioi": None}, reps, {}, data, None)
+    assert only_local["a"]["verdict"] == "untested" and only_local["b"]["verdict"] == "untested"
+    assert only_local["c"]["verdict"] == "untested"
+
+
+# --- a whole comparison -----------------------------------------------------------------------------
+
+
+def test_compare_end_to_end_agrees_with_the_saved_graphs(tmp_path: Path) -> None:
+    ar, mdm = probed3(), probed3(kind="mdm")
+    opts = CompareOptions(tasks=TASKS, pool_size=8, steps=2, n_boot=50, n_random=2, k_edges=20, k_nodes=3,
+                          denoising=(1.0, 0.0), batch_size=8)
+    result = compare(ar, mdm, opts, examples=task_examples(40), log=lambda _: None)
+    write_report(result, tmp_path)
+    data = json.loads((tmp_path / "report.json").read_text())
+    analysed = list(data["tasks"])
+    assert analysed and set(analysed) <= set(TASKS)
+    for task in analysed:
+        ga, gm = (Graph.load(tmp_path / "graphs" / f"{task}-{m}.json") for m in ("ar", "mdm"))
+        entry = data["tasks"][task]
+        assert entry["n"] == data["pools"][task]["pool"] == ga.meta["n_examples"]
+        assert entry["circuits"]["jaccard"]["estimate"] == pytest.approx(jaccard(ga, gm, 20))
+        cmp = entry["depth"]["compare"]
+        for key, g in (("a", ga), ("b", gm)):
+            dist = layer_distribution({s: v for s, v in g.node_scores.items() if s != "embed"}, 3, 3)
+            assert cmp[key]["early_mass"] == pytest.approx(dist.early_mass)
+        assert len(entry["depth"]["ar"]["lens"]["top1"]) == 4  # embedding + 3 layers
+    for key, claim in data["claims"].items():
+        iv = claim["interval"]
+        expected = verdict(Interval(iv["estimate"], iv["low"], iv["high"]) if iv else None, -1 if key == "c" else 1)
+        assert claim["verdict"] == expected
+    for d in data["denoising"].values():
+        if "points" in d:
+            assert [p["t"] for p in d["points"]] == [1.0, 0.0]
+            assert d["points"][0]["jaccard_t1"] == 1.0
+    assert "neurons" in data["units"] and "heads" in data["units"]
+    page = (tmp_path / "report.html").read_text()
+    assert "Claims of the reference study" in page and "<script src=" not in page and "Plotly" in page
+    assert (tmp_path / "summary.md").read_text().startswith("| task |")
+
+
+def test_compare_with_no_common_examples_says_so() -> None:
+    examples = {t: [] for t in TASKS}
+    with pytest.raises(UserError, match="both models answer correctly"):
+        compare(probed3(), probed3(kind="mdm"), CompareOptions(tasks=TASKS), examples=examples, log=lambda _: None)
+    with pytest.raises(UserError, match="unknown"):
+        CompareOptions(tasks=("ioi", "poetry")).checked()
+    with pytest.raises(UserError, match="denoising"):
+        CompareOptions(denoising=(1.5,)).checked()
+
+
+def test_cli_compare_errors_are_one_line(tmp_path: Path) -> None:
+    from test_probe import folder
+
+    runner = CliRunner()
+    ar, mdm = str(folder("llama")), str(folder("llama", "mdm"))
+    res = runner.invoke(app, ["compare", "--ar", mdm, "--mdm", mdm, "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "autoregressive" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["compare", "--ar", ar, "--mdm", mdm, "--out", str(tmp_path), "--tasks", "ioi,poetry"])
+    assert res.exit_code == 2 and "unknown" in res.output
+    res = runner.invoke(app, ["compare", "--ar", ar, "--mdm", mdm, "--out", str(tmp_path), "--track", str(tmp_path)])
+    assert res.exit_code == 2 and "snapshot" in res.output
