@@ -127,6 +127,7 @@ def convert(
     eval_blocks: Annotated[int | None, typer.Option(help="Held-out blocks per evaluation. [default: 64]")] = None,
     save_every: Annotated[int | None, typer.Option(help="Checkpoint period in steps (0 = no checkpoints, so no resume). [default: 0]")] = None,
     snapshot_every: Annotated[int | None, typer.Option(help="Also write the MDM every N steps to OUT/snapshots/step-N (for `ar2mdm compare --track OUT`; 0 = none). [default: 0]")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after this much training time and write the MDM as it stands (0 = no limit; --resume continues). [default: 0]")] = None,
     log_every: Annotated[int | None, typer.Option(help="JSONL log period in steps. [default: 1]")] = None,
     trust_remote_code: Annotated[bool | None, typer.Option("--trust-remote-code/--no-trust-remote-code", help="Allow custom model code from the checkpoint folder. [default: off]")] = None,
 ) -> None:

@@ -99,7 +99,7 @@ STATE_FORMAT = 2  # 2: optimizer state keyed by parameter name; 1 (read too): by
 # Gathered, unsharded state dicts (on the main process; CPU tensors), whatever the wrapping.
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 # Options that do not change the trajectory: they may differ between a run and its resume.
-RESUMABLE_CHANGES = {"steps", "out", "resume", "eval_every", "eval_blocks", "save_every", "log_every"}
+RESUMABLE_CHANGES = {"max_minutes", "snapshot_every", "steps", "out", "resume", "eval_every", "eval_blocks", "save_every", "log_every"}
 
 
 class TrainingDiverged(UserError):
@@ -124,7 +124,9 @@ class TrainConfig:
     one at the end (0: no evaluation). eval_blocks: held-out blocks used. save_every: checkpoint
     period in steps, plus one at the end (0: no checkpoints, so no resume). snapshot_every: write
     the MDM as it is every N steps to out/snapshots/step-NNNNNN (loadable folders, for
-    `analyses.compare.track`; 0: none). log_every: JSONL log period. resume: continue from out/checkpoint (same options; `steps` may grow).
+    `analyses.compare.track`; 0: none). max_minutes: stop after this much training time (0: no
+    limit) and write the MDM as it stands (a checkpoint too when save_every > 0; `steps` in the
+    result says how far it got). log_every: JSONL log period. resume: continue from out/checkpoint (same options; `steps` may grow).
     trust_remote_code: passed to `load_ar`.
     """
 
@@ -156,6 +158,7 @@ class TrainConfig:
     eval_blocks: int = 64
     save_every: int = 0
     snapshot_every: int = 0
+    max_minutes: float = 0.0
     log_every: int = 1
     resume: bool = False
     trust_remote_code: bool = False
@@ -186,6 +189,8 @@ class TrainConfig:
                 f"batch_size {self.batch_size} (global, per optimizer step) must be divisible by "
                 f"grad_accum x processes = {self.grad_accum} x {world_size}."
             )
+        if not (self.max_minutes >= 0 and math.isfinite(self.max_minutes)):
+            raise UserError(f"max_minutes must be >= 0 (0 = no limit), got {self.max_minutes}.")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"lr must be a positive number, got {self.lr}.")
         if self.clip < 0 or not 0.0 <= self.min_lr_ratio <= 1.0 or not 0.0 < self.adam_beta2 < 1.0:
@@ -306,6 +311,8 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
     if cfg.snapshot_every and start == 0:  # the source made bidirectional, before any training
         _write_mdm(accelerator, model, tokenizer, loaded.meta, cfg, opts, mask_id, tokens_seen, world, parallel,
                    out / "snapshots" / "step-000000", 0)
+    done = start
+    began = time.perf_counter()
     for step in range(start, cfg.steps):
         rows_b = next(stream).to(device)  # [batch_size, 1 or 3, seq_len], the global batch
         batch, am, pm = _split_rows(rows_b)
@@ -385,17 +392,28 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
             _save_checkpoint(accelerator, model, optimizer, cfg, done, tokens_seen, ckpt_dir)
         if on_step is not None:
             on_step(done)
+        if cfg.max_minutes and done < cfg.steps and _out_of_time(accelerator, began, cfg.max_minutes):
+            if cfg.save_every and done % cfg.save_every:
+                _save_checkpoint(accelerator, model, optimizer, cfg, done, tokens_seen, ckpt_dir)
+            log.write({"kind": "stop", "step": done, "reason": f"max_minutes {cfg.max_minutes:g} reached"})
+            break
     bar.close()
 
     # Final MDM folder.
-    meta = _write_mdm(accelerator, model, tokenizer, loaded.meta, cfg, opts, mask_id, tokens_seen, world, parallel, out, cfg.steps)
+    meta = _write_mdm(accelerator, model, tokenizer, loaded.meta, cfg, opts, mask_id, tokens_seen, world, parallel, out, done)
     if accelerator.is_main_process:
         write_training_report(out)
     accelerator.wait_for_everyone()
     return TrainResult(
-        out=out, steps=cfg.steps, tokens_seen=tokens_seen, final_loss=final_loss, last_eval=last_eval,
+        out=out, steps=done, tokens_seen=tokens_seen, final_loss=final_loss, last_eval=last_eval,
         meta=meta, history=log.history,
     )
+
+
+def _out_of_time(accelerator: Accelerator, began: float, minutes: float) -> bool:
+    """Whether the time budget is spent, decided by the main process for all (they must agree)."""
+    spent = torch.tensor([float(time.perf_counter() - began > 60.0 * minutes)], device=accelerator.device)
+    return bool(accelerator.reduce(spent, reduction="sum") > 0)
 
 
 def _write_mdm(

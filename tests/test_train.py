@@ -345,3 +345,16 @@ def test_snapshots_are_loadable_mdms_along_the_run(setup: TrainConfig) -> None:
     assert all(0.0 <= p["jaccard_ar"] <= 1.0 and 0.0 <= p["accuracy"] <= 1.0 for p in points)
     with pytest.raises(UserError, match="snapshot"):
         snapshots_of(Path(cfg.model))
+
+
+def test_time_budget_stops_early_and_resume_finishes(setup: TrainConfig) -> None:
+    cfg = replace(setup, max_minutes=1e-6, save_every=3)
+    result = train(cfg)
+    out = Path(cfg.out)
+    assert result.steps == 1 and ModelMeta.load(out).extra["steps"] == 1
+    assert [r["kind"] for r in log_lines(out)][-1] == "stop"
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 1
+    done = train(replace(cfg, max_minutes=0.0, resume=True))
+    assert done.steps == 6 and ModelMeta.load(out).extra["steps"] == 6
+    with pytest.raises(UserError, match="max_minutes"):
+        train(replace(setup, max_minutes=-1.0))
