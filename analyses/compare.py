@@ -87,7 +87,9 @@ class CompareOptions:
     steps: EAP-IG interpolation points m. node_scores: "eap-ig" (sum of a node's outgoing edge
     scores; scales to any model) or "patching" (exact node patching, one pass per node).
     faithfulness / ablations / neurons / causal: optional parts. denoising: values of t for the
-    MDM's denoising-trajectory analysis (empty: off)."""
+    MDM's denoising-trajectory analysis (empty: off). common_correct: False keeps every aligned
+    example, solved or not (past the reference study's successful-examples-only limit; also the
+    fallback for models too weak to share a pool)."""
 
     tasks: tuple[str, ...] = ALL_TASKS
     pool_size: int = 500
@@ -105,6 +107,7 @@ class CompareOptions:
     neurons: bool = True
     causal: bool = True
     denoising: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25, 0.0)
+    common_correct: bool = True
 
     def checked(self) -> CompareOptions:
         tasks = tuple(dict.fromkeys(t.strip() for t in self.tasks if t.strip()))
@@ -153,9 +156,9 @@ def task_examples(mdm: ProbedModel, tasks: Sequence[str], n: int, seed: int = 0)
     from probe.tasks import get_task
 
     tok = mdm.tokenizer
-    if mdm.meta is not None and mdm.meta.source == "organism":
-        from conversion.organism import eval_examples
+    from conversion.organism import eval_examples, is_organism
 
+    if mdm.meta is not None and is_organism(mdm.meta.source):
         examples = eval_examples(n, eval_seed=seed)
         return {t: examples[t] for t in tasks}
     out = {}
@@ -370,7 +373,8 @@ def compare(
         raise UserError(f"no examples given for task(s) {missing}.")
     pools: dict[str, Pool] = {}
     for task in opts.tasks:
-        pool = common_pool(ar, mdm, task, examples[task], opts.pool_size, batch_size=max(opts.batch_size, 32))
+        pool = common_pool(ar, mdm, task, examples[task], opts.pool_size, batch_size=max(opts.batch_size, 32),
+                           require_correct=opts.common_correct)
         data["pools"][task] = pool.stats
         log(f"  {task}: {pool.stats}")
         if len(pool) >= MIN_POOL:
@@ -379,7 +383,8 @@ def compare(
     if not pools:
         raise UserError(
             f"no task has {MIN_POOL} or more examples that both models answer correctly "
-            f"({ {t: s['pool'] for t, s in data['pools'].items()} }); train the models longer or draw more (--draw)."
+            f"({ {t: s['pool'] for t, s in data['pools'].items()} }); train the models longer, draw more (--draw), "
+            "or analyse every aligned example (--all-examples)."
         )
 
     jaccard_reps: dict[str, Tensor] = {}

@@ -114,7 +114,9 @@ def task_sets(loaded: Loaded, names: Sequence[str], n: int, *, seed: int = 0) ->
     tok, meta = loaded.tokenizer, loaded.meta
     if not names:
         raise UserError("no tasks given; pass e.g. --tasks ioi,countdown.")
-    if meta.source == "organism" and not any(x.endswith(".jsonl") for x in names):
+    from conversion.organism import is_organism
+
+    if is_organism(meta.source) and not any(x.endswith(".jsonl") for x in names):
         from conversion.organism import build_tasks, eval_examples
 
         tasks = build_tasks(tok)

@@ -31,6 +31,11 @@ app.add_typer(organism_app, name="organism")
 console = Console(stderr=True)
 
 
+def _plain(message: str) -> None:
+    """Progress lines on stderr, printed as they are (no rich markup: they hold [brackets])."""
+    console.print(message, markup=False, highlight=False)
+
+
 def _fail(err: UserError) -> None:
     console.print(f"[bold red]error:[/] {err}")
     raise typer.Exit(code=2)
@@ -307,6 +312,7 @@ def compare(
     neurons: Annotated[bool, typer.Option("--neurons/--no-neurons", help="Neuron and head specialisation profiles.")] = True,
     causal: Annotated[bool, typer.Option("--causal/--no-causal", help="Causal checks of the most selective units.")] = True,
     denoising: Annotated[str, typer.Option(help="MDM denoising trajectory: shares t of the answer still masked ('' = off).")] = "1,0.75,0.5,0.25,0",
+    all_examples: Annotated[bool, typer.Option("--all-examples", help="Analyse every aligned example, not only those both models solve.")] = False,
     track: Annotated[Path | None, typer.Option(help="A conversion run folder with snapshots/ (convert --snapshot-every N): follow Jaccard and early mass over its steps.")] = None,
     track_tasks: Annotated[str, typer.Option(help="Tasks followed over the snapshots.")] = "ioi,countdown",
     seed: Annotated[int, typer.Option(help="Seed of examples and bootstraps.")] = 0,
@@ -323,21 +329,53 @@ def compare(
             tasks=tuple(tasks.split(",")), pool_size=pool_size, draw=draw, k_edges=k_edges, k_nodes=k_nodes, steps=steps,
             node_scores=node_scores, batch_size=batch_size, n_boot=n_boot, n_random=n_random, seed=seed,
             faithfulness=faithfulness, ablations=ablations, neurons=neurons, causal=causal,
-            denoising=_floats(denoising, "--denoising"),
+            denoising=_floats(denoising, "--denoising"), common_correct=not all_examples,
         ).checked()
         snapshots = snapshots_of(track) if track is not None else None
         pm_ar = ProbedModel.from_checkpoint(ar, backend=backend)
         pm_mdm = ProbedModel.from_checkpoint(mdm, backend=backend)
-        result = run_compare(pm_ar, pm_mdm, opts, labels={"ar": ar, "mdm": mdm}, log=console.print)
+        result = run_compare(pm_ar, pm_mdm, opts, labels={"ar": ar, "mdm": mdm}, log=_plain)
         if snapshots is not None:
             result.data["track"] = run_track(pm_ar, snapshots, tasks=[t for t in track_tasks.split(",") if t.strip()],
                                              pool_size=min(pool_size, 100), steps=steps, batch_size=batch_size, seed=seed,
-                                             load=lambda p: ProbedModel.from_checkpoint(p, backend=backend), log=console.print)
+                                             load=lambda p: ProbedModel.from_checkpoint(p, backend=backend), log=_plain)
         write_report(result, out, title=f"{ar} vs {mdm}")
     except UserError as err:
         _fail(err)
     print(markdown_summary(result.data))
     console.print(f"report: {out}/report.html, {out}/report.json")
+
+
+@app.command()
+def study(
+    out: Annotated[Path, typer.Option(help="Study folder: one sub-folder per stage, report.html and summary.json.")] = Path("study"),
+    model: Annotated[str, typer.Option(help="organism (the embedded default: trained or taken from the cache) | smollm2.")] = "organism",
+    budget: Annotated[float, typer.Option(help="smollm2: minutes for the whole study on this machine (the conversion gets half).")] = 30.0,
+    ar_steps: Annotated[int, typer.Option(help="organism: training steps when none is cached.")] = 1500,
+    convert_steps: Annotated[int, typer.Option(help="organism: conversion (SFT) steps.")] = 600,
+    pool_size: Annotated[int, typer.Option(help="At most this many common-correct examples per task.")] = 100,
+    n: Annotated[int, typer.Option(help="Examples per task for the sampler evaluation.")] = 50,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for every interval.")] = 500,
+    seed: Annotated[int, typer.Option(help="Seed of training, examples and bootstraps.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu | cuda for the analyses (training: accelerate's device; use `accelerate launch` for several GPUs).")] = "cpu",
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny settings everywhere: a smoke run in a minute or two; the numbers mean nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Rerun every stage, cached or not.")] = False,
+) -> None:
+    """The main job: ARM -> conversion -> sampler evaluation -> ARM vs MDM comparison -> report.html.
+
+    Every stage caches its output under OUT and is skipped when its inputs are unchanged, so a
+    rerun after a crash resumes where it stopped.
+    """
+    from analyses.study import StudyConfig, print_summary, run_study
+
+    try:
+        cfg = StudyConfig(out=out, model=model, budget=budget, ar_steps=ar_steps, convert_steps=convert_steps,
+                          pool_size=pool_size, n=n, n_boot=n_boot, seed=seed, device=device, quick=quick, force=force)
+        summary = run_study(cfg, log=_plain)
+    except UserError as err:
+        _fail(err)
+    print_summary(summary)
+    console.print(f"report: {out / 'report.html'}")
 
 
 def main() -> None:  # pragma: no cover - entry point

@@ -113,6 +113,20 @@ def default_organism_dir() -> Path:
     return cache_dir() / "models" / "organism"
 
 
+def is_organism(source: str | Path | None) -> bool:
+    """Whether a checkpoint's source (`ModelMeta.source`) is a model organism: the cached one
+    ("organism") or a folder `train_organism` wrote (its report.json lists the task options)."""
+    if source is None:
+        return False
+    if str(source) == "organism":
+        return True
+    report = Path(source) / "report.json"
+    try:
+        return report.is_file() and "task_options" in json.loads(report.read_text())
+    except (OSError, ValueError):
+        return False
+
+
 @dataclass
 class OrganismConfig:
     """Everything that shapes an organism besides the seed and the length of training.

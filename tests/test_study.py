@@ -1,0 +1,61 @@
+"""`ar2mdm study` in quick mode: every stage runs once, is cached on a rerun, and a crash in a
+late stage resumes there (earlier stages are not redone); a changed option reruns only its stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import analyses.compare
+from analyses.study import StudyConfig, run_study
+from conversion.cli import app
+from conversion.errors import UserError
+
+
+def statuses(summary: dict) -> dict[str, str]:
+    return {s["name"]: s["status"] for s in summary["stages"]}
+
+
+def test_study_runs_caches_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AR2MDM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "study"
+    cfg = StudyConfig(out=out, quick=True)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash in the compare stage")
+
+    with monkeypatch.context() as m:
+        m.setattr(analyses.compare, "compare", crash)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_study(cfg, log=lambda _: None)
+    for stage in ("ar", "mdm", "samplers"):
+        assert (out / stage / "stage.json").is_file(), stage
+    assert not (out / "compare" / "stage.json").exists() and not (out / "report.html").exists()
+
+    summary = run_study(cfg, log=lambda _: None)
+    assert statuses(summary) == {"ar": "cached", "mdm": "cached", "samplers": "cached", "compare": "ran"}
+    page = (out / "report.html").read_text()
+    assert "Claims of the reference study" in page and "samplers: accuracy against NFE" in page
+    saved = json.loads((out / "summary.json").read_text())
+    assert set(saved["claims"]) == {"a", "b", "c"}
+    assert all(c["verdict"] in ("holds", "reversed", "inconclusive", "untested") for c in saved["claims"].values())
+    assert saved["conversion"]["steps"] == 12
+    assert [r["task"] for r in saved["table"]] == ["ioi", "greater_than", "countdown"]
+    report = json.loads((out / "compare" / "report.json").read_text())
+    assert [p["step"] for p in report["track"]["tasks"]["ioi"]["points"]] == [0, 6, 12]
+
+    again = run_study(StudyConfig(out=out, quick=True, seed=0), log=lambda _: None)
+    assert set(statuses(again).values()) == {"cached"}
+    assert again["claims"] == summary["claims"]
+
+
+def test_study_rejects_bad_options(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="--model"):
+        StudyConfig(out=tmp_path, model="gpt5").checked()
+    with pytest.raises(UserError, match="budget"):
+        StudyConfig(out=tmp_path, model="smollm2", budget=0).checked()
+    res = CliRunner().invoke(app, ["study", "--out", str(tmp_path), "--convert-steps", "0"])
+    assert res.exit_code == 2 and "convert_steps" in res.output and "Traceback" not in res.output
