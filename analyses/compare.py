@@ -535,12 +535,19 @@ def claims(pools: Mapping[str, Pool], jaccard_reps: Mapping[str, Tensor], depth_
 # --- tracking a conversion run ----------------------------------------------------------------------
 
 
-def snapshots_of(run: str | Path) -> list[tuple[int, Path]]:
-    """(step, folder) of a conversion run's snapshots (`ar2mdm convert --snapshot-every N`), by step."""
+def snapshots_of(run: str | Path, *, final: bool = True) -> list[tuple[int, Path]]:
+    """(step, folder) of a conversion run's snapshots (`ar2mdm convert --snapshot-every N`), by
+    step; with `final`, the run's own finished MDM last (at its step count)."""
+    from conversion.metadata import META_FILE, ModelMeta
+
     root = Path(run) / "snapshots"
     found = sorted((int(p.name.split("-")[1]), p) for p in root.glob("step-*") if p.is_dir() and p.name.split("-")[1].isdigit())
     if not found:
         raise UserError(f"no snapshots under {root}; convert with --snapshot-every N to write them.")
+    if final and (Path(run) / META_FILE).is_file():
+        steps = int(ModelMeta.load(run).extra.get("steps", found[-1][0] + 1))
+        if steps > found[-1][0]:
+            found.append((steps, Path(run)))
     return found
 
 

@@ -268,19 +268,13 @@ def _compare_stage(cfg: StudyConfig, stages: Stages, ar_source: str, mdm_path: P
         result.data["note"] = note
         if settings["track"] and (mdm_path / "snapshots").is_dir():
             load = lambda p: ProbedModel.from_checkpoint(p, backend="torch", device=cfg.device)  # noqa: E731
-            snaps = snapshots_of(mdm_path) + [(_final_step(mdm_path), mdm_path)]
+            snaps = snapshots_of(mdm_path)
             result.data["track"] = track(ar, snaps, tasks=settings["track"], pool_size=min(50, options["pool_size"]),
                                          seed=cfg.seed, load=load, log=stages.log)
         write_report(result, folder, title=f"{ar_source} vs its MDM")
         return {"claims": {k: {"verdict": c["verdict"], "interval": c["interval"]} for k, c in result.data["claims"].items()}}
 
     return stages.run("compare", {"mdm": upstream, "options": options, "device": cfg.device}, work)
-
-
-def _final_step(mdm_path: Path) -> int:
-    from conversion.metadata import ModelMeta
-
-    return int(ModelMeta.load(mdm_path).extra.get("steps", 0))
 
 
 # --- report -----------------------------------------------------------------------------------------

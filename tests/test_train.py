@@ -326,6 +326,8 @@ def test_snapshots_are_loadable_mdms_along_the_run(setup: TrainConfig) -> None:
     train(cfg)
     out = Path(cfg.out)
     found = snapshots_of(out)
+    assert [step for step, _ in found] == [0, 2, 4, 6] and found[-1][1] == out
+    found = snapshots_of(out, final=False)
     assert [step for step, _ in found] == [0, 2, 4]
     source = weights(Path(cfg.model))
     states = {}
