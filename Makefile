@@ -23,9 +23,10 @@ install: $(STAMP)
 assets: $(STAMP)
 	$(BIN)/ar2mdm setup
 
-# The main job on the embedded default: train the model organism and print its accuracies.
+# The main job on the embedded default: the study (organism ARM -> MDM -> samplers -> ARM vs MDM
+# comparison -> study/report.html). Cached stages: a rerun skips what is done. STUDY_ARGS adds options.
 run: $(STAMP)
-	$(BIN)/ar2mdm organism train
+	$(BIN)/ar2mdm study $(STUDY_ARGS)
 
 # The default test suite (fast; no real weights needed).
 test: $(STAMP)
@@ -35,8 +36,15 @@ test: $(STAMP)
 test-slow: $(STAMP) assets
 	$(BIN)/python -m pytest -q -m slow
 
+# Every benchmark in one table of same-run ratios, targets and peak memory (organism and
+# runs/organism-mdm-sft; missing ones are skipped with the command that makes them).
+# Raw results go to ./bench-results.json. Options: make bench BENCH_ARGS="--quick".
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
+
 lint: $(STAMP)
-	$(BIN)/ruff check probe conversion analyses tests scripts
+	$(BIN)/ruff check probe conversion analyses tests scripts benchmarks
 
 clean-venv:
 	rm -rf $(VENV)

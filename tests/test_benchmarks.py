@@ -1,0 +1,58 @@
+"""benchmarks.run_all: the whole table on a tiny random model, its JSON, and skipped rows.
+
+Speeds are never asserted (the machine is shared and noisy); only that every benchmark ran and
+produced finite positive ratios, and that missing models give reasons instead of exceptions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks.run_all import BENCHMARKS, format_table, main, run_all
+
+
+def test_tiny_quick_table_has_a_finite_ratio_for_every_benchmark(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["--tiny", "--quick", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert {r["benchmark"] for r in rows} == set(BENCHMARKS)
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert math.isfinite(r["ratio"]) and r["ratio"] > 0, r
+        assert r["wall_s"] > 0 and math.isfinite(r["peak_mib"])
+    assert set(report["results"]) == set(BENCHMARKS) and all(report["results"].values())
+    printed = capsys.readouterr().out
+    assert format_table(rows) in printed  # the JSON holds exactly the printed rows
+    # one row per probe backend, and the target rows say whether they were met
+    assert [r["compared"] for r in rows if r["benchmark"] == "probe"] == [
+        f"run_with_cache / forward [{b}]" for b in report["settings"]["probe"]["backends"]
+    ]
+    assert all(isinstance(r["met"], bool) for r in rows if r["target"])
+
+
+def test_missing_mdm_is_a_skipped_row_with_the_command_that_makes_it(tmp_path):
+    missing = tmp_path / "no-mdm"
+    report = run_all(mdm=str(missing), only=["samplers"], quick=True, progress=False)
+    (row,) = report["rows"]
+    assert row["status"].startswith("skipped: ") and str(missing) in row["status"]
+    assert "ar2mdm convert" in row["status"] and row["ratio"] is None
+    assert report["results"] == {"samplers": None}
+    assert "skipped: " in format_table(report["rows"])
+
+
+def test_missing_organism_is_a_skipped_row(tmp_path, monkeypatch):
+    monkeypatch.setenv("AR2MDM_CACHE", str(tmp_path / "empty-cache"))
+    report = run_all("organism", only=["train_step"], quick=True, progress=False)
+    (row,) = report["rows"]
+    assert row["status"].startswith("skipped: ") and "ar2mdm organism train" in row["status"]
+
+
+def test_unknown_benchmark_and_conflicting_options_are_user_errors(tmp_path, capsys):
+    assert main(["--only", "nope", "--json", str(tmp_path / "x.json")]) == 2
+    assert "unknown benchmark" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--tiny", "--mdm", str(tmp_path)])
