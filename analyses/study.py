@@ -187,7 +187,10 @@ def _ar_stage(cfg: StudyConfig, stages: Stages) -> tuple[str, StageRecord]:
             source = "organism"
         else:
             stages.log(f"no cached organism at {cached}: training one ({cfg.ar_steps} steps, a few minutes on 2 cores)")
-            train_organism(out=cached, seed=cfg.seed, steps=cfg.ar_steps)
+            t0 = time.perf_counter()
+            report = train_organism(out=cached, seed=cfg.seed, steps=cfg.ar_steps)
+            stages.records.append(StageRecord("organism training", "ran", time.perf_counter() - t0, "-",
+                                              {"accuracy": report.accuracy, "steps": report.steps, "out": str(cached)}))
             source = "organism"
     meta = load_ar(source).meta
     record = stages.run("ar", {"source": source, "hash": meta.source_hash}, lambda folder: {"source": source, "hash": meta.source_hash})
