@@ -643,14 +643,60 @@ def summary_rows(data: Mapping[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+def _md_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    head = list(rows[0])
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows)]
+
+
 def markdown_summary(data: Mapping[str, Any]) -> str:
-    rows = summary_rows(data)
-    head = list(rows[0]) if rows else []
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r[h] for h in head) + " |" for r in rows]
-    lines.append("")
+    """The report's numbers as Markdown: claims, per-task table, circuits, ablations, units,
+    denoising trajectory and tracking (whichever were run)."""
+    lines = [f"K = {data['options']['k_edges']} edges of {data['shape']['edges']}, {data['options']['k_nodes']} nodes; "
+             f"EAP-IG m = {data['options']['steps']}; 95% bootstrap intervals ({data['options']['n_boot']} resamples).", ""]
     for key, c in data["claims"].items():
-        lines.append(f"({key}) {c['claim']}: {c['verdict']} -- {c['effect']} = {_ci(c['interval'])}")
+        lines.append(f"- ({key}) {c['claim']}: **{c['verdict']}** -- {c['effect']} = {_ci(c['interval'], 3)}")
+    lines += ["", *_md_table(summary_rows(data)), ""]
+    rows = []
+    for t, e in data["tasks"].items():
+        row = {"task": t}
+        for m in ("ar", "mdm"):
+            c = e["circuits"][m]
+            row[f"LD clean / corrupt {m.upper()}"] = f"{c['clean_ld']:.2f} / {c['corrupt_ld']:.2f}"
+            if "faithfulness" in c:
+                row[f"faithfulness area {m.upper()}"] = f"{c['faithfulness']['area']:.2f}"
+            ab = e["depth"][m].get("ablation")
+            if ab and "error" not in ab:
+                row[f"early top-K zero-ablation drop {m.upper()} (vs random)"] = f"{_ci(ab['target']['drop'])} ({_ci(ab['versus']['random'])})"
+            elif ab:
+                row[f"early top-K zero-ablation drop {m.upper()} (vs random)"] = "no early node in the top-K"
+        rows.append(row)
+    lines += ["Circuits and ablations per model:", "", *_md_table(rows), ""]
+    units = data.get("units", {})
+    for kind in ("neurons", "heads"):
+        if kind not in units:
+            continue
+        cmp = units[kind]["compare"]
+        lines += [f"{kind}: MDM - AR (95% CI): median selectivity index {_ci(cmp['median_selectivity_index']['diff'], 3)}, "
+                  f"median entropy {_ci(cmp['median_entropy']['diff'], 3)}; Gini of attribution per task: "
+                  + ", ".join(f"{t} {_ci(cmp[f'{t}:gini']['diff'])}" for t in data["tasks"] if f"{t}:gini" in cmp), ""]
+    points = {t: d for t, d in data.get("denoising", {}).items() if "points" in d}
+    if points:
+        lines += ["Denoising trajectory (MDM; t = share of the answer still masked):", ""]
+        lines += _md_table([{"task": t, "t": f"{p['t']:.2f}", "clean LD": f"{p['clean_ld']:.2f}", "Jaccard with t=1": f"{p['jaccard_t1']:.2f}",
+                             "Jaccard with ARM": f"{p['jaccard_ar']:.2f}", "early mass": f"{p['early_mass']:.2f}"}
+                            for t, d in points.items() for p in d["points"]])
+        lines.append("")
+    tracked = data.get("track", {}).get("tasks", {})
+    if tracked:
+        lines += ["Across the conversion's snapshots:", ""]
+        lines += _md_table([{"task": t, "step": p["step"], "accuracy": f"{p['accuracy']:.2f}", "Jaccard with ARM": f"{p['jaccard_ar']:.2f}",
+                             "early mass": f"{p['early_mass']:.2f}", "ARM early mass": f"{d['ar_early_mass']:.2f}"}
+                            for t, d in tracked.items() for p in d["points"]])
+        lines.append("")
+    if data.get("note"):
+        lines += [f"Note: {data['note']}", ""]
     return "\n".join(lines)
 
 
