@@ -350,7 +350,7 @@ def compare(
 def study(
     out: Annotated[Path, typer.Option(help="Study folder: one sub-folder per stage, report.html and summary.json.")] = Path("study"),
     model: Annotated[str, typer.Option(help="organism (the embedded default: trained or taken from the cache) | smollm2.")] = "organism",
-    budget: Annotated[float, typer.Option(help="smollm2: minutes for the whole study on this machine (the conversion gets half).")] = 30.0,
+    budget: Annotated[float, typer.Option(help="smollm2: minutes for the whole study on this machine (the conversion gets 40%, the comparison pool is sized from it).")] = 30.0,
     ar_steps: Annotated[int, typer.Option(help="organism: training steps when none is cached.")] = 1500,
     convert_steps: Annotated[int, typer.Option(help="organism: conversion (SFT) steps.")] = 600,
     pool_size: Annotated[int, typer.Option(help="At most this many common-correct examples per task.")] = 100,
