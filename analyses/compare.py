@@ -776,8 +776,9 @@ def _table_html(rows: Sequence[Mapping[str, str]]) -> str:
 
 
 def report_html(data: Mapping[str, Any], *, title: str = "ARM vs MDM", extra_figures: Mapping[str, Any] | None = None,
-                sections: Sequence[str] = ()) -> str:
-    """One self-contained HTML page: claims, summary table, figures (plotly.js embedded once)."""
+                sections: Sequence[str] = (), plotlyjs: bool | str = True) -> str:
+    """One HTML page: claims, summary table, figures. plotlyjs: True embeds plotly.js once (a
+    self-contained page, ~4.5 MB); "cdn" links it (small pages for a repository)."""
     import html
 
     figs = {**figures(data), **(extra_figures or {})}
@@ -793,7 +794,7 @@ def report_html(data: Mapping[str, Any], *, title: str = "ARM vs MDM", extra_fig
     first = True
     for name, fig in figs.items():
         parts.append(f"<h2>{html.escape(name)}</h2>")
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=first))
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=plotlyjs if first else False))
         first = False
     style = ("body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}code{background:#f4f4f4}")
@@ -807,13 +808,13 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def write_report(result: CompareResult, out: str | Path, *, title: str = "ARM vs MDM") -> Path:
+def write_report(result: CompareResult, out: str | Path, *, title: str = "ARM vs MDM", plotlyjs: bool | str = True) -> Path:
     """report.json (every number), report.html (self-contained), summary.md and one graph JSON per
     task and model (graphs/TASK-ar.json, loadable with `Graph.load`) under `out`."""
     out = Path(out)
     (out / "graphs").mkdir(parents=True, exist_ok=True)
     _atomic_write(out / "report.json", json.dumps(result.data, indent=1, allow_nan=False))
-    _atomic_write(out / "report.html", report_html(result.data, title=title))
+    _atomic_write(out / "report.html", report_html(result.data, title=title, plotlyjs=plotlyjs))
     _atomic_write(out / "summary.md", markdown_summary(result.data) + "\n")
     for task, graphs in result.graphs.items():
         for m, g in graphs.items():
