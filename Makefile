@@ -36,6 +36,12 @@ test: $(STAMP)
 test-slow: $(STAMP) assets
 	$(BIN)/python -m pytest -q -m slow
 
+# Executes every notebook in notebooks/ top to bottom (CI runs it). With no trained organism in
+# the cache, the first notebook trains a small one and its MDM (~2 min); the others reuse them.
+.PHONY: notebooks
+notebooks: $(STAMP)
+	$(BIN)/python -m pytest -q -m notebooks tests/test_notebooks.py
+
 # Every benchmark in one table of same-run ratios, targets and peak memory (organism and
 # runs/organism-mdm-sft; missing ones are skipped with the command that makes them).
 # Raw results go to ./bench-results.json. Options: make bench BENCH_ARGS="--quick".
