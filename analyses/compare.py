@@ -634,9 +634,12 @@ def summary_rows(data: Mapping[str, Any]) -> list[dict[str, str]]:
                "acc AR": f"{pool['accuracy_ar']:.2f}" if pool.get("accuracy_ar") is not None else "-",
                "acc MDM": f"{pool['accuracy_mdm']:.2f}" if pool.get("accuracy_mdm") is not None else "-"}
         if entry is None:
-            row.update({"Jaccard@K": "(pool too small)", "early mass AR": "-", "early mass MDM": "-", "MDM - AR": "-"})
+            row.update({"LD gap AR / MDM": "-", "Jaccard@K": "(pool too small)", "early mass AR": "-", "early mass MDM": "-", "MDM - AR": "-"})
         else:
             cmp = entry["depth"]["compare"]
+            gaps = [entry["circuits"][m]["clean_ld"] - entry["circuits"][m]["corrupt_ld"] for m in ("ar", "mdm")]
+            # a small clean - corrupt gap means attribution measures a tiny effect: flag it
+            row["LD gap AR / MDM"] = f"{gaps[0]:.2f} / {gaps[1]:.2f}" + (" (small!)" if min(gaps) < 0.5 else "")
             row.update({"Jaccard@K": _ci(entry["circuits"]["jaccard"]), "early mass AR": f"{cmp['a']['early_mass']:.2f}",
                         "early mass MDM": f"{cmp['b']['early_mass']:.2f}", "MDM - AR": _ci(cmp["early_mass_diff"])})
         rows.append(row)

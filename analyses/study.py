@@ -364,7 +364,7 @@ def print_summary(summary: Mapping[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=max(Console().width, 150))  # the table is wide; a pipe reports 80 columns
     rows = summary["table"]
     if rows:
         table = Table(title=f"ARM vs MDM ({summary['model']}): common-correct pool per task")
