@@ -306,7 +306,8 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
     last_eval: dict[str, float] | None = None
     final_loss = float("nan")
     window_tokens, window_start = 0, time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=start, disable=not accelerator.is_main_process, desc="train")
+    desc = f"train (stops after {cfg.max_minutes:g} min)" if cfg.max_minutes else "train"
+    bar = tqdm(total=cfg.steps, initial=start, disable=not accelerator.is_main_process, desc=desc)
 
     if cfg.snapshot_every and start == 0:  # the source made bidirectional, before any training
         _write_mdm(accelerator, model, tokenizer, loaded.meta, cfg, opts, mask_id, tokens_seen, world, parallel,
