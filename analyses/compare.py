@@ -66,7 +66,7 @@ from analyses.depth import (
     percentile_interval,
     targeted_ablation,
 )
-from analyses.graph import Graph, jaccard_curve, node_importance
+from analyses.graph import Graph, jaccard, jaccard_curve, node_importance
 from analyses.neurons import causal_check, compare_profiles, profile_units
 from conversion.errors import TaskError, UserError
 from probe.model import ProbedModel
@@ -318,16 +318,16 @@ class CompareResult:
         return self.data["claims"]
 
 
-def _finite(x: Any) -> Any:
+def json_safe(x: Any) -> Any:
     """JSON-safe: NaN / inf -> None, tensors -> lists, intervals -> dicts."""
     if isinstance(x, Interval):
-        return _finite(x.to_dict())
+        return json_safe(x.to_dict())
     if isinstance(x, dict):
-        return {str(k): _finite(v) for k, v in x.items()}
+        return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
+        return [json_safe(v) for v in x]
     if isinstance(x, Tensor):
-        return _finite(x.tolist())
+        return json_safe(x.tolist())
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
@@ -475,21 +475,17 @@ def compare(
             for t in opts.denoising:
                 items = [revealed(r, t, rng) for r in pool.mdm]
                 g = reference if t == 1.0 else attribute(mdm, items, method="eap-ig-inputs", steps=opts.steps, batch_size=opts.batch_size)
-                dist = layer_distribution({s: v for s, v in g.node_scores.items() if s != "embed"}, n_layers, k_nodes)
+                dist = layer_distribution(g.node_scores, n_layers, k_nodes)
                 rows.append({"t": t, "clean_ld": g.meta["clean_metric"], "corrupt_ld": g.meta["corrupt_metric"],
-                             "jaccard_t1": jaccard_of(g, reference, k_edges), "jaccard_ar": jaccard_of(g, result.graphs[task]["ar"], k_edges),
+                             "jaccard_t1": jaccard(g, reference, k_edges), "jaccard_ar": jaccard(g, result.graphs[task]["ar"], k_edges),
                              "early_mass": dist.early_mass, "centre": dist.centre})
             data["denoising"][task] = {"answer_tokens": longest, "points": rows}
         data["seconds"]["denoising"] = time.perf_counter() - ts
 
     data["claims"] = claims(pools, jaccard_reps, depth_reps, data, select_reps)
     data["seconds"]["total"] = time.perf_counter() - t0
-    result.data = _finite(data)
+    result.data = json_safe(data)
     return result
-
-
-def jaccard_of(a: Graph, b: Graph, k: int) -> float:
-    return float(jaccard_rows(a.scores[None], b.scores[None], k)[0])
 
 
 def claims(pools: Mapping[str, Pool], jaccard_reps: Mapping[str, Tensor], depth_reps: Mapping[str, Tensor],
@@ -593,7 +589,7 @@ def track(
             continue
         pools[task] = keep
         ar_graphs[task] = attribute(ar, [r for r, _ in keep], method="eap-ig-inputs", steps=steps, batch_size=batch_size)
-        ar_dist = layer_distribution({s: v for s, v in ar_graphs[task].node_scores.items() if s != "embed"}, ar.config.n_layers, k_nodes)
+        ar_dist = layer_distribution(ar_graphs[task].node_scores, ar.config.n_layers, k_nodes)
         out["tasks"][task] = {"n": len(keep), "ar_early_mass": ar_dist.early_mass, "points": []}
     for step, path in tqdm(snapshots, desc="snapshots", unit="ckpt"):
         pm = first if path == snapshots[0][1] else load(path)
@@ -606,18 +602,18 @@ def track(
                     continue
             g = attribute(pm, items, method="eap-ig-inputs", steps=steps, batch_size=batch_size)
             ld = baseline_logit_diffs(pm, items)[0]
-            dist = layer_distribution({s: v for s, v in g.node_scores.items() if s != "embed"}, pm.config.n_layers, k_nodes)
+            dist = layer_distribution(g.node_scores, pm.config.n_layers, k_nodes)
             point = {"step": step, "accuracy": float((ld > 0).float().mean()), "clean_ld": float(ld.mean()),
-                     "jaccard_ar": jaccard_of(g, ar_graphs[task], k_edges), "early_mass": dist.early_mass, "centre": dist.centre}
+                     "jaccard_ar": jaccard(g, ar_graphs[task], k_edges), "early_mass": dist.early_mass, "centre": dist.centre}
             out["tasks"][task]["points"].append(point)
             log(f"  step {step} {task}: {point}")
-    return _finite(out)
+    return json_safe(out)
 
 
 # --- report -----------------------------------------------------------------------------------------
 
 
-def _ci(d: Mapping[str, Any] | None, digits: int = 2) -> str:
+def format_interval(d: Mapping[str, Any] | None, digits: int = 2) -> str:
     if not d or d.get("estimate") is None:
         return "-"
     if d.get("low") is None:
@@ -640,8 +636,8 @@ def summary_rows(data: Mapping[str, Any]) -> list[dict[str, str]]:
             gaps = [entry["circuits"][m]["clean_ld"] - entry["circuits"][m]["corrupt_ld"] for m in ("ar", "mdm")]
             # a small clean - corrupt gap means attribution measures a tiny effect: flag it
             row["LD gap AR / MDM"] = f"{gaps[0]:.2f} / {gaps[1]:.2f}" + (" (small!)" if min(gaps) < 0.5 else "")
-            row.update({"Jaccard@K": _ci(entry["circuits"]["jaccard"]), "early mass AR": f"{cmp['a']['early_mass']:.2f}",
-                        "early mass MDM": f"{cmp['b']['early_mass']:.2f}", "MDM - AR": _ci(cmp["early_mass_diff"])})
+            row.update({"Jaccard@K": format_interval(entry["circuits"]["jaccard"]), "early mass AR": f"{cmp['a']['early_mass']:.2f}",
+                        "early mass MDM": f"{cmp['b']['early_mass']:.2f}", "MDM - AR": format_interval(cmp["early_mass_diff"])})
         rows.append(row)
     return rows
 
@@ -659,7 +655,7 @@ def markdown_summary(data: Mapping[str, Any]) -> str:
     lines = [f"K = {data['options']['k_edges']} edges of {data['shape']['edges']}, {data['options']['k_nodes']} nodes; "
              f"EAP-IG m = {data['options']['steps']}; 95% bootstrap intervals ({data['options']['n_boot']} resamples).", ""]
     for key, c in data["claims"].items():
-        lines.append(f"- ({key}) {c['claim']}: **{c['verdict']}** -- {c['effect']} = {_ci(c['interval'], 3)}")
+        lines.append(f"- ({key}) {c['claim']}: **{c['verdict']}** -- {c['effect']} = {format_interval(c['interval'], 3)}")
     lines += ["", *_md_table(summary_rows(data)), ""]
     rows = []
     for t, e in data["tasks"].items():
@@ -671,7 +667,7 @@ def markdown_summary(data: Mapping[str, Any]) -> str:
                 row[f"faithfulness area {m.upper()}"] = f"{c['faithfulness']['area']:.2f}"
             ab = e["depth"][m].get("ablation")
             if ab and "error" not in ab:
-                row[f"early top-K zero-ablation drop {m.upper()} (vs random)"] = f"{_ci(ab['target']['drop'])} ({_ci(ab['versus']['random'])})"
+                row[f"early top-K zero-ablation drop {m.upper()} (vs random)"] = f"{format_interval(ab['target']['drop'])} ({format_interval(ab['versus']['random'])})"
             elif ab:
                 row[f"early top-K zero-ablation drop {m.upper()} (vs random)"] = "no early node in the top-K"
         rows.append(row)
@@ -681,9 +677,9 @@ def markdown_summary(data: Mapping[str, Any]) -> str:
         if kind not in units:
             continue
         cmp = units[kind]["compare"]
-        lines += [f"{kind}: MDM - AR (95% CI): median selectivity index {_ci(cmp['median_selectivity_index']['diff'], 3)}, "
-                  f"median entropy {_ci(cmp['median_entropy']['diff'], 3)}; Gini of attribution per task: "
-                  + ", ".join(f"{t} {_ci(cmp[f'{t}:gini']['diff'])}" for t in data["tasks"] if f"{t}:gini" in cmp), ""]
+        lines += [f"{kind}: MDM - AR (95% CI): median selectivity index {format_interval(cmp['median_selectivity_index']['diff'], 3)}, "
+                  f"median entropy {format_interval(cmp['median_entropy']['diff'], 3)}; Gini of attribution per task: "
+                  + ", ".join(f"{t} {format_interval(cmp[f'{t}:gini']['diff'])}" for t in data["tasks"] if f"{t}:gini" in cmp), ""]
     points = {t: d for t, d in data.get("denoising", {}).items() if "points" in d}
     if points:
         lines += ["Denoising trajectory (MDM; t = share of the answer still masked):", ""]
@@ -790,7 +786,7 @@ def report_html(data: Mapping[str, Any], *, title: str = "ARM vs MDM", extra_fig
              f"{data['shape']['n_layers']} layers, {data['shape']['edges']} edges; K = {data['options']['k_edges']} edges, "
              f"{data['options']['k_nodes']} nodes; EAP-IG m = {data['options']['steps']}; 95% bootstrap intervals "
              f"({data['options']['n_boot']} resamples).</p>", *sections, "<h2>Claims of the reference study</h2>"]
-    rows = [{"claim": f"({k}) {c['claim']}", "effect": c["effect"], "estimate [95% CI]": _ci(c["interval"], 3), "verdict": c["verdict"]}
+    rows = [{"claim": f"({k}) {c['claim']}", "effect": c["effect"], "estimate [95% CI]": format_interval(c["interval"], 3), "verdict": c["verdict"]}
             for k, c in data["claims"].items()]
     parts.append(_table_html(rows))
     parts += ["<h2>Per task (common-correct pool)</h2>", _table_html(summary_rows(data))]
@@ -805,7 +801,8 @@ def report_html(data: Mapping[str, Any], *, title: str = "ARM vs MDM", extra_fig
             f"<body>{''.join(parts)}</body></html>")
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to a sibling temp file, then rename it over `path` (never a half-written file)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
@@ -816,9 +813,9 @@ def write_report(result: CompareResult, out: str | Path, *, title: str = "ARM vs
     task and model (graphs/TASK-ar.json, loadable with `Graph.load`) under `out`."""
     out = Path(out)
     (out / "graphs").mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "report.json", json.dumps(result.data, indent=1, allow_nan=False))
-    _atomic_write(out / "report.html", report_html(result.data, title=title, plotlyjs=plotlyjs))
-    _atomic_write(out / "summary.md", markdown_summary(result.data) + "\n")
+    atomic_write_text(out / "report.json", json.dumps(result.data, indent=1, allow_nan=False))
+    atomic_write_text(out / "report.html", report_html(result.data, title=title, plotlyjs=plotlyjs))
+    atomic_write_text(out / "summary.md", markdown_summary(result.data) + "\n")
     for task, graphs in result.graphs.items():
         for m, g in graphs.items():
             g.save(out / "graphs" / f"{task}-{m}.json")

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from analyses.compare import atomic_write_text
 from conversion.errors import UserError
 
 MODELS = ("organism", "smollm2")
@@ -119,9 +120,7 @@ class Stages:
         t0 = time.perf_counter()
         info = work(folder)
         seconds = time.perf_counter() - t0
-        tmp = folder / "stage.json.tmp"
-        tmp.write_text(json.dumps({"key": key, "parts": parts, "info": info, "seconds": seconds}, indent=1, default=str))
-        tmp.replace(marker)
+        atomic_write_text(marker, json.dumps({"key": key, "parts": parts, "info": info, "seconds": seconds}, indent=1, default=str))
         record = StageRecord(name, "ran", seconds, key, info)
         self.records.append(record)
         self.log(f"[{name}] done in {seconds:.0f} s")
@@ -299,7 +298,7 @@ def summary_table(compare_data: Mapping[str, Any], sampler_rows: list[dict[str, 
 
 
 def write_study_report(out: Path, cfg: StudyConfig, records: list[StageRecord], ar_source: str, mdm_path: Path) -> dict[str, Any]:
-    from analyses.compare import _ci, _table_html, report_html
+    from analyses.compare import _table_html, format_interval, report_html
     from analyses.generation import EvalRow, figure
     from conversion.report import training_figure
 
@@ -322,15 +321,13 @@ def write_study_report(out: Path, cfg: StudyConfig, records: list[StageRecord], 
     extra = {"samplers: accuracy against NFE": figure([EvalRow(**r) for r in sampler_rows]),
              "conversion: training curves": training_figure(mdm_path / "train.jsonl", title="conversion")}
     page = report_html(compare_data, title=f"ar2mdm study: {cfg.model}", extra_figures=extra, sections=lines)
-    tmp = out / "report.html.tmp"
-    tmp.write_text(page)
-    tmp.replace(out / "report.html")
+    atomic_write_text(out / "report.html", page)
     summary = {
         "model": cfg.model, "ar": ar_source, "mdm": str(mdm_path), "conversion": mdm_info,
         "stages": [asdict(r) for r in records], "claims": {k: {"verdict": c["verdict"], "effect": c["effect"], "interval": c["interval"]}
                                                           for k, c in compare_data["claims"].items()},
         "table": summary_table(compare_data, sampler_rows),
-        "claims_text": {k: f"{c['claim']} -- {c['verdict'].upper()}: {c['effect']} = {_ci(c['interval'], 3)}"
+        "claims_text": {k: f"{c['claim']} -- {c['verdict'].upper()}: {c['effect']} = {format_interval(c['interval'], 3)}"
                         for k, c in compare_data["claims"].items()},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))

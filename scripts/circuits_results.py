@@ -33,9 +33,10 @@ from plotly.subplots import make_subplots
 
 from analyses.circuit_plots import curves_figure, edges_figure, importance_heatmap
 from analyses.circuits import METHODS, Targets, attribute, faithfulness_curve, metric_values
+from analyses.compare import rendered_for
 from analyses.graph import compare_scores, jaccard_curve, node_importance
 from probe import ProbedModel
-from probe.tasks import collate, generate_aligned, get_task, render
+from probe.tasks import collate, generate_aligned, get_task
 
 MODELS = {"organism-ar": "organism", "organism-mdm": "runs/organism-mdm-sft"}
 TOP = 100
@@ -43,8 +44,7 @@ TOP_SMALL = 20
 
 
 def render_for(pm: ProbedModel, examples) -> list:
-    cfg = pm.config
-    return [render(ex, pm.tokenizer, cfg.kind, shift=cfg.shift, mask_id=cfg.mask_id) for ex in examples]
+    return [rendered_for(pm, ex) for ex in examples]
 
 
 @torch.no_grad()

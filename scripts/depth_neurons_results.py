@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from conversion import _env  # noqa: F401
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from analyses.compare import common_pool, format_interval, json_safe
 from analyses.depth import (
     baseline_logit_diffs,
     compare_depth,
@@ -53,54 +53,26 @@ from analyses.depth import (
     targeted_ablation,
 )
 from analyses.neurons import causal_check, compare_profiles, profile_units, vocab_projection
-from conversion.errors import TaskError, UserError
+from conversion.errors import UserError
 from conversion.organism import eval_examples
 from probe import ProbedModel
-from probe.tasks import GLOBAL_TASKS, LOCAL_TASKS, render
+from probe.tasks import GLOBAL_TASKS, LOCAL_TASKS
 
 MODELS = {"ar": "organism", "mdm": "runs/organism-mdm-sft"}
 TASKS = (*LOCAL_TASKS, *GLOBAL_TASKS)
 
 
 def pools(models: dict[str, ProbedModel], n: int, common_correct: bool) -> tuple[dict, dict]:
-    """Per task: {model: [Rendered]} over the same examples, and pool statistics."""
+    """Per task: {model: [Rendered]} over the same examples (`analyses.compare.common_pool`, every
+    aligned example when not common_correct), and pool statistics."""
     examples = eval_examples(n)
     out, stats = {}, {}
     for task in TASKS:
-        rendered = {m: [] for m in models}
-        for ex in examples[task]:
-            try:
-                rows = {m: render(ex, pm.tokenizer, pm.config.kind, shift=pm.config.shift, mask_id=pm.config.mask_id) for m, pm in models.items()}
-            except TaskError:
-                continue
-            if any(len(r.counterfactual_ids) == 0 or set(r.correct_ids.tolist()) & set(r.counterfactual_ids.tolist()) for r in rows.values()):
-                continue
-            for m, r in rows.items():
-                rendered[m].append(r)
-        aligned = len(rendered["ar"])
-        clean = {m: baseline_logit_diffs(pm, rendered[m])[0] for m, pm in models.items()}
-        keep = torch.ones(aligned, dtype=torch.bool)
-        if common_correct:
-            for ld in clean.values():
-                keep &= ld > 0
-        out[task] = {m: [r for r, k in zip(rendered[m], keep.tolist(), strict=True) if k] for m in models}
-        stats[task] = {"examples": len(examples[task]), "aligned": aligned, "pool": int(keep.sum()),
-                       **{f"accuracy_{m}": float((ld > 0).float().mean()) for m, ld in clean.items()}}
+        pool = common_pool(models["ar"], models["mdm"], task, examples[task], len(examples[task]), require_correct=common_correct)
+        out[task] = {"ar": pool.ar, "mdm": pool.mdm}
+        stats[task] = pool.stats
         print(f"pool {task}: {stats[task]}", flush=True)
     return out, stats
-
-
-def finite(x):
-    """JSON-safe: NaN / inf -> None, tensors -> lists."""
-    if isinstance(x, dict):
-        return {k: finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [finite(v) for v in x]
-    if isinstance(x, torch.Tensor):
-        return finite(x.tolist())
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def top_neuron_story(pm: ProbedModel, profile, task: str) -> dict:
@@ -197,20 +169,12 @@ def main() -> None:
         result["neurons"][kind] = block
     result["seconds"] = time.perf_counter() - t0
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(finite(result), separators=(",", ":"), allow_nan=False))
+    (args.out / "results.json").write_text(json.dumps(json_safe(result), separators=(",", ":"), allow_nan=False))
     figures(result, args.out)
     print(f"done in {result['seconds']:.0f}s -> {args.out}")
 
 
 # --- tables -------------------------------------------------------------------------------------------
-
-
-def ci(d: dict | None, digits: int = 2) -> str:
-    if not d or d.get("estimate") is None:
-        return "-"
-    if d.get("low") is None:
-        return f"{d['estimate']:.{digits}f}"
-    return f"{d['estimate']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
 
 
 def tables(r: dict) -> str:
@@ -231,7 +195,7 @@ def tables(r: dict) -> str:
     for t in tasks:
         c, ca = r["tasks"][t]["compare"], r["tasks"][t]["compare_all"]
         out.append(f"| {t} | " + ", ".join(f"{v:.2f}" for v in c["a"]["mass"]) + " | " + ", ".join(f"{v:.2f}" for v in c["b"]["mass"])
-                   + f" | {ci(c['early_mass'].get('ar'))} | {ci(c['early_mass'].get('mdm'))} | {ci(c['early_mass_diff'])} | {ci(c['centre_diff'])} | {ci(ca['early_mass_diff'])} |")
+                   + f" | {format_interval(c['early_mass'].get('ar'))} | {format_interval(c['early_mass'].get('mdm'))} | {format_interval(c['early_mass_diff'])} | {format_interval(c['centre_diff'])} | {format_interval(ca['early_mass_diff'])} |")
     for method in ("zero", "mean"):
         out += ["", f"{method}-ablation: LD drop (clean - ablated), 95% CI; in brackets after it, the share of the clean - corrupted gap:", "",
                 "| task | model | L0 nodes ablated | L0 top-K | random (10 draws) | L1 control | L2 control | drop L0 - drop random |", "|---|---|---|---|---|---|---|---|"]
@@ -244,19 +208,19 @@ def tables(r: dict) -> str:
                 ctl = a["controls"]
 
                 def arm(res: dict | None) -> str:
-                    return "-" if not res else f"{ci(res['drop'])} ({res['gap_share']['estimate']:.2f})"
+                    return "-" if not res else f"{format_interval(res['drop'])} ({res['gap_share']['estimate']:.2f})"
 
                 out.append(f"| {t} | {m} | {', '.join(a['target']['components'])} | {arm(a['target'])} | {arm(ctl['random'])} | "
-                           f"{arm(ctl.get('middle'))} | {arm(ctl.get('late'))} | {ci(a['versus']['random'])} |")
+                           f"{arm(ctl.get('middle'))} | {arm(ctl.get('late'))} | {format_interval(a['versus']['random'])} |")
     for kind in ("neurons", "heads"):
         cmp = r["neurons"][kind]["compare"]
         out += ["", f"{kind}: concentration of attribution (AR, MDM, MDM - AR; 95% CI)", "",
                 "| task | Gini AR | Gini MDM | diff | share of units for 80% AR | MDM | diff |", "|---|---|---|---|---|---|---|"]
         for t in tasks:
             g, k = cmp[f"{t}:gini"], cmp[f"{t}:share_k80"]
-            out.append(f"| {t} | {ci(g['a'])} | {ci(g['b'])} | {ci(g['diff'])} | {ci(k['a'], 3)} | {ci(k['b'], 3)} | {ci(k['diff'], 3)} |")
+            out.append(f"| {t} | {format_interval(g['a'])} | {format_interval(g['b'])} | {format_interval(g['diff'])} | {format_interval(k['a'], 3)} | {format_interval(k['b'], 3)} | {format_interval(k['diff'], 3)} |")
         for key in ("median_selectivity_index", "median_entropy"):
-            out.append(f"| all tasks: {key} | {ci(cmp[key]['a'])} | {ci(cmp[key]['b'])} | {ci(cmp[key]['diff'])} | | | |")
+            out.append(f"| all tasks: {key} | {format_interval(cmp[key]['a'])} | {format_interval(cmp[key]['b'])} | {format_interval(cmp[key]['diff'])} | | | |")
         out += ["", f"{kind}: causal checks (mean ablation; LD drop, 95% CI)", "",
                 "| task | model | ranked by | top units | random (same layers) | top - random | mean drop on the other tasks |", "|---|---|---|---|---|---|---|"]
         for t in tasks:
@@ -264,7 +228,7 @@ def tables(r: dict) -> str:
                 for by in ("selectivity", "attribution"):
                     c = r["neurons"][kind][m]["checks"][f"{t}/{by}"]
                     off = [v["drop"]["estimate"] for v in c["off_target"].values()]
-                    out.append(f"| {t} | {m} | {by} | {ci(c['target']['drop'])} | {ci(c['random']['drop'])} | {ci(c['versus_random'])} | {sum(off) / len(off):.2f} |")
+                    out.append(f"| {t} | {m} | {by} | {format_interval(c['target']['drop'])} | {format_interval(c['random']['drop'])} | {format_interval(c['versus_random'])} | {sum(off) / len(off):.2f} |")
     out += ["", "| task | model | most selective neuron | selectivity | index | top tokens | promotes |", "|---|---|---|---|---|---|---|"]
     for t in tasks:
         for m in ("ar", "mdm"):
