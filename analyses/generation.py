@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from conversion.attention import position_ids
 from conversion.checkpoints import Loaded
 from conversion.errors import UserError
 from conversion.sampling import ModelContext, build_sampler, make_canvas, run
@@ -374,7 +375,8 @@ def gen_ppl(
         for b, (p, _) in enumerate(part):
             ids[b, : len(p)] = torch.tensor(p)
             am[b, : len(p)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=am.to(device)).logits.float()
+        am = am.to(device)
+        logits = model(input_ids=ids.to(device), attention_mask=am, position_ids=position_ids(am)).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
         target = ids[:, 1:].to(device)
         nll = -logp.gather(-1, target[..., None]).squeeze(-1)  # [B, W-1], token j+1 given <= j

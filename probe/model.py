@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from conversion.attention import position_ids
 from conversion.checkpoints import Loaded, load_ar
 from conversion.errors import UserError
 from conversion.metadata import META_FILE, ModelMeta, read_positions
@@ -245,7 +246,7 @@ class ProbedModel:
 
     def _run(self, ids: Tensor, mask: Tensor, request: Request) -> tuple[Tensor, Pass]:
         run = Pass(self.core, request, ids.shape[0], ids.shape[1], ids.device)
-        logits = self.backend.forward(ids, mask, run.site_fns())
+        logits = self.backend.forward(ids, mask, position_ids(mask), run.site_fns())
         return logits, run
 
     def forward(self, inputs: Inputs, *, attention_mask: Tensor | None = None) -> Tensor:

@@ -46,8 +46,15 @@ class Backend(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, fns: Mapping[Site, SiteFn]) -> Tensor:
-        """Logits [B, T, V] of one pass with `fns` applied at their sites."""
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, fns: Mapping[Site, SiteFn]
+    ) -> Tensor:
+        """Logits [B, T, V] of one pass with `fns` applied at their sites.
+
+        input_ids, attention_mask, position_ids: [B, T]. The position ids skip padding
+        (`conversion.attention.position_ids`), so a left-padded row gets the logits it gets alone,
+        on absolute-position models (GPT-2) as on rotary ones.
+        """
 
 
 def tl_supports(model) -> bool:

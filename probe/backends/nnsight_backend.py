@@ -55,10 +55,13 @@ class NNsightBackend(Backend):
                 if new is not None:
                     envoy.output = new
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, fns: Mapping[Site, SiteFn]) -> Tensor:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, fns: Mapping[Site, SiteFn]
+    ) -> Tensor:
         taps = hf_taps(self.layout, fns)
         with self.wrapped.trace(
-            input_ids, attention_mask=attention_mask, is_causal=self.causal, use_cache=False
+            input_ids, attention_mask=attention_mask, position_ids=position_ids, is_causal=self.causal,
+            use_cache=False,
         ):
             self._drive(taps)
             logits = self.wrapped.output.logits.save()

@@ -89,10 +89,12 @@ class TLBackend(Backend):
                 # plain setattr is swallowed by the bridge's attribute forwarding
                 object.__setattr__(block.attn, "is_causal", False)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, fns: Mapping[Site, SiteFn]) -> Tensor:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, fns: Mapping[Site, SiteFn]
+    ) -> Tensor:
         hooks = [
             (HOOKS[kind].format(l=layer), _wrap(fn, kind in PER_HEAD))
             for (kind, layer), fn in fns.items()
         ]
         with self.bridge.hooks(fwd_hooks=hooks):
-            return self.bridge(input_ids, attention_mask=attention_mask)
+            return self.bridge(input_ids, attention_mask=attention_mask, position_ids=position_ids)

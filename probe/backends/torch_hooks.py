@@ -49,12 +49,14 @@ class TorchBackend(Backend):
         self.layout = layout
         self.causal = causal
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, fns: Mapping[Site, SiteFn]) -> Tensor:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, fns: Mapping[Site, SiteFn]
+    ) -> Tensor:
         handles = [_register(tap) for tap in hf_taps(self.layout, fns)]
         try:
             out = self.model(
-                input_ids=input_ids, attention_mask=attention_mask, is_causal=self.causal,
-                use_cache=False,
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                is_causal=self.causal, use_cache=False,
             )
         finally:
             for handle in handles:

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from conversion.attention import position_ids
 from conversion.errors import TaskError
 from conversion.metadata import ModelMeta
 from probe.tasks.base import (
@@ -115,7 +116,7 @@ def logit_metrics(
         mask = batch.attention_mask.to(device)
         for source in sources:
             ids = batch.input_ids if source == "clean" else batch.corrupted_ids
-            logits = model(input_ids=ids.to(device), attention_mask=mask).logits
+            logits = model(input_ids=ids.to(device), attention_mask=mask, position_ids=position_ids(mask)).logits
             for b, r in enumerate(batch.items):
                 pos = int(r.read_positions[0])
                 d, p = set_scores(logits[b, pos].cpu(), r.correct_ids, r.counterfactual_ids)
@@ -165,7 +166,7 @@ def greedy_generate(
             ids[b, T - len(c) :] = torch.tensor(c, dtype=torch.long)
             mask[b, T - len(c) :] = 1
         ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = position_ids(mask)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         generated: list[list[int]] = [[] for _ in range(B)]
         done = [lim <= 0 for lim in lims]
