@@ -68,7 +68,7 @@ from analyses.depth import (
 )
 from analyses.graph import Graph, jaccard, jaccard_curve, node_importance
 from analyses.neurons import causal_check, compare_profiles, profile_units
-from conversion.errors import TaskError, UserError
+from conversion.errors import CheckpointError, TaskError, UserError
 from probe.model import ProbedModel
 from probe.tasks import GLOBAL_TASKS, LOCAL_TASKS, Example, render
 from probe.tasks.base import Rendered
@@ -134,20 +134,58 @@ class CompareOptions:
 # --- models and pools -------------------------------------------------------------------------------
 
 
-def check_pair(ar: ProbedModel, mdm: ProbedModel) -> None:
-    """The two models must be an ARM and an MDM with the same graph (layers, heads, MLP width)."""
+def check_pair(ar: ProbedModel, mdm: ProbedModel) -> list[str]:
+    """Check that `ar` and `mdm` are an ARM and an MDM that can be compared; return warnings.
+
+    Errors (CheckpointError): the kinds are not ARM and MDM; the graphs differ (layers, heads, KV
+    heads, MLP width); the tokenizers disagree on any token's id (the MDM may add only its mask
+    token). Warnings: special tokens that differ, and an MDM whose recorded source (its weights'
+    sha256) is not this ARM, i.e. not the ARM's own conversion.
+    """
     if ar.config.kind != "ar":
-        raise UserError(f"--ar must be an autoregressive checkpoint; this one is kind {ar.config.kind!r}.")
+        raise CheckpointError(f"--ar must be an autoregressive checkpoint; this one is kind {ar.config.kind!r}.")
     if mdm.config.kind != "mdm":
-        raise UserError("--mdm must be a masked diffusion checkpoint (a folder written by `ar2mdm convert`); "
-                        f"this one is kind {mdm.config.kind!r}.")
+        raise CheckpointError("--mdm must be a masked diffusion checkpoint (a folder written by `ar2mdm convert`); "
+                              f"this one is kind {mdm.config.kind!r}.")
     a, b = ar.shape, mdm.shape
     if (a.n_layers, a.n_heads, a.n_kv_heads, a.d_mlp) != (b.n_layers, b.n_heads, b.n_kv_heads, b.d_mlp):
-        raise UserError(
+        raise CheckpointError(
             f"the models differ in architecture (AR {a.n_layers} layers x {a.n_heads} heads, MLP {a.d_mlp}; "
             f"MDM {b.n_layers} x {b.n_heads}, MLP {b.d_mlp}): edge overlap needs the same graph. "
             "Compare an ARM with its own conversion."
         )
+    warnings = _tokenizer_warnings(ar, mdm)
+    src, own = mdm.meta.source_hash, ar.meta.source_hash
+    if src and own and src != own:
+        warnings.append(
+            f"the MDM was converted from {mdm.meta.source or 'another model'} (weights sha256 {src[:12]}...), but "
+            f"--ar's weights hash to {own[:12]}...: this is not the ARM's own conversion, so every difference "
+            "below mixes the conversion with the difference between the two source models."
+        )
+    return warnings
+
+
+def _tokenizer_warnings(ar: ProbedModel, mdm: ProbedModel) -> list[str]:
+    """CheckpointError if the vocabularies disagree; warnings for differing special tokens."""
+    ta, tb = ar.tokenizer, mdm.tokenizer
+    if ta is None or tb is None or not hasattr(ta, "get_vocab") or not hasattr(tb, "get_vocab"):
+        return []
+    va, vb = ta.get_vocab(), tb.get_vocab()
+    moved = sorted(t for t, i in va.items() if vb.get(t) != i)
+    added = sorted(set(vb) - set(va) - {getattr(tb, "mask_token", None)})
+    if moved or added:
+        example = f"{moved[0]!r}: {va[moved[0]]} in the ARM, {vb.get(moved[0])} in the MDM" if moved else f"{added[0]!r} only in the MDM"
+        raise CheckpointError(
+            f"--ar and --mdm use different tokenizers ({len(moved)} of the ARM's {len(va)} tokens have another "
+            f"id in the MDM, {len(added)} tokens besides the mask exist only in the MDM; e.g. {example}). "
+            "Token-level comparisons need one vocabulary: compare an ARM with its own conversion."
+        )
+    differ = [
+        f"{role} {getattr(ta, role + '_token', None)!r} vs {getattr(tb, role + '_token', None)!r}"
+        for role in ("bos", "eos", "pad", "unk")
+        if getattr(ta, role + "_token_id", None) != getattr(tb, role + "_token_id", None)
+    ]
+    return [f"the tokenizers' special tokens differ (ARM vs MDM: {', '.join(differ)})."] if differ else []
 
 
 def task_examples(mdm: ProbedModel, tasks: Sequence[str], n: int, seed: int = 0) -> dict[str, list[Example]]:
@@ -347,7 +385,9 @@ def compare(
     examples: candidate examples per task name (default `task_examples`: held-out organism sets
     or the built-in tasks); task names must be among the local and global tasks."""
     opts = (options or CompareOptions()).checked()
-    check_pair(ar, mdm)
+    warnings = check_pair(ar, mdm)
+    for warning in warnings:
+        log(f"warning: {warning}")
     t0 = time.perf_counter()
     shape = ar.shape
     graph0 = Graph(shape)
@@ -358,7 +398,7 @@ def compare(
     boot = {"n_boot": opts.n_boot, "seed": opts.seed}
     names = dict(labels or {"ar": str(getattr(ar.meta, "source", "ar")), "mdm": "mdm"})
     data: dict[str, Any] = {
-        "models": names, "options": {**asdict(opts), "k_edges": k_edges, "k_nodes": k_nodes},
+        "models": names, "warnings": warnings, "options": {**asdict(opts), "k_edges": k_edges, "k_nodes": k_nodes},
         "shape": {"n_layers": n_layers, "n_heads": shape.n_heads, "edges": len(graph0.edges), "nodes": n_nodes},
         "pools": {}, "tasks": {}, "units": {}, "denoising": {}, "seconds": {},
     }
@@ -652,8 +692,9 @@ def _md_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 def markdown_summary(data: Mapping[str, Any]) -> str:
     """The report's numbers as Markdown: claims, per-task table, circuits, ablations, units,
     denoising trajectory and tracking (whichever were run)."""
-    lines = [f"K = {data['options']['k_edges']} edges of {data['shape']['edges']}, {data['options']['k_nodes']} nodes; "
-             f"EAP-IG m = {data['options']['steps']}; 95% bootstrap intervals ({data['options']['n_boot']} resamples).", ""]
+    lines = [f"**Warning:** {w}" for w in data.get("warnings", [])]
+    lines += [f"K = {data['options']['k_edges']} edges of {data['shape']['edges']}, {data['options']['k_nodes']} nodes; "
+              f"EAP-IG m = {data['options']['steps']}; 95% bootstrap intervals ({data['options']['n_boot']} resamples).", ""]
     for key, c in data["claims"].items():
         lines.append(f"- ({key}) {c['claim']}: **{c['verdict']}** -- {c['effect']} = {format_interval(c['interval'], 3)}")
     lines += ["", *_md_table(summary_rows(data)), ""]
@@ -785,7 +826,9 @@ def report_html(data: Mapping[str, Any], *, title: str = "ARM vs MDM", extra_fig
              f"<p>ARM: <code>{html.escape(str(data['models']['ar']))}</code>, MDM: <code>{html.escape(str(data['models']['mdm']))}</code>; "
              f"{data['shape']['n_layers']} layers, {data['shape']['edges']} edges; K = {data['options']['k_edges']} edges, "
              f"{data['options']['k_nodes']} nodes; EAP-IG m = {data['options']['steps']}; 95% bootstrap intervals "
-             f"({data['options']['n_boot']} resamples).</p>", *sections, "<h2>Claims of the reference study</h2>"]
+             f"({data['options']['n_boot']} resamples).</p>",
+             *(f"<p style='color:#b00'><b>Warning:</b> {html.escape(w)}</p>" for w in data.get("warnings", [])),
+             *sections, "<h2>Claims of the reference study</h2>"]
     rows = [{"claim": f"({k}) {c['claim']}", "effect": c["effect"], "estimate [95% CI]": format_interval(c["interval"], 3), "verdict": c["verdict"]}
             for k, c in data["claims"].items()]
     parts.append(_table_html(rows))

@@ -143,14 +143,17 @@ def task_sets(loaded: Loaded, names: Sequence[str], n: int, *, seed: int = 0) ->
 def ar_scorer(loaded: Loaded, source: str | None = None) -> torch.nn.Module:
     """The AR model ARPC scores with: `source` if given, else the ARM the MDM was converted from
     (its metadata's `source`)."""
-    from conversion.checkpoints import load_ar
+    from conversion.checkpoints import load_any
 
     where = source or loaded.meta.source
     if not where:
         raise UserError("ARPC needs an AR scorer and this MDM records no source model; pass --ar-scorer PATH.")
+    role = "ARPC's AR scorer (--ar-scorer)" if source else "ARPC's AR scorer (the MDM's source)"
     try:
-        scorer = load_ar(where).model
+        scorer = load_any(where, expect="ar", role=role).model
     except UserError as err:
+        if source:
+            raise UserError(f"{role} {where!r} could not be loaded: {err}") from None
         raise UserError(
             f"ARPC's AR scorer {where!r} (the MDM's source) could not be loaded: {err} Pass --ar-scorer PATH."
         ) from None

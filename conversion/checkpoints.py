@@ -54,7 +54,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from conversion._env import cache_dir
 from conversion.errors import CheckpointError
-from conversion.metadata import META_FILE, ModelMeta
+from conversion.metadata import Kind, ModelMeta, checkpoint_kind, require_kind
 
 SMOLLM2 = "smollm2"
 ORGANISM = "organism"
@@ -94,6 +94,7 @@ def load_ar(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
+    role: str = "the model",
 ) -> Loaded:
     """Load an autoregressive LM and its tokenizer from a name, an HF folder or a .gguf file.
 
@@ -102,6 +103,8 @@ def load_ar(
     folder called smollm2).
     dtype / device: the model's parameter dtype and device.
     trust_remote_code: allow code shipped with the checkpoint to run (only for sources you trust).
+    role: what the caller uses the model as, for the error raised when `source` is an MDM
+    (`metadata.require_kind`): an MDM is never loaded as an ARM.
 
     The model is in eval mode. If the tokenizer has no pad token, its pad token is set to its eos
     token (the usual convention for AR models; attention masks keep padding out of the results).
@@ -113,6 +116,7 @@ def load_ar(
     else:
         path = _resolve_path(source)
         label = str(path)
+    require_kind(path, "ar", role)
 
     if path.is_dir():
         model, tokenizer = load_hf_folder(path, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -156,15 +160,22 @@ def load_any(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
+    expect: Kind | None = None,
+    role: str = "the model",
 ) -> Loaded:
     """Load any checkpoint the toolkit knows: an MDM folder (one with `ar2mdm.json` of kind "mdm",
-    through `conversion.mdm.load_mdm`) or anything `load_ar` takes (a name, an HF folder, a .gguf)."""
+    through `conversion.mdm.load_mdm`) or anything `load_ar` takes (a name, an HF folder, a .gguf).
+
+    The kind is decided by `metadata.checkpoint_kind` (an MDM folder that lost its ar2mdm.json is
+    a CheckpointError, never an ARM). expect: "ar" or "mdm" to refuse the other kind, with `role`
+    (what the caller uses it as) in the message.
+    """
     from conversion.mdm import load_mdm  # mdm builds on this module
 
-    folder = Path(source)
-    if (folder / META_FILE).is_file() and ModelMeta.load(folder).kind == "mdm":
-        return load_mdm(folder, dtype=dtype, device=device)
-    return load_ar(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    kind = require_kind(source, expect, role) if expect else checkpoint_kind(source)
+    if kind == "mdm":
+        return load_mdm(source, dtype=dtype, device=device, role=role)
+    return load_ar(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code, role=role)
 
 
 def load_hf_folder(

@@ -294,7 +294,7 @@ def _jsonl_texts(path: Path, text_field: str) -> list[str]:
         if text_field not in record:
             raise DataError(
                 f"{path}:{lineno} has no field {text_field!r}; its fields are "
-                f"{sorted(record)}. Pass text_field=<one of them>."
+                f"{sorted(record)}. Name the text field: --text-field NAME (text_field= in Python)."
             )
         texts.append(_as_text(record[text_field], f"{path}:{lineno} field {text_field!r}"))
     return texts

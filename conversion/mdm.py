@@ -30,7 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from conversion.attention import make_bidirectional
 from conversion.checkpoints import Loaded, load_hf_folder
 from conversion.errors import CheckpointError, UserError
-from conversion.metadata import ModelMeta
+from conversion.metadata import META_FILE, ModelMeta, require_kind
 
 MASK_TOKEN = "<|mask|>"
 # Roles whose ids occur in training rows (document separators, padding): a mask id equal to one
@@ -209,6 +209,9 @@ def save_mdm(
         raise UserError(f"save_mdm writes MDM checkpoints; got meta.kind={meta.kind!r}.")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    # An older ar2mdm.json would vouch for weights that are being replaced: remove it first, so
+    # that a crash before the end leaves a folder that is recognisably incomplete.
+    (folder / META_FILE).unlink(missing_ok=True)
     make_bidirectional(model)
     model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(folder)
@@ -216,17 +219,18 @@ def save_mdm(
     return folder
 
 
-def load_mdm(path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Loaded:
+def load_mdm(
+    path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+    role: str = "the checkpoint",
+) -> Loaded:
     """Load an MDM checkpoint written by `save_mdm` / `train`: model (eval, bidirectional),
-    tokenizer, and its `ModelMeta` (kind "mdm"). Raises CheckpointError if it is not one."""
-    folder = Path(path)
+    tokenizer, and its `ModelMeta` (kind "mdm"). Raises CheckpointError if it is not one
+    (`metadata.require_kind`; `role` says what the caller uses it as)."""
+    folder = Path(path).expanduser()
     if not folder.is_dir():
         raise CheckpointError(f"{folder} is not a folder; an MDM checkpoint is a folder with ar2mdm.json.")
+    require_kind(folder, "mdm", role)
     meta = ModelMeta.load(folder)
-    if meta.kind != "mdm":
-        raise CheckpointError(
-            f"{folder} holds a {meta.kind!r} checkpoint, not an MDM; load it with checkpoints.load_ar."
-        )
     model, tokenizer = load_hf_folder(folder, dtype=dtype)
     if getattr(model.config, "is_causal", True):
         raise CheckpointError(

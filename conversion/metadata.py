@@ -6,6 +6,12 @@ field is `shift`: with shift on (every ARM, and MDMs converted DiffuLLaMA/Dream-
 prediction for the token at position i is read from the logits at position i - 1; with shift off
 (LLaDA/MDLM-style) it is read at position i itself. `read_positions` is the only place that rule
 lives: tasks, samplers, metrics and probes all call it.
+
+`checkpoint_kind` is the one place that decides, from a checkpoint's files and before anything is
+loaded, whether it is an ARM or an MDM; `require_kind` turns a wrong kind into an error that
+names the role the checkpoint was given (`--model` of a conversion, ARPC's `--ar-scorer`,
+`compare --mdm`, ...). Every loader and entry point goes through them, so an MDM is never run
+causally as if it were an ARM, and an ARM never stands in for an MDM.
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ from typing import Any, Literal
 
 import torch
 
-from conversion.errors import CheckpointError
+from conversion.errors import CheckpointError, UserError
 
 META_FILE = "ar2mdm.json"
+Kind = Literal["ar", "mdm"]
 
 
 @dataclass
@@ -57,20 +64,40 @@ class ModelMeta:
 
     @classmethod
     def load(cls, folder: str | Path) -> ModelMeta:
+        """Read `folder/ar2mdm.json`, checking it is an object whose fields have the right types.
+
+        Raises CheckpointError when the file is missing, not JSON, not an object, has unknown
+        fields (a newer ar2mdm wrote it) or a field of the wrong type (it was edited by hand).
+        """
+        from conversion.config import check_types
+
         path = Path(folder) / META_FILE
         try:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
             raise CheckpointError(f"{path} does not exist: this folder is not an ar2mdm checkpoint.") from None
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise CheckpointError(f"{path} is not valid JSON ({err}); the checkpoint is damaged.") from None
+        except OSError as err:
+            raise CheckpointError(f"{path} cannot be read ({err.strerror}).") from None
+        if not isinstance(raw, dict):
+            raise CheckpointError(
+                f"{path} holds a JSON {type(raw).__name__}, not an object of metadata fields; the file "
+                "is damaged or is not ar2mdm's. Restore it from the conversion run that wrote the model."
+            )
         known = {f.name for f in fields(cls)}
         unknown = set(raw) - known
         if unknown:
             raise CheckpointError(
                 f"{path} has unknown fields {sorted(unknown)}: it was written by a newer ar2mdm; upgrade."
             )
-        return cls(**raw)
+        try:
+            typed = check_types(cls, raw, str(path))
+        except UserError as err:
+            raise CheckpointError(f"{err} The metadata was edited or damaged.") from None
+        if typed.get("kind") not in (None, "ar", "mdm"):
+            raise CheckpointError(f"{path}: kind must be 'ar' or 'mdm', got {typed['kind']!r}.")
+        return cls(**typed)
 
 
 def read_positions(answer_positions: torch.Tensor | int, shift: bool) -> torch.Tensor | int:
@@ -82,3 +109,69 @@ def read_positions(answer_positions: torch.Tensor | int, shift: bool) -> torch.T
     5
     """
     return answer_positions - 1 if shift else answer_positions
+
+
+# --- checkpoint kinds -------------------------------------------------------------------------------
+
+CONFIG_FILE = "config.json"
+
+
+def checkpoint_kind(source: str | Path) -> Kind:
+    """Whether `source` is an ARM or an MDM, decided from its files (nothing is loaded).
+
+    A folder with ar2mdm.json is what its `kind` says. A folder without it whose config.json says
+    `is_causal: false` is an MDM that lost its metadata (the final write of a conversion was
+    interrupted, or the folder was copied without it): CheckpointError, since its mask token and
+    read rule are unknown and running it causally would be silently wrong. Anything else (a
+    built-in name, an HF folder, a .gguf file, a path that does not exist yet) is "ar": the
+    loaders report missing paths themselves.
+    """
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        return "ar"
+    if (folder / META_FILE).is_file():
+        return ModelMeta.load(folder).kind
+    if _bidirectional_config(folder):
+        raise CheckpointError(
+            f"{folder} holds a bidirectional model (config.json has is_causal: false), i.e. an MDM, "
+            f"but no {META_FILE}, so its mask token and read rule are unknown. An interrupted final "
+            "write of `ar2mdm convert` leaves this: rerun the same convert command with --resume to "
+            f"write the MDM again. If you copied the folder, copy its {META_FILE} too."
+        )
+    return "ar"
+
+
+def _bidirectional_config(folder: Path) -> bool:
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False  # no readable config: the loaders say what is wrong with it
+    if not isinstance(config, dict):
+        return False
+    text = config.get("text_config")
+    return config.get("is_causal") is False or (isinstance(text, dict) and text.get("is_causal") is False)
+
+
+def require_kind(source: str | Path, expected: Kind, role: str) -> Kind:
+    """Raise CheckpointError unless `source` is a checkpoint of kind `expected`; return the kind.
+
+    role: what the checkpoint was given as, for the message ("--model, the AR source of a
+    conversion", "ARPC's AR scorer (--ar-scorer)", "compare --mdm").
+    """
+    kind = checkpoint_kind(source)
+    if kind == expected:
+        return kind
+    folder = Path(source).expanduser()
+    if expected == "ar":
+        meta = ModelMeta.load(folder)
+        origin = f" (converted from {meta.source})" if meta.source else ""
+        fix = f"Pass its AR source ({meta.source}) instead." if meta.source else "Pass an AR checkpoint."
+        raise CheckpointError(
+            f"{role} must be an autoregressive model (ARM), but {folder} is an MDM{origin}: "
+            f"{META_FILE} says kind 'mdm' and it attends bidirectionally. {fix}"
+        )
+    raise CheckpointError(
+        f"{role} must be a masked diffusion model (MDM: a folder written by `ar2mdm convert`, with "
+        f"{META_FILE} of kind 'mdm'), but {source} is an autoregressive model. Convert it first: "
+        f"ar2mdm convert --model {source} --data ... --out DIR, then pass DIR."
+    )

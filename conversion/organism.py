@@ -458,14 +458,11 @@ def evaluate_checkpoint(source: str | Path, *, n: int = 200, eval_seed: int = 0,
     The evaluation sets are the ones `train_organism` held out (same `eval_seed`), so an MDM
     converted with `--data tasks` is scored on prompts it never saw.
     """
-    from conversion.checkpoints import load_ar
-    from conversion.mdm import load_mdm
-    from conversion.metadata import META_FILE, ModelMeta
+    from conversion.checkpoints import load_any
     from probe.tasks.evaluate import mdm_fill_accuracy
 
-    folder = Path(source)
-    is_mdm = (folder / META_FILE).is_file() and ModelMeta.load(folder).kind == "mdm"
-    loaded = load_mdm(folder) if is_mdm else load_ar(source)
+    loaded = load_any(source)
+    is_mdm = loaded.meta.kind == "mdm"
     tasks = build_tasks(loaded.tokenizer)
     eval_sets = _eval_sets(build_tasks(), n, eval_seed)
     if not is_mdm:

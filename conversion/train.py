@@ -56,11 +56,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
+import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,11 +68,9 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
-from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
-    get_optimizer_state_dict,
     set_optimizer_state_dict,
 )
 from tqdm.auto import tqdm
@@ -83,7 +80,7 @@ from conversion.attention import make_bidirectional
 from conversion.checkpoints import load_ar
 from conversion.errors import UserError
 from conversion.mdm import add_mask_token, save_mdm
-from conversion.metadata import ModelMeta
+from conversion.metadata import ModelMeta, require_kind
 from conversion.objective import (
     DiffusionOptions,
     diffusion_loss,
@@ -91,15 +88,24 @@ from conversion.objective import (
     eligible_positions,
     heldout_loss,
 )
+from conversion.outputs import claim_output, clear_contents, folder_contents
 from conversion.report import write_training_report
-
-CHECKPOINT_DIR = "checkpoint"
-LOG_FILE = "train.jsonl"
-STATE_FORMAT = 2  # 2: optimizer state keyed by parameter name; 1 (read too): by parameter index
-# Gathered, unsharded state dicts (on the main process; CPU tensors), whatever the wrapping.
-FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
-# Options that do not change the trajectory: they may differ between a run and its resume.
-RESUMABLE_CHANGES = {"max_minutes", "snapshot_every", "steps", "out", "resume", "eval_every", "eval_blocks", "save_every", "log_every"}
+from conversion.runfolder import (
+    CHECKPOINT_DIR,
+    FULL_STATE,
+    LOG_FILE,
+    Plan,
+    RunLog,
+    StopSignals,
+    TrainingInterrupted,
+    checkpoint_to_read,
+    inner_optimizer,
+    load_checkpoint,
+    plan_run,
+    read_log,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 
 
 class TrainingDiverged(UserError):
@@ -119,7 +125,7 @@ class TrainConfig:
     noise, dropout.
     noise / schedule / weighting / antithetic / attention / shift: the objective
     (`objective.DiffusionOptions`). mask_token: "add" (new <|mask|> token) or an existing id.
-    sft: prompt-masked supervised data (not yet available from `conversion.data`).
+    sft: `data` holds prompt/answer examples ("tasks" or a .jsonl file); only answers are noised.
     held_out: fraction of documents held out. eval_every: held-out eval period in steps, plus
     one at the end (0: no evaluation). eval_blocks: held-out blocks used. save_every: checkpoint
     period in steps, plus one at the end (0: no checkpoints, so no resume). snapshot_every: write
@@ -161,6 +167,8 @@ class TrainConfig:
     max_minutes: float = 0.0
     log_every: int = 1
     resume: bool = False
+    overwrite: bool = False
+    text_field: str = "text"
     trust_remote_code: bool = False
 
     def options(self) -> DiffusionOptions:
@@ -174,15 +182,19 @@ class TrainConfig:
         ).checked()
 
     def validate(self, world_size: int = 1) -> None:
-        """Raise UserError naming the first bad option."""
-        for name in ("steps", "seq_len", "batch_size", "grad_accum", "log_every", "eval_blocks"):
-            if int(getattr(self, name)) < 1:
+        """Raise UserError naming the first bad option (types first, then values)."""
+        from conversion.config import check_types
+
+        for name, value in check_types(TrainConfig, asdict(self), "TrainConfig").items():
+            setattr(self, name, value)  # e.g. steps 2.0 -> 2, lr "1e-4" (YAML reads it as text) -> 1e-4
+        if self.seq_len < 2:
+            raise UserError(f"seq_len must be >= 2 (a token and one to predict from it), got {self.seq_len}.")
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_blocks"):
+            if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}.")
         for name in ("warmup", "eval_every", "save_every", "snapshot_every"):
-            if int(getattr(self, name)) < 0:
+            if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        if self.seq_len < 2:
-            raise UserError(f"seq_len must be >= 2, got {self.seq_len}.")
         shard = self.grad_accum * world_size
         if self.batch_size % shard:
             raise UserError(
@@ -193,8 +205,18 @@ class TrainConfig:
             raise UserError(f"max_minutes must be >= 0 (0 = no limit), got {self.max_minutes}.")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"lr must be a positive number, got {self.lr}.")
-        if self.clip < 0 or not 0.0 <= self.min_lr_ratio <= 1.0 or not 0.0 < self.adam_beta2 < 1.0:
-            raise UserError("clip must be >= 0, min_lr_ratio in [0, 1], adam_beta2 in (0, 1).")
+        if not (self.clip >= 0 and math.isfinite(self.clip)):
+            raise UserError(f"clip must be >= 0 (0 = no clipping), got {self.clip}.")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise UserError(f"min_lr_ratio must be in [0, 1] (a fraction of lr), got {self.min_lr_ratio}.")
+        if not 0.0 < self.adam_beta2 < 1.0:
+            raise UserError(f"adam_beta2 must be in (0, 1), got {self.adam_beta2}.")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise UserError(f"weight_decay must be >= 0, got {self.weight_decay}.")
+        if not 0.0 <= self.held_out < 1.0:
+            raise UserError(f"held_out must be a fraction in [0, 1), got {self.held_out}.")
+        if self.seed < 0:
+            raise UserError(f"seed must be >= 0, got {self.seed}.")
         self.options()
 
     def to_json(self) -> dict[str, Any]:
@@ -234,25 +256,86 @@ def _seed(*parts: int) -> int:
 def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> TrainResult:
     """Run (or resume) a conversion; return a `TrainResult`. See the module docstring.
 
-    on_step(n) is called on every process after n optimizer steps are done (and any checkpoint
-    of step n is written): a hook for progress reporting and tests.
+    The output folder is claimed for the run (`conversion.outputs.claim_output`: locked against a
+    second run, refused if it holds anything but an earlier conversion run) and what to do with
+    an earlier run there is decided by `runfolder.plan_run` (resume, overwrite, or an error that
+    says which to pass). on_step(n) is called on every process after n optimizer steps are done
+    (and any checkpoint of step n is written): a hook for progress reporting and tests.
+
+    Raises UserError for bad options, sources, data or output folders (before any training);
+    TrainingDiverged on a NaN/inf loss; TrainingInterrupted after Ctrl-C or SIGTERM, once a
+    checkpoint of the last finished step is written.
     """
     accelerator = _accelerator()
-    world, rank = accelerator.num_processes, accelerator.process_index
+    world = accelerator.num_processes
     parallel = parallelism(accelerator.distributed_type, world)
     cfg.validate(world)
+    require_kind(cfg.model, "ar", "--model (the AR source of a conversion)")
+    out = Path(cfg.out).expanduser()
+    with _claimed(accelerator, out):
+        has_run = bool(folder_contents(out))
+        plan = plan_run(out, cfg.to_json(), has_run=has_run, resume=cfg.resume, overwrite=cfg.overwrite, steps=cfg.steps)
+        if accelerator.is_main_process:
+            if plan.clear:
+                clear_contents(out)
+            remove_stale_temporaries(out)
+            if plan.note:
+                tqdm.write(f"ar2mdm convert: {plan.note}", file=sys.stderr)
+        accelerator.wait_for_everyone()
+        if plan.action == "done":
+            assert plan.meta is not None
+            return _finished(out, plan.meta)
+        with StopSignals() as signals:
+            return _run(accelerator, cfg, parallel, plan, signals, on_step)
+
+
+@contextmanager
+def _claimed(accelerator: Accelerator, out: Path) -> Iterator[None]:
+    """The main process claims `out` for the run; every process raises if it could not (so that
+    none waits forever at the next barrier)."""
+    error: UserError | None = None
+    with ExitStack() as stack:
+        if accelerator.is_main_process:
+            try:
+                stack.enter_context(claim_output(out, "convert", recognise=_is_legacy_run))
+            except UserError as err:
+                error = err
+        failed = torch.tensor([float(error is not None)], device=accelerator.device)
+        if accelerator.num_processes > 1 and float(accelerator.reduce(failed, reduction="sum")) > 0 or error:
+            raise error or UserError(f"the main process could not claim {out} for this run; see its message.")
+        yield
+
+
+def _is_legacy_run(folder: Path) -> bool:
+    """A conversion run folder written before owner records existed."""
+    return (folder / LOG_FILE).is_file() or (folder / CHECKPOINT_DIR).is_dir()
+
+
+def _finished(out: Path, meta: ModelMeta) -> TrainResult:
+    """The result of a run that had already finished (resume with nothing left to do)."""
+    history = read_log(out)
+    last_train = next((r for r in reversed(history) if r.get("kind") == "train"), None)
+    last_eval = next((r for r in reversed(history) if r.get("kind") == "eval"), None)
+    return TrainResult(
+        out=out, steps=int(meta.extra.get("steps", 0)), tokens_seen=int(meta.extra.get("tokens_seen", 0)),
+        final_loss=float(last_train["loss"]) if last_train else float("nan"),
+        last_eval={k: v for k, v in last_eval.items() if k not in ("kind", "step")} if last_eval else None,
+        meta=meta, history=history,
+    )
+
+
+def _run(
+    accelerator: Accelerator, cfg: TrainConfig, parallel: str, plan: Plan, signals: StopSignals,
+    on_step: Callable[[int], None] | None,
+) -> TrainResult:
+    """The conversion itself, in a claimed and prepared folder (see `train`)."""
+    world, rank = accelerator.num_processes, accelerator.process_index
     opts = cfg.options()
-    out = Path(cfg.out)
+    out = Path(cfg.out).expanduser()
     ckpt_dir = out / CHECKPOINT_DIR
-    _check_out(out, cfg.resume)  # every process, so that all of them raise (no one waits forever)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".checkpoint-*"):  # temp folders of a save that was killed
-            shutil.rmtree(stale, ignore_errors=True)
-    accelerator.wait_for_everyone()
 
     # Model, mask token, bidirectional attention.
-    loaded = load_ar(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    loaded = load_ar(cfg.model, trust_remote_code=cfg.trust_remote_code, role="--model (the AR source of a conversion)")
     model, tokenizer = loaded.model, loaded.tokenizer
     context = getattr(model.config, "max_position_embeddings", None)
     if context and cfg.seq_len > int(context):
@@ -276,13 +359,21 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
             train_rows, held_rows = sft.train, sft.held_out
         else:
             packed = data_mod.pack(
-                data_mod.load_texts(cfg.data), tokenizer, seq_len=cfg.seq_len, held_out=cfg.held_out, seed=cfg.seed
+                data_mod.load_texts(cfg.data, text_field=cfg.text_field), tokenizer, seq_len=cfg.seq_len,
+                held_out=cfg.held_out, seed=cfg.seed,
             )
             train_rows, held_rows = packed.train[:, None], packed.held_out[:, None]
+    if data_mod.batches_per_epoch(int(train_rows.shape[0]), cfg.batch_size) == 0:
+        what = "examples" if cfg.sft else f"blocks of {cfg.seq_len} tokens"
+        raise UserError(
+            f"the training data holds {int(train_rows.shape[0])} {what}, fewer than one batch of {cfg.batch_size}: "
+            f"use a smaller --batch-size{'' if cfg.sft else ' or --seq-len'}, or more data."
+        )
 
     start, tokens_seen, opt_state = 0, 0, None
-    if cfg.resume:
-        start, tokens_seen, opt_state = _load_checkpoint(ckpt_dir, model, cfg)
+    if plan.action == "resume":
+        assert plan.checkpoint is not None
+        start, tokens_seen, opt_state = load_checkpoint(plan.checkpoint, model, cfg.to_json())
     model.train()
     if parallel == "fsdp-cpu":
         model = _shard_on_cpu(model)
@@ -292,9 +383,11 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
     if opt_state is not None:
         # Every process holds the full state; this shards it again if the optimizer is sharded.
         set_optimizer_state_dict(
-            model, _inner(optimizer), opt_state, options=StateDictOptions(full_state_dict=True)
+            model, inner_optimizer(optimizer), opt_state, options=StateDictOptions(full_state_dict=True)
         )
-    log = _Log(out / LOG_FILE, keep_until=start, enabled=accelerator.is_main_process)
+    log = RunLog(out / LOG_FILE, keep_until=start, enabled=accelerator.is_main_process)
+    last = log.last("train")
+    final_loss = float(last["loss"]) if last else float("nan")
 
     device = accelerator.device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
@@ -304,7 +397,6 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
     held = held_rows[: cfg.eval_blocks].to(device)
     held_ids, held_am, held_pm = _split_rows(held)
     last_eval: dict[str, float] | None = None
-    final_loss = float("nan")
     window_tokens, window_start = 0, time.perf_counter()
     desc = f"train (stops after {cfg.max_minutes:g} min)" if cfg.max_minutes else "train"
     bar = tqdm(total=cfg.steps, initial=start, disable=not accelerator.is_main_process, desc=desc)
@@ -390,12 +482,23 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
             _write_mdm(accelerator, model, tokenizer, loaded.meta, cfg, opts, mask_id, tokens_seen, world, parallel,
                        out / "snapshots" / f"step-{done:06d}", done)
         if cfg.save_every and (done % cfg.save_every == 0 or done == cfg.steps):
-            _save_checkpoint(accelerator, model, optimizer, cfg, done, tokens_seen, ckpt_dir)
+            save_checkpoint(accelerator, model, optimizer, cfg.to_json(), done, tokens_seen, ckpt_dir)
         if on_step is not None:
             on_step(done)
-        if cfg.max_minutes and done < cfg.steps and _out_of_time(accelerator, began, cfg.max_minutes):
+        stop = _stop_reason(accelerator, began, cfg.max_minutes, signals) if done < cfg.steps else None
+        if stop == "signal":
+            if not (cfg.save_every and done % cfg.save_every == 0):
+                save_checkpoint(accelerator, model, optimizer, cfg.to_json(), done, tokens_seen, ckpt_dir)
+            log.write({"kind": "stop", "step": done, "reason": f"interrupted ({signals.requested or 'signal'})"})
+            bar.close()
+            raise TrainingInterrupted(
+                f"interrupted ({signals.requested or 'by another process'}) after step {done} of {cfg.steps}: "
+                f"a checkpoint of step {done} is in {ckpt_dir}; the same command with --resume continues from it.",
+                step=done, folder=out,
+            )
+        if stop == "time":
             if cfg.save_every and done % cfg.save_every:
-                _save_checkpoint(accelerator, model, optimizer, cfg, done, tokens_seen, ckpt_dir)
+                save_checkpoint(accelerator, model, optimizer, cfg.to_json(), done, tokens_seen, ckpt_dir)
             log.write({"kind": "stop", "step": done, "reason": f"max_minutes {cfg.max_minutes:g} reached"})
             break
     bar.close()
@@ -411,10 +514,18 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
     )
 
 
-def _out_of_time(accelerator: Accelerator, began: float, minutes: float) -> bool:
-    """Whether the time budget is spent, decided by the main process for all (they must agree)."""
-    spent = torch.tensor([float(time.perf_counter() - began > 60.0 * minutes)], device=accelerator.device)
-    return bool(accelerator.reduce(spent, reduction="sum") > 0)
+def _stop_reason(accelerator: Accelerator, began: float, minutes: float, signals: StopSignals) -> str | None:
+    """"signal" (Ctrl-C / SIGTERM on any process), "time" (the budget is spent) or None; every
+    process gets the same answer (they must stop at the same step)."""
+    flags = torch.tensor(
+        [float(signals.requested is not None), float(bool(minutes) and time.perf_counter() - began > 60.0 * minutes)],
+        device=accelerator.device,
+    )
+    if accelerator.num_processes > 1:
+        flags = accelerator.reduce(flags, reduction="sum")
+    if float(flags[0]) > 0:
+        return "signal"
+    return "time" if float(flags[1]) > 0 else None
 
 
 def _write_mdm(
@@ -515,11 +626,6 @@ def _adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     )
 
 
-def _inner(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """The torch optimizer under accelerate's AcceleratedOptimizer wrapper (if any)."""
-    return getattr(optimizer, "optimizer", optimizer)
-
-
 def _shard_on_cpu(model: torch.nn.Module) -> torch.nn.Module:
     """FSDP2 over the CPU (gloo) process group: every decoder layer one unit, the rest the root.
 
@@ -571,163 +677,15 @@ def _split_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, 
     return rows[:, 0], rows[:, 1], rows[:, 2].bool()
 
 
-def _check_out(out: Path, resume: bool) -> None:
-    has_run = (out / CHECKPOINT_DIR).exists() or (out / LOG_FILE).exists()
-    if has_run and not resume:
-        raise UserError(
-            f"{out} already holds a training run; pass resume=True to continue it, or choose "
-            "another output folder."
-        )
-
-
 def _diverged(what: str, value: float, step: int, ckpt_dir: Path) -> str:
-    last = _checkpoint_to_read(ckpt_dir)
+    last = checkpoint_to_read(ckpt_dir)
     where = (
-        f"the last good checkpoint is {last} (step {json.loads((last / 'state.json').read_text())['step']})"
+        f"the last good checkpoint is {last} (step {json.loads((last / 'state.json').read_text())['step']}): "
+        "--resume continues from it with the same options"
         if last is not None
         else "no checkpoint was written yet"
     )
     return (
         f"training diverged: the {what} is {value} at step {step + 1}; {where}. Lower lr, raise "
-        "warmup, enable clip, or check the data."
+        "warmup, enable clip, or check the data, and start over with --overwrite."
     )
-
-
-def _save_checkpoint(
-    accelerator: Accelerator,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    cfg: TrainConfig,
-    step: int,
-    tokens_seen: int,
-    ckpt_dir: Path,
-) -> None:
-    """Write model, optimizer and step into a temp folder, then swap it in (all processes call).
-
-    Both state dicts are gathered in full (collectives: every process must call), so a checkpoint
-    is the same whatever the wrapping (plain, DDP, FSDP1/2) and number of processes.
-    """
-    state_dict = get_model_state_dict(model, options=FULL_STATE)
-    opt_state = get_optimizer_state_dict(model, _inner(optimizer), options=FULL_STATE)
-    if accelerator.is_main_process:
-        tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=ckpt_dir.parent))
-        # Clones: tied weights share storage, which safetensors refuses; strict reload needs all keys.
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}, tmp / "model.safetensors")
-        tensors, meta = _flatten_optimizer(opt_state)
-        save_file(tensors, tmp / "optimizer.safetensors")
-        (tmp / "optimizer.json").write_text(json.dumps(meta))
-        state = {"format": STATE_FORMAT, "step": step, "tokens_seen": tokens_seen, "config": cfg.to_json()}
-        (tmp / "state.json").write_text(json.dumps(state, indent=2))  # last: marks completeness
-        _swap_in(tmp, ckpt_dir)
-    accelerator.wait_for_everyone()
-
-
-def _swap_in(tmp: Path, final: Path) -> None:
-    """Replace `final` by `tmp`; at every instant `final` or `final.old` is a complete checkpoint."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _checkpoint_to_read(ckpt_dir: Path) -> Path | None:
-    for folder in (ckpt_dir, ckpt_dir.with_name(ckpt_dir.name + ".old")):
-        if (folder / "state.json").is_file():
-            return folder
-    return None
-
-
-def _load_checkpoint(
-    ckpt_dir: Path, model: torch.nn.Module, cfg: TrainConfig
-) -> tuple[int, int, dict[str, Any] | None]:
-    """Load weights into `model` (unwrapped); return (step, tokens_seen, full optimizer state dict
-    keyed by parameter name, for `set_optimizer_state_dict`)."""
-    folder = _checkpoint_to_read(ckpt_dir)
-    if folder is None:
-        raise UserError(
-            f"resume=True but {ckpt_dir} holds no complete checkpoint; run without resume (and "
-            "set save_every to write checkpoints)."
-        )
-    state = json.loads((folder / "state.json").read_text())
-    if state.get("format") not in (1, STATE_FORMAT):
-        raise UserError(f"{folder} was written by another ar2mdm version (format {state.get('format')}).")
-    saved, now = state["config"], cfg.to_json()
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
-    if changed:
-        raise UserError(
-            f"cannot resume {folder}: options {changed} differ from the checkpoint's "
-            f"({', '.join(f'{k}={saved.get(k)!r}' for k in changed)}); resume with the same options."
-        )
-    weights = load_file(folder / "model.safetensors")
-    model.load_state_dict(weights, strict=True)
-    tensors = load_file(folder / "optimizer.safetensors")
-    opt_state = _unflatten_optimizer(tensors, json.loads((folder / "optimizer.json").read_text()))
-    if state["format"] == 1:  # keyed by index into model.parameters(): the optimizer's order
-        names = [name for name, _ in model.named_parameters()]
-        opt_state = {
-            "state": {names[int(i)]: v for i, v in opt_state["state"].items()},
-            "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in opt_state["param_groups"]],
-        }
-    return int(state["step"]), int(state["tokens_seen"]), opt_state
-
-
-def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer state dict into tensors (for safetensors) and JSON-able rest.
-
-    Tensor names are "<parameter>.<state key>" (state keys such as exp_avg hold no dot)."""
-    tensors: dict[str, torch.Tensor] = {}
-    rest: dict[str, dict[str, Any]] = {}
-    for pid, entry in state_dict["state"].items():
-        rest[str(pid)] = {}
-        for key, value in entry.items():
-            if torch.is_tensor(value):
-                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous().clone()
-            else:
-                rest[str(pid)][key] = value
-    return tensors, {"state": rest, "param_groups": state_dict["param_groups"]}
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[str, dict[str, Any]] = {pid: dict(rest) for pid, rest in meta["state"].items()}
-    for name, value in tensors.items():
-        pid, key = name.rsplit(".", 1)
-        state.setdefault(pid, {})[key] = value
-    groups = []
-    for group in meta["param_groups"]:
-        group = dict(group)
-        if isinstance(group.get("betas"), list):
-            group["betas"] = tuple(group["betas"])
-        groups.append(group)
-    return {"state": state, "param_groups": groups}
-
-
-class _Log:
-    """Append-only JSONL log on the main process; on resume, drops lines past the checkpoint."""
-
-    def __init__(self, path: Path, *, keep_until: int, enabled: bool) -> None:
-        self.path, self.enabled = path, enabled
-        self.history: list[dict[str, Any]] = []
-        if not enabled:
-            return
-        if path.exists():
-            kept = [
-                line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= keep_until
-            ]
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, path)
-            self.history = [json.loads(line) for line in kept]
-        elif keep_until == 0:
-            path.write_text("")
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self.history.append(record)
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-

@@ -29,9 +29,9 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from conversion.attention import position_ids
-from conversion.checkpoints import Loaded, load_ar
+from conversion.checkpoints import Loaded, load_any
 from conversion.errors import UserError
-from conversion.metadata import META_FILE, ModelMeta, read_positions
+from conversion.metadata import ModelMeta, read_positions
 from probe.backends import Backend, choose, create
 from probe.cache import Cache, DiskCache, ShardWriter
 from probe.engine import Core, Pass, Request
@@ -121,6 +121,12 @@ class ProbedModel:
             meta = ModelMeta(kind="ar", family=model.config.model_type, shift=True)
         if meta.kind not in ("ar", "mdm"):
             raise UserError(f"meta.kind is {meta.kind!r}; expected 'ar' or 'mdm'.")
+        if meta.kind == "ar" and getattr(model.config, "is_causal", True) is False:
+            raise UserError(
+                "meta.kind is 'ar' but the model attends bidirectionally (config.is_causal is False): "
+                "it is an MDM. Pass its ModelMeta (kind 'mdm', mask_id, shift), or load the folder with "
+                "ProbedModel.from_checkpoint, which reads ar2mdm.json."
+            )
         model.eval()
         model.requires_grad_(False)
         model.set_attn_implementation("eager")  # patterns are only observable in eager attention
@@ -173,13 +179,7 @@ class ProbedModel:
             raise UserError(
                 f"from_checkpoint takes a name, a path, a Loaded or an HF model; got {type(source).__name__}."
             )
-        path = Path(source).expanduser()
-        if path.is_dir() and (path / META_FILE).is_file() and ModelMeta.load(path).kind == "mdm":
-            from conversion.mdm import load_mdm
-
-            loaded = load_mdm(path, dtype=dtype, device=device)
-        else:
-            loaded = load_ar(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        loaded = load_any(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         return cls(loaded.model, tokenizer or loaded.tokenizer, meta or loaded.meta, backend=backend)
 
     # --- names --------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from transformers import (
     LlamaForCausalLM,
 )
 
+from conversion.attention import position_ids
 from conversion.checkpoints import load_ar
 from conversion.errors import UserError
 from conversion.mdm import save_mdm
@@ -149,12 +150,15 @@ def test_cache_matches_hf_hidden_states_and_attentions(family: str, kind: str) -
     pm = probed(family, kind)
     _, cache = pm.run_with_cache(ids, ["L*.resid_pre", "L*.resid_post", "L*.H*.pattern"], attention_mask=mask)
     n = pm.config.n_layers
+    # Real query positions only: the probe gives padded positions the last real position id
+    # (`conversion.attention.position_ids`), HF counts on; nothing real reads a padded query.
+    real = mask.bool()
     for layer in range(n):
-        torch.testing.assert_close(cache[f"L{layer}.resid_pre"], out.hidden_states[layer], atol=1e-6, rtol=0)
+        torch.testing.assert_close(cache[f"L{layer}.resid_pre"][real], out.hidden_states[layer][real], atol=1e-6, rtol=0)
         for h in range(pm.config.n_heads):
-            torch.testing.assert_close(cache[f"L{layer}.H{h}.pattern"], out.attentions[layer][:, h], atol=1e-6, rtol=0)
+            torch.testing.assert_close(cache[f"L{layer}.H{h}.pattern"][real], out.attentions[layer][:, h][real], atol=1e-6, rtol=0)
     final = pm.layout.final_norm(cache[f"L{n - 1}.resid_post"])
-    torch.testing.assert_close(final, out.hidden_states[n], atol=1e-5, rtol=0)
+    torch.testing.assert_close(final[real], out.hidden_states[n][real], atol=1e-5, rtol=0)
     upper = torch.triu(cache["L0.H0.pattern"][0], diagonal=1).abs().sum()
     assert (upper == 0) if kind == "ar" else (upper > 0)
 
@@ -174,7 +178,8 @@ def test_decomposition_sums_to_final_residual(family: str) -> None:
     dec = pm.decompose(cache)
     torch.testing.assert_close(dec.total(), final, atol=1e-5, rtol=0)
     if family == "gpt2":  # the embed node carries the learned position embedding
-        wte = pm.model.transformer.wte(ids) + pm.model.transformer.wpe(torch.arange(ids.shape[1]))
+        # positions skip padding (conversion.attention.position_ids)
+        wte = pm.model.transformer.wte(ids) + pm.model.transformer.wpe(position_ids(mask))
         torch.testing.assert_close(cache["embed"], wte)
     if pm.config.post_norms:
         # Gemma normalises each sublayer's output: the plain sum is NOT the residual stream.
@@ -196,7 +201,8 @@ def test_heads_sum_to_output_projection_on_post_norm_model() -> None:
         pm.model(ids, attention_mask=mask)
     finally:
         hook.remove()
-    torch.testing.assert_close(cache.heads(1).sum(2), z["out"], atol=1e-6, rtol=0)
+    real = mask.bool()  # the probe passes position ids that skip padding; HF alone counts on
+    torch.testing.assert_close(cache.heads(1).sum(2)[real], z["out"][real], atol=1e-6, rtol=0)
 
 
 # --- interventions against hand-edited weights -----------------------------------------------------

@@ -159,9 +159,13 @@ def test_resume_rejects_changed_options(setup: TrainConfig) -> None:
     assert more.steps == 4
 
 
-def test_resume_without_checkpoint_is_a_user_error(setup: TrainConfig) -> None:
-    with pytest.raises(UserError, match="no complete checkpoint"):
-        train(replace(setup, resume=True))
+def test_resume_with_nothing_to_resume_starts_at_step_zero(setup: TrainConfig, tmp_path: Path) -> None:
+    """An empty --out and --resume: nothing to continue, so the run starts (it used to refuse)."""
+    result = train(replace(setup, resume=True))
+    straight = train(replace(setup, out=str(tmp_path / "straight")))
+    assert result.steps == 6
+    for name, value in weights(straight.out).items():
+        assert torch.equal(weights(result.out)[name], value), name
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(setup: TrainConfig) -> None:

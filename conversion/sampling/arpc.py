@@ -71,6 +71,11 @@ class ARPCSampler(Sampler):
             )
 
     def _init(self, model: torch.nn.Module, state: State) -> None:
+        if getattr(getattr(self.scorer, "config", None), "is_causal", True) is False:
+            raise UserError(
+                "ARPC's AR scorer attends bidirectionally (config.is_causal is False): it is an MDM, not "
+                "an ARM. Pass the autoregressive model the MDM was converted from (--ar-scorer PATH)."
+            )
         ar_vocab = output_size(self.scorer)
         if ar_vocab is not None and ar_vocab <= state.ctx.pad_id:
             raise UserError("the AR scorer's vocabulary is smaller than the MDM's pad id; it is not the same tokenizer.")
@@ -114,7 +119,7 @@ class ARPCSampler(Sampler):
         ar_ids = torch.where(proposal == state.ctx.mask_id, torch.full_like(ar_ids, state.ctx.pad_id), ar_ids)
         out = state.forward(
             self.scorer, "ar", input_ids=ar_ids, attention_mask=state.attention_mask,
-            position_ids=position_ids(state.attention_mask),
+            position_ids=position_ids(state.attention_mask), is_causal=True,
         )
         rows, cols = where.nonzero(as_tuple=True)
         score = torch.full(where.shape, float("-inf"), dtype=torch.float64, device=where.device)

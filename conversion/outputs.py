@@ -1,0 +1,219 @@
+"""Output folders and files: never overwrite what a run does not own, never two runs in one folder.
+
+Every command that writes a folder (`convert`, `organism train`, `eval`, `compare`, `study`)
+claims it first with `claim_output(folder, command)`, a context manager held for the run:
+
+1. The path must be usable: not an existing file, not under a file, creatable and writable.
+   Otherwise a `UserError` says which and what to do, before any work starts.
+2. An exclusive lock (`fcntl.flock` on `folder/.ar2mdm.lock`) is taken for the run's duration. A
+   second run on the same folder gets a `UserError` naming the run that holds it (command, pid,
+   start time). The operating system drops the lock when the process ends, even by kill -9, so
+   a lock is never stale.
+3. The folder must be empty, or hold an earlier run of the same command: its owner record
+   (`folder/.ar2mdm-run.json`, written when a run claims the folder) names the command, or
+   `recognise(folder)` says so for folders written before owner records existed. Anything else
+   (a model folder, a user's files, another command's results) is refused with a listing of what
+   is there; no flag overrides that, since those files are not ours to replace.
+
+What to do with an earlier run of the same command is the command's decision (`Claim.previous`):
+`convert` resumes it or starts it over (--resume / --overwrite), `eval` and `compare` replace
+their results only with --overwrite, `study` continues its cached stages.
+
+`check_output_file(path, option)` does the checks of step 1 for a single file (`sample --trace`);
+`atomic_write_text` writes any text file so that it is either the old or the new content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from conversion.errors import UserError
+
+LOCK_FILE = ".ar2mdm.lock"
+OWNER_FILE = ".ar2mdm-run.json"
+OURS = {LOCK_FILE, OWNER_FILE}
+
+
+@dataclass
+class Claim:
+    """A claimed output folder. previous: the owner record of an earlier run of the same command
+    in it ({"command": ...}, or {"command": ..., "legacy": True} for a recognised older folder),
+    None when the folder was empty or new."""
+
+    folder: Path
+    command: str
+    previous: dict[str, Any] | None
+
+    def contents(self) -> list[Path]:
+        """What the folder holds besides the lock and owner files."""
+        return folder_contents(self.folder)
+
+    def clear(self) -> None:
+        """Remove the earlier run's files (the folder is this command's own; the lock stays)."""
+        clear_contents(self.folder)
+        self.previous = None
+
+
+def folder_contents(folder: Path) -> list[Path]:
+    """What `folder` holds besides ar2mdm's lock and owner files (sorted)."""
+    return sorted(p for p in Path(folder).iterdir() if p.name not in OURS)
+
+
+def clear_contents(folder: Path) -> None:
+    """Remove everything in a claimed `folder` but its lock and owner files. Only for a folder the
+    command owns (`claim_output` refused any other)."""
+    for path in folder_contents(folder):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+@contextlib.contextmanager
+def claim_output(
+    folder: str | Path,
+    command: str,
+    *,
+    option: str = "--out",
+    recognise: Callable[[Path], bool] | None = None,
+) -> Iterator[Claim]:
+    """Claim `folder` for a run of `command` (see the module docstring); yields a `Claim`.
+
+    option: the flag the folder came from, for messages. recognise(folder): True if a folder
+    without an owner record holds an earlier run of `command` (written by an older ar2mdm).
+    Raises UserError for an unusable path, a folder held by another run, or a folder that holds
+    anything but an earlier run of the same command.
+    """
+    path = _usable_folder(Path(folder).expanduser(), option)
+    lock = _lock(path, command, option)
+    try:
+        previous = _previous_run(path, command, option, recognise)
+        atomic_write_text(path / OWNER_FILE, json.dumps({"command": command}) + "\n")
+        yield Claim(path, command, previous)
+    finally:
+        lock.close()  # releases the flock
+
+
+def owner_record(command: str) -> str:
+    """The owner record's text, for writers that assemble a folder elsewhere and move it in
+    (the organism writes its folder atomically and must carry the record along)."""
+    return json.dumps({"command": command}) + "\n"
+
+
+def _usable_folder(path: Path, option: str) -> Path:
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path} is an existing file; {option} takes a folder. Choose a new or empty folder.")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{option} {path} cannot be created: {parent} is a file, not a folder.")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        raise UserError(f"{option} {path} cannot be created: permission denied. Choose a folder you can write to.") from None
+    except OSError as err:
+        raise UserError(f"{option} {path} cannot be created ({err.strerror}). Choose another folder.") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path} is not writable. Choose a folder you can write to, or fix its permissions.")
+    return path
+
+
+def _lock(path: Path, command: str, option: str):
+    try:
+        handle = open(path / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the run
+    except OSError as err:
+        raise UserError(f"{option} {path} cannot be written ({err.strerror}). Choose another folder.") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another ar2mdm run"
+        handle.close()
+        raise UserError(
+            f"{option} {path} is in use by {holder}. Two runs must not write one folder: wait for that "
+            f"run to finish, or choose another {option}."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"`ar2mdm {command}` (pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+    handle.flush()
+    return handle
+
+
+def _previous_run(path: Path, command: str, option: str, recognise: Callable[[Path], bool] | None) -> dict[str, Any] | None:
+    others = sorted(p.name for p in path.iterdir() if p.name not in OURS)
+    owner = _read_owner(path)
+    if owner is not None and owner.get("command") == command:
+        return owner if others else None
+    if not others:
+        return None
+    if owner is None and recognise is not None and recognise(path):
+        return {"command": command, "legacy": True}
+    shown = ", ".join(others[:6]) + (f", ... ({len(others)} entries)" if len(others) > 6 else "")
+    what = f"an `ar2mdm {owner['command']}` run" if owner else _describe(path)
+    raise UserError(
+        f"{option} {path} is not empty and is not an earlier `ar2mdm {command}` run: it holds {what} "
+        f"({shown}). ar2mdm never writes over files it does not own; choose a new or empty folder for {option}."
+    )
+
+
+def _read_owner(path: Path) -> dict[str, Any] | None:
+    try:
+        owner = json.loads((path / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def _describe(path: Path) -> str:
+    if (path / "ar2mdm.json").is_file():
+        return "an MDM checkpoint"
+    if (path / "config.json").is_file():
+        return "a model checkpoint"
+    return "other files"
+
+
+def check_output_file(path: str | Path, option: str) -> Path:
+    """`path` as a file the run can write: not a folder, its folder existing and writable.
+
+    Call it before the work whose result goes there. Raises UserError saying what is wrong."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a folder; {option} takes a file name.")
+    parent = path.parent
+    for ancestor in (parent, *parent.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise UserError(f"{option} {path} cannot be written: {ancestor} is a file, not a folder.")
+            break
+    if not parent.is_dir():
+        raise UserError(f"{option} {path} cannot be written: the folder {parent} does not exist. Create it first.")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(f"{option} {path} is not writable. Choose a file in a folder you can write to.")
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` through a temporary sibling and a rename: a reader (or a crash) sees
+    the old content or the new one, never half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; outputs are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,342 @@
+"""A conversion run's folder: its checkpoint, its log, and what a new run may do with it.
+
+`conversion.train` claims the output folder (`conversion.outputs.claim_output`: a lock for the
+run's duration, and a refusal of any folder that is not an earlier conversion run), then asks
+`plan_run` what to do with what is there:
+
+    empty folder                         start at step 0
+    an earlier run, --overwrite          remove its files, start at step 0
+    an earlier run, --resume
+        with a complete checkpoint       continue from it (same options; `steps` may grow)
+        finished at >= steps             nothing to do (its MDM is there)
+        finished, no checkpoint, more
+        steps asked                      error: nothing to continue from; --overwrite
+        no checkpoint at all             start at step 0 (a run killed before its first
+                                         checkpoint, a diverged run, a failed start)
+    an earlier run, neither flag         error that says which of the two to pass
+
+So there is always a command that moves on, and nothing is removed without --overwrite.
+
+Files: `checkpoint/` (model.safetensors, optimizer.safetensors + optimizer.json keyed by
+parameter name, state.json written last), swapped in atomically (`checkpoint.old` is the previous
+one while the new one moves in); `train.jsonl`, one JSON record per logged step.
+
+`StopSignals` turns the first Ctrl-C (SIGINT) or SIGTERM during training into a request that
+the loop honours at the end of the step: it writes a checkpoint and raises `TrainingInterrupted`,
+whose message says what was kept and how to resume. A second Ctrl-C interrupts at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+)
+
+from conversion.errors import UserError
+from conversion.metadata import META_FILE, ModelMeta
+
+CHECKPOINT_DIR = "checkpoint"
+LOG_FILE = "train.jsonl"
+STATE_FORMAT = 2  # 2: optimizer state keyed by parameter name; 1 (read too): by parameter index
+# Gathered, unsharded state dicts (on the main process; CPU tensors), whatever the wrapping.
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+# Options that do not change the trajectory: they may differ between a run and its resume.
+RESUMABLE_CHANGES = {
+    "max_minutes", "snapshot_every", "steps", "out", "resume", "overwrite", "eval_every", "eval_blocks",
+    "save_every", "log_every",
+}
+
+
+class TrainingInterrupted(UserError):
+    """Ctrl-C or SIGTERM stopped the run at a step boundary; a checkpoint of that step was written.
+
+    step: the optimizer steps done. folder: the run folder (resume with resume=True)."""
+
+    def __init__(self, message: str, *, step: int, folder: Path) -> None:
+        super().__init__(message)
+        self.step, self.folder = step, folder
+
+
+# --- what to do with the folder ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run does with its folder. action: "fresh" (step 0; `clear` first removes the earlier
+    run's files), "resume" (from `checkpoint`), or "done" (the finished MDM `meta` is already
+    there). note: a line to show the user."""
+
+    action: Literal["fresh", "resume", "done"]
+    clear: bool = False
+    checkpoint: Path | None = None
+    meta: ModelMeta | None = None
+    note: str | None = None
+
+
+def plan_run(folder: Path, config: dict[str, Any], *, has_run: bool, resume: bool, overwrite: bool, steps: int) -> Plan:
+    """Decide what to do with `folder` (see the module docstring). config: the run's options
+    (`TrainConfig.to_json()`); has_run: the folder holds an earlier run's files."""
+    if resume and overwrite:
+        raise UserError("--resume continues the run in --out and --overwrite starts it over: pass one of them.")
+    if not has_run:
+        return Plan("fresh", note=f"nothing to resume in {folder}: starting at step 0." if resume else None)
+    if overwrite:
+        return Plan("fresh", clear=True, note=f"--overwrite: removing the earlier run in {folder}, starting at step 0.")
+    ckpt = checkpoint_to_read(folder / CHECKPOINT_DIR)
+    ckpt_step = _state(ckpt)["step"] if ckpt is not None else None
+    final = ModelMeta.load(folder) if (folder / META_FILE).is_file() else None
+    final_step = int(final.extra.get("steps", -1)) if final is not None else None
+    if not resume:
+        held = ", ".join(
+            x for x in (
+                f"a checkpoint at step {ckpt_step}" if ckpt is not None else "no checkpoint",
+                f"its MDM at step {final_step}" if final is not None else None,
+            ) if x
+        )
+        raise UserError(
+            f"{folder} already holds a conversion run ({held}). Continue it with --resume (same options; "
+            "--steps may grow), start it over with --overwrite, or choose another --out."
+        )
+    if final is not None and final_step is not None and final_step >= steps and (ckpt_step is None or ckpt_step <= final_step):
+        _check_same_options(final.extra.get("options", {}), config, f"{folder / META_FILE}")
+        return Plan("done", meta=final, note=f"{folder} already holds the finished MDM (step {final_step}); nothing to do.")
+    if ckpt is not None:
+        return Plan("resume", checkpoint=ckpt)
+    if final is not None:
+        raise UserError(
+            f"{folder} holds an MDM finished at step {final_step} but no checkpoint (save_every was 0), so it cannot "
+            f"be continued to step {steps}. Start over with --overwrite (and --save-every N to allow resuming), "
+            "or choose another --out."
+        )
+    return Plan(
+        "fresh", clear=True,
+        note=f"{folder} holds no checkpoint (save_every was 0, or the run stopped before its first one): starting at step 0.",
+    )
+
+
+def _check_same_options(saved: dict[str, Any], now: dict[str, Any], where: str) -> None:
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if changed:
+        raise UserError(
+            f"cannot resume {where}: options {changed} differ from the run's "
+            f"({', '.join(f'{k}={saved.get(k)!r}' for k in changed)}); resume with the same options, "
+            "or start over with --overwrite."
+        )
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+def inner_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer under accelerate's AcceleratedOptimizer wrapper (if any)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: dict[str, Any],
+    step: int,
+    tokens_seen: int,
+    ckpt_dir: Path,
+) -> None:
+    """Write model, optimizer and step into a temp folder, then swap it in (all processes call).
+
+    Both state dicts are gathered in full (collectives: every process must call), so a checkpoint
+    is the same whatever the wrapping (plain, DDP, FSDP1/2) and number of processes.
+    """
+    state_dict = get_model_state_dict(model, options=FULL_STATE)
+    opt_state = get_optimizer_state_dict(model, inner_optimizer(optimizer), options=FULL_STATE)
+    if accelerator.is_main_process:
+        tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=ckpt_dir.parent))
+        # Clones: tied weights share storage, which safetensors refuses; strict reload needs all keys.
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}, tmp / "model.safetensors")
+        tensors, meta = _flatten_optimizer(opt_state)
+        save_file(tensors, tmp / "optimizer.safetensors")
+        (tmp / "optimizer.json").write_text(json.dumps(meta))
+        state = {"format": STATE_FORMAT, "step": step, "tokens_seen": tokens_seen, "config": config}
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))  # last: marks completeness
+        _swap_in(tmp, ckpt_dir)
+    accelerator.wait_for_everyone()
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete temp folders of checkpoint saves that were killed."""
+    for stale in folder.glob(".checkpoint-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Replace `final` by `tmp`; at every instant `final` or `final.old` is a complete checkpoint."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoint_to_read(ckpt_dir: Path) -> Path | None:
+    """The complete checkpoint folder (`checkpoint`, else `checkpoint.old`), or None."""
+    for folder in (ckpt_dir, ckpt_dir.with_name(ckpt_dir.name + ".old")):
+        if (folder / "state.json").is_file():
+            return folder
+    return None
+
+
+def _state(folder: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((folder / "state.json").read_text())
+        int(state["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(
+            f"{folder / 'state.json'} is damaged; start the run over with --overwrite."
+        ) from None
+    return state
+
+
+def load_checkpoint(folder: Path, model: torch.nn.Module, config: dict[str, Any]) -> tuple[int, int, dict[str, Any]]:
+    """Load the weights of checkpoint `folder` into `model` (unwrapped); return (step,
+    tokens_seen, full optimizer state dict keyed by parameter name, for `set_optimizer_state_dict`).
+
+    Raises UserError when the checkpoint was written by another format or with options that
+    change the trajectory (`RESUMABLE_CHANGES` may differ)."""
+    state = _state(folder)
+    if state.get("format") not in (1, STATE_FORMAT):
+        raise UserError(f"{folder} was written by another ar2mdm version (format {state.get('format')}).")
+    _check_same_options(state["config"], config, str(folder))
+    weights = load_file(folder / "model.safetensors")
+    model.load_state_dict(weights, strict=True)
+    tensors = load_file(folder / "optimizer.safetensors")
+    opt_state = _unflatten_optimizer(tensors, json.loads((folder / "optimizer.json").read_text()))
+    if state["format"] == 1:  # keyed by index into model.parameters(): the optimizer's order
+        names = [name for name, _ in model.named_parameters()]
+        opt_state = {
+            "state": {names[int(i)]: v for i, v in opt_state["state"].items()},
+            "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in opt_state["param_groups"]],
+        }
+    return int(state["step"]), int(state["tokens_seen"]), opt_state
+
+
+def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into tensors (for safetensors) and JSON-able rest.
+
+    Tensor names are "<parameter>.<state key>" (state keys such as exp_avg hold no dot)."""
+    tensors: dict[str, torch.Tensor] = {}
+    rest: dict[str, dict[str, Any]] = {}
+    for pid, entry in state_dict["state"].items():
+        rest[str(pid)] = {}
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous().clone()
+            else:
+                rest[str(pid)][key] = value
+    return tensors, {"state": rest, "param_groups": state_dict["param_groups"]}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[str, dict[str, Any]] = {pid: dict(rest) for pid, rest in meta["state"].items()}
+    for name, value in tensors.items():
+        pid, key = name.rsplit(".", 1)
+        state.setdefault(pid, {})[key] = value
+    groups = []
+    for group in meta["param_groups"]:
+        group = dict(group)
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+        groups.append(group)
+    return {"state": state, "param_groups": groups}
+
+
+# --- the log -------------------------------------------------------------------------------------
+
+
+class RunLog:
+    """Append-only JSONL log on the main process; on resume, drops lines past the checkpoint."""
+
+    def __init__(self, path: Path, *, keep_until: int, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+        self.history: list[dict[str, Any]] = []
+        if not enabled:
+            return
+        if path.exists():
+            kept = [
+                line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= keep_until
+            ]
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, path)
+            self.history = [json.loads(line) for line in kept]
+        elif keep_until == 0:
+            path.write_text("")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.history.append(record)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def last(self, kind: str) -> dict[str, Any] | None:
+        """The last record of `kind` ("train", "eval") kept so far, or None."""
+        return next((r for r in reversed(self.history) if r.get("kind") == kind), None)
+
+
+def read_log(folder: Path) -> list[dict[str, Any]]:
+    """The records of `folder/train.jsonl` (empty if there is none)."""
+    path = folder / LOG_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --- signals -------------------------------------------------------------------------------------
+
+
+class StopSignals:
+    """Context manager: the first SIGINT / SIGTERM sets `requested` instead of killing the run.
+
+    The training loop checks `requested` at the end of every step. A second SIGINT raises
+    KeyboardInterrupt at once (the user insists); the previous handlers come back on exit.
+    Outside the main thread (where Python cannot install handlers) it does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
