@@ -69,6 +69,7 @@ from analyses.depth import (
 from analyses.graph import Graph, jaccard, jaccard_curve, node_importance
 from analyses.neurons import causal_check, compare_profiles, profile_units
 from conversion.errors import CheckpointError, TaskError, UserError
+from conversion.outputs import atomic_write_text
 from probe.model import ProbedModel
 from probe.tasks import GLOBAL_TASKS, LOCAL_TASKS, Example, render
 from probe.tasks.base import Rendered
@@ -842,13 +843,6 @@ def report_html(data: Mapping[str, Any], *, title: str = "ARM vs MDM", extra_fig
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}code{background:#f4f4f4}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head>"
             f"<body>{''.join(parts)}</body></html>")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to a sibling temp file, then rename it over `path` (never a half-written file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def write_report(result: CompareResult, out: str | Path, *, title: str = "ARM vs MDM", plotlyjs: bool | str = True) -> Path:

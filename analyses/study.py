@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analyses.compare import atomic_write_text
 from conversion.errors import UserError
+from conversion.outputs import atomic_write_text, claim_output
 
 MODELS = ("organism", "smollm2")
 
@@ -335,10 +335,23 @@ def write_study_report(out: Path, cfg: StudyConfig, records: list[StageRecord], 
 
 
 def run_study(cfg: StudyConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) the study; returns summary.json's content."""
+    """Run (or resume) the study; returns summary.json's content.
+
+    `out` is claimed for the run (`conversion.outputs.claim_output`): locked against a second
+    study, and refused unless it is empty or an earlier study's folder (whose finished stages are
+    reused), since stages replace their folders."""
     cfg = cfg.checked()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(cfg.out).expanduser()
+    with claim_output(out, "study", recognise=_is_study_folder):
+        return _run_stages(cfg, out, log)
+
+
+def _is_study_folder(folder: Path) -> bool:
+    """A study folder written before owner records existed."""
+    return (folder / "summary.json").is_file() or any(folder.glob("*/stage.json"))
+
+
+def _run_stages(cfg: StudyConfig, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
     stages = Stages(out, cfg.force, log)
     settings = _settings(cfg)
     t0 = time.perf_counter()

@@ -19,6 +19,15 @@ sequence, so conversion changes the attention layout. The modes, as spec strings
 * ``block:1@0.05,16@0.95``: a mixture of block sizes (BlockGen): each sequence draws its block size
   with the given probabilities.
 
+Per-document attention (any mode above, `document_ids`): a packed training row holds several
+documents separated by EOS. By default every token may attend across those boundaries (the
+documents are just context for each other). With per-document attention a query sees keys of its
+own document only (a block-diagonal mask, the way several peers train on packed rows) and
+position ids restart at 0 in every document, so a document is processed exactly as it would be
+alone. `document_ids(ids, separator_id)` numbers the documents of a row: a separator belongs to the
+document it ends. Caveat: the block-diagonal mask is a 4D mask, which replaces the model's own
+per-layer masks (Gemma-style sliding windows are dropped for such runs).
+
 Masks are returned as 4D float tensors [B, 1, Tq, Tk] holding 0 (may attend) or -inf (may not),
 which every HF decoder accepts in place of its own mask. Padding never leaks: padded KEY columns
 are always -inf. A padded QUERY row sees only itself, so its softmax stays finite; its output is
@@ -168,9 +177,36 @@ def sample_block_sizes(
     return sizes[idx.to(sizes.device)]
 
 
-def position_ids(attention_mask: Tensor) -> Tensor:
-    """Position ids [B, T] that skip padding: cumsum(mask) - 1, clamped at 0 (left padding safe)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+def position_ids(attention_mask: Tensor, document_ids: Tensor | None = None) -> Tensor:
+    """Position ids [B, T] that skip padding: cumsum(mask) - 1, clamped at 0 (left padding safe).
+
+    The one rule every path that batches text uses (probe backends, samplers, the objective, task
+    metrics), so a padded row gets the positions it has alone. With `document_ids` [B, T] the
+    positions restart at 0 at the first token of every document (per-document attention).
+    """
+    pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    if document_ids is None:
+        return pos
+    starts = torch.ones_like(document_ids, dtype=torch.bool)
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    first = torch.where(starts, pos, torch.zeros_like(pos)).cummax(-1).values
+    return pos - first
+
+
+def document_ids(ids: Tensor, separator_id: int) -> Tensor:
+    """Long [B, T]: the index of the document each token belongs to in packed rows `ids` [B, T],
+    counting separators (EOS) strictly before it (a separator ends its own document).
+
+    >>> document_ids(torch.tensor([[5, 6, 2, 7, 2, 8]]), separator_id=2).tolist()
+    [[0, 0, 0, 1, 1, 2]]
+    """
+    sep = (ids == separator_id).long()
+    return sep.cumsum(-1) - sep
+
+
+def same_document(document_ids: Tensor) -> Tensor:
+    """Bool [B, T, T]: query i and key j lie in the same document."""
+    return document_ids[:, :, None] == document_ids[:, None, :]
 
 
 # --- boolean layouts [B, Tq, Tk] (True = may attend), padding not applied -----------------------
@@ -266,6 +302,7 @@ def build_mask(
     layout: Tensor | None = None,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
+    document_ids: Tensor | None = None,
 ) -> Tensor:
     """The 4D additive mask for `spec`.
 
@@ -273,7 +310,8 @@ def build_mask(
     Returns [B, 1, L, L], or [B, 1, 2L, 2L] for block specs (the input is then [x_t ; x_0], and both
     halves share the padding of `attention_mask`). `block_sizes` ([B]) defaults to a draw from the
     spec's mixture; `step` sets the anneal ratio; `layout` ([L, L] bool) fixes the annealed
-    pattern (default: drawn from `generator`).
+    pattern (default: drawn from `generator`). `document_ids` ([B, L]) keeps every query inside
+    its own document (per-document attention; both halves of a block input share them).
     """
     spec = parse_attention(spec)
     batch, length = attention_mask.shape
@@ -289,12 +327,16 @@ def build_mask(
             block_sizes = sample_block_sizes(spec, batch, generator=generator, device=device)
         allowed = block_allowed(block_sizes.to(device), length)
         key_valid = torch.cat([attention_mask, attention_mask], dim=1)
+        if document_ids is not None:
+            allowed = allowed & same_document(torch.cat([document_ids, document_ids], dim=1))
     else:
         if layout is None:
             ratio = anneal_ratio(spec, step)
             layout = anneal_allowed(length, ratio, generator=generator, device=device)
         allowed = layout.to(device).expand(batch, length, length)
         key_valid = attention_mask
+        if document_ids is not None:
+            allowed = allowed & same_document(document_ids)
     return to_additive(allowed, key_valid, dtype)
 
 
@@ -306,17 +348,26 @@ def model_inputs(
     layout: Tensor | None = None,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
+    document_ids: Tensor | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments (attention_mask, position_ids, maybe is_causal) for one forward pass
     over a [B, L] input under a single-pass spec (causal, bidirectional, anneal; `layout` as in
     `build_mask`).
 
     Causal and bidirectional use the model's own masking (2D padding mask + per-call is_causal),
-    which keeps sliding windows and fused SDPA kernels; anneal needs an explicit 4D mask. Block
-    specs run on [x_t ; x_0]: build their inputs with `build_mask` (the objective does).
+    which keeps sliding windows and fused SDPA kernels; anneal, and any spec with `document_ids`
+    (per-document attention), need an explicit 4D mask. Block specs run on [x_t ; x_0]: build their
+    inputs with `build_mask` (the objective does).
     """
     spec = parse_attention(spec)
-    pos = position_ids(attention_mask)
+    pos = position_ids(attention_mask, document_ids)
+    if document_ids is not None and spec.kind in ("causal", "bidirectional"):
+        batch, length = attention_mask.shape
+        allowed = (
+            causal_allowed(batch, length, attention_mask.device) if spec.kind == "causal"
+            else torch.ones(batch, length, length, dtype=torch.bool, device=attention_mask.device)
+        )
+        return {"attention_mask": to_additive(allowed & same_document(document_ids), attention_mask, dtype), "position_ids": pos}
     if spec.kind in ("causal", "bidirectional"):
         return {
             "attention_mask": attention_mask,
@@ -324,7 +375,8 @@ def model_inputs(
             "is_causal": spec.kind == "causal",
         }
     if spec.kind == "anneal":
-        mask = build_mask(spec, attention_mask, step=step, layout=layout, generator=generator, dtype=dtype)
+        mask = build_mask(spec, attention_mask, step=step, layout=layout, generator=generator, dtype=dtype,
+                          document_ids=document_ids)
         return {"attention_mask": mask, "position_ids": pos}
     raise UserError(f"attention {spec} runs on [x_t ; x_0]; build its mask with build_mask.")
 

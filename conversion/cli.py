@@ -6,7 +6,10 @@ bad input (`UserError`) are printed as one clear message with exit code 2, never
 
 from __future__ import annotations
 
+import contextlib
+import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +17,7 @@ import typer
 from rich.console import Console
 
 from conversion import _env  # noqa: F401
-from conversion.errors import UserError
+from conversion.errors import TrainingInterrupted, UserError
 
 app = typer.Typer(
     name="ar2mdm",
@@ -37,8 +40,33 @@ def _plain(message: str) -> None:
 
 
 def _fail(err: UserError) -> None:
-    console.print(f"[bold red]error:[/] {err}")
+    console.print(f"[bold red]error:[/] {err}", markup=True, highlight=False)
     raise typer.Exit(code=2)
+
+
+INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
+
+
+@contextlib.contextmanager
+def _errors(kept: str) -> Iterator[contextlib.ExitStack]:
+    """Bad input -> one clear line, exit 2 (never a traceback); Ctrl-C -> what was kept, exit 130.
+
+    kept: what an interrupted run of this command leaves and how to go on (shown after Ctrl-C).
+    Yields an ExitStack for resources held while the command runs (a claimed output folder)."""
+    try:
+        with contextlib.ExitStack() as stack:
+            yield stack
+    except TrainingInterrupted as err:
+        command = " ".join(shlex.quote(a) for a in ["ar2mdm", *sys.argv[1:]])
+        resume = command if "--resume" in sys.argv else f"{command} --resume"
+        console.print(f"[bold yellow]interrupted:[/] {err}", highlight=False)
+        console.print(f"resume with: {resume}", markup=False, highlight=False)
+        raise typer.Exit(code=INTERRUPTED) from None
+    except UserError as err:
+        _fail(err)
+    except KeyboardInterrupt:
+        console.print(f"[bold yellow]interrupted:[/] {kept}", highlight=False)
+        raise typer.Exit(code=INTERRUPTED) from None
 
 
 @app.command()
@@ -49,7 +77,7 @@ def setup(
     """Fetch the offline assets (real model weights, text corpora) into the cache."""
     from conversion import checkpoints, data
 
-    try:
+    with _errors("assets already fetched are kept (each appears atomically); rerun `ar2mdm setup` for the rest."):
         if corpora:
             for name in ("sotu", "moby-dick"):
                 path = data.fetch_corpus(name)
@@ -57,8 +85,6 @@ def setup(
         if smollm2:
             folder = checkpoints.smollm2_folder()
             console.print(f"smollm2: {folder}")
-    except UserError as err:
-        _fail(err)
 
 
 @organism_app.command("train")
@@ -67,14 +93,13 @@ def organism_train(
     seed: Annotated[int, typer.Option(help="Seed for data, initialisation and training order.")] = 0,
     minutes: Annotated[float, typer.Option(help="Wall-clock training budget in minutes.")] = 10.0,
     steps: Annotated[int | None, typer.Option(help="Train for exactly this many steps (overrides --minutes; use it for reproducible runs).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an organism already in --out (never any other folder).")] = False,
 ) -> None:
     """Train the model organism from scratch, then print its held-out accuracy per task."""
     from conversion import organism
 
-    try:
-        report = organism.train_organism(out=out, seed=seed, minutes=minutes, steps=steps)
-    except UserError as err:
-        _fail(err)
+    with _errors("the organism is written only at the end; --out is unchanged."):
+        report = organism.train_organism(out=out, seed=seed, minutes=minutes, steps=steps, overwrite=overwrite)
     organism.print_report(report)
 
 
@@ -89,10 +114,8 @@ def organism_eval(
 
     from conversion import organism
 
-    try:
+    with _errors("nothing was written."):
         scores = organism.evaluate_checkpoint(source, n=n, steps=steps)
-    except UserError as err:
-        _fail(err)
     table = Table(title=f"{source}: held-out accuracy ({n} examples per task)")
     table.add_column("task")
     table.add_column("accuracy", justify="right")
@@ -112,7 +135,8 @@ def convert(
     batch_size: Annotated[int | None, typer.Option(help="GLOBAL sequences per optimizer step (all processes, all accumulation micro-steps). [default: 8]")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW). [default: 1e-4]")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for data order, noise and dropout. [default: 0]")] = None,
-    resume: Annotated[bool | None, typer.Option("--resume/--no-resume", help="Continue from OUT/checkpoint with the same options (--steps may grow).")] = None,
+    resume: Annotated[bool | None, typer.Option("--resume/--no-resume", help="Continue the run in OUT from its checkpoint with the same options (--steps may grow); with no checkpoint there, start at step 0.")] = None,
+    overwrite: Annotated[bool | None, typer.Option("--overwrite/--no-overwrite", help="Remove the earlier conversion run in OUT and start over (only a folder `ar2mdm convert` wrote; any other non-empty folder is refused).")] = None,
     grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation micro-steps per optimizer step. [default: 1]")] = None,
     warmup: Annotated[int | None, typer.Option(help="Linear warmup steps before cosine decay. [default: 0]")] = None,
     min_lr_ratio: Annotated[float | None, typer.Option(help="Cosine decays to this fraction of --lr. [default: 0.1]")] = None,
@@ -124,6 +148,7 @@ def convert(
     weighting: Annotated[str | None, typer.Option(help="Loss weight: elbo (-alpha'/(1-alpha), 1/t for linear) | flat | cart. [default: elbo]")] = None,
     antithetic: Annotated[bool | None, typer.Option("--antithetic/--no-antithetic", help="Stratified t across the batch. [default: on]")] = None,
     attention: Annotated[str | None, typer.Option(help="bidirectional | anneal:N | block:B | block:1@0.05,16@0.95 (mixture). [default: bidirectional]")] = None,
+    document_attention: Annotated[bool | None, typer.Option("--document-attention/--no-document-attention", help="Packed text: each token attends within its own document only (block-diagonal mask, positions restart per document). Off: the documents of a row see each other. [default: off]")] = None,
     shift: Annotated[bool | None, typer.Option("--shift/--no-shift", help="Keep the ARM's alignment (logits at i-1 predict token i). [default: on]")] = None,
     mask_token: Annotated[str | None, typer.Option(help="'add' a new <|mask|> token (mean-initialised) or an existing token id. [default: add]")] = None,
     sft: Annotated[bool | None, typer.Option("--sft/--no-sft", help="SFT: --data is prompt/answer examples (tasks, or .jsonl with prompt, answer[, suffix]); only the answer is noised and the loss is normalised by answer length. [default: off]")] = None,
@@ -134,6 +159,7 @@ def convert(
     snapshot_every: Annotated[int | None, typer.Option(help="Also write the MDM every N steps to OUT/snapshots/step-N (for `ar2mdm compare --track OUT`; 0 = none). [default: 0]")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Stop after this much training time and write the MDM as it stands (0 = no limit; --resume continues). [default: 0]")] = None,
     log_every: Annotated[int | None, typer.Option(help="JSONL log period in steps. [default: 1]")] = None,
+    text_field: Annotated[str | None, typer.Option(help="The field holding the text in .jsonl data files. [default: text]")] = None,
     trust_remote_code: Annotated[bool | None, typer.Option("--trust-remote-code/--no-trust-remote-code", help="Allow custom model code from the checkpoint folder. [default: off]")] = None,
 ) -> None:
     """Post-train an AR checkpoint into a masked diffusion model.
@@ -144,20 +170,35 @@ def convert(
     from conversion.train import TrainConfig, train
 
     cli_options = {k: v for k, v in locals().items() if k not in ("config", "train", "TrainConfig", "merge_options", "read_config_file")}
-    try:
+    with _errors("checkpoints already written in OUT/checkpoint are kept; the same command with --resume continues."):
         file_options = read_config_file(config) if config else {}
-        cfg = merge_options(TrainConfig, file_options, cli_options)
+        cfg = merge_options(TrainConfig, file_options, cli_options, where=f"config file {config}")
         result = train(cfg)
-    except UserError as err:
-        _fail(err)
+    loss = "" if result.final_loss != result.final_loss else f"; final loss {result.final_loss:.4f}"
     console.print(
-        f"MDM written to {result.out} after {result.steps} steps, {result.tokens_seen} tokens; "
-        f"final loss {result.final_loss:.4f}"
-        + (f"; held-out {result.last_eval}" if result.last_eval else "")
+        f"MDM written to {result.out} after {result.steps} steps, {result.tokens_seen} tokens{loss}"
+        + (f"; held-out {result.last_eval}" if result.last_eval else ""),
+        markup=False, highlight=False,
     )
 
 
 _SAMPLER_HELP = "ar | ancestral | uniform | low-confidence | margin | entropy | threshold | remask | arpc"
+_CACHE_HELP = (
+    "threshold: prefix | none. The prefix KV cache reuses the keys/values of the decoded prefix: exact for "
+    "block-diffusion checkpoints (block:B, whose earlier blocks never see later ones), approximate for "
+    "bidirectional MDMs (the prefix would attend to the changing answer; its keys are reused as they were). "
+    "none recomputes every step (exact). [default: prefix]"
+)
+
+
+def _refuse_earlier_results(claim, overwrite: bool) -> None:
+    """An eval/compare folder that holds an earlier run's results is replaced only with --overwrite
+    (the caller clears it right before writing the new results)."""
+    if claim.previous is not None and not overwrite:
+        raise UserError(
+            f"{claim.folder} holds the results of an earlier `ar2mdm {claim.command}`; pass --overwrite to "
+            "replace them, or choose another --out."
+        )
 
 
 def _sampler_flags(
@@ -186,7 +227,7 @@ def sample(
     strategy: Annotated[str | None, typer.Option(help="remask: cap | rescale | conf. [default: cap]")] = None,
     eta: Annotated[float | None, typer.Option(help="remask: the strategy's eta. [default: 0.05]")] = None,
     score: Annotated[str | None, typer.Option(help="arpc: nll | divergence. [default: nll]")] = None,
-    cache: Annotated[str | None, typer.Option(help="threshold: prefix | none. [default: prefix]")] = None,
+    cache: Annotated[str | None, typer.Option(help=_CACHE_HELP)] = None,
     ar_scorer: Annotated[str | None, typer.Option(help="arpc: AR model to score with. [default: the MDM's source]")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sampler's random draws.")] = 0,
     trace: Annotated[Path | None, typer.Option(help="Write a per-step trace (committed positions, confidences, provisional decode) as JSON here.")] = None,
@@ -196,11 +237,16 @@ def sample(
 
     from analyses.generation import ar_scorer as load_scorer
     from conversion.checkpoints import load_any
+    from conversion.outputs import atomic_write_text, check_output_file
     from conversion.sampling import ModelContext, build_sampler, make_canvas, run
 
-    try:
+    with _errors("nothing was written."):
         if max_new_tokens < 1:
             raise UserError(f"--max-new-tokens must be >= 1, got {max_new_tokens}.")
+        if not [p for p in prompt if p.strip()]:
+            raise UserError("--prompt is empty: give the text to continue.")
+        if trace is not None:
+            check_output_file(trace, "--trace")  # before generating, not after
         loaded = load_any(model)
         options = _sampler_flags(steps, block_length, temperature, tau, top_k, top_p, strategy, eta, score, cache)
         if sampler == "arpc":
@@ -211,8 +257,6 @@ def sample(
         encoded = [list(tok(p, add_special_tokens=True)["input_ids"]) for p in prompt]
         canvas, am = make_canvas(encoded, max_new_tokens, mask_id=ctx.placeholder, pad_id=ctx.pad_id)
         result = run(chosen, loaded.model, canvas, am, ctx, seed=seed, trace=trace is not None)
-    except UserError as err:
-        _fail(err)
     for row, text in enumerate(prompt):
         gen = result.generated(row)
         if ctx.eos_id is not None and ctx.eos_id in gen:
@@ -229,8 +273,12 @@ def sample(
                 "confidence": [[None if v != v else round(v, 5) for v in st.confidence[b].tolist()] for b in range(len(prompt))],
                 "provisional": [tok.decode(st.provisional[b][result.gen[b]].tolist()) for b in range(len(prompt))],
             })
-        trace.write_text(json.dumps({"sampler": sampler, "prompts": list(prompt), "steps": steps_out}, indent=1))
-        console.print(f"trace: {trace}")
+        with _errors("the trace was not written."):
+            try:
+                atomic_write_text(trace, json.dumps({"sampler": sampler, "prompts": list(prompt), "steps": steps_out}, indent=1))
+            except OSError as err:
+                raise UserError(f"--trace {trace} could not be written ({err.strerror}).") from None
+        console.print(f"trace: {trace}", markup=False, highlight=False)
 
 
 @app.command("eval")
@@ -248,27 +296,33 @@ def eval_(
     strategy: Annotated[str | None, typer.Option(help="remask strategy.")] = None,
     eta: Annotated[float | None, typer.Option(help="remask eta.")] = None,
     score: Annotated[str | None, typer.Option(help="arpc score: nll | divergence.")] = None,
-    cache: Annotated[str | None, typer.Option(help="threshold cache: prefix | none.")] = None,
+    cache: Annotated[str | None, typer.Option(help=_CACHE_HELP)] = None,
     ar_scorer: Annotated[str | None, typer.Option(help="arpc: AR model to score with. [default: the MDM's source]")] = None,
     seed: Annotated[int, typer.Option(help="Seed of examples and sampler draws.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier `ar2mdm eval` in --out.")] = False,
 ) -> None:
     """Task accuracy, NFE and tokens/s of each sampler at several step budgets; JSON + plot."""
     from analyses.generation import SamplerSpec, evaluate_samplers, table, task_sets, write_report
     from analyses.generation import ar_scorer as load_scorer
     from conversion.checkpoints import load_any
+    from conversion.outputs import claim_output
     from conversion.sampling import SAMPLERS, sampler_options
 
-    try:
+    with _errors(f"nothing was written to {out}.") as stack:
+        if n < 1 or batch_size < 1:
+            raise UserError(f"--n and --batch-size must be >= 1, got {n} and {batch_size}.")
         names = [x.strip() for x in samplers.split(",") if x.strip()]
         bad = [x for x in names if x not in SAMPLERS]
-        if bad:
-            raise UserError(f"unknown sampler(s) {bad}; choose from {', '.join(SAMPLERS)}.")
+        if bad or not names:
+            raise UserError(f"unknown sampler(s) {bad or [samplers]}; choose from {', '.join(SAMPLERS)}.")
         try:
             fracs = [float(x) for x in fractions.split(",") if x.strip()]
         except ValueError:
             raise UserError(f"--fractions must be comma-separated numbers, got {fractions!r}.") from None
         if not fracs or any(not 0 < f <= 4 for f in fracs):
             raise UserError(f"--fractions must be numbers in (0, 4], got {fractions!r}.")
+        claim = stack.enter_context(claim_output(out, "eval"))
+        _refuse_earlier_results(claim, overwrite)
         loaded = load_any(model)
         flags = _sampler_flags(None, block_length, temperature, tau, None, None, strategy, eta, score, cache)
         specs = [
@@ -278,9 +332,8 @@ def eval_(
         scorer = load_scorer(loaded, ar_scorer) if "arpc" in names else None
         sets = task_sets(loaded, [t.strip() for t in tasks.split(",") if t.strip()], n, seed=seed)
         rows = evaluate_samplers(loaded, sets, specs, fractions=fracs, batch_size=batch_size, seed=seed, scorer=scorer)
+        claim.clear()
         write_report(rows, out, extra={"model": model, "n": n, "batch_size": batch_size, "seed": seed})
-    except UserError as err:
-        _fail(err)
     print(table(rows))
     console.print(f"results: {out}/results.json, {out}/generation.html")
 
@@ -317,14 +370,16 @@ def compare(
     track_tasks: Annotated[str, typer.Option(help="Tasks followed over the snapshots.")] = "ioi,countdown",
     seed: Annotated[int, typer.Option(help="Seed of examples and bootstraps.")] = 0,
     backend: Annotated[str, typer.Option(help="Probe backend: torch | nnsight | tl | auto.")] = "torch",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the report of an earlier `ar2mdm compare` in --out.")] = False,
 ) -> None:
     """ARM vs MDM on a common-correct pool: circuits (EAP-IG), depth, units; the reference study's claims tested."""
     from analyses.compare import CompareOptions, markdown_summary, snapshots_of, write_report
     from analyses.compare import compare as run_compare
     from analyses.compare import track as run_track
+    from conversion.outputs import claim_output
     from probe import ProbedModel
 
-    try:
+    with _errors(f"nothing was written to {out}.") as stack:
         opts = CompareOptions(
             tasks=tuple(tasks.split(",")), pool_size=pool_size, draw=draw, k_edges=k_edges, k_nodes=k_nodes, steps=steps,
             node_scores=node_scores, batch_size=batch_size, n_boot=n_boot, n_random=n_random, seed=seed,
@@ -332,16 +387,17 @@ def compare(
             denoising=_floats(denoising, "--denoising"), common_correct=not all_examples,
         ).checked()
         snapshots = snapshots_of(track) if track is not None else None
-        pm_ar = ProbedModel.from_checkpoint(ar, backend=backend)
-        pm_mdm = ProbedModel.from_checkpoint(mdm, backend=backend)
+        claim = stack.enter_context(claim_output(out, "compare"))
+        _refuse_earlier_results(claim, overwrite)
+        pm_ar = ProbedModel.from_checkpoint(ar, backend=backend, expect="ar", role="compare --ar")
+        pm_mdm = ProbedModel.from_checkpoint(mdm, backend=backend, expect="mdm", role="compare --mdm")
         result = run_compare(pm_ar, pm_mdm, opts, labels={"ar": ar, "mdm": mdm}, log=_plain)
         if snapshots is not None:
             result.data["track"] = run_track(pm_ar, snapshots, tasks=[t for t in track_tasks.split(",") if t.strip()],
                                              pool_size=min(pool_size, 100), steps=steps, batch_size=batch_size, seed=seed,
                                              load=lambda p: ProbedModel.from_checkpoint(p, backend=backend), log=_plain)
+        claim.clear()
         write_report(result, out, title=f"{ar} vs {mdm}")
-    except UserError as err:
-        _fail(err)
     print(markdown_summary(result.data))
     console.print(f"report: {out}/report.html, {out}/report.json")
 
@@ -368,12 +424,10 @@ def study(
     """
     from analyses.study import StudyConfig, print_summary, run_study
 
-    try:
+    with _errors(f"finished stages are kept in {out}; the same command continues from the first unfinished one."):
         cfg = StudyConfig(out=out, model=model, budget=budget, ar_steps=ar_steps, convert_steps=convert_steps,
                           pool_size=pool_size, n=n, n_boot=n_boot, seed=seed, device=device, quick=quick, force=force)
         summary = run_study(cfg, log=_plain)
-    except UserError as err:
-        _fail(err)
     print_summary(summary)
     console.print(f"report: {out / 'report.html'}")
 

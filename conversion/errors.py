@@ -7,6 +7,8 @@ was wrong and what to do. The CLI prints these without a traceback; library user
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class UserError(ValueError):
     """Bad input from the user; the message says what was wrong and how to fix it."""
@@ -22,3 +24,12 @@ class DataError(UserError):
 
 class TaskError(UserError):
     """A task could not be generated or rendered for the given tokenizer."""
+
+
+class TrainingInterrupted(UserError):
+    """Ctrl-C or SIGTERM stopped a training run at a step boundary, after a checkpoint of that step
+    was written. step: optimizer steps done; folder: the run folder (resume it with resume=True)."""
+
+    def __init__(self, message: str, *, step: int, folder: Path) -> None:
+        super().__init__(message)
+        self.step, self.folder = step, folder

@@ -5,7 +5,9 @@
 1. decide which positions may be corrupted ("eligible"): real tokens (not padding), not the SFT
    prompt, and, with shift on, only positions whose left neighbour is a real token. With shift on
    the prediction for token i is read from logits[i - 1] (`conversion.metadata.read_positions`),
-   so position 0 has no logit to be read from: it is never noised and stays clean context;
+   so position 0 has no logit to be read from: it is never noised and stays clean context; with
+   per-document attention (`document_ids`) the same holds for the first token of every document,
+   whose left neighbour lies in another document it cannot see;
 2. sample a time t per sequence in [eps, 1] (antithetic across the batch if asked);
 3. corrupt the eligible positions: absorbing (-> mask id) or uniform (-> random token), each with
    probability 1 - alpha(t);
@@ -131,6 +133,7 @@ def eligible_positions(
     attention_mask: Tensor | None = None,
     prompt_mask: Tensor | None = None,
     device: torch.device | str | None = None,
+    document_ids: Tensor | None = None,
 ) -> Tensor:
     """Bool [B, T]: positions that may be corrupted and carry loss (step 1 of the module doc)."""
     valid = (
@@ -145,6 +148,8 @@ def eligible_positions(
         # Token i is read at logits[i - 1]: that position must exist and be a real token.
         left_valid = torch.zeros_like(valid)
         left_valid[:, 1:] = valid[:, :-1]
+        if document_ids is not None:  # ... and in the same document (per-document attention)
+            left_valid[:, 1:] &= document_ids[:, 1:] == document_ids[:, :-1]
         eligible &= left_valid
     return eligible
 
@@ -200,11 +205,13 @@ def draw_noise(
     generator: torch.Generator | None = None,
     exclude_ids: Sequence[int] = (),
     t: Tensor | None = None,
+    document_ids: Tensor | None = None,
 ) -> NoiseDraw:
     """Steps 1-3 (and the random parts of 4) for clean ids x0 [B, T]; see the module docstring.
 
     vocab_size / exclude_ids: the pool of uniform noise (the mask id is always excluded).
-    t ([B]) fixes the times instead of sampling them.
+    t ([B]) fixes the times instead of sampling them. document_ids ([B, T], per-document
+    attention) only changes which positions are eligible.
     """
     opts = options.checked()
     spec = opts.spec
@@ -216,7 +223,8 @@ def draw_noise(
 
     # 1. Eligible positions: real, not prompt, readable under the shift rule.
     eligible = eligible_positions(
-        x0.shape, shift=opts.shift, attention_mask=attention_mask, prompt_mask=prompt_mask, device=device
+        x0.shape, shift=opts.shift, attention_mask=attention_mask, prompt_mask=prompt_mask, device=device,
+        document_ids=document_ids,
     )
     # 2. One time per sequence.
     if t is None:
@@ -256,6 +264,7 @@ def diffusion_loss(
     exclude_ids: Sequence[int] = (),
     t: Tensor | None = None,
     draw: NoiseDraw | None = None,
+    document_ids: Tensor | None = None,
 ) -> LossOutput:
     """The masked-diffusion loss of `model` on clean ids x0 [B, T] (see the module docstring).
 
@@ -264,7 +273,8 @@ def diffusion_loss(
     mask_id: the mask token (required for absorbing noise). vocab_size / exclude_ids: the pool of
     uniform noise (default: the model's output size). t ([B]) fixes the times; `draw` fixes all
     the randomness (its `noised` must lie in the eligible positions). Without `draw`, the noise is
-    drawn by `draw_noise` from `generator`.
+    drawn by `draw_noise` from `generator`. document_ids: [B, T] document index of each token of
+    packed rows (`attention.document_ids`) for per-document attention (None: attend across).
     """
     opts = options.checked()
     spec = opts.spec
@@ -274,7 +284,8 @@ def diffusion_loss(
         attention_mask = torch.ones_like(x0)
     schedule = noise_mod.get_schedule(opts.schedule)
     eligible = eligible_positions(
-        x0.shape, shift=opts.shift, attention_mask=attention_mask, prompt_mask=prompt_mask, device=device
+        x0.shape, shift=opts.shift, attention_mask=attention_mask, prompt_mask=prompt_mask, device=device,
+        document_ids=document_ids,
     )
 
     # Steps 1-3: draw (or take) the noise.
@@ -282,7 +293,7 @@ def diffusion_loss(
         draw = draw_noise(
             x0, opts, mask_id=mask_id, attention_mask=attention_mask, prompt_mask=prompt_mask,
             step=step, generator=generator, exclude_ids=exclude_ids, t=t,
-            vocab_size=vocab_size if vocab_size is not None else _output_size(model),
+            vocab_size=vocab_size if vocab_size is not None else _output_size(model), document_ids=document_ids,
         )
     elif bool((draw.corruption.noised & ~eligible).any()):
         raise UserError(
@@ -299,8 +310,8 @@ def diffusion_loss(
         if block_sizes is None:
             block_sizes = sample_block_sizes(spec, batch, generator=generator, device=device)
         block_sizes = block_sizes.to(device)
-        mask4 = build_mask(spec, attention_mask, block_sizes=block_sizes, dtype=dtype)
-        pos = position_ids(attention_mask)
+        mask4 = build_mask(spec, attention_mask, block_sizes=block_sizes, dtype=dtype, document_ids=document_ids)
+        pos = position_ids(attention_mask, document_ids)
         logits = model(
             input_ids=torch.cat([xt, x0], dim=1),
             attention_mask=mask4,
@@ -309,7 +320,8 @@ def diffusion_loss(
     else:
         block_sizes = None
         kwargs = model_inputs(
-            spec, attention_mask, step=step, layout=draw.layout, generator=generator, dtype=dtype
+            spec, attention_mask, step=step, layout=draw.layout, generator=generator, dtype=dtype,
+            document_ids=document_ids,
         )
         logits = model(input_ids=xt, **kwargs).logits  # [B, L, V]
 
@@ -387,8 +399,10 @@ def heldout_loss(
     seed: int = 0,
     batch_size: int = 8,
     vocab_size: int | None = None,
+    document_ids: Tensor | None = None,
 ) -> dict[str, float]:
-    """Deterministic held-out evaluation of x0 [M, T] at a fixed grid of times.
+    """Deterministic held-out evaluation of x0 [M, T] at a fixed grid of times (document_ids
+    [M, T]: per-document attention, as in training).
 
     For every t in `t_grid` (the same corruption every call, from `seed`), returns
     "ce@t": mean CE per corrupted token, "acc@t": the fraction of corrupted tokens whose argmax
@@ -412,10 +426,11 @@ def heldout_loss(
                 chunk = x0[start : start + batch_size]
                 am = None if attention_mask is None else attention_mask[start : start + batch_size]
                 pm = None if prompt_mask is None else prompt_mask[start : start + batch_size]
+                docs = None if document_ids is None else document_ids[start : start + batch_size]
                 t = torch.full((chunk.shape[0],), float(t_value), device=device)
                 out = diffusion_loss(
                     model, chunk, options, mask_id=mask_id, attention_mask=am, prompt_mask=pm, step=step,
-                    generator=gen, t=t, vocab_size=vocab_size,
+                    generator=gen, t=t, vocab_size=vocab_size, document_ids=docs,
                 )
                 loss_sum += float(out.loss) * int(out.n_tokens)
                 tok += int(out.n_tokens)

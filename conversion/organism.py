@@ -77,6 +77,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from conversion._env import cache_dir
 from conversion.errors import UserError
+from conversion.outputs import OWNER_FILE, claim_output, owner_record
 from probe.tasks import Example, Task, get_task
 from probe.tasks.evaluate import greedy_accuracy, logit_metrics
 
@@ -106,6 +107,9 @@ TASK_OPTIONS: dict[str, dict[str, Any]] = {
 HOLDOUT_PROMPTS: frozenset[str] = frozenset({"ioi", "induction", "countdown", "sudoku"})
 
 TARGETS: dict[str, float] = {"ioi": 0.95, "greater_than": 0.95, "induction": 0.95, "countdown": 0.60}
+
+
+ORGANISM_COMMAND = "organism train"
 
 
 def default_organism_dir() -> Path:
@@ -576,10 +580,13 @@ def train_organism(
     steps: int | None = None,
     config: OrganismConfig | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> OrganismReport:
     """Train the organism from scratch, evaluate it on held-out examples, save it to `out`.
 
-    out: the HF folder to write (default `default_organism_dir()`); replaced atomically.
+    out: the HF folder to write (default `default_organism_dir()`), claimed for the run
+    (`conversion.outputs.claim_output`: locked, and refused if it holds anything but an organism);
+    an organism already there is replaced (atomically, at the end) only with `overwrite`.
     steps: train exactly this many steps (reproducible); otherwise train for `minutes`.
     Returns the report, also written to `out/report.json`.
     """
@@ -592,7 +599,29 @@ def train_organism(
     unknown = sorted(set(cfg.mixture) - set(TASK_NAMES))
     if unknown:
         raise UserError(f"unknown task(s) {unknown} in the mixture; the tasks are {', '.join(TASK_NAMES)}.")
-    out = Path(out) if out is not None else default_organism_dir()
+    out = Path(out).expanduser() if out is not None else default_organism_dir()
+    with claim_output(out, ORGANISM_COMMAND, recognise=_is_organism_folder) as claim:
+        if claim.previous is not None and not overwrite:
+            raise UserError(
+                f"{out} already holds a trained organism; pass --overwrite (overwrite=True) to replace it, "
+                "or choose another --out."
+            )
+        return _train(out, cfg, seed, minutes, steps, progress, wall_start)
+
+
+def _is_organism_folder(folder: Path) -> bool:
+    """An organism folder written before owner records existed (its report names its task options)."""
+    try:
+        report = json.loads((folder / "report.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and "task_options" in report and (folder / "config.json").is_file()
+
+
+def _train(
+    out: Path, cfg: OrganismConfig, seed: int, minutes: float, steps: int | None, progress: bool, wall_start: float
+) -> OrganismReport:
+    """The training run of `train_organism`, into the claimed folder `out`."""
     torch.set_num_threads(cfg.threads)
 
     tokenizer = organism_tokenizer(cfg.tokenizer_examples, seed)
@@ -674,7 +703,7 @@ def train_organism(
     )
 
     report.wall_seconds = round(time.perf_counter() - wall_start, 2)
-    save_checkpoint(out, model, tokenizer, {"report.json": report.to_json()})
+    save_checkpoint(out, model, tokenizer, {"report.json": report.to_json(), OWNER_FILE: owner_record(ORGANISM_COMMAND)})
     return report
 
 

@@ -92,14 +92,25 @@ def claim_output(
     option: the flag the folder came from, for messages. recognise(folder): True if a folder
     without an owner record holds an earlier run of `command` (written by an older ar2mdm).
     Raises UserError for an unusable path, a folder held by another run, or a folder that holds
-    anything but an earlier run of the same command.
+    anything but an earlier run of the same command. A run that fails before writing anything
+    leaves the folder as it found it (a folder it created is removed again).
     """
-    path = _usable_folder(Path(folder).expanduser(), option)
+    path = Path(folder).expanduser()
+    existed = path.exists()
+    path = _usable_folder(path, option)
     lock = _lock(path, command, option)
     try:
         previous = _previous_run(path, command, option, recognise)
-        atomic_write_text(path / OWNER_FILE, json.dumps({"command": command}) + "\n")
+        atomic_write_text(path / OWNER_FILE, owner_record(command))
         yield Claim(path, command, previous)
+    except BaseException:
+        if not folder_contents(path):  # the run failed before writing anything: leave no trace
+            for name in OURS:
+                (path / name).unlink(missing_ok=True)
+            if not existed:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+        raise
     finally:
         lock.close()  # releases the flock
 

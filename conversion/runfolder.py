@@ -62,16 +62,6 @@ RESUMABLE_CHANGES = {
 }
 
 
-class TrainingInterrupted(UserError):
-    """Ctrl-C or SIGTERM stopped the run at a step boundary; a checkpoint of that step was written.
-
-    step: the optimizer steps done. folder: the run folder (resume with resume=True)."""
-
-    def __init__(self, message: str, *, step: int, folder: Path) -> None:
-        super().__init__(message)
-        self.step, self.folder = step, folder
-
-
 # --- what to do with the folder ------------------------------------------------------------------
 
 

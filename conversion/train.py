@@ -76,9 +76,9 @@ from torch.distributed.checkpoint.state_dict import (
 from tqdm.auto import tqdm
 
 from conversion import data as data_mod
-from conversion.attention import make_bidirectional
+from conversion.attention import document_ids, make_bidirectional
 from conversion.checkpoints import load_ar
-from conversion.errors import UserError
+from conversion.errors import TrainingInterrupted, UserError
 from conversion.mdm import add_mask_token, save_mdm
 from conversion.metadata import ModelMeta, require_kind
 from conversion.objective import (
@@ -97,7 +97,6 @@ from conversion.runfolder import (
     Plan,
     RunLog,
     StopSignals,
-    TrainingInterrupted,
     checkpoint_to_read,
     inner_optimizer,
     load_checkpoint,
@@ -124,7 +123,8 @@ class TrainConfig:
     bf16: bf16 autocast of forward passes (weights and optimizer stay fp32). seed: data order,
     noise, dropout.
     noise / schedule / weighting / antithetic / attention / shift: the objective
-    (`objective.DiffusionOptions`). mask_token: "add" (new <|mask|> token) or an existing id.
+    (`objective.DiffusionOptions`). document_attention: packed text rows attend within each
+    document only (block-diagonal mask, positions restarting per document; `conversion.attention`). mask_token: "add" (new <|mask|> token) or an existing id.
     sft: `data` holds prompt/answer examples ("tasks" or a .jsonl file); only answers are noised.
     held_out: fraction of documents held out. eval_every: held-out eval period in steps, plus
     one at the end (0: no evaluation). eval_blocks: held-out blocks used. save_every: checkpoint
@@ -156,6 +156,7 @@ class TrainConfig:
     weighting: str = "elbo"
     antithetic: bool = True
     attention: str = "bidirectional"
+    document_attention: bool = False
     shift: bool = True
     mask_token: str = "add"
     sft: bool = False
@@ -217,6 +218,11 @@ class TrainConfig:
             raise UserError(f"held_out must be a fraction in [0, 1), got {self.held_out}.")
         if self.seed < 0:
             raise UserError(f"seed must be >= 0, got {self.seed}.")
+        if self.document_attention and self.sft:
+            raise UserError(
+                "document_attention separates the documents packed into a text row; SFT rows hold one example "
+                "each. Drop --document-attention or --sft."
+            )
         self.options()
 
     def to_json(self) -> dict[str, Any]:
@@ -347,6 +353,10 @@ def _run(
     make_bidirectional(model)
     vocab = len(tokenizer)  # uniform noise draws real tokenizer ids only
     specials = tuple(tokenizer.all_special_ids)
+    separator = tokenizer.eos_token_id  # what `data.pack` puts between documents
+
+    def documents(ids: torch.Tensor) -> torch.Tensor | None:
+        return document_ids(ids, separator) if cfg.document_attention else None
 
     # Data.
     # Rows are [N, 1, L] (packed text: every position a token) or, with sft, [N, 3, L]
@@ -396,6 +406,7 @@ def _run(
     stream = data_mod.batches(train_rows, cfg.batch_size, seed=cfg.seed, start=start)
     held = held_rows[: cfg.eval_blocks].to(device)
     held_ids, held_am, held_pm = _split_rows(held)
+    held_docs = documents(held_ids)
     last_eval: dict[str, float] | None = None
     window_tokens, window_start = 0, time.perf_counter()
     desc = f"train (stops after {cfg.max_minutes:g} min)" if cfg.max_minutes else "train"
@@ -409,6 +420,7 @@ def _run(
     for step in range(start, cfg.steps):
         rows_b = next(stream).to(device)  # [batch_size, 1 or 3, seq_len], the global batch
         batch, am, pm = _split_rows(rows_b)
+        docs = documents(batch)
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -416,10 +428,10 @@ def _run(
         gen = torch.Generator(device=device).manual_seed(_seed(cfg.seed, step))
         draw = draw_noise(
             batch, opts, mask_id=mask_id, vocab_size=vocab, step=step, generator=gen, exclude_ids=specials,
-            attention_mask=am, prompt_mask=pm,
+            attention_mask=am, prompt_mask=pm, document_ids=docs,
         )
         n_global = eligible_positions(
-            batch.shape, shift=opts.shift, attention_mask=am, prompt_mask=pm, device=device
+            batch.shape, shift=opts.shift, attention_mask=am, prompt_mask=pm, device=device, document_ids=docs,
         ).sum()
         torch.manual_seed(_seed(cfg.seed, step, rank))
 
@@ -433,6 +445,7 @@ def _run(
                         model, batch[rows], opts, mask_id=mask_id, step=step, draw=draw.rows(rows),
                         attention_mask=None if am is None else am[rows],
                         prompt_mask=None if pm is None else pm[rows],
+                        document_ids=None if docs is None else docs[rows],
                     )
                 # Sum of this shard's weighted CE over the GLOBAL token count; x world because
                 # DDP and FSDP average gradients over processes.
@@ -475,7 +488,7 @@ def _run(
                 last_eval = heldout_loss(
                     model, held_ids, opts, mask_id=mask_id, seed=cfg.seed,
                     attention_mask=held_am, prompt_mask=held_pm,
-                    batch_size=max(1, local), vocab_size=vocab,
+                    batch_size=max(1, local), vocab_size=vocab, document_ids=held_docs,
                 )
             log.write({"kind": "eval", "step": done, **last_eval})
         if cfg.snapshot_every and done % cfg.snapshot_every == 0 and done < cfg.steps:

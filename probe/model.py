@@ -163,6 +163,8 @@ class ProbedModel:
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
         trust_remote_code: bool = False,
+        expect: Literal["ar", "mdm"] | None = None,
+        role: str = "the model",
     ) -> ProbedModel:
         """Probe any checkpoint the toolkit loads.
 
@@ -170,6 +172,9 @@ class ProbedModel:
         an MDM folder (it holds ar2mdm.json with kind "mdm": loaded with `load_mdm`), a `Loaded`,
         or an in-memory HF model (then pass `tokenizer` and, for an MDM, `meta`).
         backend: "auto", "torch", "nnsight" or "tl" (see `probe.backends`).
+        expect: "ar" or "mdm" to refuse a path or name of the other kind (CheckpointError naming
+        `role`, what the caller uses the checkpoint as); the kind is read from the files
+        (`conversion.metadata.checkpoint_kind`), so an MDM is never probed as a causal model.
         """
         if isinstance(source, PreTrainedModel):
             return cls(source, tokenizer, meta, backend=backend)
@@ -179,7 +184,7 @@ class ProbedModel:
             raise UserError(
                 f"from_checkpoint takes a name, a path, a Loaded or an HF model; got {type(source).__name__}."
             )
-        loaded = load_any(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        loaded = load_any(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code, expect=expect, role=role)
         return cls(loaded.model, tokenizer or loaded.tokenizer, meta or loaded.meta, backend=backend)
 
     # --- names --------------------------------------------------------------------------------
@@ -203,12 +208,23 @@ class ProbedModel:
     # --- inputs -------------------------------------------------------------------------------
 
     def _inputs(self, inputs: Inputs, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(input_ids [B, T], attention_mask [B, T]) on the model's device, after checking them.
+
+        Raises UserError for: an unknown input type, text without a tokenizer, an empty batch or
+        text, ids that are not integers or lie outside the embedding, a mask of another shape or
+        with values other than 0/1, a row with no real token, and inputs longer than the model's
+        context (rotary models would run past it silently, absolute-position ones would crash).
+        """
         mask = attention_mask
-        if isinstance(inputs, str) or (isinstance(inputs, Sequence) and inputs and all(isinstance(t, str) for t in inputs)):
+        texts = [inputs] if isinstance(inputs, str) else inputs
+        if isinstance(texts, Sequence) and not isinstance(texts, Tensor) and len(texts) > 0 and all(isinstance(t, str) for t in texts):
             if self.tokenizer is None:
                 raise UserError("text inputs need a tokenizer; pass token ids or give the model a tokenizer.")
-            enc = self.tokenizer([inputs] if isinstance(inputs, str) else list(inputs), return_tensors="pt", padding=True)
+            enc = self.tokenizer(list(texts), return_tensors="pt", padding=True)
             ids, mask = enc["input_ids"], enc["attention_mask"] if mask is None else mask
+            empty = [i for i, row in enumerate(enc["attention_mask"]) if int(row.sum()) == 0]
+            if empty:
+                raise UserError(f"input text {empty[0]} ({texts[empty[0]]!r}) has no tokens; pass non-empty text.")
         elif isinstance(inputs, Tensor):
             ids = inputs
         elif isinstance(inputs, Mapping) and "input_ids" in inputs:
@@ -217,23 +233,55 @@ class ProbedModel:
         elif hasattr(inputs, "input_ids") and hasattr(inputs, "attention_mask"):  # probe.tasks.Batch
             ids = inputs.input_ids
             mask = inputs.attention_mask if mask is None else mask
+        elif isinstance(inputs, Sequence) and len(inputs) == 0:
+            raise UserError("the inputs are an empty list; pass at least one text or a [B, T] tensor of token ids.")
         else:
             raise UserError(
                 f"inputs must be token ids [B, T], a mapping with input_ids (and attention_mask), a "
                 f"probe.tasks Batch, or text; got {type(inputs).__name__}."
             )
+        if not isinstance(ids, Tensor):
+            raise UserError(f"input_ids must be a tensor [B, T]; got {type(ids).__name__}.")
         if ids.ndim == 1:
             ids = ids[None]
         if ids.ndim != 2 or ids.dtype not in (torch.long, torch.int, torch.int32):
             raise UserError(f"token ids must be an integer tensor [B, T]; got {ids.dtype} {list(ids.shape)}.")
+        if ids.numel() == 0:
+            raise UserError(f"the inputs are empty (shape {list(ids.shape)}); pass at least one token.")
         if mask is None:
             mask = torch.ones_like(ids)
         if mask.ndim == 1:
             mask = mask[None]
         if mask.shape != ids.shape:
             raise UserError(f"attention_mask is {list(mask.shape)} but input_ids are {list(ids.shape)}.")
+        if bool(((mask != 0) & (mask != 1)).any()):
+            raise UserError("attention_mask must hold 1 (token) and 0 (padding) only.")
+        if bool((mask.sum(-1) == 0).any()):
+            row = int((mask.sum(-1) == 0).nonzero()[0])
+            raise UserError(f"row {row} of the inputs is all padding (its attention_mask is all 0); drop it.")
+        rows = self.model.get_input_embeddings().weight.shape[0]
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= rows:
+            raise UserError(
+                f"token ids must lie in 0..{rows - 1} (the model's embedding has {rows} rows); got ids from "
+                f"{low} to {high}. Were they made by another tokenizer?"
+            )
+        context = self.context_length
+        if context is not None and ids.shape[1] > context:
+            raise UserError(
+                f"the inputs are {ids.shape[1]} tokens long but the model's context is {context} positions; "
+                f"shorten them to at most {context} tokens."
+            )
         device = next(self.model.parameters()).device
         return ids.to(device), mask.to(device)
+
+    @property
+    def context_length(self) -> int | None:
+        """The model's context in positions (max_position_embeddings / n_positions), if it states one."""
+        config = self.model.config
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        value = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+        return int(value) if value else None
 
     # --- running ------------------------------------------------------------------------------
 

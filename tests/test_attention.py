@@ -284,3 +284,61 @@ def test_gemma3_sliding_window_kept_by_flag_dropped_by_4d_mask() -> None:
     # two window-2 layers reach at most 4 positions: the last token cannot move position 0
     assert not bool(influence(model, ids, 9, attention_mask=am)[0])
     assert bool(influence(model, ids, 9, attention_mask=attn.build_mask("bidirectional", am))[0])
+
+
+# --- per-document attention ------------------------------------------------------------------------
+
+SEP = 2  # the separator (EOS) of these packed rows
+
+
+def packed_row() -> torch.Tensor:
+    """Three documents packed into one row: [doc 0: 5 tokens + EOS][doc 1: 4 + EOS][doc 2: 3]."""
+    return torch.tensor([[11, 12, 13, 14, 15, SEP, 21, 22, 23, 24, SEP, 31, 32, 33]])
+
+
+def test_document_ids_and_positions_by_hand() -> None:
+    ids = packed_row()
+    docs = attn.document_ids(ids, SEP)
+    assert docs.tolist() == [[0] * 6 + [1] * 5 + [2] * 3]
+    pos = attn.position_ids(torch.ones_like(ids), docs)
+    assert pos.tolist() == [[0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 0, 1, 2]]
+
+
+@pytest.mark.parametrize("spec", ["bidirectional", "anneal:4", "causal"])
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_token_never_depends_on_another_document(family: str, spec: str) -> None:
+    """Change any token of a row: only its own document's logits may move, and each document's
+    logits equal those of the document run alone (positions restart at 0)."""
+    model = tiny(family)
+    ids = packed_row()
+    mask = torch.ones_like(ids)
+    docs = attn.document_ids(ids, SEP)
+    layout = attn.anneal_allowed(ids.shape[1], 0.5, generator=torch.Generator().manual_seed(0))
+    kwargs = attn.model_inputs(spec, mask, step=2, layout=layout, document_ids=docs)
+    for key in range(ids.shape[1]):
+        moved = influence(model, ids, key, **kwargs)
+        assert not (moved & (docs[0] != docs[0, key])).any(), f"key {key} reached another document"
+        if spec == "bidirectional":
+            assert moved[docs[0] == docs[0, key]].any()
+    if spec == "bidirectional":
+        with torch.no_grad():
+            whole = model(input_ids=ids, **kwargs).logits[0]
+            for d in range(3):
+                part = ids[:, docs[0] == d]
+                alone = model(input_ids=part, **attn.model_inputs(spec, torch.ones_like(part))).logits[0]
+                torch.testing.assert_close(whole[docs[0] == d], alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("b", [2, 4])
+def test_block_mode_keeps_documents_apart(b: int) -> None:
+    model = tiny("llama")
+    ids = packed_row()
+    length = ids.shape[1]
+    docs = attn.document_ids(ids, SEP)
+    mask = attn.build_mask(f"block:{b}", torch.ones_like(ids), document_ids=docs)
+    doubled = torch.cat([ids, ids], dim=1)
+    pos = attn.position_ids(torch.ones_like(ids), docs)
+    docs2 = torch.cat([docs, docs], dim=1)[0]
+    for key in range(2 * length):
+        moved = influence(model, doubled, key, attention_mask=mask, position_ids=torch.cat([pos, pos], dim=1))
+        assert not (moved & (docs2 != docs2[key])).any(), f"key {key} reached another document"

@@ -315,3 +315,33 @@ def test_global_draw_split_into_rows_matches_whole_batch(spec: str) -> None:
     total = sum(p.loss * p.n_tokens for p in parts) / sum(p.n_tokens for p in parts)
     assert whole.loss.item() == pytest.approx(total.item(), rel=1e-5)
     assert int(whole.n_correct) == sum(int(p.n_correct) for p in parts)
+
+
+def test_per_document_loss_never_reads_across_documents() -> None:
+    """With per-document attention and shift on, the first token of a document is never a loss
+    position (its read position lies in the previous document), and the loss of a packed row
+    equals the sum of its documents' losses, each computed alone with the same corruption."""
+    from conversion.objective import eligible_positions
+
+    sep = 2
+    x0 = torch.tensor([[11, 12, 13, sep, 21, 22, 23, 24, sep, 31, 32]])
+    docs = attn.document_ids(x0, sep)
+    eligible = eligible_positions(x0.shape, shift=True, document_ids=docs)
+    assert eligible.tolist() == [[False, True, True, True, False, True, True, True, True, False, True]]
+    model = tiny()
+    opts = DiffusionOptions(weighting="flat")
+    t = torch.tensor([0.7])
+    draw = draw_noise(x0, opts, mask_id=MASK, vocab_size=V, t=t, generator=torch.Generator().manual_seed(1),
+                      document_ids=docs)
+    whole = diffusion_loss(model, x0, opts, mask_id=MASK, draw=draw, document_ids=docs)
+    assert int(whole.n_masked) >= 3
+    total, count = 0.0, 0
+    for d in range(3):
+        cols = (docs[0] == d).nonzero().squeeze(1)
+        c = draw.corruption
+        part = NoiseDraw(noise.Corruption(t=t, xt=c.xt[:, cols], noised=c.noised[:, cols]))
+        out = diffusion_loss(model, x0[:, cols], opts, mask_id=MASK, draw=part)
+        total += float(out.loss) * int(out.n_tokens)
+        count += int(out.n_tokens)
+    assert count == int(whole.n_tokens) == int(eligible.sum())
+    assert total == pytest.approx(float(whole.loss) * int(whole.n_tokens), rel=1e-5)

@@ -364,3 +364,15 @@ def test_time_budget_stops_early_and_resume_finishes(setup: TrainConfig) -> None
     assert done.steps == 6 and ModelMeta.load(out).extra["steps"] == 6
     with pytest.raises(UserError, match="max_minutes"):
         train(replace(setup, max_minutes=-1.0))
+
+
+def test_document_attention_trains_and_is_recorded(setup: TrainConfig) -> None:
+    """Per-document attention runs through the loop (train and held-out eval) and changes the
+    trajectory (the documents of a packed row no longer see each other)."""
+    per_doc = train(replace(setup, steps=2, eval_every=2, document_attention=True))
+    assert ModelMeta.load(per_doc.out).extra["options"]["document_attention"] is True
+    assert per_doc.last_eval is not None and per_doc.last_eval["loss"] == per_doc.last_eval["loss"]
+    across = train(replace(setup, steps=2, eval_every=2, out=str(Path(setup.out).with_name("across"))))
+    assert per_doc.history[0]["loss"] != across.history[0]["loss"]
+    with pytest.raises(UserError, match="document"):
+        train(replace(setup, sft=True, data="tasks", document_attention=True, out=str(Path(setup.out).with_name("x"))))

@@ -47,6 +47,7 @@ class Example:
     ar_prompt / corrupted_ar_prompt: the AR reading's prompt when it differs from `prompt`
         (infilling puts the whole sentence, blank included, before the answer).
     meta: task-specific fields the checker needs (numbers and target of a Countdown, ...).
+    origin: where the example came from, for error messages ("tasks.jsonl:12" for a user task).
     """
 
     task: str
@@ -60,6 +61,12 @@ class Example:
     ar_prompt: str | None = None
     corrupted_ar_prompt: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    origin: str = ""
+
+    @property
+    def where(self) -> str:
+        """How error messages name the example: its origin (file:line) if known, else its task."""
+        return f"{self.origin} ({self.task})" if self.origin else self.task
 
     @property
     def text(self) -> str:
@@ -151,13 +158,13 @@ def render(
     p_corrupt = _encode(tokenizer, corrupt_prompt)
     if len(p_clean) != len(p_corrupt):
         raise TaskError(
-            f"{ex.task}: clean prompt {clean_prompt!r} is {len(p_clean)} tokens but corrupted "
+            f"{ex.where}: clean prompt {clean_prompt!r} is {len(p_clean)} tokens but corrupted "
             f"{corrupt_prompt!r} is {len(p_corrupt)}; this tokenizer splits the substituted words "
             "differently. Filter such examples (see Task.generate_aligned) or change the word lists."
         )
     answer_ids = _continuation_ids(tokenizer, clean_prompt, ex.answer, "answer")
     if not answer_ids:
-        raise TaskError(f"{ex.task}: the answer {ex.answer!r} tokenises to nothing.")
+        raise TaskError(f"{ex.where}: the answer {ex.answer!r} tokenises to nothing.")
     n = len(answer_ids)
     correct = first_token_ids(tokenizer, clean_prompt, ex.correct or (ex.answer,))
     counter = first_token_ids(tokenizer, clean_prompt, ex.counterfactual)
@@ -177,7 +184,7 @@ def render(
         )
         if len(s_clean) != len(s_corrupt):
             raise TaskError(
-                f"{ex.task}: clean suffix {ex.suffix!r} and corrupted suffix "
+                f"{ex.where}: clean suffix {ex.suffix!r} and corrupted suffix "
                 f"{ex.corrupted_suffix!r} tokenise to different lengths; change the word lists."
             )
         ids = p_clean + [mask_id] * n + s_clean

@@ -75,18 +75,24 @@ def _example(raw: object, name: str, where: str) -> Example:
         if not isinstance(raw["meta"], dict):
             raise TaskError(f"{where}: field 'meta' must be an object.")
         kwargs["meta"] = dict(raw["meta"])
-    return Example(task=name, **kwargs)  # type: ignore[arg-type]
+    return Example(task=name, origin=where, **kwargs)  # type: ignore[arg-type]
 
 
 def load_jsonl_task(
     path: str | Path, name: str | None = None, *, kind: Literal["local", "global"] = "global"
 ) -> JsonlTask:
     """A task from a JSONL file (see the module docstring); `name` defaults to the file stem."""
-    p = Path(path)
+    p = Path(path).expanduser()
     try:
         lines = p.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise TaskError(f"{p} does not exist; pass the path of a JSONL task file.") from None
+    except IsADirectoryError:
+        raise TaskError(f"{p} is a folder; pass the path of a JSONL task file (one JSON object per line).") from None
+    except UnicodeDecodeError:
+        raise TaskError(f"{p} is not UTF-8 text (a binary file?); a task file holds one JSON object per line.") from None
+    except OSError as err:
+        raise TaskError(f"{p} cannot be read ({err.strerror}).") from None
     task_name = name or p.stem
     examples = []
     for i, line in enumerate(lines, start=1):
