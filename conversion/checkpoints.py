@@ -50,6 +50,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 from transformers import __version__ as transformers_version
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from conversion._env import cache_dir
@@ -230,17 +231,29 @@ def _causal_lm_config(folder: Path, trust_remote_code: bool) -> PretrainedConfig
         raise CheckpointError(
             f"{folder} has no config.json, so it is not an HF model folder.{hint}"
         )
+    raw = _raw_config(folder)
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except Exception as err:
+        # Custom code is the answer only for a config that names some (auto_map); for a damaged
+        # or unknown config it would be misleading advice.
         advice = (
-            " If the model ships its own code and you trust it, pass trust_remote_code=True."
-            if not trust_remote_code
+            " The model ships its own code: if you trust it, pass --trust-remote-code "
+            "(trust_remote_code=True)."
+            if raw.get("auto_map") and not trust_remote_code
             else ""
         )
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if not raw.get("auto_map") and raw.get("model_type") not in CONFIG_MAPPING:
+            raise CheckpointError(
+                f"{folder / 'config.json'} names model_type {raw.get('model_type')!r}, which transformers "
+                f"{transformers_version} does not know, and ships no code for it. ar2mdm reads the decoder families "
+                "transformers knows (llama, mistral, qwen2, qwen3, gemma2, gemma3, gpt2, ...): upgrade transformers "
+                "if the family is newer, or check the model_type."
+            ) from None
         raise CheckpointError(
             f"Could not read {folder / 'config.json'} with transformers {transformers_version}: "
-            f"{err}.{advice}"
+            f"{first}.{advice}"
         ) from None
 
     causal_classes = _causal_lm_class_names()
@@ -263,6 +276,25 @@ def _causal_lm_config(folder: Path, trust_remote_code: bool) -> PretrainedConfig
             "Mistral, ...). Pass the folder of a *ForCausalLM checkpoint."
         )
     return config
+
+
+def _raw_config(folder: Path) -> dict:
+    """config.json as JSON, or a CheckpointError saying it is damaged."""
+    path = folder / "config.json"
+    try:
+        raw = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); the file is damaged: copy or save the model again.") from None
+    except OSError as err:
+        raise CheckpointError(f"{path} cannot be read ({err.strerror}).") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(raw).__name__}, not an object of settings; the file is damaged.")
+    if "model_type" not in raw and not raw.get("auto_map"):
+        raise CheckpointError(
+            f"{path} names no model_type, so transformers cannot tell which architecture it describes; "
+            "save the model again with model.save_pretrained(folder)."
+        )
+    return raw
 
 
 def _causal_lm_class_names() -> set[str]:

@@ -4,6 +4,7 @@ and every way a source can be wrong gives a CheckpointError that says what to do
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -180,12 +181,22 @@ def test_error_encoder_decoder_is_not_causal(tmp_path: Path) -> None:
         load_ar(tmp_path)
 
 
-def test_error_unknown_model_type_mentions_remote_code(make_tiny_model) -> None:
+def test_error_unknown_model_type_says_so_and_remote_code_only_when_shipped(make_tiny_model) -> None:
     folder = make_tiny_model("llama")
     config = folder / "config.json"
     config.write_text(config.read_text().replace('"llama"', '"mystery_arch"'))
-    with pytest.raises(CheckpointError, match="trust_remote_code=True"):
+    with pytest.raises(CheckpointError, match="does not know") as err:
         load_ar(folder)
+    assert "trust" not in str(err.value)  # no code ships with it: remote code would not help
+    raw = json.loads(config.read_text())
+    raw["auto_map"] = {"AutoConfig": "modeling_mystery.MysteryConfig"}
+    config.write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match="--trust-remote-code"):
+        load_ar(folder)
+    config.write_text('{"model_type": "llama", ')  # damaged: no advice about code at all
+    with pytest.raises(CheckpointError, match="not valid JSON") as err:
+        load_ar(folder)
+    assert "trust" not in str(err.value)
 
 
 def test_error_truncated_safetensors(make_tiny_model) -> None:
