@@ -176,9 +176,10 @@ def _tokenizer_warnings(ar: ProbedModel, mdm: ProbedModel) -> list[str]:
     added = sorted(set(vb) - set(va) - {getattr(tb, "mask_token", None)})
     if moved or added:
         example = f"{moved[0]!r}: {va[moved[0]]} in the ARM, {vb.get(moved[0])} in the MDM" if moved else f"{added[0]!r} only in the MDM"
+        counts = [f"{len(moved)} of the ARM's {len(va)} tokens have another id in the MDM" if moved else "",
+                  f"{len(added)} tokens besides the mask exist only in the MDM" if added else ""]
         raise CheckpointError(
-            f"--ar and --mdm use different tokenizers ({len(moved)} of the ARM's {len(va)} tokens have another "
-            f"id in the MDM, {len(added)} tokens besides the mask exist only in the MDM; e.g. {example}). "
+            f"--ar and --mdm use different tokenizers ({'; '.join(c for c in counts if c)}; e.g. {example}). "
             "Token-level comparisons need one vocabulary: compare an ARM with its own conversion."
         )
     differ = [

@@ -342,7 +342,8 @@ def run_study(cfg: StudyConfig, *, log: Callable[[str], None] = print) -> dict[s
     reused), since stages replace their folders."""
     cfg = cfg.checked()
     out = Path(cfg.out).expanduser()
-    with claim_output(out, "study", recognise=_is_study_folder):
+    with claim_output(out, "study", recognise=_is_study_folder) as claim:
+        claim.mark()
         return _run_stages(cfg, out, log)
 
 

@@ -333,6 +333,7 @@ def eval_(
         sets = task_sets(loaded, [t.strip() for t in tasks.split(",") if t.strip()], n, seed=seed)
         rows = evaluate_samplers(loaded, sets, specs, fractions=fracs, batch_size=batch_size, seed=seed, scorer=scorer)
         claim.clear()
+        claim.mark()
         write_report(rows, out, extra={"model": model, "n": n, "batch_size": batch_size, "seed": seed})
     print(table(rows))
     console.print(f"results: {out}/results.json, {out}/generation.html")
@@ -397,6 +398,7 @@ def compare(
                                              pool_size=min(pool_size, 100), steps=steps, batch_size=batch_size, seed=seed,
                                              load=lambda p: ProbedModel.from_checkpoint(p, backend=backend), log=_plain)
         claim.clear()
+        claim.mark()
         write_report(result, out, title=f"{ar} vs {mdm}")
     print(markdown_summary(result.data))
     console.print(f"report: {out}/report.html, {out}/report.json")

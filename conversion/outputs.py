@@ -5,15 +5,16 @@ claims it first with `claim_output(folder, command)`, a context manager held for
 
 1. The path must be usable: not an existing file, not under a file, creatable and writable.
    Otherwise a `UserError` says which and what to do, before any work starts.
-2. An exclusive lock (`fcntl.flock` on `folder/.ar2mdm.lock`) is taken for the run's duration. A
-   second run on the same folder gets a `UserError` naming the run that holds it (command, pid,
-   start time). The operating system drops the lock when the process ends, even by kill -9, so
-   a lock is never stale.
-3. The folder must be empty, or hold an earlier run of the same command: its owner record
+2. The folder must be empty, or hold an earlier run of the same command: its owner record
    (`folder/.ar2mdm-run.json`, written when a run claims the folder) names the command, or
    `recognise(folder)` says so for folders written before owner records existed. Anything else
-   (a model folder, a user's files, another command's results) is refused with a listing of what
-   is there; no flag overrides that, since those files are not ours to replace.
+   (a model folder, a user's files, another command's results) is refused, untouched, with a
+   listing of what is there; no flag overrides that, since those files are not ours to replace.
+3. An exclusive lock (`fcntl.flock` on `folder/.ar2mdm.lock`) is taken for the run's duration. A
+   second run on the same folder gets a `UserError` saying the folder is in use. The operating
+   system drops the lock when the process ends, even by kill -9, so a lock is never stale.
+
+A run that fails before writing anything leaves the folder as it found it.
 
 What to do with an earlier run of the same command is the command's decision (`Claim.previous`):
 `convert` resumes it or starts it over (--resume / --overwrite), `eval` and `compare` replace
@@ -31,7 +32,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +48,19 @@ OURS = {LOCK_FILE, OWNER_FILE}
 class Claim:
     """A claimed output folder. previous: the owner record of an earlier run of the same command
     in it ({"command": ...}, or {"command": ..., "legacy": True} for a recognised older folder),
-    None when the folder was empty or new."""
+    None when the folder was empty or new. marked: `mark` was called."""
 
     folder: Path
     command: str
     previous: dict[str, Any] | None
+    marked: bool = False
+
+    def mark(self) -> None:
+        """Record that this command's run writes here (the owner record), once the command has
+        checked everything and is about to write. Until then a failure leaves the folder as it was."""
+        if _read_owner(self.folder) != json.loads(owner_record(self.command)):
+            atomic_write_text(self.folder / OWNER_FILE, owner_record(self.command))
+        self.marked = True
 
     def contents(self) -> list[Path]:
         """What the folder holds besides the lock and owner files."""
@@ -92,20 +100,26 @@ def claim_output(
     option: the flag the folder came from, for messages. recognise(folder): True if a folder
     without an owner record holds an earlier run of `command` (written by an older ar2mdm).
     Raises UserError for an unusable path, a folder held by another run, or a folder that holds
-    anything but an earlier run of the same command. A run that fails before writing anything
+    anything but an earlier run of the same command. The command calls `Claim.mark()` once its own
+    checks pass and it starts writing; a run that fails before that (or before writing anything)
     leaves the folder as it found it (a folder it created is removed again).
     """
     path = Path(folder).expanduser()
     existed = path.exists()
+    created = [name for name in OURS if not (path / name).exists()]
     path = _usable_folder(path, option)
-    lock = _lock(path, command, option)
+    if existed:
+        _previous_run(path, command, option, recognise)  # refuse a foreign folder before touching it
+    lock = _lock(path, option)
+    claim = None
     try:
-        previous = _previous_run(path, command, option, recognise)
-        atomic_write_text(path / OWNER_FILE, owner_record(command))
-        yield Claim(path, command, previous)
+        previous = _previous_run(path, command, option, recognise)  # again, now that we hold the lock
+        claim = Claim(path, command, previous)
+        yield claim
     except BaseException:
-        if not folder_contents(path):  # the run failed before writing anything: leave no trace
-            for name in OURS:
+        if claim is None or not claim.marked or not folder_contents(path):
+            # Nothing of this run was written: leave the folder as it was found.
+            for name in created:
                 (path / name).unlink(missing_ok=True)
             if not existed:
                 with contextlib.suppress(OSError):
@@ -140,25 +154,19 @@ def _usable_folder(path: Path, option: str) -> Path:
     return path
 
 
-def _lock(path: Path, command: str, option: str):
+def _lock(path: Path, option: str):
     try:
-        handle = open(path / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the run
+        handle = open(path / LOCK_FILE, "a")  # noqa: SIM115 - held open for the run
     except OSError as err:
         raise UserError(f"{option} {path} cannot be written ({err.strerror}). Choose another folder.") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another ar2mdm run"
         handle.close()
         raise UserError(
-            f"{option} {path} is in use by {holder}. Two runs must not write one folder: wait for that "
-            f"run to finish, or choose another {option}."
+            f"{option} {path} is in use by another ar2mdm run (it holds {path / LOCK_FILE}). Two runs must not "
+            f"write one folder: wait for that run to finish, or choose another {option}."
         ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"`ar2mdm {command}` (pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
-    handle.flush()
     return handle
 
 

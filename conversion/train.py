@@ -88,7 +88,7 @@ from conversion.objective import (
     eligible_positions,
     heldout_loss,
 )
-from conversion.outputs import claim_output, clear_contents, folder_contents
+from conversion.outputs import Claim, claim_output, clear_contents, folder_contents
 from conversion.report import write_training_report
 from conversion.runfolder import (
     CHECKPOINT_DIR,
@@ -278,10 +278,11 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
     cfg.validate(world)
     require_kind(cfg.model, "ar", "--model (the AR source of a conversion)")
     out = Path(cfg.out).expanduser()
-    with _claimed(accelerator, out):
+    with _claimed(accelerator, out) as claim:
         has_run = bool(folder_contents(out))
         plan = plan_run(out, cfg.to_json(), has_run=has_run, resume=cfg.resume, overwrite=cfg.overwrite, steps=cfg.steps)
-        if accelerator.is_main_process:
+        if claim is not None:  # the main process
+            claim.mark()
             if plan.clear:
                 clear_contents(out)
             remove_stale_temporaries(out)
@@ -296,20 +297,21 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
 
 
 @contextmanager
-def _claimed(accelerator: Accelerator, out: Path) -> Iterator[None]:
-    """The main process claims `out` for the run; every process raises if it could not (so that
-    none waits forever at the next barrier)."""
+def _claimed(accelerator: Accelerator, out: Path) -> Iterator[Claim | None]:
+    """The main process claims `out` for the run (yields the `Claim`; None on the others); every
+    process raises if it could not (so that none waits forever at the next barrier)."""
     error: UserError | None = None
+    claim: Claim | None = None
     with ExitStack() as stack:
         if accelerator.is_main_process:
             try:
-                stack.enter_context(claim_output(out, "convert", recognise=_is_legacy_run))
+                claim = stack.enter_context(claim_output(out, "convert", recognise=_is_legacy_run))
             except UserError as err:
                 error = err
         failed = torch.tensor([float(error is not None)], device=accelerator.device)
         if accelerator.num_processes > 1 and float(accelerator.reduce(failed, reduction="sum")) > 0 or error:
             raise error or UserError(f"the main process could not claim {out} for this run; see its message.")
-        yield
+        yield claim
 
 
 def _is_legacy_run(folder: Path) -> bool:

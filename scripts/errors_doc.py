@@ -1,0 +1,96 @@
+"""Write docs/ERRORS.md from the bad-input cases in tests/error_cases.py.
+
+Every case is run in a fresh sandbox (tiny models, a conversion run, user folders, bad files), and
+the message the user actually saw goes into the table, with the sandbox's path shown as DIR.
+tests/test_errors.py runs the same cases and checks the table lists exactly them.
+
+    python scripts/errors_doc.py            # rewrites docs/ERRORS.md (about a minute on 2 cores)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from error_cases import CASES, build_sandbox, run_case  # noqa: E402
+
+AREAS = {
+    "output": "Output folders and files",
+    "kinds": "Checkpoint kinds (ARM or MDM) and metadata",
+    "options": "Options and config files",
+    "data": "Data and task files",
+    "probe": "Probe inputs (library)",
+}
+
+HEAD = """# Bad inputs and what ar2mdm says
+
+Every row is a test (`tests/test_errors.py`, cases in `tests/error_cases.py`): it runs the input
+inside a sandbox of real files and asserts the exit code (2 for bad input on the command line) or
+the exception type (library calls), the key words of the message, that no traceback is shown,
+and that nothing that existed before was changed (every file's bytes are compared; an output
+folder the failed run created is removed again). The messages below are what the runs printed
+(`DIR` is the sandbox). Regenerate this file with `python scripts/errors_doc.py`.
+
+Beyond single inputs, `tests/test_runfolder.py` covers the run-level cases: kill -9 before the
+first checkpoint followed by `--resume`, Ctrl-C (exit 130, a checkpoint, the resume command), two
+concurrent runs on one `--out`, a finished run resumed, a diverged run started over.
+
+How errors are shaped: every bad input raises a `conversion.errors.UserError` (or a subclass:
+`CheckpointError`, `DataError`, `TaskError`) whose message says what was wrong and what to do;
+the CLI prints it as one line `error: ...` and exits with code 2. Ctrl-C exits with code 130 and
+says what was kept (for `convert`: a checkpoint of the last finished step and the command that
+resumes).
+"""
+
+
+def code(text: str) -> str:
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
+def cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def main() -> None:
+    lines = [HEAD]
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["AR2MDM_CACHE"] = str(Path(tmp) / "cache")
+        paths = build_sandbox(Path(tmp) / "sb")
+        root = str(paths["root"])
+        results = {}
+        for case in CASES:
+            outcome, before, after = run_case(case, paths)
+            message = outcome.message
+            if case.cli:
+                message = message[message.find("error:"):] if "error:" in message else message
+                seen = f"exit {outcome.exit_code}"
+            else:
+                seen = type(outcome.error).__name__
+            changed = "" if before == after else " (CHANGED FILES)"
+            results[case.id] = (seen + changed, message.replace(root, "DIR").replace(tmp, "TMP"))
+    for area, title in AREAS.items():
+        lines += [f"## {title}", "", "| id | bad input | result | key words | message | what to do |",
+                  "|---|---|---|---|---|---|"]
+        for case in (c for c in CASES if c.area == area):
+            seen, message = results[case.id]
+            usage = re.sub(r"\{(\w+)\}", lambda m: m.group(1).upper(), " ".join(case.cli)) if case.cli else ""
+            what = case.what + (f"<br>`ar2mdm {cell(usage)}`" if usage else "")
+            lines.append(
+                f"| `{case.id}` | {cell(what)} | {seen} | {', '.join(code(w) for w in case.words)} | "
+                f"{cell(message)} | {cell(case.fix)} |"
+            )
+        lines.append("")
+    text = "\n".join(lines)
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    (REPO / "docs" / "ERRORS.md").write_text(text)
+    print(f"docs/ERRORS.md: {len(CASES)} cases")
+
+
+if __name__ == "__main__":
+    main()
