@@ -56,3 +56,17 @@ def test_convert_bad_model_is_one_clean_error(tmp_path):
     assert result.exit_code == 2
     assert "error:" in result.output
     assert "Traceback" not in result.output
+
+
+def test_cache_help_says_which_cache_is_exact_for_which_checkpoint():
+    for command in ("sample", "eval"):
+        text = " ".join(runner.invoke(app, [command, "--help"], terminal_width=200).output.replace("│", " ").split())
+        assert "exact for block-diffusion checkpoints" in text, command
+        assert "approximate for bidirectional MDMs" in text, command
+
+
+def test_convert_help_documents_resume_overwrite_and_document_attention():
+    text = " ".join(runner.invoke(app, ["convert", "--help"], terminal_width=200).output.replace("│", " ").split())
+    for flag in ("--overwrite", "--document-attention", "--text-field"):
+        assert flag in text
+    assert "with no checkpoint there, start at step 0" in text
