@@ -227,3 +227,25 @@ def test_cli_compare_errors_are_one_line(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "unknown" in res.output
     res = runner.invoke(app, ["compare", "--ar", ar, "--mdm", mdm, "--out", str(tmp_path), "--track", str(tmp_path)])
     assert res.exit_code == 2 and "snapshot" in res.output
+
+
+def test_check_pair_warns_when_the_mdm_is_not_the_arms_own_conversion() -> None:
+    """The MDM's recorded source hash is compared with the ARM's weights; tokenizers must agree."""
+    from dataclasses import replace
+
+    from test_probe import probed
+
+    from analyses.compare import check_pair
+    from probe import ProbedModel
+
+    ar, mdm = probed("llama"), probed("llama", "mdm")
+    assert ar.meta.source_hash
+
+    def with_meta(**changes) -> ProbedModel:
+        return ProbedModel(mdm.model, mdm.tokenizer, replace(mdm.meta, **changes), backend="torch")
+
+    assert check_pair(ar, with_meta(source_hash=ar.meta.source_hash)) == []
+    warnings = check_pair(ar, with_meta(source_hash="0" * 64, source="elsewhere"))
+    assert len(warnings) == 1 and "not the ARM's own conversion" in warnings[0] and "elsewhere" in warnings[0]
+    with pytest.raises(UserError, match="must be a masked diffusion"):
+        check_pair(ar, ar)

@@ -141,3 +141,23 @@ def test_sampler_evals_and_gen_ppl_batched_equal_one_by_one() -> None:
     singles = [gen_ppl([t], ar) for t in texts]
     assert batched["tokens"] == sum(s["tokens"] for s in singles)
     assert batched["nll"] * batched["tokens"] == pytest.approx(sum(s["nll"] * s["tokens"] for s in singles), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["ar", "mdm"])
+def test_depth_and_neuron_scores_batched_equal_one_by_one(kind: str) -> None:
+    """Depth (baseline logit differences, logit lens) and unit attributions on examples of three
+    lengths: batching them changes nothing."""
+    from analyses.depth import baseline_logit_diffs, lens_profile
+    from analyses.neurons import unit_attributions
+
+    pm = probed("gpt2", kind)
+    items = [render(ex, pm.tokenizer, kind, shift=True, mask_id=MASK_ID) for ex in _examples()]
+    clean, corrupt = baseline_logit_diffs(pm, items, batch_size=3)
+    lens = lens_profile(pm, items, batch_size=3)
+    units = unit_attributions(pm, items, "neurons", batch_size=3)
+    for i in range(len(items)):
+        c1, k1 = baseline_logit_diffs(pm, items[i : i + 1])
+        torch.testing.assert_close(clean[i : i + 1], c1, atol=1e-5, rtol=0)
+        torch.testing.assert_close(corrupt[i : i + 1], k1, atol=1e-5, rtol=0)
+        torch.testing.assert_close(lens.logit_diffs[:, i : i + 1], lens_profile(pm, items[i : i + 1]).logit_diffs, atol=1e-5, rtol=0)
+        torch.testing.assert_close(units[i : i + 1], unit_attributions(pm, items[i : i + 1], "neurons"), atol=1e-5, rtol=1e-4)
