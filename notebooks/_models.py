@@ -100,8 +100,8 @@ def mdm_source(ar: str, mdm: str | None = None, *, seed: int = 0) -> str:
     if (folder / META_FILE).is_file():  # ar2mdm.json is written last: the folder is complete
         return str(folder)
     shutil.rmtree(folder, ignore_errors=True)  # an interrupted earlier run
-    folder.mkdir(parents=True)
-    data = folder / "sft.jsonl"
+    data = scratch(f"mdm-{_key(parts)}-data") / "sft.jsonl"  # beside the run: its folder holds only the run
+    data.parent.mkdir(parents=True, exist_ok=True)
     rows = [{"prompt": ex.prompt, "answer": ex.answer, "suffix": ex.suffix} for ex in task_examples(EXAMPLES_PER_TASK, seed)]
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     print(f"Converting {ar} into an MDM ({QUICK_CONVERSION['steps']} steps) in {folder}.")
