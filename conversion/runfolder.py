@@ -285,9 +285,11 @@ class RunLog:
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
 
-    def last(self, kind: str) -> dict[str, Any] | None:
-        """The last record of `kind` ("train", "eval") kept so far, or None."""
-        return next((r for r in reversed(self.history) if r.get("kind") == kind), None)
+
+
+def last_record(history: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
+    """The last record of `kind` ("train", "eval", "stop") in a log's records, or None."""
+    return next((r for r in reversed(history) if r.get("kind") == kind), None)
 
 
 def read_log(folder: Path) -> list[dict[str, Any]]:

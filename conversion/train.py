@@ -99,6 +99,7 @@ from conversion.runfolder import (
     StopSignals,
     checkpoint_to_read,
     inner_optimizer,
+    last_record,
     load_checkpoint,
     plan_run,
     read_log,
@@ -124,7 +125,8 @@ class TrainConfig:
     noise, dropout.
     noise / schedule / weighting / antithetic / attention / shift: the objective
     (`objective.DiffusionOptions`). document_attention: packed text rows attend within each
-    document only (block-diagonal mask, positions restarting per document; `conversion.attention`). mask_token: "add" (new <|mask|> token) or an existing id.
+    document only (block-diagonal mask, positions restarting per document; `conversion.attention`).
+    mask_token: "add" (new <|mask|> token) or an existing id.
     sft: `data` holds prompt/answer examples ("tasks" or a .jsonl file); only answers are noised.
     held_out: fraction of documents held out. eval_every: held-out eval period in steps, plus
     one at the end (0: no evaluation). eval_blocks: held-out blocks used. save_every: checkpoint
@@ -309,7 +311,9 @@ def _claimed(accelerator: Accelerator, out: Path) -> Iterator[Claim | None]:
             except UserError as err:
                 error = err
         failed = torch.tensor([float(error is not None)], device=accelerator.device)
-        if accelerator.num_processes > 1 and float(accelerator.reduce(failed, reduction="sum")) > 0 or error:
+        if accelerator.num_processes > 1:  # a collective: every process takes part, failed or not
+            failed = accelerator.reduce(failed, reduction="sum")
+        if float(failed) > 0:
             raise error or UserError(f"the main process could not claim {out} for this run; see its message.")
         yield claim
 
@@ -322,8 +326,7 @@ def _is_legacy_run(folder: Path) -> bool:
 def _finished(out: Path, meta: ModelMeta) -> TrainResult:
     """The result of a run that had already finished (resume with nothing left to do)."""
     history = read_log(out)
-    last_train = next((r for r in reversed(history) if r.get("kind") == "train"), None)
-    last_eval = next((r for r in reversed(history) if r.get("kind") == "eval"), None)
+    last_train, last_eval = last_record(history, "train"), last_record(history, "eval")
     return TrainResult(
         out=out, steps=int(meta.extra.get("steps", 0)), tokens_seen=int(meta.extra.get("tokens_seen", 0)),
         final_loss=float(last_train["loss"]) if last_train else float("nan"),
@@ -398,7 +401,7 @@ def _run(
             model, inner_optimizer(optimizer), opt_state, options=StateDictOptions(full_state_dict=True)
         )
     log = RunLog(out / LOG_FILE, keep_until=start, enabled=accelerator.is_main_process)
-    last = log.last("train")
+    last = last_record(log.history, "train")
     final_loss = float(last["loss"]) if last else float("nan")
 
     device = accelerator.device
