@@ -50,7 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check probe conversion analyses tests scripts benchmarks notebooks
+	$(BIN)/ruff check common diffusion sampling tasks conversion probe analyses ar2mdm tests scripts benchmarks notebooks
 
 clean-venv:
 	rm -rf $(VENV)

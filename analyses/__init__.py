@@ -1,4 +1,4 @@
-"""Measurements on top of `probe` and `conversion.sampling`.
+"""Measurements on top of `probe` and `sampling`.
 
 - `generation`: sampler accuracy / NFE / tokens/s, generative perplexity.
 - `circuits` (+ `graph`, `circuit_plots`): edge attribution (exact, EAP, EAP-IG), circuits,

@@ -22,12 +22,12 @@ section 4). Four ways to score it, one call (`attribute`) for all:
 
 Scores are estimates of M(edge corrupted) - M(clean) averaged over examples: negative for an
 edge the task needs (with M = logit difference or probability). Metrics are read at each example's
-shift-aware read position (`probe.tasks.render` stores it): "logit_diff" (logsumexp of the
+shift-aware read position (`tasks.render` stores it): "logit_diff" (logsumexp of the
 correct first tokens minus logsumexp of the counterfactual ones, `probe.answer_logit_diff`),
 "prob" (probability of the correct first tokens), "kl" (KL(clean || model) of the next-token
 distribution; its gradient vanishes at the clean input, so plain EAP scores 0 under it).
 
-Data are `probe.tasks` renderings: a list of `Rendered` (cut into batches of `batch_size`), a
+Data are `tasks` renderings: a list of `Rendered` (cut into batches of `batch_size`), a
 `Batch`, or any iterable of `Batch`es (a dataloader). Each batch runs on the model's device;
 scores are summed over batches on the CPU in float64.
 
@@ -53,12 +53,12 @@ import torch
 from torch import Tensor
 
 from analyses.graph import Graph, forward_edges, split_edge
-from conversion.errors import UserError
-from conversion.metadata import read_positions
+from common.errors import UserError
+from common.metadata import read_positions
 from probe.cache import Cache
 from probe.interventions import Interventions
 from probe.model import ProbedModel
-from probe.tasks.base import Batch, Rendered
+from tasks.base import Batch, Rendered
 
 METHODS = ("exact", "eap", "eap-ig-inputs", "eap-ig-activations")
 METRICS = ("logit_diff", "prob", "kl")
@@ -88,10 +88,10 @@ def batches(pm: ProbedModel, data: Data, batch_size: int | None = 16) -> Iterato
         return
     if isinstance(data, Sequence) and not isinstance(data, str):
         if not data:
-            raise UserError("no examples given; render some with probe.tasks.render.")
+            raise UserError("no examples given; render some with tasks.render.")
         if not all(isinstance(r, Rendered) for r in data):
-            raise UserError("a list of examples must hold probe.tasks Rendered items (from probe.tasks.render).")
-        from probe.tasks import collate
+            raise UserError("a list of examples must hold tasks Rendered items (from tasks.render).")
+        from tasks import collate
 
         size = batch_size or len(data)
         for start in range(0, len(data), size):
@@ -100,7 +100,7 @@ def batches(pm: ProbedModel, data: Data, batch_size: int | None = 16) -> Iterato
     seen = False
     for batch in data:
         if not isinstance(batch, Batch):
-            raise UserError(f"a dataloader must yield probe.tasks Batch objects (probe.tasks.collate); got {type(batch).__name__}.")
+            raise UserError(f"a dataloader must yield tasks Batch objects (tasks.collate); got {type(batch).__name__}.")
         seen = True
         yield _checked(pm, batch)
     if not seen:
@@ -120,7 +120,7 @@ def _checked(pm: ProbedModel, batch: Batch) -> Batch:
     if not batch.items:
         raise UserError("an empty batch; give at least one example.")
     if batch.input_ids.shape != batch.corrupted_ids.shape:
-        raise UserError(f"clean ids {list(batch.input_ids.shape)} and corrupted ids {list(batch.corrupted_ids.shape)} differ in shape; render pairs with probe.tasks.render.")
+        raise UserError(f"clean ids {list(batch.input_ids.shape)} and corrupted ids {list(batch.corrupted_ids.shape)} differ in shape; render pairs with tasks.render.")
     if len(batch.items) != batch.input_ids.shape[0]:
         raise UserError(f"the batch holds {batch.input_ids.shape[0]} rows but {len(batch.items)} examples.")
     for row, r in enumerate(batch.items):

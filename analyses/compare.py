@@ -68,11 +68,11 @@ from analyses.depth import (
 )
 from analyses.graph import Graph, jaccard, jaccard_curve, node_importance
 from analyses.neurons import causal_check, compare_profiles, profile_units
-from conversion.errors import CheckpointError, TaskError, UserError
-from conversion.outputs import atomic_write_text
+from common.errors import CheckpointError, TaskError, UserError
+from common.outputs import atomic_write_text
 from probe.model import ProbedModel
-from probe.tasks import GLOBAL_TASKS, LOCAL_TASKS, Example, render
-from probe.tasks.base import Rendered
+from tasks import GLOBAL_TASKS, LOCAL_TASKS, Example, render
+from tasks.base import Rendered
 
 NodeScores = Literal["eap-ig", "patching"]
 ALL_TASKS: tuple[str, ...] = (*LOCAL_TASKS, *GLOBAL_TASKS)
@@ -193,7 +193,7 @@ def _tokenizer_warnings(ar: ProbedModel, mdm: ProbedModel) -> list[str]:
 def task_examples(mdm: ProbedModel, tasks: Sequence[str], n: int, seed: int = 0) -> dict[str, list[Example]]:
     """n candidate examples per task: the organism's held-out sets for an organism conversion
     (prompts its training never saw), else the built-in tasks aligned under this tokenizer."""
-    from probe.tasks import get_task
+    from tasks import get_task
 
     tok = mdm.tokenizer
     from conversion.organism import eval_examples, is_organism
@@ -576,7 +576,7 @@ def claims(pools: Mapping[str, Pool], jaccard_reps: Mapping[str, Tensor], depth_
 def snapshots_of(run: str | Path, *, final: bool = True) -> list[tuple[int, Path]]:
     """(step, folder) of a conversion run's snapshots (`ar2mdm convert --snapshot-every N`), by
     step; with `final`, the run's own finished MDM last (at its step count)."""
-    from conversion.metadata import META_FILE, ModelMeta
+    from common.metadata import META_FILE, ModelMeta
 
     root = Path(run) / "snapshots"
     found = sorted((int(p.name.split("-")[1]), p) for p in root.glob("step-*") if p.is_dir() and p.name.split("-")[1].isdigit())

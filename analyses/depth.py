@@ -56,11 +56,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from conversion.errors import UserError
+from common.errors import UserError
 from probe.cache import Cache
 from probe.lens import answer_logit_diff, logit_lens, read_targets
 from probe.names import Name, parse
-from probe.tasks.base import Batch, Rendered, collate
+from tasks.base import Batch, Rendered, collate
 
 if TYPE_CHECKING:
     from probe.model import ProbedModel
@@ -410,7 +410,7 @@ def batches(pm: ProbedModel, items: Sequence[Rendered], batch_size: int) -> Iter
     if mode != pm.config.kind or any(r.mode != mode for r in items):
         raise UserError(
             f"examples are rendered for {mode!r} reading but the model is {pm.config.kind!r}: render them "
-            f"with probe.tasks.render(example, tokenizer, {pm.config.kind!r}, shift=..., mask_id=...)."
+            f"with tasks.render(example, tokenizer, {pm.config.kind!r}, shift=..., mask_id=...)."
         )
     for start in range(0, len(items), batch_size):
         yield collate(items[start : start + batch_size], pad_id(pm))

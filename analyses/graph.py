@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from conversion.errors import UserError
+from common.errors import UserError
 from probe.interventions import downstream
 from probe.names import Shape, parse
 

@@ -77,9 +77,9 @@ from analyses.depth import (
     reference_means,
     summarise_ablation,
 )
-from conversion.errors import UserError
+from common.errors import UserError
 from probe.lens import answer_logit_diff, read_targets
-from probe.tasks.base import Batch, Rendered
+from tasks.base import Batch, Rendered
 
 if TYPE_CHECKING:
     from probe.model import ProbedModel

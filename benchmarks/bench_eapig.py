@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from conversion import _env  # noqa: F401
+import common  # noqa: F401  (offline flags before transformers is imported)
 
 # isort: split
 from analyses.circuits import Targets, attribute, metric_values
@@ -36,7 +36,7 @@ from analyses.graph import Graph
 from benchmarks.bench_probe import extra_peak_mib, peak_rss_mb
 from conversion.checkpoints import load_ar
 from probe import ProbedModel
-from probe.tasks import collate, generate_aligned, get_task, render
+from tasks import collate, generate_aligned, get_task, render
 
 TARGET = 1.3  # EAP-IG time / (m + 2) forward+backward times at most this
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from conversion import _env  # noqa: F401
+import common  # noqa: F401  (offline flags before transformers is imported)
 
 # isort: split
 from conversion.checkpoints import load_ar

@@ -49,12 +49,12 @@ from typing import Any
 
 import torch
 
-from conversion import _env  # noqa: F401
+import common  # noqa: F401  (offline flags before transformers is imported)
 
 # isort: split
 from benchmarks import bench_eapig, bench_probe, bench_samplers, bench_train_step
-from conversion.errors import UserError
-from conversion.metadata import META_FILE, ModelMeta
+from common.errors import UserError
+from common.metadata import META_FILE, ModelMeta
 
 DEFAULT_MODEL = "organism"
 DEFAULT_MDM = "runs/organism-mdm-sft"

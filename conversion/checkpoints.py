@@ -53,9 +53,9 @@ from transformers import __version__ as transformers_version
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from conversion._env import cache_dir
-from conversion.errors import CheckpointError
-from conversion.metadata import Kind, ModelMeta, checkpoint_kind, require_kind
+from common.env import cache_dir
+from common.errors import CheckpointError
+from common.metadata import Kind, ModelMeta, checkpoint_kind, require_kind
 
 SMOLLM2 = "smollm2"
 ORGANISM = "organism"

@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-from conversion.errors import UserError
+from common.errors import UserError
 
 T = TypeVar("T")
 

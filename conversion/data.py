@@ -51,8 +51,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from conversion._env import cache_dir
-from conversion.errors import DataError
+from common.env import cache_dir
+from common.errors import DataError
 
 # Bump when the packing rule changes, so old cache entries are never read back as if current.
 PACK_FORMAT = 1
@@ -620,7 +620,7 @@ class SFTRows:
 
 def _sft_examples(source: str | os.PathLike) -> list:
     """Prompt/answer examples from "tasks" (the organism's task mixture) or a .jsonl file."""
-    from probe.tasks.base import Example
+    from tasks.base import Example
 
     if isinstance(source, str) and source == TASKS_SOURCE:
         from conversion.organism import task_examples
@@ -659,10 +659,10 @@ def sft_rows(
 ) -> SFTRows:
     """Tokenise prompt/answer examples into `SFTRows` (see there); held-out split by example.
 
-    Each example is laid out exactly as `probe.tasks.render` lays it out for MDM reading (prompt,
+    Each example is laid out exactly as `tasks.render` lays it out for MDM reading (prompt,
     answer span, suffix), so training and evaluation see the same token layout.
     """
-    from probe.tasks.base import render
+    from tasks.base import render
 
     examples = _sft_examples(source)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)

@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from conversion.attention import make_bidirectional
+from common.errors import CheckpointError, UserError
+from common.metadata import META_FILE, ModelMeta, require_kind
 from conversion.checkpoints import Loaded, load_hf_folder
-from conversion.errors import CheckpointError, UserError
-from conversion.metadata import META_FILE, ModelMeta, require_kind
+from diffusion.attention import make_bidirectional
 
 MASK_TOKEN = "<|mask|>"
 # Roles whose ids occur in training rows (document separators, padding): a mask id equal to one

@@ -4,7 +4,7 @@
 
 1. decide which positions may be corrupted ("eligible"): real tokens (not padding), not the SFT
    prompt, and, with shift on, only positions whose left neighbour is a real token. With shift on
-   the prediction for token i is read from logits[i - 1] (`conversion.metadata.read_positions`),
+   the prediction for token i is read from logits[i - 1] (`common.metadata.read_positions`),
    so position 0 has no logit to be read from: it is never noised and stays clean context; with
    per-document attention (`document_ids`) the same holds for the first token of every document,
    whose left neighbour lies in another document it cannot see;
@@ -42,8 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from conversion import noise as noise_mod
-from conversion.attention import (
+from common.errors import UserError
+from common.metadata import read_positions
+from diffusion import noise as noise_mod
+from diffusion.attention import (
     AttentionSpec,
     anneal_allowed,
     anneal_ratio,
@@ -53,8 +55,6 @@ from conversion.attention import (
     position_ids,
     sample_block_sizes,
 )
-from conversion.errors import UserError
-from conversion.metadata import read_positions
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 A converted 7B model is too big to study end to end on this hardware. The organism is the honest
 small-scale stand-in: a standard HF decoder (`LlamaForCausalLM`, so every backend, loader and
 converter treats it like any checkpoint) trained from random initialisation on the six task suites
-of `probe.tasks` until it solves the locally causal ones (IOI, Greater-Than, induction) and a good
+of `tasks` until it solves the locally causal ones (IOI, Greater-Than, induction) and a good
 share of the global ones. `ar2mdm organism train` calls `train_organism` then `print_report`.
 
 How it is built, and why:
@@ -75,11 +75,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from conversion._env import cache_dir
-from conversion.errors import UserError
-from conversion.outputs import OWNER_FILE, claim_output, owner_record
-from probe.tasks import Example, Task, get_task
-from probe.tasks.evaluate import greedy_accuracy, logit_metrics
+from common.env import cache_dir
+from common.errors import UserError
+from common.outputs import OWNER_FILE, claim_output, owner_record
+from tasks import Example, Task, get_task
+from tasks.evaluate import greedy_accuracy, logit_metrics
 
 PAD, BOS, EOS, UNK, MASK = "<pad>", "<bos>", "<eos>", "<unk>", "<mask>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK, MASK)
@@ -444,7 +444,7 @@ def evaluate(
     """Held-out greedy accuracy per task on the first `n` (default all) evaluation examples.
 
     Greedy decoding from the AR prompt until <eos> (or the reference length + 4 tokens), checked by
-    `task.check` (`probe.tasks.evaluate.greedy_accuracy`).
+    `task.check` (`tasks.evaluate.greedy_accuracy`).
     """
     model.eval()
     return {
@@ -458,12 +458,12 @@ def evaluate_checkpoint(source: str | Path, *, n: int = 200, eval_seed: int = 0,
 
     An AR checkpoint is scored by greedy decoding (`evaluate`); an MDM (a folder with ar2mdm.json
     of kind "mdm") by confidence-ordered filling of the masked answer span
-    (`probe.tasks.evaluate.mdm_fill_accuracy`, one token per model call unless `steps` is given).
+    (`tasks.evaluate.mdm_fill_accuracy`, one token per model call unless `steps` is given).
     The evaluation sets are the ones `train_organism` held out (same `eval_seed`), so an MDM
     converted with `--data tasks` is scored on prompts it never saw.
     """
     from conversion.checkpoints import load_any
-    from probe.tasks.evaluate import mdm_fill_accuracy
+    from tasks.evaluate import mdm_fill_accuracy
 
     loaded = load_any(source)
     is_mdm = loaded.meta.kind == "mdm"
@@ -585,7 +585,7 @@ def train_organism(
     """Train the organism from scratch, evaluate it on held-out examples, save it to `out`.
 
     out: the HF folder to write (default `default_organism_dir()`), claimed for the run
-    (`conversion.outputs.claim_output`: locked, and refused if it holds anything but an organism);
+    (`common.outputs.claim_output`: locked, and refused if it holds anything but an organism);
     an organism already there is replaced (atomically, at the end) only with `overwrite`.
     steps: train exactly this many steps (reproducible); otherwise train for `minutes`.
     Returns the report, also written to `out/report.json`.

@@ -12,7 +12,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from conversion.errors import UserError
+from common.errors import UserError
 
 
 def read_log(path: str | Path) -> list[dict]:

@@ -1,6 +1,6 @@
 """A conversion run's folder: its checkpoint, its log, and what a new run may do with it.
 
-`conversion.train` claims the output folder (`conversion.outputs.claim_output`: a lock for the
+`conversion.train` claims the output folder (`common.outputs.claim_output`: a lock for the
 run's duration, and a refusal of any folder that is not an earlier conversion run), then asks
 `plan_run` what to do with what is there:
 
@@ -47,8 +47,8 @@ from torch.distributed.checkpoint.state_dict import (
     get_optimizer_state_dict,
 )
 
-from conversion.errors import UserError
-from conversion.metadata import META_FILE, ModelMeta
+from common.errors import UserError
+from common.metadata import META_FILE, ModelMeta
 
 CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train.jsonl"

@@ -75,12 +75,12 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from tqdm.auto import tqdm
 
+from common.errors import TrainingInterrupted, UserError
+from common.metadata import ModelMeta, require_kind
+from common.outputs import Claim, claim_output, clear_contents, folder_contents
 from conversion import data as data_mod
-from conversion.attention import document_ids, make_bidirectional
 from conversion.checkpoints import load_ar
-from conversion.errors import TrainingInterrupted, UserError
 from conversion.mdm import add_mask_token, save_mdm
-from conversion.metadata import ModelMeta, require_kind
 from conversion.objective import (
     DiffusionOptions,
     diffusion_loss,
@@ -88,7 +88,6 @@ from conversion.objective import (
     eligible_positions,
     heldout_loss,
 )
-from conversion.outputs import Claim, claim_output, clear_contents, folder_contents
 from conversion.report import write_training_report
 from conversion.runfolder import (
     CHECKPOINT_DIR,
@@ -106,6 +105,7 @@ from conversion.runfolder import (
     remove_stale_temporaries,
     save_checkpoint,
 )
+from diffusion.attention import document_ids, make_bidirectional
 
 
 class TrainingDiverged(UserError):
@@ -125,7 +125,7 @@ class TrainConfig:
     noise, dropout.
     noise / schedule / weighting / antithetic / attention / shift: the objective
     (`objective.DiffusionOptions`). document_attention: packed text rows attend within each
-    document only (block-diagonal mask, positions restarting per document; `conversion.attention`).
+    document only (block-diagonal mask, positions restarting per document; `diffusion.attention`).
     mask_token: "add" (new <|mask|> token) or an existing id.
     sft: `data` holds prompt/answer examples ("tasks" or a .jsonl file); only answers are noised.
     held_out: fraction of documents held out. eval_every: held-out eval period in steps, plus
@@ -264,7 +264,7 @@ def _seed(*parts: int) -> int:
 def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> TrainResult:
     """Run (or resume) a conversion; return a `TrainResult`. See the module docstring.
 
-    The output folder is claimed for the run (`conversion.outputs.claim_output`: locked against a
+    The output folder is claimed for the run (`common.outputs.claim_output`: locked against a
     second run, refused if it holds anything but an earlier conversion run) and what to do with
     an earlier run there is decided by `runfolder.plan_run` (resume, overwrite, or an error that
     says which to pass). on_step(n) is called on every process after n optimizer steps are done

@@ -3,11 +3,11 @@
 `ProbedModel` wraps an AR or MDM checkpoint behind canonical component names (`probe.names`):
 `run_with_cache` records activations, `intervene` edits nodes and edges, `run_with_grads` takes
 gradients w.r.t. node outputs and receiver inputs, `probe.lens` reads the residual stream through
-the unembedding. `probe.tasks` holds the task suites (IOI, Greater-Than, induction, Countdown,
+the unembedding. `tasks` holds the task suites (IOI, Greater-Than, induction, Countdown,
 infilling, sudoku) that render clean/corrupted pairs for AR or MDM reading.
 """
 
-from conversion import _env  # noqa: F401  (offline flags before transformers is imported)
+import common  # noqa: F401  (offline flags before transformers is imported)
 
 # isort: split
 from probe.cache import Cache, DiskCache

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from conversion.errors import UserError
+from common.errors import UserError
 from probe.names import parse
 
 INDEX_FILE = "index.json"

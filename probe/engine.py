@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from conversion.errors import UserError
+from common.errors import UserError
 from probe.backends.base import Site, SiteFn
 from probe.cache import Cache
 from probe.interventions import EdgePatch, NodeEdit, position_mask

@@ -43,7 +43,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from conversion.errors import UserError
+from common.errors import UserError
 from probe.cache import Cache
 from probe.names import Name, Shape, expand
 

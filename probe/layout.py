@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from conversion.errors import UserError
+from common.errors import UserError
 
 SUPPORTED = (
     "Llama-like blocks (self_attn.{q,k,v,o}_proj, input_layernorm, post_attention_layernorm, "

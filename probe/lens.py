@@ -2,8 +2,8 @@
 
 Both read at an answer's *read position*: for a token at position i that is i - 1 when the
 checkpoint's `shift` is on (every AR model, shift-on MDMs) and i itself otherwise; the task
-renderings (`probe.tasks.render`) already store it per example as `read_positions`, computed by
-`conversion.metadata.read_positions`, the project's single rule.
+renderings (`tasks.render`) already store it per example as `read_positions`, computed by
+`common.metadata.read_positions`, the project's single rule.
 
 - `logit_lens`: the residual stream after the embedding and after every layer, put through the
   final norm and the unembedding: the rank and log-probability of the answer token by depth. The
@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from conversion.errors import UserError
+from common.errors import UserError
 from probe.cache import Cache
-from probe.tasks.base import Batch, Rendered
+from tasks.base import Batch, Rendered
 
 if TYPE_CHECKING:
     from probe.model import ProbedModel

@@ -12,7 +12,7 @@
 The model runs with eager attention (so patterns can be read) and frozen parameters (gradients
 are taken with respect to activations only). An MDM checkpoint attends bidirectionally in every
 backend; an AR checkpoint causally. `config.shift` and `read_positions` say where a prediction is
-read (`conversion.metadata.read_positions`, the project's single rule).
+read (`common.metadata.read_positions`, the project's single rule).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from conversion.attention import position_ids
+from common.errors import UserError
+from common.metadata import ModelMeta, read_positions
 from conversion.checkpoints import Loaded, load_any
-from conversion.errors import UserError
-from conversion.metadata import ModelMeta, read_positions
+from diffusion.attention import position_ids
 from probe.backends import Backend, choose, create
 from probe.cache import Cache, DiskCache, ShardWriter
 from probe.engine import Core, Pass, Request
@@ -174,7 +174,7 @@ class ProbedModel:
         backend: "auto", "torch", "nnsight" or "tl" (see `probe.backends`).
         expect: "ar" or "mdm" to refuse a path or name of the other kind (CheckpointError naming
         `role`, what the caller uses the checkpoint as); the kind is read from the files
-        (`conversion.metadata.checkpoint_kind`), so an MDM is never probed as a causal model.
+        (`common.metadata.checkpoint_kind`), so an MDM is never probed as a causal model.
         """
         if isinstance(source, PreTrainedModel):
             return cls(source, tokenizer, meta, backend=backend)
@@ -230,7 +230,7 @@ class ProbedModel:
         elif isinstance(inputs, Mapping) and "input_ids" in inputs:
             ids = inputs["input_ids"]
             mask = inputs.get("attention_mask") if mask is None else mask
-        elif hasattr(inputs, "input_ids") and hasattr(inputs, "attention_mask"):  # probe.tasks.Batch
+        elif hasattr(inputs, "input_ids") and hasattr(inputs, "attention_mask"):  # tasks.Batch
             ids = inputs.input_ids
             mask = inputs.attention_mask if mask is None else mask
         elif isinstance(inputs, Sequence) and len(inputs) == 0:
@@ -238,7 +238,7 @@ class ProbedModel:
         else:
             raise UserError(
                 f"inputs must be token ids [B, T], a mapping with input_ids (and attention_mask), a "
-                f"probe.tasks Batch, or text; got {type(inputs).__name__}."
+                f"tasks Batch, or text; got {type(inputs).__name__}."
             )
         if not isinstance(ids, Tensor):
             raise UserError(f"input_ids must be a tensor [B, T]; got {type(ids).__name__}.")

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from conversion.errors import UserError
+from common.errors import UserError
 
 Kind = Literal[
     "embed", "resid_pre", "resid_post", "head", "mlp", "neuron", "neurons", "pattern", "receiver",

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from conversion import _env  # noqa: F401
+import common  # noqa: F401  (offline flags before transformers is imported)
 
 # isort: split
 from plotly.subplots import make_subplots
@@ -36,7 +36,7 @@ from analyses.circuits import METHODS, Targets, attribute, faithfulness_curve, m
 from analyses.compare import rendered_for
 from analyses.graph import compare_scores, jaccard_curve, node_importance
 from probe import ProbedModel
-from probe.tasks import collate, generate_aligned, get_task
+from tasks import collate, generate_aligned, get_task
 
 MODELS = {"organism-ar": "organism", "organism-mdm": "runs/organism-mdm-sft"}
 TOP = 100

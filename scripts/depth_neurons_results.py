@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from conversion import _env  # noqa: F401
+import common  # noqa: F401  (offline flags before transformers is imported)
 
 # isort: split
 import plotly.graph_objects as go
@@ -53,10 +53,10 @@ from analyses.depth import (
     targeted_ablation,
 )
 from analyses.neurons import causal_check, compare_profiles, profile_units, vocab_projection
-from conversion.errors import UserError
+from common.errors import UserError
 from conversion.organism import eval_examples
 from probe import ProbedModel
-from probe.tasks import GLOBAL_TASKS, LOCAL_TASKS
+from tasks import GLOBAL_TASKS, LOCAL_TASKS
 
 MODELS = {"ar": "organism", "mdm": "runs/organism-mdm-sft"}
 TASKS = (*LOCAL_TASKS, *GLOBAL_TASKS)

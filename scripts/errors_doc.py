@@ -41,7 +41,7 @@ Beyond single inputs, `tests/test_runfolder.py` covers the run-level cases: kill
 first checkpoint followed by `--resume`, Ctrl-C (exit 130, a checkpoint, the resume command), two
 concurrent runs on one `--out`, a finished run resumed, a diverged run started over.
 
-How errors are shaped: every bad input raises a `conversion.errors.UserError` (or a subclass:
+How errors are shaped: every bad input raises a `common.errors.UserError` (or a subclass:
 `CheckpointError`, `DataError`, `TaskError`) whose message says what was wrong and what to do;
 the CLI prints it as one line `error: ...` and exits with code 2. Ctrl-C exits with code 130 and
 says what was kept (for `convert`: a checkpoint of the last finished step and the command that

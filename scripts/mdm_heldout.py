@@ -20,10 +20,10 @@ from conversion import (
     _env,  # noqa: F401
     data,
 )
-from conversion.attention import make_bidirectional
 from conversion.checkpoints import load_ar
 from conversion.mdm import add_mask_token, load_mdm
 from conversion.objective import DiffusionOptions, heldout_loss
+from diffusion.attention import make_bidirectional
 
 
 def main() -> None:

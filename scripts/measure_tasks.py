@@ -4,7 +4,7 @@
     python scripts/measure_tasks.py --tasks ioi induction --n 100 --greedy
 
 For each task, `n` examples aligned under the model's tokenizer (seeded) are scored with
-`probe.tasks.evaluate.logit_metrics` on clean and corrupted inputs; `--greedy` adds the exact
+`tasks.evaluate.logit_metrics` on clean and corrupted inputs; `--greedy` adds the exact
 checker's accuracy on greedy continuations. Prints one row per task.
 """
 
@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from conversion import _env  # noqa: F401  (offline flags before transformers is imported)
-from probe.tasks import TASKS, get_task
-from probe.tasks.evaluate import greedy_accuracy, logit_metrics
+import common  # noqa: F401  (offline flags before transformers is imported)
+from tasks import TASKS, get_task
+from tasks.evaluate import greedy_accuracy, logit_metrics
 
 
 def _load(source: str):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from conversion import _env  # noqa: F401
+import common  # noqa: F401  (offline flags before transformers is imported)
 
 # isort: split
 import plotly.graph_objects as go
@@ -36,7 +36,7 @@ from plotly.subplots import make_subplots
 
 from probe import ProbedModel, answer_logit_diff, logit_lens
 from probe.lens import read_targets
-from probe.tasks import collate, generate_aligned, get_task, render
+from tasks import collate, generate_aligned, get_task, render
 
 MODELS = {
     "smollm2": "smollm2",

@@ -9,7 +9,7 @@ checkpoint looks like. Add new shared fixtures here.
 from __future__ import annotations
 
 # Offline flags must be in the environment before transformers / huggingface_hub are imported.
-from conversion import _env  # noqa: F401
+import common  # noqa: F401  (offline flags before transformers is imported)
 
 # isort: split
 import json

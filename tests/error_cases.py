@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 from conftest import build_tiny_model
 
+from common.errors import CheckpointError, UserError
+from common.metadata import ModelMeta
+from common.outputs import OWNER_FILE, claim_output
 from conversion.checkpoints import load_ar
-from conversion.errors import CheckpointError, UserError
 from conversion.mdm import add_mask_token, load_mdm, save_mdm
-from conversion.metadata import ModelMeta
-from conversion.outputs import OWNER_FILE, claim_output
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def run_case(case: Case, paths: dict[str, Path]) -> tuple[Outcome, dict[str, tup
     """Run `case`; return its outcome and the sandbox's snapshot before and after."""
     from typer.testing import CliRunner
 
-    from conversion.cli import app
+    from ar2mdm.cli import app
 
     with contextlib.ExitStack() as stack:
         if case.setup is not None:

@@ -20,8 +20,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from conversion import attention as attn
-from conversion.errors import UserError
+from common.errors import UserError
+from diffusion import attention as attn
 
 V = 64
 

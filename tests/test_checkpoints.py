@@ -22,9 +22,9 @@ from transformers import (
     T5Config,
 )
 
+from common.errors import CheckpointError, UserError
 from conversion import checkpoints
 from conversion.checkpoints import Loaded, load_ar, organism_folder, weights_sha256
-from conversion.errors import CheckpointError, UserError
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 

@@ -35,9 +35,9 @@ from analyses.circuits import (
     metric_values,
 )
 from analyses.graph import Graph, compare_scores, node_importance
-from conversion.errors import UserError
+from common.errors import UserError
 from probe import ProbedModel, answer_logit_diff
-from probe.tasks import Example, collate, render
+from tasks import Example, collate, render
 
 NAMES = ("Mary", "John", "Alice", "Bob", "Tom", "Sarah")
 METHODS = ("exact", "eap", "eap-ig-inputs", "eap-ig-activations")
@@ -409,7 +409,7 @@ def test_errors() -> None:
         attribute(pm, items, method="eap-ig-inputs", steps=0)
     with pytest.raises(UserError, match="no examples"):
         attribute(pm, [])
-    with pytest.raises(UserError, match="yield probe.tasks Batch"):
+    with pytest.raises(UserError, match="yield tasks Batch"):
         attribute(pm, iter([{"input_ids": torch.zeros(1, 3)}]))
     with pytest.raises(UserError, match="batch_size"):
         list(batches(pm, items, 0))
@@ -442,7 +442,7 @@ def test_organism_eap_ig_finds_the_edges_exact_patching_ranks_first(source: str)
     patching far better than EAP, and its small circuits are faithful (docs/results/circuits.md)."""
     from pathlib import Path
 
-    from probe.tasks import generate_aligned, get_task
+    from tasks import generate_aligned, get_task
 
     if source.startswith("runs/"):
         path = Path(__file__).resolve().parents[1] / source

@@ -20,7 +20,7 @@ from analyses.graph import (
     prune_edges,
     spearman,
 )
-from conversion.errors import UserError
+from common.errors import UserError
 from probe.interventions import Interventions
 from probe.names import Shape
 

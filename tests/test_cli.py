@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from conversion.cli import app
+from ar2mdm.cli import app
+from common.errors import UserError
 from conversion.config import merge_options, read_config_file
-from conversion.errors import UserError
 from conversion.train import TrainConfig
 
 runner = CliRunner()

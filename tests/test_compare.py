@@ -35,9 +35,9 @@ from analyses.compare import (
 )
 from analyses.depth import Interval, baseline_logit_diffs, layer_distribution
 from analyses.graph import Graph, jaccard
-from conversion.cli import app
-from conversion.errors import UserError
-from probe.tasks import get_task, render
+from ar2mdm.cli import app
+from common.errors import UserError
+from tasks import get_task, render
 
 TASKS = ("ioi", "greater_than", "countdown", "sudoku")
 

@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from common.errors import DataError
 from conversion import data
 from conversion.data import Packed, batches, batches_per_epoch, fetch_corpus, load_texts, pack
-from conversion.errors import DataError
 
 WORDS = [f"w{i}" for i in range(200)] + [f"doc{i}" for i in range(200)]
 VOCAB = {"[UNK]": 0, "[EOS]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}

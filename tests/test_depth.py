@@ -43,10 +43,10 @@ from analyses.depth import (
     targeted_ablation,
     top_components,
 )
-from conversion.errors import UserError
-from conversion.metadata import ModelMeta
+from common.errors import UserError
+from common.metadata import ModelMeta
 from probe import ProbedModel, answer_logit_diff
-from probe.tasks import collate, get_task, render
+from tasks import collate, get_task, render
 
 MASK_ID = 4  # "<mask>" in conftest's tokenizer
 N_LAYERS = 3

@@ -25,8 +25,8 @@ from accelerate.utils import DistributedType
 from conftest import WORDS, build_tiny_model
 from safetensors.torch import load_file, save_file
 
-from conversion.errors import UserError
-from conversion.metadata import ModelMeta
+from common.errors import UserError
+from common.metadata import ModelMeta
 from conversion.train import TrainConfig, parallelism, train
 
 REPO = Path(__file__).resolve().parents[1]

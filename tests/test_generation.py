@@ -23,12 +23,12 @@ from analyses.generation import (
     unigram_entropy,
     write_report,
 )
+from ar2mdm.cli import app
+from common.metadata import ModelMeta
 from conversion.checkpoints import Loaded, load_ar
-from conversion.cli import app
 from conversion.mdm import add_mask_token, save_mdm
-from conversion.metadata import ModelMeta
-from probe.tasks import Example
-from probe.tasks.jsonl import JsonlTask
+from tasks import Example
+from tasks.jsonl import JsonlTask
 
 runner = CliRunner()
 

@@ -27,9 +27,9 @@ from analyses.neurons import (
     units_for_share,
     vocab_projection,
 )
-from conversion.errors import UserError
+from common.errors import UserError
 from probe.lens import answer_logit_diff
-from probe.tasks import collate
+from tasks import collate
 
 # --- metrics by hand --------------------------------------------------------------------------------
 

@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conversion import noise
-from conversion.errors import UserError
+from common.errors import UserError
+from diffusion import noise
 
 NAMES = sorted(noise.SCHEDULES)
 

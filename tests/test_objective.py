@@ -8,9 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from conversion import attention as attn
-from conversion import noise
-from conversion.errors import UserError
+from common.errors import UserError
 from conversion.objective import (
     DiffusionOptions,
     NoiseDraw,
@@ -19,6 +17,8 @@ from conversion.objective import (
     draw_noise,
     heldout_loss,
 )
+from diffusion import attention as attn
+from diffusion import noise
 
 V = 48
 MASK = V - 1
@@ -124,7 +124,7 @@ def test_block_loss_equals_hand_computation(shift: bool, b: int) -> None:
                          draw=NoiseDraw(noise.Corruption(t=t, xt=xt, noised=noised)))
     length = 8
     mask4 = torch.zeros(2, 1, 2 * length, 2 * length)
-    for q in range(2 * length):  # brute-force BD3-LM layout, independent of conversion.attention
+    for q in range(2 * length):  # brute-force BD3-LM layout, independent of diffusion.attention
         for k in range(2 * length):
             qb, kb = (q % length) // b, (k % length) // b
             ok = (qb == kb) if (q < length and k < length) else (kb < qb) if q < length else (k >= length and kb <= qb)

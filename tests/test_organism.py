@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conversion import organism as O
-from probe.tasks import words
+from tasks import words
 
 TINY = dict(
     d_model=32,
@@ -228,7 +228,7 @@ def test_task_corpus_never_contains_a_held_out_prompt(monkeypatch):
 
 def test_organism_to_mdm_end_to_end(tmp_path, tiny_run):
     """AR organism -> a few steps of diffusion post-training on task text -> scored by filling."""
-    from conversion.metadata import ModelMeta
+    from common.metadata import ModelMeta
     from conversion.train import TrainConfig, train
 
     ar_folder, _ = tiny_run

@@ -25,11 +25,11 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from conversion.attention import position_ids
+from common.errors import UserError
+from common.metadata import ModelMeta
 from conversion.checkpoints import load_ar
-from conversion.errors import UserError
 from conversion.mdm import save_mdm
-from conversion.metadata import ModelMeta
+from diffusion.attention import position_ids
 from probe import ProbedModel
 
 FAMS = ("llama", "qwen2", "gemma3_text", "gpt2")
@@ -151,7 +151,7 @@ def test_cache_matches_hf_hidden_states_and_attentions(family: str, kind: str) -
     _, cache = pm.run_with_cache(ids, ["L*.resid_pre", "L*.resid_post", "L*.H*.pattern"], attention_mask=mask)
     n = pm.config.n_layers
     # Real query positions only: the probe gives padded positions the last real position id
-    # (`conversion.attention.position_ids`), HF counts on; nothing real reads a padded query.
+    # (`diffusion.attention.position_ids`), HF counts on; nothing real reads a padded query.
     real = mask.bool()
     for layer in range(n):
         torch.testing.assert_close(cache[f"L{layer}.resid_pre"][real], out.hidden_states[layer][real], atol=1e-6, rtol=0)
@@ -178,7 +178,7 @@ def test_decomposition_sums_to_final_residual(family: str) -> None:
     dec = pm.decompose(cache)
     torch.testing.assert_close(dec.total(), final, atol=1e-5, rtol=0)
     if family == "gpt2":  # the embed node carries the learned position embedding
-        # positions skip padding (conversion.attention.position_ids)
+        # positions skip padding (diffusion.attention.position_ids)
         wte = pm.model.transformer.wte(ids) + pm.model.transformer.wpe(position_ids(mask))
         torch.testing.assert_close(cache["embed"], wte)
     if pm.config.post_norms:

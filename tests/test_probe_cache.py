@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_probe import batch, probed
 
-from conversion.errors import UserError
+from common.errors import UserError
 from probe import Cache, DiskCache
 from probe.cache import CacheKeyError
 from probe.names import Shape, parse, select

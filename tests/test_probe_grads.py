@@ -11,8 +11,8 @@ import pytest
 import torch
 from test_probe import batch, folder
 
+from common.errors import UserError
 from conversion.checkpoints import load_ar
-from conversion.errors import UserError
 from conversion.mdm import load_mdm
 from probe import ProbedModel
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_probe import FAMS, batch, hf, o_columns_zeroed, probed
 
-from conversion.errors import UserError
+from common.errors import UserError
 from probe import Cache
 
 

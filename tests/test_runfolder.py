@@ -2,7 +2,7 @@
 Ctrl-C, two runs on one --out, finished and diverged runs, unwritable folders.
 
 Processes that must really die (kill -9, Ctrl-C) or run beside another are separate Python
-processes; the commands that follow them go through the real CLI (`conversion.cli.app`).
+processes; the commands that follow them go through the real CLI (`ar2mdm.cli.app`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from error_cases import snapshot
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conversion.cli import INTERRUPTED, app
-from conversion.errors import UserError
-from conversion.outputs import LOCK_FILE, claim_output
+from ar2mdm.cli import INTERRUPTED, app
+from common.errors import UserError
+from common.outputs import LOCK_FILE, claim_output
 from conversion.runfolder import plan_run
 from conversion.train import TrainConfig, train
 
@@ -80,7 +80,7 @@ def run_with_hook(cfg: TrainConfig, hook: str, *, cwd: Path, cli: list[str] | No
     launch = (
         f"import conversion.train as T\n_train = T.train\n"
         f"T.train = lambda c, on_step=None: _train(c, on_step=hook)\n"
-        f"from conversion.cli import app\nsys.argv = ['ar2mdm', *{cli!r}]\napp()\n"
+        f"from ar2mdm.cli import app\nsys.argv = ['ar2mdm', *{cli!r}]\napp()\n"
         if cli else
         f"from conversion.train import TrainConfig, train\n"
         f"train(TrainConfig(**json.loads({json.dumps(json.dumps(asdict(cfg)))})), on_step=hook)\n"
@@ -215,8 +215,8 @@ def test_a_read_only_folder_is_refused_before_any_work(tmp_path: Path) -> None:
         ro.mkdir()
         ro.chmod(0o555)
         # imports first (as whoever we are), then, as root, become an unprivileged user
-        code = (f"import os, sys; sys.path.insert(0, {str(REPO)!r})\nfrom conversion.outputs import claim_output\n"
-                f"from conversion.errors import UserError\nif os.geteuid() == 0:\n    os.setuid(65534)\n"
+        code = (f"import os, sys; sys.path.insert(0, {str(REPO)!r})\nfrom common.outputs import claim_output\n"
+                f"from common.errors import UserError\nif os.geteuid() == 0:\n    os.setuid(65534)\n"
                 f"try:\n    claim_output({str(ro / 'run')!r}, 'convert').__enter__()\n"
                 f"except UserError as err:\n    print(err)\n")
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=base)

@@ -13,9 +13,9 @@ import torch
 from conftest import tiny_config
 from transformers import AutoModelForCausalLM
 
-from conversion.attention import make_bidirectional
-from conversion.errors import UserError
-from conversion.sampling import (
+from common.errors import UserError
+from diffusion.attention import make_bidirectional
+from sampling import (
     AncestralSampler,
     ARPCSampler,
     ARSampler,
@@ -95,7 +95,7 @@ def test_semi_autoregressive_blocks_finish_in_order():
 def test_margin_and_entropy_rank_by_their_own_rule():
     # position 1: two near-equal top tokens (high max prob... low margin); position 2: a clear winner
     logits = torch.tensor([[[0.0] * 4, [5.0, 4.9, -9, -9], [3.0, 0.0, 0.0, 0.0]]])
-    from conversion.sampling.base import confidences
+    from sampling.base import confidences
 
     tok = logits.argmax(-1)
     margin = confidences(logits, tok, "margin")[0]
@@ -286,7 +286,7 @@ def test_block_checkpoint_prefix_cache_is_exact():
     block_ctx = ModelContext(kind="mdm", mask_id=39, shift=True, block_size=4)
     sampler = ThresholdSampler(tau=0.3)
     state = sampler.init_state(model, canvas, am, block_ctx)
-    from conversion.sampling.base import aligned_logits
+    from sampling.base import aligned_logits
 
     with torch.no_grad():
         while not sampler.done(state):

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 import analyses.compare
-from analyses.study import StudyConfig, run_study
-from conversion.cli import app
-from conversion.errors import UserError
+from ar2mdm.cli import app
+from ar2mdm.study import StudyConfig, run_study
+from common.errors import UserError
 
 
 def statuses(summary: dict) -> dict[str, str]:

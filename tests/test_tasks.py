@@ -8,8 +8,8 @@ from _tasks_helpers import bpe_tokenizer, char_tokenizer, word_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conversion.errors import TaskError
-from probe.tasks import (
+from common.errors import TaskError
+from tasks import (
     GLOBAL_TASKS,
     LOCAL_TASKS,
     TASKS,
@@ -19,7 +19,7 @@ from probe.tasks import (
     render,
     words,
 )
-from probe.tasks.base import first_word, single_token_words
+from tasks.base import first_word, single_token_words
 
 NAMES = sorted(TASKS)
 TOKENIZERS = {"word": word_tokenizer, "bpe": bpe_tokenizer}

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from probe.tasks import get_task
-from probe.tasks.countdown import evaluate, solves
+from tasks import get_task
+from tasks.countdown import evaluate, solves
 
 NUMBERS, TARGET = (3, 7, 12), 33
 

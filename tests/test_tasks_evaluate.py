@@ -1,4 +1,4 @@
-"""probe.tasks.evaluate against hand computations on a tiny random Llama."""
+"""tasks.evaluate against hand computations on a tiny random Llama."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 from _tasks_helpers import tiny_llama, word_tokenizer
 
-from conversion.errors import TaskError
-from conversion.metadata import ModelMeta
-from probe.tasks import get_task, render
-from probe.tasks.evaluate import greedy_accuracy, greedy_generate, logit_metrics, set_scores
+from common.errors import TaskError
+from common.metadata import ModelMeta
+from tasks import get_task, render
+from tasks.evaluate import greedy_accuracy, greedy_generate, logit_metrics, set_scores
 
 
 @pytest.fixture(scope="module")

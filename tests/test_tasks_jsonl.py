@@ -7,8 +7,8 @@ import json
 import pytest
 from _tasks_helpers import word_tokenizer
 
-from conversion.errors import TaskError
-from probe.tasks import load_jsonl_task, render
+from common.errors import TaskError
+from tasks import load_jsonl_task, render
 
 ROWS = [
     {"prompt": "When Mary and John went to the store , John gave a drink to", "answer": " Mary",

@@ -9,8 +9,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from probe.tasks import get_task
-from probe.tasks.sudoku import format_puzzle, is_valid_solution, random_solution, solutions
+from tasks import get_task
+from tasks.sudoku import format_puzzle, is_valid_solution, random_solution, solutions
 
 
 @functools.cache

@@ -18,9 +18,9 @@ from conftest import WORDS, build_tiny_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conversion.errors import UserError
+from common.errors import UserError
+from common.metadata import ModelMeta
 from conversion.mdm import MASK_TOKEN, add_mask_token, load_mdm
-from conversion.metadata import ModelMeta
 from conversion.train import TrainConfig, TrainingDiverged, lr_at, train
 
 REPO = Path(__file__).resolve().parents[1]

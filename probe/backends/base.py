@@ -24,7 +24,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from conversion.errors import UserError
+from common.errors import UserError
 
 Site = tuple[str, int]
 SiteFn = Callable[[Tensor], Tensor | None]
@@ -52,7 +52,7 @@ class Backend(ABC):
         """Logits [B, T, V] of one pass with `fns` applied at their sites.
 
         input_ids, attention_mask, position_ids: [B, T]. The position ids skip padding
-        (`conversion.attention.position_ids`), so a left-padded row gets the logits it gets alone,
+        (`diffusion.attention.position_ids`), so a left-padded row gets the logits it gets alone,
         on absolute-position models (GPT-2) as on rotary ones.
         """
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from conversion.errors import UserError
+from common.errors import UserError
 from probe.backends.base import Backend, Site, SiteFn
 from probe.backends.hf_taps import Tap, hf_taps
 from probe.layout import Layout

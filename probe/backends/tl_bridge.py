@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
-from conversion.errors import UserError
+from common.errors import UserError
 from probe.backends.base import Backend, Site, SiteFn
 from probe.layout import Layout
 

@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conversion.errors import UserError
-from conversion.outputs import atomic_write_text, claim_output
+from common.errors import UserError
+from common.outputs import atomic_write_text, claim_output
 
 MODELS = ("organism", "smollm2")
 
@@ -337,7 +337,7 @@ def write_study_report(out: Path, cfg: StudyConfig, records: list[StageRecord], 
 def run_study(cfg: StudyConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the study; returns summary.json's content.
 
-    `out` is claimed for the run (`conversion.outputs.claim_output`): locked against a second
+    `out` is claimed for the run (`common.outputs.claim_output`): locked against a second
     study, and refused unless it is empty or an earlier study's folder (whose finished stages are
     reused), since stages replace their folders."""
     cfg = cfg.checked()

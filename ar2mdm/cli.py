@@ -16,8 +16,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from conversion import _env  # noqa: F401
-from conversion.errors import TrainingInterrupted, UserError
+import common  # noqa: F401  (offline flags before transformers is imported)
+from common.errors import TrainingInterrupted, UserError
 
 app = typer.Typer(
     name="ar2mdm",
@@ -236,9 +236,9 @@ def sample(
     import json
 
     from analyses.generation import ar_scorer as load_scorer
+    from common.outputs import atomic_write_text, check_output_file
     from conversion.checkpoints import load_any
-    from conversion.outputs import atomic_write_text, check_output_file
-    from conversion.sampling import ModelContext, build_sampler, make_canvas, run
+    from sampling import ModelContext, build_sampler, make_canvas, run
 
     with _errors("nothing was written."):
         if max_new_tokens < 1:
@@ -304,9 +304,9 @@ def eval_(
     """Task accuracy, NFE and tokens/s of each sampler at several step budgets; JSON + plot."""
     from analyses.generation import SamplerSpec, evaluate_samplers, table, task_sets, write_report
     from analyses.generation import ar_scorer as load_scorer
+    from common.outputs import claim_output
     from conversion.checkpoints import load_any
-    from conversion.outputs import claim_output
-    from conversion.sampling import SAMPLERS, sampler_options
+    from sampling import SAMPLERS, sampler_options
 
     with _errors(f"nothing was written to {out}.") as stack:
         if n < 1 or batch_size < 1:
@@ -377,7 +377,7 @@ def compare(
     from analyses.compare import CompareOptions, markdown_summary, snapshots_of, write_report
     from analyses.compare import compare as run_compare
     from analyses.compare import track as run_track
-    from conversion.outputs import claim_output
+    from common.outputs import claim_output
     from probe import ProbedModel
 
     with _errors(f"nothing was written to {out}.") as stack:
@@ -424,7 +424,7 @@ def study(
     Every stage caches its output under OUT and is skipped when its inputs are unchanged, so a
     rerun after a crash resumes where it stopped.
     """
-    from analyses.study import StudyConfig, print_summary, run_study
+    from ar2mdm.study import StudyConfig, print_summary, run_study
 
     with _errors(f"finished stages are kept in {out}; the same command continues from the first unfinished one."):
         cfg = StudyConfig(out=out, model=model, budget=budget, ar_steps=ar_steps, convert_steps=convert_steps,

@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from conversion.attention import position_ids
-from conversion.errors import TaskError
-from conversion.metadata import ModelMeta
-from probe.tasks.base import (
+from common.errors import TaskError
+from common.metadata import ModelMeta
+from diffusion.attention import position_ids
+from tasks.base import (
     Example,
     Mode,
     Rendered,
@@ -240,10 +240,10 @@ def mdm_fill_accuracy(
     """Fraction of `examples` an MDM solves by confidence-ordered filling of the answer span.
 
     Each example is rendered in place ("mdm": prompt, masks of the reference answer's length,
-    suffix); the masks are filled by low-confidence decoding (`conversion.sampling`, one token per model
+    suffix); the masks are filled by low-confidence decoding (`sampling`, one token per model
     call unless `steps` says otherwise), the filled span is decoded and passed to `task.check`.
     """
-    from conversion.sampling import ConfidenceSampler, ModelContext, run
+    from sampling import ConfidenceSampler, ModelContext, run
 
     if not examples:
         raise TaskError("mdm_fill_accuracy got no examples.")

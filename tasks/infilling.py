@@ -17,8 +17,8 @@ import random
 import re
 from collections.abc import Sequence
 
-from conversion.errors import TaskError
-from probe.tasks.base import BaseTask, Example, Tokenizer, _continuation_ids, first_word
+from common.errors import TaskError
+from tasks.base import BaseTask, Example, Tokenizer, _continuation_ids, first_word
 
 # (answer, suffix): the suffix alone determines the answer.
 BANK: tuple[tuple[str, str], ...] = (

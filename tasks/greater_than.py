@@ -8,7 +8,7 @@ is the tens DIGIT of the end year.
 Start years are 17d9 (ones digit 9, d in 1..8): then an end year 17XZ is later than 17d9 exactly
 when X > d, so the correct next tokens are the digits {d+1..9} and the incorrect ones {0..d}, both
 non-empty. Metrics are over sets: `correct = ("d+1", ..., "9")`, `counterfactual = ("0", ..., "d")`
-(logsumexp logit difference and probability difference, see `probe.tasks.evaluate`).
+(logsumexp logit difference and probability difference, see `tasks.evaluate`).
 
 Corruption: start year 1709. Only the tens-digit token changes (one token, same length), and it is
 the minimal value: every tens digit 1..9 is then a valid continuation, so the corrupted input
@@ -24,9 +24,9 @@ import random
 import re
 from collections.abc import Sequence
 
-from conversion.errors import TaskError
-from probe.tasks import words
-from probe.tasks.base import BaseTask, Example, Tokenizer
+from common.errors import TaskError
+from tasks import words
+from tasks.base import BaseTask, Example, Tokenizer
 
 _TWO_DIGITS = re.compile(r"(\d)(\d)")
 

@@ -28,8 +28,8 @@ from collections import Counter
 from collections.abc import Sequence
 from fractions import Fraction
 
-from conversion.errors import TaskError
-from probe.tasks.base import BaseTask, Example, Tokenizer, space_is_own_token
+from common.errors import TaskError
+from tasks.base import BaseTask, Example, Tokenizer, space_is_own_token
 
 _OPS: dict[type[ast.operator], str] = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}

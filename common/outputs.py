@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conversion.errors import UserError
+from common.errors import UserError
 
 LOCK_FILE = ".ar2mdm.lock"
 OWNER_FILE = ".ar2mdm-run.json"

@@ -5,7 +5,7 @@ answer; global tasks ("countdown", "infilling", "sudoku") need the whole input (
 a grid) to produce even the first answer token. The reference study found that an MDM converted
 from an ARM keeps the ARM's circuits on the first kind and rebuilds them on the second.
 
-    >>> from probe.tasks import get_task
+    >>> from tasks import get_task
     >>> task = get_task("ioi")
     >>> ex = task.generate(1, seed=0)[0]
     >>> task.check(ex, ex.answer)
@@ -13,7 +13,7 @@ from an ARM keeps the ARM's circuits on the first kind and rebuilds them on the 
 
 `get_task(name, tokenizer)` restricts word lists to single tokens under that tokenizer;
 `task.generate_aligned(n)` then keeps examples whose clean and corrupted renderings align in both
-reading modes. `load_jsonl_task` reads a user task; `probe.tasks.evaluate` scores models.
+reading modes. `load_jsonl_task` reads a user task; `tasks.evaluate` scores models.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from conversion.errors import TaskError
-from probe.tasks.base import (
+from common.errors import TaskError
+from tasks.base import (
     BaseTask,
     Batch,
     Example,
@@ -35,13 +35,13 @@ from probe.tasks.base import (
     generate_aligned,
     render,
 )
-from probe.tasks.countdown import CountdownTask
-from probe.tasks.greater_than import GreaterThanTask
-from probe.tasks.induction import InductionTask
-from probe.tasks.infilling import InfillingTask
-from probe.tasks.ioi import IOITask
-from probe.tasks.jsonl import JsonlTask, load_jsonl_task
-from probe.tasks.sudoku import SudokuTask
+from tasks.countdown import CountdownTask
+from tasks.greater_than import GreaterThanTask
+from tasks.induction import InductionTask
+from tasks.infilling import InfillingTask
+from tasks.ioi import IOITask
+from tasks.jsonl import JsonlTask, load_jsonl_task
+from tasks.sudoku import SudokuTask
 
 TASKS: dict[str, TaskFactory] = {
     "ioi": IOITask,

@@ -11,7 +11,7 @@ answer, and an exact checker for generated answers.
   task-specific AR form that states the suffix first, for infilling); the first answer token is
   predicted at the last prompt position.
 - "mdm": the answer span is replaced by mask tokens in place, the suffix follows, and each answer
-  token is read where the checkpoint's shift says (`conversion.metadata.read_positions`).
+  token is read where the checkpoint's shift says (`common.metadata.read_positions`).
 
 Clean and corrupted renderings always have identical length and identical mask layout; a tokenizer
 that breaks this raises `TaskError` naming the example, rather than yielding misaligned pairs.
@@ -30,8 +30,8 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from conversion.errors import TaskError
-from conversion.metadata import read_positions
+from common.errors import TaskError
+from common.metadata import read_positions
 
 Mode = Literal["ar", "mdm"]
 

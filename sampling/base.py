@@ -10,7 +10,7 @@ the things users want from every sampler are done once, here:
 * NFE: every forward pass of any model goes through `State.forward`, which counts it (per model
   role: "mdm", "ar") -- so NFE is the number of model calls by construction.
 * Reading predictions: `aligned_logits` returns logits [B, T, V] where row i predicts the token at
-  position i, applying the checkpoint's shift (`conversion.metadata.read_positions`); with
+  position i, applying the checkpoint's shift (`common.metadata.read_positions`); with
   absorbing noise the mask token gets -inf (SUBS: the model never predicts "mask").
 * Attention: a bidirectional MDM runs with its own masking (2D padding mask, is_causal False);
   a block-diffusion MDM runs with the block-causal inference layout (a query sees its own and
@@ -35,10 +35,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from conversion.attention import block_inference_mask, position_ids
-from conversion.errors import UserError
-from conversion.metadata import ModelMeta, read_positions
+from common.errors import UserError
+from common.metadata import ModelMeta, read_positions
 from conversion.objective import _param_dtype
+from diffusion.attention import block_inference_mask, position_ids
 
 # --- what a sampler needs to know about the checkpoint ---------------------------------------------
 

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from conversion.attention import block_inference_mask, position_ids
-from conversion.errors import UserError
-from conversion.sampling.base import (
+from common.errors import UserError
+from diffusion.attention import block_inference_mask, position_ids
+from sampling.base import (
     Sampler,
     State,
     _param_dtype,
@@ -35,7 +35,7 @@ from conversion.sampling.base import (
     propose,
     provisional,
 )
-from conversion.sampling.confidence import _check_common, top_k_per_row
+from sampling.confidence import _check_common, top_k_per_row
 
 CACHES = ("prefix", "none")
 

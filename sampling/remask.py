@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import torch
 
-from conversion.errors import UserError
-from conversion.noise import get_schedule
-from conversion.sampling.ancestral import time_grid
-from conversion.sampling.base import (
+from common.errors import UserError
+from diffusion.noise import get_schedule
+from sampling.ancestral import time_grid
+from sampling.base import (
     BlockClock,
     Sampler,
     State,
@@ -35,7 +35,7 @@ from conversion.sampling.base import (
     provisional,
     steps_per_block,
 )
-from conversion.sampling.confidence import _check_common
+from sampling.confidence import _check_common
 
 STRATEGIES = ("cap", "rescale", "conf")
 

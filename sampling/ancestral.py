@@ -25,9 +25,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from conversion.errors import UserError
-from conversion.noise import get_schedule
-from conversion.sampling.base import (
+from common.errors import UserError
+from diffusion.noise import get_schedule
+from sampling.base import (
     BlockClock,
     Sampler,
     State,
@@ -37,7 +37,7 @@ from conversion.sampling.base import (
     provisional,
     steps_per_block,
 )
-from conversion.sampling.confidence import _check_common
+from sampling.confidence import _check_common
 
 
 def unmask_probability(schedule: str, t: Tensor | float, s: Tensor | float) -> Tensor:

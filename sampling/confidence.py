@@ -23,8 +23,8 @@ import math
 import torch
 from torch import Tensor
 
-from conversion.errors import UserError
-from conversion.sampling.base import (
+from common.errors import UserError
+from sampling.base import (
     BlockClock,
     ModelContext,
     Sampler,

@@ -24,11 +24,11 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from conversion.errors import UserError
-from conversion.sampling.ancestral import AncestralSampler, UniformSampler, unmask_probability
-from conversion.sampling.ar import ARSampler, filter_logits
-from conversion.sampling.arpc import ARPCSampler
-from conversion.sampling.base import (
+from common.errors import UserError
+from sampling.ancestral import AncestralSampler, UniformSampler, unmask_probability
+from sampling.ar import ARSampler, filter_logits
+from sampling.arpc import ARPCSampler
+from sampling.base import (
     ModelContext,
     Sampler,
     SampleResult,
@@ -37,9 +37,9 @@ from conversion.sampling.base import (
     make_canvas,
     run,
 )
-from conversion.sampling.confidence import ConfidenceSampler, confidence_fill
-from conversion.sampling.remask import RemaskSampler
-from conversion.sampling.threshold import ThresholdSampler, threshold_commit
+from sampling.confidence import ConfidenceSampler, confidence_fill
+from sampling.remask import RemaskSampler
+from sampling.threshold import ThresholdSampler, threshold_commit
 
 _MAKERS_CLS = {
     "ar": ARSampler, "ancestral": AncestralSampler, "uniform": UniformSampler, "low-confidence": ConfidenceSampler,

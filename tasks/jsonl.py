@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from conversion.errors import TaskError
-from probe.tasks.base import BaseTask, Example, first_word
+from common.errors import TaskError
+from tasks.base import BaseTask, Example, first_word
 
 REQUIRED = ("prompt", "answer", "corrupted_prompt")
 _STRINGS = ("suffix", "corrupted_suffix", "ar_prompt", "corrupted_ar_prompt")

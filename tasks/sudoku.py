@@ -24,8 +24,8 @@ import random
 import re
 from collections.abc import Sequence
 
-from conversion.errors import TaskError
-from probe.tasks.base import BaseTask, Example, Tokenizer, space_is_own_token
+from common.errors import TaskError
+from tasks.base import BaseTask, Example, Tokenizer, space_is_own_token
 
 Grid = tuple[int, ...]  # 16 cells in reading order; 0 = blank
 # Two base grids: the permutations below reach 192 of the 288 valid grids from the first and the

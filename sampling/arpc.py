@@ -21,11 +21,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from conversion.attention import position_ids
-from conversion.errors import UserError
-from conversion.noise import get_schedule
-from conversion.sampling.ancestral import time_grid
-from conversion.sampling.base import (
+from common.errors import UserError
+from diffusion.attention import position_ids
+from diffusion.noise import get_schedule
+from sampling.ancestral import time_grid
+from sampling.base import (
     BlockClock,
     Sampler,
     State,
@@ -35,7 +35,7 @@ from conversion.sampling.base import (
     provisional,
     steps_per_block,
 )
-from conversion.sampling.confidence import _check_common, top_k_per_row
+from sampling.confidence import _check_common, top_k_per_row
 
 SCORES = ("nll", "divergence")
 

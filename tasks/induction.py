@@ -16,9 +16,9 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from conversion.errors import TaskError
-from probe.tasks import words
-from probe.tasks.base import BaseTask, Example, Tokenizer, first_word
+from common.errors import TaskError
+from tasks import words
+from tasks.base import BaseTask, Example, Tokenizer, first_word
 
 
 class InductionTask(BaseTask):

@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from conversion.errors import UserError
-from conversion.sampling.base import Sampler, State, sample_tokens
-from conversion.sampling.confidence import _check_common
+from common.errors import UserError
+from sampling.base import Sampler, State, sample_tokens
+from sampling.confidence import _check_common
 
 
 def filter_logits(logits: Tensor, *, top_k: int | None, top_p: float | None) -> Tensor:
