@@ -55,6 +55,7 @@ from torch import Tensor
 from analyses.graph import Graph, forward_edges, split_edge
 from common.errors import UserError
 from common.metadata import read_positions
+from common.modeling import pad_id
 from probe.cache import Cache
 from probe.interventions import Interventions
 from probe.model import ProbedModel
@@ -95,7 +96,7 @@ def batches(pm: ProbedModel, data: Data, batch_size: int | None = 16) -> Iterato
 
         size = batch_size or len(data)
         for start in range(0, len(data), size):
-            yield _checked(pm, collate(data[start : start + size], _pad_id(pm)))
+            yield _checked(pm, collate(data[start : start + size], pad_id(pm.tokenizer)))
         return
     seen = False
     for batch in data:
@@ -105,14 +106,6 @@ def batches(pm: ProbedModel, data: Data, batch_size: int | None = 16) -> Iterato
         yield _checked(pm, batch)
     if not seen:
         raise UserError("the dataloader yielded no batches.")
-
-
-def _pad_id(pm: ProbedModel) -> int:
-    tok = pm.tokenizer
-    for pad in (getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None)):
-        if pad is not None:
-            return int(pad)
-    return 0
 
 
 def _checked(pm: ProbedModel, batch: Batch) -> Batch:

@@ -57,6 +57,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from common.errors import UserError
+from common.modeling import pad_id
 from probe.cache import Cache
 from probe.lens import answer_logit_diff, logit_lens, read_targets
 from probe.names import Name, parse
@@ -391,15 +392,6 @@ def compare_depth(
 # --- batches ----------------------------------------------------------------------------------------
 
 
-def pad_id(pm: ProbedModel) -> int:
-    tok = pm.tokenizer
-    for attr in ("pad_token_id", "eos_token_id"):
-        value = getattr(tok, attr, None) if tok is not None else None
-        if value is not None:
-            return int(value)
-    return 0
-
-
 def batches(pm: ProbedModel, items: Sequence[Rendered], batch_size: int) -> Iterator[Batch]:
     """Right-padded batches of `items` in order (each holds its own Rendered rows)."""
     if not items:
@@ -413,7 +405,7 @@ def batches(pm: ProbedModel, items: Sequence[Rendered], batch_size: int) -> Iter
             f"with tasks.render(example, tokenizer, {pm.config.kind!r}, shift=..., mask_id=...)."
         )
     for start in range(0, len(items), batch_size):
-        yield collate(items[start : start + batch_size], pad_id(pm))
+        yield collate(items[start : start + batch_size], pad_id(pm.tokenizer))
 
 
 def corrupted_inputs(batch: Batch) -> dict[str, Tensor]:

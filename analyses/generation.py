@@ -33,8 +33,8 @@ import torch
 from tqdm.auto import tqdm
 
 from common.errors import UserError
+from common.modeling import pad_id, position_ids
 from conversion.checkpoints import Loaded
-from diffusion.attention import position_ids
 from sampling import ModelContext, build_sampler, make_canvas, run
 from tasks import Example, Task, render
 
@@ -373,7 +373,7 @@ def gen_ppl(
     for start in range(0, len(rows), batch_size):
         part = rows[start : start + batch_size]
         width = max(len(p) for p, _ in part)
-        ids = torch.full((len(part), width), tok.pad_token_id or 0, dtype=torch.long)
+        ids = torch.full((len(part), width), pad_id(tok), dtype=torch.long)
         am = torch.zeros_like(ids)
         for b, (p, _) in enumerate(part):
             ids[b, : len(p)] = torch.tensor(p)

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 
 from common.errors import CheckpointError, UserError
+from common.options import check_types
 
 META_FILE = "ar2mdm.json"
 Kind = Literal["ar", "mdm"]
@@ -69,8 +70,6 @@ class ModelMeta:
         Raises CheckpointError when the file is missing, not JSON, not an object, has unknown
         fields (a newer ar2mdm wrote it) or a field of the wrong type (it was edited by hand).
         """
-        from conversion.config import check_types
-
         path = Path(folder) / META_FILE
         try:
             raw = json.loads(path.read_text())

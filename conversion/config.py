@@ -5,23 +5,21 @@ A config file is YAML (.yaml/.yml) or TOML (.toml) holding a flat mapping of opt
 silently ignored: a typo in a config file must not train the wrong model for an hour. Values are
 checked against the options' declared types (`check_types`) before anything is loaded, so
 `steps: "abc"` or `seq_len: null` is one clear message naming the option, not a traceback an
-hour later; the same check guards checkpoint metadata (`ModelMeta.load`) and dataclasses built in
-Python (`TrainConfig.validate`).
+hour later (`common.options.check_types`, which also guards checkpoint metadata and dataclasses
+built in Python).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import tomllib
-import types
-import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, TypeVar
 
 import yaml
 
 from common.errors import UserError
+from common.options import check_types
 
 T = TypeVar("T")
 
@@ -70,111 +68,3 @@ def merge_options(
         flags = ", ".join("--" + m.replace("_", "-") for m in missing)
         raise UserError(f"missing required option(s): give {flags} on the command line or in --config.")
     return cls(**merged)
-
-
-def check_types(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
-    """`values` checked against the field types of dataclass `cls`; returns them, converted.
-
-    Accepted: an int for an int field (or a float with an integral value: `steps = 2.0`); a number
-    or a numeric string for a float field (YAML reads `1e-4` as a string); true/false for a bool;
-    a string (or an int: `mask_token: 7`) for a str field; None only where the type allows it;
-    a value of a Literal's choices; a list of strings, a mapping. Keys that are not fields are
-    left to the caller. Raises UserError naming `where`, the option, the expected type and the
-    value.
-    """
-    hints = typing.get_type_hints(cls)
-    out = dict(values)
-    for name, value in values.items():
-        if name in hints:
-            out[name] = _coerce(value, hints[name], name, where)
-    return out
-
-
-class _Mismatch(Exception):
-    pass
-
-
-def _coerce(value: Any, hint: Any, name: str, where: str) -> Any:
-    try:
-        return _as(value, hint)
-    except _Mismatch:
-        shown = "null" if value is None else repr(value)
-        raise UserError(
-            f"{where}: option {name!r} must be {_describe(hint)}, got {shown} "
-            f"({'null' if value is None else type(value).__name__}); fix the value."
-        ) from None
-
-
-def _as(value: Any, hint: Any) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        for option in typing.get_args(hint):
-            try:
-                return _as(value, option)
-            except _Mismatch:
-                continue
-        raise _Mismatch
-    if hint is type(None):
-        if value is None:
-            return None
-        raise _Mismatch
-    if origin is Literal:
-        if value in typing.get_args(hint) and not isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if hint is Any:
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if hint is int:
-        if isinstance(value, bool):
-            raise _Mismatch
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            return int(value)
-        raise _Mismatch
-    if hint is float:
-        if isinstance(value, bool):
-            raise _Mismatch
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise _Mismatch from None
-        raise _Mismatch
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        raise _Mismatch
-    if origin in (list, tuple):
-        (item, *_) = typing.get_args(hint) or (Any,)
-        if isinstance(value, list | tuple):
-            return origin(_as(v, item) for v in value)
-        raise _Mismatch
-    if origin is dict or hint is dict:
-        if isinstance(value, dict):
-            return value
-        raise _Mismatch
-    return value  # a type this checker does not know: left to the field's own validation
-
-
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return "null"
-    if origin is Literal:
-        return "one of " + ", ".join(repr(v) for v in typing.get_args(hint))
-    if origin in (list, tuple):
-        return f"a list of {_describe(typing.get_args(hint)[0])}s" if typing.get_args(hint) else "a list"
-    if origin is dict or hint is dict:
-        return "a mapping"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))

@@ -53,6 +53,7 @@ from transformers import PreTrainedTokenizerBase
 
 from common.env import cache_dir
 from common.errors import DataError
+from common.modeling import pad_id
 
 # Bump when the packing rule changes, so old cache entries are never read back as if current.
 PACK_FORMAT = 1
@@ -467,9 +468,33 @@ def _choose_held_out(
         k -= 1
     while 0 < k < n - 1 and held[k - 1] < seq_len and fits(k + 1):
         k += 1
-    if k == 0 or held[k - 1] < seq_len:
-        return np.zeros(0, dtype=np.int64)
-    return np.sort(order[:k])
+    if k > 0 and held[k - 1] >= seq_len:
+        return np.sort(order[:k])
+    # No prefix of the permutation gives both splits a block: look for any set of whole documents
+    # that does (smallest held-out share first), so the contract holds for small corpora too.
+    chosen = _smallest_split(lengths[order], low=seq_len, high=total - seq_len)
+    return np.sort(order[chosen]) if chosen is not None else np.zeros(0, dtype=np.int64)
+
+
+def _smallest_split(lengths: np.ndarray, *, low: int, high: int, budget: int = 2_000_000) -> np.ndarray | None:
+    """Indices of documents whose token count lies in [low, high], with the smallest such count,
+    by subset sums (None if there is none, or if n x total exceeds `budget`: a large corpus always
+    has a prefix that fits)."""
+    if low > high or len(lengths) * int(lengths.sum()) > budget:
+        return None
+    first: dict[int, tuple[int, int]] = {0: (-1, 0)}  # sum -> (last document, previous sum)
+    for i, n in enumerate(int(x) for x in lengths):
+        for total in sorted(first, reverse=True):
+            if total + n <= high and total + n not in first:
+                first[total + n] = (i, total)
+    hits = [t for t in first if t >= low]
+    if not hits:
+        return None
+    picked, total = [], min(hits)
+    while total:
+        i, total = first[total]
+        picked.append(i)
+    return np.array(sorted(picked), dtype=np.int64)
 
 
 def _blocks(token_lists: list[list[int]], seq_len: int) -> Tensor:
@@ -665,7 +690,7 @@ def sft_rows(
     from tasks.base import render
 
     examples = _sft_examples(source)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad = pad_id(tokenizer)
     rows, dropped = [], 0
     for ex in examples:
         r = render(ex, tokenizer, "mdm", shift=True, mask_id=mask_id)

@@ -44,6 +44,7 @@ from torch import Tensor
 
 from common.errors import UserError
 from common.metadata import read_positions
+from common.modeling import output_size, param_dtype, position_ids
 from diffusion import noise as noise_mod
 from diffusion.attention import (
     AttentionSpec,
@@ -52,7 +53,6 @@ from diffusion.attention import (
     build_mask,
     model_inputs,
     parse_attention,
-    position_ids,
     sample_block_sizes,
 )
 
@@ -293,7 +293,7 @@ def diffusion_loss(
         draw = draw_noise(
             x0, opts, mask_id=mask_id, attention_mask=attention_mask, prompt_mask=prompt_mask,
             step=step, generator=generator, exclude_ids=exclude_ids, t=t,
-            vocab_size=vocab_size if vocab_size is not None else _output_size(model), document_ids=document_ids,
+            vocab_size=vocab_size if vocab_size is not None else output_size(model), document_ids=document_ids,
         )
     elif bool((draw.corruption.noised & ~eligible).any()):
         raise UserError(
@@ -304,7 +304,7 @@ def diffusion_loss(
     t, xt, noised = corruption.t.to(device=device, dtype=torch.float32), corruption.xt, corruption.noised
 
     # 4. Forward pass with the spec's attention layout.
-    dtype = _param_dtype(model)
+    dtype = param_dtype(model)
     block_sizes = draw.block_sizes
     if spec.doubles_input:
         if block_sizes is None:
@@ -446,17 +446,3 @@ def heldout_loss(
     result["loss"] = sum(weighted) / len(weighted)
     result["acc"] = sum(accs) / len(accs)
     return result
-
-
-def _param_dtype(model: torch.nn.Module) -> torch.dtype:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32
-
-
-def _output_size(model: torch.nn.Module) -> int:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None:
-        return int(head.weight.shape[0])
-    return int(model.config.vocab_size)

@@ -77,6 +77,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from common.env import cache_dir
 from common.errors import UserError
+from common.modeling import pad_id
 from common.outputs import OWNER_FILE, claim_output, owner_record
 from tasks import Example, Task, get_task
 from tasks.evaluate import greedy_accuracy, logit_metrics
@@ -402,7 +403,7 @@ class MixtureStream:
                 f"a training sequence is {T} tokens, more than max_positions={self.cfg.max_positions}; "
                 "raise OrganismConfig.max_positions or shorten the task options."
             )
-        ids = torch.full((len(rows), T), tok.pad_token_id, dtype=torch.long)
+        ids = torch.full((len(rows), T), pad_id(tok), dtype=torch.long)
         w = torch.zeros((len(rows), T))
         for b, (row, h, ha) in enumerate(zip(rows, heads, heads_ans, strict=True)):
             ids[b, : len(row)] = torch.tensor(row)

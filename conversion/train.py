@@ -77,6 +77,7 @@ from tqdm.auto import tqdm
 
 from common.errors import TrainingInterrupted, UserError
 from common.metadata import ModelMeta, require_kind
+from common.options import check_types
 from common.outputs import Claim, claim_output, clear_contents, folder_contents
 from conversion import data as data_mod
 from conversion.checkpoints import load_ar
@@ -186,8 +187,6 @@ class TrainConfig:
 
     def validate(self, world_size: int = 1) -> None:
         """Raise UserError naming the first bad option (types first, then values)."""
-        from conversion.config import check_types
-
         for name, value in check_types(TrainConfig, asdict(self), "TrainConfig").items():
             setattr(self, name, value)  # e.g. steps 2.0 -> 2, lr "1e-4" (YAML reads it as text) -> 1e-4
         if self.seq_len < 2:

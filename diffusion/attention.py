@@ -59,6 +59,7 @@ import torch
 from torch import Tensor
 
 from common.errors import UserError
+from common.modeling import position_ids
 
 ACCEPTED = (
     "'causal', 'bidirectional', 'anneal:N' (N > 0 steps), 'block:B' (B > 0 tokens), or a block "
@@ -175,22 +176,6 @@ def sample_block_sizes(
     probs = torch.tensor(spec.block_probs, dtype=torch.float64)
     idx = torch.multinomial(probs, batch, replacement=True, generator=generator)
     return sizes[idx.to(sizes.device)]
-
-
-def position_ids(attention_mask: Tensor, document_ids: Tensor | None = None) -> Tensor:
-    """Position ids [B, T] that skip padding: cumsum(mask) - 1, clamped at 0 (left padding safe).
-
-    The one rule every path that batches text uses (probe backends, samplers, the objective, task
-    metrics), so a padded row gets the positions it has alone. With `document_ids` [B, T] the
-    positions restart at 0 at the first token of every document (per-document attention).
-    """
-    pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    if document_ids is None:
-        return pos
-    starts = torch.ones_like(document_ids, dtype=torch.bool)
-    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
-    first = torch.where(starts, pos, torch.zeros_like(pos)).cummax(-1).values
-    return pos - first
 
 
 def document_ids(ids: Tensor, separator_id: int) -> Tensor:

@@ -30,8 +30,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from common.errors import UserError
 from common.metadata import ModelMeta, read_positions
+from common.modeling import position_ids
 from conversion.checkpoints import Loaded, load_any
-from diffusion.attention import position_ids
 from probe.backends import Backend, choose, create
 from probe.cache import Cache, DiskCache, ShardWriter
 from probe.engine import Core, Pass, Request

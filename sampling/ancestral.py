@@ -26,13 +26,13 @@ import torch
 from torch import Tensor
 
 from common.errors import UserError
+from common.modeling import output_size
 from diffusion.noise import get_schedule
 from sampling.base import (
     BlockClock,
     Sampler,
     State,
     aligned_logits,
-    output_size,
     propose,
     provisional,
     steps_per_block,

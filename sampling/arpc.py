@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from common.errors import UserError
-from diffusion.attention import position_ids
+from common.modeling import output_size, position_ids
 from diffusion.noise import get_schedule
 from sampling.ancestral import time_grid
 from sampling.base import (
@@ -30,7 +30,6 @@ from sampling.base import (
     Sampler,
     State,
     aligned_logits,
-    output_size,
     propose,
     provisional,
     steps_per_block,

@@ -37,8 +37,8 @@ from torch import Tensor
 
 from common.errors import UserError
 from common.metadata import ModelMeta, read_positions
-from conversion.objective import _param_dtype
-from diffusion.attention import block_inference_mask, position_ids
+from common.modeling import pad_id, param_dtype, position_ids
+from diffusion.attention import block_inference_mask
 
 # --- what a sampler needs to know about the checkpoint ---------------------------------------------
 
@@ -75,7 +75,6 @@ class ModelContext:
     @classmethod
     def from_meta(cls, meta: ModelMeta, tokenizer: Any = None, model: Any = None) -> ModelContext:
         """Build the context of a loaded checkpoint (`Loaded.meta`, its tokenizer and model)."""
-        pad = getattr(tokenizer, "pad_token_id", None)
         eos = getattr(tokenizer, "eos_token_id", None)
         specials = tuple(int(i) for i in getattr(tokenizer, "all_special_ids", ()) or ())
         config = getattr(model, "config", None)
@@ -90,7 +89,7 @@ class ModelContext:
             mask_id=meta.mask_id,
             block_size=meta.block_size,
             schedule=meta.schedule or "linear",
-            pad_id=int(pad if pad is not None else (eos if eos is not None else 0)),
+            pad_id=pad_id(tokenizer),
             eos_id=None if eos is None else int(eos),
             exclude_ids=specials,
             context_length=None if ctx_len is None else int(ctx_len),
@@ -327,19 +326,10 @@ def align(logits: Tensor, ctx: ModelContext) -> Tensor:
     return logits
 
 
-def output_size(model: torch.nn.Module) -> int | None:
-    """Output vocabulary size of an HF model (None for a model without an HF head or config)."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and hasattr(head, "weight"):
-        return int(head.weight.shape[0])
-    config = getattr(model, "config", None)
-    return None if config is None else int(config.vocab_size)
-
-
 def aligned_logits(model: torch.nn.Module, state: State, ids: Tensor | None = None) -> Tensor:
     """One counted MDM call on the state's canvas (or on `ids`), read through `align`."""
     ids = state.ids if ids is None else ids
-    kwargs = mdm_forward_kwargs(state.ctx, ids, state.attention_mask, _param_dtype(model))
+    kwargs = mdm_forward_kwargs(state.ctx, ids, state.attention_mask, param_dtype(model))
     return align(state.forward(model, "mdm", **kwargs).logits, state.ctx)
 
 

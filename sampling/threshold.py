@@ -24,11 +24,11 @@ import torch
 from torch import Tensor
 
 from common.errors import UserError
-from diffusion.attention import block_inference_mask, position_ids
+from common.modeling import param_dtype, position_ids
+from diffusion.attention import block_inference_mask
 from sampling.base import (
     Sampler,
     State,
-    _param_dtype,
     align,
     aligned_logits,
     mdm_forward_kwargs,
@@ -129,7 +129,7 @@ def _croppable(model: torch.nn.Module) -> bool:
 
 
 def _full_kwargs(state: State, model: torch.nn.Module) -> dict[str, Any]:
-    return mdm_forward_kwargs(state.ctx, state.ids, state.attention_mask, _param_dtype(model))
+    return mdm_forward_kwargs(state.ctx, state.ids, state.attention_mask, param_dtype(model))
 
 
 def _suffix_kwargs(state: State, model: torch.nn.Module, prefix: int) -> dict[str, Any]:
@@ -137,6 +137,6 @@ def _suffix_kwargs(state: State, model: torch.nn.Module, prefix: int) -> dict[st
     pos = position_ids(am)[:, prefix:]
     ids = state.ids[:, prefix:]
     if state.ctx.block_size is not None:
-        mask = block_inference_mask(am, state.ctx.block_size, q_start=prefix, dtype=_param_dtype(model))
+        mask = block_inference_mask(am, state.ctx.block_size, q_start=prefix, dtype=param_dtype(model))
         return {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
     return {"input_ids": ids, "attention_mask": am, "position_ids": pos, "is_causal": False}

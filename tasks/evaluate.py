@@ -28,7 +28,7 @@ import torch
 
 from common.errors import TaskError
 from common.metadata import ModelMeta
-from diffusion.attention import position_ids
+from common.modeling import pad_id, position_ids
 from tasks.base import (
     Example,
     Mode,
@@ -40,14 +40,6 @@ from tasks.base import (
     collate,
     render,
 )
-
-
-def _pad_id(tokenizer: Tokenizer) -> int:
-    for attr in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if value is not None:
-            return int(value)
-    return 0
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -107,7 +99,7 @@ def logit_metrics(
     if not rendered:
         raise TaskError("logit_metrics got no examples.")
     device = _device(model)
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     sources = ("clean", "corrupted") if corrupted else ("clean",)
     diffs: dict[str, list[float]] = {s: [] for s in sources}
     pdiffs: dict[str, list[float]] = {s: [] for s in sources}
@@ -153,7 +145,7 @@ def greedy_generate(
     if len(limits) != len(prompts):
         raise TaskError(f"got {len(prompts)} prompts but {len(limits)} max_new_tokens values.")
     device = _device(model)
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     eos = getattr(tokenizer, "eos_token_id", None)
     texts: list[str] = []
     for start in range(0, len(prompts), batch_size):
@@ -254,7 +246,7 @@ def mdm_fill_accuracy(
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         rendered = [render(ex, tokenizer, "mdm", shift=meta.shift, mask_id=meta.mask_id) for ex in chunk]
-        batch = collate(rendered, _pad_id(tokenizer))
+        batch = collate(rendered, pad_id(tokenizer))
         filled = run(
             ConfidenceSampler("low-confidence", steps=steps), model, batch.input_ids.to(device),
             batch.attention_mask.to(device), ModelContext.from_meta(meta, tokenizer, model),

@@ -27,9 +27,9 @@ from transformers import (
 
 from common.errors import UserError
 from common.metadata import ModelMeta
+from common.modeling import position_ids
 from conversion.checkpoints import load_ar
 from conversion.mdm import save_mdm
-from diffusion.attention import position_ids
 from probe import ProbedModel
 
 FAMS = ("llama", "qwen2", "gemma3_text", "gpt2")

@@ -1,0 +1,71 @@
+"""Small rules about Hugging Face models that every part of the toolkit applies the same way.
+
+- `position_ids`: positions that skip padding, so a padded row gets the positions it has alone
+  (left padding would otherwise shift them on absolute-position models such as GPT-2); every
+  path that batches text uses it (probe backends, samplers, the objective, task metrics).
+- `pad_id`: the id that fills padded positions: the tokenizer's pad token, else its EOS, else 0.
+  Its value never reaches a real token (attention masks keep padding out), so any id would do;
+  one rule keeps batches identical wherever they are built.
+- `param_dtype`, `output_size`, `device_of`: what a model computes in, how many logits it
+  returns, where it lives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+
+def position_ids(
+    attention_mask: Int[Tensor, "batch seq"], document_ids: Int[Tensor, "batch seq"] | None = None
+) -> Int[Tensor, "batch seq"]:
+    """Position ids [B, T] that skip padding: cumsum(mask) - 1, clamped at 0 (left padding safe).
+
+    With `document_ids` [B, T] (per-document attention on packed rows) the positions restart at
+    0 at the first token of every document.
+
+    >>> position_ids(torch.tensor([[0, 0, 1, 1, 1]])).tolist()
+    [[0, 0, 0, 1, 2]]
+    """
+    pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    if document_ids is None:
+        return pos
+    starts = torch.ones_like(document_ids, dtype=torch.bool)
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    first = torch.where(starts, pos, torch.zeros_like(pos)).cummax(-1).values
+    return pos - first
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id padding is filled with: pad token, else EOS, else 0 (see the module docstring)."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None) if tokenizer is not None else None
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def param_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (float32 if it has none)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def device_of(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter."""
+    return next(model.parameters()).device
+
+
+def output_size(model: torch.nn.Module) -> int | None:
+    """Rows of the model's output head (its logits' last dimension); the config's vocab_size
+    without an HF head; None for a model with neither."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and hasattr(head, "weight"):
+        return int(head.weight.shape[0])
+    config = getattr(model, "config", None)
+    return None if config is None else int(config.vocab_size)
