@@ -12,11 +12,14 @@ interventions, and nothing outside `probe/` ever sees a backend's hook names.
 | "nnsight"| the same modules through an nnsight trace                 | every layout the probe reads  |
 | "tl"     | hook points of a TransformerLens 4 `TransformerBridge`    | architectures TL has an adapter for |
 
-`choose` picks one: an explicit name, or "auto" (see `probe.backends.choose`).
+`choose` picks one: an explicit name, or "auto" (see `probe.backends.choose`). Every `Backend`
+subclass registers itself in `BACKENDS` by its name; the built-in ones are imported here (their
+libraries, nnsight and TransformerLens, only when a backend is created).
 """
 
 from __future__ import annotations
 
-from probe.backends.base import SITE_ORDER, Backend, Site, SiteFn, choose, create
+from probe.backends import nnsight_backend, tl_bridge, torch_hooks  # noqa: F401  (register them)
+from probe.backends.base import BACKENDS, SITE_ORDER, Backend, Site, SiteFn, choose, create
 
-__all__ = ["SITE_ORDER", "Backend", "Site", "SiteFn", "choose", "create"]
+__all__ = ["BACKENDS", "SITE_ORDER", "Backend", "Site", "SiteFn", "choose", "create"]

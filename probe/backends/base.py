@@ -20,11 +20,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor
 
 from common.errors import UserError
+from common.registry import Registry
 
 Site = tuple[str, int]
 SiteFn = Callable[[Tensor], Tensor | None]
@@ -33,17 +34,34 @@ SITE_ORDER: tuple[str, ...] = (
     "resid_pre", "q", "k", "v", "z", "attn_out", "pattern", "mlp_in", "neurons", "mlp_out",
     "resid_post",
 )
-BACKENDS = ("torch", "nnsight", "tl")
 
 
 class Backend(ABC):
-    """One way of running the model with site functions attached.
+    """One way of running the model with site functions attached; subclasses register themselves
+    in `BACKENDS` by their `name` (a new backend is one subclass; see docs/EXTENDING.md).
 
     `causal` is fixed at construction: False for MDM checkpoints, and the backend must make the
-    model attend bidirectionally inside its own machinery.
+    model attend bidirectionally inside its own machinery. `auto_priority`: backends that
+    `supports` a model are tried by `choose("auto")` from the highest priority down (0: never
+    chosen automatically).
     """
 
-    name: ClassVar[str]
+    name: ClassVar[str] = ""
+    auto_priority: ClassVar[int] = 0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        BACKENDS.add(cls)
+
+    @abstractmethod
+    def __init__(self, model, layout, *, causal: bool, tokenizer=None, source: str = "") -> None:
+        """model: the HF model; layout: its `probe.layout.Layout`; tokenizer / source: for backends
+        that rebuild the model (the TransformerLens bridge boots from them)."""
+
+    @classmethod
+    def supports(cls, model, tokenizer=None) -> bool:
+        """Whether this backend can run `model` (consulted by `choose("auto")`)."""
+        return True
 
     @abstractmethod
     def forward(
@@ -52,47 +70,36 @@ class Backend(ABC):
         """Logits [B, T, V] of one pass with `fns` applied at their sites.
 
         input_ids, attention_mask, position_ids: [B, T]. The position ids skip padding
-        (`diffusion.attention.position_ids`), so a left-padded row gets the logits it gets alone,
+        (`common.modeling.position_ids`), so a left-padded row gets the logits it gets alone,
         on absolute-position models (GPT-2) as on rotary ones.
         """
 
 
-def tl_supports(model) -> bool:
-    """True if TransformerLens 4 has a bridge adapter for this HF model's architecture."""
-    try:
-        from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
-    except ImportError:  # pragma: no cover - a dependency of the package
-        return False
-    return type(model).__name__ in SUPPORTED_ARCHITECTURES
+BACKENDS: Registry[Backend] = Registry("backend")
 
 
 def choose(requested: str, model=None, tokenizer=None) -> str:
-    """The backend to use for `requested` ("auto" or a backend name).
+    """The backend to use for `requested` ("auto" or a backend name in `BACKENDS`).
 
-    "auto": the TransformerLens bridge where it has an adapter for the architecture (and a
-    tokenizer to boot with), nnsight for any other HF decoder. Every backend gives the same
-    numbers (tested); "torch" (plain forward hooks, no copy of the model, the least overhead:
-    docs/results/probe.md) is there on request.
+    "auto": among the backends that support the model, the one with the highest `auto_priority`
+    (the TransformerLens bridge where it has an adapter for the architecture and a tokenizer to
+    boot with, nnsight for any other HF decoder). Every backend gives the same numbers (tested);
+    "torch" (plain forward hooks, no copy of the model, the least overhead: docs/results/probe.md)
+    is there on request.
     """
     if requested == "auto":
-        return "tl" if model is not None and tokenizer is not None and tl_supports(model) else "nnsight"
+        ranked = sorted((cls for cls in BACKENDS.values() if cls.auto_priority > 0), key=lambda c: -c.auto_priority)
+        for cls in ranked:
+            if model is not None and cls.supports(model, tokenizer):
+                return cls.name
+        return ranked[-1].name
     if requested not in BACKENDS:
         raise UserError(f"unknown backend {requested!r}; choose 'auto' or one of {', '.join(BACKENDS)}.")
     return requested
 
 
 def create(name: str, model, layout, *, causal: bool, tokenizer=None, source: str = "") -> Backend:
-    """Instantiate backend `name` (imports its library only when asked for)."""
-    if name == "torch":
-        from probe.backends.torch_hooks import TorchBackend
-
-        return TorchBackend(model, layout, causal=causal)
-    if name == "nnsight":
-        from probe.backends.nnsight_backend import NNsightBackend
-
-        return NNsightBackend(model, layout, causal=causal)
-    if name == "tl":
-        from probe.backends.tl_bridge import TLBackend
-
-        return TLBackend(model, layout, causal=causal, tokenizer=tokenizer, source=source)
-    raise UserError(f"unknown backend {name!r}; choose 'auto' or one of {', '.join(BACKENDS)}.")
+    """Instantiate the registered backend `name` (its library is imported only then)."""
+    if name not in BACKENDS:
+        raise UserError(f"unknown backend {name!r}; choose 'auto' or one of {', '.join(BACKENDS)}.")
+    return BACKENDS[name](model, layout, causal=causal, tokenizer=tokenizer, source=source)

@@ -19,8 +19,9 @@ from probe.layout import Layout
 
 class NNsightBackend(Backend):
     name = "nnsight"
+    auto_priority = 1  # any HF decoder the probe's layout reads
 
-    def __init__(self, model, layout: Layout, *, causal: bool) -> None:
+    def __init__(self, model, layout: Layout, *, causal: bool, tokenizer=None, source: str = "") -> None:
         try:
             from nnsight import NNsight
         except ImportError as err:  # pragma: no cover - a dependency of the package

@@ -55,6 +55,16 @@ def _wrap(fn: SiteFn, per_head: bool):
 
 class TLBackend(Backend):
     name = "tl"
+    auto_priority = 2  # preferred where TransformerLens has an adapter (and a tokenizer is at hand)
+
+    @classmethod
+    def supports(cls, model, tokenizer=None) -> bool:
+        """TransformerLens 4 has a bridge adapter for this HF model's architecture."""
+        try:
+            from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+        except ImportError:  # pragma: no cover - a dependency of the package
+            return False
+        return tokenizer is not None and type(model).__name__ in SUPPORTED_ARCHITECTURES
 
     def __init__(self, model, layout: Layout, *, causal: bool, tokenizer=None, source: str = "") -> None:
         try:

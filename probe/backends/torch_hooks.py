@@ -44,7 +44,7 @@ def _register(tap: Tap):
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, model, layout: Layout, *, causal: bool) -> None:
+    def __init__(self, model, layout: Layout, *, causal: bool, tokenizer=None, source: str = "") -> None:
         self.model = model
         self.layout = layout
         self.causal = causal
