@@ -71,11 +71,10 @@ from analyses.neurons import causal_check, compare_profiles, profile_units
 from common.errors import CheckpointError, TaskError, UserError
 from common.outputs import atomic_write_text
 from probe.model import ProbedModel
-from tasks import GLOBAL_TASKS, LOCAL_TASKS, Example, render
+from tasks import TASKS, Example, render, task_names
 from tasks.base import Rendered
 
 NodeScores = Literal["eap-ig", "patching"]
-ALL_TASKS: tuple[str, ...] = (*LOCAL_TASKS, *GLOBAL_TASKS)
 MIN_POOL = 4  # fewer common-correct examples than this: the task is reported, not analysed
 
 
@@ -92,7 +91,7 @@ class CompareOptions:
     example, solved or not (past the reference study's successful-examples-only limit; also the
     fallback for models too weak to share a pool)."""
 
-    tasks: tuple[str, ...] = ALL_TASKS
+    tasks: tuple[str, ...] = field(default_factory=task_names)
     pool_size: int = 500
     draw: int | None = None
     k_edges: int | None = None
@@ -112,9 +111,9 @@ class CompareOptions:
 
     def checked(self) -> CompareOptions:
         tasks = tuple(dict.fromkeys(t.strip() for t in self.tasks if t.strip()))
-        unknown = [t for t in tasks if t not in ALL_TASKS]
+        unknown = [t for t in tasks if t not in TASKS]
         if not tasks or unknown:
-            raise UserError(f"unknown or no tasks {unknown or list(self.tasks)}; choose from {', '.join(ALL_TASKS)}.")
+            raise UserError(f"unknown or no tasks {unknown or list(self.tasks)}; choose from {', '.join(TASKS)}.")
         for name in ("pool_size", "steps", "batch_size", "n_boot", "n_random"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}.")
@@ -533,8 +532,8 @@ def compare(
 def claims(pools: Mapping[str, Pool], jaccard_reps: Mapping[str, Tensor], depth_reps: Mapping[str, Tensor],
            data: Mapping[str, Any], selectivity: Interval | None) -> dict[str, Any]:
     """The three claims with effect sizes, intervals and verdicts."""
-    local = [t for t in pools if t in LOCAL_TASKS]
-    glob = [t for t in pools if t in GLOBAL_TASKS]
+    local = [t for t in pools if TASKS[t].kind == "local"]
+    glob = [t for t in pools if TASKS[t].kind == "global"]
     out: dict[str, Any] = {}
 
     def jac(t: str) -> float:
@@ -668,7 +667,7 @@ def summary_rows(data: Mapping[str, Any]) -> list[dict[str, str]]:
     rows = []
     for task, pool in data["pools"].items():
         entry = data["tasks"].get(task)
-        row = {"task": task, "kind": "local" if task in LOCAL_TASKS else "global", "pool": str(pool["pool"]),
+        row = {"task": task, "kind": TASKS[task].kind, "pool": str(pool["pool"]),
                "acc AR": f"{pool['accuracy_ar']:.2f}" if pool.get("accuracy_ar") is not None else "-",
                "acc MDM": f"{pool['accuracy_mdm']:.2f}" if pool.get("accuracy_mdm") is not None else "-"}
         if entry is None:

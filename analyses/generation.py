@@ -35,11 +35,10 @@ from tqdm.auto import tqdm
 from common.errors import UserError
 from common.modeling import pad_id, position_ids
 from conversion.checkpoints import Loaded
-from sampling import ModelContext, build_sampler, make_canvas, run
+from sampling import SAMPLERS, ModelContext, build_sampler, make_canvas, run, takes_steps
 from tasks import Example, Task, render
 
 FRACTIONS = (1.0, 0.5, 0.25)
-STEPPED = ("ancestral", "uniform", "low-confidence", "margin", "entropy", "remask", "arpc")
 
 
 @dataclass(frozen=True)
@@ -165,9 +164,19 @@ def ar_scorer(loaded: Loaded, source: str | None = None) -> torch.nn.Module:
 
 
 def _steps_for(spec: SamplerSpec, length: int, fraction: float | None) -> dict[str, Any]:
-    if spec.name in STEPPED and fraction is not None and "steps" not in spec.options:
+    if takes_steps(spec.name) and fraction is not None and "steps" not in spec.options:
         return {"steps": max(1, round(length * fraction))}
     return {}
+
+
+def _with_scorer(spec: SamplerSpec, scorer: torch.nn.Module | None) -> dict[str, Any]:
+    """The spec's options, plus the AR scorer for samplers that need one (`Sampler.needs_scorer`)."""
+    return dict(spec.options) | ({"scorer": scorer} if SAMPLERS.get(spec.name).needs_scorer else {})
+
+
+def needs_scorer(specs: Sequence[SamplerSpec]) -> bool:
+    """Whether any of `specs` needs an AR scorer (load one with `ar_scorer`)."""
+    return any(SAMPLERS.get(s.name).needs_scorer for s in specs)
 
 
 def _checker(task: Task):
@@ -210,10 +219,7 @@ def task_accuracy(
     nfe_by: dict[str, float] = defaultdict(float)
     check = check or _checker(task)
     for length, idx in sorted(groups.items()):
-        options = dict(spec.options) | _steps_for(spec, length, fraction)
-        if spec.name == "arpc":
-            options["scorer"] = scorer
-        sampler = build_sampler(spec.name, **options)
+        sampler = build_sampler(spec.name, **_with_scorer(spec, scorer), **_steps_for(spec, length, fraction))
         for start in range(0, len(idx), batch_size):
             chunk = idx[start : start + batch_size]
             prompts, suffixes = [], []
@@ -234,7 +240,7 @@ def task_accuracy(
                 solved += bool(check(rendered[i].example, answer))
     n = len(examples)
     return EvalRow(
-        task=task.name, sampler=spec.title, fraction=fraction if spec.name in STEPPED else None, n=n,
+        task=task.name, sampler=spec.title, fraction=fraction if takes_steps(spec.name) else None, n=n,
         accuracy=solved / n, nfe=sum(nfe_rows) / n, nfe_by={k: v / n for k, v in nfe_by.items()},
         tokens=tokens, seconds=seconds, tokens_per_s=tokens / max(seconds, 1e-9),
     )
@@ -256,7 +262,7 @@ def evaluate_samplers(
     jobs = []
     for name, (task, exs) in task_sets.items():
         for spec in specs:
-            for frac in fractions if spec.name in STEPPED else (None,):
+            for frac in fractions if takes_steps(spec.name) else (None,):
                 jobs.append((name, task, exs, spec, frac))
     rows = []
     bar = tqdm(jobs, desc="eval", disable=not progress)
@@ -291,10 +297,7 @@ def generate_texts(
     """Continue each prompt by `max_new_tokens` tokens with `spec`; texts are the continuations."""
     model, tok, meta = loaded.model, loaded.tokenizer, loaded.meta
     ctx = ModelContext.from_meta(meta, tok, model)
-    options = dict(spec.options)
-    if spec.name == "arpc":
-        options["scorer"] = scorer
-    sampler = build_sampler(spec.name, **options)
+    sampler = build_sampler(spec.name, **_with_scorer(spec, scorer))
     device = next(model.parameters()).device
     texts, ids_out, nfe, seconds = [], [], 0.0, 0.0
     for start in range(0, len(prompts), batch_size):

@@ -18,6 +18,8 @@ from rich.console import Console
 
 import common  # noqa: F401  (offline flags before transformers is imported)
 from common.errors import TrainingInterrupted, UserError
+from sampling import SAMPLERS
+from tasks import task_names
 
 app = typer.Typer(
     name="ar2mdm",
@@ -182,7 +184,8 @@ def convert(
     )
 
 
-_SAMPLER_HELP = "ar | ancestral | uniform | low-confidence | margin | entropy | threshold | remask | arpc"
+_SAMPLER_HELP = SAMPLERS.choices()  # the registries: a new sampler or task class appears by itself
+_TASK_HELP = "; ".join(f"{', '.join(task_names(kind))} ({kind})" for kind in ("local", "global") if task_names(kind))
 _CACHE_HELP = (
     "threshold: prefix | none. The prefix KV cache reuses the keys/values of the decoded prefix: exact for "
     "block-diffusion checkpoints (block:B, whose earlier blocks never see later ones), approximate for "
@@ -249,7 +252,7 @@ def sample(
             check_output_file(trace, "--trace")  # before generating, not after
         loaded = load_any(model)
         options = _sampler_flags(steps, block_length, temperature, tau, top_k, top_p, strategy, eta, score, cache)
-        if sampler == "arpc":
+        if SAMPLERS.get(sampler).needs_scorer:
             options["scorer"] = load_scorer(loaded, ar_scorer)
         chosen = build_sampler(sampler, **options)
         ctx = ModelContext.from_meta(loaded.meta, loaded.tokenizer, loaded.model)
@@ -285,7 +288,7 @@ def sample(
 def eval_(
     model: Annotated[str, typer.Option(help="Checkpoint: an MDM folder, or an AR source (smollm2 | organism | HF folder | .gguf).")],
     out: Annotated[Path, typer.Option(help="Folder for results.json, results.md and generation.html.")],
-    tasks: Annotated[str, typer.Option(help="Comma-separated tasks: ioi, greater_than, induction, countdown, infilling, sudoku.")] = "ioi,countdown",
+    tasks: Annotated[str, typer.Option(help=f"Comma-separated tasks: {_TASK_HELP}, or .jsonl task files.")] = "ioi,countdown",
     samplers: Annotated[str, typer.Option(help=f"Comma-separated samplers: {_SAMPLER_HELP}.")] = "low-confidence,threshold",
     n: Annotated[int, typer.Option(help="Examples per task.")] = 100,
     fractions: Annotated[str, typer.Option(help="Step budgets as fractions of the answer length L (samplers with --steps).")] = "1,0.5,0.25",
@@ -302,11 +305,18 @@ def eval_(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier `ar2mdm eval` in --out.")] = False,
 ) -> None:
     """Task accuracy, NFE and tokens/s of each sampler at several step budgets; JSON + plot."""
-    from analyses.generation import SamplerSpec, evaluate_samplers, table, task_sets, write_report
+    from analyses.generation import (
+        SamplerSpec,
+        evaluate_samplers,
+        needs_scorer,
+        table,
+        task_sets,
+        write_report,
+    )
     from analyses.generation import ar_scorer as load_scorer
     from common.outputs import claim_output
     from conversion.checkpoints import load_any
-    from sampling import SAMPLERS, sampler_options
+    from sampling import sampler_options
 
     with _errors(f"nothing was written to {out}.") as stack:
         if n < 1 or batch_size < 1:
@@ -329,7 +339,7 @@ def eval_(
             SamplerSpec(x, {k: v for k, v in flags.items() if v is not None and k in sampler_options(x)})
             for x in names
         ]
-        scorer = load_scorer(loaded, ar_scorer) if "arpc" in names else None
+        scorer = load_scorer(loaded, ar_scorer) if needs_scorer(specs) else None
         sets = task_sets(loaded, [t.strip() for t in tasks.split(",") if t.strip()], n, seed=seed)
         rows = evaluate_samplers(loaded, sets, specs, fractions=fracs, batch_size=batch_size, seed=seed, scorer=scorer)
         claim.clear()
@@ -351,7 +361,7 @@ def compare(
     ar: Annotated[str, typer.Option(help="The ARM: smollm2 | organism | HF folder | .gguf.")],
     mdm: Annotated[str, typer.Option(help="The MDM: a folder written by `ar2mdm convert` (same architecture as --ar).")],
     out: Annotated[Path, typer.Option(help="Folder for report.json, report.html, summary.md and graphs/.")],
-    tasks: Annotated[str, typer.Option(help="Comma-separated: ioi, greater_than, induction (local); countdown, infilling, sudoku (global).")] = "ioi,greater_than,induction,countdown,infilling,sudoku",
+    tasks: Annotated[str, typer.Option(help=f"Comma-separated: {_TASK_HELP}.")] = ",".join(task_names()),
     pool_size: Annotated[int, typer.Option(help="At most this many common-correct examples per task.")] = 500,
     draw: Annotated[int | None, typer.Option(help="Candidate examples drawn per task before keeping those both models solve. [default: 2 x pool size]")] = None,
     k_edges: Annotated[int | None, typer.Option(help="K of the top-K edge overlap. [default: min(1000, edges / 10)]")] = None,

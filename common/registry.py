@@ -24,12 +24,13 @@ T = TypeVar("T")
 class Registry(Mapping[str, type[T]], Generic[T]):
     """Named classes of one extension point, in the order they were defined.
 
-    what: how messages call one ("sampler", "task", ...). A class without a `name` (an abstract
-    intermediate) is not registered; two different classes may not share a name.
+    what: how messages call one ("sampler", "task", ...); error: the UserError kind raised for
+    an unknown name. A class without a `name` (an abstract intermediate) is not registered; two
+    different classes may not share a name.
     """
 
-    def __init__(self, what: str) -> None:
-        self.what = what
+    def __init__(self, what: str, error: type[UserError] = UserError) -> None:
+        self.what, self.error = what, error
         self._classes: dict[str, type[T]] = {}
 
     def add(self, cls: type[T]) -> type[T]:
@@ -54,7 +55,7 @@ class Registry(Mapping[str, type[T]], Generic[T]):
         try:
             return self._classes[name]
         except KeyError:
-            raise UserError(f"unknown {self.what} {name!r}; choose one of: {', '.join(self._classes)}.") from None
+            raise self.error(f"unknown {self.what} {name!r}; choose one of: {', '.join(self._classes)}.") from None
 
     def choices(self, sep: str = " | ") -> str:
         """The names, joined for help texts."""

@@ -79,7 +79,7 @@ from common.env import cache_dir
 from common.errors import UserError
 from common.modeling import pad_id
 from common.outputs import OWNER_FILE, claim_output, owner_record
-from tasks import Example, Task, get_task
+from tasks import Example, Task, get_task, task_names
 from tasks.evaluate import greedy_accuracy, logit_metrics
 
 PAD, BOS, EOS, UNK, MASK = "<pad>", "<bos>", "<eos>", "<unk>", "<mask>"
@@ -89,7 +89,8 @@ SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK, MASK)
 # leaves its last space to the word after it (the GPT-2 convention).
 PRETOKEN_PATTERN = r" ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]|\s+(?!\S)|\s+"
 
-TASK_NAMES: tuple[str, ...] = ("ioi", "greater_than", "induction", "countdown", "infilling", "sudoku")
+# The organism learns every registered task (`tasks.task_names()`: the built-in suites, local first).
+TASK_NAMES: tuple[str, ...] = task_names()
 
 # Options the organism's tasks are built with (train and eval). Countdown uses numbers 1..10 and
 # targets up to 100: three numbers and + - * as in the reference study, at a size a 10-minute
@@ -289,7 +290,7 @@ def build_tokenizer(texts: Sequence[str]) -> PreTrainedTokenizerFast:
 
 def build_tasks(tokenizer: PreTrainedTokenizerFast | None = None) -> dict[str, Task]:
     """The organism's six tasks with `TASK_OPTIONS` (full word lists when tokenizer is None)."""
-    return {name: get_task(name, tokenizer, **TASK_OPTIONS[name]) for name in TASK_NAMES}
+    return {name: get_task(name, tokenizer, **TASK_OPTIONS.get(name, {})) for name in TASK_NAMES}
 
 
 def organism_tokenizer(n_per_task: int = 500, seed: int = 0) -> PreTrainedTokenizerFast:

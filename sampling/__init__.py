@@ -2,7 +2,9 @@
 
 Every sampler has the interface of `base.Sampler` (`init_state`, `step`, `done`) over one shared
 `State`, so NFE counting, tracing, batching and seeding are the same for all of them; `run` is the
-driver. Build one by name with `build_sampler`:
+driver. Every `Sampler` subclass with a `name` registers itself in `SAMPLERS`; `build_sampler`
+builds one by name, and the CLI, the generation evals and the study read the registry. The
+built-in ones:
 
 =================  ==========================================================  ==================
 name               what it does                                                checkpoints
@@ -24,70 +26,63 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import common  # noqa: F401  (offline flags before transformers is imported)
 from common.errors import UserError
 from sampling.ancestral import AncestralSampler, UniformSampler, unmask_probability
 from sampling.ar import ARSampler, filter_logits
 from sampling.arpc import ARPCSampler
 from sampling.base import (
+    SAMPLERS,
     ModelContext,
     Sampler,
     SampleResult,
     State,
     TraceStep,
+    check_options,
     make_canvas,
     run,
 )
-from sampling.confidence import ConfidenceSampler, confidence_fill
+from sampling.confidence import (
+    ConfidenceSampler,
+    EntropySampler,
+    LowConfidenceSampler,
+    MarginSampler,
+    confidence_fill,
+)
 from sampling.remask import RemaskSampler
 from sampling.threshold import ThresholdSampler, threshold_commit
 
-_MAKERS_CLS = {
-    "ar": ARSampler, "ancestral": AncestralSampler, "uniform": UniformSampler, "low-confidence": ConfidenceSampler,
-    "margin": ConfidenceSampler, "entropy": ConfidenceSampler, "threshold": ThresholdSampler,
-    "remask": RemaskSampler, "arpc": ARPCSampler,
-}
-SAMPLERS = ("ar", "ancestral", "uniform", "low-confidence", "margin", "entropy", "threshold", "remask", "arpc")
-
 
 def sampler_options(name: str) -> tuple[str, ...]:
-    """The option names sampler `name` accepts."""
-    cls = _MAKERS_CLS.get(name)
-    if cls is None:
-        raise UserError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}.")
-    params = inspect.signature(cls.__init__).parameters
-    return tuple(p for p in params if p not in ("self", "rule"))
+    """The option names sampler `name` accepts (its class's keyword arguments)."""
+    params = inspect.signature(SAMPLERS.get(name).__init__).parameters
+    return tuple(p for p, v in params.items() if p not in ("self", "rule") and v.kind is not v.VAR_KEYWORD)
+
+
+def takes_steps(name: str) -> bool:
+    """Whether sampler `name` takes a budget of model calls (`steps`); others decide their own."""
+    return "steps" in sampler_options(name)
 
 
 def build_sampler(name: str, *, strict: bool = True, **options: Any) -> Sampler:
     """The sampler called `name` with `options` (keyword arguments of its class). None-valued
     options are dropped so callers can pass every CLI flag through; with strict=False options the
     sampler does not take are dropped too (one set of flags for several samplers)."""
+    cls = SAMPLERS.get(name)
     opts = {k: v for k, v in options.items() if v is not None}
     if not strict:
         accepted = set(sampler_options(name))
         opts = {k: v for k, v in opts.items() if k in accepted}
-    makers: dict[str, Any] = {
-        "ar": ARSampler,
-        "ancestral": AncestralSampler,
-        "uniform": UniformSampler,
-        "low-confidence": lambda **o: ConfidenceSampler("low-confidence", **o),
-        "margin": lambda **o: ConfidenceSampler("margin", **o),
-        "entropy": lambda **o: ConfidenceSampler("entropy", **o),
-        "threshold": ThresholdSampler,
-        "remask": RemaskSampler,
-        "arpc": ARPCSampler,
-    }
-    if name not in makers:
-        raise UserError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}.")
     try:
-        return makers[name](**opts)
+        return cls(**opts)
     except TypeError as err:
         raise UserError(f"sampler {name!r} does not take these options: {err}.") from None
 
 
 __all__ = [
-    "SAMPLERS", "ARPCSampler", "ARSampler", "AncestralSampler", "ConfidenceSampler", "ModelContext",
-    "RemaskSampler", "SampleResult", "Sampler", "State", "ThresholdSampler", "TraceStep", "UniformSampler",
-    "build_sampler", "confidence_fill", "sampler_options", "filter_logits", "make_canvas", "run", "threshold_commit",
+    "SAMPLERS", "ARPCSampler", "ARSampler", "AncestralSampler", "ConfidenceSampler", "EntropySampler",
+    "LowConfidenceSampler", "MarginSampler", "ModelContext", "RemaskSampler", "SampleResult", "Sampler", "State",
+    "ThresholdSampler", "TraceStep", "UniformSampler", "build_sampler", "check_options", "confidence_fill",
+    "filter_logits", "make_canvas", "run", "sampler_options", "takes_steps", "threshold_commit",
     "unmask_probability",
 ]

@@ -33,11 +33,11 @@ from sampling.base import (
     Sampler,
     State,
     aligned_logits,
+    check_options,
     propose,
     provisional,
     steps_per_block,
 )
-from sampling.confidence import _check_common
 
 
 def unmask_probability(schedule: str, t: Tensor | float, s: Tensor | float) -> Tensor:
@@ -75,9 +75,7 @@ class AncestralSampler(Sampler):
         temperature: float = 1.0,
         schedule: str | None = None,
     ):
-        _check_common(steps, block_length, temperature)
-        if schedule is not None:
-            get_schedule(schedule)
+        check_options(steps, block_length, temperature, schedule)
         self.steps, self.block_length, self.temperature, self.schedule = steps, block_length, temperature, schedule
 
     def _init(self, model: torch.nn.Module, state: State) -> None:
@@ -111,9 +109,7 @@ class UniformSampler(Sampler):
     uses_blocks = False
 
     def __init__(self, *, steps: int | None = None, temperature: float = 1.0, schedule: str | None = None):
-        _check_common(steps, None, temperature)
-        if schedule is not None:
-            get_schedule(schedule)
+        check_options(steps, None, temperature, schedule)
         self.steps, self.temperature, self.schedule = steps, temperature, schedule
 
     def _init(self, model: torch.nn.Module, state: State) -> None:

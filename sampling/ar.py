@@ -14,8 +14,7 @@ import torch
 from torch import Tensor
 
 from common.errors import UserError
-from sampling.base import Sampler, State, sample_tokens
-from sampling.confidence import _check_common
+from sampling.base import Sampler, State, check_options, sample_tokens
 
 
 def filter_logits(logits: Tensor, *, top_k: int | None, top_p: float | None) -> Tensor:
@@ -51,7 +50,7 @@ class ARSampler(Sampler):
         top_p: float | None = None,
         use_cache: bool = True,
     ):
-        _check_common(None, None, temperature)
+        check_options(None, None, temperature)
         if top_k is not None and top_k < 1:
             raise UserError(f"top_k must be >= 1, got {top_k}.")
         if top_p is not None and not 0.0 < top_p <= 1.0:

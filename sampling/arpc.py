@@ -30,11 +30,12 @@ from sampling.base import (
     Sampler,
     State,
     aligned_logits,
+    check_options,
     propose,
     provisional,
     steps_per_block,
 )
-from sampling.confidence import _check_common, top_k_per_row
+from sampling.confidence import top_k_per_row
 
 SCORES = ("nll", "divergence")
 
@@ -42,6 +43,7 @@ SCORES = ("nll", "divergence")
 class ARPCSampler(Sampler):
     name = "arpc"
     needs = "absorbing"
+    needs_scorer = True
 
     def __init__(
         self,
@@ -53,11 +55,9 @@ class ARPCSampler(Sampler):
         score: str = "nll",
         schedule: str | None = None,
     ):
-        _check_common(steps, block_length, temperature)
+        check_options(steps, block_length, temperature, schedule)
         if score not in SCORES:
             raise UserError(f"unknown ARPC score {score!r}; use one of {', '.join(SCORES)}.")
-        if schedule is not None:
-            get_schedule(schedule)
         self.scorer, self.steps, self.block_length = scorer, steps, block_length
         self.temperature, self.score, self.schedule = temperature, score, schedule
 

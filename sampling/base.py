@@ -38,7 +38,9 @@ from torch import Tensor
 from common.errors import UserError
 from common.metadata import ModelMeta, read_positions
 from common.modeling import pad_id, param_dtype, position_ids
+from common.registry import Registry
 from diffusion.attention import block_inference_mask
+from diffusion.noise import get_schedule
 
 # --- what a sampler needs to know about the checkpoint ---------------------------------------------
 
@@ -374,11 +376,22 @@ def block_ids(gen: Tensor, *, block_length: int | None, model_block: int | None)
 
 class Sampler:
     """Base class. Subclasses set `name` and `needs` ("ar", "absorbing", "uniform") and implement
-    `_init` (extra state) and `step`. Options are plain attributes set in `__init__`."""
+    `_init` (extra state) and `step`. Options are the keyword arguments of `__init__`, kept as
+    plain attributes. A subclass with a `name` registers itself in `SAMPLERS`, so `build_sampler`,
+    the CLI's choices and help, and the generation evals find it (docs/EXTENDING.md).
+
+    needs_scorer: the sampler takes `scorer=`, an AR model to score its proposals with (ARPC);
+    the CLI and the evals load one (the MDM's source ARM by default).
+    """
 
     name: ClassVar[str] = ""
     needs: ClassVar[str] = "absorbing"
     uses_blocks: ClassVar[bool] = True
+    needs_scorer: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        SAMPLERS.add(cls)
 
     def check(self, ctx: ModelContext) -> None:
         """Raise UserError if this sampler cannot run on a checkpoint described by `ctx`."""
@@ -455,6 +468,25 @@ class Sampler:
     def done(self, state: State) -> bool:
         return not bool(state.masked.any())
 
+
+
+
+SAMPLERS: Registry[Sampler] = Registry("sampler")
+
+
+def check_options(
+    steps: int | None = None, block_length: int | None = None, temperature: float = 0.0, schedule: str | None = None
+) -> None:
+    """The option checks samplers share: a positive step budget and block length, a finite
+    temperature >= 0, a known schedule. Raises UserError naming the bad option."""
+    if steps is not None and steps < 1:
+        raise UserError(f"steps must be >= 1, got {steps}.")
+    if block_length is not None and block_length < 1:
+        raise UserError(f"block_length must be >= 1, got {block_length}.")
+    if temperature < 0 or not math.isfinite(temperature):
+        raise UserError(f"temperature must be a finite number >= 0, got {temperature}.")
+    if schedule is not None:
+        get_schedule(schedule)
 
 @dataclass
 class SampleResult:

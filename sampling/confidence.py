@@ -18,7 +18,7 @@ call).
 
 from __future__ import annotations
 
-import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -30,6 +30,7 @@ from sampling.base import (
     Sampler,
     State,
     aligned_logits,
+    check_options,
     propose,
     provisional,
     run,
@@ -40,19 +41,24 @@ RULES = ("low-confidence", "margin", "entropy")
 
 
 class ConfidenceSampler(Sampler):
+    """The confidence-ordered sampler; `rule` is one of RULES (the registered subclasses below fix
+    it: "low-confidence", "margin", "entropy")."""
+
     needs = "absorbing"
+    rule: ClassVar[str] = "low-confidence"
 
     def __init__(
         self,
-        rule: str = "low-confidence",
+        rule: str | None = None,
         *,
         steps: int | None = None,
         block_length: int | None = None,
         temperature: float = 0.0,
     ):
+        rule = rule or type(self).rule
         if rule not in RULES:
             raise UserError(f"unknown confidence rule {rule!r}; use one of {', '.join(RULES)}.")
-        _check_common(steps, block_length, temperature)
+        check_options(steps, block_length, temperature)
         self.name = rule
         self.rule, self.steps, self.block_length, self.temperature = rule, steps, block_length, temperature
 
@@ -74,6 +80,27 @@ class ConfidenceSampler(Sampler):
         return state
 
 
+class LowConfidenceSampler(ConfidenceSampler):
+    """Commit the positions whose chosen token is most probable (MaskGIT, LLaDA)."""
+
+    name = "low-confidence"
+    rule = "low-confidence"
+
+
+class MarginSampler(ConfidenceSampler):
+    """Commit the positions with the largest top-1 minus top-2 probability (Dream)."""
+
+    name = "margin"
+    rule = "margin"
+
+
+class EntropySampler(ConfidenceSampler):
+    """Commit the positions with the lowest predictive entropy (Dream)."""
+
+    name = "entropy"
+    rule = "entropy"
+
+
 def top_k_per_row(score: Tensor, allowed: Tensor, k: Tensor) -> Tensor:
     """Bool [B, T]: in each row, the k[b] highest-`score` positions among `allowed` (ties go to
     the earlier position)."""
@@ -87,15 +114,6 @@ def top_k_per_row(score: Tensor, allowed: Tensor, k: Tensor) -> Tensor:
         order = torch.sort(s, descending=True, stable=True).indices[:n]
         out[b, order] = True
     return out
-
-
-def _check_common(steps: int | None, block_length: int | None, temperature: float) -> None:
-    if steps is not None and steps < 1:
-        raise UserError(f"steps must be >= 1, got {steps}.")
-    if block_length is not None and block_length < 1:
-        raise UserError(f"block_length must be >= 1, got {block_length}.")
-    if temperature < 0 or not math.isfinite(temperature):
-        raise UserError(f"temperature must be a finite number >= 0, got {temperature}.")
 
 
 @torch.no_grad()

@@ -31,11 +31,11 @@ from sampling.base import (
     Sampler,
     State,
     aligned_logits,
+    check_options,
     propose,
     provisional,
     steps_per_block,
 )
-from sampling.confidence import _check_common
 
 STRATEGIES = ("cap", "rescale", "conf")
 
@@ -54,13 +54,11 @@ class RemaskSampler(Sampler):
         eta: float = 0.05,
         schedule: str | None = None,
     ):
-        _check_common(steps, block_length, temperature)
+        check_options(steps, block_length, temperature, schedule)
         if strategy not in STRATEGIES:
             raise UserError(f"unknown remasking strategy {strategy!r}; use one of {', '.join(STRATEGIES)}.")
         if not 0.0 <= eta <= 1.0:
             raise UserError(f"eta must be in [0, 1], got {eta}.")
-        if schedule is not None:
-            get_schedule(schedule)
         self.steps, self.block_length, self.temperature = steps, block_length, temperature
         self.strategy, self.eta, self.schedule = strategy, eta, schedule
 

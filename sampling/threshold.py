@@ -31,11 +31,12 @@ from sampling.base import (
     State,
     align,
     aligned_logits,
+    check_options,
     mdm_forward_kwargs,
     propose,
     provisional,
 )
-from sampling.confidence import _check_common, top_k_per_row
+from sampling.confidence import top_k_per_row
 
 CACHES = ("prefix", "none")
 
@@ -63,7 +64,7 @@ class ThresholdSampler(Sampler):
             raise UserError(f"tau must be in (0, 1], got {tau}; Fast-dLLM uses 0.9.")
         if cache not in CACHES:
             raise UserError(f"unknown cache {cache!r}; use one of {', '.join(CACHES)}.")
-        _check_common(None, block_length, temperature)
+        check_options(None, block_length, temperature)
         self.tau, self.block_length, self.temperature, self.cache = tau, block_length, temperature, cache
 
     def _init(self, model: torch.nn.Module, state: State) -> None:

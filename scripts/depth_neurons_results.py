@@ -56,10 +56,10 @@ from analyses.neurons import causal_check, compare_profiles, profile_units, voca
 from common.errors import UserError
 from conversion.organism import eval_examples
 from probe import ProbedModel
-from tasks import GLOBAL_TASKS, LOCAL_TASKS
+from tasks import task_names
 
 MODELS = {"ar": "organism", "mdm": "runs/organism-mdm-sft"}
-TASKS = (*LOCAL_TASKS, *GLOBAL_TASKS)
+TASKS = task_names()
 
 
 def pools(models: dict[str, ProbedModel], n: int, common_correct: bool) -> tuple[dict, dict]:

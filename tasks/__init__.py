@@ -13,7 +13,9 @@ from an ARM keeps the ARM's circuits on the first kind and rebuilds them on the 
 
 `get_task(name, tokenizer)` restricts word lists to single tokens under that tokenizer;
 `task.generate_aligned(n)` then keeps examples whose clean and corrupted renderings align in both
-reading modes. `load_jsonl_task` reads a user task; `tasks.evaluate` scores models.
+reading modes. `load_jsonl_task` reads a user task; `tasks.evaluate` scores models. Every
+`BaseTask` subclass with a class-level `name` registers itself in `TASKS` (`task_names(kind)`
+lists them); the built-in suites are imported here.
 """
 
 from __future__ import annotations
@@ -21,38 +23,33 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import common  # noqa: F401  (offline flags before transformers is imported)
 from common.errors import TaskError
 from tasks.base import (
+    TASKS,
     BaseTask,
     Batch,
     Example,
     Rendered,
     Task,
-    TaskFactory,
     Tokenizer,
     check_alignment,
     collate,
     generate_aligned,
     render,
+    task_names,
 )
-from tasks.countdown import CountdownTask
+from tasks.jsonl import JsonlTask, load_jsonl_task
+
+# The built-in suites register in this order (local tasks first), which `task_names()` keeps:
+# isort: off
+from tasks.ioi import IOITask
 from tasks.greater_than import GreaterThanTask
 from tasks.induction import InductionTask
+from tasks.countdown import CountdownTask
 from tasks.infilling import InfillingTask
-from tasks.ioi import IOITask
-from tasks.jsonl import JsonlTask, load_jsonl_task
 from tasks.sudoku import SudokuTask
-
-TASKS: dict[str, TaskFactory] = {
-    "ioi": IOITask,
-    "greater_than": GreaterThanTask,
-    "induction": InductionTask,
-    "countdown": CountdownTask,
-    "infilling": InfillingTask,
-    "sudoku": SudokuTask,
-}
-LOCAL_TASKS: tuple[str, ...] = ("ioi", "greater_than", "induction")
-GLOBAL_TASKS: tuple[str, ...] = ("countdown", "infilling", "sudoku")
+# isort: on
 
 
 def get_task(name: str, tokenizer: Tokenizer | None = None, **options: Any) -> Task:
@@ -61,10 +58,7 @@ def get_task(name: str, tokenizer: Tokenizer | None = None, **options: Any) -> T
     `options` are the task class's keyword options (e.g. `n_numbers=4` for countdown); an unknown
     name or option raises TaskError listing what exists.
     """
-    try:
-        factory = TASKS[name]
-    except KeyError:
-        raise TaskError(f"unknown task {name!r}; available: {', '.join(TASKS)}.") from None
+    factory = TASKS.get(name)
     params = inspect.signature(factory).parameters
     accepted = [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]
     unknown = sorted(set(options) - set(accepted))
@@ -76,8 +70,6 @@ def get_task(name: str, tokenizer: Tokenizer | None = None, **options: Any) -> T
 
 
 __all__ = [
-    "GLOBAL_TASKS",
-    "LOCAL_TASKS",
     "TASKS",
     "BaseTask",
     "Batch",
@@ -97,4 +89,5 @@ __all__ = [
     "get_task",
     "load_jsonl_task",
     "render",
+    "task_names",
 ]

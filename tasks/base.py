@@ -32,6 +32,7 @@ import torch
 
 from common.errors import TaskError
 from common.metadata import read_positions
+from common.registry import Registry
 
 Mode = Literal["ar", "mdm"]
 
@@ -369,11 +370,22 @@ class BaseTask:
     `random.Random`) and `check`. `generate(n, seed)` draws n samples from `random.Random(seed)`,
     so a longer list with the same seed starts with the shorter one. `tokenizer` is the tokenizer
     the task was built for (word lists restricted to single tokens), or None for the full lists.
+    A subclass that names itself at class level registers in `TASKS` (`get_task`, the CLI, the
+    organism and the study read it; docs/EXTENDING.md); a task named per instance (a JSONL file's
+    `JsonlTask`) does not.
+
+    The constructor takes the tokenizer first and keyword-only options (`get_task` checks them).
     """
 
     name: str = ""
     kind: Literal["local", "global"] = "local"
     tokenizer: Tokenizer | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind not in ("local", "global"):
+            raise TaskError(f"task {cls.__name__} has kind {cls.kind!r}; use 'local' or 'global'.")
+        TASKS.add(cls)
 
     def _sample(self, rng: random.Random) -> Example:
         raise NotImplementedError
@@ -418,3 +430,12 @@ class BaseTask:
                 f"this tokenizer (need >= {minimum}): {kept[:10]}. Pass your own list of {what}."
             )
         return tuple(kept)
+
+
+TASKS: Registry[BaseTask] = Registry("task", TaskError)
+
+
+def task_names(kind: Literal["local", "global"] | None = None) -> tuple[str, ...]:
+    """Registered task names, all or those of one `kind` ("local": solvable from the tokens before
+    the answer; "global": needs the whole input)."""
+    return tuple(name for name, cls in TASKS.items() if kind is None or cls.kind == kind)

@@ -10,13 +10,12 @@ from hypothesis import strategies as st
 
 from common.errors import TaskError
 from tasks import (
-    GLOBAL_TASKS,
-    LOCAL_TASKS,
     TASKS,
     check_alignment,
     collate,
     get_task,
     render,
+    task_names,
     words,
 )
 from tasks.base import first_word, single_token_words
@@ -26,13 +25,13 @@ TOKENIZERS = {"word": word_tokenizer, "bpe": bpe_tokenizer}
 
 
 def test_registry_lists_six_tasks_split_by_kind():
-    assert set(LOCAL_TASKS) == {"ioi", "greater_than", "induction"}
-    assert set(GLOBAL_TASKS) == {"countdown", "infilling", "sudoku"}
-    assert set(TASKS) == set(LOCAL_TASKS) | set(GLOBAL_TASKS)
+    assert set(task_names("local")) == {"ioi", "greater_than", "induction"}
+    assert set(task_names("global")) == {"countdown", "infilling", "sudoku"}
+    assert set(TASKS) == set(task_names("local")) | set(task_names("global"))
     for name in TASKS:
         task = get_task(name)
         assert task.name == name
-        assert task.kind == ("local" if name in LOCAL_TASKS else "global")
+        assert task.kind == ("local" if name in task_names("local") else "global")
 
 
 def test_unknown_task_and_option_are_task_errors():

@@ -61,7 +61,9 @@ class TLBackend(Backend):
     def supports(cls, model, tokenizer=None) -> bool:
         """TransformerLens 4 has a bridge adapter for this HF model's architecture."""
         try:
-            from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+            from transformer_lens.factories.architecture_adapter_factory import (
+                SUPPORTED_ARCHITECTURES,
+            )
         except ImportError:  # pragma: no cover - a dependency of the package
             return False
         return tokenizer is not None and type(model).__name__ in SUPPORTED_ARCHITECTURES
