@@ -236,3 +236,32 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_folder_atomically(out: str | Path, write: Callable[[Path], None], *, replace: bool = True) -> Path:
+    """Call write(tmp) on a temporary sibling of `out`, then move it to `out` in one rename, so
+    `out` is always absent, the previous complete folder, or the new complete one.
+
+    replace: an existing `out` is swapped out (and removed); False keeps an existing `out` (another
+    process made the same folder first) and discards the new one. Returns `out`.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+    try:
+        write(tmp)
+        if out.exists() and not replace:
+            return out
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -28,34 +28,30 @@ weight file, a GGUF architecture transformers cannot read, an unknown name) rais
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
-    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 from transformers import __version__ as transformers_version
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from common.env import cache_dir
 from common.errors import CheckpointError
 from common.metadata import Kind, ModelMeta, checkpoint_kind, require_kind
+from common.outputs import atomic_write_text, write_folder_atomically
+from conversion.hf_folder import Loaded, load_hf_folder
 
 SMOLLM2 = "smollm2"
 ORGANISM = "organism"
@@ -68,25 +64,9 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIRNAME = "smollm2-135m-instruct"
 ORGANISM_DIRNAME = "organism"
 
-# Files that can only be read by unpickling, which can run arbitrary code.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # Hashing a 500 MB folder takes ~1 s; below this size hashing is cheaper than a cache lookup.
 HASH_CACHE_MIN_BYTES = 16 * 2**20
 HASH_CACHE_FILE = "sha256-cache.json"
-
-
-@dataclass
-class Loaded:
-    """An AR checkpoint ready to use: the model (in eval mode), its tokenizer, and its metadata.
-
-    meta.kind is "ar", meta.shift is True (logits at i predict token i + 1), meta.family is the
-    HF `model_type`, meta.source is the name or resolved path given to `load_ar`, and
-    meta.source_hash is the sha256 of the weight files (see `weights_sha256`).
-    """
-
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    meta: ModelMeta
 
 
 def load_ar(
@@ -177,208 +157,6 @@ def load_any(
     if kind == "mdm":
         return load_mdm(source, dtype=dtype, device=device, role=role)
     return load_ar(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code, role=role)
-
-
-def load_hf_folder(
-    folder: str | Path, *, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load (model, tokenizer) from an HF causal-LM folder, safetensors only, on CPU.
-
-    Checks, in order, so that the first problem found is the one reported: config.json exists;
-    the config describes a causal LM; the weights are safetensors and not truncated; the
-    tokenizer loads; every parameter the model needs is in the weight files.
-    """
-    folder = Path(folder)
-    config = _causal_lm_config(folder, trust_remote_code)
-    for file in _safetensors_files(folder):
-        check_safetensors(file)
-    tokenizer = _load_tokenizer(folder, trust_remote_code=trust_remote_code)
-    try:
-        model, info = AutoModelForCausalLM.from_pretrained(
-            folder,
-            config=config,
-            dtype=dtype,
-            use_safetensors=True,
-            trust_remote_code=trust_remote_code,
-            output_loading_info=True,
-        )
-    except Exception as err:  # anything transformers/safetensors raise: report it as one line
-        raise CheckpointError(
-            f"Could not load the weights in {folder}: {type(err).__name__}: {err}"
-        ) from err
-    if info["missing_keys"]:
-        # transformers would silently initialise these at random: a model that runs but is wrong.
-        missing = sorted(info["missing_keys"])
-        raise CheckpointError(
-            f"The weights in {folder} do not fit its config ({config.model_type}): "
-            f"{len(missing)} parameters are missing, e.g. {missing[:3]}. The weight files belong "
-            "to a different model, or the folder was saved from a base model without its LM head; "
-            "save the full *ForCausalLM model with save_pretrained."
-        )
-    return model, tokenizer
-
-
-def _causal_lm_config(folder: Path, trust_remote_code: bool) -> PretrainedConfig:
-    """The folder's config, after checking that it exists and describes a causal (decoder) LM."""
-    if not (folder / "config.json").is_file():
-        ggufs = sorted(folder.glob("*.gguf"))
-        hint = (
-            f" It holds a GGUF file: pass that file itself ({ggufs[0]})."
-            if ggufs
-            else " An HF model folder has config.json, *.safetensors weights and tokenizer files "
-            "(what model.save_pretrained and tokenizer.save_pretrained write)."
-        )
-        raise CheckpointError(
-            f"{folder} has no config.json, so it is not an HF model folder.{hint}"
-        )
-    raw = _raw_config(folder)
-    try:
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    except Exception as err:
-        # Custom code is the answer only for a config that names some (auto_map); for a damaged
-        # or unknown config it would be misleading advice.
-        advice = (
-            " The model ships its own code: if you trust it, pass --trust-remote-code "
-            "(trust_remote_code=True)."
-            if raw.get("auto_map") and not trust_remote_code
-            else ""
-        )
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if not raw.get("auto_map") and raw.get("model_type") not in CONFIG_MAPPING:
-            raise CheckpointError(
-                f"{folder / 'config.json'} names model_type {raw.get('model_type')!r}, which transformers "
-                f"{transformers_version} does not know, and ships no code for it. ar2mdm reads the decoder families "
-                "transformers knows (llama, mistral, qwen2, qwen3, gemma2, gemma3, gpt2, ...): upgrade transformers "
-                "if the family is newer, or check the model_type."
-            ) from None
-        raise CheckpointError(
-            f"Could not read {folder / 'config.json'} with transformers {transformers_version}: "
-            f"{first}.{advice}"
-        ) from None
-
-    causal_classes = _causal_lm_class_names()
-    declared = list(getattr(config, "architectures", None) or [])
-    is_causal_type = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or bool(
-        getattr(config, "auto_map", {}).get("AutoModelForCausalLM")
-    )
-    # An encoder checkpoint (BERT saved as BertForMaskedLM) has a causal class in transformers
-    # but was not trained as one: the declared architectures decide when they are present.
-    declared_causal = (
-        not declared
-        or any(a in causal_classes for a in declared)
-        or bool(getattr(config, "auto_map", {}).get("AutoModelForCausalLM"))
-    )
-    if getattr(config, "is_encoder_decoder", False) or not is_causal_type or not declared_causal:
-        what = f"{', '.join(declared)} ({config.model_type})" if declared else config.model_type
-        raise CheckpointError(
-            f"{folder} holds a {what} model, which is not a causal language "
-            "model: ar2mdm converts decoder-only autoregressive LMs (Llama, Qwen, Gemma, GPT-2, "
-            "Mistral, ...). Pass the folder of a *ForCausalLM checkpoint."
-        )
-    return config
-
-
-def _raw_config(folder: Path) -> dict:
-    """config.json as JSON, or a CheckpointError saying it is damaged."""
-    path = folder / "config.json"
-    try:
-        raw = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}); the file is damaged: copy or save the model again.") from None
-    except OSError as err:
-        raise CheckpointError(f"{path} cannot be read ({err.strerror}).") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path} holds a JSON {type(raw).__name__}, not an object of settings; the file is damaged.")
-    if "model_type" not in raw and not raw.get("auto_map"):
-        raise CheckpointError(
-            f"{path} names no model_type, so transformers cannot tell which architecture it describes; "
-            "save the model again with model.save_pretrained(folder)."
-        )
-    return raw
-
-
-def _causal_lm_class_names() -> set[str]:
-    names: set[str] = set()
-    for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
-        names.update([value] if isinstance(value, str) else value)
-    return names
-
-
-def _safetensors_files(folder: Path) -> list[Path]:
-    """The folder's safetensors weight files; refuses pickle-only folders with advice."""
-    files = sorted(folder.glob("*.safetensors"))
-    if files:
-        return files
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
-    if pickles:
-        raise CheckpointError(
-            f"{folder} has only pickle weight files ({', '.join(pickles)}). ar2mdm never unpickles "
-            "checkpoints, since unpickling can run arbitrary code. If you trust the files, convert "
-            "them once: load with AutoModelForCausalLM.from_pretrained(folder, "
-            "use_safetensors=False) and call save_pretrained(new_folder), which writes "
-            "model.safetensors."
-        )
-    raise CheckpointError(
-        f"{folder} has a config.json but no *.safetensors weight files. Save the model with "
-        "model.save_pretrained(folder), or copy the weight files into the folder."
-    )
-
-
-def check_safetensors(file: str | Path) -> None:
-    """Raise CheckpointError if `file` is not a complete safetensors file.
-
-    Reads only the header: 8 bytes of header length, the JSON header, and compares the end of
-    the last tensor's data with the file size. Catches truncated downloads and copies before
-    transformers does (its error would name an internal buffer, not the file).
-    """
-    file = Path(file)
-    size = file.stat().st_size
-    advice = "The file is truncated or corrupt: copy or save the checkpoint again."
-    with file.open("rb") as fh:
-        prefix = fh.read(8)
-        if len(prefix) < 8:
-            raise CheckpointError(
-                f"{file} has {size} bytes, too few for a safetensors file. {advice}"
-            )
-        header_len = int.from_bytes(prefix, "little")
-        if header_len > size - 8:
-            raise CheckpointError(
-                f"{file} declares a {header_len}-byte header but has only {size} bytes. {advice}"
-            )
-        try:
-            header = json.loads(fh.read(header_len))
-            data_end = max(
-                (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
-                default=0,
-            )
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-            raise CheckpointError(
-                f"{file} does not have a valid safetensors header. {advice}"
-            ) from None
-    expected = 8 + header_len + data_end
-    if expected != size:
-        raise CheckpointError(f"{file} should have {expected} bytes but has {size}. {advice}")
-
-
-# Any one of these means the folder carries a tokenizer (fast, sentencepiece, or BPE vocab files).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
-def _load_tokenizer(folder: Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    advice = (
-        "Save the model's tokenizer into the folder with tokenizer.save_pretrained(folder) "
-        "(it writes tokenizer.json and tokenizer_config.json)."
-    )
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise CheckpointError(f"{folder} has no tokenizer files. {advice}")
-    try:
-        return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    except Exception as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise CheckpointError(
-            f"Could not load the tokenizer in {folder} ({type(err).__name__}: {first_line}). "
-            f"{advice}"
-        ) from err
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,21 +253,13 @@ def smollm2_folder() -> Path:
         return target
     gguf_file = _smollm2_gguf()
     model, tokenizer = load_gguf(gguf_file, dtype=torch.float32)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_DIRNAME}-", dir=target.parent))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is a normal, readable folder
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            # Another process finished the same conversion first; its folder is as good.
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    # replace=False: another process that finished the same conversion first made an equal folder
+    return write_folder_atomically(target, write, replace=False)
 
 
 def _smollm2_gguf() -> Path:
@@ -629,12 +399,6 @@ def _read_hash_cache() -> dict[str, dict]:
 
 def _write_hash_cache(cache: dict[str, dict]) -> None:
     live = {k: v for k, v in cache.items() if Path(k).exists()}  # forget deleted files
-    path = cache_dir() / HASH_CACHE_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".sha256-", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache holds nothing secret
-        with os.fdopen(fd, "w") as fh:
-            json.dump(live, fh, indent=1, sort_keys=True)
-        os.replace(tmp, path)  # atomic: concurrent writers never leave a half-written cache
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
+    # atomic: concurrent writers never leave a half-written cache; a failed write only costs time
+    with contextlib.suppress(OSError):
+        atomic_write_text(cache_dir() / HASH_CACHE_FILE, json.dumps(live, indent=1, sort_keys=True))

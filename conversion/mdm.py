@@ -29,7 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from common.errors import CheckpointError, UserError
 from common.metadata import META_FILE, ModelMeta, require_kind
-from conversion.checkpoints import Loaded, load_hf_folder
+from conversion.hf_folder import Loaded, load_hf_folder
 from diffusion.attention import make_bidirectional
 
 MASK_TOKEN = "<|mask|>"

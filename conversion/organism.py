@@ -59,8 +59,6 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -78,7 +76,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from common.env import cache_dir
 from common.errors import UserError
 from common.modeling import pad_id
-from common.outputs import OWNER_FILE, claim_output, owner_record
+from common.outputs import OWNER_FILE, claim_output, owner_record, write_folder_atomically
 from tasks import Example, Task, get_task, task_names
 from tasks.evaluate import greedy_accuracy, logit_metrics
 
@@ -554,27 +552,6 @@ def task_corpus(n_per_task: int = 3000, seed: int = 0, *, eval_seed: int = 0) ->
     return docs
 
 
-def _write_atomically(out: Path, write: Any) -> None:
-    """Call write(tmp_folder), then move tmp_folder to `out` (replacing an existing folder)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the checkpoint is an ordinary folder
-    try:
-        write(tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def train_organism(
     out: str | Path | None = None,
     seed: int = 0,
@@ -725,7 +702,7 @@ def save_checkpoint(
         for name, text in (files or {}).items():
             (folder / name).write_text(text)
 
-    _write_atomically(out, write)
+    write_folder_atomically(out, write)
     return out
 
 

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from common.outputs import write_folder_atomically
 from conversion import organism as O
 from tasks import words
 
@@ -95,14 +96,14 @@ def test_saved_folder_loads_with_same_logits(tmp_path, tokenizer):
 
 def test_failed_write_keeps_previous_checkpoint(tmp_path):
     out = tmp_path / "ckpt"
-    O._write_atomically(out, lambda folder: (folder / "a.txt").write_text("old"))
+    write_folder_atomically(out, lambda folder: (folder / "a.txt").write_text("old"))
 
     def broken(folder: Path) -> None:
         (folder / "a.txt").write_text("half")
         raise RuntimeError("crash while writing")
 
     with pytest.raises(RuntimeError):
-        O._write_atomically(out, broken)
+        write_folder_atomically(out, broken)
     assert (out / "a.txt").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
