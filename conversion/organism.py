@@ -60,7 +60,6 @@ import math
 import os
 import random
 import time
-import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -77,6 +76,7 @@ from common.env import cache_dir
 from common.errors import UserError
 from common.modeling import pad_id
 from common.outputs import OWNER_FILE, claim_output, owner_record, write_folder_atomically
+from common.seeding import derive_seed
 from tasks import Example, Task, get_task, task_names
 from tasks.evaluate import greedy_accuracy, logit_metrics
 
@@ -295,7 +295,7 @@ def organism_tokenizer(n_per_task: int = 500, seed: int = 0) -> PreTrainedTokeni
     """The tokenizer trained on `n_per_task` examples of every task (full word lists)."""
     texts: list[str] = []
     for name, task in build_tasks(None).items():
-        for ex in task.generate(n_per_task, _seed("tokenizer", name, seed)):
+        for ex in task.generate(n_per_task, derive_seed("tokenizer", name, seed)):
             texts += example_texts(ex)
     return build_tokenizer(texts)
 
@@ -324,11 +324,6 @@ def build_model(cfg: OrganismConfig, tokenizer: PreTrainedTokenizerFast, seed: i
 
 
 # --- data -----------------------------------------------------------------------------------------
-
-
-def _seed(*parts: object) -> int:
-    """A stable 32-bit seed from labelled parts (different labels never share a seed stream)."""
-    return zlib.crc32("/".join(map(str, parts)).encode())
 
 
 def _prompt_key(example: Example) -> str:
@@ -364,7 +359,7 @@ class MixtureStream:
         self.cfg = cfg
         self.seed = seed
         self.exclude = exclude or {}
-        self.rng = random.Random(_seed("layout", seed))
+        self.rng = random.Random(derive_seed("layout", seed))
         self._pools: dict[str, Iterator[Example]] = {
             name: self._examples(name) for name in cfg.mixture if cfg.mixture[name] > 0
         }
@@ -373,7 +368,7 @@ class MixtureStream:
         chunk = 0
         held_out = self.exclude.get(name, set())
         while True:
-            for ex in self.tasks[name].generate(256, _seed("train", name, self.seed, chunk)):
+            for ex in self.tasks[name].generate(256, derive_seed("train", name, self.seed, chunk)):
                 if _prompt_key(ex) not in held_out:
                     yield ex
             chunk += 1
@@ -503,7 +498,7 @@ def _eval_sets(tasks: Mapping[str, Task], n: int, seed: int) -> dict[str, list[E
     for name, task in tasks.items():
         seen: set[str] = set()
         kept: list[Example] = []
-        for ex in task.generate(n + n // 4 + 8, _seed("eval", name, seed)):
+        for ex in task.generate(n + n // 4 + 8, derive_seed("eval", name, seed)):
             key = _prompt_key(ex)
             if name in HOLDOUT_PROMPTS and key in seen:
                 continue
@@ -530,7 +525,7 @@ def task_examples(n_per_task: int = 3000, seed: int = 0, *, eval_seed: int = 0) 
     }
     out: list[Example] = []
     for name, task in tasks.items():
-        for ex in task.generate(n_per_task, _seed("convert", name, seed)):
+        for ex in task.generate(n_per_task, derive_seed("convert", name, seed)):
             if _prompt_key(ex) in held_out.get(name, ()):
                 continue
             out.append(ex)
@@ -548,7 +543,7 @@ def task_corpus(n_per_task: int = 3000, seed: int = 0, *, eval_seed: int = 0) ->
         docs.append(ex.text)
         if ex.suffix:
             docs.append(ex.ar_text)
-    random.Random(_seed("convert-order", seed)).shuffle(docs)
+    random.Random(derive_seed("convert-order", seed)).shuffle(docs)
     return docs
 
 

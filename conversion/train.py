@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -64,10 +63,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -79,8 +76,10 @@ from common.errors import TrainingInterrupted, UserError
 from common.metadata import ModelMeta, require_kind
 from common.options import check_types
 from common.outputs import Claim, claim_output, clear_contents, folder_contents
+from common.seeding import derive_seed
 from conversion import data as data_mod
 from conversion.checkpoints import load_ar
+from conversion.loop import Clock, StepOutput, fit
 from conversion.mdm import add_mask_token, save_mdm
 from conversion.objective import (
     DiffusionOptions,
@@ -89,6 +88,7 @@ from conversion.objective import (
     eligible_positions,
     heldout_loss,
 )
+from conversion.parallel import any_process, make_accelerator, no_sync, parallelism, shard_on_cpu
 from conversion.report import write_training_report
 from conversion.runfolder import (
     CHECKPOINT_DIR,
@@ -255,11 +255,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
 
 
-def _seed(*parts: int) -> int:
-    """A well-mixed 32-bit seed from integer parts (so (seed, step) streams never overlap)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
 def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> TrainResult:
     """Run (or resume) a conversion; return a `TrainResult`. See the module docstring.
 
@@ -273,7 +268,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
     TrainingDiverged on a NaN/inf loss; TrainingInterrupted after Ctrl-C or SIGTERM, once a
     checkpoint of the last finished step is written.
     """
-    accelerator = _accelerator()
+    accelerator = make_accelerator()
     world = accelerator.num_processes
     parallel = parallelism(accelerator.distributed_type, world)
     cfg.validate(world)
@@ -309,10 +304,7 @@ def _claimed(accelerator: Accelerator, out: Path) -> Iterator[Claim | None]:
                 claim = stack.enter_context(claim_output(out, "convert", recognise=_is_legacy_run))
             except UserError as err:
                 error = err
-        failed = torch.tensor([float(error is not None)], device=accelerator.device)
-        if accelerator.num_processes > 1:  # a collective: every process takes part, failed or not
-            failed = accelerator.reduce(failed, reduction="sum")
-        if float(failed) > 0:
+        if any_process(accelerator, error is not None):  # a collective: every process takes part
             raise error or UserError(f"the main process could not claim {out} for this run; see its message.")
         yield claim
 
@@ -338,13 +330,24 @@ def _run(
     accelerator: Accelerator, cfg: TrainConfig, parallel: str, plan: Plan, signals: StopSignals,
     on_step: Callable[[int], None] | None,
 ) -> TrainResult:
-    """The conversion itself, in a claimed and prepared folder (see `train`)."""
-    world, rank = accelerator.num_processes, accelerator.process_index
-    opts = cfg.options()
-    out = Path(cfg.out).expanduser()
-    ckpt_dir = out / CHECKPOINT_DIR
+    """The conversion itself, in a claimed and prepared folder (see `train`): `_Conversion`
+    through the one training loop (`conversion.loop.fit`), then the final MDM."""
+    run = _Conversion(accelerator, cfg, parallel, plan, signals, on_step)
+    done = fit(run, run.optimizer, run.model.parameters, start=run.start, steps=cfg.steps, clip=cfg.clip,
+               clip_grad_norm=accelerator.clip_grad_norm_)
+    run.bar.close()
+    meta = run.write_mdm(run.out, done)
+    if accelerator.is_main_process:
+        write_training_report(run.out)
+    accelerator.wait_for_everyone()
+    return TrainResult(
+        out=run.out, steps=done, tokens_seen=run.tokens_seen, final_loss=run.final_loss, last_eval=run.last_eval,
+        meta=meta, history=run.log.history,
+    )
 
-    # Model, mask token, bidirectional attention.
+
+def _source_model(cfg: TrainConfig) -> tuple[Any, torch.nn.Module, Any, int]:
+    """(Loaded AR source, its model with a mask token and bidirectional attention, tokenizer, mask id)."""
     loaded = load_ar(cfg.model, trust_remote_code=cfg.trust_remote_code, role="--model (the AR source of a conversion)")
     model, tokenizer = loaded.model, loaded.tokenizer
     context = getattr(model.config, "max_position_embeddings", None)
@@ -355,16 +358,13 @@ def _run(
         )
     mask_id = add_mask_token(model, tokenizer, cfg.mask_token)
     make_bidirectional(model)
-    vocab = len(tokenizer)  # uniform noise draws real tokenizer ids only
-    specials = tuple(tokenizer.all_special_ids)
-    separator = tokenizer.eos_token_id  # what `data.pack` puts between documents
+    return loaded, model, tokenizer, mask_id
 
-    def documents(ids: torch.Tensor) -> torch.Tensor | None:
-        return document_ids(ids, separator) if cfg.document_attention else None
 
-    # Data.
-    # Rows are [N, 1, L] (packed text: every position a token) or, with sft, [N, 3, L]
-    # (ids, attention mask, prompt mask: prompt and suffix never noised, loss over the answer).
+def _training_rows(accelerator: Accelerator, cfg: TrainConfig, tokenizer: Any, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train rows, held-out rows): [N, 1, L] packed text (every position a token) or, with sft,
+    [N, 3, L] (ids, attention mask, prompt mask: prompt and suffix never noised, loss over the
+    answer). UserError when there is not one full batch."""
     with accelerator.main_process_first():
         if cfg.sft:
             sft = data_mod.sft_rows(
@@ -383,166 +383,182 @@ def _run(
             f"the training data holds {int(train_rows.shape[0])} {what}, fewer than one batch of {cfg.batch_size}: "
             f"use a smaller --batch-size{'' if cfg.sft else ' or --seq-len'}, or more data."
         )
+    return train_rows, held_rows
 
-    start, tokens_seen, opt_state = 0, 0, None
-    if plan.action == "resume":
-        assert plan.checkpoint is not None
-        start, tokens_seen, opt_state = load_checkpoint(plan.checkpoint, model, cfg.to_json())
-    model.train()
-    if parallel == "fsdp-cpu":
-        model = _shard_on_cpu(model)
-        optimizer = _adamw(model, cfg)  # over the sharded (DTensor) parameters
-    else:
-        model, optimizer = accelerator.prepare(model, _adamw(model, cfg))
-    if opt_state is not None:
-        # Every process holds the full state; this shards it again if the optimizer is sharded.
-        set_optimizer_state_dict(
-            model, inner_optimizer(optimizer), opt_state, options=StateDictOptions(full_state_dict=True)
-        )
-    log = RunLog(out / LOG_FILE, keep_until=start, enabled=accelerator.is_main_process)
-    last = last_record(log.history, "train")
-    final_loss = float(last["loss"]) if last else float("nan")
 
-    device = accelerator.device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-    micro = cfg.batch_size // cfg.grad_accum
-    local = micro // world
-    stream = data_mod.batches(train_rows, cfg.batch_size, seed=cfg.seed, start=start)
-    held = held_rows[: cfg.eval_blocks].to(device)
-    held_ids, held_am, held_pm = _split_rows(held)
-    held_docs = documents(held_ids)
-    last_eval: dict[str, float] | None = None
-    window_tokens, window_start = 0, time.perf_counter()
-    desc = f"train (stops after {cfg.max_minutes:g} min)" if cfg.max_minutes else "train"
-    bar = tqdm(total=cfg.steps, initial=start, disable=not accelerator.is_main_process, desc=desc)
+class _Conversion:
+    """One conversion run as a `conversion.loop.Trainer`: the model, its optimizer and data, and
+    what happens in and after each step (see the module docstring)."""
 
-    if cfg.snapshot_every and start == 0:  # the source made bidirectional, before any training
-        _write_mdm(accelerator, model, tokenizer, loaded.meta, cfg, opts, mask_id, tokens_seen, world, parallel,
-                   out / "snapshots" / "step-000000", 0)
-    done = start
-    began = time.perf_counter()
-    for step in range(start, cfg.steps):
-        rows_b = next(stream).to(device)  # [batch_size, 1 or 3, seq_len], the global batch
-        batch, am, pm = _split_rows(rows_b)
-        docs = documents(batch)
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        # Noise for the whole global batch, identical on every process; dropout per process.
-        gen = torch.Generator(device=device).manual_seed(_seed(cfg.seed, step))
+    def __init__(
+        self, accelerator: Accelerator, cfg: TrainConfig, parallel: str, plan: Plan, signals: StopSignals,
+        on_step: Callable[[int], None] | None,
+    ) -> None:
+        self.accelerator, self.cfg, self.parallel, self.signals, self.on_step = accelerator, cfg, parallel, signals, on_step
+        self.world, self.rank = accelerator.num_processes, accelerator.process_index
+        self.opts = cfg.options()
+        self.out = Path(cfg.out).expanduser()
+        self.ckpt_dir = self.out / CHECKPOINT_DIR
+        self.loaded, model, self.tokenizer, self.mask_id = _source_model(cfg)
+        self.vocab = len(self.tokenizer)  # uniform noise draws real tokenizer ids only
+        self.specials = tuple(self.tokenizer.all_special_ids)
+        train_rows, held_rows = _training_rows(accelerator, cfg, self.tokenizer, self.mask_id)
+        self.start, self.tokens_seen, opt_state = 0, 0, None
+        if plan.action == "resume":
+            assert plan.checkpoint is not None
+            self.start, self.tokens_seen, opt_state = load_checkpoint(plan.checkpoint, model, cfg.to_json())
+        self.model, self.optimizer = self._prepared(model, opt_state)
+        self.log = RunLog(self.out / LOG_FILE, keep_until=self.start, enabled=accelerator.is_main_process)
+        last = last_record(self.log.history, "train")
+        self.final_loss = float(last["loss"]) if last else float("nan")
+        self.last_eval: dict[str, float] | None = None
+        device = accelerator.device
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+        self.micro = cfg.batch_size // cfg.grad_accum
+        self.local = self.micro // self.world
+        self.stream = data_mod.batches(train_rows, cfg.batch_size, seed=cfg.seed, start=self.start)
+        self.held = _split_rows(held_rows[: cfg.eval_blocks].to(device))
+        self.window_tokens, self.window_start = 0, time.perf_counter()
+        desc = f"train (stops after {cfg.max_minutes:g} min)" if cfg.max_minutes else "train"
+        self.bar = tqdm(total=cfg.steps, initial=self.start, disable=not accelerator.is_main_process, desc=desc)
+        if cfg.snapshot_every and self.start == 0:  # the source made bidirectional, before any training
+            self.write_mdm(self.out / "snapshots" / "step-000000", 0)
+
+    def _prepared(self, model: torch.nn.Module, opt_state: dict[str, Any] | None) -> tuple[torch.nn.Module, Any]:
+        """The model and AdamW, wrapped for this launch (DDP / FSDP), the optimizer state restored."""
+        model.train()
+        if self.parallel == "fsdp-cpu":
+            model = shard_on_cpu(model)
+            optimizer = _adamw(model, self.cfg)  # over the sharded (DTensor) parameters
+        else:
+            model, optimizer = self.accelerator.prepare(model, _adamw(model, self.cfg))
+        if opt_state is not None:
+            # Every process holds the full state; this shards it again if the optimizer is sharded.
+            set_optimizer_state_dict(
+                model, inner_optimizer(optimizer), opt_state, options=StateDictOptions(full_state_dict=True)
+            )
+        return model, optimizer
+
+    def documents(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """Document ids of packed rows for per-document attention (None when it is off)."""
+        return document_ids(ids, self.tokenizer.eos_token_id) if self.cfg.document_attention else None
+
+    # --- conversion.loop.Trainer ------------------------------------------------------------
+
+    def lr(self, step: int, clock: Clock) -> float:
+        return lr_at(step, self.cfg)
+
+    def diverged(self, what: str, value: float, step: int) -> Exception:
+        return TrainingDiverged(_diverged(what, value, step, self.ckpt_dir))
+
+    def gradients(self, step: int) -> StepOutput:
+        """Forward and backward passes of one optimizer step over the global batch: the noise is
+        drawn for the whole batch on every process; each (micro-step, process) takes its rows."""
+        cfg, opts, device = self.cfg, self.opts, self.accelerator.device
+        batch, am, pm = _split_rows(next(self.stream).to(device))  # the global batch [batch_size, L]
+        docs = self.documents(batch)
+        gen = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, step))
         draw = draw_noise(
-            batch, opts, mask_id=mask_id, vocab_size=vocab, step=step, generator=gen, exclude_ids=specials,
-            attention_mask=am, prompt_mask=pm, document_ids=docs,
+            batch, opts, mask_id=self.mask_id, vocab_size=self.vocab, step=step, generator=gen,
+            exclude_ids=self.specials, attention_mask=am, prompt_mask=pm, document_ids=docs,
         )
         n_global = eligible_positions(
             batch.shape, shift=opts.shift, attention_mask=am, prompt_mask=pm, device=device, document_ids=docs,
         ).sum()
-        torch.manual_seed(_seed(cfg.seed, step, rank))
-
+        torch.manual_seed(derive_seed(cfg.seed, step, self.rank))  # dropout: per process
         sums = torch.zeros(3, device=device)  # weighted CE sum, masked, correct
         for k in range(cfg.grad_accum):
-            rows = slice(k * micro + rank * local, k * micro + (rank + 1) * local)
-            sync = nullcontext() if k == cfg.grad_accum - 1 else _no_sync(accelerator, model, parallel)
+            rows = slice(k * self.micro + self.rank * self.local, k * self.micro + (self.rank + 1) * self.local)
+            sync = nullcontext() if k == cfg.grad_accum - 1 else no_sync(self.accelerator, self.model, self.parallel)
             with sync:
-                with autocast:
+                with self.autocast:
                     res = diffusion_loss(
-                        model, batch[rows], opts, mask_id=mask_id, step=step, draw=draw.rows(rows),
+                        self.model, batch[rows], opts, mask_id=self.mask_id, step=step, draw=draw.rows(rows),
                         attention_mask=None if am is None else am[rows],
                         prompt_mask=None if pm is None else pm[rows],
                         document_ids=None if docs is None else docs[rows],
                     )
                 # Sum of this shard's weighted CE over the GLOBAL token count; x world because
                 # DDP and FSDP average gradients over processes.
-                accelerator.backward(res.loss * res.n_tokens * world / n_global)
-            sums += torch.stack(
-                [(res.loss * res.n_tokens).detach(), res.n_masked.float(), res.n_correct.float()]
-            )
-        totals = accelerator.reduce(sums, reduction="sum")
-        loss = float(totals[0] / n_global)
-        if not math.isfinite(loss):
-            raise TrainingDiverged(_diverged("loss", loss, step, ckpt_dir))
-        grad_norm = float("nan")
-        if cfg.clip > 0:
-            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.clip))
-            if not math.isfinite(grad_norm):
-                raise TrainingDiverged(_diverged("gradient norm", grad_norm, step, ckpt_dir))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+                self.accelerator.backward(res.loss * res.n_tokens * self.world / n_global)
+            sums += torch.stack([(res.loss * res.n_tokens).detach(), res.n_masked.float(), res.n_correct.float()])
+        totals = self.accelerator.reduce(sums, reduction="sum")
+        masked = float(totals[1])
+        return StepOutput(
+            loss=float(totals[0] / n_global), tokens=batch.numel() if am is None else int(am.sum()),
+            stats={"acc": float(totals[2]) / masked if masked else float("nan"), "masked": int(masked)},
+        )
 
-        done = step + 1
-        real = batch.numel() if am is None else int(am.sum())
-        tokens_seen += real
-        window_tokens += real
-        final_loss = loss
-        bar.update(1)
+    def after_step(self, done: int, out: StepOutput, lr: float, grad_norm: float, clock: Clock) -> bool:
+        """Log, evaluate, snapshot and checkpoint as the options say; True ends the run (time
+        budget); Ctrl-C / SIGTERM writes a checkpoint and raises TrainingInterrupted."""
+        cfg = self.cfg
+        self.tokens_seen += out.tokens
+        self.window_tokens += out.tokens
+        self.final_loss = out.loss
+        self.bar.update(1)
         if done % cfg.log_every == 0 or done == cfg.steps:
-            elapsed = time.perf_counter() - window_start
-            masked = float(totals[1])
-            log.write({
-                "kind": "train", "step": done, "loss": loss,
-                "acc": float(totals[2]) / masked if masked else float("nan"),
-                "masked": int(masked), "lr": lr, "grad_norm": grad_norm,
-                "tokens_per_s": window_tokens / elapsed if elapsed > 0 else float("nan"),
-                "tokens_seen": tokens_seen,
-            })
-            bar.set_postfix(loss=f"{loss:.3f}")
-            window_tokens, window_start = 0, time.perf_counter()
-        if cfg.eval_every and held.shape[0] and (done % cfg.eval_every == 0 or done == cfg.steps):
-            with autocast:
-                last_eval = heldout_loss(
-                    model, held_ids, opts, mask_id=mask_id, seed=cfg.seed,
-                    attention_mask=held_am, prompt_mask=held_pm,
-                    batch_size=max(1, local), vocab_size=vocab, document_ids=held_docs,
-                )
-            log.write({"kind": "eval", "step": done, **last_eval})
+            self._log_train(done, out, lr, grad_norm)
+        if cfg.eval_every and self.held[0].shape[0] and (done % cfg.eval_every == 0 or done == cfg.steps):
+            self._evaluate(done)
         if cfg.snapshot_every and done % cfg.snapshot_every == 0 and done < cfg.steps:
-            _write_mdm(accelerator, model, tokenizer, loaded.meta, cfg, opts, mask_id, tokens_seen, world, parallel,
-                       out / "snapshots" / f"step-{done:06d}", done)
-        if cfg.save_every and (done % cfg.save_every == 0 or done == cfg.steps):
-            save_checkpoint(accelerator, model, optimizer, cfg.to_json(), done, tokens_seen, ckpt_dir)
-        if on_step is not None:
-            on_step(done)
-        stop = _stop_reason(accelerator, began, cfg.max_minutes, signals) if done < cfg.steps else None
-        if stop == "signal":
-            if not (cfg.save_every and done % cfg.save_every == 0):
-                save_checkpoint(accelerator, model, optimizer, cfg.to_json(), done, tokens_seen, ckpt_dir)
-            log.write({"kind": "stop", "step": done, "reason": f"interrupted ({signals.requested or 'signal'})"})
-            bar.close()
-            raise TrainingInterrupted(
-                f"interrupted ({signals.requested or 'by another process'}) after step {done} of {cfg.steps}: "
-                f"a checkpoint of step {done} is in {ckpt_dir}; the same command with --resume continues from it.",
-                step=done, folder=out,
+            self.write_mdm(self.out / "snapshots" / f"step-{done:06d}", done)
+        saved = bool(cfg.save_every) and (done % cfg.save_every == 0 or done == cfg.steps)
+        if saved:
+            self._save(done)
+        if self.on_step is not None:
+            self.on_step(done)
+        if done >= cfg.steps:
+            return False
+        if any_process(self.accelerator, self.signals.requested is not None):  # Ctrl-C on any process
+            self._interrupted(done, saved)
+        if any_process(self.accelerator, bool(cfg.max_minutes) and clock.wall_seconds > 60.0 * cfg.max_minutes):
+            if cfg.save_every and not saved:
+                self._save(done)
+            self.log.write({"kind": "stop", "step": done, "reason": f"max_minutes {cfg.max_minutes:g} reached"})
+            return True
+        return False
+
+    def _log_train(self, done: int, out: StepOutput, lr: float, grad_norm: float) -> None:
+        elapsed = time.perf_counter() - self.window_start
+        self.log.write({
+            "kind": "train", "step": done, "loss": out.loss, **out.stats, "lr": lr, "grad_norm": grad_norm,
+            "tokens_per_s": self.window_tokens / elapsed if elapsed > 0 else float("nan"),
+            "tokens_seen": self.tokens_seen,
+        })
+        self.bar.set_postfix(loss=f"{out.loss:.3f}")
+        self.window_tokens, self.window_start = 0, time.perf_counter()
+
+    def _evaluate(self, done: int) -> None:
+        held_ids, held_am, held_pm = self.held
+        with self.autocast:
+            self.last_eval = heldout_loss(
+                self.model, held_ids, self.opts, mask_id=self.mask_id, seed=self.cfg.seed,
+                attention_mask=held_am, prompt_mask=held_pm, batch_size=max(1, self.local), vocab_size=self.vocab,
+                document_ids=self.documents(held_ids),
             )
-        if stop == "time":
-            if cfg.save_every and done % cfg.save_every:
-                save_checkpoint(accelerator, model, optimizer, cfg.to_json(), done, tokens_seen, ckpt_dir)
-            log.write({"kind": "stop", "step": done, "reason": f"max_minutes {cfg.max_minutes:g} reached"})
-            break
-    bar.close()
+        self.log.write({"kind": "eval", "step": done, **self.last_eval})
 
-    # Final MDM folder.
-    meta = _write_mdm(accelerator, model, tokenizer, loaded.meta, cfg, opts, mask_id, tokens_seen, world, parallel, out, done)
-    if accelerator.is_main_process:
-        write_training_report(out)
-    accelerator.wait_for_everyone()
-    return TrainResult(
-        out=out, steps=done, tokens_seen=tokens_seen, final_loss=final_loss, last_eval=last_eval,
-        meta=meta, history=log.history,
-    )
+    def _save(self, done: int) -> None:
+        save_checkpoint(self.accelerator, self.model, self.optimizer, self.cfg.to_json(), done, self.tokens_seen, self.ckpt_dir)
 
+    def _interrupted(self, done: int, saved: bool) -> None:
+        if not saved:
+            self._save(done)
+        reason = self.signals.requested or "by another process"
+        self.log.write({"kind": "stop", "step": done, "reason": f"interrupted ({reason})"})
+        self.bar.close()
+        raise TrainingInterrupted(
+            f"interrupted ({reason}) after step {done} of {self.cfg.steps}: a checkpoint of step {done} is in "
+            f"{self.ckpt_dir}; the same command with --resume continues from it.",
+            step=done, folder=self.out,
+        )
 
-def _stop_reason(accelerator: Accelerator, began: float, minutes: float, signals: StopSignals) -> str | None:
-    """"signal" (Ctrl-C / SIGTERM on any process), "time" (the budget is spent) or None; every
-    process gets the same answer (they must stop at the same step)."""
-    flags = torch.tensor(
-        [float(signals.requested is not None), float(bool(minutes) and time.perf_counter() - began > 60.0 * minutes)],
-        device=accelerator.device,
-    )
-    if accelerator.num_processes > 1:
-        flags = accelerator.reduce(flags, reduction="sum")
-    if float(flags[0]) > 0:
-        return "signal"
-    return "time" if float(flags[1]) > 0 else None
+    def write_mdm(self, folder: Path, step: int) -> ModelMeta:
+        return _write_mdm(
+            self.accelerator, self.model, self.tokenizer, self.loaded.meta, self.cfg, self.opts, self.mask_id,
+            self.tokens_seen, self.world, self.parallel, folder, step,
+        )
 
 
 def _write_mdm(
@@ -574,106 +590,10 @@ def _write_mdm(
     return meta
 
 
-# --- processes -----------------------------------------------------------------------------------
-
-
-def _accelerator() -> Accelerator:
-    """The run's Accelerator; accelerate's own refusals of the launch become UserErrors."""
-    # bf16 is our own autocast, not Accelerator(mixed_precision=...): accelerate's state is a
-    # process-wide singleton that refuses a second run with another precision (notebooks, tests).
-    try:
-        return Accelerator()
-    except RuntimeError as err:
-        if "no available devices" in str(err) and _flag(os.environ, "ACCELERATE_USE_FSDP"):
-            # FullyShardedDataParallelPlugin (FSDP1, sync_module_states, which accelerate launch's
-            # default --fsdp_cpu_ram_efficient_loading true forces) looks for an accelerator device.
-            raise UserError(_FSDP_CPU_HELP.format(what=f"FSDP1 cannot run on CPU (accelerate: {err})")) from err
-        raise
-
-
-_FSDP_CPU_HELP = (
-    "{what}. On a CPU-only machine, launch FSDP as version 2, which ar2mdm shards itself: "
-    "ACCELERATE_USE_CPU=true accelerate launch --use_fsdp --fsdp_version 2 --num_processes N "
-    "--num_machines 1 ... ar2mdm convert ...; or use DDP (--multi_gpu instead of --use_fsdp)."
-)
-
-
-def _flag(env: Any, name: str) -> bool:
-    return str(env.get(name, "false")).strip().lower() in ("1", "true", "yes")
-
-
-def parallelism(distributed_type: DistributedType, num_processes: int, env: dict[str, str] | None = None) -> str:
-    """How this process trains: "none", "ddp", "fsdp" (accelerate's), or "fsdp-cpu" (our FSDP2).
-
-    Raises UserError for launches that would not train as asked: FSDP1 on CPU (accelerate would
-    silently fall back to DDP), and processes started by a launcher (WORLD_SIZE > 1) that
-    accelerate did not join into one group (on a CPU-only machine without ACCELERATE_USE_CPU=true,
-    each process would train alone and all of them would write the same output folder).
-    """
-    env = dict(os.environ) if env is None else env
-    launched = int(env.get("WORLD_SIZE", "1") or 1)
-    if launched > 1 and num_processes == 1:
-        raise UserError(
-            f"{launched} processes were launched (WORLD_SIZE={launched}) but accelerate sees this one "
-            "alone, so each would train by itself into the same folder. On a CPU-only machine, set "
-            "ACCELERATE_USE_CPU=true for the launch (`accelerate launch --cpu` starts one process); "
-            "on GPUs, check that they are visible (CUDA_VISIBLE_DEVICES)."
-        )
-    wants_fsdp = _flag(env, "ACCELERATE_USE_FSDP")
-    if distributed_type == DistributedType.FSDP:
-        return "fsdp"
-    if wants_fsdp and distributed_type == DistributedType.MULTI_CPU:
-        version = env.get("FSDP_VERSION", "1").strip()
-        if version != "2":
-            raise UserError(_FSDP_CPU_HELP.format(
-                what=f"FSDP version {version} cannot run on CPU (accelerate would silently use DDP)"
-            ))
-        return "fsdp-cpu"
-    if wants_fsdp and num_processes > 1:
-        raise UserError(
-            f"FSDP was asked for but accelerate set up {distributed_type}, not FSDP; "
-            "relaunch without --use_fsdp, or on a supported device."
-        )
-    return "ddp" if num_processes > 1 else "none"
-
-
 def _adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay
     )
-
-
-def _shard_on_cpu(model: torch.nn.Module) -> torch.nn.Module:
-    """FSDP2 over the CPU (gloo) process group: every decoder layer one unit, the rest the root.
-
-    Rank 0's weights are broadcast first, so every process shards the same model.
-    """
-    import torch.distributed as dist
-    from torch.distributed.fsdp import fully_shard
-
-    with torch.no_grad():
-        for tensor in model.state_dict().values():
-            dist.broadcast(tensor, src=0)
-    layer_classes = set(getattr(model, "_no_split_modules", None) or ())
-    for module in list(model.modules()):
-        if module is not model and type(module).__name__ in layer_classes:
-            fully_shard(module)
-    fully_shard(model)
-    return model
-
-
-@contextmanager
-def _no_sync(accelerator: Accelerator, model: torch.nn.Module, parallel: str) -> Iterator[None]:
-    """Context of a gradient-accumulation micro-step that must not reduce gradients yet."""
-    if parallel != "fsdp-cpu":
-        with accelerator.no_sync(model):
-            yield
-        return
-    model.set_requires_gradient_sync(False)  # FSDP2: accumulate unsharded, reduce-scatter later
-    try:
-        yield
-    finally:
-        model.set_requires_gradient_sync(True)
 
 
 # --- checkpoints ---------------------------------------------------------------------------------

@@ -214,8 +214,8 @@ def test_task_corpus_never_contains_a_held_out_prompt(monkeypatch):
 
     # Make the conversion stream draw from the evaluation seeds, so every held-out prompt is
     # generated: only the exclusion can keep them out.
-    real_seed = org._seed
-    monkeypatch.setattr(org, "_seed", lambda *parts: real_seed("eval", *parts[1:-1], 0) if parts[0] == "convert" else real_seed(*parts))
+    real_seed = org.derive_seed
+    monkeypatch.setattr(org, "derive_seed", lambda *parts: real_seed("eval", *parts[1:-1], 0) if parts[0] == "convert" else real_seed(*parts))
     docs = org.task_corpus(n_per_task=60, seed=0)
     held = org._eval_sets(org.build_tasks(), org.OrganismConfig().eval_examples, 0)
     joined = set(docs)

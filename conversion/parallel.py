@@ -1,0 +1,125 @@
+"""How a training run spreads over processes: one, DDP, or FSDP (accelerate's, or our own FSDP2 on
+CPU), and the collectives that keep the processes in step.
+
+`make_accelerator` builds the run's Accelerator (accelerate's refusals become UserErrors);
+`parallelism` names how this process trains and refuses launches that would not train as asked;
+`shard_on_cpu` shards a model with torch's `fully_shard` over gloo (accelerate never applies FSDP
+on CPU); `no_sync` is the context of an accumulation micro-step; `any_process` tells every process
+whether any of them raised a flag (they must take the same decision at the same step).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+
+from common.errors import UserError
+
+
+def make_accelerator() -> Accelerator:
+    """The run's Accelerator; accelerate's own refusals of the launch become UserErrors."""
+    # bf16 is our own autocast, not Accelerator(mixed_precision=...): accelerate's state is a
+    # process-wide singleton that refuses a second run with another precision (notebooks, tests).
+    try:
+        return Accelerator()
+    except RuntimeError as err:
+        if "no available devices" in str(err) and _flag(os.environ, "ACCELERATE_USE_FSDP"):
+            # FullyShardedDataParallelPlugin (FSDP1, sync_module_states, which accelerate launch's
+            # default --fsdp_cpu_ram_efficient_loading true forces) looks for an accelerator device.
+            raise UserError(_FSDP_CPU_HELP.format(what=f"FSDP1 cannot run on CPU (accelerate: {err})")) from err
+        raise
+
+
+_FSDP_CPU_HELP = (
+    "{what}. On a CPU-only machine, launch FSDP as version 2, which ar2mdm shards itself: "
+    "ACCELERATE_USE_CPU=true accelerate launch --use_fsdp --fsdp_version 2 --num_processes N "
+    "--num_machines 1 ... ar2mdm convert ...; or use DDP (--multi_gpu instead of --use_fsdp)."
+)
+
+
+def _flag(env: Any, name: str) -> bool:
+    return str(env.get(name, "false")).strip().lower() in ("1", "true", "yes")
+
+
+def parallelism(distributed_type: DistributedType, num_processes: int, env: dict[str, str] | None = None) -> str:
+    """How this process trains: "none", "ddp", "fsdp" (accelerate's), or "fsdp-cpu" (our FSDP2).
+
+    Raises UserError for launches that would not train as asked: FSDP1 on CPU (accelerate would
+    silently fall back to DDP), and processes started by a launcher (WORLD_SIZE > 1) that
+    accelerate did not join into one group (on a CPU-only machine without ACCELERATE_USE_CPU=true,
+    each process would train alone and all of them would write the same output folder).
+    """
+    env = dict(os.environ) if env is None else env
+    launched = int(env.get("WORLD_SIZE", "1") or 1)
+    if launched > 1 and num_processes == 1:
+        raise UserError(
+            f"{launched} processes were launched (WORLD_SIZE={launched}) but accelerate sees this one "
+            "alone, so each would train by itself into the same folder. On a CPU-only machine, set "
+            "ACCELERATE_USE_CPU=true for the launch (`accelerate launch --cpu` starts one process); "
+            "on GPUs, check that they are visible (CUDA_VISIBLE_DEVICES)."
+        )
+    wants_fsdp = _flag(env, "ACCELERATE_USE_FSDP")
+    if distributed_type == DistributedType.FSDP:
+        return "fsdp"
+    if wants_fsdp and distributed_type == DistributedType.MULTI_CPU:
+        version = env.get("FSDP_VERSION", "1").strip()
+        if version != "2":
+            raise UserError(_FSDP_CPU_HELP.format(
+                what=f"FSDP version {version} cannot run on CPU (accelerate would silently use DDP)"
+            ))
+        return "fsdp-cpu"
+    if wants_fsdp and num_processes > 1:
+        raise UserError(
+            f"FSDP was asked for but accelerate set up {distributed_type}, not FSDP; "
+            "relaunch without --use_fsdp, or on a supported device."
+        )
+    return "ddp" if num_processes > 1 else "none"
+
+
+def shard_on_cpu(model: torch.nn.Module) -> torch.nn.Module:
+    """FSDP2 over the CPU (gloo) process group: every decoder layer one unit, the rest the root.
+
+    Rank 0's weights are broadcast first, so every process shards the same model.
+    """
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=0)
+    layer_classes = set(getattr(model, "_no_split_modules", None) or ())
+    for module in list(model.modules()):
+        if module is not model and type(module).__name__ in layer_classes:
+            fully_shard(module)
+    fully_shard(model)
+    return model
+
+
+@contextmanager
+def no_sync(accelerator: Accelerator, model: torch.nn.Module, parallel: str) -> Iterator[None]:
+    """Context of a gradient-accumulation micro-step that must not reduce gradients yet."""
+    if parallel != "fsdp-cpu":
+        with accelerator.no_sync(model):
+            yield
+        return
+    model.set_requires_gradient_sync(False)  # FSDP2: accumulate unsharded, reduce-scatter later
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+
+
+def any_process(accelerator: Accelerator, flag: bool) -> bool:
+    """True on every process if `flag` is true on any of them (a collective: all must call)."""
+    if accelerator.num_processes == 1:
+        return flag
+    raised = torch.tensor([float(flag)], device=accelerator.device)
+    return float(accelerator.reduce(raised, reduction="sum")) > 0
