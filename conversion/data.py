@@ -241,8 +241,8 @@ def _source_texts(source: str | os.PathLike, text_field: str) -> list[str]:
         return _named_documents(source)[0]
     if isinstance(source, str) and source == TASKS_SOURCE:
         # Task text in the model organism's formats (its word lists and options); generated on
-        # the fly, never a held-out evaluation prompt (see organism.task_corpus).
-        from conversion.organism import task_corpus
+        # the fly, never a held-out evaluation prompt (see organism_data.task_corpus).
+        from conversion.organism_data import task_corpus
 
         return task_corpus()
     path = Path(source).expanduser()
@@ -648,7 +648,7 @@ def _sft_examples(source: str | os.PathLike) -> list:
     from tasks.base import Example
 
     if isinstance(source, str) and source == TASKS_SOURCE:
-        from conversion.organism import task_examples
+        from conversion.organism_data import task_examples
 
         return task_examples()
     path = Path(source).expanduser()

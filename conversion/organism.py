@@ -58,7 +58,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -67,44 +66,33 @@ from typing import Any
 
 import torch
 from jaxtyping import Float, Int
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from common.env import cache_dir
 from common.errors import UserError
-from common.modeling import pad_id
 from common.outputs import OWNER_FILE, claim_output, owner_record, write_folder_atomically
-from common.seeding import derive_seed
-from tasks import Example, Task, get_task, task_names
+from conversion.loop import Clock, StepOutput, fit
+from conversion.organism_data import (  # noqa: F401  (the organism's data, importable from here too)
+    EVAL_EXAMPLES,
+    HOLDOUT_PROMPTS,
+    TASK_NAMES,
+    TASK_OPTIONS,
+    Batch,
+    MixtureStream,
+    build_tasks,
+    build_tokenizer,
+    eval_examples,
+    example_texts,
+    held_out_sets,
+    organism_tokenizer,
+    prompt_key,
+    task_corpus,
+    task_examples,
+)
+from tasks import Example, Task
 from tasks.evaluate import greedy_accuracy, logit_metrics
-
-PAD, BOS, EOS, UNK, MASK = "<pad>", "<bos>", "<eos>", "<unk>", "<mask>"
-SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK, MASK)
-
-# Words keep their leading space; digits and punctuation are single pre-tokens; a run of spaces
-# leaves its last space to the word after it (the GPT-2 convention).
-PRETOKEN_PATTERN = r" ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]|\s+(?!\S)|\s+"
-
-# The organism learns every registered task (`tasks.task_names()`: the built-in suites, local first).
-TASK_NAMES: tuple[str, ...] = task_names()
-
-# Options the organism's tasks are built with (train and eval). Countdown uses numbers 1..10 and
-# targets up to 100: three numbers and + - * as in the reference study, at a size a 10-minute
-# model can learn; the other tasks use their defaults. Pass the same options to `get_task` when
-# evaluating the organism elsewhere.
-TASK_OPTIONS: dict[str, dict[str, Any]] = {
-    "ioi": {},
-    "greater_than": {},
-    "induction": {},
-    "countdown": {"n_numbers": 3, "max_number": 10, "max_target": 100},
-    "infilling": {},
-    "sudoku": {},
-}
-
-# Tasks whose prompt space is large enough to hold evaluation prompts out of training.
-HOLDOUT_PROMPTS: frozenset[str] = frozenset({"ioi", "induction", "countdown", "sudoku"})
 
 TARGETS: dict[str, float] = {"ioi": 0.95, "greater_than": 0.95, "induction": 0.95, "countdown": 0.60}
 
@@ -175,7 +163,7 @@ class OrganismConfig:
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     betas: tuple[float, float] = (0.9, 0.98)
-    eval_examples: int = 200
+    eval_examples: int = EVAL_EXAMPLES
     eval_every: int = 150
     periodic_examples: int = 32
     threads: int = field(default_factory=lambda: int(os.environ.get("AR2MDM_THREADS", "2")))
@@ -235,71 +223,6 @@ class OrganismReport:
         return json.dumps(data, indent=2)
 
 
-# --- tokenizer ------------------------------------------------------------------------------------
-
-
-def example_texts(example: Example) -> list[str]:
-    """Every string of `example` a model or a metric may tokenise (clean, corrupted, candidates)."""
-    ex = example
-    texts = [ex.text, ex.ar_text, ex.corrupted_prompt + ex.answer + (ex.corrupted_suffix or ex.suffix)]
-    if ex.corrupted_ar_prompt is not None:
-        texts.append(ex.corrupted_ar_prompt + ex.answer)
-    texts += [ex.prompt + c for c in (*ex.correct, *ex.counterfactual)]
-    return texts
-
-
-def build_tokenizer(texts: Sequence[str]) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer in which every word, digit and mark of `texts` is one token.
-
-    Deterministic: the same texts (in any order) give the same vocabulary. See the module
-    docstring for the scheme.
-    """
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKEN_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1_000_000,  # a ceiling never reached: training stops when every pre-token is whole
-        min_frequency=0,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(sorted(set(texts)), trainer=trainer)
-    bos_id = tok.token_to_id(BOS)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=BOS,
-        eos_token=EOS,
-        unk_token=UNK,
-        pad_token=PAD,
-        mask_token=MASK,
-        clean_up_tokenization_spaces=False,
-        model_max_length=10_000,
-    )
-
-
-def build_tasks(tokenizer: PreTrainedTokenizerFast | None = None) -> dict[str, Task]:
-    """The organism's six tasks with `TASK_OPTIONS` (full word lists when tokenizer is None)."""
-    return {name: get_task(name, tokenizer, **TASK_OPTIONS.get(name, {})) for name in TASK_NAMES}
-
-
-def organism_tokenizer(n_per_task: int = 500, seed: int = 0) -> PreTrainedTokenizerFast:
-    """The tokenizer trained on `n_per_task` examples of every task (full word lists)."""
-    texts: list[str] = []
-    for name, task in build_tasks(None).items():
-        for ex in task.generate(n_per_task, derive_seed("tokenizer", name, seed)):
-            texts += example_texts(ex)
-    return build_tokenizer(texts)
-
-
 # --- model ----------------------------------------------------------------------------------------
 
 
@@ -324,88 +247,6 @@ def build_model(cfg: OrganismConfig, tokenizer: PreTrainedTokenizerFast, seed: i
 
 
 # --- data -----------------------------------------------------------------------------------------
-
-
-def _prompt_key(example: Example) -> str:
-    return example.ar_prompt if example.ar_prompt is not None else example.prompt
-
-
-@dataclass
-class Batch:
-    """A right-padded training batch. input_ids/weights: [B, T]; weights is 0 on padding."""
-
-    input_ids: Int[Tensor, "batch pos"]
-    weights: Float[Tensor, "batch pos"]
-    n_tokens: int
-
-
-class MixtureStream:
-    """An infinite, seeded stream of training batches over the task mixture.
-
-    Batch i is a pure function of (seed, i): each task draws `cfg.mixture[task]` examples from its
-    own seed stream, skipping prompts in `exclude` (the held-out prompts).
-    """
-
-    def __init__(
-        self,
-        tasks: Mapping[str, Task],
-        tokenizer: PreTrainedTokenizerFast,
-        cfg: OrganismConfig,
-        seed: int,
-        exclude: Mapping[str, set[str]] | None = None,
-    ) -> None:
-        self.tasks = tasks
-        self.tokenizer = tokenizer
-        self.cfg = cfg
-        self.seed = seed
-        self.exclude = exclude or {}
-        self.rng = random.Random(derive_seed("layout", seed))
-        self._pools: dict[str, Iterator[Example]] = {
-            name: self._examples(name) for name in cfg.mixture if cfg.mixture[name] > 0
-        }
-
-    def _examples(self, name: str) -> Iterator[Example]:
-        chunk = 0
-        held_out = self.exclude.get(name, set())
-        while True:
-            for ex in self.tasks[name].generate(256, derive_seed("train", name, self.seed, chunk)):
-                if _prompt_key(ex) not in held_out:
-                    yield ex
-            chunk += 1
-
-    def _sequence(self, ex: Example) -> tuple[str, str, str]:
-        """(head, answer, tail): the text is head + answer + tail; the answer is weighted."""
-        if ex.suffix and self.rng.random() < self.cfg.infill_in_place:
-            return ex.prompt, ex.answer, ex.suffix
-        return _prompt_key(ex), ex.answer, ""
-
-    def __iter__(self) -> Iterator[Batch]:
-        while True:
-            parts = [self._sequence(next(self._pools[name])) for name in self._pools for _ in range(self.cfg.mixture[name])]
-            yield self.encode(parts)
-
-    def encode(self, parts: Sequence[tuple[str, str, str]]) -> Batch:
-        """Tokenise (head, answer, tail) triples into `<bos> text <eos>` rows with loss weights."""
-        tok = self.tokenizer
-        heads = tok([h for h, _, _ in parts])["input_ids"]
-        heads_ans = tok([h + a for h, a, _ in parts])["input_ids"]
-        full = tok([h + a + t for h, a, t in parts])["input_ids"]
-        rows = [ids + [tok.eos_token_id] for ids in full]
-        T = max(map(len, rows))
-        if T > self.cfg.max_positions:
-            raise UserError(
-                f"a training sequence is {T} tokens, more than max_positions={self.cfg.max_positions}; "
-                "raise OrganismConfig.max_positions or shorten the task options."
-            )
-        ids = torch.full((len(rows), T), pad_id(tok), dtype=torch.long)
-        w = torch.zeros((len(rows), T))
-        for b, (row, h, ha) in enumerate(zip(rows, heads, heads_ans, strict=True)):
-            ids[b, : len(row)] = torch.tensor(row)
-            w[b, 1 : len(row)] = 1.0  # targets are positions 1.. (the token predicted there)
-            w[b, len(h) : len(ha)] = self.cfg.answer_weight
-            if len(ha) == len(row) - 1:  # no tail: the closing <eos> is part of the answer
-                w[b, len(row) - 1] = self.cfg.answer_weight
-        return Batch(ids, w, int(sum(len(r) for r in rows)))
 
 
 def weighted_lm_loss(
@@ -463,7 +304,7 @@ def evaluate_checkpoint(source: str | Path, *, n: int = 200, eval_seed: int = 0,
     loaded = load_any(source)
     is_mdm = loaded.meta.kind == "mdm"
     tasks = build_tasks(loaded.tokenizer)
-    eval_sets = _eval_sets(build_tasks(), n, eval_seed)
+    eval_sets = held_out_sets(build_tasks(), n, eval_seed)
     if not is_mdm:
         return evaluate(loaded.model, loaded.tokenizer, tasks, eval_sets)
     return {
@@ -485,66 +326,6 @@ def lr_factor(progress: float, warmup: float, min_ratio: float) -> float:
         return progress / warmup
     p = min(1.0, (progress - warmup) / max(1e-12, 1.0 - warmup))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * p))
-
-
-def eval_examples(n: int = 200, eval_seed: int = 0) -> dict[str, list[Example]]:
-    """The organism's held-out evaluation examples, n per task (prompts training never saw)."""
-    return _eval_sets(build_tasks(), n, eval_seed)
-
-
-def _eval_sets(tasks: Mapping[str, Task], n: int, seed: int) -> dict[str, list[Example]]:
-    """n held-out examples per task, from seeds training never uses, distinct prompts."""
-    sets: dict[str, list[Example]] = {}
-    for name, task in tasks.items():
-        seen: set[str] = set()
-        kept: list[Example] = []
-        for ex in task.generate(n + n // 4 + 8, derive_seed("eval", name, seed)):
-            key = _prompt_key(ex)
-            if name in HOLDOUT_PROMPTS and key in seen:
-                continue
-            seen.add(key)
-            kept.append(ex)
-            if len(kept) == n:
-                break
-        sets[name] = kept
-    return sets
-
-
-def task_examples(n_per_task: int = 3000, seed: int = 0, *, eval_seed: int = 0) -> list[Example]:
-    """Fresh examples of the six tasks (with `TASK_OPTIONS`) for post-training the organism.
-
-    Drawn from seed streams that neither the organism's training nor its evaluation uses;
-    prompts of the held-out evaluation sets of the organism trained with `eval_seed` are left out,
-    so an MDM evaluated on those sets never saw them. In task order, seeded.
-    """
-    tasks = build_tasks()
-    held_out = {
-        name: {_prompt_key(ex) for ex in exs}
-        for name, exs in _eval_sets(tasks, OrganismConfig().eval_examples, eval_seed).items()
-        if name in HOLDOUT_PROMPTS
-    }
-    out: list[Example] = []
-    for name, task in tasks.items():
-        for ex in task.generate(n_per_task, derive_seed("convert", name, seed)):
-            if _prompt_key(ex) in held_out.get(name, ()):
-                continue
-            out.append(ex)
-    return out
-
-
-def task_corpus(n_per_task: int = 3000, seed: int = 0, *, eval_seed: int = 0) -> list[str]:
-    """Documents of task text for the organism's diffusion post-training (`--data tasks`).
-
-    The examples of `task_examples`, each as its in-place text (the answer between prompt and
-    suffix, the natural layout for a diffusion model); infilling examples also give their AR form.
-    """
-    docs: list[str] = []
-    for ex in task_examples(n_per_task, seed, eval_seed=eval_seed):
-        docs.append(ex.text)
-        if ex.suffix:
-            docs.append(ex.ar_text)
-    random.Random(derive_seed("convert-order", seed)).shuffle(docs)
-    return docs
 
 
 def train_organism(
@@ -595,13 +376,13 @@ def _is_organism_folder(folder: Path) -> bool:
 def _train(
     out: Path, cfg: OrganismConfig, seed: int, minutes: float, steps: int | None, progress: bool, wall_start: float
 ) -> OrganismReport:
-    """The training run of `train_organism`, into the claimed folder `out`."""
+    """The training run of `train_organism`, into the claimed folder `out`, through the one
+    training loop (`conversion.loop.fit`)."""
     torch.set_num_threads(cfg.threads)
-
     tokenizer = organism_tokenizer(cfg.tokenizer_examples, seed)
     tasks = build_tasks(tokenizer)
-    eval_sets = _eval_sets(tasks, cfg.eval_examples, seed)
-    exclude = {name: {_prompt_key(ex) for ex in exs} for name, exs in eval_sets.items() if name in HOLDOUT_PROMPTS}
+    eval_sets = held_out_sets(tasks, cfg.eval_examples, seed)
+    exclude = {name: {prompt_key(ex) for ex in exs} for name, exs in eval_sets.items() if name in HOLDOUT_PROMPTS}
     model = build_model(cfg, tokenizer, seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
@@ -610,75 +391,100 @@ def _train(
         lr=cfg.lr,
         betas=cfg.betas,
     )
-    stream = iter(MixtureStream(tasks, tokenizer, cfg, seed, exclude))
-
-    budget = None if steps is not None else 60.0 * minutes
-    curve: list[CurvePoint] = []
-    evals: list[dict[str, float]] = []
-    train_time, tokens, step, window = 0.0, 0, 0, []
-    bar = tqdm(total=steps if steps is not None else round(budget), disable=not progress, unit="step" if steps else "s")
-    while True:
-        progress_frac = step / steps if steps is not None else train_time / budget
-        if progress_frac >= 1.0:
-            break
-        t0 = time.perf_counter()
-        lr = cfg.lr * lr_factor(progress_frac, cfg.warmup, cfg.min_lr_ratio)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        batch = next(stream)
-        model.train()
-        logits = model(input_ids=batch.input_ids).logits
-        loss = weighted_lm_loss(logits, batch.input_ids, batch.weights)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        dt = time.perf_counter() - t0
-        train_time += dt
-        step += 1
-        tokens += batch.n_tokens
-        window.append(float(loss.detach()))
-        bar.update(1 if steps is not None else min(int(train_time), round(budget)) - bar.n)
-        if step % 25 == 0 or step == steps:
-            curve.append(CurvePoint(step, sum(window) / len(window), round(train_time, 2), lr))
-            bar.set_postfix(loss=f"{curve[-1].loss:.3f}")
-            window = []
-        if cfg.eval_every and step % cfg.eval_every == 0:
-            accs = evaluate(model, tokenizer, tasks, eval_sets, cfg.periodic_examples)
-            evals.append({"step": step, "elapsed": round(train_time, 2), **accs})
-            bar.write(
-                f"step {step} ({train_time:.0f} s, loss {float(loss.detach()):.3f}): "
-                + "  ".join(f"{k} {v:.2f}" for k, v in accs.items())
-            )
-    bar.close()
-    if window:
-        curve.append(CurvePoint(step, sum(window) / len(window), round(train_time, 2), lr))
+    run = _OrganismRun(cfg, model, tokenizer, tasks, eval_sets, iter(MixtureStream(tasks, tokenizer, cfg, seed, exclude)),
+                       steps=steps, minutes=minutes, progress=progress)
+    step = fit(run, opt, model.parameters, steps=steps, clip=cfg.grad_clip)
+    run.finish(step)
 
     accuracy = evaluate(model, tokenizer, tasks, eval_sets)
     logit_diff = ioi_logit_diff(model, tokenizer, eval_sets["ioi"]) if "ioi" in eval_sets else float("nan")
+    train_time = run.clock.train_seconds
     report = OrganismReport(
         out=str(out),
         seed=seed,
         steps=step,
-        tokens_seen=tokens,
+        tokens_seen=run.tokens,
         train_seconds=round(train_time, 2),
         wall_seconds=0.0,
         steps_per_second=round(step / max(train_time, 1e-9), 3),
         accuracy=accuracy,
         eval_examples={name: len(exs) for name, exs in eval_sets.items()},
         ioi_logit_diff=logit_diff,
-        curve=curve,
-        evals=evals,
+        curve=run.curve,
+        evals=run.evals,
         config=asdict(cfg),
         task_options=TASK_OPTIONS,
         mask_token_id=int(tokenizer.mask_token_id),
         vocab_size=len(tokenizer),
         n_parameters=sum(p.numel() for p in model.parameters()),
     )
-
     report.wall_seconds = round(time.perf_counter() - wall_start, 2)
     save_checkpoint(out, model, tokenizer, {"report.json": report.to_json(), OWNER_FILE: owner_record(ORGANISM_COMMAND)})
     return report
+
+
+class _OrganismRun:
+    """The organism's training as a `conversion.loop.Trainer`: weighted next-token loss on the
+    mixture stream, warmup + cosine over the run (its steps, or the elapsed share of its time
+    budget), a loss curve every 25 steps and cheap held-out evaluations every `eval_every`."""
+
+    def __init__(
+        self, cfg: OrganismConfig, model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast,
+        tasks: Mapping[str, Task], eval_sets: Mapping[str, Sequence[Example]], stream: Iterator[Batch], *,
+        steps: int | None, minutes: float, progress: bool,
+    ) -> None:
+        self.cfg, self.model, self.tokenizer, self.tasks, self.eval_sets, self.stream = (
+            cfg, model, tokenizer, tasks, eval_sets, stream)
+        self.steps = steps
+        self.budget = None if steps is not None else 60.0 * minutes
+        self.curve: list[CurvePoint] = []
+        self.evals: list[dict[str, float]] = []
+        self.window: list[float] = []
+        self.tokens, self.last_lr = 0, cfg.lr
+        self.clock = Clock()
+        total = steps if steps is not None else round(self.budget)
+        self.bar = tqdm(total=total, disable=not progress, unit="step" if steps else "s")
+
+    def lr(self, step: int, clock: Clock) -> float:
+        self.clock = clock
+        progress = step / self.steps if self.steps is not None else clock.train_seconds / self.budget
+        return self.cfg.lr * lr_factor(progress, self.cfg.warmup, self.cfg.min_lr_ratio)
+
+    def gradients(self, step: int) -> StepOutput:
+        batch = next(self.stream)
+        self.model.train()
+        logits = self.model(input_ids=batch.input_ids).logits
+        loss = weighted_lm_loss(logits, batch.input_ids, batch.weights)
+        loss.backward()
+        return StepOutput(loss=float(loss.detach()), tokens=batch.n_tokens)
+
+    def diverged(self, what: str, value: float, step: int) -> Exception:
+        return UserError(f"organism training diverged: the {what} is {value} at step {step + 1}; lower OrganismConfig.lr.")
+
+    def after_step(self, done: int, out: StepOutput, lr: float, grad_norm: float, clock: Clock) -> bool:
+        self.tokens += out.tokens
+        self.window.append(out.loss)
+        self.last_lr = lr
+        self.bar.update(1 if self.steps is not None else min(int(clock.train_seconds), round(self.budget)) - self.bar.n)
+        if done % 25 == 0 or done == self.steps:
+            self.curve.append(CurvePoint(done, sum(self.window) / len(self.window), round(clock.train_seconds, 2), lr))
+            self.bar.set_postfix(loss=f"{self.curve[-1].loss:.3f}")
+            self.window = []
+        if self.cfg.eval_every and done % self.cfg.eval_every == 0:
+            accs = evaluate(self.model, self.tokenizer, self.tasks, self.eval_sets, self.cfg.periodic_examples)
+            self.evals.append({"step": done, "elapsed": round(clock.train_seconds, 2), **accs})
+            self.bar.write(
+                f"step {done} ({clock.train_seconds:.0f} s, loss {out.loss:.3f}): "
+                + "  ".join(f"{k} {v:.2f}" for k, v in accs.items())
+            )
+        return self.budget is not None and clock.train_seconds >= self.budget
+
+    def finish(self, step: int) -> None:
+        """Close the progress bar and the last (partial) logging window."""
+        self.bar.close()
+        if self.window:
+            self.curve.append(CurvePoint(step, sum(self.window) / len(self.window), round(self.clock.train_seconds, 2),
+                                         self.last_lr))
 
 
 def save_checkpoint(

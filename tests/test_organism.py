@@ -177,14 +177,14 @@ def test_lr_schedule():
 def test_eval_prompts_are_held_out(tokenizer):
     cfg = O.OrganismConfig(**{**TINY, "mixture": {"ioi": 8, "countdown": 8}})
     tasks = O.build_tasks(tokenizer)
-    eval_sets = O._eval_sets(tasks, 20, seed=0)
-    exclude = {n: {O._prompt_key(e) for e in eval_sets[n]} for n in ("ioi", "countdown")}
+    eval_sets = O.held_out_sets(tasks, 20, seed=0)
+    exclude = {n: {O.prompt_key(e) for e in eval_sets[n]} for n in ("ioi", "countdown")}
     # Make every training draw collide by excluding the training stream's own first prompts.
     first = O.MixtureStream(tasks, tokenizer, cfg, seed=0)
-    seen = {n: {O._prompt_key(next(first._pools[n])) for _ in range(8)} for n in ("ioi", "countdown")}
+    seen = {n: {O.prompt_key(next(first._pools[n])) for _ in range(8)} for n in ("ioi", "countdown")}
     stream = O.MixtureStream(tasks, tokenizer, cfg, seed=0, exclude={n: exclude[n] | seen[n] for n in seen})
     for n in seen:
-        drawn = {O._prompt_key(next(stream._pools[n])) for _ in range(50)}
+        drawn = {O.prompt_key(next(stream._pools[n])) for _ in range(50)}
         assert not drawn & (exclude[n] | seen[n])
 
 
@@ -210,14 +210,14 @@ def test_default_training_reaches_targets(tmp_path):
 
 
 def test_task_corpus_never_contains_a_held_out_prompt(monkeypatch):
-    import conversion.organism as org
+    import conversion.organism_data as org
 
     # Make the conversion stream draw from the evaluation seeds, so every held-out prompt is
     # generated: only the exclusion can keep them out.
     real_seed = org.derive_seed
     monkeypatch.setattr(org, "derive_seed", lambda *parts: real_seed("eval", *parts[1:-1], 0) if parts[0] == "convert" else real_seed(*parts))
     docs = org.task_corpus(n_per_task=60, seed=0)
-    held = org._eval_sets(org.build_tasks(), org.OrganismConfig().eval_examples, 0)
+    held = org.held_out_sets(org.build_tasks(), O.OrganismConfig().eval_examples, 0)
     joined = set(docs)
     for name in org.HOLDOUT_PROMPTS:
         assert not any(ex.text in joined for ex in held[name]), name
