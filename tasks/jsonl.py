@@ -9,13 +9,13 @@ after leading whitespace, or, for one-word answers, the first generated word.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 from common.errors import TaskError
+from common.textfiles import jsonl_records
 from tasks.base import BaseTask, Example, first_word
 
 REQUIRED = ("prompt", "answer", "corrupted_prompt")
@@ -83,26 +83,8 @@ def load_jsonl_task(
 ) -> JsonlTask:
     """A task from a JSONL file (see the module docstring); `name` defaults to the file stem."""
     p = Path(path).expanduser()
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise TaskError(f"{p} does not exist; pass the path of a JSONL task file.") from None
-    except IsADirectoryError:
-        raise TaskError(f"{p} is a folder; pass the path of a JSONL task file (one JSON object per line).") from None
-    except UnicodeDecodeError:
-        raise TaskError(f"{p} is not UTF-8 text (a binary file?); a task file holds one JSON object per line.") from None
-    except OSError as err:
-        raise TaskError(f"{p} cannot be read ({err.strerror}).") from None
     task_name = name or p.stem
-    examples = []
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise TaskError(f"{p}:{i}: not valid JSON ({err.msg}).") from None
-        examples.append(_example(raw, task_name, f"{p}:{i}"))
+    examples = [_example(raw, task_name, f"{p}:{i}") for i, raw in jsonl_records(p, TaskError)]
     if not examples:
         raise TaskError(f"{p} holds no examples.")
     return JsonlTask(task_name, examples, kind)

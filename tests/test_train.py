@@ -275,7 +275,7 @@ def _sft_jsonl(path: Path, n: int = 24) -> Path:
 def test_sft_rows_layout_matches_the_tokenizer(setup: TrainConfig, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    from conversion.data import sft_rows
+    from conversion.sft import sft_rows
 
     tok = AutoTokenizer.from_pretrained(setup.model)
     src = _sft_jsonl(tmp_path / "sft.jsonl", n=6)
