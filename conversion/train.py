@@ -59,7 +59,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +74,11 @@ from tqdm.auto import tqdm
 
 from common.errors import TrainingInterrupted, UserError
 from common.metadata import ModelMeta, require_kind
-from common.options import check_types
 from common.outputs import Claim, claim_output, clear_contents, folder_contents
 from common.seeding import derive_seed
 from conversion import data as data_mod
 from conversion.checkpoints import load_ar
+from conversion.config import TrainConfig
 from conversion.loop import Clock, StepOutput, fit
 from conversion.mdm import add_mask_token, save_mdm
 from conversion.objective import (
@@ -112,123 +112,6 @@ from diffusion.attention import document_ids, make_bidirectional
 
 class TrainingDiverged(UserError):
     """The loss or gradient became NaN/inf; the message says where and what to try."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything a conversion run depends on.
-
-    model: AR source for `load_ar` (name, HF folder, .gguf). data: text source for
-    `data.load_texts` (corpus name, .txt/.jsonl/folder, or a list). out: output folder.
-    steps: optimizer steps. seq_len: tokens per block. batch_size: GLOBAL sequences per optimizer
-    step (divisible by grad_accum x processes). lr, weight_decay, adam_beta2: AdamW. warmup: linear
-    warmup steps, then cosine decay to min_lr_ratio x lr. clip: max grad norm (0: off).
-    bf16: bf16 autocast of forward passes (weights and optimizer stay fp32). seed: data order,
-    noise, dropout.
-    noise / schedule / weighting / antithetic / attention / shift: the objective
-    (`objective.DiffusionOptions`). document_attention: packed text rows attend within each
-    document only (block-diagonal mask, positions restarting per document; `diffusion.attention`).
-    mask_token: "add" (new <|mask|> token) or an existing id.
-    sft: `data` holds prompt/answer examples ("tasks" or a .jsonl file); only answers are noised.
-    held_out: fraction of documents held out. eval_every: held-out eval period in steps, plus
-    one at the end (0: no evaluation). eval_blocks: held-out blocks used. save_every: checkpoint
-    period in steps, plus one at the end (0: no checkpoints, so no resume). snapshot_every: write
-    the MDM as it is every N steps to out/snapshots/step-NNNNNN (loadable folders, for
-    `analyses.compare.track`; 0: none). max_minutes: stop after this much training time (0: no
-    limit) and write the MDM as it stands (a checkpoint too when save_every > 0; `steps` in the
-    result says how far it got). log_every: JSONL log period. resume: continue from out/checkpoint (same options; `steps` may grow).
-    trust_remote_code: passed to `load_ar`.
-    """
-
-    model: str
-    data: str | list[str]
-    out: str
-    steps: int = 100
-    seq_len: int = 128
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    adam_beta2: float = 0.95
-    warmup: int = 0
-    min_lr_ratio: float = 0.1
-    clip: float = 1.0
-    bf16: bool = False
-    seed: int = 0
-    noise: str = "absorbing"
-    schedule: str = "linear"
-    weighting: str = "elbo"
-    antithetic: bool = True
-    attention: str = "bidirectional"
-    document_attention: bool = False
-    shift: bool = True
-    mask_token: str = "add"
-    sft: bool = False
-    held_out: float = 0.02
-    eval_every: int = 0
-    eval_blocks: int = 64
-    save_every: int = 0
-    snapshot_every: int = 0
-    max_minutes: float = 0.0
-    log_every: int = 1
-    resume: bool = False
-    overwrite: bool = False
-    text_field: str = "text"
-    trust_remote_code: bool = False
-
-    def options(self) -> DiffusionOptions:
-        return DiffusionOptions(
-            noise=self.noise,
-            schedule=self.schedule,
-            weighting=self.weighting,
-            shift=self.shift,
-            antithetic=self.antithetic,
-            attention=self.attention,
-        ).checked()
-
-    def validate(self, world_size: int = 1) -> None:
-        """Raise UserError naming the first bad option (types first, then values)."""
-        for name, value in check_types(TrainConfig, asdict(self), "TrainConfig").items():
-            setattr(self, name, value)  # e.g. steps 2.0 -> 2, lr "1e-4" (YAML reads it as text) -> 1e-4
-        if self.seq_len < 2:
-            raise UserError(f"seq_len must be >= 2 (a token and one to predict from it), got {self.seq_len}.")
-        for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_blocks"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        for name in ("warmup", "eval_every", "save_every", "snapshot_every"):
-            if getattr(self, name) < 0:
-                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        shard = self.grad_accum * world_size
-        if self.batch_size % shard:
-            raise UserError(
-                f"batch_size {self.batch_size} (global, per optimizer step) must be divisible by "
-                f"grad_accum x processes = {self.grad_accum} x {world_size}."
-            )
-        if not (self.max_minutes >= 0 and math.isfinite(self.max_minutes)):
-            raise UserError(f"max_minutes must be >= 0 (0 = no limit), got {self.max_minutes}.")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"lr must be a positive number, got {self.lr}.")
-        if not (self.clip >= 0 and math.isfinite(self.clip)):
-            raise UserError(f"clip must be >= 0 (0 = no clipping), got {self.clip}.")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise UserError(f"min_lr_ratio must be in [0, 1] (a fraction of lr), got {self.min_lr_ratio}.")
-        if not 0.0 < self.adam_beta2 < 1.0:
-            raise UserError(f"adam_beta2 must be in (0, 1), got {self.adam_beta2}.")
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise UserError(f"weight_decay must be >= 0, got {self.weight_decay}.")
-        if not 0.0 <= self.held_out < 1.0:
-            raise UserError(f"held_out must be a fraction in [0, 1), got {self.held_out}.")
-        if self.seed < 0:
-            raise UserError(f"seed must be >= 0, got {self.seed}.")
-        if self.document_attention and self.sft:
-            raise UserError(
-                "document_attention separates the documents packed into a text row; SFT rows hold one example "
-                "each. Drop --document-attention or --sft."
-            )
-        self.options()
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
 @dataclass
