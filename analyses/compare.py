@@ -55,19 +55,17 @@ from tqdm.auto import tqdm
 
 from analyses.circuits import attribute, faithfulness_curve
 from analyses.depth import (
-    Interval,
     baseline_logit_diffs,
-    bootstrap_indices,
     compare_depth,
     layer_distribution,
     lens_profile,
     mean_scores,
     node_patching_scores,
-    percentile_interval,
     targeted_ablation,
 )
 from analyses.graph import Graph, jaccard, jaccard_curve, node_importance
 from analyses.neurons import causal_check, compare_profiles, profile_units
+from analyses.statistics import Interval, jaccard_bootstrap, pooled, verdict
 from common.errors import CheckpointError, TaskError, UserError
 from common.outputs import atomic_write_text
 from probe.model import ProbedModel
@@ -264,50 +262,6 @@ def default_k_edges(n_edges: int) -> int:
 
 def default_k_nodes(n_nodes: int) -> int:
     return min(n_nodes, max(3, round(n_nodes / 5)))
-
-
-def _top_mask(scores: Tensor, k: int) -> Tensor:
-    """[b, E] boolean: the k entries of largest |score| in each row."""
-    top = scores.abs().topk(k, dim=1).indices
-    return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top, True)
-
-
-def jaccard_rows(a: Tensor, b: Tensor, k: int) -> Tensor:
-    """Jaccard overlap of the top-k (by |score|) of each row of a and b ([b, E] each)."""
-    ma, mb = _top_mask(a, k), _top_mask(b, k)
-    inter = (ma & mb).sum(1).double()
-    return inter / (2 * k - inter)
-
-
-def jaccard_bootstrap(a: Tensor, b: Tensor, k: int, *, n_boot: int, seed: int, level: float = 0.95) -> tuple[Interval, Tensor]:
-    """Jaccard of the top-k edges of the mean scores of per-example a and b ([N, E], the same N
-    examples), with a paired percentile interval; also returns the [n_boot] replicates."""
-    if a.shape != b.shape:
-        raise UserError(f"per-example scores must cover the same examples and edges, got {list(a.shape)} and {list(b.shape)}.")
-    estimate = float(jaccard_rows(a.double().mean(0)[None], b.double().mean(0)[None], k)[0])
-    idx = bootstrap_indices(a.shape[0], n_boot, seed)
-    reps = torch.cat([jaccard_rows(a[c].double().mean(1), b[c].double().mean(1), k) for c in idx.split(64)])
-    return percentile_interval(reps, estimate, level), reps
-
-
-def pooled(estimates: Sequence[float], replicates: Sequence[Tensor], weights: Sequence[float], level: float = 0.95) -> Interval:
-    """sum_i w_i x_i with its interval from combining each term's bootstrap replicates (the terms
-    are independent: replicate j of the sum adds replicate j of each term)."""
-    est = sum(w * e for w, e in zip(weights, estimates, strict=True))
-    reps = sum(w * r.double() for w, r in zip(weights, replicates, strict=True))
-    return percentile_interval(reps, est, level)
-
-
-def verdict(interval: Interval | None, direction: Literal[1, -1]) -> str:
-    """'holds' if the interval excludes 0 on the claimed side, 'reversed' on the other, else 'inconclusive'."""
-    if interval is None or math.isnan(interval.low):
-        return "untested"
-    lo, hi = sorted((direction * interval.low, direction * interval.high))
-    if lo > 0:
-        return "holds"
-    if hi < 0:
-        return "reversed"
-    return "inconclusive"
 
 
 def node_examples(graph: Graph) -> dict[str, Tensor]:

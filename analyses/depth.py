@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -56,6 +56,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from analyses.statistics import (
+    Interval,
+    bootstrap_ci,
+    bootstrap_indices,
+    percentile_interval,
+    ratio_of_means,
+)
 from common.errors import UserError
 from common.modeling import pad_id
 from probe.cache import Cache
@@ -215,70 +222,6 @@ def layer_distribution(
 
 
 # --- bootstrap --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A point estimate and its percentile bootstrap interval at `level` (NaN bounds: none)."""
-
-    estimate: float
-    low: float
-    high: float
-    level: float = 0.95
-
-    def contains(self, value: float) -> bool:
-        return self.low <= value <= self.high
-
-    def to_dict(self) -> dict:
-        return {"estimate": self.estimate, "low": self.low, "high": self.high, "level": self.level}
-
-
-def bootstrap_indices(n: int, n_boot: int, seed: int) -> Tensor:
-    """[n_boot, n] resampling indices drawn with replacement from a seeded generator."""
-    if n < 1:
-        raise UserError("a bootstrap needs at least one example.")
-    if n_boot < 1:
-        raise UserError(f"n_boot must be >= 1, got {n_boot}.")
-    gen = torch.Generator().manual_seed(int(seed))
-    return torch.randint(0, n, (n_boot, n), generator=gen)
-
-
-def percentile_interval(values: Tensor, estimate: float, level: float) -> Interval:
-    """The `level` percentile interval of bootstrap `values` around `estimate`."""
-    if not 0 < level < 1:
-        raise UserError(f"level must be in (0, 1), got {level}.")
-    alpha = (1 - level) / 2
-    q = torch.quantile(values.double(), torch.tensor([alpha, 1 - alpha], dtype=torch.float64))
-    return Interval(float(estimate), float(q[0]), float(q[1]), level)
-
-
-def bootstrap_ci(
-    data: Tensor | Sequence[float],
-    statistic: Callable[[Tensor], Tensor] | None = None,
-    *,
-    n_boot: int = 2000,
-    level: float = 0.95,
-    seed: int = 0,
-) -> Interval:
-    """Percentile bootstrap interval of `statistic` over the rows (examples) of `data`.
-
-    data: [N] or [N, ...]; rows are resampled with replacement. statistic: maps a batch of
-    resamples [n_boot, N, ...] to [n_boot] values (default: the mean over examples); the
-    estimate is the statistic of the data itself. Seeded: same inputs, same interval.
-    """
-    x = torch.as_tensor(data, dtype=torch.float64)
-    if x.ndim == 0 or x.shape[0] == 0:
-        raise UserError("bootstrap_ci needs a non-empty [N] or [N, ...] tensor of per-example values.")
-    stat = statistic if statistic is not None else (lambda s: s.mean(1))
-    idx = bootstrap_indices(x.shape[0], n_boot, seed)
-    values = torch.cat([stat(x[chunk]) for chunk in idx.split(256)])
-    return percentile_interval(values, float(stat(x[None])[0]), level)
-
-
-def ratio_of_means(num: Tensor, den: Tensor, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Interval:
-    """mean(num) / mean(den) with a paired bootstrap interval (rows of num and den resampled together)."""
-    both = torch.stack([torch.as_tensor(num, dtype=torch.float64), torch.as_tensor(den, dtype=torch.float64)], 1)
-    return bootstrap_ci(both, lambda s: s[..., 0].mean(-1) / s[..., 1].mean(-1), n_boot=n_boot, level=level, seed=seed)
 
 
 # --- comparing ARM and MDM --------------------------------------------------------------------------

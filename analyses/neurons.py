@@ -63,20 +63,17 @@ from torch import Tensor
 
 from analyses.depth import (
     AblationResult,
-    Interval,
     Method,
     ablated_logit_diffs,
     baseline_logit_diffs,
     batches,
-    bootstrap_ci,
-    bootstrap_indices,
     corrupted_inputs,
     layer_of,
-    percentile_interval,
     random_matched,
     reference_means,
     summarise_ablation,
 )
+from analyses.statistics import Interval, bootstrap_ci, bootstrap_weights, percentile_interval
 from common.errors import UserError
 from probe.lens import answer_logit_diff, read_targets
 from tasks.base import Batch, Rendered
@@ -459,13 +456,6 @@ def profile_units(
 # --- comparing two models ---------------------------------------------------------------------------
 
 
-def _boot_weights(n: int, n_boot: int, seed: int) -> Tensor:
-    """[n_boot, n] resampling weights (how often each example is drawn, / n)."""
-    idx = bootstrap_indices(n, n_boot, seed)
-    counts = torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(n_boot, n, dtype=torch.float64))
-    return counts / n
-
-
 def _share_units(x: Tensor, share: float) -> Tensor:
     """[B] fraction of units (largest first) needed for `share` of each row's total |x|."""
     cum = x.abs().sort(-1, descending=True).values.cumsum(-1)
@@ -513,8 +503,8 @@ def compare_profiles(
     boots_a, boots_b, full_a, full_b = [], [], [], []
     for t, task in enumerate(a.tasks):
         xa, xb = a.per_example[task].abs(), b.per_example[task].abs()
-        wa = _boot_weights(len(xa), n_boot, seed + t)
-        wb = wa if len(xb) == len(xa) else _boot_weights(len(xb), n_boot, seed + t + 10_000)
+        wa = bootstrap_weights(len(xa), n_boot, seed + t)
+        wb = wa if len(xb) == len(xa) else bootstrap_weights(len(xb), n_boot, seed + t + 10_000)
         boots_a.append(wa @ xa)
         boots_b.append(wb @ xb)
         full_a.append(xa.mean(0))

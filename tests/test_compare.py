@@ -25,16 +25,13 @@ from analyses.compare import (
     claims,
     common_pool,
     compare,
-    jaccard_bootstrap,
-    jaccard_rows,
     node_examples,
-    pooled,
     revealed,
-    verdict,
     write_report,
 )
-from analyses.depth import Interval, baseline_logit_diffs, layer_distribution
+from analyses.depth import baseline_logit_diffs, layer_distribution
 from analyses.graph import Graph, jaccard
+from analyses.statistics import Interval, jaccard_bootstrap, jaccard_rows, pooled, verdict
 from ar2mdm.cli import app
 from common.errors import UserError
 from tasks import get_task, render

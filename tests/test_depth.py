@@ -23,11 +23,9 @@ from torch import nn
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from analyses.depth import (
-    Interval,
     ablate,
     ablated_logit_diffs,
     baseline_logit_diffs,
-    bootstrap_ci,
     centre_of_mass,
     compare_depth,
     dla_scores,
@@ -37,12 +35,12 @@ from analyses.depth import (
     layer_of,
     lens_profile,
     node_patching_scores,
-    ratio_of_means,
     reference_means,
     region,
     targeted_ablation,
     top_components,
 )
+from analyses.statistics import Interval, bootstrap_ci, ratio_of_means
 from common.errors import UserError
 from common.metadata import ModelMeta
 from probe import ProbedModel, answer_logit_diff
