@@ -45,161 +45,29 @@ of circuit sizes and integrates f over the fraction of edges kept.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from analyses.batching import Data, batches, pair_inputs
 from analyses.graph import Graph, forward_edges, split_edge
+from analyses.metrics import METRICS, Targets, clean_reference, metric_values
 from common.errors import UserError
-from common.metadata import read_positions
-from common.modeling import pad_id
 from probe.cache import Cache
 from probe.interventions import Interventions
 from probe.model import ProbedModel
-from tasks.base import Batch, Rendered
+from tasks.base import Batch
 
 METHODS = ("exact", "eap", "eap-ig-inputs", "eap-ig-activations")
-METRICS = ("logit_diff", "prob", "kl")
-
-Data = Batch | Sequence[Rendered] | Iterable[Batch]
 
 
 # --- data -----------------------------------------------------------------------------------------
 
 
-def batches(pm: ProbedModel, data: Data, batch_size: int | None = 16) -> Iterator[Batch]:
-    """Batches of `data` checked against the model (reading mode, shift, mask layout).
-
-    A list of `Rendered` is collated in chunks of `batch_size` rows (right-padded with the
-    tokenizer's pad id); a `Batch` is cut into chunks of `batch_size` rows; any other iterable
-    must yield `Batch`es, used as they come. batch_size=None: one batch.
-    """
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise UserError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
-    if isinstance(data, Batch):
-        n = data.input_ids.shape[0]
-        size = batch_size or n
-        for start in range(0, n, size):
-            stop = min(start + size, n)
-            yield _checked(pm, Batch(data.input_ids[start:stop], data.corrupted_ids[start:stop],
-                                     data.attention_mask[start:stop], data.items[start:stop]))
-        return
-    if isinstance(data, Sequence) and not isinstance(data, str):
-        if not data:
-            raise UserError("no examples given; render some with tasks.render.")
-        if not all(isinstance(r, Rendered) for r in data):
-            raise UserError("a list of examples must hold tasks Rendered items (from tasks.render).")
-        from tasks import collate
-
-        size = batch_size or len(data)
-        for start in range(0, len(data), size):
-            yield _checked(pm, collate(data[start : start + size], pad_id(pm.tokenizer)))
-        return
-    seen = False
-    for batch in data:
-        if not isinstance(batch, Batch):
-            raise UserError(f"a dataloader must yield tasks Batch objects (tasks.collate); got {type(batch).__name__}.")
-        seen = True
-        yield _checked(pm, batch)
-    if not seen:
-        raise UserError("the dataloader yielded no batches.")
-
-
-def _checked(pm: ProbedModel, batch: Batch) -> Batch:
-    cfg = pm.config
-    if not batch.items:
-        raise UserError("an empty batch; give at least one example.")
-    if batch.input_ids.shape != batch.corrupted_ids.shape:
-        raise UserError(f"clean ids {list(batch.input_ids.shape)} and corrupted ids {list(batch.corrupted_ids.shape)} differ in shape; render pairs with tasks.render.")
-    if len(batch.items) != batch.input_ids.shape[0]:
-        raise UserError(f"the batch holds {batch.input_ids.shape[0]} rows but {len(batch.items)} examples.")
-    for row, r in enumerate(batch.items):
-        fix = f"render with mode={cfg.kind!r}, shift={cfg.shift}, mask_id={cfg.mask_id} (the model's ProbeConfig)."
-        if r.mode != cfg.kind:
-            raise UserError(f"{r.example.task}: an example rendered for {r.mode!r} reading given to a {cfg.kind!r} model; {fix}")
-        expected = read_positions(r.answer_positions, cfg.shift)
-        if not torch.equal(torch.as_tensor(expected), r.read_positions):
-            raise UserError(f"{r.example.task}: read positions {r.read_positions.tolist()} do not follow the model's shift={cfg.shift}; {fix}")
-        if cfg.kind == "mdm":
-            # the answer token the metric reads must be masked; later ones may be decoded already
-            # (a state along a denoising trajectory, `analyses.compare.revealed`)
-            if int(batch.input_ids[row, r.answer_positions[0]]) != cfg.mask_id:
-                raise UserError(f"{r.example.task}: the first answer position does not hold the model's mask id {cfg.mask_id}; {fix}")
-        if len(r.correct_ids) == 0:
-            raise UserError(f"{r.example.task}: an example has no correct answer token.")
-    return batch
-
-
 # --- metrics --------------------------------------------------------------------------------------
-
-
-@dataclass
-class Targets:
-    """Where and what each row of a batch is scored on: read positions [B], correct and
-    counterfactual first-token ids padded to [B, C] with validity masks."""
-
-    positions: Tensor
-    correct: Tensor
-    correct_ok: Tensor
-    counter: Tensor
-    counter_ok: Tensor
-
-    @classmethod
-    def of(cls, items: Sequence[Rendered]) -> Targets:
-        def padded(sets: list[Tensor]) -> tuple[Tensor, Tensor]:
-            width = max(1, max(len(s) for s in sets))
-            ids = torch.zeros(len(sets), width, dtype=torch.long)
-            ok = torch.zeros(len(sets), width, dtype=torch.bool)
-            for i, s in enumerate(sets):
-                ids[i, : len(s)] = s
-                ok[i, : len(s)] = True
-            return ids, ok
-
-        pos = torch.tensor([int(r.read_positions[0]) for r in items])
-        correct, correct_ok = padded([r.correct_ids for r in items])
-        counter, counter_ok = padded([r.counterfactual_ids for r in items])
-        return cls(pos, correct, correct_ok, counter, counter_ok)
-
-    def repeat(self, k: int) -> Targets:
-        """The targets of k stacked copies of the batch."""
-        return Targets(*(t.repeat(k, *([1] * (t.ndim - 1))) for t in
-                         (self.positions, self.correct, self.correct_ok, self.counter, self.counter_ok)))
-
-    def rows(self, logits: Tensor) -> Tensor:
-        """[B, V] logits at each row's read position, in float32 or wider."""
-        pos = self.positions.to(logits.device)
-        rows = logits[torch.arange(logits.shape[0], device=logits.device), pos]
-        return rows.to(torch.promote_types(rows.dtype, torch.float32))
-
-
-def _logsumexp_at(rows: Tensor, ids: Tensor, ok: Tensor) -> Tensor:
-    values = rows.gather(1, ids.to(rows.device)).masked_fill(~ok.to(rows.device), -math.inf)
-    return values.logsumexp(1)
-
-
-def metric_values(metric: str, logits: Tensor, targets: Targets, clean: Tensor | None = None) -> Tensor:
-    """[B] metric per row. logits: [B, T, V]. clean: [B, V] log-probabilities of the clean run
-    at the read positions (needed for "kl"; None: this run's own, detached)."""
-    rows = targets.rows(logits)
-    if metric == "logit_diff":
-        if not bool(targets.counter_ok.any(1).all()):
-            raise UserError("the logit difference needs a counterfactual answer for every example; use metric='prob' or 'kl'.")
-        return _logsumexp_at(rows, targets.correct, targets.correct_ok) - _logsumexp_at(rows, targets.counter, targets.counter_ok)
-    if metric == "prob":
-        return (_logsumexp_at(rows, targets.correct, targets.correct_ok) - rows.logsumexp(1)).exp()
-    if metric == "kl":
-        logp = torch.log_softmax(rows, -1)
-        ref = logp.detach() if clean is None else clean.to(logp)
-        return (ref.exp() * (ref - logp)).sum(-1)
-    raise UserError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}.")
-
-
-def clean_reference(metric: str, logits: Tensor, targets: Targets) -> Tensor | None:
-    """What `metric_values` needs from the clean run: its read-position log-probs for "kl"."""
-    return torch.log_softmax(targets.rows(logits), -1).detach() if metric == "kl" else None
 
 
 # --- attribution ----------------------------------------------------------------------------------
@@ -212,11 +80,6 @@ def _check_options(method: str, metric: str, steps: int) -> None:
         raise UserError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}.")
     if not isinstance(steps, int) or steps < 1:
         raise UserError(f"steps (interpolation points of EAP-IG) must be a positive integer, got {steps!r}.")
-
-
-def _pair_inputs(batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    return ({"input_ids": batch.input_ids, "attention_mask": batch.attention_mask},
-            {"input_ids": batch.corrupted_ids, "attention_mask": batch.attention_mask})
 
 
 @dataclass
@@ -283,7 +146,7 @@ def attribute(
 
 def _exact_batch(pm: ProbedModel, graph: Graph, batch: Batch, metric: str, rows_per_pass: int, nodes: bool, sums: _Sums) -> None:
     """Patch one edge (or node) at a time, several per pass as stacked copies of the batch."""
-    clean_in, corrupt_in = _pair_inputs(batch)
+    clean_in, corrupt_in = pair_inputs(batch)
     targets = Targets.of(batch.items)
     clean_logits = pm(clean_in)
     corrupt_logits, corrupt = pm.run_with_cache(corrupt_in, names=graph.senders)
@@ -343,7 +206,7 @@ def _gradient_batch(pm: ProbedModel, graph: Graph, batch: Batch, metric: str, me
     dotted with each sender's corrupted-minus-clean contribution. A node's score is the sum of
     its outgoing edges' scores (the gradient at a sender's output is the sum of the gradients
     at the receivers it writes to, so this is the node's own attribution)."""
-    clean_in, corrupt_in = _pair_inputs(batch)
+    clean_in, corrupt_in = pair_inputs(batch)
     targets = Targets.of(batch.items)
     senders, receivers = graph.senders, graph.receivers
     corrupt_logits, corrupt = pm.run_with_cache(corrupt_in, names=senders)
@@ -491,7 +354,7 @@ def circuit_metrics(
     clean_sum = corrupt_sum = 0.0
     n = 0
     for batch in batches(pm, data, batch_size):
-        clean_in, corrupt_in = _pair_inputs(batch)
+        clean_in, corrupt_in = pair_inputs(batch)
         targets = Targets.of(batch.items)
         clean_logits = pm(clean_in)
         corrupt_logits, corrupt = pm.run_with_cache(corrupt_in, names=pm.senders())

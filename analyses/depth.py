@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -56,6 +56,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from analyses.batching import batches, corrupted_inputs
 from analyses.statistics import (
     Interval,
     bootstrap_ci,
@@ -64,11 +65,10 @@ from analyses.statistics import (
     ratio_of_means,
 )
 from common.errors import UserError
-from common.modeling import pad_id
 from probe.cache import Cache
 from probe.lens import answer_logit_diff, logit_lens, read_targets
 from probe.names import Name, parse
-from tasks.base import Batch, Rendered, collate
+from tasks.base import Rendered
 
 if TYPE_CHECKING:
     from probe.model import ProbedModel
@@ -333,26 +333,6 @@ def compare_depth(
 
 
 # --- batches ----------------------------------------------------------------------------------------
-
-
-def batches(pm: ProbedModel, items: Sequence[Rendered], batch_size: int) -> Iterator[Batch]:
-    """Right-padded batches of `items` in order (each holds its own Rendered rows)."""
-    if not items:
-        raise UserError("no examples given.")
-    if batch_size < 1:
-        raise UserError(f"batch_size must be >= 1, got {batch_size}.")
-    mode = items[0].mode
-    if mode != pm.config.kind or any(r.mode != mode for r in items):
-        raise UserError(
-            f"examples are rendered for {mode!r} reading but the model is {pm.config.kind!r}: render them "
-            f"with tasks.render(example, tokenizer, {pm.config.kind!r}, shift=..., mask_id=...)."
-        )
-    for start in range(0, len(items), batch_size):
-        yield collate(items[start : start + batch_size], pad_id(pm.tokenizer))
-
-
-def corrupted_inputs(batch: Batch) -> dict[str, Tensor]:
-    return {"input_ids": batch.corrupted_ids, "attention_mask": batch.attention_mask}
 
 
 @torch.no_grad()

@@ -61,13 +61,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from analyses.batching import batches, corrupted_inputs
 from analyses.depth import (
     AblationResult,
     Method,
     ablated_logit_diffs,
     baseline_logit_diffs,
-    batches,
-    corrupted_inputs,
     layer_of,
     random_matched,
     reference_means,

@@ -31,8 +31,9 @@ import torch
 import common  # noqa: F401  (offline flags before transformers is imported)
 
 # isort: split
-from analyses.circuits import Targets, attribute, metric_values
+from analyses.circuits import attribute
 from analyses.graph import Graph
+from analyses.metrics import Targets, metric_values
 from benchmarks.bench_probe import extra_peak_mib, peak_rss_mb
 from conversion.checkpoints import load_ar
 from probe import ProbedModel

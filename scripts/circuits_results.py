@@ -32,9 +32,10 @@ import common  # noqa: F401  (offline flags before transformers is imported)
 from plotly.subplots import make_subplots
 
 from analyses.circuit_plots import curves_figure, edges_figure, importance_heatmap
-from analyses.circuits import METHODS, Targets, attribute, faithfulness_curve, metric_values
+from analyses.circuits import METHODS, attribute, faithfulness_curve
 from analyses.compare import rendered_for
 from analyses.graph import compare_scores, jaccard_curve, node_importance
+from analyses.metrics import Targets, metric_values
 from probe import ProbedModel
 from tasks import collate, generate_aligned, get_task
 

@@ -24,17 +24,11 @@ from test_probe import MASK_ID, folder, probed
 from test_probe_grads import float64_softmax, probed64  # noqa: F401  (a fixture, used by name)
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from analyses.batching import batches
 from analyses.circuit_plots import edges_figure, importance_heatmap
-from analyses.circuits import (
-    Targets,
-    attribute,
-    batches,
-    circuit_metrics,
-    faithfulness,
-    faithfulness_curve,
-    metric_values,
-)
+from analyses.circuits import attribute, circuit_metrics, faithfulness, faithfulness_curve
 from analyses.graph import Graph, compare_scores, node_importance
+from analyses.metrics import Targets, metric_values
 from common.errors import UserError
 from probe import ProbedModel, answer_logit_diff
 from tasks import Example, collate, render
