@@ -55,9 +55,9 @@ from torch import Tensor
 from analyses.batching import Data, batches, pair_inputs
 from analyses.graph import Graph, forward_edges, split_edge
 from analyses.metrics import METRICS, Targets, clean_reference, metric_values
+from analyses.patching import Patch, patch_batch
 from common.errors import UserError
 from probe.cache import Cache
-from probe.interventions import Interventions
 from probe.model import ProbedModel
 from tasks.base import Batch
 
@@ -145,46 +145,34 @@ def attribute(
 
 
 def _exact_batch(pm: ProbedModel, graph: Graph, batch: Batch, metric: str, rows_per_pass: int, nodes: bool, sums: _Sums) -> None:
-    """Patch one edge (or node) at a time, several per pass as stacked copies of the batch."""
+    """Patch one edge (or node) at a time (`analyses.patching`), several per pass as stacked
+    copies of the batch."""
     clean_in, corrupt_in = pair_inputs(batch)
     targets = Targets.of(batch.items)
     clean_logits = pm(clean_in)
     corrupt_logits, corrupt = pm.run_with_cache(corrupt_in, names=graph.senders)
     ref = clean_reference(metric, clean_logits, targets)
     base = metric_values(metric, clean_logits, targets, ref)
-    B, T = batch.input_ids.shape
-    k = max(1, rows_per_pass // B)
+    copies = max(1, rows_per_pass // batch.input_ids.shape[0])
 
-    def run(items: list, patch: Callable[[Interventions, Any, Tensor, dict[str, Tensor]], None]) -> Tensor:
-        out = torch.zeros(len(items), B, dtype=torch.float64)  # [items, examples]
-        for start in range(0, len(items), k):
-            chunk = items[start : start + k]
-            c = len(chunk)
-            stacked = {"input_ids": batch.input_ids.repeat(c, 1), "attention_mask": batch.attention_mask.repeat(c, 1)}
-            copies: dict[str, Tensor] = {}
-            with pm.intervene() as iv:
-                for j, item in enumerate(chunk):
-                    rows = torch.zeros(c * B, T, dtype=torch.bool)
-                    rows[j * B : (j + 1) * B] = True
-                    patch(iv, item, rows, copies)
-                logits = pm(stacked)
-            values = metric_values(metric, logits, targets.repeat(c), None if ref is None else ref.repeat(c, 1))
-            out[start : start + c] = (values.view(c, B) - base.to(values)).double().cpu()
-        return out
+    def effects(patches: list[Patch]) -> Tensor:
+        """[patches, examples]: the patched metric minus the clean one."""
+        values = patch_batch(pm, batch, patches, _metric_of(metric, targets, ref), corrupt=corrupt, copies=copies)
+        return (values - base.to(values)).double().cpu()
 
-    def repeated(name: str, copies: dict[str, Tensor], rows: Tensor) -> Tensor:
-        if name not in copies:
-            copies[name] = corrupt[name].repeat(rows.shape[0] // B, 1, 1)
-        return copies[name]
-
-    edges = run(graph.pairs, lambda iv, e, rows, cp: iv.patch_edge(e[0], e[1], repeated(e[0], cp, rows), pos=rows))
+    edges = effects([Patch((f"{s}->{r}",)) for s, r in graph.pairs])
     sums.edges += edges.sum(1)
     sums.add_examples(edges.T)
     if nodes:
-        sums.nodes += run(graph.senders, lambda iv, s, rows, cp: iv.set(s, repeated(s, cp, rows), pos=rows)).sum(1)
+        sums.nodes += effects([Patch((s,)) for s in graph.senders]).sum(1)
     sums.clean += float(base.sum())
     sums.corrupt += float(metric_values(metric, corrupt_logits, targets, ref).sum())
-    sums.n += B
+    sums.n += batch.input_ids.shape[0]
+
+
+def _metric_of(metric: str, targets: Targets, ref: Tensor | None) -> Callable[[Tensor, Batch], Tensor]:
+    """`metric` per row as an `analyses.patching` metric (the batch's targets bound)."""
+    return lambda logits, _batch: metric_values(metric, logits, targets, ref)
 
 
 def _written(pm: ProbedModel, cache: Cache, senders: Sequence[str]) -> dict[str, Tensor]:
@@ -359,13 +347,10 @@ def circuit_metrics(
         clean_logits = pm(clean_in)
         corrupt_logits, corrupt = pm.run_with_cache(corrupt_in, names=pm.senders())
         ref = clean_reference(metric, clean_logits, targets)
-        for i, edges in enumerate(chosen):
-            with pm.intervene() as iv:
-                for s, r in pairs:
-                    if f"{s}->{r}" not in edges:
-                        iv.patch_edge(s, r, corrupt[s])
-                logits = pm(clean_in)
-            totals[i] += float(metric_values(metric, logits, targets, ref).sum())
+        outside = [Patch(tuple(f"{s}->{r}" for s, r in pairs if f"{s}->{r}" not in edges)) for edges in chosen]
+        values = patch_batch(pm, batch, outside, _metric_of(metric, targets, ref), corrupt=corrupt)
+        for i in range(len(chosen)):
+            totals[i] += float(values[i].sum())
         clean_sum += float(metric_values(metric, clean_logits, targets, ref).sum())
         corrupt_sum += float(metric_values(metric, corrupt_logits, targets, ref).sum())
         n += batch.input_ids.shape[0]
