@@ -61,7 +61,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from analyses.batching import batches, corrupted_inputs
+from analyses.attribution import ATTRIBUTIONS
+from analyses.batching import batches
 from analyses.depth import (
     AblationResult,
     Method,
@@ -74,7 +75,7 @@ from analyses.depth import (
 )
 from analyses.statistics import Interval, bootstrap_ci, bootstrap_weights, percentile_interval
 from common.errors import UserError
-from probe.lens import answer_logit_diff, read_targets
+from probe.lens import read_targets
 from tasks.base import Batch, Rendered
 
 if TYPE_CHECKING:
@@ -242,17 +243,18 @@ class _Chunk:
     token_ids: Tensor  # [n_real]
 
 
-def _chunk(pm: ProbedModel, batch: Batch, kind: UnitKind) -> _Chunk:
+def _chunk(pm: ProbedModel, batch: Batch, kind: UnitKind, method: str = "eap") -> _Chunk:
+    """One batch's unit attributions (`method` at the unit level, AtP by default), activations at
+    the read position and over every real token."""
     stored = _stored(pm, kind)
-    _, corrupt = pm.run_with_cache(corrupted_inputs(batch), stored)
-    g = pm.run_with_grads(batch, lambda logits: answer_logit_diff(logits, batch).sum(), outputs=stored, names=stored)
-    real = batch.attention_mask.bool().to(g.logits.device)
+    deltas, cache = ATTRIBUTIONS.get(method)().unit_scores(pm, batch, stored)
+    real = batch.attention_mask.bool().to(next(iter(deltas.values())).device)
     pos, _, _ = read_targets(batch)
     rows = torch.arange(len(pos))
     attr, read, tokens = [], [], []
     for name in stored:
-        clean = g.cache[name]
-        delta = (corrupt[name] - clean) * g.outputs[name] * real[..., None]
+        clean = cache[name]
+        delta = deltas[name]
         if kind == "neurons":
             attr.append(delta.sum(1))
             read.append(clean[rows, pos])

@@ -32,7 +32,8 @@ import common  # noqa: F401  (offline flags before transformers is imported)
 from plotly.subplots import make_subplots
 
 from analyses.circuit_plots import curves_figure, edges_figure, importance_heatmap
-from analyses.circuits import METHODS, attribute, faithfulness_curve
+from analyses.attribution import methods_for
+from analyses.circuits import attribute, faithfulness_curve
 from analyses.compare import rendered_for
 from analyses.graph import compare_scores, jaccard_curve, node_importance
 from analyses.metrics import Targets, metric_values
@@ -40,6 +41,7 @@ from probe import ProbedModel
 from tasks import collate, generate_aligned, get_task
 
 MODELS = {"organism-ar": "organism", "organism-mdm": "runs/organism-mdm-sft"}
+METHODS = methods_for("edge")  # exact first: the others are compared with it
 TOP = 100
 TOP_SMALL = 20
 
