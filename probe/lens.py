@@ -19,17 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from common.errors import UserError
 from probe.cache import Cache
+from probe.model import ProbedModel
 from tasks.base import Batch, Rendered
-
-if TYPE_CHECKING:
-    from probe.model import ProbedModel
 
 
 def _rows(items: Batch | Sequence[Rendered]) -> list[Rendered]:

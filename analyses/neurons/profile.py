@@ -1,221 +1,57 @@
-"""How specialised single units are: MLP neurons and attention heads across tasks.
+"""Unit profiles: every unit's attribution and activation per task, and two models' profiles compared.
 
 A *unit* is an MLP neuron `L{l}.mlp.neuron{i}` or a head `L{l}.H{h}`. `profile_units` streams
 every task's examples through the model once (batch by batch; only per-unit sums are kept) and
 records, per unit and task:
 
 - attribution: the unit's attribution-patching (AtP) estimate of its effect on the task metric,
-  (a_corrupt - a_clean) . dLD/da summed over positions, per example, where LD is the logit
-  difference at the read position (`probe.answer_logit_diff`) and a is the unit's value (a
-  neuron's activation, a head's output vector). One clean forward+backward and one corrupted
-  forward per batch. `attr_mean` is the mean of |attribution| over examples (how much the unit is
-  involved; signs of single examples cannot cancel), `attr_signed` the signed mean.
+  (a_corrupt - a_clean) . dLD/da summed over positions, per example (`analyses.attribution`,
+  the "eap" method at the unit level), where LD is the logit difference at the read position and
+  a is the unit's value (a neuron's activation, a head's output vector). One clean
+  forward+backward and one corrupted forward per batch. `attr_mean` is the mean of |attribution|
+  over examples (how much the unit is involved; signs of single examples cannot cancel),
+  `attr_signed` the signed mean.
 - activation at the read position: a neuron's activation, a head's output norm ||h||_2.
 - over every real token of every task: the activation's moments (for kurtosis) and its top
   tokens.
 
-Descriptive metrics (pure functions on the last dimension; tested against hand computations).
-Measures of concentration act on magnitudes |x|:
-
-    selectivity[u, t]   = (m[u, t] - mean_{s != t} m[u, s]) / sqrt(mean_s var[u, s])
-                          a standardised (Cohen's-d-like) contrast of task t against the other
-                          tasks, each task weighted equally; m, var: the per-example mean and
-                          population variance of the unit's value on each task (NaN if var = 0)
-    selectivity_index   = (x_max - mean of the others) / (x_max + mean of the others), in [0, 1]
-                          (Morcos et al. 2018 class selectivity, over tasks): 0 = the same on
-                          every task, 1 = active on one task only
-    normalised_entropy  = -sum p log p / log n with p = |x| / sum |x|: 0 = one task, 1 = uniform
-                          (LAPE-style, over tasks)
-    gini                = sum_i (2i - n - 1) x_(i) / (n sum x), x sorted ascending: 0 = equal,
-                          (n - 1)/n = one non-zero entry
-    hoyer               = (sqrt(n) - ||x||_1 / ||x||_2) / (sqrt(n) - 1): 0 = equal, 1 = one entry
-    excess_kurtosis     = m4 / m2^2 - 3 with population central moments (Gurnee et al. 2024 use
-                          kurtosis of a neuron's activation distribution: heavy tails = a unit
-                          that fires rarely and strongly)
-    units_for_share     = the fewest units whose |attribution| reaches 50 / 80 / 90 % of the total
-
-`UnitProfile` applies them two ways: per unit across tasks (selectivity, index, entropy: how
-specialised a unit is) and per task across units (gini, hoyer, kurtosis of the attribution
-vector, units for 50/80/90 %: how concentrated a task's attribution is).
-
-Selectivity is not importance (Leavitt & Morcos 2021), so every ranking is paired with a causal
-check (`causal_check`): ablate the task's top-n units (by selectivity or by attribution) and
-compare the drop of that task's logit difference with ablating n random units drawn from the
-same layers (several draws), with paired bootstrap intervals; the same units are also ablated on
-the other tasks (is the damage specific?). `vocab_projection` reads what a neuron writes: its
-down-projection column through the final norm's gain and the unembedding (Geva et al. 2022).
-
-    >>> float(gini(torch.tensor([0.0, 0.0, 0.0, 1.0]))), float(hoyer(torch.tensor([0.0, 0.0, 1.0])))
-    (0.75, 1.0)
+`UnitProfile` applies the metrics of `analyses.neurons.metrics` two ways: per unit across tasks
+(selectivity, index, entropy: how specialised a unit is) and per task across units (gini, hoyer,
+kurtosis of the attribution vector, units for 50/80/90 %: how concentrated a task's attribution
+is). `compare_profiles` puts two models' profiles side by side with bootstrap intervals.
 """
 
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from analyses.attribution import ATTRIBUTIONS
 from analyses.batching import batches
-from analyses.depth import (
-    AblationResult,
-    Method,
-    ablated_logit_diffs,
-    baseline_logit_diffs,
-    layer_of,
-    random_matched,
-    reference_means,
-    summarise_ablation,
+from analyses.neurons.metrics import (
+    SHARES,
+    Moments,
+    excess_kurtosis,
+    gini,
+    hoyer,
+    normalised_entropy,
+    selectivity,
+    selectivity_index,
+    units_for_share,
 )
-from analyses.statistics import Interval, bootstrap_ci, bootstrap_weights, percentile_interval
+from analyses.statistics import Interval, bootstrap_weights, percentile_interval
 from common.errors import UserError
 from probe.lens import read_targets
+from probe.model import ProbedModel
 from tasks.base import Batch, Rendered
-
-if TYPE_CHECKING:
-    from probe.model import ProbedModel
 
 UnitKind = Literal["neurons", "heads"]
 On = Literal["attribution", "activation"]
-SHARES: tuple[float, ...] = (0.5, 0.8, 0.9)
-
-# --- metrics (last dimension) -----------------------------------------------------------------------
-
-
-def _nonempty(x: Tensor, what: str, minimum: int = 1) -> Tensor:
-    x = torch.as_tensor(x, dtype=torch.float64)
-    if x.ndim == 0 or x.shape[-1] < minimum:
-        raise UserError(f"{what} needs a vector of at least {minimum} values (last dimension); got shape {list(x.shape)}.")
-    return x
-
-
-def gini(x: Tensor) -> Tensor:
-    """Gini coefficient of |x| over the last dimension (NaN where all are zero)."""
-    v = _nonempty(x, "gini").abs().sort(-1).values
-    n = v.shape[-1]
-    i = torch.arange(1, n + 1, dtype=torch.float64)
-    total = v.sum(-1)
-    g = ((2 * i - n - 1) * v).sum(-1) / (n * total)
-    return torch.where(total > 0, g, torch.nan)
-
-
-def hoyer(x: Tensor) -> Tensor:
-    """Hoyer sparsity of |x| over the last dimension (n >= 2; NaN where all are zero)."""
-    v = _nonempty(x, "hoyer", 2).abs()
-    n = v.shape[-1]
-    l2 = v.norm(dim=-1)
-    h = (math.sqrt(n) - v.sum(-1) / l2) / (math.sqrt(n) - 1)
-    return torch.where(l2 > 0, h, torch.nan)
-
-
-def excess_kurtosis(x: Tensor) -> Tensor:
-    """m4 / m2^2 - 3 over the last dimension, population moments (NaN for constant vectors)."""
-    v = _nonempty(x, "kurtosis", 2)
-    d = v - v.mean(-1, keepdim=True)
-    m2 = d.pow(2).mean(-1)
-    m4 = d.pow(4).mean(-1)
-    return torch.where(m2 > 0, m4 / m2.pow(2) - 3, torch.nan)
-
-
-def normalised_entropy(x: Tensor) -> Tensor:
-    """Entropy of p = |x| / sum |x| over the last dimension, divided by log n (n >= 2)."""
-    v = _nonempty(x, "normalised_entropy", 2).abs()
-    total = v.sum(-1, keepdim=True)
-    p = v / total
-    h = -(p * torch.log(p)).nan_to_num(0.0).sum(-1) / math.log(v.shape[-1])
-    return torch.where(total[..., 0] > 0, h, torch.nan)
-
-
-def selectivity_index(x: Tensor) -> Tensor:
-    """(max - mean of the others) / (max + mean of the others) of |x| over the last dimension."""
-    v = _nonempty(x, "selectivity_index", 2).abs()
-    top = v.max(-1).values
-    rest = (v.sum(-1) - top) / (v.shape[-1] - 1)
-    return torch.where(top + rest > 0, (top - rest) / (top + rest), torch.nan)
-
-
-def selectivity(means: Float[Tensor, "*units tasks"], variances: Float[Tensor, "*units tasks"]) -> Float[Tensor, "*units tasks"]:
-    """Standardised contrast of each task against the others (module docstring); NaN where the
-    pooled variance is zero."""
-    m = _nonempty(means, "selectivity", 2)
-    var = torch.as_tensor(variances, dtype=torch.float64)
-    if var.shape != m.shape:
-        raise UserError(f"selectivity: means {list(m.shape)} and variances {list(var.shape)} differ in shape.")
-    n = m.shape[-1]
-    others = (m.sum(-1, keepdim=True) - m) / (n - 1)
-    sd = var.mean(-1, keepdim=True).sqrt()
-    return torch.where(sd > 0, (m - others) / sd, torch.nan)
-
-
-def units_for_share(x: Tensor, shares: Sequence[float] = SHARES) -> dict[float, int]:
-    """The fewest units (largest |x| first) whose |x| sums to at least each share of the total."""
-    v = _nonempty(x, "units_for_share")
-    if v.ndim != 1:
-        raise UserError(f"units_for_share takes one vector of unit scores; got shape {list(v.shape)}.")
-    cum = v.abs().sort(descending=True).values.cumsum(0)
-    total = float(cum[-1])
-    if total <= 0:
-        raise UserError("every unit's attribution is zero; there is no total to reach a share of.")
-    out = {}
-    for s in shares:
-        if not 0 < s <= 1:
-            raise UserError(f"shares must lie in (0, 1]; got {s}.")
-        out[float(s)] = int((cum < s * total * (1 - 1e-12)).sum()) + 1
-    return out
-
-
-class Moments:
-    """Streaming count, mean, variance and excess kurtosis of each column of [n, U] batches.
-
-    Power sums of (x - shift) in float64, shift = the first batch's mean (keeps the sums small).
-    """
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.shift: Tensor | None = None
-        self.sums: Tensor | None = None
-
-    def update(self, x: Tensor) -> None:
-        x = torch.as_tensor(x, dtype=torch.float64).reshape(x.shape[0], -1)
-        if x.shape[0] == 0:
-            return
-        if self.shift is None:
-            self.shift = x.mean(0)
-            self.sums = torch.zeros(4, x.shape[1], dtype=torch.float64)
-        d = x - self.shift
-        self.sums += torch.stack([d.sum(0), d.pow(2).sum(0), d.pow(3).sum(0), d.pow(4).sum(0)])
-        self.n += x.shape[0]
-
-    def _central(self) -> tuple[Tensor, Tensor, Tensor]:
-        if self.sums is None or self.n == 0:
-            raise UserError("no values were accumulated.")
-        s1, s2, s3, s4 = self.sums / self.n
-        m2 = s2 - s1**2
-        m4 = s4 - 4 * s1 * s3 + 6 * s1**2 * s2 - 3 * s1**4
-        return s1, m2.clamp(min=0), m4
-
-    @property
-    def mean(self) -> Tensor:
-        s1, _, _ = self._central()
-        return self.shift + s1
-
-    @property
-    def var(self) -> Tensor:
-        """Population variance."""
-        return self._central()[1]
-
-    @property
-    def kurtosis(self) -> Tensor:
-        """Excess kurtosis (NaN for constant columns)."""
-        _, m2, m4 = self._central()
-        return torch.where(m2 > 1e-300, m4 / m2.pow(2) - 3, torch.nan)
-
 
 # --- per-batch unit values --------------------------------------------------------------------------
 
@@ -524,130 +360,6 @@ def compare_profiles(
 # --- what a neuron writes ---------------------------------------------------------------------------
 
 
-@dataclass
-class Projection:
-    """A unit's output direction read through the unembedding: the k most promoted (`top`) and
-    most suppressed (`bottom`) token ids with their logit contributions per unit of activation
-    (up to the final norm's positive per-token scale)."""
-
-    unit: str
-    top_ids: list[int]
-    top_values: list[float]
-    bottom_ids: list[int]
-    bottom_values: list[float]
-
-
-@torch.no_grad()
-def vocab_projection(pm: ProbedModel, unit: str, k: int = 10) -> Projection:
-    """What neuron `unit` writes, as logits: W_U (g * w) with w its down-projection column and g
-    the final norm's gain (a LayerNorm also centres w)."""
-    n = pm.shape.check(unit)
-    if n.kind != "neuron":
-        raise UserError(
-            f"vocab_projection reads a neuron's fixed output direction; {unit!r} is a {n.kind} "
-            "(a head writes a different vector for every input). Pass L{l}.mlp.neuron{i}."
-        )
-    w = pm.layout.down_weight(n.layer)[:, n.neuron].float()
-    final = pm.core.final
-    if getattr(final, "exact", False):
-        if final.centered:
-            w = w - w.mean()
-        w = w * final.gain.float()
-    logits = pm.layout.unembed_weight().float() @ w
-    k = min(k, len(logits))
-    top = logits.topk(k)
-    bottom = (-logits).topk(k)
-    return Projection(unit, top.indices.tolist(), top.values.tolist(), bottom.indices.tolist(), (-bottom.values).tolist())
-
-
 # --- causal check -----------------------------------------------------------------------------------
 
 
-@dataclass
-class CausalCheck:
-    """Ablating a task's top-n units against n random units from the same layers.
-
-    target / random: `AblationResult`s on the task (random: mean over draws per example).
-    versus_random: paired interval of drop(target) - drop(random). off_target: the same target
-    units ablated on each other task.
-    """
-
-    task: str
-    by: str
-    method: str
-    units: tuple[str, ...]
-    target: AblationResult
-    random: AblationResult
-    versus_random: Interval
-    off_target: dict[str, AblationResult] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {
-            "task": self.task, "by": self.by, "method": self.method, "units": list(self.units),
-            "target": self.target.to_dict(), "random": self.random.to_dict(),
-            "versus_random": self.versus_random.to_dict(),
-            "off_target": {k: v.to_dict() for k, v in self.off_target.items()},
-        }
-
-
-def causal_check(
-    pm: ProbedModel,
-    profile: UnitProfile,
-    tasks: Mapping[str, Sequence[Rendered]],
-    task: str,
-    *,
-    n_units: int = 10,
-    by: Literal["selectivity", "attribution"] = "selectivity",
-    method: Method = "mean",
-    n_random: int = 5,
-    match_layers: bool = True,
-    off_target: bool = True,
-    seed: int = 0,
-    n_boot: int = 2000,
-    level: float = 0.95,
-    batch_size: int = 64,
-) -> CausalCheck:
-    """Ablate `task`'s top `n_units` units of `profile` (ranked `by`) and `n_random` draws of as
-    many random units (from the same layers, same count per layer, when `match_layers`), and
-    report the drop of `task`'s logit difference. Mean ablation uses each task's own clean means."""
-    if task not in tasks:
-        raise UserError(f"task {task!r} has no examples here; given: {', '.join(tasks)}.")
-    if not 1 <= n_units <= len(profile.units):
-        raise UserError(f"n_units must lie in 1..{len(profile.units)}, got {n_units}.")
-    if n_random < 1:
-        raise UserError(f"n_random must be >= 1, got {n_random}.")
-    if profile.units != unit_names(pm, profile.kind):  # type: ignore[arg-type]
-        raise UserError(f"this {profile.kind} profile was made on a model of another shape; profile this model first.")
-    units = profile.ranking(task, by)[:n_units]
-    rng = random.Random(seed)
-    draws: list[list[str]] = []
-    for _ in range(n_random):
-        if match_layers:
-            draw: list[str] = []
-            for layer in sorted({layer_of(u) for u in units}):
-                same = [u for u in units if layer_of(u) == layer]
-                draw += random_matched(pm, same, rng, layers=[layer])
-            draws.append(draw)
-        else:
-            draws.append(random_matched(pm, units, rng))
-    opts = {"n_boot": n_boot, "level": level, "seed": seed}
-
-    def measure(name: str, with_random: bool) -> tuple[AblationResult, AblationResult | None, Interval | None]:
-        items = tasks[name]
-        every = sorted(set(units) | ({u for d in draws for u in d} if with_random else set()))
-        means = reference_means(pm, items, every, batch_size=batch_size) if method == "mean" else None
-        clean, corrupted = baseline_logit_diffs(pm, items, batch_size=batch_size)
-        tgt = ablated_logit_diffs(pm, items, units, method=method, means=means, batch_size=batch_size)
-        target = summarise_ablation(f"{task} top-{n_units} by {by}", units, method, clean, tgt, corrupted, **opts)
-        if not with_random:
-            return target, None, None
-        lds = [ablated_logit_diffs(pm, items, d, method=method, means=means, batch_size=batch_size) for d in draws]
-        rand = torch.stack(lds).mean(0)
-        rand_res = summarise_ablation("random", (), method, clean, rand, corrupted,
-                                      draws=[float((clean - d).mean()) for d in lds], draw_components=draws, **opts)
-        return target, rand_res, bootstrap_ci(rand.double() - tgt.double(), **opts)
-
-    target, rand_res, versus = measure(task, True)
-    assert rand_res is not None and versus is not None
-    others = {name: measure(name, False)[0] for name in tasks if name != task} if off_target else {}
-    return CausalCheck(task, by, method, tuple(units), target, rand_res, versus, others)
