@@ -299,7 +299,7 @@ def summary_table(compare_data: Mapping[str, Any], sampler_rows: list[dict[str, 
 
 
 def write_study_report(out: Path, cfg: StudyConfig, records: list[StageRecord], ar_source: str, mdm_path: Path) -> dict[str, Any]:
-    from analyses.compare import _table_html, format_interval, report_html
+    from analyses.compare import format_interval, report_html, table_html
     from analyses.generation import EvalRow, figure
     from conversion.report import training_figure
 
@@ -318,7 +318,7 @@ def write_study_report(out: Path, cfg: StudyConfig, records: list[StageRecord], 
         lines.append("<p><b>Quick mode:</b> tiny training and pools; the numbers only show that the pipeline runs.</p>")
     if compare_data.get("note"):
         lines.append(f"<p><b>Note:</b> {html.escape(compare_data['note'])}</p>")
-    lines += ["<h2>Stages</h2>", _table_html(stage_rows), "<h2>Summary</h2>", _table_html(summary_table(compare_data, sampler_rows))]
+    lines += ["<h2>Stages</h2>", table_html(stage_rows), "<h2>Summary</h2>", table_html(summary_table(compare_data, sampler_rows))]
     extra = {"samplers: accuracy against NFE": figure([EvalRow(**r) for r in sampler_rows]),
              "conversion: training curves": training_figure(mdm_path / "train.jsonl", title="conversion")}
     page = report_html(compare_data, title=f"ar2mdm study: {cfg.model}", extra_figures=extra, sections=lines)

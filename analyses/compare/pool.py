@@ -1,0 +1,146 @@
+"""The pair of models and the common-correct pool every comparison is measured on.
+
+`check_pair` refuses what cannot be compared (not an ARM and an MDM, different graphs, different
+tokenizers) and warns about what can but should be read with care (special tokens that differ,
+an MDM that is not the ARM's own conversion). `task_examples` draws candidate examples (the
+organism's held-out sets for an organism conversion, else the built-in tasks aligned under the
+tokenizer); `common_pool` keeps those both models render aligned and answer correctly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from analyses.patching import baseline_logit_diffs
+from common.errors import CheckpointError, TaskError
+from probe.model import ProbedModel
+from tasks import Example, render
+from tasks.base import Rendered
+
+MIN_POOL = 4  # fewer common-correct examples than this: the task is reported, not analysed
+
+
+def check_pair(ar: ProbedModel, mdm: ProbedModel) -> list[str]:
+    """Check that `ar` and `mdm` are an ARM and an MDM that can be compared; return warnings.
+
+    Errors (CheckpointError): the kinds are not ARM and MDM; the graphs differ (layers, heads, KV
+    heads, MLP width); the tokenizers disagree on any token's id (the MDM may add only its mask
+    token). Warnings: special tokens that differ, and an MDM whose recorded source (its weights'
+    sha256) is not this ARM, i.e. not the ARM's own conversion.
+    """
+    if ar.config.kind != "ar":
+        raise CheckpointError(f"--ar must be an autoregressive checkpoint; this one is kind {ar.config.kind!r}.")
+    if mdm.config.kind != "mdm":
+        raise CheckpointError("--mdm must be a masked diffusion checkpoint (a folder written by `ar2mdm convert`); "
+                              f"this one is kind {mdm.config.kind!r}.")
+    a, b = ar.shape, mdm.shape
+    if (a.n_layers, a.n_heads, a.n_kv_heads, a.d_mlp) != (b.n_layers, b.n_heads, b.n_kv_heads, b.d_mlp):
+        raise CheckpointError(
+            f"the models differ in architecture (AR {a.n_layers} layers x {a.n_heads} heads, MLP {a.d_mlp}; "
+            f"MDM {b.n_layers} x {b.n_heads}, MLP {b.d_mlp}): edge overlap needs the same graph. "
+            "Compare an ARM with its own conversion."
+        )
+    warnings = tokenizer_warnings(ar, mdm)
+    src, own = mdm.meta.source_hash, ar.meta.source_hash
+    if src and own and src != own:
+        warnings.append(
+            f"the MDM was converted from {mdm.meta.source or 'another model'} (weights sha256 {src[:12]}...), but "
+            f"--ar's weights hash to {own[:12]}...: this is not the ARM's own conversion, so every difference "
+            "below mixes the conversion with the difference between the two source models."
+        )
+    return warnings
+
+
+def tokenizer_warnings(ar: ProbedModel, mdm: ProbedModel) -> list[str]:
+    """CheckpointError if the vocabularies disagree; warnings for differing special tokens."""
+    ta, tb = ar.tokenizer, mdm.tokenizer
+    if ta is None or tb is None or not hasattr(ta, "get_vocab") or not hasattr(tb, "get_vocab"):
+        return []
+    va, vb = ta.get_vocab(), tb.get_vocab()
+    moved = sorted(t for t, i in va.items() if vb.get(t) != i)
+    added = sorted(set(vb) - set(va) - {getattr(tb, "mask_token", None)})
+    if moved or added:
+        example = f"{moved[0]!r}: {va[moved[0]]} in the ARM, {vb.get(moved[0])} in the MDM" if moved else f"{added[0]!r} only in the MDM"
+        counts = [f"{len(moved)} of the ARM's {len(va)} tokens have another id in the MDM" if moved else "",
+                  f"{len(added)} tokens besides the mask exist only in the MDM" if added else ""]
+        raise CheckpointError(
+            f"--ar and --mdm use different tokenizers ({'; '.join(c for c in counts if c)}; e.g. {example}). "
+            "Token-level comparisons need one vocabulary: compare an ARM with its own conversion."
+        )
+    differ = [
+        f"{role} {getattr(ta, role + '_token', None)!r} vs {getattr(tb, role + '_token', None)!r}"
+        for role in ("bos", "eos", "pad", "unk")
+        if getattr(ta, role + "_token_id", None) != getattr(tb, role + "_token_id", None)
+    ]
+    return [f"the tokenizers' special tokens differ (ARM vs MDM: {', '.join(differ)})."] if differ else []
+
+
+def task_examples(mdm: ProbedModel, tasks: Sequence[str], n: int, seed: int = 0) -> dict[str, list[Example]]:
+    """n candidate examples per task: the organism's held-out sets for an organism conversion
+    (prompts its training never saw), else the built-in tasks aligned under this tokenizer."""
+    from tasks import get_task
+
+    tok = mdm.tokenizer
+    from conversion.organism import eval_examples, is_organism
+
+    if mdm.meta is not None and is_organism(mdm.meta.source):
+        examples = eval_examples(n, eval_seed=seed)
+        return {t: examples[t] for t in tasks}
+    out = {}
+    for t in tasks:
+        try:
+            out[t] = get_task(t, tok).generate_aligned(n, tok, seed, modes=("ar", "mdm"), mask_id=mdm.config.mask_id)
+        except TaskError as err:
+            out[t] = []
+            print(f"{t}: no aligned examples for this tokenizer ({err})")
+    return out
+
+
+def rendered_for(pm: ProbedModel, example: Example) -> Rendered:
+    cfg = pm.config
+    return render(example, pm.tokenizer, cfg.kind, shift=cfg.shift, mask_id=cfg.mask_id)
+
+
+@dataclass
+class Pool:
+    """One task's common-correct pool: the same examples rendered for each model."""
+
+    task: str
+    ar: list[Rendered]
+    mdm: list[Rendered]
+    stats: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.ar)
+
+
+def common_pool(ar: ProbedModel, mdm: ProbedModel, task: str, examples: Sequence[Example], pool_size: int,
+                *, batch_size: int = 64, require_correct: bool = True) -> Pool:
+    """Examples both models render aligned and (require_correct) both answer correctly, at most
+    `pool_size`, in the order drawn."""
+    rows_ar, rows_mdm = [], []
+    for ex in examples:
+        try:
+            ra, rm = rendered_for(ar, ex), rendered_for(mdm, ex)
+        except TaskError:
+            continue
+        bad = any(len(r.counterfactual_ids) == 0 or set(r.correct_ids.tolist()) & set(r.counterfactual_ids.tolist())
+                  for r in (ra, rm))
+        if not bad:
+            rows_ar.append(ra)
+            rows_mdm.append(rm)
+    stats: dict[str, Any] = {"drawn": len(examples), "aligned": len(rows_ar)}
+    if not rows_ar:
+        return Pool(task, [], [], {**stats, "pool": 0, "accuracy_ar": math.nan, "accuracy_mdm": math.nan})
+    ld_ar = baseline_logit_diffs(ar, rows_ar, batch_size=batch_size)[0]
+    ld_mdm = baseline_logit_diffs(mdm, rows_mdm, batch_size=batch_size)[0]
+    keep = ((ld_ar > 0) & (ld_mdm > 0)) if require_correct else torch.ones(len(rows_ar), dtype=torch.bool)
+    idx = keep.nonzero().squeeze(1)[:pool_size].tolist()
+    stats.update(pool=len(idx), accuracy_ar=float((ld_ar > 0).float().mean()), accuracy_mdm=float((ld_mdm > 0).float().mean()),
+                 both_correct=int(((ld_ar > 0) & (ld_mdm > 0)).sum()))
+    return Pool(task, [rows_ar[i] for i in idx], [rows_mdm[i] for i in idx], stats)
