@@ -11,6 +11,7 @@ import common  # noqa: F401  (offline flags before transformers is imported)
 
 # isort: split
 from probe.cache import Cache, DiskCache
+from probe.decompose import Decomposition
 from probe.interventions import Interventions
 from probe.lens import (
     Attribution,
@@ -19,7 +20,7 @@ from probe.lens import (
     direct_logit_attribution,
     logit_lens,
 )
-from probe.model import Decomposition, GradResult, ProbeConfig, ProbedModel
+from probe.model import GradResult, ProbeConfig, ProbedModel
 
 __all__ = [
     "Attribution",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -34,7 +34,9 @@ from common.modeling import position_ids
 from conversion.checkpoints import Loaded, load_any
 from probe.backends import Backend, choose, create
 from probe.cache import Cache, DiskCache, ShardWriter
+from probe.decompose import Decomposition, decompose
 from probe.engine import Core, Pass, Request
+from probe.inputs import Inputs, context_length, model_inputs
 from probe.interventions import Interventions
 from probe.layout import Layout
 from probe.names import NameFilter, Shape, parse, select
@@ -83,19 +85,6 @@ class GradResult:
     cache: Cache
 
 
-Inputs = Tensor | Mapping[str, Tensor] | str | Sequence[str]
-
-
-@dataclass
-class Decomposition:
-    """Each node's contribution to the final residual stream ([B, T, d_model] per name) and the
-    rest (`bias`: output-projection biases), which sum to `L{n-1}.resid_post`."""
-
-    parts: dict[str, Tensor]
-    bias: Tensor
-
-    def total(self) -> Tensor:
-        return sum(self.parts.values()) + self.bias
 
 
 class ProbedModel:
@@ -208,80 +197,13 @@ class ProbedModel:
     # --- inputs -------------------------------------------------------------------------------
 
     def _inputs(self, inputs: Inputs, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-        """(input_ids [B, T], attention_mask [B, T]) on the model's device, after checking them.
-
-        Raises UserError for: an unknown input type, text without a tokenizer, an empty batch or
-        text, ids that are not integers or lie outside the embedding, a mask of another shape or
-        with values other than 0/1, a row with no real token, and inputs longer than the model's
-        context (rotary models would run past it silently, absolute-position ones would crash).
-        """
-        mask = attention_mask
-        texts = [inputs] if isinstance(inputs, str) else inputs
-        if isinstance(texts, Sequence) and not isinstance(texts, Tensor) and len(texts) > 0 and all(isinstance(t, str) for t in texts):
-            if self.tokenizer is None:
-                raise UserError("text inputs need a tokenizer; pass token ids or give the model a tokenizer.")
-            enc = self.tokenizer(list(texts), return_tensors="pt", padding=True)
-            ids, mask = enc["input_ids"], enc["attention_mask"] if mask is None else mask
-            empty = [i for i, row in enumerate(enc["attention_mask"]) if int(row.sum()) == 0]
-            if empty:
-                raise UserError(f"input text {empty[0]} ({texts[empty[0]]!r}) has no tokens; pass non-empty text.")
-        elif isinstance(inputs, Tensor):
-            ids = inputs
-        elif isinstance(inputs, Mapping) and "input_ids" in inputs:
-            ids = inputs["input_ids"]
-            mask = inputs.get("attention_mask") if mask is None else mask
-        elif hasattr(inputs, "input_ids") and hasattr(inputs, "attention_mask"):  # tasks.Batch
-            ids = inputs.input_ids
-            mask = inputs.attention_mask if mask is None else mask
-        elif isinstance(inputs, Sequence) and len(inputs) == 0:
-            raise UserError("the inputs are an empty list; pass at least one text or a [B, T] tensor of token ids.")
-        else:
-            raise UserError(
-                f"inputs must be token ids [B, T], a mapping with input_ids (and attention_mask), a "
-                f"tasks Batch, or text; got {type(inputs).__name__}."
-            )
-        if not isinstance(ids, Tensor):
-            raise UserError(f"input_ids must be a tensor [B, T]; got {type(ids).__name__}.")
-        if ids.ndim == 1:
-            ids = ids[None]
-        if ids.ndim != 2 or ids.dtype not in (torch.long, torch.int, torch.int32):
-            raise UserError(f"token ids must be an integer tensor [B, T]; got {ids.dtype} {list(ids.shape)}.")
-        if ids.numel() == 0:
-            raise UserError(f"the inputs are empty (shape {list(ids.shape)}); pass at least one token.")
-        if mask is None:
-            mask = torch.ones_like(ids)
-        if mask.ndim == 1:
-            mask = mask[None]
-        if mask.shape != ids.shape:
-            raise UserError(f"attention_mask is {list(mask.shape)} but input_ids are {list(ids.shape)}.")
-        if bool(((mask != 0) & (mask != 1)).any()):
-            raise UserError("attention_mask must hold 1 (token) and 0 (padding) only.")
-        if bool((mask.sum(-1) == 0).any()):
-            row = int((mask.sum(-1) == 0).nonzero()[0])
-            raise UserError(f"row {row} of the inputs is all padding (its attention_mask is all 0); drop it.")
-        rows = self.model.get_input_embeddings().weight.shape[0]
-        low, high = int(ids.min()), int(ids.max())
-        if low < 0 or high >= rows:
-            raise UserError(
-                f"token ids must lie in 0..{rows - 1} (the model's embedding has {rows} rows); got ids from "
-                f"{low} to {high}. Were they made by another tokenizer?"
-            )
-        context = self.context_length
-        if context is not None and ids.shape[1] > context:
-            raise UserError(
-                f"the inputs are {ids.shape[1]} tokens long but the model's context is {context} positions; "
-                f"shorten them to at most {context} tokens."
-            )
-        device = next(self.model.parameters()).device
-        return ids.to(device), mask.to(device)
+        """(input_ids [B, T], attention_mask [B, T]) on the model's device, checked (`probe.inputs`)."""
+        return model_inputs(self.model, self.tokenizer, inputs, attention_mask)
 
     @property
     def context_length(self) -> int | None:
         """The model's context in positions (max_position_embeddings / n_positions), if it states one."""
-        config = self.model.config
-        text = config.get_text_config() if hasattr(config, "get_text_config") else config
-        value = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
-        return int(value) if value else None
+        return context_length(self.model)
 
     # --- running ------------------------------------------------------------------------------
 
@@ -438,35 +360,8 @@ class ProbedModel:
     # --- residual-stream accounting -----------------------------------------------------------
 
     def decompose(self, cache: Cache) -> Decomposition:
-        """Each sender's exact contribution to the final residual stream.
-
-        Needs `embed`, every `L{l}.H{h}` and every `L{l}.mlp` in `cache`. Without post-norms a
-        contribution is the node's value; with them (Gemma), it is the node's image under its
-        post-norm with the norm's scale fixed at that layer's actual output, which sums exactly.
-        """
-        core = self.core
-        parts: dict[str, Tensor] = {"embed": cache["embed"]}
-        bias = torch.zeros_like(parts["embed"])
-        for layer in range(self.shape.n_layers):
-            heads = cache.heads(layer)
-            o_bias = self.layout.o_bias(layer)
-            whole = heads.sum(2) + (0 if o_bias is None else o_bias.to(heads))
-            norm = core.attn_post[layer]
-            if norm is not None:
-                core.require_exact_norms([norm], "decompose")
-                for h in range(self.shape.n_heads):
-                    parts[f"L{layer}.H{h}"] = norm.linear(heads[:, :, h], whole)
-                if o_bias is not None:
-                    bias = bias + norm.linear(o_bias.to(heads).expand_as(whole), whole)
-            else:
-                for h in range(self.shape.n_heads):
-                    parts[f"L{layer}.H{h}"] = heads[:, :, h]
-                if o_bias is not None:
-                    bias = bias + o_bias.to(heads)
-            mlp = cache[f"L{layer}.mlp"]
-            mnorm = core.mlp_post[layer]
-            parts[f"L{layer}.mlp"] = mlp if mnorm is None else mnorm.linear(mlp, mlp)
-        return Decomposition(parts, bias)
+        """Each sender's exact contribution to the final residual stream (`probe.decompose`)."""
+        return decompose(self.core, cache)
 
 
 def _chunks(total: int, size: int | None) -> list[tuple[int, int]]:
