@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from probe.cache import Cache
-from probe.engine import Core
+from probe.core import Core
 
 
 @dataclass

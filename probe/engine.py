@@ -25,60 +25,15 @@ lives here, once, for every backend:
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-
 import torch
 from torch import Tensor
 
-from common.errors import UserError
 from probe.backends.base import Site, SiteFn
 from probe.cache import Cache
-from probe.interventions import EdgePatch, NodeEdit, position_mask
-from probe.layout import FrozenNorm, Layout
-from probe.names import Name, Shape, parse
-
-
-@dataclass
-class Request:
-    """What one pass must do. Names are canonical strings, already validated."""
-
-    record: set[str] = field(default_factory=set)
-    edits: list[NodeEdit] = field(default_factory=list)
-    edges: list[EdgePatch] = field(default_factory=list)
-    grad_outputs: set[str] = field(default_factory=set)
-    grad_inputs: set[str] = field(default_factory=set)
-    dtype: torch.dtype | None = None
-    device: torch.device | str | None = None
-
-
-class Core:
-    """What the engine needs to know about one model: its layout, sizes and norms."""
-
-    def __init__(self, layout: Layout, shape: Shape) -> None:
-        self.layout = layout
-        self.shape = shape
-        self.ln1 = [FrozenNorm(b.ln1) for b in layout.blocks]
-        self.attn_post = [FrozenNorm(b.attn_post_norm) if b.attn_post_norm is not None else None for b in layout.blocks]
-        self.mlp_post = [FrozenNorm(b.mlp_post_norm) if b.mlp_post_norm is not None else None for b in layout.blocks]
-        self.final = FrozenNorm(layout.final_norm)
-
-    def require_exact_norms(self, norms: Iterable[FrozenNorm | None], why: str) -> None:
-        for norm in norms:
-            if norm is not None and not norm.exact:
-                raise UserError(
-                    f"{why} needs to evaluate the model's {type(norm.module).__name__} on its own, "
-                    "and that norm is not an RMSNorm or LayerNorm the probe can reproduce."
-                )
-
-
-def _node_shape(name: Name, shape: Shape, batch: int, length: int, d_model: int) -> tuple[int, ...]:
-    if name.kind == "neuron":
-        return (batch, length)
-    if name.kind == "neurons":
-        return (batch, length, shape.d_mlp)
-    return (batch, length, d_model)
+from probe.core import Core, Request
+from probe.edits import PassEdits
+from probe.gradients import GradientPoints
+from probe.names import Name, parse
 
 
 class Pass:
@@ -92,23 +47,10 @@ class Pass:
         self.n_layers = core.shape.n_layers
         self.d_model = core.layout.d_model
         self.record: dict[str, Tensor] = {}
-        self.grad_points: dict[Site, Tensor] = {}
+        self.grads = GradientPoints(core)
         self.resid_pre: dict[int, Tensor] = {}
         self.heads: dict[int, Tensor] = {}
-        self.incoming: dict[str, list[Tensor]] = defaultdict(list)  # receiver -> deltas
-
-        # Group edits and edges by the site that applies them.
-        self.edits: dict[str, list[NodeEdit]] = defaultdict(list)
-        for edit in request.edits:
-            self._check_value(edit.name, edit.value, "value")
-            self.edits[self._edit_key(edit.name)].append(edit)
-        self.edges_from: dict[str, list[EdgePatch]] = defaultdict(list)
-        for edge in request.edges:
-            self._check_value(edge.sender, edge.value, "edge value")
-            self.edges_from[str(edge.sender)].append(edge)
-        self.masks: dict[int, Tensor | None] = {}
-        for op in [*request.edits, *request.edges]:
-            self._mask(op.pos)  # a bad position fails here, before the backend runs
+        self.edits = PassEdits(core.shape, self.d_model, request.edits, request.edges, batch, length, device)
 
         # Layers whose head outputs are needed (recorded, edited or sending an edge) and
         # (port, layer) pairs whose receivers need private inputs.
@@ -133,80 +75,9 @@ class Pass:
 
     # --- bookkeeping --------------------------------------------------------------------------
 
-    @staticmethod
-    def _edit_key(name: Name) -> str:
-        if name.kind == "neuron":
-            return f"L{name.layer}.mlp.neurons"
-        return str(name)
-
-    def _check_value(self, name: Name, value: Tensor, what: str) -> None:
-        expected = _node_shape(name, self.core.shape, self.B, self.T, self.d_model)
-        try:
-            fits = torch.broadcast_shapes(tuple(value.shape), expected) == expected
-        except RuntimeError:
-            fits = False
-        if not fits:
-            raise UserError(
-                f"the {what} for {name} has shape {list(value.shape)}; it must broadcast to "
-                f"{list(expected)} (this run's [batch, pos, ...]). A patch source must come from "
-                "inputs of the same batch size and length."
-            )
-
-    def _mask(self, pos) -> Tensor | None:
-        key = id(pos)
-        if key not in self.masks:
-            self.masks[key] = position_mask(pos, self.B, self.T, self.device)
-        return self.masks[key]
-
-    def _apply(self, x: Tensor, mode: str, value: Tensor, pos) -> Tensor:
-        v = value.to(device=x.device, dtype=x.dtype)
-        new = v.expand_as(x).clone() if mode == "set" else x + v
-        mask = self._mask(pos)
-        if mask is None:
-            return new
-        return torch.where(mask.reshape(*mask.shape, *([1] * (x.ndim - 2))), new, x)
-
-    def _edit(self, name: str, x: Tensor) -> Tensor:
-        for e in self.edits.get(name, ()):
-            x = self._apply(x, e.mode, e.value, e.pos)
-        return x
-
     def _store(self, name: str, x: Tensor) -> None:
         if name in self.req.record:
             self.record[name] = x.detach().to(device=self.req.device, dtype=self.req.dtype)
-
-    def _track(self, site: Site, x: Tensor) -> Tensor:
-        """Keep x's gradient (making it a leaf if nothing upstream needs one); return x to use."""
-        if not torch.is_grad_enabled():
-            return x
-        if not x.requires_grad:
-            x = x.detach().requires_grad_(True)
-        else:
-            x.retain_grad()
-        self.grad_points[site] = x
-        return x
-
-    def _send(self, sender: str, old: Tensor, norm: FrozenNorm | None = None, whole: Tensor | None = None) -> None:
-        """Queue the deltas that edge patches from `sender` add to their receivers' inputs.
-
-        old: the sender's value in this run; norm: the post-norm between the sender and the
-        residual stream (None: none); whole: the sublayer output `old` is a summand of (heads).
-        """
-        for edge in self.edges_from.get(sender, ()):
-            new = self._apply(old, "set", edge.value, edge.pos)
-            if norm is None:
-                delta = new - old
-            elif whole is None:  # the sender is the whole sublayer output (an MLP)
-                delta = norm.linear(new, new) - norm.linear(old, old)
-            else:
-                changed = whole - old + new
-                delta = norm.linear(changed, changed) - norm.linear(whole, whole)
-            self.incoming[str(edge.receiver)].append(delta)
-
-    def _receive(self, receiver: str, x: Tensor) -> Tensor:
-        for delta in self.incoming.pop(receiver, ()):
-            x = x + delta
-        return x
 
     # --- site functions -----------------------------------------------------------------------
 
@@ -215,11 +86,11 @@ class Pass:
         rec, req = self.req.record, self.req
         outs = {parse(n) for n in req.grad_outputs}
         ins = {parse(n) for n in req.grad_inputs}
-        edge_senders = set(self.edges_from)
+        edge_senders = set(self.edits.edges_from)
         incoming = {str(e.receiver) for e in req.edges}
 
         def wants(*names: str) -> bool:
-            return any(n in rec or n in self.edits or n in edge_senders for n in names)
+            return any(n in rec or self.edits.edited(n) or n in edge_senders for n in names)
 
         for layer in range(self.n_layers):
             pre = f"L{layer}.resid_pre"
@@ -260,16 +131,16 @@ class Pass:
     def _fn_resid_pre(self, layer: int, grad_embed: bool, grad_pre: bool) -> SiteFn:
         def fn(x: Tensor) -> Tensor:
             if layer == 0:
-                x = self._edit("embed", x)
+                x = self.edits.edit("embed", x)
                 self._store("embed", x)
-                self._send("embed", x)
+                self.edits.send("embed", x)
                 if grad_embed:
-                    x = self._track(("embed", 0), x)
+                    x = self.grads.track(("embed", 0), x)
             name = f"L{layer}.resid_pre"
-            x = self._edit(name, x)
+            x = self.edits.edit(name, x)
             self._store(name, x)
             if grad_pre:
-                x = self._track(("resid_pre", layer), x)
+                x = self.grads.track(("resid_pre", layer), x)
             self.resid_pre[layer] = x
             return x
 
@@ -288,10 +159,10 @@ class Pass:
             copies = []
             for h in range(n):
                 name = f"L{layer}.H{h}.{port}"
-                copies.append(self._edit(name, self._receive(name, x)))
+                copies.append(self.edits.edit(name, self.edits.receive(name, x)))
             xs = torch.stack(copies, dim=2)  # [B, T, n, D]
             if grad:
-                xs = self._track((port, layer), xs)
+                xs = self.grads.track((port, layer), xs)
             normed = norm.linear(xs, xs)
             if norm.bias is not None:
                 normed = normed + norm.bias
@@ -307,23 +178,9 @@ class Pass:
         """Keep the projection output's gradient (its receivers' gradients derive from it)."""
 
         def fn(out: Tensor) -> Tensor:
-            return self._track((port, layer), out)
+            return self.grads.track((port, layer), out)
 
         return fn
-
-    def _tap_gradient(self, port: str, layer: int) -> Tensor:
-        """[B, T, n, d_model] gradient w.r.t. each head's own copy of its input: J^T W_h^T g_h."""
-        core = self.core
-        n = core.shape.n_heads if port == "q" else core.shape.n_kv_heads
-        d_head = core.layout.d_head
-        weight, _ = core.layout.qkv_weight(layer, port)
-        t = self.grad_points[(port, layer)]
-        g = torch.zeros_like(t) if t.grad is None else t.grad
-        dtype = torch.promote_types(g.dtype, torch.float32)
-        w = weight.reshape(n, d_head, -1).to(dtype)
-        u = torch.einsum("btne,ned->btnd", g.reshape(*g.shape[:2], n, d_head).to(dtype), w)
-        x = self.resid_pre[layer].detach()
-        return core.ln1[layer].vjp(x[:, :, None], u).to(g.dtype)
 
     def _fn_z(self, layer: int) -> SiteFn:
         core = self.core
@@ -349,19 +206,19 @@ class Pass:
                 current = {}
                 for h in range(H):
                     name = f"L{layer}.H{h}"
-                    if name in self.edits:
-                        current[h] = self._edit(name, heads[:, :, h])
+                    if self.edits.edited(name):
+                        current[h] = self.edits.edit(name, heads[:, :, h])
                 if current:
                     a = a + sum(current[h] - heads[:, :, h] for h in current)
                     changed = True
                 self._store_heads(layer, heads, current)
                 for h in range(H):
                     name = f"L{layer}.H{h}"
-                    if name in self.edges_from:
+                    if self.edits.sends(name):
                         old = current.get(h, heads[:, :, h])
-                        self._send(name, old, norm, a)
+                        self.edits.send(name, old, norm, a)
             if grad:
-                tracked = self._track(("attn_out", layer), a)
+                tracked = self.grads.track(("attn_out", layer), a)
                 changed = changed or tracked is not a
                 a = tracked
             return a if changed else None
@@ -391,10 +248,10 @@ class Pass:
         name = f"L{layer}.mlp"
 
         def fn(m: Tensor) -> Tensor:
-            new = self._receive(name, m)
+            new = self.edits.receive(name, m)
             if grad:
                 # a tensor of its own, so the gradient is the MLP branch's alone (not the skip's)
-                new = self._track(("mlp_in", layer), new.clone() if new is m else new)
+                new = self.grads.track(("mlp_in", layer), new.clone() if new is m else new)
             return new
 
         return fn
@@ -404,11 +261,11 @@ class Pass:
         norm = self.core.mlp_post[layer]
 
         def fn(o: Tensor) -> Tensor:
-            o = self._edit(name, o)
+            o = self.edits.edit(name, o)
             self._store(name, o)
-            self._send(name, o, norm)
+            self.edits.send(name, o, norm)
             if grad:
-                o = self._track(("mlp_out", layer), o)
+                o = self.grads.track(("mlp_out", layer), o)
             return o
 
         return fn
@@ -417,30 +274,19 @@ class Pass:
         """Sites whose node is the tensor itself: neurons and resid_post."""
 
         def fn(x: Tensor) -> Tensor:
-            x = self._edit_neurons(layer, x) if kind == "neurons" else self._edit(name, x)
+            x = self.edits.edit_neurons(layer, x) if kind == "neurons" else self.edits.edit(name, x)
             self._store(name, x)
             if grad:
-                x = self._track((kind, layer), x)
+                x = self.grads.track((kind, layer), x)
             return x
 
         return fn
 
-    def _edit_neurons(self, layer: int, x: Tensor) -> Tensor:
-        """Edits of the whole neuron vector and of single neurons, in the order they were made."""
-        for e in self.edits.get(f"L{layer}.mlp.neurons", ()):
-            if e.name.kind == "neurons":
-                x = self._apply(x, e.mode, e.value, e.pos)
-            else:
-                i = e.name.neuron
-                column = self._apply(x[..., i], e.mode, e.value, e.pos)
-                x = torch.cat([x[..., :i], column[..., None], x[..., i + 1 :]], dim=-1)
-        return x
-
     def _fn_final(self, grad: bool) -> SiteFn:
         def fn(f: Tensor) -> Tensor:
-            f = self._receive("logits", f)
+            f = self.edits.receive("logits", f)
             if grad:
-                f = self._track(("final", self.n_layers), f)
+                f = self.grads.track(("final", self.n_layers), f)
             return f
 
         return fn
@@ -453,38 +299,4 @@ class Pass:
 
     def gradients(self) -> tuple[Cache, Cache]:
         """(gradients w.r.t. node outputs, gradients w.r.t. receiver inputs) after backward."""
-
-        def grad_of(site: Site) -> Tensor:
-            t = self.grad_points[site]
-            return torch.zeros_like(t) if t.grad is None else t.grad
-
-        outs: dict[str, Tensor] = {}
-        for name in self.req.grad_outputs:
-            n = parse(name)
-            if n.kind == "embed":
-                outs[name] = grad_of(("embed", 0))
-            elif n.kind == "head":
-                outs[name] = grad_of(("attn_out", n.layer))
-            elif n.kind == "mlp":
-                outs[name] = grad_of(("mlp_out", n.layer))
-            elif n.kind == "neurons":
-                outs[name] = grad_of(("neurons", n.layer))
-            elif n.kind == "neuron":
-                outs[name] = grad_of(("neurons", n.layer))[..., n.neuron]
-            else:
-                outs[name] = grad_of((n.kind, n.layer))
-        ins: dict[str, Tensor] = {}
-        tapped: dict[Site, Tensor] = {}
-        for name in self.req.grad_inputs:
-            n = parse(name)
-            if n.kind == "receiver" and (n.port, n.layer) in self.taps:
-                if (n.port, n.layer) not in tapped:
-                    tapped[(n.port, n.layer)] = self._tap_gradient(n.port, n.layer)
-                ins[name] = tapped[(n.port, n.layer)][:, :, n.head]
-            elif n.kind == "receiver":
-                ins[name] = grad_of((n.port, n.layer))[:, :, n.head]
-            elif n.kind == "mlp":
-                ins[name] = grad_of(("mlp_in", n.layer))
-            else:
-                ins[name] = grad_of(("final", self.n_layers))
-        return Cache(outs), Cache(ins)
+        return self.grads.results(self.req, self.taps, self.resid_pre)

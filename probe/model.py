@@ -34,8 +34,9 @@ from common.modeling import position_ids
 from conversion.checkpoints import Loaded, load_any
 from probe.backends import Backend, choose, create
 from probe.cache import Cache, DiskCache, ShardWriter
+from probe.core import Core, Request
 from probe.decompose import Decomposition, decompose
-from probe.engine import Core, Pass, Request
+from probe.engine import Pass
 from probe.inputs import Inputs, context_length, model_inputs
 from probe.interventions import Interventions
 from probe.layout import Layout

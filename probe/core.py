@@ -1,0 +1,52 @@
+"""What one pass is asked to do (`Request`) and what the engine knows about a model (`Core`).
+
+A `Request` is in canonical names, already validated: names to record, node edits, edge patches,
+gradient targets (node outputs, receiver inputs), and where recorded tensors are kept. `Core`
+holds a model's `Layout`, its sizes (`Shape`) and its norms as `FrozenNorm`s (the maps the
+engine evaluates on its own to give a head a private input or to read through a post-norm).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+from common.errors import UserError
+from probe.interventions import EdgePatch, NodeEdit
+from probe.layout import FrozenNorm, Layout
+from probe.names import Shape
+
+
+@dataclass
+class Request:
+    """What one pass must do. Names are canonical strings, already validated."""
+
+    record: set[str] = field(default_factory=set)
+    edits: list[NodeEdit] = field(default_factory=list)
+    edges: list[EdgePatch] = field(default_factory=list)
+    grad_outputs: set[str] = field(default_factory=set)
+    grad_inputs: set[str] = field(default_factory=set)
+    dtype: torch.dtype | None = None
+    device: torch.device | str | None = None
+
+
+class Core:
+    """What the engine needs to know about one model: its layout, sizes and norms."""
+
+    def __init__(self, layout: Layout, shape: Shape) -> None:
+        self.layout = layout
+        self.shape = shape
+        self.ln1 = [FrozenNorm(b.ln1) for b in layout.blocks]
+        self.attn_post = [FrozenNorm(b.attn_post_norm) if b.attn_post_norm is not None else None for b in layout.blocks]
+        self.mlp_post = [FrozenNorm(b.mlp_post_norm) if b.mlp_post_norm is not None else None for b in layout.blocks]
+        self.final = FrozenNorm(layout.final_norm)
+
+    def require_exact_norms(self, norms: Iterable[FrozenNorm | None], why: str) -> None:
+        for norm in norms:
+            if norm is not None and not norm.exact:
+                raise UserError(
+                    f"{why} needs to evaluate the model's {type(norm.module).__name__} on its own, "
+                    "and that norm is not an RMSNorm or LayerNorm the probe can reproduce."
+                )

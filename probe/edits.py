@@ -1,0 +1,132 @@
+"""The node edits and edge patches of one forward pass, grouped by the site that applies them.
+
+`PassEdits` is what `probe.engine.Pass` consults at every site: the edits of a node (set or add,
+at some positions) in the order they were made, and the edge patches whose deltas a sender queues
+(`send`) for its receivers to add to their private inputs (`receive`). Values and positions are
+checked when the pass is built, so a bad patch fails before the backend runs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from common.errors import UserError
+from probe.interventions import EdgePatch, NodeEdit, position_mask
+from probe.layout import FrozenNorm
+from probe.names import Name, Shape
+
+
+def node_shape(name: Name, shape: Shape, batch: int, length: int, d_model: int) -> tuple[int, ...]:
+    """The shape of a node's value in a [batch, length] run."""
+    if name.kind == "neuron":
+        return (batch, length)
+    if name.kind == "neurons":
+        return (batch, length, shape.d_mlp)
+    return (batch, length, d_model)
+
+
+class PassEdits:
+    """Edits by the name of the tensor they change (a neuron's edits under its layer's neuron
+    vector), edge patches by sender, queued edge deltas by receiver, position masks."""
+
+    def __init__(
+        self, shape: Shape, d_model: int, edits: Sequence[NodeEdit], edges: Sequence[EdgePatch],
+        batch: int, length: int, device: torch.device,
+    ) -> None:
+        self.shape, self.d_model = shape, d_model
+        self.B, self.T, self.device = batch, length, device
+        self.by_name: dict[str, list[NodeEdit]] = defaultdict(list)
+        for edit in edits:
+            self.check_value(edit.name, edit.value, "value")
+            self.by_name[self.key(edit.name)].append(edit)
+        self.edges_from: dict[str, list[EdgePatch]] = defaultdict(list)
+        for edge in edges:
+            self.check_value(edge.sender, edge.value, "edge value")
+            self.edges_from[str(edge.sender)].append(edge)
+        self.incoming: dict[str, list[Tensor]] = defaultdict(list)  # receiver -> deltas
+        self.masks: dict[int, Tensor | None] = {}
+        for op in [*edits, *edges]:
+            self.mask(op.pos)  # a bad position fails here, before the backend runs
+
+    @staticmethod
+    def key(name: Name) -> str:
+        """The tensor an edit of `name` changes (single neurons: their layer's neuron vector)."""
+        if name.kind == "neuron":
+            return f"L{name.layer}.mlp.neurons"
+        return str(name)
+
+    def edited(self, name: str) -> bool:
+        return name in self.by_name
+
+    def sends(self, name: str) -> bool:
+        return name in self.edges_from
+
+    def check_value(self, name: Name, value: Tensor, what: str) -> None:
+        expected = node_shape(name, self.shape, self.B, self.T, self.d_model)
+        try:
+            fits = torch.broadcast_shapes(tuple(value.shape), expected) == expected
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise UserError(
+                f"the {what} for {name} has shape {list(value.shape)}; it must broadcast to "
+                f"{list(expected)} (this run's [batch, pos, ...]). A patch source must come from "
+                "inputs of the same batch size and length."
+            )
+
+    def mask(self, pos) -> Tensor | None:
+        key = id(pos)
+        if key not in self.masks:
+            self.masks[key] = position_mask(pos, self.B, self.T, self.device)
+        return self.masks[key]
+
+    def apply(self, x: Tensor, mode: str, value: Tensor, pos) -> Tensor:
+        """x with `value` set or added at positions `pos`."""
+        v = value.to(device=x.device, dtype=x.dtype)
+        new = v.expand_as(x).clone() if mode == "set" else x + v
+        mask = self.mask(pos)
+        if mask is None:
+            return new
+        return torch.where(mask.reshape(*mask.shape, *([1] * (x.ndim - 2))), new, x)
+
+    def edit(self, name: str, x: Tensor) -> Tensor:
+        for e in self.by_name.get(name, ()):
+            x = self.apply(x, e.mode, e.value, e.pos)
+        return x
+
+    def edit_neurons(self, layer: int, x: Tensor) -> Tensor:
+        """Edits of the whole neuron vector and of single neurons, in the order they were made."""
+        for e in self.by_name.get(f"L{layer}.mlp.neurons", ()):
+            if e.name.kind == "neurons":
+                x = self.apply(x, e.mode, e.value, e.pos)
+            else:
+                i = e.name.neuron
+                column = self.apply(x[..., i], e.mode, e.value, e.pos)
+                x = torch.cat([x[..., :i], column[..., None], x[..., i + 1 :]], dim=-1)
+        return x
+
+    def send(self, sender: str, old: Tensor, norm: FrozenNorm | None = None, whole: Tensor | None = None) -> None:
+        """Queue the deltas that edge patches from `sender` add to their receivers' inputs.
+
+        old: the sender's value in this run; norm: the post-norm between the sender and the
+        residual stream (None: none); whole: the sublayer output `old` is a summand of (heads).
+        """
+        for edge in self.edges_from.get(sender, ()):
+            new = self.apply(old, "set", edge.value, edge.pos)
+            if norm is None:
+                delta = new - old
+            elif whole is None:  # the sender is the whole sublayer output (an MLP)
+                delta = norm.linear(new, new) - norm.linear(old, old)
+            else:
+                changed = whole - old + new
+                delta = norm.linear(changed, changed) - norm.linear(whole, whole)
+            self.incoming[str(edge.receiver)].append(delta)
+
+    def receive(self, receiver: str, x: Tensor) -> Tensor:
+        for delta in self.incoming.pop(receiver, ()):
+            x = x + delta
+        return x

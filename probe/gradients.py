@@ -1,0 +1,90 @@
+"""Where one forward pass keeps gradients, and the gradients the caller asked for.
+
+`GradientPoints.track` keeps a tensor's gradient (making it a leaf when nothing upstream needs
+one, so the backward pass stops there); after the backward pass `results` maps the requested
+node outputs and receiver inputs to their gradients. A receiver that is only differentiated has
+no private copy of its input: its gradient is J_norm(x)^T W_h^T g_h, g_h being the gradient at
+head h's slice of the q/k/v projection output (`tap_gradient`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from probe.backends.base import Site
+from probe.cache import Cache
+from probe.core import Core, Request
+from probe.names import parse
+
+
+class GradientPoints:
+    """The gradient-keeping points of one pass (by site) and how to read them back."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.points: dict[Site, Tensor] = {}
+
+    def track(self, site: Site, x: Tensor) -> Tensor:
+        """Keep x's gradient (making it a leaf if nothing upstream needs one); return x to use."""
+        if not torch.is_grad_enabled():
+            return x
+        if not x.requires_grad:
+            x = x.detach().requires_grad_(True)
+        else:
+            x.retain_grad()
+        self.points[site] = x
+        return x
+
+    def grad_of(self, site: Site) -> Tensor:
+        t = self.points[site]
+        return torch.zeros_like(t) if t.grad is None else t.grad
+
+    def tap_gradient(self, port: str, layer: int, resid_pre: Tensor) -> Tensor:
+        """[B, T, n, d_model] gradient w.r.t. each head's own copy of its input: J^T W_h^T g_h."""
+        core = self.core
+        n = core.shape.n_heads if port == "q" else core.shape.n_kv_heads
+        d_head = core.layout.d_head
+        weight, _ = core.layout.qkv_weight(layer, port)
+        t = self.points[(port, layer)]
+        g = torch.zeros_like(t) if t.grad is None else t.grad
+        dtype = torch.promote_types(g.dtype, torch.float32)
+        w = weight.reshape(n, d_head, -1).to(dtype)
+        u = torch.einsum("btne,ned->btnd", g.reshape(*g.shape[:2], n, d_head).to(dtype), w)
+        x = resid_pre.detach()
+        return core.ln1[layer].vjp(x[:, :, None], u).to(g.dtype)
+
+    def results(self, request: Request, taps: set[tuple[str, int]], resid_pre: Mapping[int, Tensor]) -> tuple[Cache, Cache]:
+        """(gradients w.r.t. node outputs, gradients w.r.t. receiver inputs) after backward."""
+        outs: dict[str, Tensor] = {}
+        for name in request.grad_outputs:
+            n = parse(name)
+            if n.kind == "embed":
+                outs[name] = self.grad_of(("embed", 0))
+            elif n.kind == "head":
+                outs[name] = self.grad_of(("attn_out", n.layer))
+            elif n.kind == "mlp":
+                outs[name] = self.grad_of(("mlp_out", n.layer))
+            elif n.kind == "neurons":
+                outs[name] = self.grad_of(("neurons", n.layer))
+            elif n.kind == "neuron":
+                outs[name] = self.grad_of(("neurons", n.layer))[..., n.neuron]
+            else:
+                outs[name] = self.grad_of((n.kind, n.layer))
+        ins: dict[str, Tensor] = {}
+        tapped: dict[Site, Tensor] = {}
+        for name in request.grad_inputs:
+            n = parse(name)
+            if n.kind == "receiver" and (n.port, n.layer) in taps:
+                if (n.port, n.layer) not in tapped:
+                    tapped[(n.port, n.layer)] = self.tap_gradient(n.port, n.layer, resid_pre[n.layer])
+                ins[name] = tapped[(n.port, n.layer)][:, :, n.head]
+            elif n.kind == "receiver":
+                ins[name] = self.grad_of((n.port, n.layer))[:, :, n.head]
+            elif n.kind == "mlp":
+                ins[name] = self.grad_of(("mlp_in", n.layer))
+            else:
+                ins[name] = self.grad_of(("final", self.core.shape.n_layers))
+        return Cache(outs), Cache(ins)
