@@ -277,12 +277,9 @@ def diffusion_loss(
     packed rows (`attention.document_ids`) for per-document attention (None: attend across).
     """
     opts = options.checked()
-    spec = opts.spec
-    batch, length = x0.shape
     device = x0.device
     if attention_mask is None:
         attention_mask = torch.ones_like(x0)
-    schedule = noise_mod.get_schedule(opts.schedule)
     eligible = eligible_positions(
         x0.shape, shift=opts.shift, attention_mask=attention_mask, prompt_mask=prompt_mask, device=device,
         document_ids=document_ids,
@@ -304,27 +301,66 @@ def diffusion_loss(
     t, xt, noised = corruption.t.to(device=device, dtype=torch.float32), corruption.xt, corruption.noised
 
     # 4. Forward pass with the spec's attention layout.
+    logits, block_sizes = _forward(
+        model, opts, x0, xt, attention_mask, draw, step=step, generator=generator, document_ids=document_ids
+    )
+    # 5-7. Weighted cross-entropy at the loss positions.
+    return _weighted_loss(opts, logits, x0, t, noised, eligible, attention_mask, block_sizes, mask_id)
+
+
+def _forward(
+    model: torch.nn.Module,
+    opts: DiffusionOptions,
+    x0: Tensor,
+    xt: Tensor,
+    attention_mask: Tensor,
+    draw: NoiseDraw,
+    *,
+    step: int,
+    generator: torch.Generator | None,
+    document_ids: Tensor | None,
+) -> tuple[Tensor, Tensor | None]:
+    """Step 4: logits [B, L or 2L, V] of the noised ids xt [B, L] under the spec's attention layout.
+
+    Returns the logits and the block sizes [B] that the doubled-input layouts used (else None).
+    """
+    spec = opts.spec
     dtype = param_dtype(model)
-    block_sizes = draw.block_sizes
-    if spec.doubles_input:
-        if block_sizes is None:
-            block_sizes = sample_block_sizes(spec, batch, generator=generator, device=device)
-        block_sizes = block_sizes.to(device)
-        mask4 = build_mask(spec, attention_mask, block_sizes=block_sizes, dtype=dtype, document_ids=document_ids)
-        pos = position_ids(attention_mask, document_ids)
-        logits = model(
-            input_ids=torch.cat([xt, x0], dim=1),
-            attention_mask=mask4,
-            position_ids=torch.cat([pos, pos], dim=1),
-        ).logits  # [B, 2L, V]
-    else:
-        block_sizes = None
+    if not spec.doubles_input:
         kwargs = model_inputs(
             spec, attention_mask, step=step, layout=draw.layout, generator=generator, dtype=dtype,
             document_ids=document_ids,
         )
-        logits = model(input_ids=xt, **kwargs).logits  # [B, L, V]
+        return model(input_ids=xt, **kwargs).logits, None  # [B, L, V]
+    block_sizes = draw.block_sizes
+    if block_sizes is None:
+        block_sizes = sample_block_sizes(spec, x0.shape[0], generator=generator, device=x0.device)
+    block_sizes = block_sizes.to(x0.device)
+    mask4 = build_mask(spec, attention_mask, block_sizes=block_sizes, dtype=dtype, document_ids=document_ids)
+    pos = position_ids(attention_mask, document_ids)
+    logits = model(
+        input_ids=torch.cat([xt, x0], dim=1),
+        attention_mask=mask4,
+        position_ids=torch.cat([pos, pos], dim=1),
+    ).logits  # [B, 2L, V]
+    return logits, block_sizes
 
+
+def _weighted_loss(
+    opts: DiffusionOptions,
+    logits: Tensor,
+    x0: Tensor,
+    t: Tensor,
+    noised: Tensor,
+    eligible: Tensor,
+    attention_mask: Tensor,
+    block_sizes: Tensor | None,
+    mask_id: int | None,
+) -> LossOutput:
+    """Steps 5-7: pick the logits that predict each loss position, apply SUBS, weight the CE."""
+    batch, length = x0.shape
+    device = x0.device
+    schedule = noise_mod.get_schedule(opts.schedule)
     # 5. Pick, for every loss position, the logits that predict it.
     loss_at = noised if opts.noise == "absorbing" else eligible
     src = _read_index(length, opts.shift, block_sizes, batch, device)
