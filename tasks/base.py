@@ -107,14 +107,20 @@ class Rendered:
     counterfactual_ids: torch.Tensor
 
 
-def _encode(tokenizer: Tokenizer, text: str) -> list[int]:
+def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Ids of `text` with the tokenizer's special tokens (BOS where it adds one), as a list."""
     return list(tokenizer(text, add_special_tokens=True)["input_ids"])
 
 
-def _continuation_ids(tokenizer: Tokenizer, prompt: str, continuation: str, what: str) -> list[int]:
-    """Ids of `continuation` as it tokenises after `prompt` (the prompt's ids must be a prefix)."""
-    head = _encode(tokenizer, prompt)
-    full = _encode(tokenizer, prompt + continuation)
+def continuation_ids(tokenizer: Tokenizer, prompt: str, continuation: str, what: str) -> list[int]:
+    """Ids of `continuation` as it tokenises after `prompt`.
+
+    `what` names the continuation in the error message ("answer", "suffix", ...). Raises
+    TaskError when the prompt's own ids are not a prefix of the ids of prompt + continuation
+    (the tokenizer merged the two across the boundary).
+    """
+    head = encode_prompt(tokenizer, prompt)
+    full = encode_prompt(tokenizer, prompt + continuation)
     if full[: len(head)] != head:
         raise TaskError(
             f"the tokenizer merges the {what} into the prompt's last token ({prompt!r} + "
@@ -127,7 +133,7 @@ def first_token_ids(tokenizer: Tokenizer, prompt: str, candidates: Iterable[str]
     """The first token id of each candidate continuation of `prompt` (deduplicated, in order)."""
     out: list[int] = []
     for cand in candidates:
-        ids = _continuation_ids(tokenizer, prompt, cand, "answer")
+        ids = continuation_ids(tokenizer, prompt, cand, "answer")
         if ids and ids[0] not in out:
             out.append(ids[0])
     return out
@@ -155,15 +161,15 @@ def render(
         if (mode == "ar" and ex.corrupted_ar_prompt is not None)
         else ex.corrupted_prompt
     )
-    p_clean = _encode(tokenizer, clean_prompt)
-    p_corrupt = _encode(tokenizer, corrupt_prompt)
+    p_clean = encode_prompt(tokenizer, clean_prompt)
+    p_corrupt = encode_prompt(tokenizer, corrupt_prompt)
     if len(p_clean) != len(p_corrupt):
         raise TaskError(
             f"{ex.where}: clean prompt {clean_prompt!r} is {len(p_clean)} tokens but corrupted "
             f"{corrupt_prompt!r} is {len(p_corrupt)}; this tokenizer splits the substituted words "
             "differently. Filter such examples (see Task.generate_aligned) or change the word lists."
         )
-    answer_ids = _continuation_ids(tokenizer, clean_prompt, ex.answer, "answer")
+    answer_ids = continuation_ids(tokenizer, clean_prompt, ex.answer, "answer")
     if not answer_ids:
         raise TaskError(f"{ex.where}: the answer {ex.answer!r} tokenises to nothing.")
     n = len(answer_ids)
@@ -177,9 +183,9 @@ def render(
     else:
         if mask_id is None:
             raise TaskError("MDM rendering needs the checkpoint's mask_id (ModelMeta.mask_id).")
-        s_clean = _continuation_ids(tokenizer, ex.prompt + ex.answer, ex.suffix, "suffix") if ex.suffix else []
+        s_clean = continuation_ids(tokenizer, ex.prompt + ex.answer, ex.suffix, "suffix") if ex.suffix else []
         s_corrupt = (
-            _continuation_ids(tokenizer, ex.corrupted_prompt + ex.answer, ex.corrupted_suffix or ex.suffix, "suffix")
+            continuation_ids(tokenizer, ex.corrupted_prompt + ex.answer, ex.corrupted_suffix or ex.suffix, "suffix")
             if ex.suffix
             else []
         )
@@ -339,7 +345,7 @@ def single_token_words(tokenizer: Tokenizer, words: Iterable[str], *, context: s
     out: list[str] = []
     for w in words:
         try:
-            ids = _continuation_ids(tokenizer, context, " " + w, "word")
+            ids = continuation_ids(tokenizer, context, " " + w, "word")
         except TaskError:
             continue
         if len(ids) == 1 and ids[0] != unk:
@@ -351,7 +357,7 @@ def space_is_own_token(tokenizer: Tokenizer, head: str, continuation: str) -> bo
     """True if `continuation` (starting with a space) tokenises after `head` with a bare-space
     first token, as digit-splitting tokenizers do for " 3" (SmolLM2, Llama-3, Qwen)."""
     try:
-        ids = _continuation_ids(tokenizer, head, continuation, "answer")
+        ids = continuation_ids(tokenizer, head, continuation, "answer")
     except TaskError:
         return False
     return bool(ids) and tokenizer.decode([ids[0]]).strip() == ""

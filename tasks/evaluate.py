@@ -35,9 +35,9 @@ from tasks.base import (
     Rendered,
     Task,
     Tokenizer,
-    _continuation_ids,
-    _encode,
     collate,
+    continuation_ids,
+    encode_prompt,
     render,
 )
 
@@ -149,7 +149,7 @@ def greedy_generate(
     eos = getattr(tokenizer, "eos_token_id", None)
     texts: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        chunk = [_encode(tokenizer, p) for p in prompts[start : start + batch_size]]
+        chunk = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
         lims = limits[start : start + batch_size]
         B, T = len(chunk), max(len(c) for c in chunk)
         ids = torch.full((B, T), pad, dtype=torch.long)
@@ -210,7 +210,7 @@ def greedy_accuracy(
     prompts = [ex.ar_prompt if ex.ar_prompt is not None else ex.prompt for ex in examples]
     if max_new_tokens is None:
         limits: int | list[int] = [
-            len(_continuation_ids(tokenizer, p, ex.answer, "answer")) + margin
+            len(continuation_ids(tokenizer, p, ex.answer, "answer")) + margin
             for p, ex in zip(prompts, examples, strict=True)
         ]
     else:

@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 
 from common.errors import TaskError
-from tasks.base import BaseTask, Example, Tokenizer, _continuation_ids, first_word
+from tasks.base import BaseTask, Example, Tokenizer, continuation_ids, first_word
 
 # (answer, suffix): the suffix alone determines the answer.
 BANK: tuple[tuple[str, str], ...] = (
@@ -101,7 +101,7 @@ class InfillingTask(BaseTask):
                 n = len(_WORDS.findall(suffix))
             else:
                 try:
-                    n = len(_continuation_ids(self.tokenizer, f"{prefix} {answer}", suffix, "suffix"))
+                    n = len(continuation_ids(self.tokenizer, f"{prefix} {answer}", suffix, "suffix"))
                 except TaskError:
                     n = -1
             self._lengths[key] = n
