@@ -17,9 +17,25 @@ import typer
 from rich.console import Console
 
 import common  # noqa: F401  (offline flags before transformers is imported)
+from analyses.attribution import methods_for
 from common.errors import TrainingInterrupted, UserError
+from common.plugins import load_plugins
+from probe.backends import BACKENDS
 from sampling import SAMPLERS
 from tasks import task_names
+
+
+def _load_plugins() -> UserError | None:
+    """Import $AR2MDM_PLUGINS and the `ar2mdm.plugins` entry points before the help texts below
+    read the registries (common.plugins); a failure is reported when a command runs."""
+    try:
+        load_plugins()
+    except UserError as err:
+        return err
+    return None
+
+
+_PLUGIN_ERROR = _load_plugins()
 
 app = typer.Typer(
     name="ar2mdm",
@@ -34,6 +50,12 @@ organism_app = typer.Typer(
 )
 app.add_typer(organism_app, name="organism")
 console = Console(stderr=True)
+
+
+@app.callback()
+def _main() -> None:
+    if _PLUGIN_ERROR is not None:
+        _fail(_PLUGIN_ERROR)
 
 
 def _plain(message: str) -> None:
@@ -184,7 +206,10 @@ def convert(
     )
 
 
-_SAMPLER_HELP = SAMPLERS.choices()  # the registries: a new sampler or task class appears by itself
+# The registries: a new sampler, task, backend or attribution class appears here by itself.
+_SAMPLER_HELP = SAMPLERS.choices()
+_BACKEND_HELP = f"Probe backend: {BACKENDS.choices()} | auto."
+_METHOD_HELP = f"Edge attribution method of the circuits: {' | '.join(methods_for('edge'))}."
 _TASK_HELP = "; ".join(f"{', '.join(task_names(kind))} ({kind})" for kind in ("local", "global") if task_names(kind))
 _CACHE_HELP = (
     "threshold: prefix | none. The prefix KV cache reuses the keys/values of the decoded prefix: exact for "
@@ -380,7 +405,8 @@ def compare(
     track: Annotated[Path | None, typer.Option(help="A conversion run folder with snapshots/ (convert --snapshot-every N): follow Jaccard and early mass over its steps.")] = None,
     track_tasks: Annotated[str, typer.Option(help="Tasks followed over the snapshots.")] = "ioi,countdown",
     seed: Annotated[int, typer.Option(help="Seed of examples and bootstraps.")] = 0,
-    backend: Annotated[str, typer.Option(help="Probe backend: torch | nnsight | tl | auto.")] = "torch",
+    method: Annotated[str, typer.Option(help=_METHOD_HELP)] = "eap-ig-inputs",
+    backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = "torch",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the report of an earlier `ar2mdm compare` in --out.")] = False,
 ) -> None:
     """ARM vs MDM on a common-correct pool: circuits (EAP-IG), depth, units; the reference study's claims tested."""
@@ -393,7 +419,7 @@ def compare(
     with _errors(f"nothing was written to {out}.") as stack:
         opts = CompareOptions(
             tasks=tuple(tasks.split(",")), pool_size=pool_size, draw=draw, k_edges=k_edges, k_nodes=k_nodes, steps=steps,
-            node_scores=node_scores, batch_size=batch_size, n_boot=n_boot, n_random=n_random, seed=seed,
+            method=method, node_scores=node_scores, batch_size=batch_size, n_boot=n_boot, n_random=n_random, seed=seed,
             faithfulness=faithfulness, ablations=ablations, neurons=neurons, causal=causal,
             denoising=_floats(denoising, "--denoising"), common_correct=not all_examples,
         ).checked()
@@ -405,7 +431,7 @@ def compare(
         result = run_compare(pm_ar, pm_mdm, opts, labels={"ar": ar, "mdm": mdm}, log=_plain)
         if snapshots is not None:
             result.data["track"] = run_track(pm_ar, snapshots, tasks=[t for t in track_tasks.split(",") if t.strip()],
-                                             pool_size=min(pool_size, 100), steps=steps, batch_size=batch_size, seed=seed,
+                                             pool_size=min(pool_size, 100), steps=steps, batch_size=batch_size, seed=seed, method=method,
                                              load=lambda p: ProbedModel.from_checkpoint(p, backend=backend), log=_plain)
         claim.clear()
         claim.mark()

@@ -34,7 +34,7 @@ from typing import Any
 
 from common.errors import UserError
 from common.outputs import atomic_write_text, claim_output
-from tasks import task_names
+from conversion.organism_data import TASK_NAMES as ORGANISM_TASKS
 
 MODELS = ("organism", "smollm2")
 
@@ -135,7 +135,7 @@ def _settings(cfg: StudyConfig) -> dict[str, Any]:
     """What each stage runs with, by model and quick mode."""
     if cfg.model == "organism":
         s = {
-            "tasks": list(task_names()),
+            "tasks": list(ORGANISM_TASKS),  # what the organism was trained on
             "sampler_tasks": ["ioi", "countdown"],
             "train": {"data": "tasks", "sft": True, "steps": cfg.convert_steps, "seq_len": 96, "batch_size": 32,
                       "lr": 5e-4, "warmup": 50, "save_every": 100, "snapshot_every": max(1, cfg.convert_steps // 4),

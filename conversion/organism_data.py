@@ -1,7 +1,8 @@
 """What the model organism learns from: its tasks, tokenizer, training stream and held-out sets.
 
-- `TASK_NAMES`, `TASK_OPTIONS`: every registered task (`tasks.task_names()`, the built-in
-  suites) with the options the organism uses for it; `build_tasks` builds them.
+- `TASK_NAMES`, `TASK_OPTIONS`: every built-in task suite (`tasks.task_names(builtin=True)`; a
+  plugin's task does not change the embedded default) with the options the organism uses for
+  it; `build_tasks` builds them.
 - `build_tokenizer` / `organism_tokenizer`: the word-level byte BPE (see `conversion.organism`).
 - `MixtureStream`: the infinite, seeded stream of training batches over the task mixture.
 - `held_out_sets` / `eval_examples`: held-out evaluation examples from seeds training never uses
@@ -37,8 +38,8 @@ SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK, MASK)
 # leaves its last space to the word after it (the GPT-2 convention).
 PRETOKEN_PATTERN = r" ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]|\s+(?!\S)|\s+"
 
-# The organism learns every registered task (`tasks.task_names()`: the built-in suites, local first).
-TASK_NAMES: tuple[str, ...] = task_names()
+# The organism learns every built-in task suite (local first), whatever plugins are loaded.
+TASK_NAMES: tuple[str, ...] = task_names(builtin=True)
 
 # Options the organism's tasks are built with (train and eval). Countdown uses numbers 1..10 and
 # targets up to 100: three numbers and + - * as in the reference study, at a size a 10-minute

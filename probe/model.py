@@ -161,7 +161,8 @@ class ProbedModel:
         source: a name or path `load_ar` accepts ("smollm2", "organism", an HF folder, a .gguf),
         an MDM folder (it holds ar2mdm.json with kind "mdm": loaded with `load_mdm`), a `Loaded`,
         or an in-memory HF model (then pass `tokenizer` and, for an MDM, `meta`).
-        backend: "auto", "torch", "nnsight" or "tl" (see `probe.backends`).
+        backend: "auto" or a registered backend (`probe.backends.BACKENDS`: "torch", "nnsight",
+        "tl", or one of your own).
         expect: "ar" or "mdm" to refuse a path or name of the other kind (CheckpointError naming
         `role`, what the caller uses the checkpoint as); the kind is read from the files
         (`common.metadata.checkpoint_kind`), so an MDM is never probed as a causal model.

@@ -397,9 +397,10 @@ class Sampler:
         """Raise UserError if this sampler cannot run on a checkpoint described by `ctx`."""
         if self.needs == "ar":
             if ctx.kind != "ar":
+                mdm_samplers = ", ".join(name for name, cls in SAMPLERS.items() if cls.needs != "ar")
                 raise UserError(
                     f"sampler {self.name!r} decodes autoregressive checkpoints; this one is an MDM. "
-                    "Use an MDM sampler (ancestral, low-confidence, margin, entropy, threshold, remask, arpc)."
+                    f"Use an MDM sampler ({mdm_samplers})."
                 )
             return
         if ctx.kind != "mdm":

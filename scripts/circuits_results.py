@@ -31,8 +31,8 @@ import common  # noqa: F401  (offline flags before transformers is imported)
 # isort: split
 from plotly.subplots import make_subplots
 
-from analyses.circuit_plots import curves_figure, edges_figure, importance_heatmap
 from analyses.attribution import methods_for
+from analyses.circuit_plots import curves_figure, edges_figure, importance_heatmap
 from analyses.circuits import attribute, faithfulness_curve
 from analyses.compare import rendered_for
 from analyses.graph import compare_scores, jaccard_curve, node_importance

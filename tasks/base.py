@@ -441,7 +441,12 @@ class BaseTask:
 TASKS: Registry[BaseTask] = Registry("task", TaskError)
 
 
-def task_names(kind: Literal["local", "global"] | None = None) -> tuple[str, ...]:
+def task_names(kind: Literal["local", "global"] | None = None, *, builtin: bool = False) -> tuple[str, ...]:
     """Registered task names, all or those of one `kind` ("local": solvable from the tokens before
-    the answer; "global": needs the whole input)."""
-    return tuple(name for name, cls in TASKS.items() if kind is None or cls.kind == kind)
+    the answer; "global": needs the whole input). builtin: only the suites of the `tasks` package
+    (not those of plugins, `common.plugins`)."""
+    return tuple(
+        name
+        for name, cls in TASKS.items()
+        if (kind is None or cls.kind == kind) and (not builtin or cls.__module__.split(".")[0] == "tasks")
+    )

@@ -48,6 +48,7 @@ from typing import Any, Literal
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from analyses.attribution import methods_for
 from analyses.circuits import attribute, faithfulness_curve
 from analyses.compare.claims import claims, default_k_edges, default_k_nodes, node_examples
 from analyses.compare.pool import MIN_POOL, Pool, check_pair, common_pool, task_examples
@@ -76,8 +77,11 @@ class CompareOptions:
     examples generated per task before filtering, default 2 x pool_size). k_edges: K of the
     Jaccard overlap (default min(1000, edges // 10), at least 10). k_nodes: top-K nodes for the
     layer distribution and the targeted ablation (default a fifth of the heads and MLPs, >= 3).
-    steps: EAP-IG interpolation points m. node_scores: "eap-ig" (sum of a node's outgoing edge
-    scores; scales to any model) or "patching" (exact node patching, one pass per node).
+    method: the edge attribution method of the circuits (a name in
+    `analyses.attribution.ATTRIBUTIONS` that scores edges; default EAP-IG on inputs, as the
+    reference study). steps: its interpolation points m. node_scores: "eap-ig" (sum of a node's
+    outgoing edge scores under `method`; scales to any model) or "patching" (exact node patching,
+    one pass per node).
     faithfulness / ablations / neurons / causal: optional parts. denoising: values of t for the
     MDM's denoising-trajectory analysis (empty: off). common_correct: False keeps every aligned
     example, solved or not (past the reference study's successful-examples-only limit; also the
@@ -88,6 +92,7 @@ class CompareOptions:
     draw: int | None = None
     k_edges: int | None = None
     k_nodes: int | None = None
+    method: str = "eap-ig-inputs"
     steps: int = 5
     node_scores: NodeScores = "eap-ig"
     batch_size: int = 16
@@ -113,6 +118,10 @@ class CompareOptions:
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise UserError(f"{name} must be >= 1 (or unset for the default), got {value}.")
+        if self.method not in methods_for("edge"):
+            raise UserError(
+                f"method {self.method!r} is no edge attribution method; choose one of {', '.join(methods_for('edge'))}."
+            )
         if self.node_scores not in ("eap-ig", "patching"):
             raise UserError(f"node_scores must be 'eap-ig' or 'patching', got {self.node_scores!r}.")
         if any(not 0.0 <= t <= 1.0 for t in self.denoising):
@@ -183,7 +192,8 @@ def compare(
     if len(opts.denoising) > 1:
         ts = time.perf_counter()
         data["denoising"] = denoising_trajectory(mdm, pools, result.graphs, opts.denoising, k_edges=k_edges,
-                                                 k_nodes=k_nodes, steps=opts.steps, batch_size=opts.batch_size, seed=opts.seed)
+                                                 k_nodes=k_nodes, steps=opts.steps, batch_size=opts.batch_size, seed=opts.seed,
+                                                 method=opts.method)
         data["seconds"]["denoising"] = time.perf_counter() - ts
     data["claims"] = claims(pools, jaccard_reps, depth_reps, data, select_reps)
     data["seconds"]["total"] = time.perf_counter() - t0
@@ -223,7 +233,7 @@ def _task(models: Mapping[str, ProbedModel], pool: Pool, opts: CompareOptions, n
     early-mass-difference replicates)."""
     task = pool.task
     items = {"ar": pool.ar, "mdm": pool.mdm}
-    graphs = {m: attribute(pm, items[m], method="eap-ig-inputs", steps=opts.steps, batch_size=opts.batch_size,
+    graphs = {m: attribute(pm, items[m], method=opts.method, steps=opts.steps, batch_size=opts.batch_size,
                            per_example=True, meta={"task": task, "model": names[m]})
               for m, pm in models.items()}
     interval, jaccard_reps = jaccard_bootstrap(graphs["ar"].examples, graphs["mdm"].examples, k_edges, **boot)

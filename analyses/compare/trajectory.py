@@ -50,9 +50,9 @@ def revealed(item: Rendered, t: float, rng: random.Random) -> Rendered:
 
 def denoising_trajectory(
     mdm: ProbedModel, pools: Mapping[str, Pool], graphs: Mapping[str, Mapping[str, Graph]], ts: Sequence[float], *,
-    k_edges: int, k_nodes: int, steps: int, batch_size: int, seed: int,
+    k_edges: int, k_nodes: int, steps: int, batch_size: int, seed: int, method: str = "eap-ig-inputs",
 ) -> dict[str, Any]:
-    """Per task: the MDM's EAP-IG circuit while a share 1 - t of the answer (all but the first
+    """Per task: the MDM's circuit (attribution `method`, as the pool's own) while a share 1 - t of the answer (all but the first
     token) is already decoded, for each t in `ts` (1 first: the pool's own circuit, `graphs`),
     compared with the t = 1 circuit and the ARM's (Jaccard of the top `k_edges`), with its
     early-layer mass. Tasks with single-token answers are skipped (nothing else to reveal)."""
@@ -67,7 +67,7 @@ def denoising_trajectory(
         reference = graphs[task]["mdm"]
         for t in ts:
             items = [revealed(r, t, rng) for r in pool.mdm]
-            g = reference if t == 1.0 else attribute(mdm, items, method="eap-ig-inputs", steps=steps, batch_size=batch_size)
+            g = reference if t == 1.0 else attribute(mdm, items, method=method, steps=steps, batch_size=batch_size)
             dist = layer_distribution(g.node_scores, mdm.config.n_layers, k_nodes)
             rows.append({"t": t, "clean_ld": g.meta["clean_metric"], "corrupt_ld": g.meta["corrupt_metric"],
                          "jaccard_t1": jaccard(g, reference, k_edges), "jaccard_ar": jaccard(g, graphs[task]["ar"], k_edges),
@@ -99,13 +99,15 @@ def track(
     steps: int = 5,
     batch_size: int = 16,
     seed: int = 0,
+    method: str = "eap-ig-inputs",
     load: Callable[[str | Path], ProbedModel] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """When does the mechanism shift? For each snapshot of a conversion run: the MDM's accuracy
     (clean LD > 0) on examples the ARM solves, the Jaccard of its top-K EAP-IG edges with the
     ARM's, and the early-layer mass of its top-K nodes. The pool is fixed by the ARM (an early
-    snapshot solves little), so every step is measured on the same examples."""
+    snapshot solves little), so every step is measured on the same examples. method: the edge
+    attribution method (`analyses.attribution.ATTRIBUTIONS`)."""
     load = load or (lambda p: ProbedModel.from_checkpoint(p, backend="torch"))
     if not snapshots:
         raise UserError("track needs at least one snapshot.")
@@ -131,7 +133,7 @@ def track(
         if len(keep) < MIN_POOL:
             continue
         pools[task] = keep
-        ar_graphs[task] = attribute(ar, [r for r, _ in keep], method="eap-ig-inputs", steps=steps, batch_size=batch_size)
+        ar_graphs[task] = attribute(ar, [r for r, _ in keep], method=method, steps=steps, batch_size=batch_size)
         ar_dist = layer_distribution(ar_graphs[task].node_scores, ar.config.n_layers, k_nodes)
         out["tasks"][task] = {"n": len(keep), "ar_early_mass": ar_dist.early_mass, "points": []}
     for step, path in tqdm(snapshots, desc="snapshots", unit="ckpt"):
@@ -143,7 +145,7 @@ def track(
                     items.append(rendered_for(pm, ex))
                 except TaskError:
                     continue
-            g = attribute(pm, items, method="eap-ig-inputs", steps=steps, batch_size=batch_size)
+            g = attribute(pm, items, method=method, steps=steps, batch_size=batch_size)
             ld = baseline_logit_diffs(pm, items)[0]
             dist = layer_distribution(g.node_scores, pm.config.n_layers, k_nodes)
             point = {"step": step, "accuracy": float((ld > 0).float().mean()), "clean_ld": float(ld.mean()),
