@@ -38,12 +38,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from analyses.batching import corrupted_inputs, pair_inputs
 from analyses.graph import Graph
 from analyses.metrics import Targets, clean_reference, metric_values
-from analyses.patching import Patch, patch_batch
+from analyses.patching import Metric, Patch, patch_batch
 from common.errors import UserError
 from common.registry import Registry
 from probe.cache import Cache
@@ -60,14 +61,14 @@ class Sums:
     node scores [senders], the clean and corrupted metric, the number of examples, and (when
     kept) every example's edge scores, [B, E] float32 per batch."""
 
-    edges: Tensor
-    nodes: Tensor
+    edges: Float[Tensor, " edges"]
+    nodes: Float[Tensor, " senders"]
     clean: float = 0.0
     corrupt: float = 0.0
     n: int = 0
-    per_example: list[Tensor] | None = None
+    per_example: list[Float[Tensor, "_batch edges"]] | None = None
 
-    def add_examples(self, rows: Tensor) -> None:
+    def add_examples(self, rows: Float[Tensor, "batch edges"]) -> None:
         if self.per_example is not None:
             self.per_example.append(rows.detach().float().cpu())
 
@@ -98,7 +99,9 @@ class AttributionMethod:
         """Add one batch's edge (and, with `nodes`, sender-node) scores into `sums`."""
         raise UserError(f"attribution method {self.name!r} does not score edges or nodes; use one of {methods_for('edge')}.")
 
-    def unit_scores(self, pm: ProbedModel, batch: Batch, stored: Sequence[str]) -> tuple[dict[str, Tensor], Cache]:
+    def unit_scores(
+        self, pm: ProbedModel, batch: Batch, stored: Sequence[str]
+    ) -> tuple[dict[str, Float[Tensor, "batch pos *_units"]], Cache]:
         """({stored name: per-example, per-position attribution [B, T, ...]}, clean cache) of
         the units held in `stored` (e.g. `L{l}.mlp.neurons`, `L{l}.H{h}`), metric: the logit
         difference at the read position. Padding positions are 0."""
@@ -147,7 +150,7 @@ class ExactPatching(AttributionMethod):
         sums.n += batch.input_ids.shape[0]
 
 
-def metric_of(metric: str, targets: Targets, ref: Tensor | None) -> Callable[[Tensor, Batch], Tensor]:
+def metric_of(metric: str, targets: Targets, ref: Float[Tensor, "batch vocab"] | None) -> Metric:
     """`metric` per row as an `analyses.patching` metric (the batch's targets bound)."""
     return lambda logits, _batch: metric_values(metric, logits, targets, ref)
 
@@ -156,7 +159,7 @@ def metric_of(metric: str, targets: Targets, ref: Tensor | None) -> Callable[[Te
 
 # (senders whose edges are scored, receivers they reach, summed receiver gradients [R, B, T, D],
 # number of points summed)
-Gradients = list[tuple[list[str], list[str], Tensor, int]]
+Gradients = list[tuple[list[str], list[str], Float[Tensor, "_receivers batch pos d_model"], int]]
 
 
 class GradientAttribution(AttributionMethod):
@@ -165,7 +168,7 @@ class GradientAttribution(AttributionMethod):
 
     def gradients(
         self, pm: ProbedModel, graph: Graph, batch: Batch, metric: str, targets: Targets, corrupt: Cache
-    ) -> tuple[Gradients, Cache, Tensor, Tensor | None]:
+    ) -> tuple[Gradients, Cache, Float[Tensor, "batch pos vocab"], Float[Tensor, "batch vocab"] | None]:
         """(gradient blocks, clean cache of the senders, clean logits, the metric's reference)."""
         raise NotImplementedError
 
@@ -220,7 +223,9 @@ class EAP(GradientAttribution):
         ref = clean_reference(metric, result.logits, targets)
         return [(graph.senders, graph.receivers, accumulate(None, result.inputs, graph.receivers), 1)], result.cache, result.logits, ref
 
-    def unit_scores(self, pm: ProbedModel, batch: Batch, stored: Sequence[str]) -> tuple[dict[str, Tensor], Cache]:
+    def unit_scores(
+        self, pm: ProbedModel, batch: Batch, stored: Sequence[str]
+    ) -> tuple[dict[str, Float[Tensor, "batch pos *_units"]], Cache]:
         _, corrupt = pm.run_with_cache(corrupted_inputs(batch), list(stored))
         g = pm.run_with_grads(batch, lambda logits: answer_logit_diff(logits, batch).sum(), outputs=list(stored), names=list(stored))
         real = batch.attention_mask.bool().to(g.logits.device)
@@ -280,7 +285,7 @@ class EAPIGActivations(IntegratedGradients):
         return [(g, g) for g in out]
 
 
-def written(pm: ProbedModel, cache: Cache, senders: Sequence[str]) -> dict[str, Tensor]:
+def written(pm: ProbedModel, cache: Cache, senders: Sequence[str]) -> dict[str, Float[Tensor, "batch pos d_model"]]:
     """What each sender adds to the residual stream: its value, or (post-norm models) its exact
     contribution with the norm's scale frozen (`ProbedModel.decompose`)."""
     if not pm.config.post_norms:
@@ -295,7 +300,9 @@ def downstream_receivers(graph: Graph, group: Sequence[str]) -> list[str]:
     return [r for r in graph.receivers if r in reach]
 
 
-def accumulate(total: Tensor | None, grads: Cache, names: Sequence[str]) -> Tensor:
+def accumulate(
+    total: Float[Tensor, "receivers batch pos d_model"] | None, grads: Cache, names: Sequence[str]
+) -> Float[Tensor, "receivers batch pos d_model"]:
     """`total` [R, B, T, D] plus the gradients of `names` (a new buffer when total is None)."""
     if total is None:
         return torch.stack([grads[n] for n in names])
@@ -304,6 +311,8 @@ def accumulate(total: Tensor | None, grads: Cache, names: Sequence[str]) -> Tens
     return total
 
 
-def objective(metric: str, targets: Targets, ref: Tensor | None) -> Callable[[Tensor], Tensor]:
+def objective(
+    metric: str, targets: Targets, ref: Float[Tensor, "batch vocab"] | None
+) -> Callable[[Float[Tensor, "batch pos vocab"]], Float[Tensor, ""]]:
     """The scalar a backward pass differentiates: the metric summed over the batch's rows."""
     return lambda logits: metric_values(metric, logits, targets, ref).sum()

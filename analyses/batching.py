@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
+from jaxtyping import Shaped
 from torch import Tensor
 
 from common.errors import UserError
@@ -86,12 +87,12 @@ def check_batch(pm: ProbedModel, batch: Batch) -> Batch:
     return batch
 
 
-def pair_inputs(batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+def pair_inputs(batch: Batch) -> tuple[dict[str, Shaped[Tensor, "batch pos"]], dict[str, Shaped[Tensor, "batch pos"]]]:
     return ({"input_ids": batch.input_ids, "attention_mask": batch.attention_mask},
             {"input_ids": batch.corrupted_ids, "attention_mask": batch.attention_mask})
 
 
 
 
-def corrupted_inputs(batch: Batch) -> dict[str, Tensor]:
+def corrupted_inputs(batch: Batch) -> dict[str, Shaped[Tensor, "batch pos"]]:
     return {"input_ids": batch.corrupted_ids, "attention_mask": batch.attention_mask}

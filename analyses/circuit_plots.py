@@ -88,7 +88,7 @@ def edges_figure(graph: Graph, k: int = 50, *, title: str | None = None) -> go.F
     return fig
 
 
-def curves_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str, x_title: str, y_title: str, log_x: bool = True) -> go.Figure:
+def curves_figure(curves: Mapping[str, tuple[Sequence[int | float], Sequence[float]]], *, title: str, x_title: str, y_title: str, log_x: bool = True) -> go.Figure:
     """Lines named by `curves` keys, each (x values, y values)."""
     fig = go.Figure()
     for name, (x, y) in curves.items():

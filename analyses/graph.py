@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from common.errors import UserError
@@ -169,7 +170,7 @@ class Graph:
         """Edge name -> score, in canonical order."""
         return dict(zip(self.edges, self.scores.tolist(), strict=True))
 
-    def matrix(self) -> Tensor:
+    def matrix(self) -> Float[Tensor, "senders receivers"]:
         """Scores as a [senders, receivers] float64 matrix; NaN where no edge exists."""
         out = torch.full((len(self.senders), len(self.receivers)), math.nan, dtype=torch.float64)
         si = {s: i for i, s in enumerate(self.senders)}
@@ -178,7 +179,7 @@ class Graph:
             out[si[s], ri[r]] = value
         return out
 
-    def with_scores(self, scores: Tensor | Mapping[str, float], **meta: Any) -> Graph:
+    def with_scores(self, scores: Float[Tensor, " edges"] | Mapping[str, float], **meta: Any) -> Graph:
         """A graph of the same shape with other scores (node scores dropped, meta updated)."""
         return Graph(self.shape, scores, None, {**self.meta, **meta})
 
@@ -375,7 +376,7 @@ def _ranks(x: Tensor) -> Tensor:
     return ranks
 
 
-def spearman(x: Tensor | Sequence[float], y: Tensor | Sequence[float]) -> float:
+def spearman(x: Float[Tensor, "*_shape"] | Sequence[int | float], y: Float[Tensor, "*_shape"] | Sequence[int | float]) -> float:
     """Spearman rank correlation (Pearson correlation of average ranks); NaN if a side is constant."""
     x = torch.as_tensor(x, dtype=torch.float64).flatten()
     y = torch.as_tensor(y, dtype=torch.float64).flatten()

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from common.errors import UserError
@@ -27,11 +28,11 @@ class Targets:
     """Where and what each row of a batch is scored on: read positions [B], correct and
     counterfactual first-token ids padded to [B, C] with validity masks."""
 
-    positions: Tensor
-    correct: Tensor
-    correct_ok: Tensor
-    counter: Tensor
-    counter_ok: Tensor
+    positions: Int[Tensor, " batch"]
+    correct: Int[Tensor, "batch n_correct"]
+    correct_ok: Bool[Tensor, "batch n_correct"]
+    counter: Int[Tensor, "batch n_counter"]
+    counter_ok: Bool[Tensor, "batch n_counter"]
 
     @classmethod
     def of(cls, items: Sequence[Rendered]) -> Targets:
@@ -54,19 +55,21 @@ class Targets:
         return Targets(*(t.repeat(k, *([1] * (t.ndim - 1))) for t in
                          (self.positions, self.correct, self.correct_ok, self.counter, self.counter_ok)))
 
-    def rows(self, logits: Tensor) -> Tensor:
+    def rows(self, logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, "batch vocab"]:
         """[B, V] logits at each row's read position, in float32 or wider."""
         pos = self.positions.to(logits.device)
         rows = logits[torch.arange(logits.shape[0], device=logits.device), pos]
         return rows.to(torch.promote_types(rows.dtype, torch.float32))
 
 
-def logsumexp_at(rows: Tensor, ids: Tensor, ok: Tensor) -> Tensor:
+def logsumexp_at(rows: Float[Tensor, "batch vocab"], ids: Int[Tensor, "batch n"], ok: Bool[Tensor, "batch n"]) -> Float[Tensor, " batch"]:
     values = rows.gather(1, ids.to(rows.device)).masked_fill(~ok.to(rows.device), -math.inf)
     return values.logsumexp(1)
 
 
-def metric_values(metric: str, logits: Tensor, targets: Targets, clean: Tensor | None = None) -> Tensor:
+def metric_values(
+    metric: str, logits: Float[Tensor, "batch pos vocab"], targets: Targets, clean: Float[Tensor, "batch vocab"] | None = None
+) -> Float[Tensor, " batch"]:
     """[B] metric per row. logits: [B, T, V]. clean: [B, V] log-probabilities of the clean run
     at the read positions (needed for "kl"; None: this run's own, detached)."""
     rows = targets.rows(logits)
@@ -83,6 +86,6 @@ def metric_values(metric: str, logits: Tensor, targets: Targets, clean: Tensor |
     raise UserError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}.")
 
 
-def clean_reference(metric: str, logits: Tensor, targets: Targets) -> Tensor | None:
+def clean_reference(metric: str, logits: Float[Tensor, "batch pos vocab"], targets: Targets) -> Float[Tensor, "batch vocab"] | None:
     """What `metric_values` needs from the clean run: its read-position log-probs for "kl"."""
     return torch.log_softmax(targets.rows(logits), -1).detach() if metric == "kl" else None

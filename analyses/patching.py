@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from analyses.batching import batches, corrupted_inputs
@@ -42,7 +43,7 @@ from tasks.base import Batch, Rendered
 
 Source = Literal["corrupt", "zero", "mean"]
 SOURCES: tuple[str, ...] = ("corrupt", "zero", "mean")
-Metric = Callable[[Tensor, Batch], Tensor]
+Metric = Callable[[Float[Tensor, "batch pos vocab"], Batch], Float[Tensor, " batch"]]
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class Patch:
     source: Source = "corrupt"
 
 
-def logit_diff(logits: Tensor, batch: Batch) -> Tensor:
+def logit_diff(logits: Float[Tensor, "batch pos vocab"], batch: Batch) -> Float[Tensor, " batch"]:
     """[B] logit difference correct - counterfactual at each example's read position."""
     return answer_logit_diff(logits, batch)
 
@@ -128,9 +129,9 @@ def patch_batch(
     metric: Metric = logit_diff,
     *,
     corrupt: Cache | None = None,
-    means: Mapping[str, Tensor] | None = None,
+    means: Mapping[str, Float[Tensor, "*_shape"]] | None = None,
     copies: int = 1,
-) -> Tensor:
+) -> Float[Tensor, "patches batch"]:
     """[P, B] `metric` with each patch of `patches` applied on `batch`'s clean input (in the
     metric's dtype). corrupt: the corrupted run's cache when the caller has it (else it is run
     here, for "corrupt" patches); copies: patches stacked per forward pass (rows of the batch
@@ -167,9 +168,9 @@ def patched_metrics(
     patches: Sequence[Patch],
     metric: Metric = logit_diff,
     *,
-    means: Mapping[str, Tensor] | None = None,
+    means: Mapping[str, Float[Tensor, "*_shape"]] | None = None,
     batch_size: int = 64,
-) -> Tensor:
+) -> Float[Tensor, "patches examples"]:
     """[P, N] `metric` of every example with each patch applied (streamed over batches, on CPU).
     A patch without components gives the clean values."""
     _check(pm, patches, means)
@@ -178,7 +179,9 @@ def patched_metrics(
 
 
 @torch.no_grad()
-def baseline_logit_diffs(pm: ProbedModel, items: Sequence[Rendered], *, batch_size: int = 64) -> tuple[Tensor, Tensor]:
+def baseline_logit_diffs(
+    pm: ProbedModel, items: Sequence[Rendered], *, batch_size: int = 64
+) -> tuple[Float[Tensor, " examples"], Float[Tensor, " examples"]]:
     """(clean [N], corrupted [N]) logit differences at each example's read position: the
     unpatched ends every patching effect is measured between."""
     clean, corrupt = [], []
@@ -190,7 +193,9 @@ def baseline_logit_diffs(pm: ProbedModel, items: Sequence[Rendered], *, batch_si
 
 
 @torch.no_grad()
-def reference_means(pm: ProbedModel, items: Sequence[Rendered], components: Sequence[str], *, batch_size: int = 64) -> dict[str, Tensor]:
+def reference_means(
+    pm: ProbedModel, items: Sequence[Rendered], components: Sequence[str], *, batch_size: int = 64
+) -> dict[str, Float[Tensor, "*_shape"]]:
     """Each component's mean output over every real token of the clean `items` (streamed):
     [d_model] for heads and MLPs, a scalar for neurons."""
     parsed = [component(pm, c) for c in components]

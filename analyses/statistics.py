@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from common.errors import UserError
@@ -29,9 +30,9 @@ from common.errors import UserError
 class Interval:
     """A point estimate and its percentile bootstrap interval at `level` (NaN bounds: none)."""
 
-    estimate: float
-    low: float
-    high: float
+    estimate: float | int
+    low: float | int
+    high: float | int
     level: float = 0.95
 
     def contains(self, value: float) -> bool:
@@ -41,7 +42,7 @@ class Interval:
         return {"estimate": self.estimate, "low": self.low, "high": self.high, "level": self.level}
 
 
-def bootstrap_indices(n: int, n_boot: int, seed: int) -> Tensor:
+def bootstrap_indices(n: int, n_boot: int, seed: int) -> Int[Tensor, "boot examples"]:
     """[n_boot, n] resampling indices drawn with replacement from a seeded generator."""
     if n < 1:
         raise UserError("a bootstrap needs at least one example.")
@@ -51,7 +52,7 @@ def bootstrap_indices(n: int, n_boot: int, seed: int) -> Tensor:
     return torch.randint(0, n, (n_boot, n), generator=gen)
 
 
-def percentile_interval(values: Tensor, estimate: float, level: float) -> Interval:
+def percentile_interval(values: Float[Tensor, " boot"], estimate: float, level: float) -> Interval:
     """The `level` percentile interval of bootstrap `values` around `estimate`."""
     if not 0 < level < 1:
         raise UserError(f"level must be in (0, 1), got {level}.")
@@ -61,8 +62,8 @@ def percentile_interval(values: Tensor, estimate: float, level: float) -> Interv
 
 
 def bootstrap_ci(
-    data: Tensor | Sequence[float],
-    statistic: Callable[[Tensor], Tensor] | None = None,
+    data: Float[Tensor, " examples *_rest"] | Sequence[float],
+    statistic: Callable[[Float[Tensor, "boot examples *_rest"]], Float[Tensor, " boot"]] | None = None,
     *,
     n_boot: int = 2000,
     level: float = 0.95,
@@ -83,33 +84,35 @@ def bootstrap_ci(
     return percentile_interval(values, float(stat(x[None])[0]), level)
 
 
-def ratio_of_means(num: Tensor, den: Tensor, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Interval:
+def ratio_of_means(num: Float[Tensor, " examples"], den: Float[Tensor, " examples"], *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Interval:
     """mean(num) / mean(den) with a paired bootstrap interval (rows of num and den resampled together)."""
     both = torch.stack([torch.as_tensor(num, dtype=torch.float64), torch.as_tensor(den, dtype=torch.float64)], 1)
     return bootstrap_ci(both, lambda s: s[..., 0].mean(-1) / s[..., 1].mean(-1), n_boot=n_boot, level=level, seed=seed)
 
 
-def bootstrap_weights(n: int, n_boot: int, seed: int) -> Tensor:
+def bootstrap_weights(n: int, n_boot: int, seed: int) -> Float[Tensor, "boot examples"]:
     """[n_boot, n] resampling weights (how often each example is drawn, / n)."""
     idx = bootstrap_indices(n, n_boot, seed)
     counts = torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(n_boot, n, dtype=torch.float64))
     return counts / n
 
 
-def top_mask(scores: Tensor, k: int) -> Tensor:
+def top_mask(scores: Float[Tensor, "batch edges"], k: int) -> Bool[Tensor, "batch edges"]:
     """[b, E] boolean: the k entries of largest |score| in each row."""
     top = scores.abs().topk(k, dim=1).indices
     return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top, True)
 
 
-def jaccard_rows(a: Tensor, b: Tensor, k: int) -> Tensor:
+def jaccard_rows(a: Float[Tensor, "batch edges"], b: Float[Tensor, "batch edges"], k: int) -> Float[Tensor, " batch"]:
     """Jaccard overlap of the top-k (by |score|) of each row of a and b ([b, E] each)."""
     ma, mb = top_mask(a, k), top_mask(b, k)
     inter = (ma & mb).sum(1).double()
     return inter / (2 * k - inter)
 
 
-def jaccard_bootstrap(a: Tensor, b: Tensor, k: int, *, n_boot: int, seed: int, level: float = 0.95) -> tuple[Interval, Tensor]:
+def jaccard_bootstrap(
+    a: Float[Tensor, "examples edges"], b: Float[Tensor, "_examples _edges"], k: int, *, n_boot: int, seed: int, level: float = 0.95
+) -> tuple[Interval, Float[Tensor, " boot"]]:
     """Jaccard of the top-k edges of the mean scores of per-example a and b ([N, E], the same N
     examples), with a paired percentile interval; also returns the [n_boot] replicates."""
     if a.shape != b.shape:
@@ -120,7 +123,9 @@ def jaccard_bootstrap(a: Tensor, b: Tensor, k: int, *, n_boot: int, seed: int, l
     return percentile_interval(reps, estimate, level), reps
 
 
-def pooled(estimates: Sequence[float], replicates: Sequence[Tensor], weights: Sequence[float], level: float = 0.95) -> Interval:
+def pooled(
+    estimates: Sequence[float], replicates: Sequence[Float[Tensor, " boot"]], weights: Sequence[float], level: float = 0.95
+) -> Interval:
     """sum_i w_i x_i with its interval from combining each term's bootstrap replicates (the terms
     are independent: replicate j of the sum adds replicate j of each term)."""
     est = sum(w * e for w, e in zip(weights, estimates, strict=True))

@@ -21,7 +21,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
+import torch  # noqa: F401  (used by the doctests)
+from jaxtyping import Int
+from torch import Tensor
 
 from common.errors import CheckpointError, UserError
 from common.options import check_types
@@ -99,7 +101,7 @@ class ModelMeta:
         return cls(**typed)
 
 
-def read_positions(answer_positions: torch.Tensor | int, shift: bool) -> torch.Tensor | int:
+def read_positions(answer_positions: Int[Tensor, "*batch"] | int, shift: bool) -> Int[Tensor, "*batch"] | int:
     """Logit positions that predict the tokens at `answer_positions`.
 
     >>> read_positions(torch.tensor([5, 6]), shift=True).tolist()

@@ -20,8 +20,8 @@ from torch import Tensor
 
 
 def position_ids(
-    attention_mask: Int[Tensor, "batch seq"], document_ids: Int[Tensor, "batch seq"] | None = None
-) -> Int[Tensor, "batch seq"]:
+    attention_mask: Int[Tensor, "batch pos"], document_ids: Int[Tensor, "batch pos"] | None = None
+) -> Int[Tensor, "batch pos"]:
     """Position ids [B, T] that skip padding: cumsum(mask) - 1, clamped at 0 (left padding safe).
 
     With `document_ids` [B, T] (per-document attention on packed rows) the positions restart at

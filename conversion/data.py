@@ -431,12 +431,12 @@ def batches_per_epoch(n_blocks: int, batch_size: int) -> int:
 
 
 def batches(
-    blocks: Int[Tensor, "n seq_len"],
+    blocks: Int[Tensor, "n *row seq_len"],
     batch_size: int,
     *,
     seed: int,
     start: int = 0,
-) -> Iterator[Int[Tensor, "batch seq_len"]]:
+) -> Iterator[Int[Tensor, "batch *row seq_len"]]:
     """Yield shuffled batches of rows of `blocks` forever; resumable at any position.
 
     Contract:

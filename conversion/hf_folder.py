@@ -43,10 +43,12 @@ class Loaded:
 
     meta.kind is "ar", meta.shift is True (logits at i predict token i + 1), meta.family is the
     HF `model_type`, meta.source is the name or resolved path given to `load_ar`, and
-    meta.source_hash is the sha256 of the weight files (see `weights_sha256`).
+    meta.source_hash is the sha256 of the weight files (see `weights_sha256`). The loaders give
+    a transformers `PreTrainedModel`; samplers and evaluations take any module whose forward
+    returns an object with `.logits` (tests build `Loaded` around stand-in models).
     """
 
-    model: PreTrainedModel
+    model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
     meta: ModelMeta
 

@@ -26,9 +26,11 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Clock:
         return time.perf_counter() - self.began
 
 
+@runtime_checkable
 class Trainer(Protocol):
     """What a training run gives `fit` (see the module docstring)."""
 
@@ -68,12 +71,12 @@ class Trainer(Protocol):
 def fit(
     trainer: Trainer,
     optimizer: torch.optim.Optimizer,
-    parameters: Callable[[], Iterable[torch.Tensor]],
+    parameters: Callable[[], Iterable[Float[Tensor, "*_shape"]]],
     *,
     start: int = 0,
     steps: int | None = None,
     clip: float = 0.0,
-    clip_grad_norm: Callable[[Iterable[torch.Tensor], float], torch.Tensor] = torch.nn.utils.clip_grad_norm_,
+    clip_grad_norm: Callable[[Iterable[Float[Tensor, "*_shape"]], float], Float[Tensor, ""]] = torch.nn.utils.clip_grad_norm_,
 ) -> int:
     """Run optimizer steps start, start + 1, ... until `steps` (None: until `after_step` says
     stop); return the number of steps done. `parameters()` gives what is clipped (the model's

@@ -23,8 +23,11 @@ in `extra`). `load_mdm` reads it back, safetensors only.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
+from jaxtyping import Shaped
+from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from common.errors import CheckpointError, UserError
@@ -44,7 +47,7 @@ class MaskTokenError(UserError):
 
 
 def add_mask_token(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, policy: str | int = "add"
+    model: PreTrainedModel, tokenizer: Any, policy: str | int = "add"
 ) -> int:
     """Give the model a mask token according to `policy` ("add" or an existing id); return its id.
 
@@ -131,7 +134,7 @@ def _check_free(tokenizer: PreTrainedTokenizerBase, token_id: int, what: str, fi
         )
 
 
-def _add_to_tokenizer(tokenizer: PreTrainedTokenizerBase) -> tuple[int, bool]:
+def _add_to_tokenizer(tokenizer: Any) -> tuple[int, bool]:
     """Add MASK_TOKEN as the tokenizer's mask token; return (its id, whether it is new).
 
     Checked: the tokenizer grows by at most one token, the token maps to one int id that maps back
@@ -199,7 +202,7 @@ def save_mdm(
     meta: ModelMeta,
     folder: str | Path,
     *,
-    state_dict: dict[str, torch.Tensor] | None = None,
+    state_dict: dict[str, Shaped[Tensor, "*_shape"]] | None = None,
 ) -> Path:
     """Write an MDM checkpoint: HF folder (safetensors, is_causal=False) + ar2mdm.json (last).
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int, Shaped
 from torch import Tensor
 
 from common.errors import UserError
@@ -112,12 +113,12 @@ class LossOutput:
     clean token; ce_sum: unweighted CE summed over corrupted positions.
     """
 
-    loss: Tensor
-    n_tokens: Tensor
-    n_masked: Tensor
-    n_correct: Tensor
-    ce_sum: Tensor
-    extra: dict[str, Tensor] = field(default_factory=dict)
+    loss: Float[Tensor, ""]
+    n_tokens: Int[Tensor, ""]
+    n_masked: Int[Tensor, ""]
+    n_correct: Int[Tensor, ""]
+    ce_sum: Float[Tensor, ""]
+    extra: dict[str, Shaped[Tensor, ""]] = field(default_factory=dict)
 
     @property
     def accuracy(self) -> float:
@@ -130,11 +131,11 @@ def eligible_positions(
     shape: Sequence[int],
     *,
     shift: bool,
-    attention_mask: Tensor | None = None,
-    prompt_mask: Tensor | None = None,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    prompt_mask: Shaped[Tensor, "batch pos"] | None = None,
     device: torch.device | str | None = None,
-    document_ids: Tensor | None = None,
-) -> Tensor:
+    document_ids: Int[Tensor, "batch pos"] | None = None,
+) -> Bool[Tensor, "batch pos"]:
     """Bool [B, T]: positions that may be corrupted and carry loss (step 1 of the module doc)."""
     valid = (
         torch.ones(tuple(shape), dtype=torch.bool, device=device)
@@ -180,8 +181,8 @@ class NoiseDraw:
     """
 
     corruption: noise_mod.Corruption
-    block_sizes: Tensor | None = None
-    layout: Tensor | None = None
+    block_sizes: Int[Tensor, " batch"] | None = None
+    layout: Bool[Tensor, "pos pos"] | None = None
 
     def rows(self, index: slice) -> NoiseDraw:
         """The draw for a slice of the batch's rows (e.g. one process's share)."""
@@ -194,18 +195,18 @@ class NoiseDraw:
 
 
 def draw_noise(
-    x0: Tensor,
+    x0: Int[Tensor, "batch pos"],
     options: DiffusionOptions,
     *,
     mask_id: int | None,
     vocab_size: int,
-    attention_mask: Tensor | None = None,
-    prompt_mask: Tensor | None = None,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    prompt_mask: Shaped[Tensor, "batch pos"] | None = None,
     step: int = 0,
     generator: torch.Generator | None = None,
     exclude_ids: Sequence[int] = (),
-    t: Tensor | None = None,
-    document_ids: Tensor | None = None,
+    t: Float[Tensor, " batch"] | None = None,
+    document_ids: Int[Tensor, "batch pos"] | None = None,
 ) -> NoiseDraw:
     """Steps 1-3 (and the random parts of 4) for clean ids x0 [B, T]; see the module docstring.
 
@@ -252,19 +253,19 @@ def draw_noise(
 
 def diffusion_loss(
     model: torch.nn.Module,
-    x0: Tensor,
+    x0: Int[Tensor, "batch pos"],
     options: DiffusionOptions,
     *,
     mask_id: int | None,
-    attention_mask: Tensor | None = None,
-    prompt_mask: Tensor | None = None,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    prompt_mask: Shaped[Tensor, "batch pos"] | None = None,
     step: int = 0,
     generator: torch.Generator | None = None,
     vocab_size: int | None = None,
     exclude_ids: Sequence[int] = (),
-    t: Tensor | None = None,
+    t: Float[Tensor, " batch"] | None = None,
     draw: NoiseDraw | None = None,
-    document_ids: Tensor | None = None,
+    document_ids: Int[Tensor, "batch pos"] | None = None,
 ) -> LossOutput:
     """The masked-diffusion loss of `model` on clean ids x0 [B, T] (see the module docstring).
 
@@ -397,7 +398,9 @@ def _weighted_loss(
     return LossOutput(loss=loss, n_tokens=n_tokens, **stats)
 
 
-def ar_loss(model: torch.nn.Module, x0: Tensor, attention_mask: Tensor | None = None) -> LossOutput:
+def ar_loss(
+    model: torch.nn.Module, x0: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"] | None = None
+) -> LossOutput:
     """Plain next-token loss of a causal forward pass over x0 [B, T] (the AR baseline).
 
     Token i (i >= 1, real, with a real left neighbour) is predicted from logits[i - 1]; the loss is
@@ -425,17 +428,17 @@ DEFAULT_T_GRID = (0.1, 0.3, 0.5, 0.7, 0.9)
 @torch.no_grad()
 def heldout_loss(
     model: torch.nn.Module,
-    x0: Tensor,
+    x0: Int[Tensor, "batch pos"],
     options: DiffusionOptions,
     *,
     mask_id: int | None,
-    attention_mask: Tensor | None = None,
-    prompt_mask: Tensor | None = None,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    prompt_mask: Shaped[Tensor, "batch pos"] | None = None,
     t_grid: Sequence[float] = DEFAULT_T_GRID,
     seed: int = 0,
     batch_size: int = 8,
     vocab_size: int | None = None,
-    document_ids: Tensor | None = None,
+    document_ids: Int[Tensor, "batch pos"] | None = None,
 ) -> dict[str, float]:
     """Deterministic held-out evaluation of x0 [M, T] at a fixed grid of times (document_ids
     [M, T]: per-document attention, as in training).

@@ -251,7 +251,7 @@ def build_model(cfg: OrganismConfig, tokenizer: PreTrainedTokenizerFast, seed: i
 
 def weighted_lm_loss(
     logits: Float[Tensor, "batch pos vocab"], input_ids: Int[Tensor, "batch pos"], weights: Float[Tensor, "batch pos"]
-) -> Tensor:
+) -> Float[Tensor, ""]:
     """sum_i w_i * CE(logits[i-1], token_i) / sum_i w_i, over target positions i >= 1."""
     ce = torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]).float(), input_ids[:, 1:].reshape(-1), reduction="none"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float, Int
@@ -126,6 +126,7 @@ def organism_tokenizer(n_per_task: int = 500, seed: int = 0) -> PreTrainedTokeni
 # --- data -----------------------------------------------------------------------------------------
 
 
+@runtime_checkable
 class MixtureSettings(Protocol):
     """The parts of `OrganismConfig` the stream reads."""
 

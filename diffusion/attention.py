@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from common.errors import UserError
@@ -166,7 +167,7 @@ def sample_block_sizes(
     *,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
-) -> Tensor:
+) -> Int[Tensor, " batch"]:
     """Block size per sequence, long [batch], drawn from the spec's mixture (constant if one size)."""
     if spec.kind != "block":
         raise UserError(f"attention {spec} has no block size; use a 'block:...' spec.")
@@ -178,7 +179,7 @@ def sample_block_sizes(
     return sizes[idx.to(sizes.device)]
 
 
-def document_ids(ids: Tensor, separator_id: int) -> Tensor:
+def document_ids(ids: Int[Tensor, "batch pos"], separator_id: int) -> Int[Tensor, "batch pos"]:
     """Long [B, T]: the index of the document each token belongs to in packed rows `ids` [B, T],
     counting separators (EOS) strictly before it (a separator ends its own document).
 
@@ -189,7 +190,7 @@ def document_ids(ids: Tensor, separator_id: int) -> Tensor:
     return sep.cumsum(-1) - sep
 
 
-def same_document(document_ids: Tensor) -> Tensor:
+def same_document(document_ids: Int[Tensor, "batch pos"]) -> Bool[Tensor, "batch pos pos"]:
     """Bool [B, T, T]: query i and key j lie in the same document."""
     return document_ids[:, :, None] == document_ids[:, None, :]
 
@@ -197,7 +198,9 @@ def same_document(document_ids: Tensor) -> Tensor:
 # --- boolean layouts [B, Tq, Tk] (True = may attend), padding not applied -----------------------
 
 
-def causal_allowed(batch: int, length: int, device: torch.device | str | None = None) -> Tensor:
+def causal_allowed(
+    batch: int, length: int, device: torch.device | str | None = None
+) -> Bool[Tensor, "batch pos pos"]:
     """Bool [B, T, T]: key j <= query i."""
     pos = torch.arange(length, device=device)
     return (pos[None, :] <= pos[:, None]).expand(batch, length, length)
@@ -209,7 +212,7 @@ def anneal_allowed(
     *,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
-) -> Tensor:
+) -> Bool[Tensor, "pos pos"]:
     """Bool [T, T]: causal, plus each future key independently with probability `ratio`."""
     causal = causal_allowed(1, length, device)[0]
     if ratio >= 1.0:
@@ -220,7 +223,7 @@ def anneal_allowed(
     return causal | extra
 
 
-def block_allowed(block_sizes: Tensor, length: int) -> Tensor:
+def block_allowed(block_sizes: Int[Tensor, " batch"], length: int) -> Bool[Tensor, "batch pos2 pos2"]:
     """Bool [B, 2L, 2L] BD3-LM training layout over [x_t ; x_0] for per-sequence block sizes [B].
 
     With blk(i) = (i mod L) // B: a query in x_t sees x_t keys of its own block and x_0 keys of
@@ -239,8 +242,8 @@ def block_allowed(block_sizes: Tensor, length: int) -> Tensor:
 
 
 def block_inference_mask(
-    attention_mask: Tensor, block: int, *, q_start: int = 0, dtype: torch.dtype = torch.float32
-) -> Tensor:
+    attention_mask: Int[Tensor, "batch pos"], block: int, *, q_start: int = 0, dtype: torch.dtype = torch.float32
+) -> Float[Tensor, "batch 1 qpos pos"]:
     """4D additive mask [B, 1, T - q_start, T] for SAMPLING from a block-diffusion model.
 
     At sampling time the earlier blocks are already clean, so the training layout over
@@ -262,7 +265,11 @@ def block_inference_mask(
     return mask[:, None]
 
 
-def to_additive(allowed: Tensor, key_valid: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+def to_additive(
+    allowed: Bool[Tensor, "batch qpos kpos"],
+    key_valid: Int[Tensor, "batch kpos"] | Bool[Tensor, "batch kpos"],
+    dtype: torch.dtype = torch.float32,
+) -> Float[Tensor, "batch 1 qpos kpos"]:
     """Float [B, 1, Tq, Tk] mask (0 = attend, -inf = not) from a layout and key validity [B, Tk].
 
     Padded key columns are blocked. Padded query rows (Tq == Tk) may attend to themselves only, so
@@ -280,15 +287,15 @@ def to_additive(allowed: Tensor, key_valid: Tensor, dtype: torch.dtype = torch.f
 
 def build_mask(
     spec: str | AttentionSpec,
-    attention_mask: Tensor,
+    attention_mask: Int[Tensor, "batch pos"],
     *,
     step: int = 0,
-    block_sizes: Tensor | None = None,
-    layout: Tensor | None = None,
+    block_sizes: Int[Tensor, " batch"] | None = None,
+    layout: Bool[Tensor, "pos pos"] | None = None,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
-    document_ids: Tensor | None = None,
-) -> Tensor:
+    document_ids: Int[Tensor, "batch pos"] | None = None,
+) -> Float[Tensor, "batch 1 kpos kpos"]:
     """The 4D additive mask for `spec`.
 
     attention_mask: [B, L] (1 = real token, 0 = padding) of the clean sequence.
@@ -327,13 +334,13 @@ def build_mask(
 
 def model_inputs(
     spec: str | AttentionSpec,
-    attention_mask: Tensor,
+    attention_mask: Int[Tensor, "batch pos"],
     *,
     step: int = 0,
-    layout: Tensor | None = None,
+    layout: Bool[Tensor, "pos pos"] | None = None,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
-    document_ids: Tensor | None = None,
+    document_ids: Int[Tensor, "batch pos"] | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments (attention_mask, position_ids, maybe is_causal) for one forward pass
     over a [B, L] input under a single-pass spec (causal, bidirectional, anneal; `layout` as in

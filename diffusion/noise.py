@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Bool, Float, Int, Shaped
 from torch import Tensor
 
 from common.errors import UserError
@@ -58,8 +59,8 @@ class Schedule:
     """
 
     name: str
-    alpha: Callable[[Tensor], Tensor]
-    dalpha: Callable[[Tensor], Tensor]
+    alpha: Callable[[Float[Tensor, "*batch"]], Float[Tensor, "*batch"]]
+    dalpha: Callable[[Float[Tensor, "*batch"]], Float[Tensor, "*batch"]]
     doc: str
 
 
@@ -129,7 +130,7 @@ def sample_t(
     antithetic: bool = True,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
-) -> Tensor:
+) -> Float[Tensor, " batch"]:
     """Diffusion times, shape [batch], in [eps, 1].
 
     With `antithetic` (MDLM's low-discrepancy sampler) one u ~ U(0, 1) is drawn and
@@ -154,19 +155,19 @@ class Corruption:
     corrupted (for uniform noise: resampled, even if the draw happened to equal the original).
     """
 
-    t: Tensor
-    xt: Tensor
-    noised: Tensor
+    t: Float[Tensor, " batch"]
+    xt: Int[Tensor, "batch pos"]
+    noised: Bool[Tensor, "batch pos"]
 
 
 def draw_noised(
     shape: Sequence[int] | torch.Size,
-    t: Tensor,
+    t: Float[Tensor, " batch"],
     schedule: str | Schedule,
     *,
     generator: torch.Generator | None = None,
-    protect: Tensor | None = None,
-) -> Tensor:
+    protect: Shaped[Tensor, "batch pos"] | None = None,
+) -> Bool[Tensor, "batch pos"]:
     """Bool [B, T]: each position independently True with probability 1 - alpha(t_b).
 
     `protect` ([B, T] bool) marks positions that are never noised (SFT prompt, padding).
@@ -181,13 +182,13 @@ def draw_noised(
 
 
 def absorbing(
-    x0: Tensor,
-    t: Tensor,
+    x0: Int[Tensor, "batch pos"],
+    t: Float[Tensor, " batch"],
     schedule: str | Schedule,
     mask_id: int,
     *,
     generator: torch.Generator | None = None,
-    protect: Tensor | None = None,
+    protect: Shaped[Tensor, "batch pos"] | None = None,
 ) -> Corruption:
     """Absorbing corruption of x0 [B, T] at times t [B]: masked positions become `mask_id`."""
     noised = draw_noised(x0.shape, t, schedule, generator=generator, protect=protect)
@@ -196,13 +197,13 @@ def absorbing(
 
 
 def uniform(
-    x0: Tensor,
-    t: Tensor,
+    x0: Int[Tensor, "batch pos"],
+    t: Float[Tensor, " batch"],
     schedule: str | Schedule,
     vocab_size: int,
     *,
     generator: torch.Generator | None = None,
-    protect: Tensor | None = None,
+    protect: Shaped[Tensor, "batch pos"] | None = None,
     exclude_ids: Sequence[int] = (),
 ) -> Corruption:
     """Uniform-state corruption of x0 [B, T] at times t [B].
@@ -228,18 +229,18 @@ def uniform(
     return Corruption(t=t, xt=xt, noised=noised)
 
 
-def elbo_weight(t: Tensor, schedule: str | Schedule) -> Tensor:
+def elbo_weight(t: Float[Tensor, "*batch"], schedule: str | Schedule) -> Float[Tensor, "*batch"]:
     """ELBO weight -alpha'(t) / (1 - alpha(t)), same shape as t (1/t for "linear")."""
     sched = get_schedule(schedule)
     return -sched.dalpha(t) / (1.0 - sched.alpha(t))
 
 
 def cart_weights(
-    noised: Tensor,
+    noised: Bool[Tensor, "batch pos"],
     *,
-    context: Tensor | None = None,
+    context: Shaped[Tensor, "batch pos"] | None = None,
     p: float = CART_P,
-) -> Tensor:
+) -> Float[Tensor, "batch pos"]:
     """Dream's context-adaptive (CART) weights, float [B, T].
 
     For each position n with noised[b, n] True: 0.5 * sum over clean context positions j of

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
+from jaxtyping import Float, Shaped
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
@@ -52,7 +53,7 @@ def derived(name: str) -> tuple[str, int | None] | None:
     return None
 
 
-def resolve(store: Mapping[str, Tensor], name: str) -> Tensor | None:
+def resolve(store: Mapping[str, Shaped[Tensor, "*_shape"]], name: str) -> Shaped[Tensor, "*_shape"] | None:
     """The tensor for `name` in `store`, deriving neurons and receiver inputs; None if absent."""
     if name in store:
         return store[name]
@@ -92,7 +93,7 @@ class Cache(Mapping[str, Tensor]):
     def __repr__(self) -> str:
         return f"Cache({len(self._t)} names)"
 
-    def heads(self, layer: int) -> Tensor:
+    def heads(self, layer: int) -> Float[Tensor, "batch pos heads d_model"]:
         """All head outputs of `layer` stacked: [B, T, n_heads, d_model]."""
         names = sorted((k for k in self._t if k.startswith(f"L{layer}.H") and parse(k).kind == "head"),
                        key=lambda k: parse(k).head)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from probe.cache import Cache
@@ -23,10 +24,10 @@ class Decomposition:
     """Each node's contribution to the final residual stream ([B, T, d_model] per name) and the
     rest (`bias`: output-projection biases), which sum to `L{n-1}.resid_post`."""
 
-    parts: dict[str, Tensor]
-    bias: Tensor
+    parts: dict[str, Float[Tensor, "batch pos d_model"]]
+    bias: Float[Tensor, "batch pos d_model"]
 
-    def total(self) -> Tensor:
+    def total(self) -> Float[Tensor, "batch pos d_model"]:
         return sum(self.parts.values()) + self.bias
 
 

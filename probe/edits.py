@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from common.errors import UserError
@@ -65,7 +66,7 @@ class PassEdits:
     def sends(self, name: str) -> bool:
         return name in self.edges_from
 
-    def check_value(self, name: Name, value: Tensor, what: str) -> None:
+    def check_value(self, name: Name, value: Float[Tensor, "*_node"], what: str) -> None:
         expected = node_shape(name, self.shape, self.B, self.T, self.d_model)
         try:
             fits = torch.broadcast_shapes(tuple(value.shape), expected) == expected
@@ -78,13 +79,15 @@ class PassEdits:
                 "inputs of the same batch size and length."
             )
 
-    def mask(self, pos) -> Tensor | None:
+    def mask(self, pos) -> Bool[Tensor, "#batch pos"] | None:
         key = id(pos)
         if key not in self.masks:
             self.masks[key] = position_mask(pos, self.B, self.T, self.device)
         return self.masks[key]
 
-    def apply(self, x: Tensor, mode: str, value: Tensor, pos) -> Tensor:
+    def apply(
+        self, x: Float[Tensor, "batch pos *rest"], mode: str, value: Float[Tensor, "*_node"], pos
+    ) -> Float[Tensor, "batch pos *rest"]:
         """x with `value` set or added at positions `pos`."""
         v = value.to(device=x.device, dtype=x.dtype)
         new = v.expand_as(x).clone() if mode == "set" else x + v
@@ -93,12 +96,12 @@ class PassEdits:
             return new
         return torch.where(mask.reshape(*mask.shape, *([1] * (x.ndim - 2))), new, x)
 
-    def edit(self, name: str, x: Tensor) -> Tensor:
+    def edit(self, name: str, x: Float[Tensor, "batch pos *rest"]) -> Float[Tensor, "batch pos *rest"]:
         for e in self.by_name.get(name, ()):
             x = self.apply(x, e.mode, e.value, e.pos)
         return x
 
-    def edit_neurons(self, layer: int, x: Tensor) -> Tensor:
+    def edit_neurons(self, layer: int, x: Float[Tensor, "batch pos d_mlp"]) -> Float[Tensor, "batch pos d_mlp"]:
         """Edits of the whole neuron vector and of single neurons, in the order they were made."""
         for e in self.by_name.get(f"L{layer}.mlp.neurons", ()):
             if e.name.kind == "neurons":
@@ -109,7 +112,13 @@ class PassEdits:
                 x = torch.cat([x[..., :i], column[..., None], x[..., i + 1 :]], dim=-1)
         return x
 
-    def send(self, sender: str, old: Tensor, norm: FrozenNorm | None = None, whole: Tensor | None = None) -> None:
+    def send(
+        self,
+        sender: str,
+        old: Float[Tensor, "batch pos d_model"],
+        norm: FrozenNorm | None = None,
+        whole: Float[Tensor, "batch pos d_model"] | None = None,
+    ) -> None:
         """Queue the deltas that edge patches from `sender` add to their receivers' inputs.
 
         old: the sender's value in this run; norm: the post-norm between the sender and the
@@ -126,7 +135,7 @@ class PassEdits:
                 delta = norm.linear(changed, changed) - norm.linear(whole, whole)
             self.incoming[str(edge.receiver)].append(delta)
 
-    def receive(self, receiver: str, x: Tensor) -> Tensor:
+    def receive(self, receiver: str, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         for delta in self.incoming.pop(receiver, ()):
             x = x + delta
         return x

@@ -26,6 +26,7 @@ lives here, once, for every backend:
 from __future__ import annotations
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from probe.backends.base import Site, SiteFn
@@ -293,7 +294,7 @@ class Pass:
 
     # --- results ------------------------------------------------------------------------------
 
-    def cache(self, logits: Tensor) -> Cache:
+    def cache(self, logits: Float[Tensor, "batch pos vocab"]) -> Cache:
         self._store("logits", logits)
         return Cache(self.record)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from probe.backends.base import Site
@@ -27,7 +28,7 @@ class GradientPoints:
         self.core = core
         self.points: dict[Site, Tensor] = {}
 
-    def track(self, site: Site, x: Tensor) -> Tensor:
+    def track(self, site: Site, x: Float[Tensor, "batch pos *rest"]) -> Float[Tensor, "batch pos *rest"]:
         """Keep x's gradient (making it a leaf if nothing upstream needs one); return x to use."""
         if not torch.is_grad_enabled():
             return x
@@ -38,11 +39,13 @@ class GradientPoints:
         self.points[site] = x
         return x
 
-    def grad_of(self, site: Site) -> Tensor:
+    def grad_of(self, site: Site) -> Float[Tensor, "batch pos *rest"]:
         t = self.points[site]
         return torch.zeros_like(t) if t.grad is None else t.grad
 
-    def tap_gradient(self, port: str, layer: int, resid_pre: Tensor) -> Tensor:
+    def tap_gradient(
+        self, port: str, layer: int, resid_pre: Float[Tensor, "batch pos d_model"]
+    ) -> Float[Tensor, "batch pos _heads d_model"]:
         """[B, T, n, d_model] gradient w.r.t. each head's own copy of its input: J^T W_h^T g_h."""
         core = self.core
         n = core.shape.n_heads if port == "q" else core.shape.n_kv_heads
@@ -56,7 +59,9 @@ class GradientPoints:
         x = resid_pre.detach()
         return core.ln1[layer].vjp(x[:, :, None], u).to(g.dtype)
 
-    def results(self, request: Request, taps: set[tuple[str, int]], resid_pre: Mapping[int, Tensor]) -> tuple[Cache, Cache]:
+    def results(
+        self, request: Request, taps: set[tuple[str, int]], resid_pre: Mapping[int, Float[Tensor, "batch pos d_model"]]
+    ) -> tuple[Cache, Cache]:
         """(gradients w.r.t. node outputs, gradients w.r.t. receiver inputs) after backward."""
         outs: dict[str, Tensor] = {}
         for name in request.grad_outputs:

@@ -12,17 +12,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+from jaxtyping import Int, Shaped
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from common.errors import UserError
+from tasks.base import Batch
 
-Inputs = Tensor | Mapping[str, Tensor] | str | Sequence[str]
+# Token ids are [B, T] or [T]; their dtype and shape are checked by `model_inputs` (a UserError).
+Inputs = Shaped[Tensor, "*_batch _pos"] | Mapping[str, Shaped[Tensor, "*_batch _pos"]] | Batch | str | Sequence[str]
 
 
 def model_inputs(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, inputs: Inputs, attention_mask: Tensor | None
-) -> tuple[Tensor, Tensor]:
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None,
+    inputs: Inputs,
+    attention_mask: Shaped[Tensor, "*_batch _pos"] | None,
+) -> tuple[Int[Tensor, "batch pos"], Shaped[Tensor, "batch pos"]]:
     """(input_ids [B, T], attention_mask [B, T]) on the model's device, after checking them.
 
     Raises UserError for: an unknown input type, text without a tokenizer, an empty batch or

@@ -41,13 +41,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from jaxtyping import Bool, Float, Int, Shaped
 from torch import Tensor
 
 from common.errors import UserError
 from probe.cache import Cache
 from probe.names import Name, Shape, expand
 
-Pos = int | slice | Sequence[int] | Tensor | None
+Pos = int | slice | Sequence[int] | Int[Tensor, "*_n"] | Bool[Tensor, "*_batch _pos"] | None
 Mode = Literal["set", "add"]
 
 NODE_KINDS = ("embed", "head", "mlp", "neuron", "neurons", "resid_pre", "resid_post", "receiver")
@@ -60,7 +61,7 @@ class NodeEdit:
 
     name: Name
     mode: Mode
-    value: Tensor
+    value: Float[Tensor, "*_node"]
     pos: Pos = None
 
 
@@ -70,7 +71,7 @@ class EdgePatch:
 
     sender: Name
     receiver: Name
-    value: Tensor
+    value: Float[Tensor, "*_node"]
     pos: Pos = None
 
 
@@ -85,7 +86,7 @@ def node_universe(shape: Shape) -> list[str]:
     return out
 
 
-def position_mask(pos: Pos, batch: int, length: int, device: torch.device) -> Tensor | None:
+def position_mask(pos: Pos, batch: int, length: int, device: torch.device) -> Bool[Tensor, "#batch pos"] | None:
     """Bool [B, T] (or [1, T]) selecting `pos`; None means every position."""
     if pos is None:
         return None
@@ -129,13 +130,17 @@ class Interventions:
                 out += expand(item, self.shape, self.universe, "intervention")
         return out
 
-    def set(self, names: str | Sequence[str], value: Tensor | float, pos: Pos = None) -> Interventions:
+    def set(
+        self, names: str | Sequence[str], value: Float[Tensor, "*_node"] | float, pos: Pos = None
+    ) -> Interventions:
         """Replace the value of every node in `names` by `value` (broadcast to its shape)."""
         for n in self._names(names):
             self.edits.append(NodeEdit(n, "set", _tensor(value), pos))
         return self
 
-    def add(self, names: str | Sequence[str], value: Tensor | float, pos: Pos = None) -> Interventions:
+    def add(
+        self, names: str | Sequence[str], value: Float[Tensor, "*_node"] | float, pos: Pos = None
+    ) -> Interventions:
         """Add `value` to every node in `names`."""
         for n in self._names(names):
             self.edits.append(NodeEdit(n, "add", _tensor(value), pos))
@@ -158,7 +163,7 @@ class Interventions:
         pos: Pos = None,
         *,
         over: Literal["batch", "all"] = "batch",
-        mask: Tensor | None = None,
+        mask: Shaped[Tensor, "_batch _pos"] | None = None,
     ) -> Interventions:
         """Set every node in `names` to its mean over `reference`.
 
@@ -181,7 +186,9 @@ class Interventions:
 
     # --- edges ------------------------------------------------------------------------------
 
-    def patch_edge(self, sender: str, receiver: str, source: Cache | Tensor, pos: Pos = None) -> Interventions:
+    def patch_edge(
+        self, sender: str, receiver: str, source: Cache | Float[Tensor, "*_node"], pos: Pos = None
+    ) -> Interventions:
         """Replace what `sender` writes into `receiver`'s input by its value in `source`.
 
         `source` is a cache of another run, or the sender's new value itself (zeros: remove the

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Float
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
@@ -42,7 +43,7 @@ def _first(module: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
     return None
 
 
-def linear_weight(module: nn.Module) -> Tensor:
+def linear_weight(module: nn.Module) -> Float[Tensor, "d_out d_in"]:
     """The module's weight as [out, in] (nn.Linear layout), for Linear and GPT-2's Conv1D."""
     if isinstance(module, nn.Linear):
         return module.weight
@@ -51,7 +52,7 @@ def linear_weight(module: nn.Module) -> Tensor:
     raise UserError(f"cannot read the weight of a {type(module).__name__}; expected Linear or Conv1D.")
 
 
-def linear_bias(module: nn.Module) -> Tensor | None:
+def linear_bias(module: nn.Module) -> Float[Tensor, " d_out"] | None:
     return getattr(module, "bias", None)
 
 
@@ -149,7 +150,9 @@ class Layout:
 
     # --- weights in [out, in] orientation -----------------------------------------------------
 
-    def qkv_weight(self, layer: int, port: str) -> tuple[Tensor, Tensor | None]:
+    def qkv_weight(
+        self, layer: int, port: str
+    ) -> tuple[Float[Tensor, "proj d_model"], Float[Tensor, " proj"] | None]:
         """(W [n * d_head, d_model], b [n * d_head] or None) of the q, k or v projection."""
         blk = self.blocks[layer]
         if blk.qkv is None:
@@ -162,21 +165,21 @@ class Layout:
         w, b = linear_weight(blk.qkv), linear_bias(blk.qkv)
         return w[start:stop], None if b is None else b[start:stop]
 
-    def o_weight(self, layer: int) -> Tensor:
+    def o_weight(self, layer: int) -> Float[Tensor, "d_model heads_d_head"]:
         """W_O as [d_model, n_heads * d_head]."""
         return linear_weight(self.blocks[layer].o)
 
-    def o_bias(self, layer: int) -> Tensor | None:
+    def o_bias(self, layer: int) -> Float[Tensor, " d_model"] | None:
         return linear_bias(self.blocks[layer].o)
 
-    def down_weight(self, layer: int) -> Tensor:
+    def down_weight(self, layer: int) -> Float[Tensor, "d_model d_mlp"]:
         """W_down as [d_model, d_mlp]: column i is what neuron i writes per unit of activation."""
         return linear_weight(self.blocks[layer].down)
 
-    def unembed_weight(self) -> Tensor:
+    def unembed_weight(self) -> Float[Tensor, "vocab d_model"]:
         return linear_weight(self.unembed)
 
-    def unembed_bias(self) -> Tensor | None:
+    def unembed_bias(self) -> Float[Tensor, " vocab"] | None:
         return linear_bias(self.unembed)
 
 
@@ -224,14 +227,16 @@ class FrozenNorm:
             tol = 1e-4 if weight.dtype == torch.float32 or weight.dtype == torch.float64 else 2e-2
             self.exact = bool(torch.allclose(got, expected, atol=tol, rtol=tol))
 
-    def inv_scale(self, x: Tensor) -> Tensor:
+    def inv_scale(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch 1"]:
         """1 / s(x) per token, [..., 1] (computed in at least float32, like HF's norms)."""
         xf = x.to(_compute_dtype(x))
         if self.centered:
             xf = xf - xf.mean(-1, keepdim=True)
         return torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
 
-    def linear(self, part: Tensor, x: Tensor) -> Tensor:
+    def linear(
+        self, part: Float[Tensor, "*#batch d_model"], x: Float[Tensor, "*#batch d_model"]
+    ) -> Float[Tensor, "*#batch d_model"]:
         """The image of `part` (a summand of `x`, same leading shape or broadcastable)."""
         p = part.to(_compute_dtype(part))
         if self.centered:
@@ -239,7 +244,9 @@ class FrozenNorm:
         return (p * self.inv_scale(x).to(p.dtype) * self.gain.to(p.dtype)).to(part.dtype)
 
 
-    def vjp(self, x: Tensor, v: Tensor) -> Tensor:
+    def vjp(
+        self, x: Float[Tensor, "*batch 1 d_model"], v: Float[Tensor, "*batch n d_model"]
+    ) -> Float[Tensor, "*batch n d_model"]:
         """J^T v: the gradient w.r.t. the norm's input x of <v, norm(x)>.
 
         x: [..., 1, D] (one input per token), v: [..., n, D] (n covectors per token). With

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from common.errors import UserError
@@ -36,7 +37,7 @@ def _rows(items: Batch | Sequence[Rendered]) -> list[Rendered]:
     return rows
 
 
-def answer_logit_diff(logits: Tensor, items: Batch | Sequence[Rendered]) -> Tensor:
+def answer_logit_diff(logits: Float[Tensor, "batch pos vocab"], items: Batch | Sequence[Rendered]) -> Float[Tensor, " batch"]:
     """[B] logsumexp(logits[correct]) - logsumexp(logits[counterfactual]) at each example's first
     read position (for singleton sets: the plain logit difference). Differentiable."""
     rows = _rows(items)
@@ -52,7 +53,9 @@ def answer_logit_diff(logits: Tensor, items: Batch | Sequence[Rendered]) -> Tens
     return torch.stack(out)
 
 
-def read_targets(items: Batch | Sequence[Rendered]) -> tuple[Tensor, Tensor, Tensor]:
+def read_targets(
+    items: Batch | Sequence[Rendered],
+) -> tuple[Int[Tensor, " batch"], Int[Tensor, " batch"], Int[Tensor, " batch"]]:
     """(read positions [B], first correct ids [B], first counterfactual ids [B]) of examples."""
     rows = _rows(items)
     pos = torch.tensor([int(r.read_positions[0]) for r in rows])
@@ -81,15 +84,17 @@ class LensCurve:
     (rank 0 = the top prediction)."""
 
     points: list[str]
-    ranks: Tensor
-    logprobs: Tensor
+    ranks: Int[Tensor, "points batch"]
+    logprobs: Float[Tensor, "points batch"]
 
-    def mean_rank(self) -> Tensor:
+    def mean_rank(self) -> Float[Tensor, " points"]:
         return self.ranks.float().mean(1)
 
 
 @torch.no_grad()
-def logit_lens(pm: ProbedModel, cache: Cache, positions: Tensor, targets: Tensor) -> LensCurve:
+def logit_lens(
+    pm: ProbedModel, cache: Cache, positions: Int[Tensor, " batch"], targets: Int[Tensor, " batch"]
+) -> LensCurve:
     """Rank and log-probability of `targets` [B] at `positions` [B] after each layer.
 
     `cache` needs `L0.resid_pre` and every `L{l}.resid_post`. The final norm is the model's own
@@ -112,13 +117,13 @@ class Attribution:
     """Direct logit attribution: `parts[name]` [B] per sender, `constant` [B] (biases and the
     final norm's offset); `total()` equals the model's logit difference."""
 
-    parts: dict[str, Tensor]
-    constant: Tensor
+    parts: dict[str, Float[Tensor, " batch"]]
+    constant: Float[Tensor, " batch"]
 
-    def total(self) -> Tensor:
+    def total(self) -> Float[Tensor, " batch"]:
         return sum(self.parts.values()) + self.constant
 
-    def heads(self, n_layers: int, n_heads: int) -> Tensor:
+    def heads(self, n_layers: int, n_heads: int) -> Float[Tensor, "layers heads batch"]:
         """Head attributions as [n_layers, n_heads, B]."""
         return torch.stack([
             torch.stack([self.parts[f"L{layer}.H{h}"] for h in range(n_heads)]) for layer in range(n_layers)
@@ -127,7 +132,11 @@ class Attribution:
 
 @torch.no_grad()
 def direct_logit_attribution(
-    pm: ProbedModel, cache: Cache, positions: Tensor, correct: Tensor, counter: Tensor | None = None
+    pm: ProbedModel,
+    cache: Cache,
+    positions: Int[Tensor, " batch"],
+    correct: Int[Tensor, " batch"],
+    counter: Int[Tensor, " batch"] | None = None,
 ) -> Attribution:
     """Each sender's direct effect on logit(correct) - logit(counter) (or logit(correct) when
     `counter` is None) at `positions`; all [B]. Needs `embed`, every head and every MLP in

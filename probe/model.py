@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from jaxtyping import Float, Int, Shaped
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -79,8 +80,8 @@ class GradResult:
     gradient w.r.t. each requested receiver's input. cache: activations recorded in the same pass.
     """
 
-    metric: Tensor
-    logits: Tensor
+    metric: Float[Tensor, ""]
+    logits: Float[Tensor, "batch pos vocab"]
     outputs: Cache
     inputs: Cache
     cache: Cache
@@ -192,7 +193,7 @@ class ProbedModel:
         """Every head's q/k/v input, every MLP, logits: the nodes that read from it."""
         return self.shape.all_receivers()
 
-    def read_positions(self, answer_positions: Tensor | int) -> Tensor | int:
+    def read_positions(self, answer_positions: Int[Tensor, "*batch"] | int) -> Int[Tensor, "*batch"] | int:
         """Logit positions that predict tokens at `answer_positions` (shift-aware)."""
         return read_positions(answer_positions, self.config.shift)
 
@@ -221,7 +222,9 @@ class ProbedModel:
         logits = self.backend.forward(ids, mask, position_ids(mask), run.site_fns())
         return logits, run
 
-    def forward(self, inputs: Inputs, *, attention_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, inputs: Inputs, *, attention_mask: Shaped[Tensor, "*_batch _pos"] | None = None
+    ) -> Float[Tensor, "batch pos vocab"]:
         """Logits [B, T, V] under the active interventions."""
         ids, mask = self._inputs(inputs, attention_mask)
         with torch.no_grad():
@@ -254,11 +257,11 @@ class ProbedModel:
         inputs: Inputs,
         names: NameFilter = None,
         *,
-        attention_mask: Tensor | None = None,
+        attention_mask: Shaped[Tensor, "*_batch _pos"] | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         batch_size: int | None = None,
-    ) -> tuple[Tensor, Cache]:
+    ) -> tuple[Float[Tensor, "batch pos vocab"], Cache]:
         """(logits [B, T, V], Cache) of one pass under the active interventions.
 
         names: what to record (see `cache_names`; globs, lists or a predicate; `L{l}.mlp.neurons`
@@ -283,7 +286,7 @@ class ProbedModel:
         folder: str | Path,
         names: NameFilter = None,
         *,
-        attention_mask: Tensor | None = None,
+        attention_mask: Shaped[Tensor, "*_batch _pos"] | None = None,
         dtype: torch.dtype | None = None,
         batch_size: int = 8,
     ) -> DiskCache:
@@ -309,12 +312,12 @@ class ProbedModel:
     def run_with_grads(
         self,
         inputs: Inputs,
-        metric: Callable[[Tensor], Tensor],
+        metric: Callable[[Float[Tensor, "batch pos vocab"]], Float[Tensor, ""]],
         *,
         outputs: NameFilter = (),
         receivers: NameFilter = (),
         names: NameFilter = (),
-        attention_mask: Tensor | None = None,
+        attention_mask: Shaped[Tensor, "*_batch _pos"] | None = None,
     ) -> GradResult:
         """Gradients of `metric(logits)` (a scalar) w.r.t. node outputs and receiver inputs, in one
         backward pass, under the active interventions.

@@ -23,6 +23,7 @@ a_ts = alpha(t) / alpha(s), N = pool size. The last step draws x_0 from p_theta 
 from __future__ import annotations
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from common.errors import UserError
@@ -40,7 +41,9 @@ from sampling.base import (
 )
 
 
-def unmask_probability(schedule: str, t: Tensor | float, s: Tensor | float) -> Tensor:
+def unmask_probability(
+    schedule: str, t: Float[Tensor, "*batch"] | float, s: Float[Tensor, "*batch"] | float
+) -> Float[Tensor, "*batch"]:
     """P(a masked position is revealed going from time t to s < t) = (a_s - a_t) / (1 - a_t).
 
     >>> round(float(unmask_probability("linear", 1.0, 0.75)), 6)  # (0.25 - 0) / 1
@@ -56,7 +59,9 @@ def unmask_probability(schedule: str, t: Tensor | float, s: Tensor | float) -> T
     return torch.where(s <= 0, torch.ones_like(p), p.clamp(0.0, 1.0))
 
 
-def time_grid(state: State, clock: BlockClock, budget: Tensor) -> tuple[Tensor, Tensor]:
+def time_grid(
+    state: State, clock: BlockClock, budget: Int[Tensor, " batch"]
+) -> tuple[Float[Tensor, " batch"], Float[Tensor, " batch"]]:
     """(t, s) [B] for each row's current step inside its block: t = 1 - j/n, s = 1 - (j+1)/n."""
     n = budget.double()
     j = clock.count.double().clamp(max=n - 1)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from common.errors import UserError
@@ -109,7 +110,7 @@ def make_canvas(
     mask_id: int,
     pad_id: int,
     suffixes: Sequence[Sequence[int]] | None = None,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
     """Right-padded canvas (ids [B, T], attention mask [B, T]): prompt, mask * n, suffix, padding.
 
     gen_lengths: tokens to generate per row (one int for all rows, or one per row).
@@ -147,17 +148,19 @@ class RowRandom:
     def _gens(self, key: int, purpose: int) -> list[torch.Generator]:
         return [torch.Generator(device="cpu").manual_seed(_mix(self.seed, r, key, purpose)) for r in self.rows]
 
-    def rand(self, length: int, key: int, purpose: int = 0) -> Tensor:
+    def rand(self, length: int, key: int, purpose: int = 0) -> Float[Tensor, "batch pos"]:
         """Uniform(0, 1) float64 [B, length]."""
         return torch.stack([torch.rand(length, generator=g, dtype=torch.float64) for g in self._gens(key, purpose)]).to(self.device)
 
-    def gumbel(self, shape_per_row: tuple[int, ...], key: int, purpose: int = 1) -> Tensor:
+    def gumbel(self, shape_per_row: tuple[int, ...], key: int, purpose: int = 1) -> Float[Tensor, " batch *shape"]:
         """Standard Gumbel noise [B, *shape_per_row] in float64."""
         u = torch.stack([torch.rand(shape_per_row, generator=g, dtype=torch.float64) for g in self._gens(key, purpose)])
         u = u.clamp(min=1e-300, max=1.0 - 1e-16)
         return (-torch.log(-torch.log(u))).to(self.device)
 
-    def gumbel_at(self, rows: Tensor, cols: Tensor, width: int, key: int, purpose: int = 4) -> Tensor:
+    def gumbel_at(
+        self, rows: Int[Tensor, " n"], cols: Int[Tensor, " n"], width: int, key: int, purpose: int = 4
+    ) -> Float[Tensor, "n vocab"]:
         """Gumbel noise [N, width] in float64 for the positions (rows[i], cols[i]): one stream per
         (seed, row id, step, position), so a position's draw depends on nothing else."""
         out = torch.empty((rows.numel(), width), dtype=torch.float64)
@@ -167,7 +170,7 @@ class RowRandom:
         out = out.clamp_(min=1e-300, max=1.0 - 1e-16)
         return (-torch.log(-torch.log(out))).to(self.device)
 
-    def randint(self, high: int, length: int, key: int, purpose: int = 2) -> Tensor:
+    def randint(self, high: int, length: int, key: int, purpose: int = 2) -> Int[Tensor, "batch pos"]:
         return torch.stack([torch.randint(0, high, (length,), generator=g) for g in self._gens(key, purpose)]).to(self.device)
 
 
@@ -178,7 +181,9 @@ def _mix(*parts: int) -> int:
     return h
 
 
-def sample_tokens(logits: Tensor, temperature: float, rng: RowRandom | None, key: int = 0) -> Tensor:
+def sample_tokens(
+    logits: Float[Tensor, "batch pos vocab"], temperature: float, rng: RowRandom | None, key: int = 0
+) -> Int[Tensor, "batch pos"]:
     """Token ids [B, T] from logits [B, T, V]: argmax at temperature 0, else Gumbel-max in float64
     (argmax(logits / T + g) is an exact draw from softmax(logits / T))."""
     if temperature <= 0 or rng is None:
@@ -188,8 +193,12 @@ def sample_tokens(logits: Tensor, temperature: float, rng: RowRandom | None, key
 
 
 def propose(
-    logits: Tensor, where: Tensor, temperature: float, state: State, rule: str | None = "low-confidence"
-) -> tuple[Tensor, Tensor]:
+    logits: Float[Tensor, "batch pos vocab"],
+    where: Bool[Tensor, "batch pos"],
+    temperature: float,
+    state: State,
+    rule: str | None = "low-confidence",
+) -> tuple[Int[Tensor, "batch pos"], Float[Tensor, "batch pos"]]:
     """Draw a token for every position in `where` [B, T] from aligned `logits` [B, T, V], and
     score it under `rule` (see `confidences`; None skips scoring).
 
@@ -215,7 +224,7 @@ def propose(
     return tokens, conf
 
 
-def provisional(logits: Tensor, state: State) -> Tensor | None:
+def provisional(logits: Float[Tensor, "batch pos vocab"], state: State) -> Int[Tensor, "batch pos"] | None:
     """The full decode a trace records: argmax wherever still masked (None without a trace)."""
     if state.trace is None:
         return None
@@ -233,10 +242,10 @@ class TraceStep:
 
     step: int
     nfe: int
-    committed: Tensor
-    remasked: Tensor
-    confidence: Tensor
-    provisional: Tensor
+    committed: Bool[Tensor, "batch pos"]
+    remasked: Bool[Tensor, "batch pos"]
+    confidence: Float[Tensor, "batch pos"]
+    provisional: Int[Tensor, "batch pos"]
 
 
 @dataclass
@@ -251,15 +260,15 @@ class State:
     predictions, KV caches, step counters).
     """
 
-    ids: Tensor
-    attention_mask: Tensor
-    gen: Tensor
-    masked: Tensor
-    blocks: Tensor
+    ids: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    gen: Bool[Tensor, "batch pos"]
+    masked: Bool[Tensor, "batch pos"]
+    blocks: Int[Tensor, "batch pos"]
     ctx: ModelContext
     rng: RowRandom
     nfe_by: dict[str, int] = field(default_factory=dict)
-    row_nfe: Tensor | None = None
+    row_nfe: Int[Tensor, " batch"] | None = None
     steps: int = 0
     trace: list[TraceStep] | None = None
     scratch: dict[str, Any] = field(default_factory=dict)
@@ -275,19 +284,23 @@ class State:
         self.row_nfe = live if self.row_nfe is None else self.row_nfe + live
         return model(**kwargs)
 
-    def current_block(self) -> Tensor:
+    def current_block(self) -> Int[Tensor, " batch"]:
         """[B] the lowest block number that still has a masked position (-1 when the row is done)."""
         big = torch.iinfo(torch.long).max
         b = torch.where(self.masked, self.blocks, torch.full_like(self.blocks, big)).min(1).values
         return torch.where(b == big, torch.full_like(b, -1), b)
 
-    def active(self) -> Tensor:
+    def active(self) -> Bool[Tensor, "batch pos"]:
         """[B, T] masked positions of each row's current block."""
         cur = self.current_block()
         return self.masked & (self.blocks == cur[:, None]) & (cur[:, None] >= 0)
 
     def record(
-        self, committed: Tensor, confidence: Tensor, provisional: Tensor | None, remasked: Tensor | None = None
+        self,
+        committed: Bool[Tensor, "batch pos"],
+        confidence: Float[Tensor, "batch pos"],
+        provisional: Int[Tensor, "batch pos"] | None,
+        remasked: Bool[Tensor, "batch pos"] | None = None,
     ) -> None:
         if self.trace is None or provisional is None:
             return
@@ -306,7 +319,9 @@ class State:
 # --- the model call ---------------------------------------------------------------------------------
 
 
-def mdm_forward_kwargs(ctx: ModelContext, ids: Tensor, attention_mask: Tensor, dtype: torch.dtype) -> dict[str, Any]:
+def mdm_forward_kwargs(
+    ctx: ModelContext, ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"], dtype: torch.dtype
+) -> dict[str, Any]:
     """Keyword arguments for one MDM forward over a whole canvas."""
     pos = position_ids(attention_mask)
     if ctx.block_size is not None:
@@ -315,7 +330,7 @@ def mdm_forward_kwargs(ctx: ModelContext, ids: Tensor, attention_mask: Tensor, d
     return {"input_ids": ids, "attention_mask": attention_mask, "position_ids": pos, "is_causal": False}
 
 
-def align(logits: Tensor, ctx: ModelContext) -> Tensor:
+def align(logits: Float[Tensor, "batch pos vocab"], ctx: ModelContext) -> Float[Tensor, "batch pos vocab"]:
     """Float32 logits [B, T, V] with row i predicting the token at position i (shift rule); with
     absorbing noise the mask id is excluded. Under shift, position 0 has no prediction (zeros)."""
     logits = logits.float()
@@ -328,14 +343,18 @@ def align(logits: Tensor, ctx: ModelContext) -> Tensor:
     return logits
 
 
-def aligned_logits(model: torch.nn.Module, state: State, ids: Tensor | None = None) -> Tensor:
+def aligned_logits(
+    model: torch.nn.Module, state: State, ids: Int[Tensor, "batch pos"] | None = None
+) -> Float[Tensor, "batch pos vocab"]:
     """One counted MDM call on the state's canvas (or on `ids`), read through `align`."""
     ids = state.ids if ids is None else ids
     kwargs = mdm_forward_kwargs(state.ctx, ids, state.attention_mask, param_dtype(model))
     return align(state.forward(model, "mdm", **kwargs).logits, state.ctx)
 
 
-def confidences(logits: Tensor, tokens: Tensor, kind: str) -> Tensor:
+def confidences(
+    logits: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "batch pos"], kind: str
+) -> Float[Tensor, "batch pos"]:
     """Confidence [B, T] of choosing `tokens` from `logits` [B, T, V] under rule `kind`:
     "low-confidence" p(token); "margin" p(top1) - p(top2); "entropy" minus the entropy."""
     probs = torch.softmax(logits.double(), dim=-1)
@@ -353,7 +372,9 @@ def confidences(logits: Tensor, tokens: Tensor, kind: str) -> Tensor:
 # --- blocks -----------------------------------------------------------------------------------------
 
 
-def block_ids(gen: Tensor, *, block_length: int | None, model_block: int | None) -> Tensor:
+def block_ids(
+    gen: Bool[Tensor, "batch pos"], *, block_length: int | None, model_block: int | None
+) -> Int[Tensor, "batch pos"]:
     """[B, T] block number of every generated position (-1 elsewhere).
 
     A block-diffusion checkpoint decodes in its own blocks (absolute position // block size, as in
@@ -420,8 +441,8 @@ class Sampler:
     def init_state(
         self,
         model: torch.nn.Module,
-        ids: Tensor,
-        attention_mask: Tensor | None,
+        ids: Int[Tensor, "batch pos"],
+        attention_mask: Int[Tensor, "batch pos"] | None,
         ctx: ModelContext,
         *,
         seed: int = 0,
@@ -495,11 +516,11 @@ class SampleResult:
     [B] calls each row needed;
     steps: sampler steps; seconds: wall time; trace: per-step records (if asked)."""
 
-    ids: Tensor
-    gen: Tensor
+    ids: Int[Tensor, "batch pos"]
+    gen: Bool[Tensor, "batch pos"]
     nfe: int
     nfe_by: dict[str, int]
-    row_nfe: Tensor
+    row_nfe: Int[Tensor, " batch"]
     steps: int
     seconds: float
     trace: list[TraceStep] | None
@@ -512,8 +533,8 @@ class SampleResult:
 def run(
     sampler: Sampler,
     model: torch.nn.Module,
-    ids: Tensor,
-    attention_mask: Tensor | None,
+    ids: Int[Tensor, "batch pos"],
+    attention_mask: Int[Tensor, "batch pos"] | None,
     ctx: ModelContext,
     *,
     seed: int = 0,
@@ -538,7 +559,7 @@ def run(
     )
 
 
-def steps_per_block(steps: int | None, state: State) -> Tensor:
+def steps_per_block(steps: int | None, state: State) -> Int[Tensor, " batch"]:
     """[B] model calls each row spends per block, from a total budget `steps` per row (default:
     one token per call, i.e. the row's largest block). Computed per row, so a row decodes the
     same way whatever else is in the batch."""

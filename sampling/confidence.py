@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from common.errors import UserError
@@ -101,7 +102,9 @@ class EntropySampler(ConfidenceSampler):
     rule = "entropy"
 
 
-def top_k_per_row(score: Tensor, allowed: Tensor, k: Tensor) -> Tensor:
+def top_k_per_row(
+    score: Float[Tensor, "batch pos"], allowed: Bool[Tensor, "batch pos"], k: Int[Tensor, " batch"]
+) -> Bool[Tensor, "batch pos"]:
     """Bool [B, T]: in each row, the k[b] highest-`score` positions among `allowed` (ties go to
     the earlier position)."""
     out = torch.zeros_like(allowed)
@@ -119,13 +122,13 @@ def top_k_per_row(score: Tensor, allowed: Tensor, k: Tensor) -> Tensor:
 @torch.no_grad()
 def confidence_fill(
     model: torch.nn.Module,
-    input_ids: Tensor,
-    attention_mask: Tensor | None = None,
+    input_ids: Int[Tensor, "batch pos"],
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
     *,
     mask_id: int,
     shift: bool,
     steps: int | None = None,
-) -> tuple[Tensor, int]:
+) -> tuple[Int[Tensor, "batch pos"], int]:
     """Fill every mask of `input_ids` [B, T] by low-confidence decoding at temperature 0 (one
     block); return (ids [B, T], NFE). A convenience for scoring MDMs on tasks."""
     ctx = ModelContext(kind="mdm", noise="absorbing", shift=shift, mask_id=mask_id)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from common.errors import UserError
@@ -41,7 +42,9 @@ from sampling.confidence import top_k_per_row
 CACHES = ("prefix", "none")
 
 
-def threshold_commit(conf: Tensor, active: Tensor, tau: float) -> Tensor:
+def threshold_commit(
+    conf: Float[Tensor, "batch pos"], active: Bool[Tensor, "batch pos"], tau: float
+) -> Bool[Tensor, "batch pos"]:
     """Bool [B, T]: per row, the most confident active position plus every active one with
     confidence >= tau (the Fast-dLLM rule)."""
     top1 = top_k_per_row(conf, active, torch.ones(conf.shape[0], dtype=torch.long))

@@ -26,9 +26,11 @@ import random
 import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
+from jaxtyping import Int
+from torch import Tensor
 
 from common.errors import TaskError
 from common.metadata import read_positions
@@ -80,6 +82,7 @@ class Example:
         return (self.ar_prompt if self.ar_prompt is not None else self.prompt) + self.answer
 
 
+@runtime_checkable
 class Tokenizer(Protocol):
     def __call__(self, text: str, add_special_tokens: bool = ...) -> Any: ...
 
@@ -98,13 +101,13 @@ class Rendered:
 
     example: Example
     mode: Mode
-    input_ids: torch.Tensor
-    corrupted_ids: torch.Tensor
-    answer_positions: torch.Tensor
-    read_positions: torch.Tensor
-    answer_ids: torch.Tensor
-    correct_ids: torch.Tensor
-    counterfactual_ids: torch.Tensor
+    input_ids: Int[Tensor, " pos"]
+    corrupted_ids: Int[Tensor, " pos"]
+    answer_positions: Int[Tensor, " n"]
+    read_positions: Int[Tensor, " n"]
+    answer_ids: Int[Tensor, " n"]
+    correct_ids: Int[Tensor, " _correct"]
+    counterfactual_ids: Int[Tensor, " _counterfactual"]
 
 
 def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
@@ -214,9 +217,9 @@ def render(
 class Batch:
     """Right-padded batch of renderings. Shapes: input_ids/corrupted_ids/attention_mask [B, T]."""
 
-    input_ids: torch.Tensor
-    corrupted_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    input_ids: Int[Tensor, "batch pos"]
+    corrupted_ids: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
     items: list[Rendered]
 
 
@@ -237,6 +240,7 @@ def collate(items: Sequence[Rendered], pad_id: int) -> Batch:
     return Batch(ids, cids, mask, list(items))
 
 
+@runtime_checkable
 class Task(Protocol):
     """A task suite: a seeded generator and an exact checker."""
 

@@ -27,6 +27,7 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 from fractions import Fraction
+from typing import no_type_check
 
 from common.errors import TaskError
 from tasks.base import BaseTask, Example, Tokenizer, space_is_own_token
@@ -36,6 +37,7 @@ _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 _MAX_EXPRESSION_CHARS = 200
 
 
+@no_type_check  # hot recursion: kept out of the suite's run-time type checks
 def _apply(op: str, a: Fraction | None, b: Fraction | None) -> Fraction | None:
     """a op b exactly; None if an operand is None, on division by zero or an inexact division."""
     if a is None or b is None:
@@ -94,6 +96,7 @@ def solves(expression: str, numbers: Sequence[int], target: int, allowed_ops: st
     return Counter(literals) == Counter(numbers) and value == target
 
 
+@no_type_check  # hot recursion: kept out of the suite's run-time type checks
 def _format(node: tuple) -> str:
     """Infix text of an expression tree ("num", n) / (op, left, right), minimal parentheses."""
     if node[0] == "num":
@@ -110,6 +113,7 @@ def _format(node: tuple) -> str:
     return f"{ltxt}{op}{rtxt}"
 
 
+@no_type_check  # hot recursion: kept out of the suite's run-time type checks
 def _tree_value(node: tuple) -> Fraction | None:
     """Exact value of an expression tree; None on division by zero or an inexact division."""
     if node[0] == "num":

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from common.errors import TaskError
 from common.metadata import ModelMeta
@@ -46,7 +48,9 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def set_scores(logits: torch.Tensor, correct: torch.Tensor, counter: torch.Tensor) -> tuple[float, float]:
+def set_scores(
+    logits: Float[Tensor, " vocab"], correct: Int[Tensor, " _correct"], counter: Int[Tensor, " _counter"]
+) -> tuple[float, float]:
     """(logit_diff, prob_diff) of one logit vector [V] for candidate id sets (module docstring)."""
     lp = logits.float()
     probs = torch.softmax(lp, dim=-1)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
+from typing import no_type_check
 
 from common.errors import TaskError
 from tasks.base import BaseTask, Example, Tokenizer, space_is_own_token
@@ -59,27 +60,29 @@ def is_valid_solution(grid: Sequence[int]) -> bool:
 
 def solutions(puzzle: Sequence[int], limit: int = 2) -> list[Grid]:
     """Up to `limit` complete solutions of `puzzle` (0 = blank), by backtracking."""
-    cells = list(puzzle)
     found: list[Grid] = []
-
-    def search() -> None:
-        if len(found) >= limit:
-            return
-        try:
-            i = cells.index(0)
-        except ValueError:
-            if is_valid_solution(cells):
-                found.append(tuple(cells))
-            return
-        used = {cells[j] for j in PEERS[i]}
-        for d in range(1, 5):
-            if d not in used:
-                cells[i] = d
-                search()
-                cells[i] = 0
-
-    search()
+    _search(list(puzzle), found, limit)
     return found
+
+
+@no_type_check  # hot recursion: kept out of the suite's run-time type checks
+def _search(cells: list[int], found: list[Grid], limit: int) -> None:
+    """Fill the first blank of `cells` with each digit its peers allow, depth first, appending
+    complete valid grids to `found` until it holds `limit`."""
+    if len(found) >= limit:
+        return
+    try:
+        i = cells.index(0)
+    except ValueError:
+        if is_valid_solution(cells):
+            found.append(tuple(cells))
+        return
+    used = {cells[j] for j in PEERS[i]}
+    for d in range(1, 5):
+        if d not in used:
+            cells[i] = d
+            _search(cells, found, limit)
+            cells[i] = 0
 
 
 def random_solution(rng: random.Random) -> Grid:

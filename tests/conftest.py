@@ -233,3 +233,14 @@ def make_tiny_model(tmp_path: Path) -> Callable[..., Path]:
         return build_tiny_model(family, (out_dir or tmp_path) / family, **kwargs)
 
     return make
+
+
+
+@pytest.fixture
+def unchecked_types():
+    """The run-time shape and type checks (on for the whole suite: pyproject's addopts) off for
+    this test (`suite_typecheck.unchecked`)."""
+    from suite_typecheck import unchecked
+
+    with unchecked():
+        yield

@@ -167,7 +167,7 @@ def test_layer_distribution_by_hand() -> None:
     assert all(math.isnan(m) for m in zero.mass)
 
 
-def test_layer_distribution_refuses_bad_input() -> None:
+def test_layer_distribution_refuses_bad_input(unchecked_types) -> None:
     with pytest.raises(UserError, match="k=5 but only 2"):
         layer_distribution({"L0.H0": 1.0, "L1.mlp": 2.0}, 3, k=5)
     with pytest.raises(UserError, match="k must be a positive integer"):
@@ -367,7 +367,7 @@ def test_targeted_ablation_early_against_controls() -> None:
         targeted_ablation(pm, rendered, {"L2.H0": 5.0, "L0.H0": 1.0}, k=1)
 
 
-def test_ablation_errors_name_the_fix() -> None:
+def test_ablation_errors_name_the_fix(unchecked_types) -> None:
     pm = probed3()
     rendered = items()
     with pytest.raises(UserError, match="unknown ablation method"):

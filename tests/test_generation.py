@@ -206,7 +206,7 @@ def test_jsonl_task_with_gsm_check(tmp_path):
     meta = ModelMeta(kind="mdm", shift=False, mask_id=tok.convert_tokens_to_ids("<mask>"), noise="absorbing")
     from analyses.generation import task_sets
 
-    ex = task_sets(Loaded(model=None, tokenizer=tok, meta=meta), [str(path)], 5)
+    ex = task_sets(Loaded(model=torch.nn.Module(), tokenizer=tok, meta=meta), [str(path)], 5)  # no model needed
     task, examples = ex["gsm"]
     loaded = Loaded(model=Oracle(tok, examples, len(tok)), tokenizer=tok, meta=meta)
     assert task_accuracy(loaded, task, examples, SamplerSpec("low-confidence")).accuracy == 1.0

@@ -243,7 +243,7 @@ def test_the_only_useful_neuron_is_found() -> None:
     assert heads.attr_mean[silent].abs().max() < 1e-6
 
 
-def test_causal_check_is_seeded_and_refuses_bad_input() -> None:
+def test_causal_check_is_seeded_and_refuses_bad_input(unchecked_types) -> None:
     pm = probed3()
     tasks = two_tasks()
     prof = profile_units(pm, tasks, batch_size=8)

@@ -310,7 +310,7 @@ def test_from_checkpoint_sources() -> None:
     torch.testing.assert_close(mdm(ids, attention_mask=mask), probed("llama", "mdm")(ids, attention_mask=mask))
 
 
-def test_bad_inputs_give_user_errors(tmp_path: Path) -> None:
+def test_bad_inputs_give_user_errors(tmp_path: Path, unchecked_types) -> None:
     with pytest.raises(UserError, match="backend"):
         ProbedModel.from_checkpoint(folder("llama"), backend="jax")
     with pytest.raises(UserError, match="does not exist"):

@@ -185,7 +185,7 @@ def test_chunked_runs_slice_patch_sources() -> None:
         torch.testing.assert_close(chunked_cache[name], whole_cache[name], atol=1e-6, rtol=0)
 
 
-def test_intervention_errors() -> None:
+def test_intervention_errors(unchecked_types) -> None:
     ids, _, mask = batch()
     pm = probed("llama")
     iv = pm.interventions()

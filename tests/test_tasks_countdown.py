@@ -30,7 +30,7 @@ def _oracle(expr: str, numbers, target) -> bool:
         return False
     try:
         value = eval(s, {"__builtins__": {}}, {})  # noqa: S307  (whitelisted digits/operators only)
-    except SyntaxError:
+    except (SyntaxError, TypeError):  # TypeError: "3(4)" reads as calling 3, not arithmetic
         return False
     return value == target
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from analyses.compare.pool import Pool
@@ -33,7 +34,7 @@ def default_k_nodes(n_nodes: int) -> int:
     return min(n_nodes, max(3, round(n_nodes / 5)))
 
 
-def node_examples(graph: Graph) -> dict[str, Tensor]:
+def node_examples(graph: Graph) -> dict[str, Float[Tensor, " examples"]]:
     """Per-example node scores (sum of each sender's outgoing edges) from `graph.examples`."""
     if graph.examples is None:
         raise UserError("node_examples needs per-example scores: attribute(..., per_example=True).")
@@ -44,7 +45,7 @@ def node_examples(graph: Graph) -> dict[str, Tensor]:
     return {s: nodes[:, i] for s, i in index.items() if s != "embed"}
 
 
-def claims(pools: Mapping[str, Pool], jaccard_reps: Mapping[str, Tensor], depth_reps: Mapping[str, Tensor],
+def claims(pools: Mapping[str, Pool | None], jaccard_reps: Mapping[str, Float[Tensor, " boot"]], depth_reps: Mapping[str, Float[Tensor, " boot"]],
            data: Mapping[str, Any], selectivity: Interval | None) -> dict[str, Any]:
     """The three claims with effect sizes, intervals and verdicts."""
     local = [t for t in pools if TASKS[t].kind == "local"]

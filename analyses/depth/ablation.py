@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from analyses.batching import batches
@@ -66,9 +67,9 @@ def ablated_logit_diffs(
     components: Sequence[str],
     *,
     method: Method = "mean",
-    means: Mapping[str, Tensor] | None = None,
+    means: Mapping[str, Float[Tensor, "*_shape"]] | None = None,
     batch_size: int = 64,
-) -> Tensor:
+) -> Float[Tensor, " examples"]:
     """[N] logit differences with every component in `components` ablated by `method` at every
     position ("mean" needs `means` from `reference_means`; "corrupt" reads each example's
     corrupted input). An empty list gives the clean logit differences."""
@@ -86,9 +87,9 @@ class AblationResult:
     label: str
     components: tuple[str, ...]
     method: str
-    clean: Tensor
-    ablated: Tensor
-    corrupted: Tensor
+    clean: Float[Tensor, " examples"]
+    ablated: Float[Tensor, " examples"]
+    corrupted: Float[Tensor, " examples"]
     drop: Interval
     gap_share: Interval
     draws: tuple[float, ...] = ()
@@ -104,8 +105,8 @@ class AblationResult:
         }
 
 
-def summarise_ablation(label: str, components: Sequence[str], method: str, clean: Tensor, ablated: Tensor,
-                       corrupted: Tensor, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+def summarise_ablation(label: str, components: Sequence[str], method: str, clean: Float[Tensor, " examples"],
+                       ablated: Float[Tensor, " examples"], corrupted: Float[Tensor, " examples"], *, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
                        draws: Sequence[float] = (), draw_components: Sequence[Sequence[str]] = ()) -> AblationResult:
     """An `AblationResult` from per-example logit differences."""
     drop = clean.double() - ablated.double()
@@ -123,7 +124,7 @@ def ablate(
     components: Sequence[str],
     *,
     method: Method = "mean",
-    means: Mapping[str, Tensor] | None = None,
+    means: Mapping[str, Float[Tensor, "*_shape"]] | None = None,
     label: str = "ablation",
     batch_size: int = 64,
     n_boot: int = 2000,
@@ -145,7 +146,7 @@ def _nodes(pm: ProbedModel, nodes: Sequence[str] | None) -> list[str]:
 
 def node_patching_scores(
     pm: ProbedModel, items: Sequence[Rendered], nodes: Sequence[str] | None = None, *, batch_size: int = 64
-) -> dict[str, Tensor]:
+) -> dict[str, Float[Tensor, " examples"]]:
     """Exact node activation patching (noising): for each node (default every head and MLP),
     clean LD - LD with that node alone set to its value on the corrupted input; [N] per node.
     One forward pass per node and batch."""
@@ -156,7 +157,7 @@ def node_patching_scores(
 
 
 @torch.no_grad()
-def dla_scores(pm: ProbedModel, items: Sequence[Rendered], *, batch_size: int = 64) -> dict[str, Tensor]:
+def dla_scores(pm: ProbedModel, items: Sequence[Rendered], *, batch_size: int = 64) -> dict[str, Float[Tensor, " examples"]]:
     """Direct logit attribution of every head and MLP to logit(correct) - logit(counterfactual)
     (first ids of each set) at the read position, [N] per node (`probe.direct_logit_attribution`).
     Direct effects only: an early component that works through later ones scores ~0 here."""
@@ -260,7 +261,7 @@ def targeted_ablation(
     n_boot: int = 2000,
     level: float = 0.95,
     batch_size: int = 64,
-    means: Mapping[str, Tensor] | None = None,
+    means: Mapping[str, Float[Tensor, "*_shape"]] | None = None,
 ) -> TargetedAblation:
     """Ablate the components of region `where` among the top-`k` of `scores` (the circuit's
     early-layer part by default) and size-matched controls; see the module docstring.

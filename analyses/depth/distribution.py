@@ -207,7 +207,7 @@ class DepthComparison:
     centre: dict[str, Interval] = field(default_factory=dict)
     # bootstrap replicates of the differences ("early_mass_diff", "centre_diff"; [n_boot] each),
     # for statistics pooled over tasks; empty without per-example scores. Not in to_dict.
-    samples: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    samples: dict[str, Float[Tensor, " boot"]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
         return {
@@ -218,7 +218,7 @@ class DepthComparison:
         }
 
 
-def mean_scores(per_example: Mapping[str, Tensor | float]) -> dict[str, float]:
+def mean_scores(per_example: Mapping[str, Float[Tensor, " examples"] | float]) -> dict[str, float]:
     """The mean over examples of each component's per-example scores (floats pass through)."""
     return {name: float(torch.as_tensor(v, dtype=torch.float64).mean()) for name, v in per_example.items()}
 
@@ -259,8 +259,8 @@ def _boot_depth(matrix: Tensor, layers: Tensor, n_layers: int, k: int, weight: W
 
 
 def compare_depth(
-    a: Mapping[str, Tensor | float],
-    b: Mapping[str, Tensor | float],
+    a: Mapping[str, Float[Tensor, " examples"] | float],
+    b: Mapping[str, Float[Tensor, " _examples"] | float],
     n_layers: int,
     k: int | None = None,
     *,

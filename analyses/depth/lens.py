@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from analyses.batching import batches
@@ -30,11 +31,11 @@ class LensProfile:
     `logit_diffs` (logsumexp over the correct set - over the counterfactual set) are [points, N]."""
 
     points: list[str]
-    ranks: Tensor
-    logprobs: Tensor
-    logit_diffs: Tensor
+    ranks: Int[Tensor, "points examples"]
+    logprobs: Float[Tensor, "points examples"]
+    logit_diffs: Float[Tensor, "points examples"]
 
-    def summary(self) -> dict[str, list[float]]:
+    def summary(self) -> dict[str, list[str] | list[float]]:
         return {
             "points": self.points,
             "mean_rank": self.ranks.float().mean(1).tolist(),

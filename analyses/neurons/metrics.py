@@ -48,7 +48,7 @@ def _nonempty(x: Tensor, what: str, minimum: int = 1) -> Tensor:
     return x
 
 
-def gini(x: Tensor) -> Tensor:
+def gini(x: Float[Tensor, "*batch n"]) -> Float[Tensor, "*batch"]:
     """Gini coefficient of |x| over the last dimension (NaN where all are zero)."""
     v = _nonempty(x, "gini").abs().sort(-1).values
     n = v.shape[-1]
@@ -58,7 +58,7 @@ def gini(x: Tensor) -> Tensor:
     return torch.where(total > 0, g, torch.nan)
 
 
-def hoyer(x: Tensor) -> Tensor:
+def hoyer(x: Float[Tensor, "*batch n"]) -> Float[Tensor, "*batch"]:
     """Hoyer sparsity of |x| over the last dimension (n >= 2; NaN where all are zero)."""
     v = _nonempty(x, "hoyer", 2).abs()
     n = v.shape[-1]
@@ -67,7 +67,7 @@ def hoyer(x: Tensor) -> Tensor:
     return torch.where(l2 > 0, h, torch.nan)
 
 
-def excess_kurtosis(x: Tensor) -> Tensor:
+def excess_kurtosis(x: Float[Tensor, "*batch n"]) -> Float[Tensor, "*batch"]:
     """m4 / m2^2 - 3 over the last dimension, population moments (NaN for constant vectors)."""
     v = _nonempty(x, "kurtosis", 2)
     d = v - v.mean(-1, keepdim=True)
@@ -76,7 +76,7 @@ def excess_kurtosis(x: Tensor) -> Tensor:
     return torch.where(m2 > 0, m4 / m2.pow(2) - 3, torch.nan)
 
 
-def normalised_entropy(x: Tensor) -> Tensor:
+def normalised_entropy(x: Float[Tensor, "*batch n"]) -> Float[Tensor, "*batch"]:
     """Entropy of p = |x| / sum |x| over the last dimension, divided by log n (n >= 2)."""
     v = _nonempty(x, "normalised_entropy", 2).abs()
     total = v.sum(-1, keepdim=True)
@@ -85,7 +85,7 @@ def normalised_entropy(x: Tensor) -> Tensor:
     return torch.where(total[..., 0] > 0, h, torch.nan)
 
 
-def selectivity_index(x: Tensor) -> Tensor:
+def selectivity_index(x: Float[Tensor, "*batch n"]) -> Float[Tensor, "*batch"]:
     """(max - mean of the others) / (max + mean of the others) of |x| over the last dimension."""
     v = _nonempty(x, "selectivity_index", 2).abs()
     top = v.max(-1).values
@@ -93,7 +93,7 @@ def selectivity_index(x: Tensor) -> Tensor:
     return torch.where(top + rest > 0, (top - rest) / (top + rest), torch.nan)
 
 
-def selectivity(means: Float[Tensor, "*units tasks"], variances: Float[Tensor, "*units tasks"]) -> Float[Tensor, "*units tasks"]:
+def selectivity(means: Float[Tensor, "*units tasks"], variances: Float[Tensor, "*_units _tasks"]) -> Float[Tensor, "*units tasks"]:
     """Standardised contrast of each task against the others (module docstring); NaN where the
     pooled variance is zero."""
     m = _nonempty(means, "selectivity", 2)
@@ -106,7 +106,7 @@ def selectivity(means: Float[Tensor, "*units tasks"], variances: Float[Tensor, "
     return torch.where(sd > 0, (m - others) / sd, torch.nan)
 
 
-def units_for_share(x: Tensor, shares: Sequence[float] = SHARES) -> dict[float, int]:
+def units_for_share(x: Float[Tensor, " units"], shares: Sequence[float] = SHARES) -> dict[float, int]:
     """The fewest units (largest |x| first) whose |x| sums to at least each share of the total."""
     v = _nonempty(x, "units_for_share")
     if v.ndim != 1:
@@ -134,7 +134,7 @@ class Moments:
         self.shift: Tensor | None = None
         self.sums: Tensor | None = None
 
-    def update(self, x: Tensor) -> None:
+    def update(self, x: Float[Tensor, " n *units"]) -> None:
         x = torch.as_tensor(x, dtype=torch.float64).reshape(x.shape[0], -1)
         if x.shape[0] == 0:
             return
@@ -154,17 +154,17 @@ class Moments:
         return s1, m2.clamp(min=0), m4
 
     @property
-    def mean(self) -> Tensor:
+    def mean(self) -> Float[Tensor, " units"]:
         s1, _, _ = self._central()
         return self.shift + s1
 
     @property
-    def var(self) -> Tensor:
+    def var(self) -> Float[Tensor, " units"]:
         """Population variance."""
         return self._central()[1]
 
     @property
-    def kurtosis(self) -> Tensor:
+    def kurtosis(self) -> Float[Tensor, " units"]:
         """Excess kurtosis (NaN for constant columns)."""
         _, m2, m4 = self._central()
         return torch.where(m2 > 1e-300, m4 / m2.pow(2) - 3, torch.nan)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from analyses.attribution import ATTRIBUTIONS
@@ -104,7 +105,7 @@ def _chunk(pm: ProbedModel, batch: Batch, kind: UnitKind, method: str = "eap") -
                   torch.cat(tokens, 1).cpu().double(), batch.input_ids.to(real.device)[real].cpu())
 
 
-def unit_attributions(pm: ProbedModel, items: Sequence[Rendered], kind: UnitKind = "neurons", *, batch_size: int = 32) -> Tensor:
+def unit_attributions(pm: ProbedModel, items: Sequence[Rendered], kind: UnitKind = "neurons", *, batch_size: int = 32) -> Float[Tensor, "examples units"]:
     """[N, U] per-example AtP attribution of every unit (`unit_names` order) to the logit difference."""
     return torch.cat([_chunk(pm, b, kind).attribution for b in batches(pm, items, batch_size)])
 
@@ -128,19 +129,19 @@ class UnitProfile:
     kind: str
     units: list[str]
     tasks: list[str]
-    counts: Tensor
-    attr_mean: Tensor
-    attr_var: Tensor
-    attr_signed: Tensor
-    act_mean: Tensor
-    act_var: Tensor
-    act_abs: Tensor
-    token_kurtosis: Tensor
-    top_values: Tensor
-    top_tokens: Tensor
-    top_tasks: Tensor
+    counts: Int[Tensor, " tasks"]
+    attr_mean: Float[Tensor, "units tasks"]
+    attr_var: Float[Tensor, "units tasks"]
+    attr_signed: Float[Tensor, "units tasks"]
+    act_mean: Float[Tensor, "units tasks"]
+    act_var: Float[Tensor, "units tasks"]
+    act_abs: Float[Tensor, "units tasks"]
+    token_kurtosis: Float[Tensor, " units"]
+    top_values: Float[Tensor, "units top"]
+    top_tokens: Int[Tensor, "units top"]
+    top_tasks: Int[Tensor, "units top"]
     token_count: int = 0
-    per_example: dict[str, Tensor] = field(default_factory=dict)
+    per_example: dict[str, Float[Tensor, "_examples units"]] = field(default_factory=dict)
 
     def _task(self, task: str) -> int:
         if task not in self.tasks:
@@ -159,23 +160,23 @@ class UnitProfile:
         if len(self.tasks) < 2:
             raise UserError(f"{what} compares tasks; profile at least two tasks.")
 
-    def selectivity(self, on: On = "attribution") -> Tensor:
+    def selectivity(self, on: On = "attribution") -> Float[Tensor, "units tasks"]:
         """[U, T] standardised selectivity of each unit for each task."""
         self._need_tasks("selectivity")
         m, v, _ = self._on(on)
         return selectivity(m, v)
 
-    def selectivity_index(self, on: On = "attribution") -> Tensor:
+    def selectivity_index(self, on: On = "attribution") -> Float[Tensor, " units"]:
         """[U] max-vs-rest index over tasks of the magnitude of `on`."""
         self._need_tasks("selectivity_index")
         return selectivity_index(self._on(on)[2])
 
-    def entropy(self, on: On = "attribution") -> Tensor:
+    def entropy(self, on: On = "attribution") -> Float[Tensor, " units"]:
         """[U] normalised entropy over tasks of the magnitude of `on`."""
         self._need_tasks("entropy")
         return normalised_entropy(self._on(on)[2])
 
-    def preferred(self, on: On = "attribution") -> Tensor:
+    def preferred(self, on: On = "attribution") -> Int[Tensor, " units"]:
         """[U] index of the task with the largest magnitude of `on`."""
         return self._on(on)[2].argmax(1)
 

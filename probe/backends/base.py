@@ -22,6 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+from jaxtyping import Float, Int, Shaped
 from torch import Tensor
 
 from common.errors import UserError
@@ -65,8 +66,12 @@ class Backend(ABC):
 
     @abstractmethod
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, fns: Mapping[Site, SiteFn]
-    ) -> Tensor:
+        self,
+        input_ids: Int[Tensor, "batch pos"],
+        attention_mask: Shaped[Tensor, "batch pos"],
+        position_ids: Int[Tensor, "batch pos"],
+        fns: Mapping[Site, SiteFn],
+    ) -> Float[Tensor, "batch pos vocab"]:
         """Logits [B, T, V] of one pass with `fns` applied at their sites.
 
         input_ids, attention_mask, position_ids: [B, T]. The position ids skip padding

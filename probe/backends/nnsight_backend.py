@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from jaxtyping import Float, Int, Shaped
 from torch import Tensor, nn
 
 from common.errors import UserError
@@ -57,8 +58,12 @@ class NNsightBackend(Backend):
                     envoy.output = new
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, fns: Mapping[Site, SiteFn]
-    ) -> Tensor:
+        self,
+        input_ids: Int[Tensor, "batch pos"],
+        attention_mask: Shaped[Tensor, "batch pos"],
+        position_ids: Int[Tensor, "batch pos"],
+        fns: Mapping[Site, SiteFn],
+    ) -> Float[Tensor, "batch pos vocab"]:
         taps = hf_taps(self.layout, fns)
         with self.wrapped.trace(
             input_ids, attention_mask=attention_mask, position_ids=position_ids, is_causal=self.causal,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 
+from jaxtyping import Float, Int, Shaped
 from torch import Tensor
 
 from common.errors import UserError
@@ -102,8 +103,12 @@ class TLBackend(Backend):
                 object.__setattr__(block.attn, "is_causal", False)
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, fns: Mapping[Site, SiteFn]
-    ) -> Tensor:
+        self,
+        input_ids: Int[Tensor, "batch pos"],
+        attention_mask: Shaped[Tensor, "batch pos"],
+        position_ids: Int[Tensor, "batch pos"],
+        fns: Mapping[Site, SiteFn],
+    ) -> Float[Tensor, "batch pos vocab"]:
         hooks = [
             (HOOKS[kind].format(l=layer), _wrap(fn, kind in PER_HEAD))
             for (kind, layer), fn in fns.items()

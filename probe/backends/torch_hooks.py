@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from jaxtyping import Float, Int, Shaped
 from torch import Tensor
 
 from probe.backends.base import Backend, Site, SiteFn
@@ -50,8 +51,12 @@ class TorchBackend(Backend):
         self.causal = causal
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, fns: Mapping[Site, SiteFn]
-    ) -> Tensor:
+        self,
+        input_ids: Int[Tensor, "batch pos"],
+        attention_mask: Shaped[Tensor, "batch pos"],
+        position_ids: Int[Tensor, "batch pos"],
+        fns: Mapping[Site, SiteFn],
+    ) -> Float[Tensor, "batch pos vocab"]:
         handles = [_register(tap) for tap in hf_taps(self.layout, fns)]
         try:
             out = self.model(
