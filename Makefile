@@ -49,8 +49,11 @@ notebooks: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
 
+# Lint and formatting (ruff is pinned in pyproject: its formatting changes between releases).
+LINTED := common diffusion sampling tasks conversion probe analyses ar2mdm tests scripts benchmarks notebooks
 lint: $(STAMP)
-	$(BIN)/ruff check common diffusion sampling tasks conversion probe analyses ar2mdm tests scripts benchmarks notebooks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 clean-venv:
 	rm -rf $(VENV)

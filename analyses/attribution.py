@@ -97,7 +97,9 @@ class AttributionMethod:
 
     def accumulate(self, pm: ProbedModel, graph: Graph, batch: Batch, metric: str, sums: Sums, nodes: bool) -> None:
         """Add one batch's edge (and, with `nodes`, sender-node) scores into `sums`."""
-        raise UserError(f"attribution method {self.name!r} does not score edges or nodes; use one of {methods_for('edge')}.")
+        raise UserError(
+            f"attribution method {self.name!r} does not score edges or nodes; use one of {methods_for('edge')}."
+        )
 
     def unit_scores(
         self, pm: ProbedModel, batch: Batch, stored: Sequence[str]
@@ -218,16 +220,24 @@ class EAP(GradientAttribution):
 
     def gradients(self, pm, graph, batch, metric, targets, corrupt):  # type: ignore[no-untyped-def]
         # one pass at the clean input; it also records the clean activations
-        result = pm.run_with_grads(pair_inputs(batch)[0], objective(metric, targets, None), receivers=graph.receivers,
-                                   names=graph.senders)
+        result = pm.run_with_grads(
+            pair_inputs(batch)[0], objective(metric, targets, None), receivers=graph.receivers, names=graph.senders
+        )
         ref = clean_reference(metric, result.logits, targets)
-        return [(graph.senders, graph.receivers, accumulate(None, result.inputs, graph.receivers), 1)], result.cache, result.logits, ref
+        return (
+            [(graph.senders, graph.receivers, accumulate(None, result.inputs, graph.receivers), 1)],
+            result.cache,
+            result.logits,
+            ref,
+        )
 
     def unit_scores(
         self, pm: ProbedModel, batch: Batch, stored: Sequence[str]
     ) -> tuple[dict[str, Float[Tensor, "batch pos *_units"]], Cache]:
         _, corrupt = pm.run_with_cache(corrupted_inputs(batch), list(stored))
-        g = pm.run_with_grads(batch, lambda logits: answer_logit_diff(logits, batch).sum(), outputs=list(stored), names=list(stored))
+        g = pm.run_with_grads(
+            batch, lambda logits: answer_logit_diff(logits, batch).sum(), outputs=list(stored), names=list(stored)
+        )
         real = batch.attention_mask.bool().to(g.logits.device)
         return {name: (corrupt[name] - g.cache[name]) * g.outputs[name] * real[..., None] for name in stored}, g.cache
 

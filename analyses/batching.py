@@ -24,6 +24,7 @@ from tasks.base import Batch, Rendered
 
 Data = Batch | Sequence[Rendered] | Iterable[Batch]
 
+
 def batches(pm: ProbedModel, data: Data, batch_size: int | None = 16) -> Iterator[Batch]:
     """Batches of `data` checked against the model (reading mode, shift, mask layout).
 
@@ -38,8 +39,15 @@ def batches(pm: ProbedModel, data: Data, batch_size: int | None = 16) -> Iterato
         size = batch_size or n
         for start in range(0, n, size):
             stop = min(start + size, n)
-            yield check_batch(pm, Batch(data.input_ids[start:stop], data.corrupted_ids[start:stop],
-                                     data.attention_mask[start:stop], data.items[start:stop]))
+            yield check_batch(
+                pm,
+                Batch(
+                    data.input_ids[start:stop],
+                    data.corrupted_ids[start:stop],
+                    data.attention_mask[start:stop],
+                    data.items[start:stop],
+                ),
+            )
         return
     if isinstance(data, Sequence) and not isinstance(data, str):
         if not data:
@@ -67,31 +75,39 @@ def check_batch(pm: ProbedModel, batch: Batch) -> Batch:
     if not batch.items:
         raise UserError("an empty batch; give at least one example.")
     if batch.input_ids.shape != batch.corrupted_ids.shape:
-        raise UserError(f"clean ids {list(batch.input_ids.shape)} and corrupted ids {list(batch.corrupted_ids.shape)} differ in shape; render pairs with tasks.render.")
+        raise UserError(
+            f"clean ids {list(batch.input_ids.shape)} and corrupted ids {list(batch.corrupted_ids.shape)} differ in shape; render pairs with tasks.render."
+        )
     if len(batch.items) != batch.input_ids.shape[0]:
         raise UserError(f"the batch holds {batch.input_ids.shape[0]} rows but {len(batch.items)} examples.")
     for row, r in enumerate(batch.items):
         fix = f"render with mode={cfg.kind!r}, shift={cfg.shift}, mask_id={cfg.mask_id} (the model's ProbeConfig)."
         if r.mode != cfg.kind:
-            raise UserError(f"{r.example.task}: an example rendered for {r.mode!r} reading given to a {cfg.kind!r} model; {fix}")
+            raise UserError(
+                f"{r.example.task}: an example rendered for {r.mode!r} reading given to a {cfg.kind!r} model; {fix}"
+            )
         expected = read_positions(r.answer_positions, cfg.shift)
         if not torch.equal(torch.as_tensor(expected), r.read_positions):
-            raise UserError(f"{r.example.task}: read positions {r.read_positions.tolist()} do not follow the model's shift={cfg.shift}; {fix}")
+            raise UserError(
+                f"{r.example.task}: read positions {r.read_positions.tolist()} do not follow the model's shift={cfg.shift}; {fix}"
+            )
         if cfg.kind == "mdm":
             # the answer token the metric reads must be masked; later ones may be decoded already
             # (a state along a denoising trajectory, `analyses.compare.revealed`)
             if int(batch.input_ids[row, r.answer_positions[0]]) != cfg.mask_id:
-                raise UserError(f"{r.example.task}: the first answer position does not hold the model's mask id {cfg.mask_id}; {fix}")
+                raise UserError(
+                    f"{r.example.task}: the first answer position does not hold the model's mask id {cfg.mask_id}; {fix}"
+                )
         if len(r.correct_ids) == 0:
             raise UserError(f"{r.example.task}: an example has no correct answer token.")
     return batch
 
 
 def pair_inputs(batch: Batch) -> tuple[dict[str, Shaped[Tensor, "batch pos"]], dict[str, Shaped[Tensor, "batch pos"]]]:
-    return ({"input_ids": batch.input_ids, "attention_mask": batch.attention_mask},
-            {"input_ids": batch.corrupted_ids, "attention_mask": batch.attention_mask})
-
-
+    return (
+        {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask},
+        {"input_ids": batch.corrupted_ids, "attention_mask": batch.attention_mask},
+    )
 
 
 def corrupted_inputs(batch: Batch) -> dict[str, Shaped[Tensor, "batch pos"]]:

@@ -25,16 +25,25 @@ def importance_heatmap(graph: Graph, k: int | None = None, *, title: str | None 
     s = node_importance(graph, k)
     L, H = graph.shape.n_layers, graph.shape.n_heads
     z = [[s[f"L{layer}.H{h}"] for h in range(H)] + [s[f"L{layer}.mlp"]] for layer in range(L)]
-    fig = go.Figure(go.Heatmap(
-        z=z, x=[f"H{h}" for h in range(H)] + ["mlp"], y=[f"L{layer}" for layer in range(L)],
-        colorscale="Viridis", colorbar={"title": "s(v)"},
-        hovertemplate="%{y}.%{x}: %{z:.4g}<extra></extra>",
-    ))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[f"H{h}" for h in range(H)] + ["mlp"],
+            y=[f"L{layer}" for layer in range(L)],
+            colorscale="Viridis",
+            colorbar={"title": "s(v)"},
+            hovertemplate="%{y}.%{x}: %{z:.4g}<extra></extra>",
+        )
+    )
     what = f"top {k} edges" if k is not None else "all edges"
     fig.update_layout(
-        title=title or f"Node importance s(v) over the {what} ({_describe(graph)}); embed {s['embed']:.3g}, logits {s['logits']:.3g}",
-        xaxis_title="head", yaxis_title="layer", yaxis={"autorange": "reversed"},
-        height=max(300, 26 * L + 160), width=max(500, 40 * (H + 1) + 260),
+        title=title
+        or f"Node importance s(v) over the {what} ({_describe(graph)}); embed {s['embed']:.3g}, logits {s['logits']:.3g}",
+        xaxis_title="head",
+        yaxis_title="layer",
+        yaxis={"autorange": "reversed"},
+        height=max(300, 26 * L + 160),
+        width=max(500, 40 * (H + 1) + 260),
     )
     return fig
 
@@ -64,31 +73,59 @@ def edges_figure(graph: Graph, k: int = 50, *, title: str | None = None) -> go.F
         port = parse(receiver).port
         for target in receiver_nodes(graph.shape, receiver):
             (x0, y0), (x1, y1) = _position(graph, sender), _position(graph, target)
-            fig.add_trace(go.Scatter(
-                x=[x0, x1], y=[y0, y1], mode="lines", showlegend=False,
-                line={"width": 0.5 + 6 * abs(value) / biggest, "color": "#2166ac" if value > 0 else "#b2182b"},
-                opacity=0.35 + 0.65 * abs(value) / biggest,
-                hovertemplate=f"{edge}{' (' + port + ')' if port else ''}: {value:.4g}<extra></extra>",
-            ))
+            fig.add_trace(
+                go.Scatter(
+                    x=[x0, x1],
+                    y=[y0, y1],
+                    mode="lines",
+                    showlegend=False,
+                    line={"width": 0.5 + 6 * abs(value) / biggest, "color": "#2166ac" if value > 0 else "#b2182b"},
+                    opacity=0.35 + 0.65 * abs(value) / biggest,
+                    hovertemplate=f"{edge}{' (' + port + ')' if port else ''}: {value:.4g}<extra></extra>",
+                )
+            )
             used |= {sender, target}
     names = [n for n in [*graph.senders, "logits"] if n in used]
     xy = [_position(graph, n) for n in names]
-    fig.add_trace(go.Scatter(
-        x=[p[0] for p in xy], y=[p[1] for p in xy], mode="markers+text", text=names,
-        textposition="top center", marker={"size": 9, "color": "#444"}, showlegend=False,
-        hovertemplate="%{text}<extra></extra>",
-    ))
+    fig.add_trace(
+        go.Scatter(
+            x=[p[0] for p in xy],
+            y=[p[1] for p in xy],
+            mode="markers+text",
+            text=names,
+            textposition="top center",
+            marker={"size": 9, "color": "#444"},
+            showlegend=False,
+            hovertemplate="%{text}<extra></extra>",
+        )
+    )
     L, H = graph.shape.n_layers, graph.shape.n_heads
     fig.update_layout(
         title=title or f"Top {len(top)} edges ({_describe(graph)}); blue: score > 0, red: score < 0",
-        xaxis={"title": "head (MLP at the right)", "tickvals": list(range(H)) + [H], "ticktext": [f"H{h}" for h in range(H)] + ["mlp"]},
-        yaxis={"title": "layer", "tickvals": [-1, *range(L), L], "ticktext": ["embed", *[f"L{i}" for i in range(L)], "logits"]},
-        height=max(400, 70 * (L + 2)), width=max(600, 60 * (H + 1) + 200),
+        xaxis={
+            "title": "head (MLP at the right)",
+            "tickvals": list(range(H)) + [H],
+            "ticktext": [f"H{h}" for h in range(H)] + ["mlp"],
+        },
+        yaxis={
+            "title": "layer",
+            "tickvals": [-1, *range(L), L],
+            "ticktext": ["embed", *[f"L{i}" for i in range(L)], "logits"],
+        },
+        height=max(400, 70 * (L + 2)),
+        width=max(600, 60 * (H + 1) + 200),
     )
     return fig
 
 
-def curves_figure(curves: Mapping[str, tuple[Sequence[int | float], Sequence[float]]], *, title: str, x_title: str, y_title: str, log_x: bool = True) -> go.Figure:
+def curves_figure(
+    curves: Mapping[str, tuple[Sequence[int | float], Sequence[float]]],
+    *,
+    title: str,
+    x_title: str,
+    y_title: str,
+    log_x: bool = True,
+) -> go.Figure:
     """Lines named by `curves` keys, each (x values, y values)."""
     fig = go.Figure()
     for name, (x, y) in curves.items():

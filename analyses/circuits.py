@@ -78,15 +78,24 @@ def attribute(
     if metric not in METRICS:
         raise UserError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}.")
     graph = Graph(pm.shape)
-    sums = Sums(torch.zeros(len(graph.edges), dtype=torch.float64), torch.zeros(len(graph.senders), dtype=torch.float64),
-                per_example=[] if per_example else None)
+    sums = Sums(
+        torch.zeros(len(graph.edges), dtype=torch.float64),
+        torch.zeros(len(graph.senders), dtype=torch.float64),
+        per_example=[] if per_example else None,
+    )
     for batch in batches(pm, data, batch_size):
         scorer.accumulate(pm, graph, batch, metric, sums, nodes)
     n = sums.n
     info = {
-        "method": method, "metric": metric, "steps": steps if scorer.uses_steps else None,
-        "n_examples": n, "clean_metric": sums.clean / n, "corrupt_metric": sums.corrupt / n,
-        "kind": pm.config.kind, "shift": pm.config.shift, "family": pm.config.family,
+        "method": method,
+        "metric": metric,
+        "steps": steps if scorer.uses_steps else None,
+        "n_examples": n,
+        "clean_metric": sums.clean / n,
+        "corrupt_metric": sums.corrupt / n,
+        "kind": pm.config.kind,
+        "shift": pm.config.shift,
+        "family": pm.config.family,
     }
     node_scores = dict(zip(graph.senders, (sums.nodes / n).tolist(), strict=True)) if nodes else None
     examples = torch.cat(sums.per_example) if sums.per_example else None
@@ -124,8 +133,15 @@ class FaithfulnessCurve:
     circuits: list[list[str]] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sizes": self.sizes, "kept": self.kept, "values": self.values, "area": self.area,
-                "clean": self.clean, "corrupt": self.corrupt, "total_edges": self.total_edges}
+        return {
+            "sizes": self.sizes,
+            "kept": self.kept,
+            "values": self.values,
+            "area": self.area,
+            "clean": self.clean,
+            "corrupt": self.corrupt,
+            "total_edges": self.total_edges,
+        }
 
 
 def circuit_metrics(

@@ -240,9 +240,16 @@ def task_accuracy(
                 solved += bool(check(rendered[i].example, answer))
     n = len(examples)
     return EvalRow(
-        task=task.name, sampler=spec.title, fraction=fraction if takes_steps(spec.name) else None, n=n,
-        accuracy=solved / n, nfe=sum(nfe_rows) / n, nfe_by={k: v / n for k, v in nfe_by.items()},
-        tokens=tokens, seconds=seconds, tokens_per_s=tokens / max(seconds, 1e-9),
+        task=task.name,
+        sampler=spec.title,
+        fraction=fraction if takes_steps(spec.name) else None,
+        n=n,
+        accuracy=solved / n,
+        nfe=sum(nfe_rows) / n,
+        nfe_by={k: v / n for k, v in nfe_by.items()},
+        tokens=tokens,
+        seconds=seconds,
+        tokens_per_s=tokens / max(seconds, 1e-9),
     )
 
 
@@ -268,7 +275,9 @@ def evaluate_samplers(
     bar = tqdm(jobs, desc="eval", disable=not progress)
     for name, task, exs, spec, frac in bar:
         bar.set_postfix_str(f"{name} {spec.title} {frac or ''}")
-        rows.append(task_accuracy(loaded, task, exs, spec, fraction=frac, batch_size=batch_size, seed=seed, scorer=scorer))
+        rows.append(
+            task_accuracy(loaded, task, exs, spec, fraction=frac, batch_size=batch_size, seed=seed, scorer=scorer)
+        )
     return rows
 
 
@@ -352,7 +361,9 @@ def gen_ppl(
     model, tok = reference.model, reference.tokenizer
     if reference.meta.kind != "ar":
         raise UserError("gen-PPL needs an autoregressive reference model (kind 'ar').")
-    limit = chunk or int(getattr(model.config, "max_position_embeddings", 0) or getattr(model.config, "n_positions", 1024))
+    limit = chunk or int(
+        getattr(model.config, "max_position_embeddings", 0) or getattr(model.config, "n_positions", 1024)
+    )
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
     sample_tokens: list[list[int]] = []
@@ -410,7 +421,18 @@ def figure(rows: Sequence[EvalRow]):  # -> plotly Figure
     tasks = sorted({r.task for r in rows})
     fig = make_subplots(rows=1, cols=len(tasks), subplot_titles=tasks, shared_yaxes=True)
     samplers = sorted({r.sampler for r in rows})
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+    palette = [
+        "#1f77b4",
+        "#ff7f0e",
+        "#2ca02c",
+        "#d62728",
+        "#9467bd",
+        "#8c564b",
+        "#e377c2",
+        "#7f7f7f",
+        "#bcbd22",
+        "#17becf",
+    ]
     for c, task in enumerate(tasks, start=1):
         for k, name in enumerate(samplers):
             pts = sorted((r.nfe, r.accuracy, r.tokens_per_s) for r in rows if r.task == task and r.sampler == name)
@@ -418,12 +440,18 @@ def figure(rows: Sequence[EvalRow]):  # -> plotly Figure
                 continue
             fig.add_trace(
                 go.Scatter(
-                    x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=name,
-                    legendgroup=name, showlegend=c == 1, line={"color": palette[k % len(palette)]},
+                    x=[p[0] for p in pts],
+                    y=[p[1] for p in pts],
+                    mode="lines+markers",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=c == 1,
+                    line={"color": palette[k % len(palette)]},
                     hovertemplate="NFE %{x:.2f}<br>accuracy %{y:.3f}<br>%{customdata:.0f} tok/s",
                     customdata=[p[2] for p in pts],
                 ),
-                row=1, col=c,
+                row=1,
+                col=c,
             )
         fig.update_xaxes(title_text="NFE per sequence", type="log", row=1, col=c)
     fig.update_yaxes(title_text="accuracy", range=[0, 1.02], row=1, col=1)

@@ -125,11 +125,15 @@ class Graph:
         self.node_scores: dict[str, float] = {}
         for name, value in (node_scores or {}).items():
             if name not in self.senders:
-                raise UserError(f"node score for {name!r}: node scores are kept for senders ({', '.join(self.senders[:4])}, ...).")
+                raise UserError(
+                    f"node score for {name!r}: node scores are kept for senders ({', '.join(self.senders[:4])}, ...)."
+                )
             self.node_scores[name] = float(value)
         self.meta: dict[str, Any] = dict(meta or {})
         if examples is not None and (examples.ndim != 2 or examples.shape[1] != len(self.edges)):
-            raise UserError(f"examples must be [N, {len(self.edges)}] per-example edge scores, got {list(examples.shape)}.")
+            raise UserError(
+                f"examples must be [N, {len(self.edges)}] per-example edge scores, got {list(examples.shape)}."
+            )
         self.examples = examples
 
     def _scores(self, scores: Tensor | Mapping[str, float] | None) -> Tensor:
@@ -200,7 +204,9 @@ class Graph:
         one of the two), then (prune=True) only the edges on a path from embed to logits.
         Returned in canonical order."""
         if (top_n is None) == (threshold is None):
-            raise UserError("select a circuit with exactly one of top_n= (number of edges) or threshold= (minimum |score|).")
+            raise UserError(
+                "select a circuit with exactly one of top_n= (number of edges) or threshold= (minimum |score|)."
+            )
         if top_n is not None:
             chosen = self.top(top_n)
         else:
@@ -303,7 +309,11 @@ def prune_edges(shape: Shape, edges: Iterable[str]) -> list[str]:
 
 
 def _same_architecture(a: Graph, b: Graph) -> None:
-    if (a.shape.n_layers, a.shape.n_heads, a.shape.n_kv_heads) != (b.shape.n_layers, b.shape.n_heads, b.shape.n_kv_heads):
+    if (a.shape.n_layers, a.shape.n_heads, a.shape.n_kv_heads) != (
+        b.shape.n_layers,
+        b.shape.n_heads,
+        b.shape.n_kv_heads,
+    ):
         raise UserError(
             f"graphs of different architectures ({a.shape.n_layers}x{a.shape.n_heads} heads, "
             f"{a.shape.n_kv_heads} KV vs {b.shape.n_layers}x{b.shape.n_heads}, {b.shape.n_kv_heads} KV) "
@@ -376,7 +386,9 @@ def _ranks(x: Tensor) -> Tensor:
     return ranks
 
 
-def spearman(x: Float[Tensor, "*_shape"] | Sequence[int | float], y: Float[Tensor, "*_shape"] | Sequence[int | float]) -> float:
+def spearman(
+    x: Float[Tensor, "*_shape"] | Sequence[int | float], y: Float[Tensor, "*_shape"] | Sequence[int | float]
+) -> float:
     """Spearman rank correlation (Pearson correlation of average ranks); NaN if a side is constant."""
     x = torch.as_tensor(x, dtype=torch.float64).flatten()
     y = torch.as_tensor(y, dtype=torch.float64).flatten()

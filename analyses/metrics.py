@@ -52,8 +52,12 @@ class Targets:
 
     def repeat(self, k: int) -> Targets:
         """The targets of k stacked copies of the batch."""
-        return Targets(*(t.repeat(k, *([1] * (t.ndim - 1))) for t in
-                         (self.positions, self.correct, self.correct_ok, self.counter, self.counter_ok)))
+        return Targets(
+            *(
+                t.repeat(k, *([1] * (t.ndim - 1)))
+                for t in (self.positions, self.correct, self.correct_ok, self.counter, self.counter_ok)
+            )
+        )
 
     def rows(self, logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, "batch vocab"]:
         """[B, V] logits at each row's read position, in float32 or wider."""
@@ -62,21 +66,30 @@ class Targets:
         return rows.to(torch.promote_types(rows.dtype, torch.float32))
 
 
-def logsumexp_at(rows: Float[Tensor, "batch vocab"], ids: Int[Tensor, "batch n"], ok: Bool[Tensor, "batch n"]) -> Float[Tensor, " batch"]:
+def logsumexp_at(
+    rows: Float[Tensor, "batch vocab"], ids: Int[Tensor, "batch n"], ok: Bool[Tensor, "batch n"]
+) -> Float[Tensor, " batch"]:
     values = rows.gather(1, ids.to(rows.device)).masked_fill(~ok.to(rows.device), -math.inf)
     return values.logsumexp(1)
 
 
 def metric_values(
-    metric: str, logits: Float[Tensor, "batch pos vocab"], targets: Targets, clean: Float[Tensor, "batch vocab"] | None = None
+    metric: str,
+    logits: Float[Tensor, "batch pos vocab"],
+    targets: Targets,
+    clean: Float[Tensor, "batch vocab"] | None = None,
 ) -> Float[Tensor, " batch"]:
     """[B] metric per row. logits: [B, T, V]. clean: [B, V] log-probabilities of the clean run
     at the read positions (needed for "kl"; None: this run's own, detached)."""
     rows = targets.rows(logits)
     if metric == "logit_diff":
         if not bool(targets.counter_ok.any(1).all()):
-            raise UserError("the logit difference needs a counterfactual answer for every example; use metric='prob' or 'kl'.")
-        return logsumexp_at(rows, targets.correct, targets.correct_ok) - logsumexp_at(rows, targets.counter, targets.counter_ok)
+            raise UserError(
+                "the logit difference needs a counterfactual answer for every example; use metric='prob' or 'kl'."
+            )
+        return logsumexp_at(rows, targets.correct, targets.correct_ok) - logsumexp_at(
+            rows, targets.counter, targets.counter_ok
+        )
     if metric == "prob":
         return (logsumexp_at(rows, targets.correct, targets.correct_ok) - rows.logsumexp(1)).exp()
     if metric == "kl":
@@ -86,6 +99,8 @@ def metric_values(
     raise UserError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}.")
 
 
-def clean_reference(metric: str, logits: Float[Tensor, "batch pos vocab"], targets: Targets) -> Float[Tensor, "batch vocab"] | None:
+def clean_reference(
+    metric: str, logits: Float[Tensor, "batch pos vocab"], targets: Targets
+) -> Float[Tensor, "batch vocab"] | None:
     """What `metric_values` needs from the clean run: its read-position log-probs for "kl"."""
     return torch.log_softmax(targets.rows(logits), -1).detach() if metric == "kl" else None

@@ -63,14 +63,15 @@ def logit_diff(logits: Float[Tensor, "batch pos vocab"], batch: Batch) -> Float[
 def component(pm: ProbedModel, name: str) -> Name:
     n = pm.shape.check(name)
     if n.kind not in ("head", "mlp", "neuron"):
-        raise UserError(f"cannot ablate {name!r}: ablations act on heads (L{{l}}.H{{h}}), MLPs (L{{l}}.mlp) and neurons (L{{l}}.mlp.neuron{{i}}).")
+        raise UserError(
+            f"cannot ablate {name!r}: ablations act on heads (L{{l}}.H{{h}}), MLPs (L{{l}}.mlp) and neurons (L{{l}}.mlp.neuron{{i}})."
+        )
     return n
 
 
 def stored_name(n: Name) -> str:
     """The cache entry a component is read from (neurons live in their layer's vector)."""
     return f"L{n.layer}.mlp.neurons" if n.kind == "neuron" else str(n)
-
 
 
 def _edge(name: str) -> tuple[str, str] | None:
@@ -189,7 +190,6 @@ def baseline_logit_diffs(
         clean.append(answer_logit_diff(pm(batch), batch).cpu())
         corrupt.append(answer_logit_diff(pm(corrupted_inputs(batch)), batch).cpu())
     return torch.cat(clean), torch.cat(corrupt)
-
 
 
 @torch.no_grad()

@@ -84,7 +84,14 @@ def bootstrap_ci(
     return percentile_interval(values, float(stat(x[None])[0]), level)
 
 
-def ratio_of_means(num: Float[Tensor, " examples"], den: Float[Tensor, " examples"], *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Interval:
+def ratio_of_means(
+    num: Float[Tensor, " examples"],
+    den: Float[Tensor, " examples"],
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Interval:
     """mean(num) / mean(den) with a paired bootstrap interval (rows of num and den resampled together)."""
     both = torch.stack([torch.as_tensor(num, dtype=torch.float64), torch.as_tensor(den, dtype=torch.float64)], 1)
     return bootstrap_ci(both, lambda s: s[..., 0].mean(-1) / s[..., 1].mean(-1), n_boot=n_boot, level=level, seed=seed)
@@ -93,7 +100,9 @@ def ratio_of_means(num: Float[Tensor, " examples"], den: Float[Tensor, " example
 def bootstrap_weights(n: int, n_boot: int, seed: int) -> Float[Tensor, "boot examples"]:
     """[n_boot, n] resampling weights (how often each example is drawn, / n)."""
     idx = bootstrap_indices(n, n_boot, seed)
-    counts = torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(n_boot, n, dtype=torch.float64))
+    counts = torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(
+        1, idx, torch.ones(n_boot, n, dtype=torch.float64)
+    )
     return counts / n
 
 
@@ -111,12 +120,20 @@ def jaccard_rows(a: Float[Tensor, "batch edges"], b: Float[Tensor, "batch edges"
 
 
 def jaccard_bootstrap(
-    a: Float[Tensor, "examples edges"], b: Float[Tensor, "_examples _edges"], k: int, *, n_boot: int, seed: int, level: float = 0.95
+    a: Float[Tensor, "examples edges"],
+    b: Float[Tensor, "_examples _edges"],
+    k: int,
+    *,
+    n_boot: int,
+    seed: int,
+    level: float = 0.95,
 ) -> tuple[Interval, Float[Tensor, " boot"]]:
     """Jaccard of the top-k edges of the mean scores of per-example a and b ([N, E], the same N
     examples), with a paired percentile interval; also returns the [n_boot] replicates."""
     if a.shape != b.shape:
-        raise UserError(f"per-example scores must cover the same examples and edges, got {list(a.shape)} and {list(b.shape)}.")
+        raise UserError(
+            f"per-example scores must cover the same examples and edges, got {list(a.shape)} and {list(b.shape)}."
+        )
     estimate = float(jaccard_rows(a.double().mean(0)[None], b.double().mean(0)[None], k)[0])
     idx = bootstrap_indices(a.shape[0], n_boot, seed)
     reps = torch.cat([jaccard_rows(a[c].double().mean(1), b[c].double().mean(1), k) for c in idx.split(64)])
@@ -124,7 +141,10 @@ def jaccard_bootstrap(
 
 
 def pooled(
-    estimates: Sequence[float], replicates: Sequence[Float[Tensor, " boot"]], weights: Sequence[float], level: float = 0.95
+    estimates: Sequence[float],
+    replicates: Sequence[Float[Tensor, " boot"]],
+    weights: Sequence[float],
+    level: float = 0.95,
 ) -> Interval:
     """sum_i w_i x_i with its interval from combining each term's bootstrap replicates (the terms
     are independent: replicate j of the sum adds replicate j of each term)."""

@@ -101,7 +101,9 @@ class Stages:
         self.root, self.force, self.log = root, force, log
         self.records: list[StageRecord] = []
 
-    def run(self, name: str, parts: Mapping[str, Any], work: Callable[[Path], dict[str, Any]], *, keep_partial: bool = False) -> StageRecord:
+    def run(
+        self, name: str, parts: Mapping[str, Any], work: Callable[[Path], dict[str, Any]], *, keep_partial: bool = False
+    ) -> StageRecord:
         """work(folder) -> info (JSON-able), run unless folder/stage.json has this key.
         keep_partial: leave an unfinished folder in place for `work` to resume from."""
         folder = self.root / name
@@ -121,7 +123,9 @@ class Stages:
         t0 = time.perf_counter()
         info = work(folder)
         seconds = time.perf_counter() - t0
-        atomic_write_text(marker, json.dumps({"key": key, "parts": parts, "info": info, "seconds": seconds}, indent=1, default=str))
+        atomic_write_text(
+            marker, json.dumps({"key": key, "parts": parts, "info": info, "seconds": seconds}, indent=1, default=str)
+        )
         record = StageRecord(name, "ran", seconds, key, info)
         self.records.append(record)
         self.log(f"[{name}] done in {seconds:.0f} s")
@@ -137,9 +141,18 @@ def _settings(cfg: StudyConfig) -> dict[str, Any]:
         s = {
             "tasks": list(ORGANISM_TASKS),  # what the organism was trained on
             "sampler_tasks": ["ioi", "countdown"],
-            "train": {"data": "tasks", "sft": True, "steps": cfg.convert_steps, "seq_len": 96, "batch_size": 32,
-                      "lr": 5e-4, "warmup": 50, "save_every": 100, "snapshot_every": max(1, cfg.convert_steps // 4),
-                      "log_every": 10},
+            "train": {
+                "data": "tasks",
+                "sft": True,
+                "steps": cfg.convert_steps,
+                "seq_len": 96,
+                "batch_size": 32,
+                "lr": 5e-4,
+                "warmup": 50,
+                "save_every": 100,
+                "snapshot_every": max(1, cfg.convert_steps // 4),
+                "log_every": 10,
+            },
             "compare": {"pool_size": cfg.pool_size, "n_boot": cfg.n_boot, "n_random": 3},
             "track": ["ioi", "countdown"],
         }
@@ -147,17 +160,41 @@ def _settings(cfg: StudyConfig) -> dict[str, Any]:
         s = {
             "tasks": ["ioi", "greater_than", "countdown"],
             "sampler_tasks": ["ioi", "countdown"],
-            "train": {"data": "sotu", "steps": 100_000, "seq_len": 128, "batch_size": 8, "lr": 1e-4, "warmup": 20,
-                      "save_every": 25, "log_every": 5, "max_minutes": cfg.budget * 0.4},
+            "train": {
+                "data": "sotu",
+                "steps": 100_000,
+                "seq_len": 128,
+                "batch_size": 8,
+                "lr": 1e-4,
+                "warmup": 20,
+                "save_every": 25,
+                "log_every": 5,
+                "max_minutes": cfg.budget * 0.4,
+            },
             # measured on 2 busy cores: ~7 min per task for 40 examples (EAP-IG, m = 5, both models)
-            "compare": {"pool_size": min(cfg.pool_size, max(8, int(cfg.budget / 2))), "n_boot": cfg.n_boot, "n_random": 2,
-                        "denoising": (1.0, 0.0), "faithfulness": False, "causal": False, "batch_size": 8},
+            "compare": {
+                "pool_size": min(cfg.pool_size, max(8, int(cfg.budget / 2))),
+                "n_boot": cfg.n_boot,
+                "n_random": 2,
+                "denoising": (1.0, 0.0),
+                "faithfulness": False,
+                "causal": False,
+                "batch_size": 8,
+            },
             "track": [],
         }
     if cfg.quick:
         s["train"].update({"steps": 12, "save_every": 4, "snapshot_every": 6, "max_minutes": 0.0})
-        s["compare"].update({"pool_size": 8, "n_boot": 50, "n_random": 1, "denoising": (1.0, 0.0), "faithfulness": False,
-                             "common_correct": False})
+        s["compare"].update(
+            {
+                "pool_size": 8,
+                "n_boot": 50,
+                "n_random": 1,
+                "denoising": (1.0, 0.0),
+                "faithfulness": False,
+                "common_correct": False,
+            }
+        )
         s["tasks"] = ["ioi", "greater_than", "countdown"]
         s["sampler_tasks"] = ["ioi"]
         s["track"] = ["ioi"]
@@ -182,8 +219,11 @@ def _ar_stage(cfg: StudyConfig, stages: Stages) -> tuple[str, StageRecord]:
         if cfg.quick:
             source = str(stages.root / "ar" / "model")
             quick = OrganismConfig(eval_examples=8, eval_every=0)
-            record = stages.run("ar", {"quick": True, "steps": 40, "seed": cfg.seed},
-                                lambda folder: _train_organism(train_organism, folder / "model", 40, cfg.seed, quick))
+            record = stages.run(
+                "ar",
+                {"quick": True, "steps": 40, "seed": cfg.seed},
+                lambda folder: _train_organism(train_organism, folder / "model", 40, cfg.seed, quick),
+            )
             return source, record
         if (cached / "config.json").is_file():
             source = "organism"
@@ -191,20 +231,33 @@ def _ar_stage(cfg: StudyConfig, stages: Stages) -> tuple[str, StageRecord]:
             stages.log(f"no cached organism at {cached}: training one ({cfg.ar_steps} steps, a few minutes on 2 cores)")
             t0 = time.perf_counter()
             report = train_organism(out=cached, seed=cfg.seed, steps=cfg.ar_steps)
-            stages.records.append(StageRecord("organism training", "ran", time.perf_counter() - t0, "-",
-                                              {"accuracy": report.accuracy, "steps": report.steps, "out": str(cached)}))
+            stages.records.append(
+                StageRecord(
+                    "organism training",
+                    "ran",
+                    time.perf_counter() - t0,
+                    "-",
+                    {"accuracy": report.accuracy, "steps": report.steps, "out": str(cached)},
+                )
+            )
             source = "organism"
     meta = load_ar(source).meta
-    record = stages.run("ar", {"source": source, "hash": meta.source_hash}, lambda folder: {"source": source, "hash": meta.source_hash})
+    record = stages.run(
+        "ar", {"source": source, "hash": meta.source_hash}, lambda folder: {"source": source, "hash": meta.source_hash}
+    )
     return source, record
 
 
-def _train_organism(train_organism: Callable[..., Any], out: Path, steps: int, seed: int, config: Any) -> dict[str, Any]:
+def _train_organism(
+    train_organism: Callable[..., Any], out: Path, steps: int, seed: int, config: Any
+) -> dict[str, Any]:
     report = train_organism(out=out, seed=seed, steps=steps, config=config, progress=False)
     return {"accuracy": report.accuracy, "steps": report.steps}
 
 
-def _mdm_stage(cfg: StudyConfig, stages: Stages, ar_source: str, ar_record: StageRecord, settings: Mapping[str, Any]) -> StageRecord:
+def _mdm_stage(
+    cfg: StudyConfig, stages: Stages, ar_source: str, ar_record: StageRecord, settings: Mapping[str, Any]
+) -> StageRecord:
     from conversion.train import TrainConfig, train
 
     options = dict(settings["train"])
@@ -217,20 +270,29 @@ def _mdm_stage(cfg: StudyConfig, stages: Stages, ar_source: str, ar_record: Stag
         elif out.exists():
             shutil.rmtree(out)
         result = train(TrainConfig(model=ar_source, out=str(out), seed=cfg.seed, resume=resume, **options))
-        return {"steps": result.steps, "tokens_seen": result.tokens_seen, "final_loss": result.final_loss,
-                "seconds_budget": options.get("max_minutes", 0.0) * 60}
+        return {
+            "steps": result.steps,
+            "tokens_seen": result.tokens_seen,
+            "final_loss": result.final_loss,
+            "seconds_budget": options.get("max_minutes", 0.0) * 60,
+        }
 
     return stages.run("mdm", {"ar": ar_record.key, "train": options, "seed": cfg.seed}, work, keep_partial=True)
 
 
-def _samplers_stage(cfg: StudyConfig, stages: Stages, ar_source: str, mdm_path: Path, upstream: str,
-                    settings: Mapping[str, Any]) -> StageRecord:
+def _samplers_stage(
+    cfg: StudyConfig, stages: Stages, ar_source: str, mdm_path: Path, upstream: str, settings: Mapping[str, Any]
+) -> StageRecord:
     from analyses.generation import SamplerSpec, evaluate_samplers, task_sets, write_report
     from conversion.checkpoints import load_any
 
     n = 8 if cfg.quick else cfg.n
     fractions = [1.0] if cfg.quick else [1.0, 0.5, 0.25]
-    specs = [SamplerSpec("low-confidence"), SamplerSpec("threshold", {"tau": 0.9}), SamplerSpec("ancestral", {"temperature": 0.0})]
+    specs = [
+        SamplerSpec("low-confidence"),
+        SamplerSpec("threshold", {"tau": 0.9}),
+        SamplerSpec("ancestral", {"temperature": 0.0}),
+    ]
     if cfg.quick:
         specs = specs[:1]
 
@@ -238,18 +300,33 @@ def _samplers_stage(cfg: StudyConfig, stages: Stages, ar_source: str, mdm_path: 
         mdm = load_any(mdm_path)
         ar = load_any(ar_source)
         tasks = list(settings["sampler_tasks"])
-        rows = evaluate_samplers(mdm, task_sets(mdm, tasks, n, seed=cfg.seed), specs, fractions=fractions, batch_size=16, seed=cfg.seed)
-        rows += evaluate_samplers(ar, task_sets(ar, tasks, n, seed=cfg.seed), [SamplerSpec("ar", label="ar (the ARM)")],
-                                  batch_size=16, seed=cfg.seed)
+        rows = evaluate_samplers(
+            mdm, task_sets(mdm, tasks, n, seed=cfg.seed), specs, fractions=fractions, batch_size=16, seed=cfg.seed
+        )
+        rows += evaluate_samplers(
+            ar,
+            task_sets(ar, tasks, n, seed=cfg.seed),
+            [SamplerSpec("ar", label="ar (the ARM)")],
+            batch_size=16,
+            seed=cfg.seed,
+        )
         write_report(rows, folder, plotlyjs="cdn")
         return {"rows": [asdict(r) for r in rows]}
 
-    parts = {"mdm": upstream, "n": n, "fractions": fractions, "specs": [asdict(s) for s in specs], "tasks": settings["sampler_tasks"], "seed": cfg.seed}
+    parts = {
+        "mdm": upstream,
+        "n": n,
+        "fractions": fractions,
+        "specs": [asdict(s) for s in specs],
+        "tasks": settings["sampler_tasks"],
+        "seed": cfg.seed,
+    }
     return stages.run("samplers", parts, work)
 
 
-def _compare_stage(cfg: StudyConfig, stages: Stages, ar_source: str, mdm_path: Path, upstream: str,
-                   settings: Mapping[str, Any]) -> StageRecord:
+def _compare_stage(
+    cfg: StudyConfig, stages: Stages, ar_source: str, mdm_path: Path, upstream: str, settings: Mapping[str, Any]
+) -> StageRecord:
     from analyses.compare import CompareOptions, compare, snapshots_of, track, write_report
     from probe import ProbedModel
 
@@ -265,19 +342,37 @@ def _compare_stage(cfg: StudyConfig, stages: Stages, ar_source: str, mdm_path: P
         except UserError as err:
             if not opts.common_correct:
                 raise
-            note = (f"the two models share too few correctly solved examples ({err}); "
-                    "analysed every aligned example instead (the claims then mix solved and unsolved examples)")
+            note = (
+                f"the two models share too few correctly solved examples ({err}); "
+                "analysed every aligned example instead (the claims then mix solved and unsolved examples)"
+            )
             stages.log(f"[compare] {note}")
-            result = compare(ar, mdm, CompareOptions(**{**options, "common_correct": False}),
-                             labels={"ar": ar_source, "mdm": str(mdm_path)}, log=stages.log)
+            result = compare(
+                ar,
+                mdm,
+                CompareOptions(**{**options, "common_correct": False}),
+                labels={"ar": ar_source, "mdm": str(mdm_path)},
+                log=stages.log,
+            )
         result.data["note"] = note
         if settings["track"] and (mdm_path / "snapshots").is_dir():
             load = lambda p: ProbedModel.from_checkpoint(p, backend="torch", device=cfg.device)  # noqa: E731
             snaps = snapshots_of(mdm_path)
-            result.data["track"] = track(ar, snaps, tasks=settings["track"], pool_size=min(50, options["pool_size"]),
-                                         seed=cfg.seed, load=load, log=stages.log)
+            result.data["track"] = track(
+                ar,
+                snaps,
+                tasks=settings["track"],
+                pool_size=min(50, options["pool_size"]),
+                seed=cfg.seed,
+                load=load,
+                log=stages.log,
+            )
         write_report(result, folder, title=f"{ar_source} vs its MDM")
-        return {"claims": {k: {"verdict": c["verdict"], "interval": c["interval"]} for k, c in result.data["claims"].items()}}
+        return {
+            "claims": {
+                k: {"verdict": c["verdict"], "interval": c["interval"]} for k, c in result.data["claims"].items()
+            }
+        }
 
     return stages.run("compare", {"mdm": upstream, "options": options, "device": cfg.device}, work)
 
@@ -298,7 +393,9 @@ def summary_table(compare_data: Mapping[str, Any], sampler_rows: list[dict[str, 
     return rows
 
 
-def write_study_report(out: Path, cfg: StudyConfig, records: list[StageRecord], ar_source: str, mdm_path: Path) -> dict[str, Any]:
+def write_study_report(
+    out: Path, cfg: StudyConfig, records: list[StageRecord], ar_source: str, mdm_path: Path
+) -> dict[str, Any]:
     from analyses.compare import format_interval, report_html, table_html
     from analyses.generation import EvalRow, figure
     from conversion.report import training_figure
@@ -308,28 +405,47 @@ def write_study_report(out: Path, cfg: StudyConfig, records: list[StageRecord], 
     mdm_info = next(r.info for r in records if r.name == "mdm")
     tokens = mdm_info.get("tokens_seen", 0)
     stage_rows = [{"stage": r.name, "status": r.status, "seconds": f"{r.seconds:.0f}", "key": r.key} for r in records]
-    lines = [f"<p>Model <b>{html.escape(cfg.model)}</b>: ARM <code>{html.escape(ar_source)}</code>, converted by "
-             f"{mdm_info.get('steps')} steps ({tokens:,} tokens) into <code>{html.escape(str(mdm_path))}</code>.</p>"]
+    lines = [
+        f"<p>Model <b>{html.escape(cfg.model)}</b>: ARM <code>{html.escape(ar_source)}</code>, converted by "
+        f"{mdm_info.get('steps')} steps ({tokens:,} tokens) into <code>{html.escape(str(mdm_path))}</code>.</p>"
+    ]
     if cfg.model == "smollm2":
-        lines.append(f"<p><b>How little conversion this is:</b> {tokens:,} tokens on this machine's budget; published conversions "
-                     "used about 30 B (DiffuGPT), 65 B (DiffuLLaMA) and 580 B (Dream) tokens. Read the MDM side as a barely "
-                     "converted model.</p>")
+        lines.append(
+            f"<p><b>How little conversion this is:</b> {tokens:,} tokens on this machine's budget; published conversions "
+            "used about 30 B (DiffuGPT), 65 B (DiffuLLaMA) and 580 B (Dream) tokens. Read the MDM side as a barely "
+            "converted model.</p>"
+        )
     if cfg.quick:
         lines.append("<p><b>Quick mode:</b> tiny training and pools; the numbers only show that the pipeline runs.</p>")
     if compare_data.get("note"):
         lines.append(f"<p><b>Note:</b> {html.escape(compare_data['note'])}</p>")
-    lines += ["<h2>Stages</h2>", table_html(stage_rows), "<h2>Summary</h2>", table_html(summary_table(compare_data, sampler_rows))]
-    extra = {"samplers: accuracy against NFE": figure([EvalRow(**r) for r in sampler_rows]),
-             "conversion: training curves": training_figure(mdm_path / "train.jsonl", title="conversion")}
+    lines += [
+        "<h2>Stages</h2>",
+        table_html(stage_rows),
+        "<h2>Summary</h2>",
+        table_html(summary_table(compare_data, sampler_rows)),
+    ]
+    extra = {
+        "samplers: accuracy against NFE": figure([EvalRow(**r) for r in sampler_rows]),
+        "conversion: training curves": training_figure(mdm_path / "train.jsonl", title="conversion"),
+    }
     page = report_html(compare_data, title=f"ar2mdm study: {cfg.model}", extra_figures=extra, sections=lines)
     atomic_write_text(out / "report.html", page)
     summary = {
-        "model": cfg.model, "ar": ar_source, "mdm": str(mdm_path), "conversion": mdm_info,
-        "stages": [asdict(r) for r in records], "claims": {k: {"verdict": c["verdict"], "effect": c["effect"], "interval": c["interval"]}
-                                                          for k, c in compare_data["claims"].items()},
+        "model": cfg.model,
+        "ar": ar_source,
+        "mdm": str(mdm_path),
+        "conversion": mdm_info,
+        "stages": [asdict(r) for r in records],
+        "claims": {
+            k: {"verdict": c["verdict"], "effect": c["effect"], "interval": c["interval"]}
+            for k, c in compare_data["claims"].items()
+        },
         "table": summary_table(compare_data, sampler_rows),
-        "claims_text": {k: f"{c['claim']} -- {c['verdict'].upper()}: {c['effect']} = {format_interval(c['interval'], 3)}"
-                        for k, c in compare_data["claims"].items()},
+        "claims_text": {
+            k: f"{c['claim']} -- {c['verdict'].upper()}: {c['effect']} = {format_interval(c['interval'], 3)}"
+            for k, c in compare_data["claims"].items()
+        },
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
@@ -361,9 +477,11 @@ def _run_stages(cfg: StudyConfig, out: Path, log: Callable[[str], None]) -> dict
     mdm_record = _mdm_stage(cfg, stages, ar_source, ar_record, settings)
     mdm_path = out / "mdm" / "model"
     if cfg.model == "smollm2":
-        log(f"[mdm] SmolLM2 conversion on this budget: {mdm_record.info.get('steps')} steps, "
+        log(
+            f"[mdm] SmolLM2 conversion on this budget: {mdm_record.info.get('steps')} steps, "
             f"{mdm_record.info.get('tokens_seen', 0):,} tokens -- published conversions used 30-580 B tokens; "
-            "this MDM is barely converted, and the comparison says what such a short conversion changes.")
+            "this MDM is barely converted, and the comparison says what such a short conversion changes."
+        )
     _samplers_stage(cfg, stages, ar_source, mdm_path, mdm_record.key, settings)
     _compare_stage(cfg, stages, ar_source, mdm_path, mdm_record.key, settings)
     summary = write_study_report(out, cfg, stages.records, ar_source, mdm_path)

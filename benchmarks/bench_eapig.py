@@ -129,14 +129,20 @@ def main() -> None:
     args = ap.parse_args()
     r = measure(args.model, args.batch, args.steps, args.repeats, args.backend, args.device)
     m = args.steps
-    print(f"{r['model']} ({r['backend']} backend, {r['device']}), IOI batch {r['batch'][0]} x {r['batch'][1]} tokens, "
-          f"{r['edges']} edges, m = {m}, {r['threads']} threads, median of {r['repeats']}")
+    print(
+        f"{r['model']} ({r['backend']} backend, {r['device']}), IOI batch {r['batch'][0]} x {r['batch'][1]} tokens, "
+        f"{r['edges']} edges, m = {m}, {r['threads']} threads, median of {r['repeats']}"
+    )
     print(f"one forward+backward (baseline): {1e3 * r['fwd_bwd_s']:.1f} ms")
-    print(f"EAP-IG (inputs):  {1e3 * r['eap_ig_s']:.1f} ms = {r['ratio_eap_ig']:.3f} x ({m} + 2) fwd+bwd   (target <= {TARGET})")
+    print(
+        f"EAP-IG (inputs):  {1e3 * r['eap_ig_s']:.1f} ms = {r['ratio_eap_ig']:.3f} x ({m} + 2) fwd+bwd   (target <= {TARGET})"
+    )
     print(f"EAP:              {1e3 * r['eap_s']:.1f} ms = {r['ratio_eap']:.3f} x 2 fwd+bwd")
     mem = r["extra_peak_rss_mib"]
-    print(f"extra peak RSS: fwd+bwd +{mem['fwd_bwd']:.0f} MiB, EAP-IG +{mem['eap_ig']:.0f} MiB, EAP +{mem['eap']:.0f} MiB; "
-          f"process peak {r['process_peak_rss_mib']:.0f} MiB")
+    print(
+        f"extra peak RSS: fwd+bwd +{mem['fwd_bwd']:.0f} MiB, EAP-IG +{mem['eap_ig']:.0f} MiB, EAP +{mem['eap']:.0f} MiB; "
+        f"process peak {r['process_peak_rss_mib']:.0f} MiB"
+    )
     if r["cuda_extra_peak_mib"]:
         print(f"CUDA extra peak: {r['cuda_extra_peak_mib']}")
     if args.json:

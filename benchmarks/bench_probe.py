@@ -106,9 +106,12 @@ def measure(model_name: str, backends: list[str], batch: int, seq_len: int, repe
         del cache
         t_plain, t_sdpa, t_cache = [], [], []
         for i in range(repeats):
-            steps = [("plain", lambda: plain(model)), ("sdpa", lambda: plain(sdpa)),
-                     ("cache", lambda: pm.run_with_cache(ids, names=NAMES))]  # noqa: B023
-            for label, fn in (steps if i % 2 == 0 else steps[::-1]):
+            steps = [
+                ("plain", lambda: plain(model)),
+                ("sdpa", lambda: plain(sdpa)),
+                ("cache", lambda pm=pm: pm.run_with_cache(ids, names=NAMES)),
+            ]
+            for label, fn in steps if i % 2 == 0 else steps[::-1]:
                 t0 = time.perf_counter()
                 fn()
                 {"plain": t_plain, "sdpa": t_sdpa, "cache": t_cache}[label].append(time.perf_counter() - t0)
@@ -148,15 +151,21 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args()
     res = measure(args.model, args.backends, args.batch, args.seq_len, args.repeats)
-    print(f"{args.model}, batch {args.batch} x {args.seq_len} tokens, {res['threads']} threads, "
-          f"median of {args.repeats}; plain pass: +{res['extra_peak_mib_plain_pass']:.0f} MiB peak; "
-          f"process peak RSS {res['process_peak_rss_mib']:.0f} MiB")
-    print(f"{'backend':<8} {'plain ms':>9} {'sdpa ms':>8} {'cache ms':>9} {'ratio':>6} {'vs sdpa':>8} "
-          f"{'tensors':>8} {'cache MiB':>10} {'pass peak MiB':>14}")
+    print(
+        f"{args.model}, batch {args.batch} x {args.seq_len} tokens, {res['threads']} threads, "
+        f"median of {args.repeats}; plain pass: +{res['extra_peak_mib_plain_pass']:.0f} MiB peak; "
+        f"process peak RSS {res['process_peak_rss_mib']:.0f} MiB"
+    )
+    print(
+        f"{'backend':<8} {'plain ms':>9} {'sdpa ms':>8} {'cache ms':>9} {'ratio':>6} {'vs sdpa':>8} "
+        f"{'tensors':>8} {'cache MiB':>10} {'pass peak MiB':>14}"
+    )
     for name, r in res["backends"].items():
-        print(f"{name:<8} {1e3 * r['plain_eager_s']:>9.1f} {1e3 * r['plain_sdpa_s']:>8.1f} "
-              f"{1e3 * r['run_with_cache_s']:>9.1f} {r['ratio']:>6.3f} {r['ratio_vs_sdpa']:>8.3f} "
-              f"{r['cached_tensors']:>8} {r['cache_mib']:>10.1f} {r['extra_peak_mib_cached_pass']:>+14.0f}")
+        print(
+            f"{name:<8} {1e3 * r['plain_eager_s']:>9.1f} {1e3 * r['plain_sdpa_s']:>8.1f} "
+            f"{1e3 * r['run_with_cache_s']:>9.1f} {r['ratio']:>6.3f} {r['ratio_vs_sdpa']:>8.3f} "
+            f"{r['cached_tensors']:>8} {r['cache_mib']:>10.1f} {r['extra_peak_mib_cached_pass']:>+14.0f}"
+        )
     print(f"target: {res['target']}")
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))

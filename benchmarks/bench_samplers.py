@@ -66,9 +66,17 @@ def measure(
     for spec in specs:
         med = statistics.median(speed[spec.title])
         r = rows[spec.title]
-        out.append({"sampler": spec.title, "tokens_per_s": med, "ratio": med / base, "nfe": r.nfe, "accuracy": r.accuracy})
-    return {"task": task, "n": len(examples), "rounds": rounds, "batch_size": batch_size,
-            "threads": torch.get_num_threads(), "rows": out}
+        out.append(
+            {"sampler": spec.title, "tokens_per_s": med, "ratio": med / base, "nfe": r.nfe, "accuracy": r.accuracy}
+        )
+    return {
+        "task": task,
+        "n": len(examples),
+        "rounds": rounds,
+        "batch_size": batch_size,
+        "threads": torch.get_num_threads(),
+        "rows": out,
+    }
 
 
 def main() -> None:
@@ -88,7 +96,9 @@ def main() -> None:
     print(f"{args.task}, {res['n']} examples, batch {args.batch_size}, {args.rounds} rounds, {args.threads} thread(s)")
     print(f"{'sampler':28s} {'tok/s':>8s} {'ratio':>6s} {'NFE':>6s} {'acc':>6s} {'d acc':>6s}")
     for r in res["rows"]:
-        print(f"{r['sampler']:28s} {r['tokens_per_s']:8.1f} {r['ratio']:6.2f} {r['nfe']:6.2f} {r['accuracy']:6.3f} {r['accuracy'] - base_acc:+6.3f}")
+        print(
+            f"{r['sampler']:28s} {r['tokens_per_s']:8.1f} {r['ratio']:6.2f} {r['nfe']:6.2f} {r['accuracy']:6.3f} {r['accuracy'] - base_acc:+6.3f}"
+        )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(res, fh, indent=2)

@@ -29,8 +29,13 @@ TARGET = 0.9  # tokens/s(MDM) / tokens/s(AR) at least this
 def smollm2_shaped(vocab_size: int = 49153) -> torch.nn.Module:
     """A random-init Llama with SmolLM2-135M's dimensions (no weights needed: same FLOPs)."""
     cfg = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+        vocab_size=vocab_size,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=2048,
         tie_word_embeddings=True,
     )
     torch.manual_seed(0)
@@ -72,7 +77,7 @@ def measure(model_name: str, batch: int, seq_len: int, repeats: int, bf16: bool)
     mdm_step(0)
     ar_times, mdm_times = [], []
     for i in range(repeats):
-        order = (("ar", "mdm") if i % 2 == 0 else ("mdm", "ar"))
+        order = ("ar", "mdm") if i % 2 == 0 else ("mdm", "ar")
         for kind in order:
             t0 = time.perf_counter()
             ar_step() if kind == "ar" else mdm_step(i + 1)
@@ -105,7 +110,9 @@ def main() -> None:
     args = ap.parse_args()
     res = measure(args.model, args.batch, args.seq_len, args.repeats, args.bf16)
     print(f"{'benchmark':<12} {'AR tok/s':>10} {'MDM tok/s':>10} {'ratio':>7}  target")
-    print(f"{'train_step':<12} {res['ar_tokens_per_s']:>10.1f} {res['mdm_tokens_per_s']:>10.1f} {res['ratio_mdm_over_ar']:>7.3f}  {res['target']}")
+    print(
+        f"{'train_step':<12} {res['ar_tokens_per_s']:>10.1f} {res['mdm_tokens_per_s']:>10.1f} {res['ratio_mdm_over_ar']:>7.3f}  {res['target']}"
+    )
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
 

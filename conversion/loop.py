@@ -76,7 +76,9 @@ def fit(
     start: int = 0,
     steps: int | None = None,
     clip: float = 0.0,
-    clip_grad_norm: Callable[[Iterable[Float[Tensor, "*_shape"]], float], Float[Tensor, ""]] = torch.nn.utils.clip_grad_norm_,
+    clip_grad_norm: Callable[
+        [Iterable[Float[Tensor, "*_shape"]], float], Float[Tensor, ""]
+    ] = torch.nn.utils.clip_grad_norm_,
 ) -> int:
     """Run optimizer steps start, start + 1, ... until `steps` (None: until `after_step` says
     stop); return the number of steps done. `parameters()` gives what is clipped (the model's

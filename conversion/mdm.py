@@ -46,9 +46,7 @@ class MaskTokenError(UserError):
     """The model or tokenizer cannot take a mask token as asked; the message says what to pass."""
 
 
-def add_mask_token(
-    model: PreTrainedModel, tokenizer: Any, policy: str | int = "add"
-) -> int:
+def add_mask_token(model: PreTrainedModel, tokenizer: Any, policy: str | int = "add") -> int:
     """Give the model a mask token according to `policy` ("add" or an existing id); return its id.
 
     "add" reuses the tokenizer's own mask token if it has one that is free (not its pad, bos or
@@ -65,9 +63,7 @@ def add_mask_token(
     n_rows = _embedding_rows(model)
     if isinstance(policy, str) and policy != "add":
         if not policy.strip().isdigit():
-            raise UserError(
-                f"mask token policy {policy!r} is neither 'add' nor a token id (a non-negative integer)."
-            )
+            raise UserError(f"mask token policy {policy!r} is neither 'add' nor a token id (a non-negative integer).")
         policy = int(policy)
     if isinstance(policy, int):
         if not 0 <= policy < n_rows:
@@ -141,8 +137,10 @@ def _add_to_tokenizer(tokenizer: Any) -> tuple[int, bool]:
     to it, a new token's id is fresh (no other token has it) and an existing one is not unk's id.
     """
     cannot = f"the tokenizer ({type(tokenizer).__name__}) cannot take a new mask token"
-    if not all(callable(getattr(tokenizer, name, None)) for name in
-               ("add_special_tokens", "convert_tokens_to_ids", "convert_ids_to_tokens")):
+    if not all(
+        callable(getattr(tokenizer, name, None))
+        for name in ("add_special_tokens", "convert_tokens_to_ids", "convert_ids_to_tokens")
+    ):
         raise MaskTokenError(f"{cannot}: it has no add_special_tokens/convert_tokens_to_ids; {_USE_AN_ID}.")
     try:
         size = len(tokenizer)
@@ -223,7 +221,10 @@ def save_mdm(
 
 
 def load_mdm(
-    path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+    path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
     role: str = "the checkpoint",
 ) -> Loaded:
     """Load an MDM checkpoint written by `save_mdm` / `train`: model (eval, bidirectional),

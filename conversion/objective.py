@@ -155,9 +155,7 @@ def eligible_positions(
     return eligible
 
 
-def _read_index(
-    length: int, shift: bool, block_sizes: Tensor | None, batch: int, device: torch.device
-) -> Tensor:
+def _read_index(length: int, shift: bool, block_sizes: Tensor | None, batch: int, device: torch.device) -> Tensor:
     """Long [B, T]: index into the model's logits that predicts each token of x_0 (step 5).
 
     Position 0 under shift maps to -1 -> clamped to 0; it is never a loss position.
@@ -224,14 +222,16 @@ def draw_noise(
 
     # 1. Eligible positions: real, not prompt, readable under the shift rule.
     eligible = eligible_positions(
-        x0.shape, shift=opts.shift, attention_mask=attention_mask, prompt_mask=prompt_mask, device=device,
+        x0.shape,
+        shift=opts.shift,
+        attention_mask=attention_mask,
+        prompt_mask=prompt_mask,
+        device=device,
         document_ids=document_ids,
     )
     # 2. One time per sequence.
     if t is None:
-        t = noise_mod.sample_t(
-            batch, eps=opts.eps, antithetic=opts.antithetic, generator=generator, device=device
-        )
+        t = noise_mod.sample_t(batch, eps=opts.eps, antithetic=opts.antithetic, generator=generator, device=device)
     t = t.to(device=device, dtype=torch.float32)
     # 3. Corrupt the eligible positions.
     if opts.noise == "absorbing":
@@ -282,16 +282,28 @@ def diffusion_loss(
     if attention_mask is None:
         attention_mask = torch.ones_like(x0)
     eligible = eligible_positions(
-        x0.shape, shift=opts.shift, attention_mask=attention_mask, prompt_mask=prompt_mask, device=device,
+        x0.shape,
+        shift=opts.shift,
+        attention_mask=attention_mask,
+        prompt_mask=prompt_mask,
+        device=device,
         document_ids=document_ids,
     )
 
     # Steps 1-3: draw (or take) the noise.
     if draw is None:
         draw = draw_noise(
-            x0, opts, mask_id=mask_id, attention_mask=attention_mask, prompt_mask=prompt_mask,
-            step=step, generator=generator, exclude_ids=exclude_ids, t=t,
-            vocab_size=vocab_size if vocab_size is not None else output_size(model), document_ids=document_ids,
+            x0,
+            opts,
+            mask_id=mask_id,
+            attention_mask=attention_mask,
+            prompt_mask=prompt_mask,
+            step=step,
+            generator=generator,
+            exclude_ids=exclude_ids,
+            t=t,
+            vocab_size=vocab_size if vocab_size is not None else output_size(model),
+            document_ids=document_ids,
         )
     elif bool((draw.corruption.noised & ~eligible).any()):
         raise UserError(
@@ -329,7 +341,12 @@ def _forward(
     dtype = param_dtype(model)
     if not spec.doubles_input:
         kwargs = model_inputs(
-            spec, attention_mask, step=step, layout=draw.layout, generator=generator, dtype=dtype,
+            spec,
+            attention_mask,
+            step=step,
+            layout=draw.layout,
+            generator=generator,
+            dtype=dtype,
             document_ids=document_ids,
         )
         return model(input_ids=xt, **kwargs).logits, None  # [B, L, V]
@@ -340,9 +357,7 @@ def _forward(
     mask4 = build_mask(spec, attention_mask, block_sizes=block_sizes, dtype=dtype, document_ids=document_ids)
     pos = position_ids(attention_mask, document_ids)
     logits = model(
-        input_ids=torch.cat([xt, x0], dim=1),
-        attention_mask=mask4,
-        position_ids=torch.cat([pos, pos], dim=1),
+        input_ids=torch.cat([xt, x0], dim=1), attention_mask=mask4, position_ids=torch.cat([pos, pos], dim=1)
     ).logits  # [B, 2L, V]
     return logits, block_sizes
 
@@ -390,11 +405,7 @@ def _weighted_loss(
     with torch.no_grad():
         on_noised = noised[rows, cols]
         correct = (picked.argmax(-1) == targets) & on_noised
-        stats = {
-            "n_masked": noised.sum(),
-            "n_correct": correct.sum(),
-            "ce_sum": (ce.detach() * on_noised).sum(),
-        }
+        stats = {"n_masked": noised.sum(), "n_correct": correct.sum(), "ce_sum": (ce.detach() * on_noised).sum()}
     return LossOutput(loss=loss, n_tokens=n_tokens, **stats)
 
 
@@ -468,8 +479,17 @@ def heldout_loss(
                 docs = None if document_ids is None else document_ids[start : start + batch_size]
                 t = torch.full((chunk.shape[0],), float(t_value), device=device)
                 out = diffusion_loss(
-                    model, chunk, options, mask_id=mask_id, attention_mask=am, prompt_mask=pm, step=step,
-                    generator=gen, t=t, vocab_size=vocab_size, document_ids=docs,
+                    model,
+                    chunk,
+                    options,
+                    mask_id=mask_id,
+                    attention_mask=am,
+                    prompt_mask=pm,
+                    step=step,
+                    generator=gen,
+                    t=t,
+                    vocab_size=vocab_size,
+                    document_ids=docs,
                 )
                 loss_sum += float(out.loss) * int(out.n_tokens)
                 tok += int(out.n_tokens)

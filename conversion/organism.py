@@ -284,12 +284,13 @@ def evaluate(
     """
     model.eval()
     return {
-        name: greedy_accuracy(model, tokenizer, tasks[name], eval_sets[name][:n], batch_size=64)
-        for name in eval_sets
+        name: greedy_accuracy(model, tokenizer, tasks[name], eval_sets[name][:n], batch_size=64) for name in eval_sets
     }
 
 
-def evaluate_checkpoint(source: str | Path, *, n: int = 200, eval_seed: int = 0, steps: int | None = None) -> dict[str, float]:
+def evaluate_checkpoint(
+    source: str | Path, *, n: int = 200, eval_seed: int = 0, steps: int | None = None
+) -> dict[str, float]:
     """Held-out accuracy per task of an organism checkpoint, AR or MDM, on the organism's eval sets.
 
     An AR checkpoint is scored by greedy decoding (`evaluate`); an MDM (a folder with ar2mdm.json
@@ -308,7 +309,9 @@ def evaluate_checkpoint(source: str | Path, *, n: int = 200, eval_seed: int = 0,
     if not is_mdm:
         return evaluate(loaded.model, loaded.tokenizer, tasks, eval_sets)
     return {
-        name: mdm_fill_accuracy(loaded.model, loaded.tokenizer, tasks[name], exs, loaded.meta, steps=steps, batch_size=64)
+        name: mdm_fill_accuracy(
+            loaded.model, loaded.tokenizer, tasks[name], exs, loaded.meta, steps=steps, batch_size=64
+        )
         for name, exs in eval_sets.items()
     }
 
@@ -391,8 +394,17 @@ def _train(
         lr=cfg.lr,
         betas=cfg.betas,
     )
-    run = _OrganismRun(cfg, model, tokenizer, tasks, eval_sets, iter(MixtureStream(tasks, tokenizer, cfg, seed, exclude)),
-                       steps=steps, minutes=minutes, progress=progress)
+    run = _OrganismRun(
+        cfg,
+        model,
+        tokenizer,
+        tasks,
+        eval_sets,
+        iter(MixtureStream(tasks, tokenizer, cfg, seed, exclude)),
+        steps=steps,
+        minutes=minutes,
+        progress=progress,
+    )
     step = fit(run, opt, model.parameters, steps=steps, clip=cfg.grad_clip)
     run.finish(step)
 
@@ -419,7 +431,9 @@ def _train(
         n_parameters=sum(p.numel() for p in model.parameters()),
     )
     report.wall_seconds = round(time.perf_counter() - wall_start, 2)
-    save_checkpoint(out, model, tokenizer, {"report.json": report.to_json(), OWNER_FILE: owner_record(ORGANISM_COMMAND)})
+    save_checkpoint(
+        out, model, tokenizer, {"report.json": report.to_json(), OWNER_FILE: owner_record(ORGANISM_COMMAND)}
+    )
     return report
 
 
@@ -429,12 +443,26 @@ class _OrganismRun:
     budget), a loss curve every 25 steps and cheap held-out evaluations every `eval_every`."""
 
     def __init__(
-        self, cfg: OrganismConfig, model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast,
-        tasks: Mapping[str, Task], eval_sets: Mapping[str, Sequence[Example]], stream: Iterator[Batch], *,
-        steps: int | None, minutes: float, progress: bool,
+        self,
+        cfg: OrganismConfig,
+        model: LlamaForCausalLM,
+        tokenizer: PreTrainedTokenizerFast,
+        tasks: Mapping[str, Task],
+        eval_sets: Mapping[str, Sequence[Example]],
+        stream: Iterator[Batch],
+        *,
+        steps: int | None,
+        minutes: float,
+        progress: bool,
     ) -> None:
         self.cfg, self.model, self.tokenizer, self.tasks, self.eval_sets, self.stream = (
-            cfg, model, tokenizer, tasks, eval_sets, stream)
+            cfg,
+            model,
+            tokenizer,
+            tasks,
+            eval_sets,
+            stream,
+        )
         self.steps = steps
         self.budget = None if steps is not None else 60.0 * minutes
         self.curve: list[CurvePoint] = []
@@ -459,7 +487,9 @@ class _OrganismRun:
         return StepOutput(loss=float(loss.detach()), tokens=batch.n_tokens)
 
     def diverged(self, what: str, value: float, step: int) -> Exception:
-        return UserError(f"organism training diverged: the {what} is {value} at step {step + 1}; lower OrganismConfig.lr.")
+        return UserError(
+            f"organism training diverged: the {what} is {value} at step {step + 1}; lower OrganismConfig.lr."
+        )
 
     def after_step(self, done: int, out: StepOutput, lr: float, grad_norm: float, clock: Clock) -> bool:
         self.tokens += out.tokens
@@ -483,8 +513,9 @@ class _OrganismRun:
         """Close the progress bar and the last (partial) logging window."""
         self.bar.close()
         if self.window:
-            self.curve.append(CurvePoint(step, sum(self.window) / len(self.window), round(self.clock.train_seconds, 2),
-                                         self.last_lr))
+            self.curve.append(
+                CurvePoint(step, sum(self.window) / len(self.window), round(self.clock.train_seconds, 2), self.last_lr)
+            )
 
 
 def save_checkpoint(
@@ -520,7 +551,9 @@ def print_report(report: OrganismReport) -> None:
     for name, acc in report.accuracy.items():
         target = report.targets.get(name)
         mark = "" if target is None else (" ok" if acc >= target else " MISSED")
-        table.add_row(name, f"{acc:.3f}", str(report.eval_examples[name]), "" if target is None else f">= {target:.2f}{mark}")
+        table.add_row(
+            name, f"{acc:.3f}", str(report.eval_examples[name]), "" if target is None else f">= {target:.2f}{mark}"
+        )
     console = Console()
     console.print(table)
     console.print(

@@ -192,7 +192,9 @@ class MixtureStream:
 
     def __iter__(self) -> Iterator[Batch]:
         while True:
-            parts = [self._sequence(next(self._pools[name])) for name in self._pools for _ in range(self.cfg.mixture[name])]
+            parts = [
+                self._sequence(next(self._pools[name])) for name in self._pools for _ in range(self.cfg.mixture[name])
+            ]
             yield self.encode(parts)
 
     def encode(self, parts: Sequence[tuple[str, str, str]]) -> Batch:

@@ -70,9 +70,11 @@ def parallelism(distributed_type: DistributedType, num_processes: int, env: dict
     if wants_fsdp and distributed_type == DistributedType.MULTI_CPU:
         version = env.get("FSDP_VERSION", "1").strip()
         if version != "2":
-            raise UserError(_FSDP_CPU_HELP.format(
-                what=f"FSDP version {version} cannot run on CPU (accelerate would silently use DDP)"
-            ))
+            raise UserError(
+                _FSDP_CPU_HELP.format(
+                    what=f"FSDP version {version} cannot run on CPU (accelerate would silently use DDP)"
+                )
+            )
         return "fsdp-cpu"
     if wants_fsdp and num_processes > 1:
         raise UserError(
@@ -113,8 +115,6 @@ def no_sync(accelerator: Accelerator, model: torch.nn.Module, parallel: str) -> 
         yield
     finally:
         model.set_requires_gradient_sync(True)
-
-
 
 
 def any_process(accelerator: Accelerator, flag: bool) -> bool:

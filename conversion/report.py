@@ -35,9 +35,13 @@ def training_figure(path: str | Path, title: str | None = None) -> go.Figure:
     fig.add_trace(go.Scatter(x=steps, y=[r["tokens_per_s"] for r in train], name="tokens/s", mode="lines"), 1, 3)
     if evals:
         e_steps = [r["step"] for r in evals]
-        fig.add_trace(go.Scatter(x=e_steps, y=[r["loss"] for r in evals], name="held-out loss", mode="lines+markers"), 1, 1)
+        fig.add_trace(
+            go.Scatter(x=e_steps, y=[r["loss"] for r in evals], name="held-out loss", mode="lines+markers"), 1, 1
+        )
         if all("acc" in r for r in evals):
-            fig.add_trace(go.Scatter(x=e_steps, y=[r["acc"] for r in evals], name="held-out acc", mode="lines+markers"), 1, 2)
+            fig.add_trace(
+                go.Scatter(x=e_steps, y=[r["acc"] for r in evals], name="held-out acc", mode="lines+markers"), 1, 2
+            )
     fig.update_xaxes(title_text="step")
     fig.update_layout(title=title or str(path), height=380, width=1200)
     return fig

@@ -41,11 +41,7 @@ from typing import Any, Literal
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
 from common.errors import UserError
 from common.metadata import META_FILE, ModelMeta
@@ -57,8 +53,16 @@ STATE_FORMAT = 2  # 2: optimizer state keyed by parameter name; 1 (read too): by
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 # Options that do not change the trajectory: they may differ between a run and its resume.
 RESUMABLE_CHANGES = {
-    "max_minutes", "snapshot_every", "steps", "out", "resume", "overwrite", "eval_every", "eval_blocks",
-    "save_every", "log_every",
+    "max_minutes",
+    "snapshot_every",
+    "steps",
+    "out",
+    "resume",
+    "overwrite",
+    "eval_every",
+    "eval_blocks",
+    "save_every",
+    "log_every",
 }
 
 
@@ -93,18 +97,27 @@ def plan_run(folder: Path, config: dict[str, Any], *, has_run: bool, resume: boo
     final_step = int(final.extra.get("steps", -1)) if final is not None else None
     if not resume:
         held = ", ".join(
-            x for x in (
+            x
+            for x in (
                 f"a checkpoint at step {ckpt_step}" if ckpt is not None else "no checkpoint",
                 f"its MDM at step {final_step}" if final is not None else None,
-            ) if x
+            )
+            if x
         )
         raise UserError(
             f"{folder} already holds a conversion run ({held}). Continue it with --resume (same options; "
             "--steps may grow), start it over with --overwrite, or choose another --out."
         )
-    if final is not None and final_step is not None and final_step >= steps and (ckpt_step is None or ckpt_step <= final_step):
+    if (
+        final is not None
+        and final_step is not None
+        and final_step >= steps
+        and (ckpt_step is None or ckpt_step <= final_step)
+    ):
         _check_same_options(final.extra.get("options", {}), config, f"{folder / META_FILE}")
-        return Plan("done", meta=final, note=f"{folder} already holds the finished MDM (step {final_step}); nothing to do.")
+        return Plan(
+            "done", meta=final, note=f"{folder} already holds the finished MDM (step {final_step}); nothing to do."
+        )
     if ckpt is not None:
         return Plan("resume", checkpoint=ckpt)
     if final is not None:
@@ -114,7 +127,8 @@ def plan_run(folder: Path, config: dict[str, Any], *, has_run: bool, resume: boo
             "or choose another --out."
         )
     return Plan(
-        "fresh", clear=True,
+        "fresh",
+        clear=True,
         note=f"{folder} holds no checkpoint (save_every was 0, or the run stopped before its first one): starting at step 0.",
     )
 
@@ -196,9 +210,7 @@ def _state(folder: Path) -> dict[str, Any]:
         state = json.loads((folder / "state.json").read_text())
         int(state["step"])
     except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(
-            f"{folder / 'state.json'} is damaged; start the run over with --overwrite."
-        ) from None
+        raise UserError(f"{folder / 'state.json'} is damaged; start the run over with --overwrite.") from None
     return state
 
 
@@ -268,7 +280,8 @@ class RunLog:
             return
         if path.exists():
             kept = [
-                line for line in path.read_text().splitlines()
+                line
+                for line in path.read_text().splitlines()
                 if line.strip() and json.loads(line)["step"] <= keep_until
             ]
             tmp = path.with_suffix(".jsonl.tmp")
@@ -284,7 +297,6 @@ class RunLog:
         self.history.append(record)
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
-
 
 
 def last_record(history: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:

@@ -60,11 +60,21 @@ def _sft_examples(source: str | os.PathLike) -> list:
             raise DataError(f"{path}:{n}: each line needs string fields 'prompt' and 'answer'.")
         suffix = row.get("suffix", "")
         if not isinstance(suffix, str):
-            raise DataError(f"{path}:{n}: field 'suffix' is a {type(suffix).__name__}; it must be a string (or left out).")
+            raise DataError(
+                f"{path}:{n}: field 'suffix' is a {type(suffix).__name__}; it must be a string (or left out)."
+            )
         if not row["answer"]:
             raise DataError(f"{path}:{n}: field 'answer' is empty; SFT trains on the answer.")
-        examples.append(Example(task="sft", prompt=row["prompt"], answer=row["answer"], corrupted_prompt=row["prompt"],
-                                suffix=suffix, origin=f"{path}:{n}"))
+        examples.append(
+            Example(
+                task="sft",
+                prompt=row["prompt"],
+                answer=row["answer"],
+                corrupted_prompt=row["prompt"],
+                suffix=suffix,
+                origin=f"{path}:{n}",
+            )
+        )
     if not examples:
         raise DataError(f"{path} holds no examples.")
     return examples

@@ -65,11 +65,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    set_optimizer_state_dict,
-)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_optimizer_state_dict
 from tqdm.auto import tqdm
 
 from common.errors import TrainingInterrupted, UserError
@@ -81,13 +77,7 @@ from conversion.checkpoints import load_ar
 from conversion.config import TrainConfig
 from conversion.loop import Clock, StepOutput, fit
 from conversion.mdm import add_mask_token, save_mdm
-from conversion.objective import (
-    DiffusionOptions,
-    diffusion_loss,
-    draw_noise,
-    eligible_positions,
-    heldout_loss,
-)
+from conversion.objective import DiffusionOptions, diffusion_loss, draw_noise, eligible_positions, heldout_loss
 from conversion.parallel import any_process, make_accelerator, no_sync, parallelism, shard_on_cpu
 from conversion.report import write_training_report
 from conversion.runfolder import (
@@ -160,7 +150,9 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
     out = Path(cfg.out).expanduser()
     with _claimed(accelerator, out) as claim:
         has_run = bool(folder_contents(out))
-        plan = plan_run(out, cfg.to_json(), has_run=has_run, resume=cfg.resume, overwrite=cfg.overwrite, steps=cfg.steps)
+        plan = plan_run(
+            out, cfg.to_json(), has_run=has_run, resume=cfg.resume, overwrite=cfg.overwrite, steps=cfg.steps
+        )
         if claim is not None:  # the main process
             claim.mark()
             if plan.clear:
@@ -203,30 +195,49 @@ def _finished(out: Path, meta: ModelMeta) -> TrainResult:
     history = read_log(out)
     last_train, last_eval = last_record(history, "train"), last_record(history, "eval")
     return TrainResult(
-        out=out, steps=int(meta.extra.get("steps", 0)), tokens_seen=int(meta.extra.get("tokens_seen", 0)),
+        out=out,
+        steps=int(meta.extra.get("steps", 0)),
+        tokens_seen=int(meta.extra.get("tokens_seen", 0)),
         final_loss=float(last_train["loss"]) if last_train else float("nan"),
         last_eval={k: v for k, v in last_eval.items() if k not in ("kind", "step")} if last_eval else None,
-        meta=meta, history=history,
+        meta=meta,
+        history=history,
     )
 
 
 def _run(
-    accelerator: Accelerator, cfg: TrainConfig, parallel: str, plan: Plan, signals: StopSignals,
+    accelerator: Accelerator,
+    cfg: TrainConfig,
+    parallel: str,
+    plan: Plan,
+    signals: StopSignals,
     on_step: Callable[[int], None] | None,
 ) -> TrainResult:
     """The conversion itself, in a claimed and prepared folder (see `train`): `_Conversion`
     through the one training loop (`conversion.loop.fit`), then the final MDM."""
     run = _Conversion(accelerator, cfg, parallel, plan, signals, on_step)
-    done = fit(run, run.optimizer, run.model.parameters, start=run.start, steps=cfg.steps, clip=cfg.clip,
-               clip_grad_norm=accelerator.clip_grad_norm_)
+    done = fit(
+        run,
+        run.optimizer,
+        run.model.parameters,
+        start=run.start,
+        steps=cfg.steps,
+        clip=cfg.clip,
+        clip_grad_norm=accelerator.clip_grad_norm_,
+    )
     run.bar.close()
     meta = run.write_mdm(run.out, done)
     if accelerator.is_main_process:
         write_training_report(run.out)
     accelerator.wait_for_everyone()
     return TrainResult(
-        out=run.out, steps=done, tokens_seen=run.tokens_seen, final_loss=run.final_loss, last_eval=run.last_eval,
-        meta=meta, history=run.log.history,
+        out=run.out,
+        steps=done,
+        tokens_seen=run.tokens_seen,
+        final_loss=run.final_loss,
+        last_eval=run.last_eval,
+        meta=meta,
+        history=run.log.history,
     )
 
 
@@ -245,7 +256,9 @@ def _source_model(cfg: TrainConfig) -> tuple[Any, torch.nn.Module, Any, int]:
     return loaded, model, tokenizer, mask_id
 
 
-def _training_rows(accelerator: Accelerator, cfg: TrainConfig, tokenizer: Any, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _training_rows(
+    accelerator: Accelerator, cfg: TrainConfig, tokenizer: Any, mask_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(train rows, held-out rows): [N, 1, L] packed text (every position a token) or, with sft,
     [N, 3, L] (ids, attention mask, prompt mask: prompt and suffix never noised, loss over the
     answer). UserError when there is not one full batch."""
@@ -257,8 +270,11 @@ def _training_rows(accelerator: Accelerator, cfg: TrainConfig, tokenizer: Any, m
             train_rows, held_rows = sft.train, sft.held_out
         else:
             packed = data_mod.pack(
-                data_mod.load_texts(cfg.data, text_field=cfg.text_field), tokenizer, seq_len=cfg.seq_len,
-                held_out=cfg.held_out, seed=cfg.seed,
+                data_mod.load_texts(cfg.data, text_field=cfg.text_field),
+                tokenizer,
+                seq_len=cfg.seq_len,
+                held_out=cfg.held_out,
+                seed=cfg.seed,
             )
             train_rows, held_rows = packed.train[:, None], packed.held_out[:, None]
     if data_mod.batches_per_epoch(int(train_rows.shape[0]), cfg.batch_size) == 0:
@@ -275,10 +291,21 @@ class _Conversion:
     what happens in and after each step (see the module docstring)."""
 
     def __init__(
-        self, accelerator: Accelerator, cfg: TrainConfig, parallel: str, plan: Plan, signals: StopSignals,
+        self,
+        accelerator: Accelerator,
+        cfg: TrainConfig,
+        parallel: str,
+        plan: Plan,
+        signals: StopSignals,
         on_step: Callable[[int], None] | None,
     ) -> None:
-        self.accelerator, self.cfg, self.parallel, self.signals, self.on_step = accelerator, cfg, parallel, signals, on_step
+        self.accelerator, self.cfg, self.parallel, self.signals, self.on_step = (
+            accelerator,
+            cfg,
+            parallel,
+            signals,
+            on_step,
+        )
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.opts = cfg.options()
         self.out = Path(cfg.out).expanduser()
@@ -343,11 +370,19 @@ class _Conversion:
         docs = self.documents(batch)
         gen = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, step))
         draw = draw_noise(
-            batch, opts, mask_id=self.mask_id, vocab_size=self.vocab, step=step, generator=gen,
-            exclude_ids=self.specials, attention_mask=am, prompt_mask=pm, document_ids=docs,
+            batch,
+            opts,
+            mask_id=self.mask_id,
+            vocab_size=self.vocab,
+            step=step,
+            generator=gen,
+            exclude_ids=self.specials,
+            attention_mask=am,
+            prompt_mask=pm,
+            document_ids=docs,
         )
         n_global = eligible_positions(
-            batch.shape, shift=opts.shift, attention_mask=am, prompt_mask=pm, device=device, document_ids=docs,
+            batch.shape, shift=opts.shift, attention_mask=am, prompt_mask=pm, device=device, document_ids=docs
         ).sum()
         torch.manual_seed(derive_seed(cfg.seed, step, self.rank))  # dropout: per process
         sums = torch.zeros(3, device=device)  # weighted CE sum, masked, correct
@@ -357,7 +392,12 @@ class _Conversion:
             with sync:
                 with self.autocast:
                     res = diffusion_loss(
-                        self.model, batch[rows], opts, mask_id=self.mask_id, step=step, draw=draw.rows(rows),
+                        self.model,
+                        batch[rows],
+                        opts,
+                        mask_id=self.mask_id,
+                        step=step,
+                        draw=draw.rows(rows),
                         attention_mask=None if am is None else am[rows],
                         prompt_mask=None if pm is None else pm[rows],
                         document_ids=None if docs is None else docs[rows],
@@ -369,7 +409,8 @@ class _Conversion:
         totals = self.accelerator.reduce(sums, reduction="sum")
         masked = float(totals[1])
         return StepOutput(
-            loss=float(totals[0] / n_global), tokens=batch.numel() if am is None else int(am.sum()),
+            loss=float(totals[0] / n_global),
+            tokens=batch.numel() if am is None else int(am.sum()),
             stats={"acc": float(totals[2]) / masked if masked else float("nan"), "masked": int(masked)},
         )
 
@@ -405,11 +446,18 @@ class _Conversion:
 
     def _log_train(self, done: int, out: StepOutput, lr: float, grad_norm: float) -> None:
         elapsed = time.perf_counter() - self.window_start
-        self.log.write({
-            "kind": "train", "step": done, "loss": out.loss, **out.stats, "lr": lr, "grad_norm": grad_norm,
-            "tokens_per_s": self.window_tokens / elapsed if elapsed > 0 else float("nan"),
-            "tokens_seen": self.tokens_seen,
-        })
+        self.log.write(
+            {
+                "kind": "train",
+                "step": done,
+                "loss": out.loss,
+                **out.stats,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens_per_s": self.window_tokens / elapsed if elapsed > 0 else float("nan"),
+                "tokens_seen": self.tokens_seen,
+            }
+        )
         self.bar.set_postfix(loss=f"{out.loss:.3f}")
         self.window_tokens, self.window_start = 0, time.perf_counter()
 
@@ -417,14 +465,23 @@ class _Conversion:
         held_ids, held_am, held_pm = self.held
         with self.autocast:
             self.last_eval = heldout_loss(
-                self.model, held_ids, self.opts, mask_id=self.mask_id, seed=self.cfg.seed,
-                attention_mask=held_am, prompt_mask=held_pm, batch_size=max(1, self.local), vocab_size=self.vocab,
+                self.model,
+                held_ids,
+                self.opts,
+                mask_id=self.mask_id,
+                seed=self.cfg.seed,
+                attention_mask=held_am,
+                prompt_mask=held_pm,
+                batch_size=max(1, self.local),
+                vocab_size=self.vocab,
                 document_ids=self.documents(held_ids),
             )
         self.log.write({"kind": "eval", "step": done, **self.last_eval})
 
     def _save(self, done: int) -> None:
-        save_checkpoint(self.accelerator, self.model, self.optimizer, self.cfg.to_json(), done, self.tokens_seen, self.ckpt_dir)
+        save_checkpoint(
+            self.accelerator, self.model, self.optimizer, self.cfg.to_json(), done, self.tokens_seen, self.ckpt_dir
+        )
 
     def _interrupted(self, done: int, saved: bool) -> None:
         if not saved:
@@ -435,19 +492,40 @@ class _Conversion:
         raise TrainingInterrupted(
             f"interrupted ({reason}) after step {done} of {self.cfg.steps}: a checkpoint of step {done} is in "
             f"{self.ckpt_dir}; the same command with --resume continues from it.",
-            step=done, folder=self.out,
+            step=done,
+            folder=self.out,
         )
 
     def write_mdm(self, folder: Path, step: int) -> ModelMeta:
         return _write_mdm(
-            self.accelerator, self.model, self.tokenizer, self.loaded.meta, self.cfg, self.opts, self.mask_id,
-            self.tokens_seen, self.world, self.parallel, folder, step,
+            self.accelerator,
+            self.model,
+            self.tokenizer,
+            self.loaded.meta,
+            self.cfg,
+            self.opts,
+            self.mask_id,
+            self.tokens_seen,
+            self.world,
+            self.parallel,
+            folder,
+            step,
         )
 
 
 def _write_mdm(
-    accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any, source: ModelMeta, cfg: TrainConfig,
-    opts: DiffusionOptions, mask_id: int, tokens_seen: int, world: int, parallel: str, folder: Path, step: int,
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    source: ModelMeta,
+    cfg: TrainConfig,
+    opts: DiffusionOptions,
+    mask_id: int,
+    tokens_seen: int,
+    world: int,
+    parallel: str,
+    folder: Path,
+    step: int,
 ) -> ModelMeta:
     """Write the model as an MDM folder (all processes call: the state dict is gathered)."""
     spec = opts.spec
@@ -462,7 +540,10 @@ def _write_mdm(
         schedule=cfg.schedule,
         block_size=spec.block_sizes[0] if len(spec.block_sizes) == 1 else None,
         extra={
-            "steps": step, "tokens_seen": tokens_seen, "processes": world, "parallelism": parallel,
+            "steps": step,
+            "tokens_seen": tokens_seen,
+            "processes": world,
+            "parallelism": parallel,
             "options": cfg.to_json(),
         },
     )
@@ -475,9 +556,7 @@ def _write_mdm(
 
 
 def _adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay
-    )
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay)
 
 
 # --- checkpoints ---------------------------------------------------------------------------------

@@ -88,9 +88,7 @@ class AttentionSpec:
         if self.kind == "block":
             if len(self.block_sizes) == 1:
                 return f"block:{self.block_sizes[0]}"
-            return "block:" + ",".join(
-                f"{b}@{p:g}" for b, p in zip(self.block_sizes, self.block_probs, strict=True)
-            )
+            return "block:" + ",".join(f"{b}@{p:g}" for b, p in zip(self.block_sizes, self.block_probs, strict=True))
         return self.kind
 
     @property
@@ -198,20 +196,14 @@ def same_document(document_ids: Int[Tensor, "batch pos"]) -> Bool[Tensor, "batch
 # --- boolean layouts [B, Tq, Tk] (True = may attend), padding not applied -----------------------
 
 
-def causal_allowed(
-    batch: int, length: int, device: torch.device | str | None = None
-) -> Bool[Tensor, "batch pos pos"]:
+def causal_allowed(batch: int, length: int, device: torch.device | str | None = None) -> Bool[Tensor, "batch pos pos"]:
     """Bool [B, T, T]: key j <= query i."""
     pos = torch.arange(length, device=device)
     return (pos[None, :] <= pos[:, None]).expand(batch, length, length)
 
 
 def anneal_allowed(
-    length: int,
-    ratio: float,
-    *,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
+    length: int, ratio: float, *, generator: torch.Generator | None = None, device: torch.device | str | None = None
 ) -> Bool[Tensor, "pos pos"]:
     """Bool [T, T]: causal, plus each future key independently with probability `ratio`."""
     causal = causal_allowed(1, length, device)[0]
@@ -356,19 +348,20 @@ def model_inputs(
     if document_ids is not None and spec.kind in ("causal", "bidirectional"):
         batch, length = attention_mask.shape
         allowed = (
-            causal_allowed(batch, length, attention_mask.device) if spec.kind == "causal"
+            causal_allowed(batch, length, attention_mask.device)
+            if spec.kind == "causal"
             else torch.ones(batch, length, length, dtype=torch.bool, device=attention_mask.device)
         )
-        return {"attention_mask": to_additive(allowed & same_document(document_ids), attention_mask, dtype), "position_ids": pos}
-    if spec.kind in ("causal", "bidirectional"):
         return {
-            "attention_mask": attention_mask,
+            "attention_mask": to_additive(allowed & same_document(document_ids), attention_mask, dtype),
             "position_ids": pos,
-            "is_causal": spec.kind == "causal",
         }
+    if spec.kind in ("causal", "bidirectional"):
+        return {"attention_mask": attention_mask, "position_ids": pos, "is_causal": spec.kind == "causal"}
     if spec.kind == "anneal":
-        mask = build_mask(spec, attention_mask, step=step, layout=layout, generator=generator, dtype=dtype,
-                          document_ids=document_ids)
+        mask = build_mask(
+            spec, attention_mask, step=step, layout=layout, generator=generator, dtype=dtype, document_ids=document_ids
+        )
         return {"attention_mask": mask, "position_ids": pos}
     raise UserError(f"attention {spec} runs on [x_t ; x_0]; build its mask with build_mask.")
 

@@ -118,9 +118,7 @@ def get_schedule(name: str | Schedule) -> Schedule:
     try:
         return SCHEDULES[name]
     except KeyError:
-        raise UserError(
-            f"unknown noise schedule {name!r}; choose one of {sorted(SCHEDULES)}."
-        ) from None
+        raise UserError(f"unknown noise schedule {name!r}; choose one of {sorted(SCHEDULES)}.") from None
 
 
 def sample_t(
@@ -236,10 +234,7 @@ def elbo_weight(t: Float[Tensor, "*batch"], schedule: str | Schedule) -> Float[T
 
 
 def cart_weights(
-    noised: Bool[Tensor, "batch pos"],
-    *,
-    context: Shaped[Tensor, "batch pos"] | None = None,
-    p: float = CART_P,
+    noised: Bool[Tensor, "batch pos"], *, context: Shaped[Tensor, "batch pos"] | None = None, p: float = CART_P
 ) -> Float[Tensor, "batch pos"]:
     """Dream's context-adaptive (CART) weights, float [B, T].
 

@@ -45,16 +45,27 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 # A smaller organism than the default (d_model 192, 6 heads, MLP 512, batch 64): ~3x faster per
 # step, still 3 layers (so depth analyses have an early, middle and late third).
 QUICK_ORGANISM: dict[str, Any] = {
-    "d_model": 128, "n_heads": 4, "n_kv_heads": 4, "d_mlp": 256, "lr": 2e-3,
+    "d_model": 128,
+    "n_heads": 4,
+    "n_kv_heads": 4,
+    "d_mlp": 256,
+    "lr": 2e-3,
     "mixture": {"ioi": 8, "greater_than": 2, "induction": 8, "countdown": 8, "infilling": 2, "sudoku": 4},
-    "eval_examples": 32, "eval_every": 0,
+    "eval_examples": 32,
+    "eval_every": 0,
 }
 ORGANISM_STEPS = 300
 
 # SFT on a few hundred examples per task written to a JSONL file: `data="tasks"` would render the
 # whole 18,000-example mixture first (about a minute here) for a run this short.
 QUICK_CONVERSION: dict[str, Any] = {
-    "sft": True, "steps": 100, "seq_len": 96, "batch_size": 16, "lr": 1e-3, "warmup": 10, "log_every": 5,
+    "sft": True,
+    "steps": 100,
+    "seq_len": 96,
+    "batch_size": 16,
+    "lr": 1e-3,
+    "warmup": 10,
+    "log_every": 5,
 }
 EXAMPLES_PER_TASK = 300
 
@@ -102,14 +113,18 @@ def mdm_source(ar: str, mdm: str | None = None, *, seed: int = 0) -> str:
     shutil.rmtree(folder, ignore_errors=True)  # an interrupted earlier run
     data = scratch(f"mdm-{_key(parts)}-data") / "sft.jsonl"  # beside the run: its folder holds only the run
     data.parent.mkdir(parents=True, exist_ok=True)
-    rows = [{"prompt": ex.prompt, "answer": ex.answer, "suffix": ex.suffix} for ex in task_examples(EXAMPLES_PER_TASK, seed)]
+    rows = [
+        {"prompt": ex.prompt, "answer": ex.answer, "suffix": ex.suffix} for ex in task_examples(EXAMPLES_PER_TASK, seed)
+    ]
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     print(f"Converting {ar} into an MDM ({QUICK_CONVERSION['steps']} steps) in {folder}.")
     train(TrainConfig(model=ar, data=str(data), out=str(folder), seed=seed, **QUICK_CONVERSION))
     return str(folder)
 
 
-def pools(ar: ProbedModel, mdm: ProbedModel, tasks: Sequence[str], n: int, *, minimum: int = 8, seed: int = 0) -> dict[str, Pool]:
+def pools(
+    ar: ProbedModel, mdm: ProbedModel, tasks: Sequence[str], n: int, *, minimum: int = 8, seed: int = 0
+) -> dict[str, Pool]:
     """{task: analyses.compare.Pool} for two `ProbedModel`s: the common-correct pool of at most n
     examples, or, when it holds fewer than `minimum`, every aligned example (at most n). Tasks
     with no aligned example are left out, with a message."""
@@ -120,8 +135,10 @@ def pools(ar: ProbedModel, mdm: ProbedModel, tasks: Sequence[str], n: int, *, mi
     for task in tasks:
         pool = common_pool(ar, mdm, task, examples[task], n)
         if len(pool) < minimum:
-            print(f"{task}: both models solve only {len(pool)} of {pool.stats['aligned']} aligned examples "
-                  f"(ARM {pool.stats['accuracy_ar']:.2f}, MDM {pool.stats['accuracy_mdm']:.2f}); using every aligned example.")
+            print(
+                f"{task}: both models solve only {len(pool)} of {pool.stats['aligned']} aligned examples "
+                f"(ARM {pool.stats['accuracy_ar']:.2f}, MDM {pool.stats['accuracy_mdm']:.2f}); using every aligned example."
+            )
             pool = common_pool(ar, mdm, task, examples[task], n, require_correct=False)
         if len(pool) == 0:
             print(f"{task}: no example renders aligned for both models; left out.")

@@ -13,13 +13,7 @@ import common  # noqa: F401  (offline flags before transformers is imported)
 from probe.cache import Cache, DiskCache
 from probe.decompose import Decomposition
 from probe.interventions import Interventions
-from probe.lens import (
-    Attribution,
-    LensCurve,
-    answer_logit_diff,
-    direct_logit_attribution,
-    logit_lens,
-)
+from probe.lens import Attribution, LensCurve, answer_logit_diff, direct_logit_attribution, logit_lens
 from probe.model import GradResult, ProbeConfig, ProbedModel
 
 __all__ = [

@@ -95,8 +95,9 @@ class Cache(Mapping[str, Tensor]):
 
     def heads(self, layer: int) -> Float[Tensor, "batch pos heads d_model"]:
         """All head outputs of `layer` stacked: [B, T, n_heads, d_model]."""
-        names = sorted((k for k in self._t if k.startswith(f"L{layer}.H") and parse(k).kind == "head"),
-                       key=lambda k: parse(k).head)
+        names = sorted(
+            (k for k in self._t if k.startswith(f"L{layer}.H") and parse(k).kind == "head"), key=lambda k: parse(k).head
+        )
         if not names:
             raise CacheKeyError(f"the cache holds no head outputs of layer {layer}.")
         return torch.stack([self._t[k] for k in names], dim=2)

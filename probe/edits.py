@@ -35,8 +35,14 @@ class PassEdits:
     vector), edge patches by sender, queued edge deltas by receiver, position masks."""
 
     def __init__(
-        self, shape: Shape, d_model: int, edits: Sequence[NodeEdit], edges: Sequence[EdgePatch],
-        batch: int, length: int, device: torch.device,
+        self,
+        shape: Shape,
+        d_model: int,
+        edits: Sequence[NodeEdit],
+        edges: Sequence[EdgePatch],
+        batch: int,
+        length: int,
+        device: torch.device,
     ) -> None:
         self.shape, self.d_model = shape, d_model
         self.B, self.T, self.device = batch, length, device

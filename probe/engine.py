@@ -70,7 +70,9 @@ class Pass:
             if r.kind == "receiver" and (r.port, r.layer) not in self.split:
                 self.taps.add((r.port, r.layer))
         if self.split or self.taps:
-            core.require_exact_norms((core.ln1[layer] for _, layer in self.split | self.taps), "giving one head its own input")
+            core.require_exact_norms(
+                (core.ln1[layer] for _, layer in self.split | self.taps), "giving one head its own input"
+            )
         if any(e.sender.kind in ("head", "mlp") for e in request.edges):
             core.require_exact_norms(core.attn_post + core.mlp_post, "an edge patch on a post-norm model")
 
@@ -101,7 +103,9 @@ class Pass:
             if layer == 0:
                 need_pre |= wants("embed") or Name("embed") in outs
             if need_pre:
-                fns[("resid_pre", layer)] = self._fn_resid_pre(layer, Name("embed") in outs, Name("resid_pre", layer) in outs)
+                fns[("resid_pre", layer)] = self._fn_resid_pre(
+                    layer, Name("embed") in outs, Name("resid_pre", layer) in outs
+                )
             for port in "qkv":
                 if (port, layer) in self.split:
                     fns[(port, layer)] = self._fn_split(port, layer, ins)
@@ -110,7 +114,9 @@ class Pass:
             if layer in self.head_layers:
                 fns[("z", layer)] = self._fn_z(layer)
             if layer in self.head_layers or any(o.kind == "head" and o.layer == layer for o in outs):
-                fns[("attn_out", layer)] = self._fn_attn_out(layer, any(o.kind == "head" and o.layer == layer for o in outs))
+                fns[("attn_out", layer)] = self._fn_attn_out(
+                    layer, any(o.kind == "head" and o.layer == layer for o in outs)
+                )
             if any(f"{h}.pattern" in rec for h in heads):
                 fns[("pattern", layer)] = self._fn_pattern(layer)
             mlp = f"L{layer}.mlp"
@@ -124,7 +130,9 @@ class Pass:
                 fns[("mlp_out", layer)] = self._fn_mlp_out(layer, Name("mlp", layer) in outs)
             post = f"L{layer}.resid_post"
             if wants(post) or Name("resid_post", layer) in outs:
-                fns[("resid_post", layer)] = self._fn_plain("resid_post", layer, post, Name("resid_post", layer) in outs)
+                fns[("resid_post", layer)] = self._fn_plain(
+                    "resid_post", layer, post, Name("resid_post", layer) in outs
+                )
         if "logits" in incoming or Name("logits") in ins:
             fns[("final", self.n_layers)] = self._fn_final(Name("logits") in ins)
         return fns

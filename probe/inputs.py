@@ -38,7 +38,12 @@ def model_inputs(
     """
     mask = attention_mask
     texts = [inputs] if isinstance(inputs, str) else inputs
-    if isinstance(texts, Sequence) and not isinstance(texts, Tensor) and len(texts) > 0 and all(isinstance(t, str) for t in texts):
+    if (
+        isinstance(texts, Sequence)
+        and not isinstance(texts, Tensor)
+        and len(texts) > 0
+        and all(isinstance(t, str) for t in texts)
+    ):
         if tokenizer is None:
             raise UserError("text inputs need a tokenizer; pass token ids or give the model a tokenizer.")
         enc = tokenizer(list(texts), return_tensors="pt", padding=True)
@@ -95,6 +100,7 @@ def model_inputs(
         )
     device = next(model.parameters()).device
     return ids.to(device), mask.to(device)
+
 
 def context_length(model: PreTrainedModel) -> int | None:
     """The model's context in positions (max_position_embeddings / n_positions), if it states one."""

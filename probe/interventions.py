@@ -92,7 +92,9 @@ def position_mask(pos: Pos, batch: int, length: int, device: torch.device) -> Bo
         return None
     if isinstance(pos, Tensor) and pos.dtype == torch.bool:
         if pos.shape not in ((length,), (batch, length), (1, length)):
-            raise UserError(f"a boolean position mask must be [T] = [{length}] or [B, T] = [{batch}, {length}]; got {list(pos.shape)}.")
+            raise UserError(
+                f"a boolean position mask must be [T] = [{length}] or [B, T] = [{batch}, {length}]; got {list(pos.shape)}."
+            )
         return pos.to(device).reshape(-1, length)
     mask = torch.zeros(1, length, dtype=torch.bool, device=device)
     try:
@@ -124,23 +126,21 @@ class Interventions:
             if isinstance(item, str) and not set("*?[") & set(item):
                 n = self.shape.check(item)
                 if n.kind not in NODE_KINDS:
-                    raise UserError(f"cannot intervene on {item!r}: interventions act on {', '.join(NODE_KINDS)} names (logits and patterns are outputs).")
+                    raise UserError(
+                        f"cannot intervene on {item!r}: interventions act on {', '.join(NODE_KINDS)} names (logits and patterns are outputs)."
+                    )
                 out.append(n)
             else:
                 out += expand(item, self.shape, self.universe, "intervention")
         return out
 
-    def set(
-        self, names: str | Sequence[str], value: Float[Tensor, "*_node"] | float, pos: Pos = None
-    ) -> Interventions:
+    def set(self, names: str | Sequence[str], value: Float[Tensor, "*_node"] | float, pos: Pos = None) -> Interventions:
         """Replace the value of every node in `names` by `value` (broadcast to its shape)."""
         for n in self._names(names):
             self.edits.append(NodeEdit(n, "set", _tensor(value), pos))
         return self
 
-    def add(
-        self, names: str | Sequence[str], value: Float[Tensor, "*_node"] | float, pos: Pos = None
-    ) -> Interventions:
+    def add(self, names: str | Sequence[str], value: Float[Tensor, "*_node"] | float, pos: Pos = None) -> Interventions:
         """Add `value` to every node in `names`."""
         for n in self._names(names):
             self.edits.append(NodeEdit(n, "add", _tensor(value), pos))
@@ -177,7 +177,9 @@ class Interventions:
             x = _from_cache(reference, n).float()
             w = torch.ones(x.shape[:2], device=x.device) if mask is None else mask.to(x.device).float()
             if w.shape != x.shape[:2]:
-                raise UserError(f"mean_ablate mask is {list(w.shape)}; the reference holds [B, T] = {list(x.shape[:2])}.")
+                raise UserError(
+                    f"mean_ablate mask is {list(w.shape)}; the reference holds [B, T] = {list(x.shape[:2])}."
+                )
             w = w.reshape(*w.shape, *([1] * (x.ndim - 2)))
             dims = (0,) if over == "batch" else (0, 1)
             mean = (x * w).sum(dims, keepdim=True) / w.sum(dims, keepdim=True).clamp(min=1)
@@ -199,7 +201,9 @@ class Interventions:
         receivers = self._edge_names(receiver, self.shape.all_receivers(), "edge receiver")
         pairs = [(s, r) for s in senders for r in receivers if downstream(s, r)]
         if not pairs:
-            raise UserError(f"edge {sender} -> {receiver}: no receiver there reads the sender (receivers must be downstream).")
+            raise UserError(
+                f"edge {sender} -> {receiver}: no receiver there reads the sender (receivers must be downstream)."
+            )
         values = {s: source if isinstance(source, Tensor) else _from_cache(source, s) for s, _ in pairs}
         for s, r in pairs:
             self.edges.append(EdgePatch(s, r, values[s], pos))
@@ -209,7 +213,9 @@ class Interventions:
         if not set("*?[") & set(spec):
             name = str(self.shape.check(spec))
             if name not in universe:
-                raise UserError(f"{what} {spec!r}: senders are embed, L{{l}}.H{{h}}, L{{l}}.mlp; receivers are L{{l}}.H{{h}}.q|k|v, L{{l}}.mlp, logits.")
+                raise UserError(
+                    f"{what} {spec!r}: senders are embed, L{{l}}.H{{h}}, L{{l}}.mlp; receivers are L{{l}}.H{{h}}.q|k|v, L{{l}}.mlp, logits."
+                )
         return expand(spec, self.shape, universe, what)
 
 

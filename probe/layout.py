@@ -150,9 +150,7 @@ class Layout:
 
     # --- weights in [out, in] orientation -----------------------------------------------------
 
-    def qkv_weight(
-        self, layer: int, port: str
-    ) -> tuple[Float[Tensor, "proj d_model"], Float[Tensor, " proj"] | None]:
+    def qkv_weight(self, layer: int, port: str) -> tuple[Float[Tensor, "proj d_model"], Float[Tensor, " proj"] | None]:
         """(W [n * d_head, d_model], b [n * d_head] or None) of the q, k or v projection."""
         blk = self.blocks[layer]
         if blk.qkv is None:
@@ -207,10 +205,9 @@ class FrozenNorm:
             return
         d = weight.shape[-1]
         self.centered = isinstance(module, nn.LayerNorm)
-        self.eps = float(next(
-            (getattr(module, a) for a in ("variance_epsilon", "eps", "epsilon") if hasattr(module, a)),
-            1e-6,
-        ))
+        self.eps = float(
+            next((getattr(module, a) for a in ("variance_epsilon", "eps", "epsilon") if hasattr(module, a)), 1e-6)
+        )
         with torch.no_grad():
             if self.centered:
                 self.gain = module.weight.detach()
@@ -242,7 +239,6 @@ class FrozenNorm:
         if self.centered:
             p = p - p.mean(-1, keepdim=True)
         return (p * self.inv_scale(x).to(p.dtype) * self.gain.to(p.dtype)).to(part.dtype)
-
 
     def vjp(
         self, x: Float[Tensor, "*batch 1 d_model"], v: Float[Tensor, "*batch n d_model"]

@@ -37,7 +37,9 @@ def _rows(items: Batch | Sequence[Rendered]) -> list[Rendered]:
     return rows
 
 
-def answer_logit_diff(logits: Float[Tensor, "batch pos vocab"], items: Batch | Sequence[Rendered]) -> Float[Tensor, " batch"]:
+def answer_logit_diff(
+    logits: Float[Tensor, "batch pos vocab"], items: Batch | Sequence[Rendered]
+) -> Float[Tensor, " batch"]:
     """[B] logsumexp(logits[correct]) - logsumexp(logits[counterfactual]) at each example's first
     read position (for singleton sets: the plain logit difference). Differentiable."""
     rows = _rows(items)
@@ -48,8 +50,10 @@ def answer_logit_diff(logits: Float[Tensor, "batch pos vocab"], items: Batch | S
         if len(r.counterfactual_ids) == 0:
             raise UserError(f"{r.example.task}: an example has no counterfactual answer; a logit difference needs one.")
         row = logits[b, int(r.read_positions[0])].float()
-        out.append(torch.logsumexp(row[r.correct_ids.to(row.device)], 0)
-                   - torch.logsumexp(row[r.counterfactual_ids.to(row.device)], 0))
+        out.append(
+            torch.logsumexp(row[r.correct_ids.to(row.device)], 0)
+            - torch.logsumexp(row[r.counterfactual_ids.to(row.device)], 0)
+        )
     return torch.stack(out)
 
 
@@ -125,9 +129,9 @@ class Attribution:
 
     def heads(self, n_layers: int, n_heads: int) -> Float[Tensor, "layers heads batch"]:
         """Head attributions as [n_layers, n_heads, B]."""
-        return torch.stack([
-            torch.stack([self.parts[f"L{layer}.H{h}"] for h in range(n_heads)]) for layer in range(n_layers)
-        ])
+        return torch.stack(
+            [torch.stack([self.parts[f"L{layer}.H{h}"] for h in range(n_heads)]) for layer in range(n_layers)]
+        )
 
 
 @torch.no_grad()
@@ -143,7 +147,9 @@ def direct_logit_attribution(
     `cache` (and `L{n-1}.resid_post`)."""
     final = pm.core.final
     if not final.exact:
-        raise UserError(f"direct logit attribution cannot linearise the final norm ({type(pm.layout.final_norm).__name__}).")
+        raise UserError(
+            f"direct logit attribution cannot linearise the final norm ({type(pm.layout.final_norm).__name__})."
+        )
     dec = pm.decompose(cache)
     x_final = _at(cache, f"L{pm.config.n_layers - 1}.resid_post", positions).float()
     w = pm.layout.unembed_weight().float()

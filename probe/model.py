@@ -87,8 +87,6 @@ class GradResult:
     cache: Cache
 
 
-
-
 class ProbedModel:
     """An HF decoder (AR or MDM) with canonical-name caching, interventions and gradients."""
 
@@ -127,16 +125,28 @@ class ProbedModel:
         self.layout = Layout(model)
         lay = self.layout
         self.config = ProbeConfig(
-            n_layers=lay.n_layers, n_heads=lay.n_heads, n_kv_heads=lay.n_kv_heads,
-            d_model=lay.d_model, d_head=lay.d_head, d_mlp=lay.d_mlp, d_vocab=lay.d_vocab,
-            kind=meta.kind, shift=meta.shift, mask_id=meta.mask_id,
-            family=model.config.model_type, post_norms=lay.post_norms,
+            n_layers=lay.n_layers,
+            n_heads=lay.n_heads,
+            n_kv_heads=lay.n_kv_heads,
+            d_model=lay.d_model,
+            d_head=lay.d_head,
+            d_mlp=lay.d_mlp,
+            d_vocab=lay.d_vocab,
+            kind=meta.kind,
+            shift=meta.shift,
+            mask_id=meta.mask_id,
+            family=model.config.model_type,
+            post_norms=lay.post_norms,
         )
         self.shape = self.config.shape
         self.core = Core(lay, self.shape)
         self.backend_name = choose(backend, model, tokenizer)
         self.backend: Backend = create(
-            self.backend_name, model, lay, causal=meta.kind == "ar", tokenizer=tokenizer,
+            self.backend_name,
+            model,
+            lay,
+            causal=meta.kind == "ar",
+            tokenizer=tokenizer,
             source=meta.extra.get("path", meta.source) if meta.extra else meta.source,
         )
         self._active: list[Interventions] = []
@@ -176,7 +186,9 @@ class ProbedModel:
             raise UserError(
                 f"from_checkpoint takes a name, a path, a Loaded or an HF model; got {type(source).__name__}."
             )
-        loaded = load_any(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code, expect=expect, role=role)
+        loaded = load_any(
+            source, dtype=dtype, device=device, trust_remote_code=trust_remote_code, expect=expect, role=role
+        )
         return cls(loaded.model, tokenizer or loaded.tokenizer, meta or loaded.meta, backend=backend)
 
     # --- names --------------------------------------------------------------------------------
@@ -388,7 +400,9 @@ def _slice_rows(op, start: int, stop: int, total: int):
     return dataclasses.replace(op, value=value, pos=pos)
 
 
-def _select_or_exact(spec: NameFilter, universe: list[str], shape: Shape, what: str, exact_kinds: tuple[str, ...]) -> list[str]:
+def _select_or_exact(
+    spec: NameFilter, universe: list[str], shape: Shape, what: str, exact_kinds: tuple[str, ...]
+) -> list[str]:
     """`select`, also accepting exact names of `exact_kinds` outside the universe (single neurons)."""
     if spec == () or spec is None:
         return [] if spec == () else list(universe)

@@ -45,10 +45,7 @@ from typing import Literal
 
 from common.errors import UserError
 
-Kind = Literal[
-    "embed", "resid_pre", "resid_post", "head", "mlp", "neuron", "neurons", "pattern", "receiver",
-    "logits",
-]
+Kind = Literal["embed", "resid_pre", "resid_post", "head", "mlp", "neuron", "neurons", "pattern", "receiver", "logits"]
 
 _PATTERNS: tuple[tuple[re.Pattern[str], Kind], ...] = (
     (re.compile(r"embed"), "embed"),

@@ -42,13 +42,7 @@ from sampling.base import (
     make_canvas,
     run,
 )
-from sampling.confidence import (
-    ConfidenceSampler,
-    EntropySampler,
-    LowConfidenceSampler,
-    MarginSampler,
-    confidence_fill,
-)
+from sampling.confidence import ConfidenceSampler, EntropySampler, LowConfidenceSampler, MarginSampler, confidence_fill
 from sampling.remask import RemaskSampler
 from sampling.threshold import ThresholdSampler, threshold_commit
 
@@ -80,9 +74,30 @@ def build_sampler(name: str, *, strict: bool = True, **options: Any) -> Sampler:
 
 
 __all__ = [
-    "SAMPLERS", "ARPCSampler", "ARSampler", "AncestralSampler", "ConfidenceSampler", "EntropySampler",
-    "LowConfidenceSampler", "MarginSampler", "ModelContext", "RemaskSampler", "SampleResult", "Sampler", "State",
-    "ThresholdSampler", "TraceStep", "UniformSampler", "build_sampler", "check_options", "confidence_fill",
-    "filter_logits", "make_canvas", "run", "sampler_options", "takes_steps", "threshold_commit",
+    "SAMPLERS",
+    "ARPCSampler",
+    "ARSampler",
+    "AncestralSampler",
+    "ConfidenceSampler",
+    "EntropySampler",
+    "LowConfidenceSampler",
+    "MarginSampler",
+    "ModelContext",
+    "RemaskSampler",
+    "SampleResult",
+    "Sampler",
+    "State",
+    "ThresholdSampler",
+    "TraceStep",
+    "UniformSampler",
+    "build_sampler",
+    "check_options",
+    "confidence_fill",
+    "filter_logits",
+    "make_canvas",
+    "run",
+    "sampler_options",
+    "takes_steps",
+    "threshold_commit",
     "unmask_probability",
 ]

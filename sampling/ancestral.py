@@ -98,7 +98,9 @@ class AncestralSampler(Sampler):
         u = state.rng.rand(state.ids.shape[1], key=state.steps)
         active = state.active()
         reveal = active & (u < p[:, None].to(u.device))
-        tokens, conf = propose(logits, reveal, self.temperature, state, "low-confidence" if state.trace is not None else None)
+        tokens, conf = propose(
+            logits, reveal, self.temperature, state, "low-confidence" if state.trace is not None else None
+        )
         state.record(reveal, conf, provisional(logits, state))
         state.ids = torch.where(reveal, tokens, state.ids)
         state.masked = state.masked & ~reveal

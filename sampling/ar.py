@@ -46,12 +46,7 @@ class ARSampler(Sampler):
     uses_blocks = False
 
     def __init__(
-        self,
-        *,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        use_cache: bool = True,
+        self, *, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, use_cache: bool = True
     ):
         check_options(None, None, temperature)
         if top_k is not None and top_k < 1:
@@ -89,8 +84,13 @@ class ARSampler(Sampler):
         if self.use_cache:
             feed, feed_pos = sc["next_ids"], pos[:, -sc["next_ids"].shape[1] :]
             out = state.forward(
-                model, "ar", input_ids=feed, attention_mask=mask, position_ids=feed_pos,
-                past_key_values=sc["cache"], use_cache=True,
+                model,
+                "ar",
+                input_ids=feed,
+                attention_mask=mask,
+                position_ids=feed_pos,
+                past_key_values=sc["cache"],
+                use_cache=True,
             )
             sc["cache"] = out.past_key_values
         else:

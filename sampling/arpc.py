@@ -77,7 +77,9 @@ class ARPCSampler(Sampler):
             )
         ar_vocab = output_size(self.scorer)
         if ar_vocab is not None and ar_vocab <= state.ctx.pad_id:
-            raise UserError("the AR scorer's vocabulary is smaller than the MDM's pad id; it is not the same tokenizer.")
+            raise UserError(
+                "the AR scorer's vocabulary is smaller than the MDM's pad id; it is not the same tokenizer."
+            )
         mdm_vocab = output_size(model)
         if ar_vocab is not None and mdm_vocab is not None and not mdm_vocab - 2 <= ar_vocab <= mdm_vocab:
             raise UserError(
@@ -117,8 +119,12 @@ class ARPCSampler(Sampler):
         ar_ids = proposal.masked_fill(proposal >= V, state.ctx.pad_id)
         ar_ids = torch.where(proposal == state.ctx.mask_id, torch.full_like(ar_ids, state.ctx.pad_id), ar_ids)
         out = state.forward(
-            self.scorer, "ar", input_ids=ar_ids, attention_mask=state.attention_mask,
-            position_ids=position_ids(state.attention_mask), is_causal=True,
+            self.scorer,
+            "ar",
+            input_ids=ar_ids,
+            attention_mask=state.attention_mask,
+            position_ids=position_ids(state.attention_mask),
+            is_causal=True,
         )
         rows, cols = where.nonzero(as_tuple=True)
         score = torch.full(where.shape, float("-inf"), dtype=torch.float64, device=where.device)

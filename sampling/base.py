@@ -150,7 +150,9 @@ class RowRandom:
 
     def rand(self, length: int, key: int, purpose: int = 0) -> Float[Tensor, "batch pos"]:
         """Uniform(0, 1) float64 [B, length]."""
-        return torch.stack([torch.rand(length, generator=g, dtype=torch.float64) for g in self._gens(key, purpose)]).to(self.device)
+        return torch.stack([torch.rand(length, generator=g, dtype=torch.float64) for g in self._gens(key, purpose)]).to(
+            self.device
+        )
 
     def gumbel(self, shape_per_row: tuple[int, ...], key: int, purpose: int = 1) -> Float[Tensor, " batch *shape"]:
         """Standard Gumbel noise [B, *shape_per_row] in float64."""
@@ -171,7 +173,9 @@ class RowRandom:
         return (-torch.log(-torch.log(out))).to(self.device)
 
     def randint(self, high: int, length: int, key: int, purpose: int = 2) -> Int[Tensor, "batch pos"]:
-        return torch.stack([torch.randint(0, high, (length,), generator=g) for g in self._gens(key, purpose)]).to(self.device)
+        return torch.stack([torch.randint(0, high, (length,), generator=g) for g in self._gens(key, purpose)]).to(
+            self.device
+        )
 
 
 def _mix(*parts: int) -> int:
@@ -459,15 +463,20 @@ class Sampler:
         if not bool(gen.any(1).all()):
             raise UserError("every row of the canvas needs at least one position to generate (a mask token).")
         if ctx.shift and bool(gen[:, 0].any()):
-            raise UserError("with shift on, position 0 cannot be generated; start every row with a prompt token (e.g. BOS).")
+            raise UserError(
+                "with shift on, position 0 cannot be generated; start every row with a prompt token (e.g. BOS)."
+            )
         if ctx.context_length is not None and ids.shape[1] > ctx.context_length:
             raise UserError(
                 f"prompt + generated tokens = {ids.shape[1]} exceeds the model's context of "
                 f"{ctx.context_length} tokens; shorten the prompt or lower --max-new-tokens."
             )
         row_ids = list(range(ids.shape[0])) if row_ids is None else list(row_ids)
-        blocks = block_ids(gen, block_length=getattr(self, "block_length", None) if self.uses_blocks else None,
-                           model_block=ctx.block_size)
+        blocks = block_ids(
+            gen,
+            block_length=getattr(self, "block_length", None) if self.uses_blocks else None,
+            model_block=ctx.block_size,
+        )
         state = State(
             ids=ids.clone(),
             attention_mask=attention_mask,
@@ -491,8 +500,6 @@ class Sampler:
         return not bool(state.masked.any())
 
 
-
-
 SAMPLERS: Registry[Sampler] = Registry("sampler")
 
 
@@ -509,6 +516,7 @@ def check_options(
         raise UserError(f"temperature must be a finite number >= 0, got {temperature}.")
     if schedule is not None:
         get_schedule(schedule)
+
 
 @dataclass
 class SampleResult:
@@ -552,10 +560,14 @@ def run(
         sampler.step(model, state)
         state.steps += 1
     return SampleResult(
-        ids=state.ids, gen=state.gen, nfe=state.nfe, nfe_by=dict(state.nfe_by),
+        ids=state.ids,
+        gen=state.gen,
+        nfe=state.nfe,
+        nfe_by=dict(state.nfe_by),
         row_nfe=state.row_nfe if state.row_nfe is not None else torch.zeros(state.ids.shape[0], dtype=torch.long),
         steps=state.steps,
-        seconds=time.perf_counter() - start, trace=state.trace,
+        seconds=time.perf_counter() - start,
+        trace=state.trace,
     )
 
 

@@ -86,16 +86,14 @@ class RemaskSampler(Sampler):
         sched = get_schedule(self.schedule or state.ctx.schedule)
         t, s = time_grid(state, clock, state.scratch["budget"])
         a_t, a_s = sched.alpha(t), sched.alpha(s)
-        sigma_max = torch.where(
-            a_t > 0, ((1.0 - a_s) / a_t.clamp(min=1e-12)).clamp(max=1.0), torch.ones_like(a_t)
-        )
+        sigma_max = torch.where(a_t > 0, ((1.0 - a_s) / a_t.clamp(min=1e-12)).clamp(max=1.0), torch.ones_like(a_t))
         sigma_max = torch.where(s <= 0, torch.zeros_like(sigma_max), sigma_max)
         cur = state.current_block()
         in_block = (state.blocks == cur[:, None]) & (cur[:, None] >= 0)
         decoded = in_block & state.gen & ~state.masked
         sigma = self._sigma(state, sigma_max, decoded)
         n_dec = decoded.sum(1).clamp(min=1)
-        mean_sigma = (sigma.sum(1) / n_dec)
+        mean_sigma = sigma.sum(1) / n_dec
         p_reveal = ((a_s - (1.0 - mean_sigma) * a_t) / (1.0 - a_t).clamp(min=1e-12)).clamp(0.0, 1.0)
         p_reveal = torch.where(s <= 0, torch.ones_like(p_reveal), p_reveal)
 

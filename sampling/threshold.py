@@ -27,16 +27,7 @@ from torch import Tensor
 from common.errors import UserError
 from common.modeling import param_dtype, position_ids
 from diffusion.attention import block_inference_mask
-from sampling.base import (
-    Sampler,
-    State,
-    align,
-    aligned_logits,
-    check_options,
-    mdm_forward_kwargs,
-    propose,
-    provisional,
-)
+from sampling.base import Sampler, State, align, aligned_logits, check_options, mdm_forward_kwargs, propose, provisional
 from sampling.confidence import top_k_per_row
 
 CACHES = ("prefix", "none")
@@ -56,12 +47,7 @@ class ThresholdSampler(Sampler):
     needs = "absorbing"
 
     def __init__(
-        self,
-        *,
-        tau: float = 0.9,
-        block_length: int | None = None,
-        temperature: float = 0.0,
-        cache: str = "prefix",
+        self, *, tau: float = 0.9, block_length: int | None = None, temperature: float = 0.0, cache: str = "prefix"
     ):
         if not 0.0 < tau <= 1.0:
             raise UserError(f"tau must be in (0, 1], got {tau}; Fast-dLLM uses 0.9.")
@@ -114,7 +100,9 @@ class ThresholdSampler(Sampler):
         out = state.forward(model, "mdm", past_key_values=cache, use_cache=True, **kwargs)
         cache.crop(-(state.ids.shape[1] - prefix))  # drop what this call appended
         raw = torch.zeros(
-            (state.ids.shape[0], state.ids.shape[1], out.logits.shape[-1]), dtype=out.logits.dtype, device=out.logits.device
+            (state.ids.shape[0], state.ids.shape[1], out.logits.shape[-1]),
+            dtype=out.logits.dtype,
+            device=out.logits.device,
         )
         raw[:, prefix:] = out.logits
         return align(raw, state.ctx)

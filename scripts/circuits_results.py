@@ -76,8 +76,14 @@ def main() -> None:
     for pm in pms.values():
         correct &= clean_logit_diff(pm, render_for(pm, examples)) > 0
     examples = [ex for ex, ok in zip(examples, correct.tolist(), strict=True) if ok]
-    results: dict = {"n_drawn": args.n, "n_common_correct": len(examples), "seed": args.seed, "steps": args.steps,
-                     "top": TOP, "models": {}}
+    results: dict = {
+        "n_drawn": args.n,
+        "n_common_correct": len(examples),
+        "seed": args.seed,
+        "steps": args.steps,
+        "top": TOP,
+        "models": {},
+    }
     graphs: dict[str, dict] = {}
     for label, pm in pms.items():
         items = render_for(pm, examples)
@@ -85,8 +91,14 @@ def main() -> None:
         seconds = {}
         for method in METHODS:
             t0 = time.perf_counter()
-            graphs[label][method] = attribute(pm, items, method=method, steps=args.steps, batch_size=args.batch_size,
-                                              meta={"model": label, "task": "ioi"})
+            graphs[label][method] = attribute(
+                pm,
+                items,
+                method=method,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                meta={"model": label, "task": "ioi"},
+            )
             seconds[method] = time.perf_counter() - t0
             graphs[label][method].save(args.out / f"{label}-{method}.json")
         exact = graphs[label]["exact"]
@@ -97,7 +109,10 @@ def main() -> None:
         sweep = {}
         for m in sorted({*args.sweep, args.steps}):
             g = attribute(pm, items, method="eap-ig-inputs", steps=m, batch_size=args.batch_size)
-            sweep[m] = {**compare_scores(g, exact, TOP), "spearman_top20": compare_scores(g, exact, TOP_SMALL)["spearman_top"]}
+            sweep[m] = {
+                **compare_scores(g, exact, TOP),
+                "spearman_top20": compare_scores(g, exact, TOP_SMALL)["spearman_top"],
+            }
         curves = {}
         for method in METHODS:
             t0 = time.perf_counter()
@@ -105,25 +120,39 @@ def main() -> None:
             curves[method]["seconds"] = time.perf_counter() - t0
         importance = node_importance(graphs[label]["eap-ig-inputs"], TOP)
         results["models"][label] = {
-            "source": MODELS[label], "kind": pm.config.kind, "shift": pm.config.shift, "edges": len(exact.edges),
-            "clean_logit_diff": exact.meta["clean_metric"], "corrupt_logit_diff": exact.meta["corrupt_metric"],
-            "seconds": seconds, "agreement_with_exact": agreement, "eap_ig_inputs_steps": sweep,
+            "source": MODELS[label],
+            "kind": pm.config.kind,
+            "shift": pm.config.shift,
+            "edges": len(exact.edges),
+            "clean_logit_diff": exact.meta["clean_metric"],
+            "corrupt_logit_diff": exact.meta["corrupt_metric"],
+            "seconds": seconds,
+            "agreement_with_exact": agreement,
+            "eap_ig_inputs_steps": sweep,
             "faithfulness": curves,
             "top_edges_exact": [(e, exact.score(e)) for e in exact.top(15)],
-            "top_edges_eap_ig": [(e, graphs[label]["eap-ig-inputs"].score(e)) for e in graphs[label]["eap-ig-inputs"].top(15)],
+            "top_edges_eap_ig": [
+                (e, graphs[label]["eap-ig-inputs"].score(e)) for e in graphs[label]["eap-ig-inputs"].top(15)
+            ],
             "node_importance_top100_eap_ig": importance,
             "node_scores_exact": exact.node_scores,
         }
-        print(f"{label}: {len(items)} examples, {len(exact.edges)} edges, LD clean {exact.meta['clean_metric']:.2f} "
-              f"corrupt {exact.meta['corrupt_metric']:.2f}; seconds {({k: round(v, 1) for k, v in seconds.items()})}")
+        print(
+            f"{label}: {len(items)} examples, {len(exact.edges)} edges, LD clean {exact.meta['clean_metric']:.2f} "
+            f"corrupt {exact.meta['corrupt_metric']:.2f}; seconds { ({k: round(v, 1) for k, v in seconds.items()}) }"
+        )
         for m, a in agreement.items():
-            print(f"  {m:<20} spearman all {a['spearman_all']:.3f}  top{TOP} {a['spearman_top']:.3f}  "
-                  f"top{TOP_SMALL} {a['spearman_top20']:.3f}  "
-                  f"|score| {a['spearman_abs']:.3f}  jaccard top{TOP} {a['jaccard_top']:.2f}  "
-                  f"faithfulness area {curves[m]['area']:.3f}")
+            print(
+                f"  {m:<20} spearman all {a['spearman_all']:.3f}  top{TOP} {a['spearman_top']:.3f}  "
+                f"top{TOP_SMALL} {a['spearman_top20']:.3f}  "
+                f"|score| {a['spearman_abs']:.3f}  jaccard top{TOP} {a['jaccard_top']:.2f}  "
+                f"faithfulness area {curves[m]['area']:.3f}"
+            )
         for m, a in sweep.items():
-            print(f"  eap-ig-inputs m={m:<3} spearman all {a['spearman_all']:.3f}  top{TOP} {a['spearman_top']:.3f}  "
-                  f"top{TOP_SMALL} {a['spearman_top20']:.3f}")
+            print(
+                f"  eap-ig-inputs m={m:<3} spearman all {a['spearman_all']:.3f}  top{TOP} {a['spearman_top']:.3f}  "
+                f"top{TOP_SMALL} {a['spearman_top20']:.3f}"
+            )
 
     # AR vs MDM: overlap of top-K edges, per method
     overlap = {}
@@ -140,18 +169,30 @@ def main() -> None:
         heat.data[0].update(showscale=i == 2)
         fig.add_trace(heat.data[0], row=1, col=i)
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=f"IOI node importance s(v), top {TOP} EAP-IG edges (m = {args.steps})", height=380, width=1000)
+    fig.update_layout(
+        title=f"IOI node importance s(v), top {TOP} EAP-IG edges (m = {args.steps})", height=380, width=1000
+    )
     fig.write_html(args.out / "importance.html", **write)
     with (args.out / "edges.html").open("w") as f:
         for label in MODELS:
             f.write(edges_figure(graphs[label]["eap-ig-inputs"], 40).to_html(**{**write, "full_html": False}))
-    curves = {f"{label} {m}": ([max(s, 0.5) for s in c["sizes"]], c["values"])
-              for label, r in results["models"].items() for m, c in r["faithfulness"].items()}
-    curves_figure(curves, title="IOI faithfulness of top-n circuits (edges outside patched to corrupted)",
-                  x_title="edges requested (n; 0 drawn at 0.5)", y_title="faithfulness").write_html(args.out / "faithfulness.html", **write)
-    curves_figure({m: (v["k"], v["jaccard"]) for m, v in overlap.items()},
-                  title="Organism AR vs MDM on IOI: Jaccard overlap of the top-K edges", x_title="K",
-                  y_title="Jaccard").write_html(args.out / "jaccard.html", **write)
+    curves = {
+        f"{label} {m}": ([max(s, 0.5) for s in c["sizes"]], c["values"])
+        for label, r in results["models"].items()
+        for m, c in r["faithfulness"].items()
+    }
+    curves_figure(
+        curves,
+        title="IOI faithfulness of top-n circuits (edges outside patched to corrupted)",
+        x_title="edges requested (n; 0 drawn at 0.5)",
+        y_title="faithfulness",
+    ).write_html(args.out / "faithfulness.html", **write)
+    curves_figure(
+        {m: (v["k"], v["jaccard"]) for m, v in overlap.items()},
+        title="Organism AR vs MDM on IOI: Jaccard overlap of the top-K edges",
+        x_title="K",
+        y_title="Jaccard",
+    ).write_html(args.out / "jaccard.html", **write)
     print(f"wrote {args.out}")
 
 

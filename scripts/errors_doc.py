@@ -68,15 +68,19 @@ def main() -> None:
             outcome, before, after = run_case(case, paths)
             message = outcome.message
             if case.cli:
-                message = message[message.find("error:"):] if "error:" in message else message
+                message = message[message.find("error:") :] if "error:" in message else message
                 seen = f"exit {outcome.exit_code}"
             else:
                 seen = type(outcome.error).__name__
             changed = "" if before == after else " (CHANGED FILES)"
             results[case.id] = (seen + changed, message.replace(root, "DIR").replace(tmp, "TMP"))
     for area, title in AREAS.items():
-        lines += [f"## {title}", "", "| id | bad input | result | key words | message | what to do |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"## {title}",
+            "",
+            "| id | bad input | result | key words | message | what to do |",
+            "|---|---|---|---|---|---|",
+        ]
         for case in (c for c in CASES if c.area == area):
             seen, message = results[case.id]
             usage = re.sub(r"\{(\w+)\}", lambda m: m.group(1).upper(), " ".join(case.cli)) if case.cli else ""

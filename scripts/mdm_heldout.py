@@ -42,15 +42,30 @@ def main() -> None:
         make_bidirectional(model)
     else:
         model, tokenizer, mask_id = mdm.model, mdm.tokenizer, mdm.meta.mask_id
-    packed = data.pack(data.load_texts(opts["data"]), tokenizer, seq_len=opts["seq_len"], held_out=opts["held_out"], seed=opts["seed"])
+    packed = data.pack(
+        data.load_texts(opts["data"]), tokenizer, seq_len=opts["seq_len"], held_out=opts["held_out"], seed=opts["seed"]
+    )
     held = packed.held_out[: args.blocks]
     options = DiffusionOptions(
-        noise=opts["noise"], schedule=opts["schedule"], weighting=opts["weighting"], shift=opts["shift"],
-        antithetic=opts["antithetic"], attention=opts["attention"],
+        noise=opts["noise"],
+        schedule=opts["schedule"],
+        weighting=opts["weighting"],
+        shift=opts["shift"],
+        antithetic=opts["antithetic"],
+        attention=opts["attention"],
     )
     with torch.no_grad():
         result = heldout_loss(model, held, options, mask_id=mask_id, seed=opts["seed"], vocab_size=len(tokenizer))
-    print(json.dumps({"model": "baseline (source ARM, bidirectional)" if args.baseline else args.mdm, "blocks": int(held.shape[0]), **result}, indent=1))
+    print(
+        json.dumps(
+            {
+                "model": "baseline (source ARM, bidirectional)" if args.baseline else args.mdm,
+                "blocks": int(held.shape[0]),
+                **result,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

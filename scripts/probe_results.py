@@ -38,11 +38,7 @@ from probe import ProbedModel, answer_logit_diff, logit_lens
 from probe.lens import read_targets
 from tasks import collate, generate_aligned, get_task, render
 
-MODELS = {
-    "smollm2": "smollm2",
-    "organism-ar": "organism",
-    "organism-mdm": "runs/organism-mdm-sft",
-}
+MODELS = {"smollm2": "smollm2", "organism-ar": "organism", "organism-mdm": "runs/organism-mdm-sft"}
 
 
 def ioi_batch(pm: ProbedModel, n: int, seed: int):
@@ -65,10 +61,7 @@ def head_patching(pm: ProbedModel, rendered, batch) -> dict:
     ld_clean = answer_logit_diff(clean_logits, rendered)
     ld_corrupted = answer_logit_diff(corrupted_logits, rendered)
     H, N, T = pm.config.n_heads, *batch.input_ids.shape
-    stacked = {
-        "input_ids": batch.corrupted_ids.repeat(H, 1),
-        "attention_mask": batch.attention_mask.repeat(H, 1),
-    }
+    stacked = {"input_ids": batch.corrupted_ids.repeat(H, 1), "attention_mask": batch.attention_mask.repeat(H, 1)}
     scores = torch.zeros(pm.config.n_layers, H)
     denominator = ld_clean.mean() - ld_corrupted.mean()
     for layer in range(pm.config.n_layers):
@@ -79,12 +72,7 @@ def head_patching(pm: ProbedModel, rendered, batch) -> dict:
                 iv.set(f"L{layer}.H{h}", clean[f"L{layer}.H{h}"].repeat(H, 1, 1), pos=rows)
             patched = answer_logit_diff(pm(stacked), rendered * H).view(H, N)
         scores[layer] = (patched.mean(1) - ld_corrupted.mean()) / denominator
-    return {
-        "scores": scores,
-        "ld_clean": ld_clean,
-        "ld_corrupted": ld_corrupted,
-        "clean_logits": clean_logits,
-    }
+    return {"scores": scores, "ld_clean": ld_clean, "ld_corrupted": ld_corrupted, "clean_logits": clean_logits}
 
 
 def run_model(label: str, source: str, n: int, seed: int) -> dict:
@@ -97,7 +85,10 @@ def run_model(label: str, source: str, n: int, seed: int) -> dict:
     lens = logit_lens(pm, cache, pos, correct)
     seconds = time.perf_counter() - t0
     scores = patch["scores"]
-    top = sorted(((float(scores[i, h]), f"L{i}.H{h}") for i in range(scores.shape[0]) for h in range(scores.shape[1])), reverse=True)
+    top = sorted(
+        ((float(scores[i, h]), f"L{i}.H{h}") for i in range(scores.shape[0]) for h in range(scores.shape[1])),
+        reverse=True,
+    )
     return {
         "model": label,
         "source": source,
@@ -124,15 +115,24 @@ def run_model(label: str, source: str, n: int, seed: int) -> dict:
 
 def heatmap(result: dict) -> go.Figure:
     scores = result["head_scores"]
-    fig = go.Figure(go.Heatmap(
-        z=scores, x=[f"H{h}" for h in range(result["heads"])], y=[f"L{i}" for i in range(result["layers"])],
-        colorscale="RdBu", zmid=0, colorbar={"title": "restored"},
-    ))
+    fig = go.Figure(
+        go.Heatmap(
+            z=scores,
+            x=[f"H{h}" for h in range(result["heads"])],
+            y=[f"L{i}" for i in range(result["layers"])],
+            colorscale="RdBu",
+            zmid=0,
+            colorbar={"title": "restored"},
+        )
+    )
     fig.update_layout(
         title=f"IOI head patching (clean -> corrupted), {result['model']} ({result['kind']}), "
-              f"n={result['n_examples']}; LD clean {result['mean_ld_clean']:.2f}, corrupted {result['mean_ld_corrupted']:.2f}",
-        xaxis_title="head", yaxis_title="layer", yaxis={"autorange": "reversed"},
-        height=max(300, 24 * result["layers"] + 150), width=700,
+        f"n={result['n_examples']}; LD clean {result['mean_ld_clean']:.2f}, corrupted {result['mean_ld_corrupted']:.2f}",
+        xaxis_title="head",
+        yaxis_title="layer",
+        yaxis={"autorange": "reversed"},
+        height=max(300, 24 * result["layers"] + 150),
+        width=700,
     )
     return fig
 
@@ -141,12 +141,22 @@ def lens_figure(results: list[dict]) -> go.Figure:
     fig = make_subplots(rows=1, cols=len(results), subplot_titles=[r["model"] for r in results])
     for i, r in enumerate(results, start=1):
         x = ["embed"] + [f"L{j}" for j in range(r["layers"])]
-        fig.add_trace(go.Scatter(x=x, y=r["lens_mean_rank"], name=f"{r['model']} mean", mode="lines+markers"), row=1, col=i)
-        fig.add_trace(go.Scatter(x=x, y=r["lens_median_rank"], name=f"{r['model']} median", mode="lines", line={"dash": "dot"}), row=1, col=i)
-        fig.update_yaxes(type="log", title_text="rank of IO (0 = top-1; log axis shows rank + 1)" if i == 1 else None, row=1, col=i)
+        fig.add_trace(
+            go.Scatter(x=x, y=r["lens_mean_rank"], name=f"{r['model']} mean", mode="lines+markers"), row=1, col=i
+        )
+        fig.add_trace(
+            go.Scatter(x=x, y=r["lens_median_rank"], name=f"{r['model']} median", mode="lines", line={"dash": "dot"}),
+            row=1,
+            col=i,
+        )
+        fig.update_yaxes(
+            type="log", title_text="rank of IO (0 = top-1; log axis shows rank + 1)" if i == 1 else None, row=1, col=i
+        )
     for trace in fig.data:  # log axis: plot rank + 1
         trace.y = [v + 1 for v in trace.y]
-    fig.update_layout(title="Logit lens on IOI: rank of the correct answer token after each layer", height=420, width=1200)
+    fig.update_layout(
+        title="Logit lens on IOI: rank of the correct answer token after each layer", height=420, width=1200
+    )
     return fig
 
 
@@ -167,9 +177,12 @@ def main() -> None:
         results.append(result)
         heatmap(result).write_html(args.out / f"{label}-ioi-heads.html", include_plotlyjs="cdn")
         top = ", ".join(f"{name} {score:.2f}" for score, name in result["top_heads"][:5])
-        print(f"{label}: LD clean {result['mean_ld_clean']:.2f} corrupted {result['mean_ld_corrupted']:.2f} "
-              f"acc {result['accuracy_clean']:.2f}; top heads {top}; lens mean rank "
-              f"{[round(v, 1) for v in result['lens_mean_rank']]}; {result['seconds']:.0f}s", flush=True)
+        print(
+            f"{label}: LD clean {result['mean_ld_clean']:.2f} corrupted {result['mean_ld_corrupted']:.2f} "
+            f"acc {result['accuracy_clean']:.2f}; top heads {top}; lens mean rank "
+            f"{[round(v, 1) for v in result['lens_mean_rank']]}; {result['seconds']:.0f}s",
+            flush=True,
+        )
     lens_figure(results).write_html(args.out / "logit-lens.html", include_plotlyjs="cdn")
     (args.out / "probe_results.json").write_text(json.dumps(results, indent=1))
 

@@ -52,7 +52,9 @@ def organism(args: argparse.Namespace) -> dict:
     scorer = ar_scorer(mdm)
     sets = task_sets(mdm, ["ioi", "countdown"], args.n)
     rows = evaluate_samplers(mdm, sets, ORGANISM_SPECS, batch_size=1, scorer=scorer)
-    rows += evaluate_samplers(ar, task_sets(ar, ["ioi", "countdown"], args.n), [SamplerSpec("ar", label="ar (organism ARM)")], batch_size=1)
+    rows += evaluate_samplers(
+        ar, task_sets(ar, ["ioi", "countdown"], args.n), [SamplerSpec("ar", label="ar (organism ARM)")], batch_size=1
+    )
     write_report(rows, out / "organism", extra={"mdm": args.mdm, "n": args.n, "batch_size": 1}, plotlyjs="cdn")
     print(table(rows))
 
@@ -78,7 +80,9 @@ def uniform(args: argparse.Namespace) -> None:
         SamplerSpec("uniform", {"temperature": 1.0}, "uniform T=1"),
     ]
     rows = evaluate_samplers(uni, sets, specs, batch_size=1)
-    write_report(rows, Path(args.out) / "uniform", extra={"mdm": args.uniform_mdm, "n": args.n, "batch_size": 1}, plotlyjs="cdn")
+    write_report(
+        rows, Path(args.out) / "uniform", extra={"mdm": args.uniform_mdm, "n": args.n, "batch_size": 1}, plotlyjs="cdn"
+    )
     print(table(rows))
 
 
@@ -105,13 +109,31 @@ def smollm2(args: argparse.Namespace) -> dict:
     scorer = ref.model
     for spec in specs:
         s = generate_texts(mdm, prompts, spec, max_new_tokens=args.max_new_tokens, batch_size=8, scorer=scorer)
-        results[spec.title] = {**gen_ppl(s.texts, ref, context=prompts), "nfe": s.nfe, "tokens_per_s": s.tokens_per_s, "example": s.texts[0][:300]}
+        results[spec.title] = {
+            **gen_ppl(s.texts, ref, context=prompts),
+            "nfe": s.nfe,
+            "tokens_per_s": s.tokens_per_s,
+            "example": s.texts[0][:300],
+        }
         print(spec.title, {k: v for k, v in results[spec.title].items() if k != "example"})
-    for spec in [SamplerSpec("ar", {"temperature": 1.0}, "SmolLM2 AR T=1"), SamplerSpec("ar", {"temperature": 0.0}, "SmolLM2 AR greedy")]:
+    for spec in [
+        SamplerSpec("ar", {"temperature": 1.0}, "SmolLM2 AR T=1"),
+        SamplerSpec("ar", {"temperature": 0.0}, "SmolLM2 AR greedy"),
+    ]:
         s = generate_texts(ref, prompts, spec, max_new_tokens=args.max_new_tokens, batch_size=8)
-        results[spec.title] = {**gen_ppl(s.texts, ref, context=prompts), "nfe": s.nfe, "tokens_per_s": s.tokens_per_s, "example": s.texts[0][:300]}
+        results[spec.title] = {
+            **gen_ppl(s.texts, ref, context=prompts),
+            "nfe": s.nfe,
+            "tokens_per_s": s.tokens_per_s,
+            "example": s.texts[0][:300],
+        }
         print(spec.title, {k: v for k, v in results[spec.title].items() if k != "example"})
-    payload = {"mdm": args.smollm2_mdm, "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "results": results}
+    payload = {
+        "mdm": args.smollm2_mdm,
+        "prompts": len(prompts),
+        "max_new_tokens": args.max_new_tokens,
+        "results": results,
+    }
     (out / "genppl.json").write_text(json.dumps(payload, indent=2))
     lines = ["| sampler | gen-PPL | unigram entropy (nats) | NFE | tokens/s |", "|---|---|---|---|---|"]
     for name, r in results.items():

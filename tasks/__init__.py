@@ -63,9 +63,7 @@ def get_task(name: str, tokenizer: Tokenizer | None = None, **options: Any) -> T
     accepted = [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise TaskError(
-            f"task {name!r} has no option(s) {unknown}; its options are {accepted or 'none'}."
-        )
+        raise TaskError(f"task {name!r} has no option(s) {unknown}; its options are {accepted or 'none'}.")
     return factory(tokenizer, **options)
 
 

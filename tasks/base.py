@@ -143,12 +143,7 @@ def first_token_ids(tokenizer: Tokenizer, prompt: str, candidates: Iterable[str]
 
 
 def render(
-    example: Example,
-    tokenizer: Tokenizer,
-    mode: Mode = "ar",
-    *,
-    shift: bool = True,
-    mask_id: int | None = None,
+    example: Example, tokenizer: Tokenizer, mode: Mode = "ar", *, shift: bool = True, mask_id: int | None = None
 ) -> Rendered:
     """Token ids for `example` in reading `mode` (see the module docstring).
 
@@ -160,9 +155,7 @@ def render(
     ex = example
     clean_prompt = ex.ar_prompt if (mode == "ar" and ex.ar_prompt is not None) else ex.prompt
     corrupt_prompt = (
-        ex.corrupted_ar_prompt
-        if (mode == "ar" and ex.corrupted_ar_prompt is not None)
-        else ex.corrupted_prompt
+        ex.corrupted_ar_prompt if (mode == "ar" and ex.corrupted_ar_prompt is not None) else ex.corrupted_prompt
     )
     p_clean = encode_prompt(tokenizer, clean_prompt)
     p_corrupt = encode_prompt(tokenizer, corrupt_prompt)
@@ -271,11 +264,7 @@ def _probe_mask_id(tokenizer: Tokenizer) -> int:
 
 
 def check_alignment(
-    example: Example,
-    tokenizer: Tokenizer,
-    *,
-    modes: Sequence[Mode] = ALL_MODES,
-    mask_id: int | None = None,
+    example: Example, tokenizer: Tokenizer, *, modes: Sequence[Mode] = ALL_MODES, mask_id: int | None = None
 ) -> None:
     """Raise TaskError unless `example` is usable under `tokenizer` in every reading mode.
 
@@ -425,9 +414,7 @@ class BaseTask:
         tok = tokenizer if tokenizer is not None else self.tokenizer
         if tok is None:
             raise TaskError(f"{self.name}: generate_aligned needs a tokenizer.")
-        return generate_aligned(
-            self, n, tok, seed, modes=modes, mask_id=mask_id, max_attempts=max_attempts
-        )
+        return generate_aligned(self, n, tok, seed, modes=modes, mask_id=mask_id, max_attempts=max_attempts)
 
     def _restrict(self, words: Sequence[str], what: str, minimum: int) -> tuple[str, ...]:
         """`words` kept to single tokens under the task's tokenizer (all of them without one)."""

@@ -106,8 +106,7 @@ def _format(node: tuple) -> str:
     if left[0] != "num" and _PRECEDENCE[left[0]] < _PRECEDENCE[op]:
         ltxt = f"({ltxt})"
     if right[0] != "num" and (
-        _PRECEDENCE[right[0]] < _PRECEDENCE[op]
-        or (_PRECEDENCE[right[0]] == _PRECEDENCE[op] and op in "-/")
+        _PRECEDENCE[right[0]] < _PRECEDENCE[op] or (_PRECEDENCE[right[0]] == _PRECEDENCE[op] and op in "-/")
     ):
         rtxt = f"({rtxt})"
     return f"{ltxt}{op}{rtxt}"
@@ -158,9 +157,7 @@ class CountdownTask(BaseTask):
         if n_numbers not in (3, 4):
             raise TaskError(f"countdown: n_numbers must be 3 or 4, got {n_numbers}.")
         if not 1 <= min_number < max_number:
-            raise TaskError(
-                f"countdown: need 1 <= min_number < max_number, got {min_number}, {max_number}."
-            )
+            raise TaskError(f"countdown: need 1 <= min_number < max_number, got {min_number}, {max_number}.")
         if max_target < 10:
             raise TaskError(f"countdown: max_target must be >= 10, got {max_target}.")
         self.tokenizer = tokenizer
@@ -213,12 +210,7 @@ class CountdownTask(BaseTask):
                 corrupted_prompt=self._prompt(numbers, t2),
                 correct=(lead + answer,),
                 counterfactual=(lead + alt,),
-                meta={
-                    "numbers": tuple(numbers),
-                    "target": target,
-                    "ops": self.ops,
-                    "corrupted_target": t2,
-                },
+                meta={"numbers": tuple(numbers), "target": target, "ops": self.ops, "corrupted_target": t2},
             )
 
     def check(self, example: Example, generated: str) -> bool:

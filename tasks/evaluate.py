@@ -31,17 +31,7 @@ from torch import Tensor
 from common.errors import TaskError
 from common.metadata import ModelMeta
 from common.modeling import pad_id, position_ids
-from tasks.base import (
-    Example,
-    Mode,
-    Rendered,
-    Task,
-    Tokenizer,
-    collate,
-    continuation_ids,
-    encode_prompt,
-    render,
-)
+from tasks.base import Example, Mode, Rendered, Task, Tokenizer, collate, continuation_ids, encode_prompt, render
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -252,8 +242,11 @@ def mdm_fill_accuracy(
         rendered = [render(ex, tokenizer, "mdm", shift=meta.shift, mask_id=meta.mask_id) for ex in chunk]
         batch = collate(rendered, pad_id(tokenizer))
         filled = run(
-            ConfidenceSampler("low-confidence", steps=steps), model, batch.input_ids.to(device),
-            batch.attention_mask.to(device), ModelContext.from_meta(meta, tokenizer, model),
+            ConfidenceSampler("low-confidence", steps=steps),
+            model,
+            batch.input_ids.to(device),
+            batch.attention_mask.to(device),
+            ModelContext.from_meta(meta, tokenizer, model),
         ).ids
         for row, r in enumerate(rendered):
             answer = tokenizer.decode(filled[row, r.answer_positions].tolist())

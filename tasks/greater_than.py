@@ -43,11 +43,7 @@ class GreaterThanTask(BaseTask):
     kind = "local"
 
     def __init__(
-        self,
-        tokenizer: Tokenizer | None = None,
-        *,
-        nouns: Sequence[str] | None = None,
-        century: str = "17",
+        self, tokenizer: Tokenizer | None = None, *, nouns: Sequence[str] | None = None, century: str = "17"
     ) -> None:
         if not (len(century) == 2 and century.isdigit() and century[0] != "0"):
             raise TaskError(f"greater_than: century must be two digits like '17', got {century!r}.")

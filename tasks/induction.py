@@ -50,8 +50,7 @@ class InductionTask(BaseTask):
         self.vocabulary = self._restrict(vocabulary or words.NOUNS, "words", minimum=2 * length)
         if len(self.vocabulary) < 2 * length:
             raise TaskError(
-                f"induction: need >= {2 * length} distinct words for length {length}, "
-                f"got {len(self.vocabulary)}."
+                f"induction: need >= {2 * length} distinct words for length {length}, got {len(self.vocabulary)}."
             )
         self.length = length
         self.min_repeat = min_repeat

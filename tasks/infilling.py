@@ -116,11 +116,7 @@ class InfillingTask(BaseTask):
             prefix = rng.choice(self.prefixes)
             answer, suffix = rng.choice(self.bank)
             n = self._length(prefix, answer, suffix)
-            partners = [
-                (a, s)
-                for a, s in self.bank
-                if a != answer and self._length(prefix, answer, s) == n
-            ]
+            partners = [(a, s) for a, s in self.bank if a != answer and self._length(prefix, answer, s) == n]
             if n < 0 or not partners:
                 continue
             other, other_suffix = rng.choice(partners)

@@ -37,9 +37,7 @@ class JsonlTask(BaseTask):
     def generate(self, n: int, seed: int = 0) -> list[Example]:
         """n distinct examples in a seeded random order (TaskError if the file has fewer)."""
         if not 0 <= n <= len(self.examples):
-            raise TaskError(
-                f"{self.name}: asked for {n} examples but the file holds {len(self.examples)}."
-            )
+            raise TaskError(f"{self.name}: asked for {n} examples but the file holds {len(self.examples)}.")
         return random.Random(seed).sample(list(self.examples), n)
 
     def check(self, example: Example, generated: str) -> bool:

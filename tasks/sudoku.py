@@ -41,11 +41,7 @@ _DIGIT = re.compile(r"[1-4]")
 def _units() -> list[tuple[int, ...]]:
     rows = [tuple(4 * r + c for c in range(4)) for r in range(4)]
     cols = [tuple(4 * r + c for r in range(4)) for c in range(4)]
-    boxes = [
-        tuple(4 * (br + r) + bc + c for r in range(2) for c in range(2))
-        for br in (0, 2)
-        for bc in (0, 2)
-    ]
+    boxes = [tuple(4 * (br + r) + bc + c for r in range(2) for c in range(2)) for br in (0, 2) for bc in (0, 2)]
     return rows + cols + boxes
 
 
@@ -120,11 +116,7 @@ class SudokuTask(BaseTask):
     kind = "global"
 
     def __init__(
-        self,
-        tokenizer: Tokenizer | None = None,
-        *,
-        n_blanks: int = 6,
-        space_in_prompt: bool | None = None,
+        self, tokenizer: Tokenizer | None = None, *, n_blanks: int = 6, space_in_prompt: bool | None = None
     ) -> None:
         if not 1 <= n_blanks <= 10:
             raise TaskError(f"sudoku: n_blanks must be in 1..10, got {n_blanks}.")

@@ -8,6 +8,8 @@ single token after a space (`base.single_token_words`), so clean and corrupted p
 
 from __future__ import annotations
 
+# Word lists are kept as compact paragraphs, not one word per line:
+# fmt: off
 # Common English first names, roughly by frequency in US usage; unique, capitalised.
 NAMES: tuple[str, ...] = (
     "Mary", "John", "James", "Robert", "Michael", "William", "David", "Richard", "Joseph",
@@ -71,3 +73,4 @@ EVENTS: tuple[str, ...] = (
     "war", "expedition", "project", "dynasty", "reign", "drought", "occupation", "journey",
     "construction", "rebellion", "strike", "famine", "campaign", "voyage", "siege",
 )
+# fmt: on

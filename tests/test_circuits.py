@@ -48,8 +48,16 @@ def toy_examples(n: int, template: str = IOI) -> list[Example]:
     clean prompt and another name in the corrupted one (`b` fills any second slot)."""
     out = []
     for a, b, c in itertools.permutations(NAMES, 3):
-        out.append(Example(task="toy", prompt=template.format(a, b=b), answer=f" {a}",
-                           corrupted_prompt=template.format(c, b=b), correct=(f" {a}",), counterfactual=(f" {c}",)))
+        out.append(
+            Example(
+                task="toy",
+                prompt=template.format(a, b=b),
+                answer=f" {a}",
+                corrupted_prompt=template.format(c, b=b),
+                correct=(f" {a}",),
+                counterfactual=(f" {c}",),
+            )
+        )
     return out[:n]
 
 
@@ -69,9 +77,19 @@ def constructed(path: str) -> ProbedModel:
     unembedding reads only those coordinates: a name's logit is its weight in the head's output
     (path="head") or in the last token's embedding (path="direct")."""
     tok = tiny_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
-                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg)
     gen = torch.Generator().manual_seed(0)
@@ -154,7 +172,11 @@ def test_one_head_model_every_method_and_metric(metric: str) -> None:
             assert g.node_scores["embed"] == pytest.approx(gap, rel=1e-5)
             assert all(abs(v) < 1e-6 * abs(gap) for k, v in g.node_scores.items() if k not in ("embed", "L1.H0"))
             assert faithfulness(pm, items, g.select(top_n=2), metric=metric).value == pytest.approx(1.0, abs=1e-5)
-            one_node = [e for e in g.edges if set(e.split("->")) <= {"embed", "L1.H0.q", "L1.H0.k", "L1.H0.v", "L1.H0", "logits"}]
+            one_node = [
+                e
+                for e in g.edges
+                if set(e.split("->")) <= {"embed", "L1.H0.q", "L1.H0.k", "L1.H0.v", "L1.H0", "logits"}
+            ]
             assert faithfulness(pm, items, one_node, metric=metric).value == pytest.approx(1.0, abs=1e-5)
             assert faithfulness(pm, items, ["L1.H0->logits"], metric=metric).value == pytest.approx(0.0, abs=1e-5)
 
@@ -222,14 +244,23 @@ def test_eap_equals_the_derivative_of_edge_patching(float64_softmax: None) -> No
     g = attribute(pm, items, method="eap", batch_size=None)
     batch = collate(items, 0)
     _, clean = pm.run_with_cache(batch, names=pm.senders())
-    _, corrupt = pm.run_with_cache({"input_ids": batch.corrupted_ids, "attention_mask": batch.attention_mask}, names=pm.senders())
+    _, corrupt = pm.run_with_cache(
+        {"input_ids": batch.corrupted_ids, "attention_mask": batch.attention_mask}, names=pm.senders()
+    )
 
     def moved(sender: str, receiver: str, eps: float) -> float:
         with pm.intervene() as iv:
             iv.patch_edge(sender, receiver, clean[sender] + eps * (corrupt[sender] - clean[sender]))
             return float(metric_values("logit_diff", pm(batch), Targets.of(items)).mean())  # float64
 
-    for edge in ("embed->L0.H2.q", "embed->L1.H1.k", "L0.H1->L1.mlp", "L0.mlp->L1.H0.v", "L1.H2->logits", "L0.H3->logits"):
+    for edge in (
+        "embed->L0.H2.q",
+        "embed->L1.H1.k",
+        "L0.H1->L1.mlp",
+        "L0.mlp->L1.H0.v",
+        "L1.H2->logits",
+        "L0.H3->logits",
+    ):
         s, r = edge.split("->")
         eps = 1e-3
         d1 = (moved(s, r, eps) - moved(s, r, -eps)) / (2 * eps)
@@ -250,7 +281,9 @@ def test_eap_ig_completeness() -> None:
     g = attribute(pm, items, method="eap-ig-activations", steps=32, batch_size=None)
     batch = collate(items, 0)
     heads = [f"L1.H{h}" for h in range(4)]
-    _, corrupt = pm.run_with_cache({"input_ids": batch.corrupted_ids, "attention_mask": batch.attention_mask}, names=heads)
+    _, corrupt = pm.run_with_cache(
+        {"input_ids": batch.corrupted_ids, "attention_mask": batch.attention_mask}, names=heads
+    )
     with pm.intervene() as iv:
         iv.patch(heads, corrupt)
         patched = float(answer_logit_diff(pm(batch), items).mean())
@@ -265,13 +298,18 @@ def test_eap_node_scores_are_gradients_at_the_node_outputs() -> None:
     g = attribute(pm, items, method="eap", batch_size=None)
     batch = collate(items, 0)
     targets = Targets.of(items)
-    grads = pm.run_with_grads(batch, lambda lg: metric_values("logit_diff", lg, targets).sum(),
-                              outputs=pm.senders(), names=pm.senders())
-    _, corrupt = pm.run_with_cache({"input_ids": batch.corrupted_ids, "attention_mask": batch.attention_mask}, names=pm.senders())
+    grads = pm.run_with_grads(
+        batch, lambda lg: metric_values("logit_diff", lg, targets).sum(), outputs=pm.senders(), names=pm.senders()
+    )
+    _, corrupt = pm.run_with_cache(
+        {"input_ids": batch.corrupted_ids, "attention_mask": batch.attention_mask}, names=pm.senders()
+    )
     for sender in pm.senders():
         expected = float(((corrupt[sender] - grads.cache[sender]) * grads.outputs[sender]).sum()) / len(items)
         assert g.node_scores[sender] == pytest.approx(expected, rel=1e-4, abs=1e-7), sender
-        assert g.node_scores[sender] == pytest.approx(sum(g.score(e) for e in g.edges if e.startswith(sender + "->")), rel=1e-9, abs=1e-12)
+        assert g.node_scores[sender] == pytest.approx(
+            sum(g.score(e) for e in g.edges if e.startswith(sender + "->")), rel=1e-9, abs=1e-12
+        )
 
 
 @pytest.mark.parametrize(("family", "kind"), [("llama", "ar"), ("gpt2", "mdm"), ("gemma3_text", "mdm")])
@@ -318,7 +356,9 @@ def test_per_example_scores_are_each_examples_own_attribution() -> None:
         torch.testing.assert_close(graph.examples.double().mean(0), graph.scores, atol=1e-5, rtol=1e-4)
         for i in (0, 3):
             alone = attribute(pm, items[i : i + 1], method=method, steps=2)
-            torch.testing.assert_close(graph.examples[i].double(), alone.scores, atol=1e-5, rtol=1e-4, msg=f"{method} {i}")
+            torch.testing.assert_close(
+                graph.examples[i].double(), alone.scores, atol=1e-5, rtol=1e-4, msg=f"{method} {i}"
+            )
         assert float(graph.examples.std(0).max()) > 0, method  # examples differ: not a broadcast mean
     assert attribute(pm, items, method="eap", steps=2).examples is None
 
@@ -326,7 +366,9 @@ def test_per_example_scores_are_each_examples_own_attribution() -> None:
 # --- faithfulness -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("family", "kind"), [("llama", "ar"), ("llama", "mdm"), ("gpt2", "ar"), ("gemma3_text", "mdm")])
+@pytest.mark.parametrize(
+    ("family", "kind"), [("llama", "ar"), ("llama", "mdm"), ("gpt2", "ar"), ("gemma3_text", "mdm")]
+)
 def test_faithfulness_equals_a_direct_patched_pass(family: str, kind: str) -> None:
     pm = probed(family, kind)
     items = rendered(pm, toy_examples(6))
@@ -385,7 +427,9 @@ def test_plots() -> None:
     g = Graph(probed("llama").shape, {"embed->L1.H0.k": 2.0, "L1.H3->logits": -1.0, "L0.mlp->L1.mlp": 0.5})
     heat = importance_heatmap(g, 3)
     assert len(heat.data[0].z) == 2 and len(heat.data[0].z[0]) == 5  # layers x (4 heads + mlp)
-    assert heat.data[0].z[1][0] == pytest.approx(1.0) and heat.data[0].z[1][3] == pytest.approx(1.0)  # k shared by H0, H1
+    assert heat.data[0].z[1][0] == pytest.approx(1.0) and heat.data[0].z[1][3] == pytest.approx(
+        1.0
+    )  # k shared by H0, H1
     fig = edges_figure(g, 3)
     lines = [t for t in fig.data if t.mode == "lines"]
     assert len(lines) == 2 + 1 + 1  # the shared k receiver is drawn to both heads of its group
@@ -415,11 +459,28 @@ def test_errors() -> None:
         attribute(mdm, unshifted)
     with pytest.raises(UserError, match="not an edge of this model"):
         faithfulness(pm, items, ["embed->L7.mlp"])
-    same = [render(Example(task="toy", prompt="When Mary went", answer=" to", corrupted_prompt="When Mary went",
-                           counterfactual=(" the",)), pm.tokenizer, "ar")]
+    same = [
+        render(
+            Example(
+                task="toy",
+                prompt="When Mary went",
+                answer=" to",
+                corrupted_prompt="When Mary went",
+                counterfactual=(" the",),
+            ),
+            pm.tokenizer,
+            "ar",
+        )
+    ]
     with pytest.raises(UserError, match="faithfulness is undefined"):
         faithfulness(pm, same, [])
-    no_counter = [render(Example(task="toy", prompt="When Mary went", answer=" to", corrupted_prompt="When John went"), pm.tokenizer, "ar")]
+    no_counter = [
+        render(
+            Example(task="toy", prompt="When Mary went", answer=" to", corrupted_prompt="When John went"),
+            pm.tokenizer,
+            "ar",
+        )
+    ]
     with pytest.raises(UserError, match="needs a counterfactual"):
         attribute(pm, no_counter, method="eap")
     attribute(pm, no_counter, method="eap", metric="prob")  # fine without one
@@ -445,7 +506,9 @@ def test_organism_eap_ig_finds_the_edges_exact_patching_ranks_first(source: str)
         source = str(path)
     pm = ProbedModel.from_checkpoint(source, backend="torch")
     cfg = pm.config
-    examples = generate_aligned(get_task("ioi", pm.tokenizer), 16, pm.tokenizer, 0, modes=(cfg.kind,), mask_id=cfg.mask_id)
+    examples = generate_aligned(
+        get_task("ioi", pm.tokenizer), 16, pm.tokenizer, 0, modes=(cfg.kind,), mask_id=cfg.mask_id
+    )
     items = rendered(pm, examples)
     graphs = {m: attribute(pm, items, method=m, steps=5, nodes=False) for m in ("exact", "eap", "eap-ig-inputs")}
     exact = graphs["exact"]

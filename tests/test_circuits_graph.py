@@ -34,8 +34,17 @@ def test_edges_by_hand() -> None:
     assert g.senders == ["embed", "L0.H0", "L0.H1", "L0.mlp"]
     assert g.receivers == ["L0.H0.q", "L0.H1.q", "L0.H0.k", "L0.H0.v", "L0.mlp", "logits"]
     assert g.edges == [
-        "embed->L0.H0.q", "embed->L0.H1.q", "embed->L0.H0.k", "embed->L0.H0.v", "embed->L0.mlp", "embed->logits",
-        "L0.H0->L0.mlp", "L0.H0->logits", "L0.H1->L0.mlp", "L0.H1->logits", "L0.mlp->logits",
+        "embed->L0.H0.q",
+        "embed->L0.H1.q",
+        "embed->L0.H0.k",
+        "embed->L0.H0.v",
+        "embed->L0.mlp",
+        "embed->logits",
+        "L0.H0->L0.mlp",
+        "L0.H0->logits",
+        "L0.H1->L0.mlp",
+        "L0.H1->logits",
+        "L0.mlp->logits",
     ]
     # embed -> 19 receivers; each L0 head -> L0.mlp, 9 receivers of L1, logits; L0.mlp -> 9 + logits;
     # each L1 head -> L1.mlp, logits; L1.mlp -> logits
@@ -66,9 +75,11 @@ def test_pruning_by_hand_gqa() -> None:
 
 def test_pruning_by_hand_two_layers() -> None:
     chain = ["embed->L0.H0.q", "L0.H0->L1.H1.v", "L1.H1->logits"]
-    dangling = ["L0.H1->logits",  # L0.H1 reads nothing from embed
-                "embed->L1.mlp",  # L1.mlp writes nowhere
-                "L1.H0->logits"]  # L1.H0 reads nothing
+    dangling = [
+        "L0.H1->logits",  # L0.H1 reads nothing from embed
+        "embed->L1.mlp",  # L1.mlp writes nowhere
+        "L1.H0->logits",
+    ]  # L1.H0 reads nothing
     assert prune_edges(MHA, chain + dangling) == chain
     assert prune_edges(MHA, chain[:2]) == []  # no path reaches logits
     assert prune_edges(MHA, ["embed->logits"]) == ["embed->logits"]
@@ -107,7 +118,11 @@ def test_spearman_by_hand() -> None:
     assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
     a = Graph(MHA, torch.arange(len(Graph(MHA)), dtype=torch.float64))
     cmp = compare_scores(a, a, top=5)
-    assert cmp["spearman_all"] == pytest.approx(1.0) and cmp["spearman_top"] == pytest.approx(1.0) and cmp["jaccard_top"] == 1.0
+    assert (
+        cmp["spearman_all"] == pytest.approx(1.0)
+        and cmp["spearman_top"] == pytest.approx(1.0)
+        and cmp["jaccard_top"] == 1.0
+    )
 
 
 def test_json_round_trip_is_exact(tmp_path) -> None:

@@ -13,7 +13,9 @@ from conversion.train import TrainConfig
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("args", [["--help"], ["convert", "--help"], ["organism", "train", "--help"], ["setup", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["convert", "--help"], ["organism", "train", "--help"], ["setup", "--help"]]
+)
 def test_help_texts(args):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -22,7 +24,18 @@ def test_help_texts(args):
 
 def test_convert_help_documents_core_options():
     out = runner.invoke(app, ["convert", "--help"], terminal_width=200).output
-    for flag in ("--model", "--data", "--out", "--steps", "--seq-len", "--batch-size", "--lr", "--seed", "--config", "--resume"):
+    for flag in (
+        "--model",
+        "--data",
+        "--out",
+        "--steps",
+        "--seq-len",
+        "--batch-size",
+        "--lr",
+        "--seed",
+        "--config",
+        "--resume",
+    ):
         assert flag in out
 
 
@@ -52,7 +65,9 @@ def test_config_file_errors(tmp_path):
 
 
 def test_convert_bad_model_is_one_clean_error(tmp_path):
-    result = runner.invoke(app, ["convert", "--model", str(tmp_path / "missing"), "--data", "sotu", "--out", str(tmp_path / "o")])
+    result = runner.invoke(
+        app, ["convert", "--model", str(tmp_path / "missing"), "--data", "sotu", "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 2
     assert "error:" in result.output
     assert "Traceback" not in result.output

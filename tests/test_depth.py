@@ -161,7 +161,9 @@ def test_layer_distribution_by_hand() -> None:
     assert tie.top == ("L1.H0", "L0.H0")
     mass = torch.tensor([[0.5, 0.25, 0.25], [0.0, 0.0, 1.0]], dtype=torch.float64)
     torch.testing.assert_close(early_mass(mass), torch.tensor([0.5, 0.0], dtype=torch.float64))
-    torch.testing.assert_close(centre_of_mass(mass), torch.tensor([0.5 / 6 + 0.125 + 0.25 * 5 / 6, 5 / 6], dtype=torch.float64))
+    torch.testing.assert_close(
+        centre_of_mass(mass), torch.tensor([0.5 / 6 + 0.125 + 0.25 * 5 / 6, 5 / 6], dtype=torch.float64)
+    )
     assert top_components(scores, 2) == ["embed", "logits"]
     zero = layer_distribution({"L0.H0": 0.0, "L1.H0": 0.0}, 2)
     assert all(math.isnan(m) for m in zero.mass)
@@ -216,7 +218,11 @@ def test_bootstrap_interval_contains_the_true_mean_and_is_seeded() -> None:
 def test_compare_depth_paired_intervals() -> None:
     n = 50
     gen = torch.Generator().manual_seed(0)
-    ar = {"L0.H0": 2 + 0.1 * torch.randn(n, generator=gen), "L2.H0": 0.1 * torch.randn(n, generator=gen), "embed": torch.ones(n)}
+    ar = {
+        "L0.H0": 2 + 0.1 * torch.randn(n, generator=gen),
+        "L2.H0": 0.1 * torch.randn(n, generator=gen),
+        "embed": torch.ones(n),
+    }
     mdm = {"L0.H0": 0.1 * torch.randn(n, generator=gen), "L2.H0": 2 + 0.1 * torch.randn(n, generator=gen)}
     cmp = compare_depth(ar, mdm, 3, k=1, task="ioi")
     assert cmp.a.top == ("L0.H0",) and cmp.b.top == ("L2.H0",)
@@ -309,15 +315,29 @@ def test_ablating_the_only_useful_layer() -> None:
     clean, corrupted = baseline_logit_diffs(pm, rendered)
     assert (clean - corrupted).abs().min() > 1e-3
     layer0 = layer_components(pm, 0)
-    torch.testing.assert_close(ablated_logit_diffs(pm, rendered, layer0, method="corrupt"), corrupted, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        ablated_logit_diffs(pm, rendered, layer0, method="corrupt"), corrupted, atol=1e-5, rtol=0
+    )
     model = hf_model("layer0")
     batch = collate(rendered, 0)
     with torch.no_grad():  # embedding -> final norm -> unembedding
         logits = model.lm_head(model.model.norm(model.model.embed_tokens(batch.input_ids)))
-    torch.testing.assert_close(ablated_logit_diffs(pm, rendered, layer0, method="zero"), answer_logit_diff(logits, batch), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        ablated_logit_diffs(pm, rendered, layer0, method="zero"), answer_logit_diff(logits, batch), atol=1e-5, rtol=0
+    )
     for method in ("zero", "mean", "corrupt"):
-        torch.testing.assert_close(ablated_logit_diffs(pm, rendered, layer_components(pm, [1, 2]), method=method,
-                                                       means=reference_means(pm, rendered, layer_components(pm, [1, 2]))), clean, atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            ablated_logit_diffs(
+                pm,
+                rendered,
+                layer_components(pm, [1, 2]),
+                method=method,
+                means=reference_means(pm, rendered, layer_components(pm, [1, 2])),
+            ),
+            clean,
+            atol=1e-5,
+            rtol=0,
+        )
     result = ablate(pm, rendered, layer0, method="corrupt")
     assert result.gap_share.estimate == pytest.approx(1.0, abs=1e-5)
 
@@ -333,7 +353,9 @@ def test_node_scores_on_the_constructed_model() -> None:
             assert v.abs().max() < 1e-5, name
     # one node by hand: the same patch through ablated_logit_diffs
     clean, _ = baseline_logit_diffs(pm, rendered)
-    torch.testing.assert_close(scores["L0.H2"], clean - ablated_logit_diffs(pm, rendered, ["L0.H2"], method="corrupt"), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        scores["L0.H2"], clean - ablated_logit_diffs(pm, rendered, ["L0.H2"], method="corrupt"), atol=1e-5, rtol=0
+    )
     dla = dla_scores(pm, rendered)
     for name, v in dla.items():
         if layer_of(name) > 0:

@@ -35,7 +35,9 @@ def doc_blocks() -> list[tuple[str, str]]:
     out = []
     for block in blocks:
         first, _, rest = block.partition("\n")
-        assert first.startswith("# "), f"a python block of EXTENDING.md must start with '# name.py' or '# use': {first!r}"
+        assert first.startswith("# "), (
+            f"a python block of EXTENDING.md must start with '# name.py' or '# use': {first!r}"
+        )
         out.append((first[2:].strip(), rest))
     return out
 
@@ -54,8 +56,13 @@ def folders(make_tiny_model, tmp_path) -> dict[str, str]:
     ar_folder = make_tiny_model("llama")
     loaded = load_ar(ar_folder)
     mask_id = add_mask_token(loaded.model, loaded.tokenizer)
-    meta = ModelMeta(kind="mdm", source=str(ar_folder), shift=True, mask_id=mask_id, noise="absorbing", schedule="linear")
-    return {"ar_folder": str(ar_folder), "mdm_folder": str(save_mdm(loaded.model, loaded.tokenizer, meta, tmp_path / "mdm"))}
+    meta = ModelMeta(
+        kind="mdm", source=str(ar_folder), shift=True, mask_id=mask_id, noise="absorbing", schedule="linear"
+    )
+    return {
+        "ar_folder": str(ar_folder),
+        "mdm_folder": str(save_mdm(loaded.model, loaded.tokenizer, meta, tmp_path / "mdm")),
+    }
 
 
 def test_doc_has_one_example_per_extension_point():
@@ -89,16 +96,36 @@ def test_cli_choices_and_commands_see_a_plugin(folders, tmp_path, restore_regist
     plugin = tmp_path / "random_order.py"
     plugin.write_text(code)
     env = {**os.environ, "AR2MDM_PLUGINS": str(plugin)}
-    helped = subprocess.run([sys.executable, "-m", "ar2mdm.cli", "sample", "--help"], env=env, capture_output=True,
-                            text=True, timeout=300, cwd=tmp_path)
+    helped = subprocess.run(
+        [sys.executable, "-m", "ar2mdm.cli", "sample", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert helped.returncode == 0, helped.stderr
     assert "random-order" in " ".join(helped.stdout.split())
 
     from ar2mdm.cli import app
 
     load_plugins(str(plugin), entry_points=False)
-    result = CliRunner().invoke(app, ["sample", "--model", folders["mdm_folder"], "--prompt", "When Mary and John",
-                                      "--sampler", "random-order", "--steps", "2", "--max-new-tokens", "4"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "sample",
+            "--model",
+            folders["mdm_folder"],
+            "--prompt",
+            "When Mary and John",
+            "--sampler",
+            "random-order",
+            "--steps",
+            "2",
+            "--max-new-tokens",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("When Mary and John") and "NFE 2" in result.output
 
@@ -124,7 +151,13 @@ def test_cli_reports_a_broken_plugin(tmp_path):
     broken = tmp_path / "broken.py"
     broken.write_text("raise RuntimeError('half-written plugin')\n")
     env = {**os.environ, "AR2MDM_PLUGINS": str(broken)}
-    done = subprocess.run([sys.executable, "-m", "ar2mdm.cli", "sample", "--model", "x", "--prompt", "y"], env=env,
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "ar2mdm.cli", "sample", "--model", "x", "--prompt", "y"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert done.returncode == 2
     assert "error: plugin" in done.stderr and "half-written plugin" in done.stderr and "Traceback" not in done.stderr

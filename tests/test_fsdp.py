@@ -45,8 +45,18 @@ def _base(root: Path) -> TrainConfig:
     for i in range(24):
         (corpus / f"doc{i:02d}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(40)))
     return TrainConfig(
-        model=str(model), data=str(corpus), out=str(root / "unused"), steps=3, seq_len=16,
-        batch_size=8, grad_accum=2, lr=3e-3, warmup=2, held_out=0.2, eval_blocks=4, seed=1,
+        model=str(model),
+        data=str(corpus),
+        out=str(root / "unused"),
+        steps=3,
+        seq_len=16,
+        batch_size=8,
+        grad_accum=2,
+        lr=3e-3,
+        warmup=2,
+        held_out=0.2,
+        eval_blocks=4,
+        seed=1,
     )
 
 
@@ -81,7 +91,8 @@ def fsdp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TrainConfig
     cache = root / "cache"
     configs = _configs(root, _base(root))
     script = root / "run_fsdp.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import json, os, shutil, sys
         os.environ["AR2MDM_CACHE"] = {str(cache)!r}
         sys.path.insert(0, {str(REPO)!r})
@@ -107,13 +118,31 @@ def fsdp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TrainConfig
             shutil.copytree(out + "/checkpoint", {str(root / "fsdp-step2" / "checkpoint")!r})
             shutil.copy(out + "/train.jsonl", {str(root / "fsdp-step2" / "train.jsonl")!r})
         train(replace(cfgs["interrupted"], resume=True))
-    """))
+    """)
+    )
     proc = subprocess.run(
-        [str(LAUNCHER), "launch", "--use_fsdp", "--fsdp_version", "2", "--num_processes", "2",
-         "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no",
-         "--dynamo_backend", "no", str(script)],
+        [
+            str(LAUNCHER),
+            "launch",
+            "--use_fsdp",
+            "--fsdp_version",
+            "2",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--main_process_port",
+            "0",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(script),
+        ],
         env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "AR2MDM_CACHE": str(cache)},
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return configs
@@ -202,8 +231,12 @@ def test_fsdp1_launch_on_cpu_is_a_user_error(tmp_path: Path, monkeypatch: pytest
     every process on a CPU-only machine: accelerate's plugin raises RuntimeError('There are
     currently no available devices found, ...'); train turns it into a UserError, before training."""
     monkeypatch.setenv("AR2MDM_CACHE", str(tmp_path / "cache"))
-    for name, value in {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1",
-                        "FSDP_CPU_RAM_EFFICIENT_LOADING": "true", "FSDP_SYNC_MODULE_STATES": "true"}.items():
+    for name, value in {
+        "ACCELERATE_USE_FSDP": "true",
+        "FSDP_VERSION": "1",
+        "FSDP_CPU_RAM_EFFICIENT_LOADING": "true",
+        "FSDP_SYNC_MODULE_STATES": "true",
+    }.items():
         monkeypatch.setenv(name, value)
     cfg = replace(_base(tmp_path), out=str(tmp_path / "run"))
     with pytest.raises(UserError, match="FSDP1 cannot run on CPU.*no available devices.*--fsdp_version 2"):
@@ -232,8 +265,10 @@ def test_format1_checkpoint_still_resumes(tmp_path: Path, monkeypatch: pytest.Mo
     names = meta["param_groups"][0]["params"]
     index = {name: i for i, name in enumerate(names)}
     tensors = load_file(ckpt / "optimizer.safetensors")
-    save_file({f"{index[k.rsplit('.', 1)[0]]}.{k.rsplit('.', 1)[1]}": v for k, v in tensors.items()},
-              ckpt / "optimizer.safetensors")
+    save_file(
+        {f"{index[k.rsplit('.', 1)[0]]}.{k.rsplit('.', 1)[1]}": v for k, v in tensors.items()},
+        ckpt / "optimizer.safetensors",
+    )
     meta["state"] = {str(index[k]): v for k, v in meta["state"].items()}
     meta["param_groups"] = [{**g, "params": [index[n] for n in g["params"]]} for g in meta["param_groups"]]
     (ckpt / "optimizer.json").write_text(json.dumps(meta))

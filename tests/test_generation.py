@@ -68,12 +68,26 @@ def test_gen_ppl_matches_a_direct_computation(make_tiny_model):
 
 
 EXAMPLES = [
-    Example(task="toy", prompt="When Mary and John went to the store , John gave a drink to", answer=" Mary",
-            corrupted_prompt="When Mary and John went to the store , Mary gave a drink to"),
-    Example(task="toy", prompt="Then Alice had a long argument with Bob . Alice said", answer=" 1 7 + 8 = 2 5",
-            corrupted_prompt="Then Alice had a long argument with Tom . Alice said"),
-    Example(task="toy", prompt="Tom said the war lasted from", answer=" 17 to 18", suffix=" , yes",
-            corrupted_prompt="Sarah said the war lasted from", corrupted_suffix=" , no"),
+    Example(
+        task="toy",
+        prompt="When Mary and John went to the store , John gave a drink to",
+        answer=" Mary",
+        corrupted_prompt="When Mary and John went to the store , Mary gave a drink to",
+    ),
+    Example(
+        task="toy",
+        prompt="Then Alice had a long argument with Bob . Alice said",
+        answer=" 1 7 + 8 = 2 5",
+        corrupted_prompt="Then Alice had a long argument with Tom . Alice said",
+    ),
+    Example(
+        task="toy",
+        prompt="Tom said the war lasted from",
+        answer=" 17 to 18",
+        suffix=" , yes",
+        corrupted_prompt="Sarah said the war lasted from",
+        corrupted_suffix=" , no",
+    ),
 ]
 
 
@@ -108,7 +122,12 @@ def test_task_accuracy_against_an_oracle(wrong):
     loaded = Loaded(model=Oracle(tok, EXAMPLES, len(tok), wrong), tokenizer=tok, meta=meta)
     task = JsonlTask("toy", EXAMPLES, "local")
     lengths = [len(tok(e.prompt + e.answer)["input_ids"]) - len(tok(e.prompt)["input_ids"]) for e in EXAMPLES]
-    for spec in [SamplerSpec("low-confidence"), SamplerSpec("threshold"), SamplerSpec("ancestral"), SamplerSpec("margin")]:
+    for spec in [
+        SamplerSpec("low-confidence"),
+        SamplerSpec("threshold"),
+        SamplerSpec("ancestral"),
+        SamplerSpec("margin"),
+    ]:
         row = task_accuracy(loaded, task, EXAMPLES, spec, fraction=1.0, batch_size=2)
         assert row.accuracy == (0.0 if wrong else 1.0), spec
         assert row.tokens == sum(lengths) and row.n == 3
@@ -125,8 +144,11 @@ def test_evaluate_and_report(tmp_path):
     meta = ModelMeta(kind="mdm", shift=False, mask_id=tok.convert_tokens_to_ids("<mask>"), noise="absorbing")
     loaded = Loaded(model=Oracle(tok, EXAMPLES, len(tok)), tokenizer=tok, meta=meta)
     rows = evaluate_samplers(
-        loaded, {"toy": (JsonlTask("toy", EXAMPLES, "local"), EXAMPLES)},
-        [SamplerSpec("entropy"), SamplerSpec("threshold")], fractions=(1.0, 0.5), progress=False,
+        loaded,
+        {"toy": (JsonlTask("toy", EXAMPLES, "local"), EXAMPLES)},
+        [SamplerSpec("entropy"), SamplerSpec("threshold")],
+        fractions=(1.0, 0.5),
+        progress=False,
     )
     assert [(r.sampler, r.fraction) for r in rows] == [("entropy", 1.0), ("entropy", 0.5), ("threshold", None)]
     write_report(rows, tmp_path / "rep")
@@ -140,7 +162,9 @@ def tiny_mdm(make_tiny_model, tmp_path) -> tuple[Path, Path]:
     ar_folder = make_tiny_model("llama")
     loaded = load_ar(ar_folder)
     mask_id = add_mask_token(loaded.model, loaded.tokenizer)
-    meta = ModelMeta(kind="mdm", source=str(ar_folder), shift=True, mask_id=mask_id, noise="absorbing", schedule="linear")
+    meta = ModelMeta(
+        kind="mdm", source=str(ar_folder), shift=True, mask_id=mask_id, noise="absorbing", schedule="linear"
+    )
     return ar_folder, save_mdm(loaded.model, loaded.tokenizer, meta, tmp_path / "mdm")
 
 
@@ -148,8 +172,22 @@ def test_cli_sample_prints_prompt_and_continuation(tiny_mdm, tmp_path):
     ar_folder, mdm = tiny_mdm
     for sampler in ["low-confidence", "threshold", "ancestral", "remask", "arpc", "entropy"]:
         result = runner.invoke(
-            app, ["sample", "--model", str(mdm), "--prompt", "When Mary and John", "--prompt", "Tom said",
-                  "--sampler", sampler, "--max-new-tokens", "5", "--trace", str(tmp_path / "t.json")],
+            app,
+            [
+                "sample",
+                "--model",
+                str(mdm),
+                "--prompt",
+                "When Mary and John",
+                "--prompt",
+                "Tom said",
+                "--sampler",
+                sampler,
+                "--max-new-tokens",
+                "5",
+                "--trace",
+                str(tmp_path / "t.json"),
+            ],
         )
         assert result.exit_code == 0, result.output
         lines = result.stdout.strip().splitlines()
@@ -157,7 +195,9 @@ def test_cli_sample_prints_prompt_and_continuation(tiny_mdm, tmp_path):
         trace = json.loads((tmp_path / "t.json").read_text())
         committed = sum(len(c) for s in trace["steps"] for c in s["committed"])
         assert committed >= 10  # 2 prompts x 5 tokens, more if tokens were re-masked
-    ar = runner.invoke(app, ["sample", "--model", str(ar_folder), "--prompt", "When Mary", "--sampler", "ar", "--max-new-tokens", "3"])
+    ar = runner.invoke(
+        app, ["sample", "--model", str(ar_folder), "--prompt", "When Mary", "--sampler", "ar", "--max-new-tokens", "3"]
+    )
     assert ar.exit_code == 0 and ar.stdout.startswith("When Mary")
 
 
@@ -184,13 +224,30 @@ def test_cli_eval_writes_results(tiny_mdm, tmp_path):
     _, mdm = tiny_mdm
     out = tmp_path / "ev"
     result = runner.invoke(
-        app, ["eval", "--model", str(mdm), "--out", str(out), "--tasks", "greater_than", "--samplers",
-              "low-confidence,arpc", "--n", "4", "--fractions", "1,0.5"],
+        app,
+        [
+            "eval",
+            "--model",
+            str(mdm),
+            "--out",
+            str(out),
+            "--tasks",
+            "greater_than",
+            "--samplers",
+            "low-confidence,arpc",
+            "--n",
+            "4",
+            "--fractions",
+            "1,0.5",
+        ],
     )
     assert result.exit_code == 0, result.output
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert {(r["sampler"], r["fraction"]) for r in rows} == {
-        ("low-confidence", 1.0), ("low-confidence", 0.5), ("arpc", 1.0), ("arpc", 0.5)
+        ("low-confidence", 1.0),
+        ("low-confidence", 0.5),
+        ("arpc", 1.0),
+        ("arpc", 0.5),
     }
     assert all(r["n"] == 4 and r["nfe"] > 0 for r in rows)
 
@@ -198,8 +255,12 @@ def test_cli_eval_writes_results(tiny_mdm, tmp_path):
 def test_jsonl_task_with_gsm_check(tmp_path):
     tok = tiny_tokenizer()
     rows = [
-        {"prompt": "Tom had 17 and 1 more , so", "answer": " 18", "corrupted_prompt": "Tom had 17 and 1 more , so",
-         "meta": {"check": "gsm"}},
+        {
+            "prompt": "Tom had 17 and 1 more , so",
+            "answer": " 18",
+            "corrupted_prompt": "Tom had 17 and 1 more , so",
+            "meta": {"check": "gsm"},
+        }
     ]
     path = tmp_path / "gsm.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))

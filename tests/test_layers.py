@@ -202,7 +202,13 @@ def test_checks_catch_what_they_look_for(tmp_path):
         (tmp_path / name).write_text(text)
     found = read_imports(tmp_path, ("low", "high"))
     pairs = {(i.source, i.target) for i in found}
-    assert pairs == {("low.a", "low.b"), ("low.b", "low.a"), ("low.b", "high.c"), ("high.c", "low.a"), ("high.d", "high.c")}
+    assert pairs == {
+        ("low.a", "low.b"),
+        ("low.b", "low.a"),
+        ("low.b", "high.c"),
+        ("high.c", "low.a"),
+        ("high.d", "high.c"),
+    }
     assert upward_imports(found, ("low", "high")) == ["low/b.py:2: low.b imports high.c (a higher floor)"]
     assert cycles(found) == [["high.c", "low.a", "low.b"]]
     assert package_cycles(found, depth=1) == [["high", "low"]]

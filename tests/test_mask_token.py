@@ -78,21 +78,28 @@ def test_a_python_tokenizer_takes_a_new_mask_token() -> None:
 def test_a_tokenizer_that_adds_nothing_is_refused() -> None:
     tok = FrozenWordTokenizer()
     model = tiny_model(len(tok))
-    with pytest.raises(MaskTokenError, match=r"cannot take a new mask token: adding <\|mask\|> did not give "
-                       r"it a single id.*tokens added: 0.*--mask-token ID") as err:
+    with pytest.raises(
+        MaskTokenError,
+        match=r"cannot take a new mask token: adding <\|mask\|> did not give "
+        r"it a single id.*tokens added: 0.*--mask-token ID",
+    ) as err:
         add_mask_token(model, tok, "add")
     assert isinstance(err.value, UserError)
     assert rows(model) == len(tok)  # nothing was resized
 
 
 def test_a_tokenizer_that_raises_when_adding_is_refused() -> None:
-    with pytest.raises(MaskTokenError, match="RefusingWordTokenizer.*ValueError: this vocabulary is frozen.*--mask-token"):
+    with pytest.raises(
+        MaskTokenError, match="RefusingWordTokenizer.*ValueError: this vocabulary is frozen.*--mask-token"
+    ):
         add_mask_token(tiny_model(len(WordTokenizer())), RefusingWordTokenizer(), "add")
 
 
 def test_a_tokenizer_with_no_way_to_add_tokens_is_refused() -> None:
     raw = tiny_tokenizer().backend_tokenizer  # a bare `tokenizers.Tokenizer`: no convert_tokens_to_ids
-    with pytest.raises(MaskTokenError, match="cannot take a new mask token: it has no add_special_tokens.*--mask-token"):
+    with pytest.raises(
+        MaskTokenError, match="cannot take a new mask token: it has no add_special_tokens.*--mask-token"
+    ):
         add_mask_token(tiny_model(raw.get_vocab_size()), raw, "add")
 
 
@@ -139,8 +146,11 @@ def test_embeddings_that_cannot_be_resized_are_refused() -> None:
         raise NotImplementedError("custom embedding")
 
     model.resize_token_embeddings = cannot
-    with pytest.raises(MaskTokenError, match=r"cannot be resized to \d+ rows.*NotImplementedError: custom "
-                       r"embedding.*--mask-token ID"):
+    with pytest.raises(
+        MaskTokenError,
+        match=r"cannot be resized to \d+ rows.*NotImplementedError: custom "
+        r"embedding.*--mask-token ID",
+    ):
         add_mask_token(model, tok, "add")
 
 
@@ -174,8 +184,15 @@ def test_train_refuses_before_training(tmp_path: Path, monkeypatch: pytest.Monke
     rng = random.Random(0)
     corpus.write_text("\n\n".join(" ".join(rng.choice(WORDS) for _ in range(40)) for _ in range(8)))
     eos = tiny_tokenizer().eos_token_id
-    cfg = TrainConfig(model=str(model), data=str(corpus), out=str(tmp_path / "run"), steps=2, seq_len=16,
-                      batch_size=2, mask_token=str(eos))
+    cfg = TrainConfig(
+        model=str(model),
+        data=str(corpus),
+        out=str(tmp_path / "run"),
+        steps=2,
+        seq_len=16,
+        batch_size=2,
+        mask_token=str(eos),
+    )
     with pytest.raises(MaskTokenError, match="eos token"):
         train(cfg)
     assert not (tmp_path / "run" / "train.jsonl").exists()

@@ -116,6 +116,7 @@ def hand_attributions(model, rendered, kind: str) -> torch.Tensor:
                 if grad:
                     args[0].retain_grad()
                 seen[("in", i)] = args[0]
+
             return hook
 
         def post(i):
@@ -123,6 +124,7 @@ def hand_attributions(model, rendered, kind: str) -> torch.Tensor:
                 if grad:
                     out.retain_grad()
                 seen[("out", i)] = out
+
             return hook
 
         handles = []
@@ -179,7 +181,9 @@ def test_profile_statistics_by_hand_and_streaming() -> None:
     for f in ("attr_mean", "attr_var", "attr_signed", "act_mean", "act_var", "act_abs", "token_kurtosis", "top_values"):
         torch.testing.assert_close(getattr(prof, f), getattr(whole, f), atol=1e-6, rtol=1e-5)
     assert prof.units == unit_names(pm, "neurons") and prof.tasks == ["ioi", "greater_than"]
-    assert prof.counts.tolist() == [8, 8] and prof.token_count == sum(len(r.input_ids) for t in tasks.values() for r in t)
+    assert prof.counts.tolist() == [8, 8] and prof.token_count == sum(
+        len(r.input_ids) for t in tasks.values() for r in t
+    )
     for t, name in enumerate(tasks):
         attr = unit_attributions(pm, tasks[name], "neurons")
         torch.testing.assert_close(prof.attr_mean[:, t], attr.abs().mean(0))
@@ -235,7 +239,10 @@ def test_the_only_useful_neuron_is_found() -> None:
         assert check.units == ("L1.mlp.neuron7",)
         assert (check.target.ablated - check.target.clean).abs().min() > 1e-4
         assert check.random.ablated.sub(check.random.clean).abs().max() < 1e-5
-        assert all(len(d) == 1 and d[0].startswith("L1.mlp.neuron") and d[0] != "L1.mlp.neuron7" for d in check.random.draw_components)
+        assert all(
+            len(d) == 1 and d[0].startswith("L1.mlp.neuron") and d[0] != "L1.mlp.neuron7"
+            for d in check.random.draw_components
+        )
         assert check.versus_random.estimate == pytest.approx(check.target.drop.estimate, abs=1e-5)
         assert set(check.off_target) == {"greater_than"}
     heads = profile_units(pm, tasks, kind="heads", batch_size=4)

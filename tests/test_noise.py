@@ -121,8 +121,7 @@ def test_cart_hand_value() -> None:
 
 
 @given(
-    bits=st.lists(st.lists(st.booleans(), min_size=7, max_size=7), min_size=1, max_size=4),
-    ctx_seed=st.integers(0, 100),
+    bits=st.lists(st.lists(st.booleans(), min_size=7, max_size=7), min_size=1, max_size=4), ctx_seed=st.integers(0, 100)
 )
 @settings(max_examples=40, deadline=None)
 def test_cart_matches_brute_force(bits: list[list[bool]], ctx_seed: int) -> None:

@@ -23,7 +23,10 @@ def notebooks() -> list[Path]:
     try:
         listed = subprocess.run(
             ["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", "notebooks/*.ipynb"],
-            cwd=ROOT, capture_output=True, text=True, check=True,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         return sorted(NOTEBOOKS.glob("*.ipynb"))
@@ -32,15 +35,25 @@ def notebooks() -> list[Path]:
 
 def test_there_are_notebooks():
     names = {p.name for p in notebooks()}
-    assert {"quickstart.ipynb", "conversion.ipynb", "circuits.ipynb", "depth.ipynb", "neurons.ipynb", "samplers.ipynb"} <= names
+    assert {
+        "quickstart.ipynb",
+        "conversion.ipynb",
+        "circuits.ipynb",
+        "depth.ipynb",
+        "neurons.ipynb",
+        "samplers.ipynb",
+    } <= names
 
 
 @pytest.mark.parametrize("path", notebooks(), ids=lambda p: p.name)
 def test_notebook_is_stripped(path: Path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
-    dirty = [i for i, cell in enumerate(nb.cells)
-             if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count") is not None)]
+    dirty = [
+        i
+        for i, cell in enumerate(nb.cells)
+        if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count") is not None)
+    ]
     assert not dirty, f"{path.name}: cells {dirty} hold outputs or execution counts; clear them before committing"
 
 
@@ -52,5 +65,7 @@ def test_notebook_runs(path: Path):
     nb = nbformat.read(path, as_version=4)
     # kernel "python3" runs this interpreter (jupyter_client maps its "python" to sys.executable);
     # the working directory is notebooks/, where the notebooks import their `_models` helper.
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client = NotebookClient(
+        nb, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+    )
     client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error

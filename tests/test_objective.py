@@ -9,14 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from common.errors import UserError
-from conversion.objective import (
-    DiffusionOptions,
-    NoiseDraw,
-    ar_loss,
-    diffusion_loss,
-    draw_noise,
-    heldout_loss,
-)
+from conversion.objective import DiffusionOptions, NoiseDraw, ar_loss, diffusion_loss, draw_noise, heldout_loss
 from diffusion import attention as attn
 from diffusion import noise
 
@@ -27,12 +20,21 @@ P = 0.3
 
 def tiny() -> torch.nn.Module:
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = LlamaConfig(
+        vocab_size=V,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(config).eval()
 
 
-def hand_weight(weighting: str, schedule: str, t: float, noised_row: list[bool], valid_row: list[bool], n: int) -> float:
+def hand_weight(
+    weighting: str, schedule: str, t: float, noised_row: list[bool], valid_row: list[bool], n: int
+) -> float:
     if weighting == "flat":
         return 1.0
     if weighting == "cart":
@@ -71,8 +73,9 @@ def test_absorbing_loss_equals_hand_computation(schedule: str, weighting: str, s
     x0, am, noised, t = fixed_batch()
     xt = torch.where(noised, torch.full_like(x0, MASK), x0)
     opts = DiffusionOptions(noise="absorbing", schedule=schedule, weighting=weighting, shift=shift)
-    out = diffusion_loss(model, x0, opts, mask_id=MASK, attention_mask=am,
-                         draw=NoiseDraw(noise.Corruption(t=t, xt=xt, noised=noised)))
+    out = diffusion_loss(
+        model, x0, opts, mask_id=MASK, attention_mask=am, draw=NoiseDraw(noise.Corruption(t=t, xt=xt, noised=noised))
+    )
     with torch.no_grad():
         logits = model(input_ids=xt, attention_mask=am, is_causal=False).logits
     total, count, n_correct = 0.0, 0, 0
@@ -120,8 +123,9 @@ def test_block_loss_equals_hand_computation(shift: bool, b: int) -> None:
         noised[:, 0] = False
     xt = torch.where(noised, torch.full_like(x0, MASK), x0)
     opts = DiffusionOptions(weighting="flat", shift=shift, attention=f"block:{b}")
-    out = diffusion_loss(model, x0, opts, mask_id=MASK, attention_mask=am,
-                         draw=NoiseDraw(noise.Corruption(t=t, xt=xt, noised=noised)))
+    out = diffusion_loss(
+        model, x0, opts, mask_id=MASK, attention_mask=am, draw=NoiseDraw(noise.Corruption(t=t, xt=xt, noised=noised))
+    )
     length = 8
     mask4 = torch.zeros(2, 1, 2 * length, 2 * length)
     for q in range(2 * length):  # brute-force BD3-LM layout, independent of diffusion.attention
@@ -155,8 +159,9 @@ def test_uniform_loss_covers_every_eligible_position() -> None:
     x0, am, noised, t = fixed_batch()
     xt = torch.where(noised, (x0 + 5) % (V - 1), x0)
     opts = DiffusionOptions(noise="uniform", weighting="elbo", shift=True)
-    out = diffusion_loss(model, x0, opts, mask_id=None, attention_mask=am,
-                         draw=NoiseDraw(noise.Corruption(t=t, xt=xt, noised=noised)))
+    out = diffusion_loss(
+        model, x0, opts, mask_id=None, attention_mask=am, draw=NoiseDraw(noise.Corruption(t=t, xt=xt, noised=noised))
+    )
     with torch.no_grad():
         logits = model(input_ids=xt, attention_mask=am, is_causal=False).logits
     total, count = 0.0, 0
@@ -175,8 +180,16 @@ def test_uniform_sampling_excludes_mask_and_given_ids() -> None:
     # pool {0, 1} minus the given id 0 minus the mask id 1 is empty: both were excluded
     with pytest.raises(UserError, match="excluded"):
         diffusion_loss(model, x0, opts, mask_id=1, vocab_size=2, exclude_ids=(0,))
-    out = diffusion_loss(model, x0, opts, mask_id=1, vocab_size=3, exclude_ids=(0,),
-                         t=torch.full((2,), 0.99), generator=torch.Generator().manual_seed(0))
+    out = diffusion_loss(
+        model,
+        x0,
+        opts,
+        mask_id=1,
+        vocab_size=3,
+        exclude_ids=(0,),
+        t=torch.full((2,), 0.99),
+        generator=torch.Generator().manual_seed(0),
+    )
     assert int(out.n_correct) == 0  # every resampled token became 2, never the original 0
 
 
@@ -188,13 +201,22 @@ def test_prompt_padding_and_position_zero_are_never_noised() -> None:
     prompt = torch.zeros_like(x0, dtype=torch.bool)
     prompt[:, :4] = True
     opts = DiffusionOptions(shift=True, weighting="flat")
-    out = diffusion_loss(model, x0, opts, mask_id=MASK, attention_mask=am, prompt_mask=prompt,
-                         t=torch.full((3,), 1.0), generator=torch.Generator().manual_seed(0))
+    out = diffusion_loss(
+        model,
+        x0,
+        opts,
+        mask_id=MASK,
+        attention_mask=am,
+        prompt_mask=prompt,
+        t=torch.full((3,), 1.0),
+        generator=torch.Generator().manual_seed(0),
+    )
     # at t = 1 every eligible token is masked: answer tokens only, padding excluded
     assert int(out.n_tokens) == 6 + 6 + 3
     assert int(out.n_masked) == int(out.n_tokens)
-    shift_only = diffusion_loss(model, x0, opts, mask_id=MASK, t=torch.full((3,), 1.0),
-                                generator=torch.Generator().manual_seed(0))
+    shift_only = diffusion_loss(
+        model, x0, opts, mask_id=MASK, t=torch.full((3,), 1.0), generator=torch.Generator().manual_seed(0)
+    )
     assert int(shift_only.n_masked) == 3 * 9  # position 0 kept clean
 
 
@@ -204,8 +226,14 @@ def test_corruption_on_ineligible_positions_is_rejected() -> None:
     noised[0, 0] = True
     xt = torch.where(noised, torch.full_like(x0, MASK), x0)
     with pytest.raises(UserError, match="eligible"):
-        diffusion_loss(model, x0, DiffusionOptions(shift=True), mask_id=MASK, attention_mask=am,
-                       draw=NoiseDraw(noise.Corruption(t=t, xt=xt, noised=noised)))
+        diffusion_loss(
+            model,
+            x0,
+            DiffusionOptions(shift=True),
+            mask_id=MASK,
+            attention_mask=am,
+            draw=NoiseDraw(noise.Corruption(t=t, xt=xt, noised=noised)),
+        )
 
 
 def test_mask_logit_never_predicted_and_gradients_flow() -> None:
@@ -287,9 +315,15 @@ def test_heldout_accuracy_against_known_predictions() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"noise": "gauss"}, "absorbing"), ({"schedule": "sqrt"}, "linear"), ({"weighting": "x"}, "elbo"),
-     ({"noise": "uniform", "weighting": "cart"}, "cart"), ({"attention": "causal"}, "causal"),
-     ({"attention": "block"}, "Accepted"), ({"eps": 0.0}, "eps")],
+    [
+        ({"noise": "gauss"}, "absorbing"),
+        ({"schedule": "sqrt"}, "linear"),
+        ({"weighting": "x"}, "elbo"),
+        ({"noise": "uniform", "weighting": "cart"}, "cart"),
+        ({"attention": "causal"}, "causal"),
+        ({"attention": "block"}, "Accepted"),
+        ({"eps": 0.0}, "eps"),
+    ],
 )
 def test_bad_options(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(UserError, match=match):
@@ -310,8 +344,10 @@ def test_global_draw_split_into_rows_matches_whole_batch(spec: str) -> None:
     draw = draw_noise(x0, opts, mask_id=MASK, vocab_size=V, step=4, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         whole = diffusion_loss(model, x0, opts, mask_id=MASK, step=4, draw=draw)
-        parts = [diffusion_loss(model, x0[i:i + 2], opts, mask_id=MASK, step=4, draw=draw.rows(slice(i, i + 2)))
-                 for i in (0, 2)]
+        parts = [
+            diffusion_loss(model, x0[i : i + 2], opts, mask_id=MASK, step=4, draw=draw.rows(slice(i, i + 2)))
+            for i in (0, 2)
+        ]
     total = sum(p.loss * p.n_tokens for p in parts) / sum(p.n_tokens for p in parts)
     assert whole.loss.item() == pytest.approx(total.item(), rel=1e-5)
     assert int(whole.n_correct) == sum(int(p.n_correct) for p in parts)
@@ -331,8 +367,9 @@ def test_per_document_loss_never_reads_across_documents() -> None:
     model = tiny()
     opts = DiffusionOptions(weighting="flat")
     t = torch.tensor([0.7])
-    draw = draw_noise(x0, opts, mask_id=MASK, vocab_size=V, t=t, generator=torch.Generator().manual_seed(1),
-                      document_ids=docs)
+    draw = draw_noise(
+        x0, opts, mask_id=MASK, vocab_size=V, t=t, generator=torch.Generator().manual_seed(1), document_ids=docs
+    )
     whole = diffusion_loss(model, x0, opts, mask_id=MASK, draw=draw, document_ids=docs)
     assert int(whole.n_masked) >= 3
     total, count = 0.0, 0

@@ -59,7 +59,12 @@ def test_words_and_digits_are_single_tokens(tokenizer):
     for w in (*words.NAMES, *words.NOUNS):
         assert len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1, w
     assert tokenizer.convert_ids_to_tokens(tokenizer(" 3*7+12", add_special_tokens=False)["input_ids"]) == [
-        "Ġ3", "*", "7", "+", "1", "2"
+        "Ġ3",
+        "*",
+        "7",
+        "+",
+        "1",
+        "2",
     ]
 
 
@@ -215,7 +220,11 @@ def test_task_corpus_never_contains_a_held_out_prompt(monkeypatch):
     # Make the conversion stream draw from the evaluation seeds, so every held-out prompt is
     # generated: only the exclusion can keep them out.
     real_seed = org.derive_seed
-    monkeypatch.setattr(org, "derive_seed", lambda *parts: real_seed("eval", *parts[1:-1], 0) if parts[0] == "convert" else real_seed(*parts))
+    monkeypatch.setattr(
+        org,
+        "derive_seed",
+        lambda *parts: real_seed("eval", *parts[1:-1], 0) if parts[0] == "convert" else real_seed(*parts),
+    )
     docs = org.task_corpus(n_per_task=60, seed=0)
     held = org.held_out_sets(org.build_tasks(), O.OrganismConfig().eval_examples, 0)
     joined = set(docs)
@@ -233,7 +242,9 @@ def test_organism_to_mdm_end_to_end(tmp_path, tiny_run):
     from conversion.train import TrainConfig, train
 
     ar_folder, _ = tiny_run
-    result = train(TrainConfig(model=str(ar_folder), data="tasks", out=str(tmp_path / "mdm"), steps=2, seq_len=32, batch_size=2))
+    result = train(
+        TrainConfig(model=str(ar_folder), data="tasks", out=str(tmp_path / "mdm"), steps=2, seq_len=32, batch_size=2)
+    )
     meta = ModelMeta.load(result.out)
     tok = AutoTokenizer.from_pretrained(ar_folder)
     assert meta.kind == "mdm" and meta.mask_id == tok.mask_token_id  # the organism's own <mask>

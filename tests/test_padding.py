@@ -77,13 +77,30 @@ def test_text_inputs_pad_on_the_tokenizers_side_and_still_agree(kind: str) -> No
 def _examples() -> list[Example]:
     """IOI-like pairs of three different lengths (clean and corrupted always of equal length)."""
     return [
-        Example(task="t", prompt="When Mary and John went to the store , John gave a drink to", answer=" Mary",
-                corrupted_prompt="When Tom and Sarah went to the store , Alice gave a drink to",
-                correct=(" Mary",), counterfactual=(" John",)),
-        Example(task="t", prompt="Then Alice gave a drink to", answer=" Bob",
-                corrupted_prompt="Then Sarah gave a drink to", correct=(" Bob",), counterfactual=(" Alice",)),
-        Example(task="t", prompt="he said", answer=" yes", corrupted_prompt="she said",
-                correct=(" yes",), counterfactual=(" no",)),
+        Example(
+            task="t",
+            prompt="When Mary and John went to the store , John gave a drink to",
+            answer=" Mary",
+            corrupted_prompt="When Tom and Sarah went to the store , Alice gave a drink to",
+            correct=(" Mary",),
+            counterfactual=(" John",),
+        ),
+        Example(
+            task="t",
+            prompt="Then Alice gave a drink to",
+            answer=" Bob",
+            corrupted_prompt="Then Sarah gave a drink to",
+            correct=(" Bob",),
+            counterfactual=(" Alice",),
+        ),
+        Example(
+            task="t",
+            prompt="he said",
+            answer=" yes",
+            corrupted_prompt="she said",
+            correct=(" yes",),
+            counterfactual=(" no",),
+        ),
     ]
 
 
@@ -91,7 +108,9 @@ def _examples() -> list[Example]:
 def test_task_metrics_batched_equal_one_by_one(kind: str) -> None:
     loaded = load_any(folder("gpt2", kind))
     exs = _examples()
-    whole = logit_metrics(loaded.model, loaded.tokenizer, exs, mode=kind, meta=loaded.meta, batch_size=3, corrupted=True)
+    whole = logit_metrics(
+        loaded.model, loaded.tokenizer, exs, mode=kind, meta=loaded.meta, batch_size=3, corrupted=True
+    )
     for i, ex in enumerate(exs):
         one = logit_metrics(loaded.model, loaded.tokenizer, [ex], mode=kind, meta=loaded.meta, corrupted=True)
         for key in ("logit_diff", "corrupted_logit_diff"):
@@ -128,8 +147,14 @@ def test_sampler_evals_and_gen_ppl_batched_equal_one_by_one() -> None:
             seen[example.prompt] = generated
             return True
 
-        task_accuracy(mdm, JsonlTask("t", chosen, "local"), chosen, SamplerSpec("low-confidence"),
-                      batch_size=batch_size, check=check)
+        task_accuracy(
+            mdm,
+            JsonlTask("t", chosen, "local"),
+            chosen,
+            SamplerSpec("low-confidence"),
+            batch_size=batch_size,
+            check=check,
+        )
         return seen
 
     whole = generations(3, exs)
@@ -159,5 +184,9 @@ def test_depth_and_neuron_scores_batched_equal_one_by_one(kind: str) -> None:
         c1, k1 = baseline_logit_diffs(pm, items[i : i + 1])
         torch.testing.assert_close(clean[i : i + 1], c1, atol=1e-5, rtol=0)
         torch.testing.assert_close(corrupt[i : i + 1], k1, atol=1e-5, rtol=0)
-        torch.testing.assert_close(lens.logit_diffs[:, i : i + 1], lens_profile(pm, items[i : i + 1]).logit_diffs, atol=1e-5, rtol=0)
-        torch.testing.assert_close(units[i : i + 1], unit_attributions(pm, items[i : i + 1], "neurons"), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            lens.logit_diffs[:, i : i + 1], lens_profile(pm, items[i : i + 1]).logit_diffs, atol=1e-5, rtol=0
+        )
+        torch.testing.assert_close(
+            units[i : i + 1], unit_attributions(pm, items[i : i + 1], "neurons"), atol=1e-5, rtol=1e-4
+        )

@@ -17,13 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import build_tiny_model
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GPTJConfig,
-    GPTJForCausalLM,
-    LlamaForCausalLM,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPTJConfig, GPTJForCausalLM, LlamaForCausalLM
 
 from common.errors import UserError
 from common.metadata import ModelMeta
@@ -36,6 +30,7 @@ FAMS = ("llama", "qwen2", "gemma3_text", "gpt2")
 BACKENDS = ("torch", "nnsight", "tl")
 KINDS = ("ar", "mdm")
 MASK_ID = 4  # "<mask>" in conftest's tokenizer
+
 
 @cache
 def _root() -> Path:
@@ -70,10 +65,14 @@ def hf(family: str, kind: str = "ar"):
 def batch(family: str = "llama") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(ids, corrupted ids, mask): two rows, the second right-padded by two."""
     tok = AutoTokenizer.from_pretrained(folder(family))
-    texts = ["When Mary and John went to the store , John gave a drink to",
-             "Then Alice and Bob went to the store , Bob gave"]
-    corrupt = ["When Tom and Sarah went to the store , Alice gave a drink to",
-               "Then Mary and John went to the store , Tom gave"]
+    texts = [
+        "When Mary and John went to the store , John gave a drink to",
+        "Then Alice and Bob went to the store , Bob gave",
+    ]
+    corrupt = [
+        "When Tom and Sarah went to the store , Alice gave a drink to",
+        "Then Mary and John went to the store , Tom gave",
+    ]
     enc = tok(texts, return_tensors="pt", padding=True)
     cor = tok(corrupt, return_tensors="pt", padding=True)
     assert enc.input_ids.shape == cor.input_ids.shape and enc.attention_mask[1, -1] == 0
@@ -154,9 +153,13 @@ def test_cache_matches_hf_hidden_states_and_attentions(family: str, kind: str) -
     # (`diffusion.attention.position_ids`), HF counts on; nothing real reads a padded query.
     real = mask.bool()
     for layer in range(n):
-        torch.testing.assert_close(cache[f"L{layer}.resid_pre"][real], out.hidden_states[layer][real], atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            cache[f"L{layer}.resid_pre"][real], out.hidden_states[layer][real], atol=1e-6, rtol=0
+        )
         for h in range(pm.config.n_heads):
-            torch.testing.assert_close(cache[f"L{layer}.H{h}.pattern"][real], out.attentions[layer][:, h][real], atol=1e-6, rtol=0)
+            torch.testing.assert_close(
+                cache[f"L{layer}.H{h}.pattern"][real], out.attentions[layer][:, h][real], atol=1e-6, rtol=0
+            )
     final = pm.layout.final_norm(cache[f"L{n - 1}.resid_post"])
     torch.testing.assert_close(final[real], out.hidden_states[n][real], atol=1e-5, rtol=0)
     upper = torch.triu(cache["L0.H0.pattern"][0], diagonal=1).abs().sum()
@@ -255,8 +258,9 @@ def test_backends_agree_on_caches_edges_and_gradients(family: str) -> None:
             iv.patch_edge("embed", "logits", corrupted)
             iv.add("L0.mlp.neuron3", 0.5, pos=2)
             logits, cache = pm.run_with_cache(ids, attention_mask=mask, names="L1.*")
-            grads = pm.run_with_grads(ids, lambda lg: lg[:, 4, :7].sum(), attention_mask=mask,
-                                      outputs=pm.senders(), receivers="*")
+            grads = pm.run_with_grads(
+                ids, lambda lg: lg[:, 4, :7].sum(), attention_mask=mask, outputs=pm.senders(), receivers="*"
+            )
         results[backend] = (logits, cache, grads)
     ref_logits, ref_cache, ref_grads = results["torch"]
     for backend in BACKENDS[1:]:

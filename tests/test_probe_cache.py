@@ -50,8 +50,9 @@ def test_storage_dtype_device_and_derived_names() -> None:
     ids, _, mask = batch()
     pm = probed("llama")
     _, full = pm.run_with_cache(ids, ["L0.resid_pre", "L0.mlp.neurons"], attention_mask=mask)
-    _, half = pm.run_with_cache(ids, ["L0.resid_pre", "L0.mlp.neurons"], attention_mask=mask,
-                                dtype=torch.bfloat16, device="cpu")
+    _, half = pm.run_with_cache(
+        ids, ["L0.resid_pre", "L0.mlp.neurons"], attention_mask=mask, dtype=torch.bfloat16, device="cpu"
+    )
     assert all(v.dtype == torch.bfloat16 for v in half.values())
     torch.testing.assert_close(half["L0.mlp.neurons"].float(), full["L0.mlp.neurons"], atol=1e-2, rtol=1e-2)
     assert half.nbytes * 2 == full.nbytes
@@ -86,7 +87,10 @@ def test_cache_to_disk_streams_shards_that_read_back(tmp_path: Path) -> None:
     _, expected = pm.run_with_cache(ids, attention_mask=mask)
     disk = pm.cache_to_disk(ids, tmp_path / "cache", attention_mask=mask, batch_size=1)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
-        "index.json", "shard-00000.safetensors", "shard-00001.safetensors"]
+        "index.json",
+        "shard-00000.safetensors",
+        "shard-00001.safetensors",
+    ]
     assert json.loads((tmp_path / "cache" / "index.json").read_text())["shards"][1]["rows"] == 1
     assert len(disk) == 2 and set(disk.names) == set(expected)
     for name in expected:

@@ -48,9 +48,19 @@ def metric_weights(vocab: int) -> torch.Tensor:
 # (name, how to perturb it by `d`): node outputs through `add`, receivers through their own edit
 # (q/k/v) or an edge patch from embed whose new value is embed + d (the MLP's and logits' input).
 TARGETS = [
-    ("out", "embed"), ("out", "L0.H1"), ("out", "L1.H3"), ("out", "L0.mlp"), ("out", "L1.mlp"),
-    ("out", "L0.mlp.neuron3"), ("out", "L1.resid_pre"), ("out", "L0.resid_post"),
-    ("in", "L1.H2.q"), ("in", "L1.H1.k"), ("in", "L1.H0.v"), ("in", "L1.mlp"), ("in", "logits"),
+    ("out", "embed"),
+    ("out", "L0.H1"),
+    ("out", "L1.H3"),
+    ("out", "L0.mlp"),
+    ("out", "L1.mlp"),
+    ("out", "L0.mlp.neuron3"),
+    ("out", "L1.resid_pre"),
+    ("out", "L0.resid_post"),
+    ("in", "L1.H2.q"),
+    ("in", "L1.H1.k"),
+    ("in", "L1.H0.v"),
+    ("in", "L1.mlp"),
+    ("in", "logits"),
 ]
 
 
@@ -87,6 +97,7 @@ def test_gradients_match_finite_differences(family: str, kind: str, float64_soft
     with torch.no_grad():
         torch.testing.assert_close(result.metric, metric(pm(ids, attention_mask=mask)))
     _, clean = pm.run_with_cache(ids, attention_mask=mask)
+
     def central(side: str, name: str, d: torch.Tensor, eps: float) -> torch.Tensor:
         values = []
         for sign in (1.0, -1.0):
@@ -111,8 +122,13 @@ def test_gradients_match_finite_differences(family: str, kind: str, float64_soft
 def test_head_gradients_share_their_layer_and_neurons_slice() -> None:
     ids, _, mask = batch()
     pm = probed64("llama", "ar")
-    result = pm.run_with_grads(ids, lambda lg: lg[:, -1, :5].sum(), attention_mask=mask,
-                               outputs=["L0.H*", "L0.mlp.neurons", "L0.mlp.neuron3"], names="L0.H0")
+    result = pm.run_with_grads(
+        ids,
+        lambda lg: lg[:, -1, :5].sum(),
+        attention_mask=mask,
+        outputs=["L0.H*", "L0.mlp.neurons", "L0.mlp.neuron3"],
+        names="L0.H0",
+    )
     torch.testing.assert_close(result.outputs["L0.H0"], result.outputs["L0.H3"])
     torch.testing.assert_close(result.outputs["L0.mlp.neuron3"], result.outputs["L0.mlp.neurons"][..., 3])
     assert list(result.cache) == ["L0.H0"]

@@ -54,7 +54,9 @@ def test_dla_sums_to_the_logit_difference(family: str) -> None:
         head = cache["L1.H2"][rows, pos]
         norm = pm.layout.final_norm
         if family == "gpt2":  # LayerNorm
-            share = (head - head.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + norm.eps)
+            share = (head - head.mean(-1, keepdim=True)) / torch.sqrt(
+                x.var(-1, unbiased=False, keepdim=True) + norm.eps
+            )
         else:  # RMSNorm
             share = head / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
         w_u = pm.layout.unembed_weight()

@@ -43,14 +43,42 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TrainConfig:
     model = build_tiny_model("llama", tmp_path / "ar")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(" ".join(WORDS * 12))
-    return TrainConfig(model=str(model), data=str(corpus), out=str(tmp_path / "run"), steps=6, seq_len=16,
-                       batch_size=2, lr=3e-3, held_out=0.0, seed=1)
+    return TrainConfig(
+        model=str(model),
+        data=str(corpus),
+        out=str(tmp_path / "run"),
+        steps=6,
+        seq_len=16,
+        batch_size=2,
+        lr=3e-3,
+        held_out=0.0,
+        seed=1,
+    )
 
 
 def cli_args(cfg: TrainConfig, *extra: str) -> list[str]:
-    return ["convert", "--model", cfg.model, "--data", str(cfg.data), "--out", cfg.out, "--steps", str(cfg.steps),
-            "--seq-len", str(cfg.seq_len), "--batch-size", str(cfg.batch_size), "--lr", str(cfg.lr),
-            "--held-out", str(cfg.held_out), "--seed", str(cfg.seed), *extra]
+    return [
+        "convert",
+        "--model",
+        cfg.model,
+        "--data",
+        str(cfg.data),
+        "--out",
+        cfg.out,
+        "--steps",
+        str(cfg.steps),
+        "--seq-len",
+        str(cfg.seq_len),
+        "--batch-size",
+        str(cfg.batch_size),
+        "--lr",
+        str(cfg.lr),
+        "--held-out",
+        str(cfg.held_out),
+        "--seed",
+        str(cfg.seed),
+        *extra,
+    ]
 
 
 def weights(folder: str | Path) -> dict[str, torch.Tensor]:
@@ -68,8 +96,14 @@ def in_process(script: str, *, cwd: Path) -> subprocess.Popen:
     """Start `script` (Python source) in a new process, from the repository's code."""
     path = cwd / "script.py"
     path.write_text(f"import sys\nsys.path.insert(0, {str(REPO)!r})\n" + textwrap.dedent(script))
-    return subprocess.Popen([sys.executable, str(path)], cwd=cwd, env=os.environ.copy(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(path)],
+        cwd=cwd,
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def run_with_hook(cfg: TrainConfig, hook: str, *, cwd: Path, cli: list[str] | None = None) -> subprocess.Popen:
@@ -81,8 +115,8 @@ def run_with_hook(cfg: TrainConfig, hook: str, *, cwd: Path, cli: list[str] | No
         f"import conversion.train as T\n_train = T.train\n"
         f"T.train = lambda c, on_step=None: _train(c, on_step=hook)\n"
         f"from ar2mdm.cli import app\nsys.argv = ['ar2mdm', *{cli!r}]\napp()\n"
-        if cli else
-        f"from conversion.train import TrainConfig, train\n"
+        if cli
+        else f"from conversion.train import TrainConfig, train\n"
         f"train(TrainConfig(**json.loads({json.dumps(json.dumps(asdict(cfg)))})), on_step=hook)\n"
     )
     return in_process(f"import json, os, signal, time\ndef hook(done):\n{body}\n{launch}", cwd=cwd)
@@ -96,8 +130,14 @@ def test_plan_for_every_folder_state(setup: TrainConfig, tmp_path: Path) -> None
     out.mkdir()
 
     def plan(**kw):
-        return plan_run(out, options, has_run=kw.pop("has_run", True), steps=kw.pop("steps", 6),
-                        resume=kw.pop("resume", False), overwrite=kw.pop("overwrite", False))
+        return plan_run(
+            out,
+            options,
+            has_run=kw.pop("has_run", True),
+            steps=kw.pop("steps", 6),
+            resume=kw.pop("resume", False),
+            overwrite=kw.pop("overwrite", False),
+        )
 
     assert plan(has_run=False).action == "fresh" and not plan(has_run=False).clear
     assert "nothing to resume" in plan(has_run=False, resume=True).note
@@ -132,8 +172,9 @@ def test_kill_minus_9_before_the_first_checkpoint_then_resume_works(setup: Train
 
 
 def test_ctrl_c_keeps_a_checkpoint_says_how_to_resume_and_resumes_exactly(setup: TrainConfig, tmp_path: Path) -> None:
-    proc = run_with_hook(setup, "if done == 3:\n    os.kill(os.getpid(), signal.SIGINT)", cwd=tmp_path,
-                         cli=cli_args(setup))
+    proc = run_with_hook(
+        setup, "if done == 3:\n    os.kill(os.getpid(), signal.SIGINT)", cwd=tmp_path, cli=cli_args(setup)
+    )
     _, err = proc.communicate(timeout=300)
     message = " ".join(err.split())
     assert proc.returncode == INTERRUPTED == 130, err[-2000:]
@@ -151,8 +192,12 @@ def test_two_runs_on_one_out_the_second_is_refused_and_the_first_is_intact(setup
     """Run A holds --out (paused at step 2); run B on the same --out fails at once; A then
     finishes with its own model and a clean log."""
     go = tmp_path / "go"
-    a = run_with_hook(setup, f"if done == 2:\n    open({str(tmp_path / 'paused')!r}, 'w').close()\n"
-                             f"    while not os.path.exists({str(go)!r}):\n        time.sleep(0.05)", cwd=tmp_path)
+    a = run_with_hook(
+        setup,
+        f"if done == 2:\n    open({str(tmp_path / 'paused')!r}, 'w').close()\n"
+        f"    while not os.path.exists({str(go)!r}):\n        time.sleep(0.05)",
+        cwd=tmp_path,
+    )
     deadline = time.time() + 240
     while not (tmp_path / "paused").exists():
         assert a.poll() is None and time.time() < deadline, a.communicate()[1][-2000:]
@@ -197,8 +242,11 @@ def test_diverged_run_starts_over_with_overwrite(setup: TrainConfig) -> None:
 def test_out_on_an_existing_model_folder_leaves_it_byte_identical(setup: TrainConfig) -> None:
     folder = Path(setup.model)
     before = snapshot(folder)
-    for args in (cli_args(replace(setup, out=str(folder))), ["organism", "train", "--out", str(folder), "--steps", "1"],
-                 cli_args(replace(setup, out=str(folder)), "--overwrite")):
+    for args in (
+        cli_args(replace(setup, out=str(folder))),
+        ["organism", "train", "--out", str(folder), "--steps", "1"],
+        cli_args(replace(setup, out=str(folder)), "--overwrite"),
+    ):
         res = runner.invoke(app, args, terminal_width=400)
         assert res.exit_code == 2 and "not empty" in res.output
         assert snapshot(folder) == before
@@ -215,10 +263,12 @@ def test_a_read_only_folder_is_refused_before_any_work(tmp_path: Path) -> None:
         ro.mkdir()
         ro.chmod(0o555)
         # imports first (as whoever we are), then, as root, become an unprivileged user
-        code = (f"import os, sys; sys.path.insert(0, {str(REPO)!r})\nfrom common.outputs import claim_output\n"
-                f"from common.errors import UserError\nif os.geteuid() == 0:\n    os.setuid(65534)\n"
-                f"try:\n    claim_output({str(ro / 'run')!r}, 'convert').__enter__()\n"
-                f"except UserError as err:\n    print(err)\n")
+        code = (
+            f"import os, sys; sys.path.insert(0, {str(REPO)!r})\nfrom common.outputs import claim_output\n"
+            f"from common.errors import UserError\nif os.geteuid() == 0:\n    os.setuid(65534)\n"
+            f"try:\n    claim_output({str(ro / 'run')!r}, 'convert').__enter__()\n"
+            f"except UserError as err:\n    print(err)\n"
+        )
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=base)
         assert "cannot be created: permission denied" in result.stdout, result.stderr[-2000:]
         assert list(ro.iterdir()) == []

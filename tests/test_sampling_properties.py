@@ -24,9 +24,7 @@ SPECIALS = (0, 1, 2)
 MDM_SAMPLERS = ("ancestral", "low-confidence", "margin", "entropy", "threshold", "remask", "arpc", "uniform")
 NO_REMASK = ("ancestral", "low-confidence", "margin", "entropy", "threshold")
 
-PROPS = settings(
-    max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
-)
+PROPS = settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
 @cache
@@ -57,12 +55,12 @@ def settings_(draw, names=MDM_SAMPLERS):
     family = draw(st.sampled_from(["llama", "gpt2", "qwen2", "gemma3_text"]))
     shift = draw(st.booleans())
     batch = draw(st.integers(1, 3))
-    prompts = [
-        [1] + draw(st.lists(st.integers(3, MASK - 1), min_size=0, max_size=4)) for _ in range(batch)
-    ]
+    prompts = [[1] + draw(st.lists(st.integers(3, MASK - 1), min_size=0, max_size=4)) for _ in range(batch)]
     gen = draw(st.lists(st.integers(1, 6), min_size=batch, max_size=batch))
     suffix = draw(st.booleans()) and name != "ar"
-    suffixes = [draw(st.lists(st.integers(3, MASK - 1), min_size=1, max_size=2)) if suffix else [] for _ in range(batch)]
+    suffixes = [
+        draw(st.lists(st.integers(3, MASK - 1), min_size=1, max_size=2)) if suffix else [] for _ in range(batch)
+    ]
     block_size = draw(st.sampled_from([None, None, 2, 3])) if name not in ("uniform",) else None
     opts: dict = {"temperature": draw(st.sampled_from([0.0, 1.0]))}
     if name in ("ancestral", "low-confidence", "margin", "entropy", "remask", "arpc"):
@@ -93,8 +91,13 @@ def _setup(name, family, shift, prompts, gen, suffixes, block_size, opts):
         extra["scorer"] = scorer
         models.append(scorer)
     ctx = ModelContext(
-        kind="mdm", noise="uniform" if name == "uniform" else "absorbing", shift=shift, mask_id=MASK,
-        block_size=block_size, pad_id=0, exclude_ids=SPECIALS,
+        kind="mdm",
+        noise="uniform" if name == "uniform" else "absorbing",
+        shift=shift,
+        mask_id=MASK,
+        block_size=block_size,
+        pad_id=0,
+        exclude_ids=SPECIALS,
     )
     canvas, am = make_canvas(prompts, gen, mask_id=MASK, pad_id=0, suffixes=suffixes)
     return model, models, build_sampler(name, **opts, **extra), ctx, canvas, am

@@ -9,15 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.errors import TaskError
-from tasks import (
-    TASKS,
-    check_alignment,
-    collate,
-    get_task,
-    render,
-    task_names,
-    words,
-)
+from tasks import TASKS, check_alignment, collate, get_task, render, task_names, words
 from tasks.base import first_word, single_token_words
 
 NAMES = sorted(TASKS)

@@ -95,7 +95,9 @@ _MUTATION_CHARS = "0123456789+-*() "
 @given(
     seed=st.integers(0, 50),
     edits=st.lists(
-        st.tuples(st.integers(0, 30), st.sampled_from(["insert", "delete", "replace"]), st.sampled_from(_MUTATION_CHARS)),
+        st.tuples(
+            st.integers(0, 30), st.sampled_from(["insert", "delete", "replace"]), st.sampled_from(_MUTATION_CHARS)
+        ),
         min_size=1,
         max_size=3,
     ),

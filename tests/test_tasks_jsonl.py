@@ -11,14 +11,27 @@ from common.errors import TaskError
 from tasks import load_jsonl_task, render
 
 ROWS = [
-    {"prompt": "When Mary and John went to the store , John gave a drink to", "answer": " Mary",
-     "corrupted_prompt": "When Alice and Tom went to the store , Sarah gave a drink to",
-     "counterfactual": [" John"]},
-    {"prompt": "Then Alice and Bob had a long argument . Bob said to", "answer": " Alice",
-     "corrupted_prompt": "Then Tom and Sarah had a long argument . John said to",
-     "correct": [" Alice"], "counterfactual": [" Bob"], "meta": {"io": "Alice"}},
-    {"prompt": "The", "answer": " dog", "suffix": " barked .", "corrupted_prompt": "The",
-     "corrupted_suffix": " meowed ."},
+    {
+        "prompt": "When Mary and John went to the store , John gave a drink to",
+        "answer": " Mary",
+        "corrupted_prompt": "When Alice and Tom went to the store , Sarah gave a drink to",
+        "counterfactual": [" John"],
+    },
+    {
+        "prompt": "Then Alice and Bob had a long argument . Bob said to",
+        "answer": " Alice",
+        "corrupted_prompt": "Then Tom and Sarah had a long argument . John said to",
+        "correct": [" Alice"],
+        "counterfactual": [" Bob"],
+        "meta": {"io": "Alice"},
+    },
+    {
+        "prompt": "The",
+        "answer": " dog",
+        "suffix": " barked .",
+        "corrupted_prompt": "The",
+        "corrupted_suffix": " meowed .",
+    },
 ]
 
 

@@ -37,8 +37,17 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TrainConfig:
     for i in range(24):
         (corpus / f"doc{i:02d}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(40)))
     return TrainConfig(
-        model=str(model), data=str(corpus), out=str(tmp_path / "run"), steps=6, seq_len=16,
-        batch_size=4, lr=3e-3, warmup=2, held_out=0.2, eval_blocks=4, seed=1,
+        model=str(model),
+        data=str(corpus),
+        out=str(tmp_path / "run"),
+        steps=6,
+        seq_len=16,
+        batch_size=4,
+        lr=3e-3,
+        warmup=2,
+        held_out=0.2,
+        eval_blocks=4,
+        seed=1,
     )
 
 
@@ -114,7 +123,8 @@ def test_grad_accum_gives_the_same_update(setup: TrainConfig, tmp_path: Path) ->
 
 def _script(tmp_path: Path, cfg: TrainConfig, kill_at: int | None) -> Path:
     script = tmp_path / "run_train.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import json, os, signal, sys
         sys.path.insert(0, {str(REPO)!r})
         from conversion.train import TrainConfig, train
@@ -124,15 +134,21 @@ def _script(tmp_path: Path, cfg: TrainConfig, kill_at: int | None) -> Path:
             if kill_at is not None and done == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
         train(cfg, on_step=hook)
-    """))
+    """)
+    )
     return script
 
 
 def test_resume_after_sigkill_is_exact(setup: TrainConfig, tmp_path: Path) -> None:
     cfg = replace(setup, steps=8, save_every=2, eval_every=4)
     killed = replace(cfg, out=str(tmp_path / "killed"))
-    proc = subprocess.run([sys.executable, str(_script(tmp_path, killed, kill_at=5))], env=os.environ.copy(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(_script(tmp_path, killed, kill_at=5))],
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]
     state = json.loads((Path(killed.out) / "checkpoint" / "state.json").read_text())
     assert state["step"] == 4
@@ -145,6 +161,7 @@ def test_resume_after_sigkill_is_exact(setup: TrainConfig, tmp_path: Path) -> No
     assert wr.keys() == ws.keys()
     for name in ws:
         assert torch.equal(wr[name], ws[name]), name
+
     def timeless(folder: Path) -> list[dict]:
         return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in log_lines(folder)]
 
@@ -180,8 +197,13 @@ def test_nan_stops_and_keeps_last_good_checkpoint(setup: TrainConfig) -> None:
 
 
 def test_bad_config_is_a_user_error(setup: TrainConfig) -> None:
-    for bad in ({"batch_size": 3, "grad_accum": 2}, {"steps": 0}, {"sft": True}, {"attention": "causal"},
-                {"lr": float("nan")}):
+    for bad in (
+        {"batch_size": 3, "grad_accum": 2},
+        {"steps": 0},
+        {"sft": True},
+        {"attention": "causal"},
+        {"lr": float("nan")},
+    ):
         with pytest.raises(UserError):
             train(replace(setup, **bad))
 
@@ -198,10 +220,24 @@ def test_ddp_two_processes_match_one(setup: TrainConfig, tmp_path: Path) -> None
     two = replace(cfg, out=str(tmp_path / "ddp"))
     launcher = str(Path(sys.executable).parent / "accelerate")
     proc = subprocess.run(
-        [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", str(_script(tmp_path, two, None))],
+        [
+            launcher,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(_script(tmp_path, two, None)),
+        ],
         env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"},
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert ModelMeta.load(two.out).extra["processes"] == 2
@@ -221,8 +257,15 @@ def test_bf16_autocast_runs(setup: TrainConfig, attention: str) -> None:
     result = train(replace(setup, steps=2, bf16=True, attention=attention, shift=attention != "block:4"))
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history if r["kind"] == "train")
     assert next(iter(weights(result.out).values())).dtype == torch.float32  # fp32 master weights
-    fp32 = train(replace(setup, steps=1, attention=attention, shift=attention != "block:4",
-                         out=str(Path(setup.out).with_name("fp32"))))
+    fp32 = train(
+        replace(
+            setup,
+            steps=1,
+            attention=attention,
+            shift=attention != "block:4",
+            out=str(Path(setup.out).with_name("fp32")),
+        )
+    )
     assert result.history[0]["loss"] != fp32.history[0]["loss"]  # autocast really was on
     assert result.history[0]["loss"] == pytest.approx(fp32.history[0]["loss"], rel=0.05)
 

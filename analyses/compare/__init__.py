@@ -13,14 +13,7 @@ Everything is importable from `analyses.compare` itself:
 """
 
 from analyses.compare.claims import claims, default_k_edges, default_k_nodes, node_examples
-from analyses.compare.pool import (
-    MIN_POOL,
-    Pool,
-    check_pair,
-    common_pool,
-    rendered_for,
-    task_examples,
-)
+from analyses.compare.pool import MIN_POOL, Pool, check_pair, common_pool, rendered_for, task_examples
 from analyses.compare.report import (
     CompareResult,
     figures,
@@ -37,8 +30,31 @@ from analyses.compare.run import CompareOptions, NodeScores, compare
 from analyses.compare.trajectory import denoising_trajectory, revealed, snapshots_of, track
 
 __all__ = [
-    "MIN_POOL", "CompareOptions", "CompareResult", "NodeScores", "Pool", "check_pair", "claims", "common_pool", "compare",
-    "default_k_edges", "default_k_nodes", "denoising_trajectory", "figures", "format_interval", "json_safe",
-    "markdown_summary", "md_table", "node_examples", "rendered_for", "report_html", "revealed", "snapshots_of",
-    "summary_rows", "table_html", "task_examples", "track", "write_report",
+    "MIN_POOL",
+    "CompareOptions",
+    "CompareResult",
+    "NodeScores",
+    "Pool",
+    "check_pair",
+    "claims",
+    "common_pool",
+    "compare",
+    "default_k_edges",
+    "default_k_nodes",
+    "denoising_trajectory",
+    "figures",
+    "format_interval",
+    "json_safe",
+    "markdown_summary",
+    "md_table",
+    "node_examples",
+    "rendered_for",
+    "report_html",
+    "revealed",
+    "snapshots_of",
+    "summary_rows",
+    "table_html",
+    "task_examples",
+    "track",
+    "write_report",
 ]

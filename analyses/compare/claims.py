@@ -45,8 +45,13 @@ def node_examples(graph: Graph) -> dict[str, Float[Tensor, " examples"]]:
     return {s: nodes[:, i] for s, i in index.items() if s != "embed"}
 
 
-def claims(pools: Mapping[str, Pool | None], jaccard_reps: Mapping[str, Float[Tensor, " boot"]], depth_reps: Mapping[str, Float[Tensor, " boot"]],
-           data: Mapping[str, Any], selectivity: Interval | None) -> dict[str, Any]:
+def claims(
+    pools: Mapping[str, Pool | None],
+    jaccard_reps: Mapping[str, Float[Tensor, " boot"]],
+    depth_reps: Mapping[str, Float[Tensor, " boot"]],
+    data: Mapping[str, Any],
+    selectivity: Interval | None,
+) -> dict[str, Any]:
     """The three claims with effect sizes, intervals and verdicts."""
     local = [t for t in pools if TASKS[t].kind == "local"]
     glob = [t for t in pools if TASKS[t].kind == "global"]
@@ -57,29 +62,44 @@ def claims(pools: Mapping[str, Pool | None], jaccard_reps: Mapping[str, Float[Te
 
     a = None
     if local and glob:
-        a = pooled([jac(t) for t in local + glob], [jaccard_reps[t] for t in local + glob],
-                   [1 / len(local)] * len(local) + [-1 / len(glob)] * len(glob))
+        a = pooled(
+            [jac(t) for t in local + glob],
+            [jaccard_reps[t] for t in local + glob],
+            [1 / len(local)] * len(local) + [-1 / len(glob)] * len(glob),
+        )
     out["a"] = {
         "claim": "edge overlap (Jaccard of top-K edges, ARM vs MDM) is higher on local than on global tasks",
         "effect": "mean Jaccard over local tasks - mean over global tasks",
-        "interval": a, "verdict": verdict(a, 1), "local_tasks": local, "global_tasks": glob,
+        "interval": a,
+        "verdict": verdict(a, 1),
+        "local_tasks": local,
+        "global_tasks": glob,
         "per_task": {t: data["tasks"][t]["circuits"]["jaccard"] for t in pools},
     }
     b = None
     if glob:
-        b = pooled([data["tasks"][t]["depth"]["compare"]["early_mass_diff"]["estimate"] for t in glob],
-                   [depth_reps[t] for t in glob], [1 / len(glob)] * len(glob))
+        b = pooled(
+            [data["tasks"][t]["depth"]["compare"]["early_mass_diff"]["estimate"] for t in glob],
+            [depth_reps[t] for t in glob],
+            [1 / len(glob)] * len(glob),
+        )
     out["b"] = {
         "claim": "the MDM has more early-layer (first third) mass among its top-K nodes than the ARM on global tasks",
         "effect": "mean over global tasks of early mass (MDM - ARM)",
-        "interval": b, "verdict": verdict(b, 1), "global_tasks": glob,
+        "interval": b,
+        "verdict": verdict(b, 1),
+        "global_tasks": glob,
         "per_task": {t: data["tasks"][t]["depth"]["compare"]["early_mass_diff"] for t in pools},
     }
     out["c"] = {
         "claim": "MDM units are less specialised than the ARM's (single-component specialisation is weaker)",
         "effect": "median selectivity index over MLP neurons across tasks (MDM - ARM)",
-        "interval": selectivity, "verdict": verdict(selectivity, -1),
-        "supporting": ({k: data["units"]["neurons"]["compare"][k]["diff"] for k in ("median_entropy",)}
-                       if "neurons" in data["units"] else {}),
+        "interval": selectivity,
+        "verdict": verdict(selectivity, -1),
+        "supporting": (
+            {k: data["units"]["neurons"]["compare"][k]["diff"] for k in ("median_entropy",)}
+            if "neurons" in data["units"]
+            else {}
+        ),
     }
     return out

@@ -36,8 +36,10 @@ def check_pair(ar: ProbedModel, mdm: ProbedModel) -> list[str]:
     if ar.config.kind != "ar":
         raise CheckpointError(f"--ar must be an autoregressive checkpoint; this one is kind {ar.config.kind!r}.")
     if mdm.config.kind != "mdm":
-        raise CheckpointError("--mdm must be a masked diffusion checkpoint (a folder written by `ar2mdm convert`); "
-                              f"this one is kind {mdm.config.kind!r}.")
+        raise CheckpointError(
+            "--mdm must be a masked diffusion checkpoint (a folder written by `ar2mdm convert`); "
+            f"this one is kind {mdm.config.kind!r}."
+        )
     a, b = ar.shape, mdm.shape
     if (a.n_layers, a.n_heads, a.n_kv_heads, a.d_mlp) != (b.n_layers, b.n_heads, b.n_kv_heads, b.d_mlp):
         raise CheckpointError(
@@ -65,9 +67,15 @@ def tokenizer_warnings(ar: ProbedModel, mdm: ProbedModel) -> list[str]:
     moved = sorted(t for t, i in va.items() if vb.get(t) != i)
     added = sorted(set(vb) - set(va) - {getattr(tb, "mask_token", None)})
     if moved or added:
-        example = f"{moved[0]!r}: {va[moved[0]]} in the ARM, {vb.get(moved[0])} in the MDM" if moved else f"{added[0]!r} only in the MDM"
-        counts = [f"{len(moved)} of the ARM's {len(va)} tokens have another id in the MDM" if moved else "",
-                  f"{len(added)} tokens besides the mask exist only in the MDM" if added else ""]
+        example = (
+            f"{moved[0]!r}: {va[moved[0]]} in the ARM, {vb.get(moved[0])} in the MDM"
+            if moved
+            else f"{added[0]!r} only in the MDM"
+        )
+        counts = [
+            f"{len(moved)} of the ARM's {len(va)} tokens have another id in the MDM" if moved else "",
+            f"{len(added)} tokens besides the mask exist only in the MDM" if added else "",
+        ]
         raise CheckpointError(
             f"--ar and --mdm use different tokenizers ({'; '.join(c for c in counts if c)}; e.g. {example}). "
             "Token-level comparisons need one vocabulary: compare an ARM with its own conversion."
@@ -119,8 +127,16 @@ class Pool:
         return len(self.ar)
 
 
-def common_pool(ar: ProbedModel, mdm: ProbedModel, task: str, examples: Sequence[Example], pool_size: int,
-                *, batch_size: int = 64, require_correct: bool = True) -> Pool:
+def common_pool(
+    ar: ProbedModel,
+    mdm: ProbedModel,
+    task: str,
+    examples: Sequence[Example],
+    pool_size: int,
+    *,
+    batch_size: int = 64,
+    require_correct: bool = True,
+) -> Pool:
     """Examples both models render aligned and (require_correct) both answer correctly, at most
     `pool_size`, in the order drawn."""
     rows_ar, rows_mdm = [], []
@@ -129,8 +145,10 @@ def common_pool(ar: ProbedModel, mdm: ProbedModel, task: str, examples: Sequence
             ra, rm = rendered_for(ar, ex), rendered_for(mdm, ex)
         except TaskError:
             continue
-        bad = any(len(r.counterfactual_ids) == 0 or set(r.correct_ids.tolist()) & set(r.counterfactual_ids.tolist())
-                  for r in (ra, rm))
+        bad = any(
+            len(r.counterfactual_ids) == 0 or set(r.correct_ids.tolist()) & set(r.counterfactual_ids.tolist())
+            for r in (ra, rm)
+        )
         if not bad:
             rows_ar.append(ra)
             rows_mdm.append(rm)
@@ -141,6 +159,10 @@ def common_pool(ar: ProbedModel, mdm: ProbedModel, task: str, examples: Sequence
     ld_mdm = baseline_logit_diffs(mdm, rows_mdm, batch_size=batch_size)[0]
     keep = ((ld_ar > 0) & (ld_mdm > 0)) if require_correct else torch.ones(len(rows_ar), dtype=torch.bool)
     idx = keep.nonzero().squeeze(1)[:pool_size].tolist()
-    stats.update(pool=len(idx), accuracy_ar=float((ld_ar > 0).float().mean()), accuracy_mdm=float((ld_mdm > 0).float().mean()),
-                 both_correct=int(((ld_ar > 0) & (ld_mdm > 0)).sum()))
+    stats.update(
+        pool=len(idx),
+        accuracy_ar=float((ld_ar > 0).float().mean()),
+        accuracy_mdm=float((ld_mdm > 0).float().mean()),
+        both_correct=int(((ld_ar > 0) & (ld_mdm > 0)).sum()),
+    )
     return Pool(task, [rows_ar[i] for i in idx], [rows_mdm[i] for i in idx], stats)

@@ -63,18 +63,36 @@ def summary_rows(data: Mapping[str, Any]) -> list[dict[str, str]]:
     rows = []
     for task, pool in data["pools"].items():
         entry = data["tasks"].get(task)
-        row = {"task": task, "kind": TASKS[task].kind, "pool": str(pool["pool"]),
-               "acc AR": f"{pool['accuracy_ar']:.2f}" if pool.get("accuracy_ar") is not None else "-",
-               "acc MDM": f"{pool['accuracy_mdm']:.2f}" if pool.get("accuracy_mdm") is not None else "-"}
+        row = {
+            "task": task,
+            "kind": TASKS[task].kind,
+            "pool": str(pool["pool"]),
+            "acc AR": f"{pool['accuracy_ar']:.2f}" if pool.get("accuracy_ar") is not None else "-",
+            "acc MDM": f"{pool['accuracy_mdm']:.2f}" if pool.get("accuracy_mdm") is not None else "-",
+        }
         if entry is None:
-            row.update({"LD gap AR / MDM": "-", "Jaccard@K": "(pool too small)", "early mass AR": "-", "early mass MDM": "-", "MDM - AR": "-"})
+            row.update(
+                {
+                    "LD gap AR / MDM": "-",
+                    "Jaccard@K": "(pool too small)",
+                    "early mass AR": "-",
+                    "early mass MDM": "-",
+                    "MDM - AR": "-",
+                }
+            )
         else:
             cmp = entry["depth"]["compare"]
             gaps = [entry["circuits"][m]["clean_ld"] - entry["circuits"][m]["corrupt_ld"] for m in ("ar", "mdm")]
             # a small clean - corrupt gap means attribution measures a tiny effect: flag it
             row["LD gap AR / MDM"] = f"{gaps[0]:.2f} / {gaps[1]:.2f}" + (" (small!)" if min(gaps) < 0.5 else "")
-            row.update({"Jaccard@K": format_interval(entry["circuits"]["jaccard"]), "early mass AR": f"{cmp['a']['early_mass']:.2f}",
-                        "early mass MDM": f"{cmp['b']['early_mass']:.2f}", "MDM - AR": format_interval(cmp["early_mass_diff"])})
+            row.update(
+                {
+                    "Jaccard@K": format_interval(entry["circuits"]["jaccard"]),
+                    "early mass AR": f"{cmp['a']['early_mass']:.2f}",
+                    "early mass MDM": f"{cmp['b']['early_mass']:.2f}",
+                    "MDM - AR": format_interval(cmp["early_mass_diff"]),
+                }
+            )
         rows.append(row)
     return rows
 
@@ -83,17 +101,26 @@ def md_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     if not rows:
         return []
     head = list(rows[0])
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows)]
+    return [
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+        *("| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows),
+    ]
 
 
 def markdown_summary(data: Mapping[str, Any]) -> str:
     """The report's numbers as Markdown: claims, per-task table, circuits, ablations, units,
     denoising trajectory and tracking (whichever were run)."""
     lines = [f"**Warning:** {w}" for w in data.get("warnings", [])]
-    lines += [f"K = {data['options']['k_edges']} edges of {data['shape']['edges']}, {data['options']['k_nodes']} nodes; "
-              f"EAP-IG m = {data['options']['steps']}; 95% bootstrap intervals ({data['options']['n_boot']} resamples).", ""]
+    lines += [
+        f"K = {data['options']['k_edges']} edges of {data['shape']['edges']}, {data['options']['k_nodes']} nodes; "
+        f"EAP-IG m = {data['options']['steps']}; 95% bootstrap intervals ({data['options']['n_boot']} resamples).",
+        "",
+    ]
     for key, c in data["claims"].items():
-        lines.append(f"- ({key}) {c['claim']}: **{c['verdict']}** -- {c['effect']} = {format_interval(c['interval'], 3)}")
+        lines.append(
+            f"- ({key}) {c['claim']}: **{c['verdict']}** -- {c['effect']} = {format_interval(c['interval'], 3)}"
+        )
     lines += ["", *md_table(summary_rows(data)), ""]
     rows = []
     for t, e in data["tasks"].items():
@@ -105,7 +132,9 @@ def markdown_summary(data: Mapping[str, Any]) -> str:
                 row[f"faithfulness area {m.upper()}"] = f"{c['faithfulness']['area']:.2f}"
             ab = e["depth"][m].get("ablation")
             if ab and "error" not in ab:
-                row[f"early top-K zero-ablation drop {m.upper()} (vs random)"] = f"{format_interval(ab['target']['drop'])} ({format_interval(ab['versus']['random'])})"
+                row[f"early top-K zero-ablation drop {m.upper()} (vs random)"] = (
+                    f"{format_interval(ab['target']['drop'])} ({format_interval(ab['versus']['random'])})"
+                )
             elif ab:
                 row[f"early top-K zero-ablation drop {m.upper()} (vs random)"] = "no early node in the top-K"
         rows.append(row)
@@ -115,22 +144,49 @@ def markdown_summary(data: Mapping[str, Any]) -> str:
         if kind not in units:
             continue
         cmp = units[kind]["compare"]
-        lines += [f"{kind}: MDM - AR (95% CI): median selectivity index {format_interval(cmp['median_selectivity_index']['diff'], 3)}, "
-                  f"median entropy {format_interval(cmp['median_entropy']['diff'], 3)}; Gini of attribution per task: "
-                  + ", ".join(f"{t} {format_interval(cmp[f'{t}:gini']['diff'])}" for t in data["tasks"] if f"{t}:gini" in cmp), ""]
+        lines += [
+            f"{kind}: MDM - AR (95% CI): median selectivity index {format_interval(cmp['median_selectivity_index']['diff'], 3)}, "
+            f"median entropy {format_interval(cmp['median_entropy']['diff'], 3)}; Gini of attribution per task: "
+            + ", ".join(
+                f"{t} {format_interval(cmp[f'{t}:gini']['diff'])}" for t in data["tasks"] if f"{t}:gini" in cmp
+            ),
+            "",
+        ]
     points = {t: d for t, d in data.get("denoising", {}).items() if "points" in d}
     if points:
         lines += ["Denoising trajectory (MDM; t = share of the answer still masked):", ""]
-        lines += md_table([{"task": t, "t": f"{p['t']:.2f}", "clean LD": f"{p['clean_ld']:.2f}", "Jaccard with t=1": f"{p['jaccard_t1']:.2f}",
-                             "Jaccard with ARM": f"{p['jaccard_ar']:.2f}", "early mass": f"{p['early_mass']:.2f}"}
-                            for t, d in points.items() for p in d["points"]])
+        lines += md_table(
+            [
+                {
+                    "task": t,
+                    "t": f"{p['t']:.2f}",
+                    "clean LD": f"{p['clean_ld']:.2f}",
+                    "Jaccard with t=1": f"{p['jaccard_t1']:.2f}",
+                    "Jaccard with ARM": f"{p['jaccard_ar']:.2f}",
+                    "early mass": f"{p['early_mass']:.2f}",
+                }
+                for t, d in points.items()
+                for p in d["points"]
+            ]
+        )
         lines.append("")
     tracked = data.get("track", {}).get("tasks", {})
     if tracked:
         lines += ["Across the conversion's snapshots:", ""]
-        lines += md_table([{"task": t, "step": p["step"], "accuracy": f"{p['accuracy']:.2f}", "Jaccard with ARM": f"{p['jaccard_ar']:.2f}",
-                             "early mass": f"{p['early_mass']:.2f}", "ARM early mass": f"{d['ar_early_mass']:.2f}"}
-                            for t, d in tracked.items() for p in d["points"]])
+        lines += md_table(
+            [
+                {
+                    "task": t,
+                    "step": p["step"],
+                    "accuracy": f"{p['accuracy']:.2f}",
+                    "Jaccard with ARM": f"{p['jaccard_ar']:.2f}",
+                    "early mass": f"{p['early_mass']:.2f}",
+                    "ARM early mass": f"{d['ar_early_mass']:.2f}",
+                }
+                for t, d in tracked.items()
+                for p in d["points"]
+            ]
+        )
         lines.append("")
     if data.get("note"):
         lines += [f"Note: {data['note']}", ""]
@@ -149,53 +205,121 @@ def figures(data: Mapping[str, Any]) -> dict[str, Any]:
     colors = {"ar": "#1f77b4", "mdm": "#d62728"}
     if not tasks:
         return figs
-    figs["jaccard"] = curves_figure({t: (e["circuits"]["jaccard_curve"]["k"], e["circuits"]["jaccard_curve"]["jaccard"]) for t, e in data["tasks"].items()},
-                                    title="ARM vs MDM: Jaccard overlap of the top-K EAP-IG edges", x_title="K", y_title="Jaccard")
+    figs["jaccard"] = curves_figure(
+        {
+            t: (e["circuits"]["jaccard_curve"]["k"], e["circuits"]["jaccard_curve"]["jaccard"])
+            for t, e in data["tasks"].items()
+        },
+        title="ARM vs MDM: Jaccard overlap of the top-K EAP-IG edges",
+        x_title="K",
+        y_title="Jaccard",
+    )
     fig = go.Figure()
     n_layers = data["shape"]["n_layers"]
     for m in ("ar", "mdm"):
         for layer in range(n_layers):
             key = "a" if m == "ar" else "b"
-            fig.add_trace(go.Bar(x=tasks, y=[data["tasks"][t]["depth"]["compare"][key]["mass"][layer] for t in tasks],
-                                 name=f"{m.upper()} L{layer}", offsetgroup=m,
-                                 marker={"color": colors[m], "opacity": 1 - 0.8 * layer / max(1, n_layers)},
-                                 base=[sum(data["tasks"][t]["depth"]["compare"][key]["mass"][:layer]) for t in tasks]))
-    fig.update_layout(title=f"Share of the top-{data['options']['k_nodes']} nodes' score per layer (left bar ARM, right bar MDM)",
-                      yaxis_title="mass", height=450, width=max(700, 160 * len(tasks)))
+            fig.add_trace(
+                go.Bar(
+                    x=tasks,
+                    y=[data["tasks"][t]["depth"]["compare"][key]["mass"][layer] for t in tasks],
+                    name=f"{m.upper()} L{layer}",
+                    offsetgroup=m,
+                    marker={"color": colors[m], "opacity": 1 - 0.8 * layer / max(1, n_layers)},
+                    base=[sum(data["tasks"][t]["depth"]["compare"][key]["mass"][:layer]) for t in tasks],
+                )
+            )
+    fig.update_layout(
+        title=f"Share of the top-{data['options']['k_nodes']} nodes' score per layer (left bar ARM, right bar MDM)",
+        yaxis_title="mass",
+        height=450,
+        width=max(700, 160 * len(tasks)),
+    )
     figs["layers"] = fig
     fig = make_subplots(rows=1, cols=len(tasks), subplot_titles=tasks, shared_yaxes=True)
     for i, t in enumerate(tasks, start=1):
         for m in ("ar", "mdm"):
             lens = data["tasks"][t]["depth"][m]["lens"]
-            fig.add_trace(go.Scatter(x=list(range(len(lens["top1"]))), y=lens["top1"], name=m.upper(), line={"color": colors[m]},
-                                     showlegend=i == 1), row=1, col=i)
+            fig.add_trace(
+                go.Scatter(
+                    x=list(range(len(lens["top1"]))),
+                    y=lens["top1"],
+                    name=m.upper(),
+                    line={"color": colors[m]},
+                    showlegend=i == 1,
+                ),
+                row=1,
+                col=i,
+            )
     fig.update_yaxes(title_text="answer ranked first (share)", row=1, col=1)
     fig.update_xaxes(title_text="layer (0 = embedding)")
     fig.update_layout(title="Logit lens at the read position", height=380, width=max(700, 260 * len(tasks)))
     figs["lens"] = fig
     if any("faithfulness" in data["tasks"][t]["circuits"]["ar"] for t in tasks):
-        curves = {f"{t} {m.upper()}": ([max(s, 0.5) for s in e["circuits"][m]["faithfulness"]["sizes"]], e["circuits"][m]["faithfulness"]["values"])
-                  for t, e in data["tasks"].items() for m in ("ar", "mdm")}
-        figs["faithfulness"] = curves_figure(curves, title="Faithfulness of top-n EAP-IG circuits", x_title="edges (n)", y_title="faithfulness")
+        curves = {
+            f"{t} {m.upper()}": (
+                [max(s, 0.5) for s in e["circuits"][m]["faithfulness"]["sizes"]],
+                e["circuits"][m]["faithfulness"]["values"],
+            )
+            for t, e in data["tasks"].items()
+            for m in ("ar", "mdm")
+        }
+        figs["faithfulness"] = curves_figure(
+            curves, title="Faithfulness of top-n EAP-IG circuits", x_title="edges (n)", y_title="faithfulness"
+        )
     points = {t: d["points"] for t, d in data.get("denoising", {}).items() if "points" in d}
     if points:
-        fig = make_subplots(rows=1, cols=2, subplot_titles=["Jaccard with the t = 1 circuit / with the ARM", "early-layer mass"])
+        fig = make_subplots(
+            rows=1, cols=2, subplot_titles=["Jaccard with the t = 1 circuit / with the ARM", "early-layer mass"]
+        )
         for t, pts in points.items():
             ts = [p["t"] for p in pts]
-            fig.add_trace(go.Scatter(x=ts, y=[p["jaccard_t1"] for p in pts], name=f"{t}: vs t=1", mode="lines+markers"), row=1, col=1)
-            fig.add_trace(go.Scatter(x=ts, y=[p["jaccard_ar"] for p in pts], name=f"{t}: vs ARM", mode="lines+markers", line={"dash": "dot"}), row=1, col=1)
-            fig.add_trace(go.Scatter(x=ts, y=[p["early_mass"] for p in pts], name=f"{t}: early mass", mode="lines+markers"), row=1, col=2)
+            fig.add_trace(
+                go.Scatter(x=ts, y=[p["jaccard_t1"] for p in pts], name=f"{t}: vs t=1", mode="lines+markers"),
+                row=1,
+                col=1,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=ts,
+                    y=[p["jaccard_ar"] for p in pts],
+                    name=f"{t}: vs ARM",
+                    mode="lines+markers",
+                    line={"dash": "dot"},
+                ),
+                row=1,
+                col=1,
+            )
+            fig.add_trace(
+                go.Scatter(x=ts, y=[p["early_mass"] for p in pts], name=f"{t}: early mass", mode="lines+markers"),
+                row=1,
+                col=2,
+            )
         fig.update_xaxes(title_text="t (share of the answer still masked)", autorange="reversed")
         fig.update_layout(title="MDM circuit along the denoising trajectory", height=420, width=1100)
         figs["denoising"] = fig
     tracked = data.get("track", {}).get("tasks", {})
     if tracked:
-        fig = make_subplots(rows=1, cols=3, subplot_titles=["accuracy on the ARM's correct examples", "Jaccard with the ARM", "early-layer mass"])
+        fig = make_subplots(
+            rows=1,
+            cols=3,
+            subplot_titles=["accuracy on the ARM's correct examples", "Jaccard with the ARM", "early-layer mass"],
+        )
         for t, d in tracked.items():
             steps = [p["step"] for p in d["points"]]
             for col, key in enumerate(("accuracy", "jaccard_ar", "early_mass"), start=1):
-                fig.add_trace(go.Scatter(x=steps, y=[p[key] for p in d["points"]], name=t, legendgroup=t, showlegend=col == 1,
-                                         mode="lines+markers"), row=1, col=col)
+                fig.add_trace(
+                    go.Scatter(
+                        x=steps,
+                        y=[p[key] for p in d["points"]],
+                        name=t,
+                        legendgroup=t,
+                        showlegend=col == 1,
+                        mode="lines+markers",
+                    ),
+                    row=1,
+                    col=col,
+                )
         fig.update_xaxes(title_text="conversion step")
         fig.update_layout(title="Across the conversion run's snapshots", height=400, width=1300)
         figs["track"] = fig
@@ -212,22 +336,38 @@ def table_html(rows: Sequence[Mapping[str, str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def report_html(data: Mapping[str, Any], *, title: str = "ARM vs MDM", extra_figures: Mapping[str, Any] | None = None,
-                sections: Sequence[str] = (), plotlyjs: bool | str = True) -> str:
+def report_html(
+    data: Mapping[str, Any],
+    *,
+    title: str = "ARM vs MDM",
+    extra_figures: Mapping[str, Any] | None = None,
+    sections: Sequence[str] = (),
+    plotlyjs: bool | str = True,
+) -> str:
     """One HTML page: claims, summary table, figures. plotlyjs: True embeds plotly.js once (a
     self-contained page, ~4.5 MB); "cdn" links it (small pages for a repository)."""
     import html
 
     figs = {**figures(data), **(extra_figures or {})}
-    parts = [f"<h1>{html.escape(title)}</h1>",
-             f"<p>ARM: <code>{html.escape(str(data['models']['ar']))}</code>, MDM: <code>{html.escape(str(data['models']['mdm']))}</code>; "
-             f"{data['shape']['n_layers']} layers, {data['shape']['edges']} edges; K = {data['options']['k_edges']} edges, "
-             f"{data['options']['k_nodes']} nodes; EAP-IG m = {data['options']['steps']}; 95% bootstrap intervals "
-             f"({data['options']['n_boot']} resamples).</p>",
-             *(f"<p style='color:#b00'><b>Warning:</b> {html.escape(w)}</p>" for w in data.get("warnings", [])),
-             *sections, "<h2>Claims of the reference study</h2>"]
-    rows = [{"claim": f"({k}) {c['claim']}", "effect": c["effect"], "estimate [95% CI]": format_interval(c["interval"], 3), "verdict": c["verdict"]}
-            for k, c in data["claims"].items()]
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>ARM: <code>{html.escape(str(data['models']['ar']))}</code>, MDM: <code>{html.escape(str(data['models']['mdm']))}</code>; "
+        f"{data['shape']['n_layers']} layers, {data['shape']['edges']} edges; K = {data['options']['k_edges']} edges, "
+        f"{data['options']['k_nodes']} nodes; EAP-IG m = {data['options']['steps']}; 95% bootstrap intervals "
+        f"({data['options']['n_boot']} resamples).</p>",
+        *(f"<p style='color:#b00'><b>Warning:</b> {html.escape(w)}</p>" for w in data.get("warnings", [])),
+        *sections,
+        "<h2>Claims of the reference study</h2>",
+    ]
+    rows = [
+        {
+            "claim": f"({k}) {c['claim']}",
+            "effect": c["effect"],
+            "estimate [95% CI]": format_interval(c["interval"], 3),
+            "verdict": c["verdict"],
+        }
+        for k, c in data["claims"].items()
+    ]
     parts.append(table_html(rows))
     parts += ["<h2>Per task (common-correct pool)</h2>", table_html(summary_rows(data))]
     first = True
@@ -235,13 +375,19 @@ def report_html(data: Mapping[str, Any], *, title: str = "ARM vs MDM", extra_fig
         parts.append(f"<h2>{html.escape(name)}</h2>")
         parts.append(fig.to_html(full_html=False, include_plotlyjs=plotlyjs if first else False))
         first = False
-    style = ("body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}code{background:#f4f4f4}")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head>"
-            f"<body>{''.join(parts)}</body></html>")
+    style = (
+        "body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}code{background:#f4f4f4}"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head>"
+        f"<body>{''.join(parts)}</body></html>"
+    )
 
 
-def write_report(result: CompareResult, out: str | Path, *, title: str = "ARM vs MDM", plotlyjs: bool | str = True) -> Path:
+def write_report(
+    result: CompareResult, out: str | Path, *, title: str = "ARM vs MDM", plotlyjs: bool | str = True
+) -> Path:
     """report.json (every number), report.html (self-contained), summary.md and one graph JSON per
     task and model (graphs/TASK-ar.json, loadable with `Graph.load`) under `out`."""
     out = Path(out)

@@ -54,13 +54,7 @@ from analyses.compare.claims import claims, default_k_edges, default_k_nodes, no
 from analyses.compare.pool import MIN_POOL, Pool, check_pair, common_pool, task_examples
 from analyses.compare.report import CompareResult, json_safe
 from analyses.compare.trajectory import denoising_trajectory
-from analyses.depth import (
-    compare_depth,
-    lens_profile,
-    mean_scores,
-    node_patching_scores,
-    targeted_ablation,
-)
+from analyses.depth import compare_depth, lens_profile, mean_scores, node_patching_scores, targeted_ablation
 from analyses.graph import Graph, jaccard_curve, node_importance
 from analyses.neurons import causal_check, compare_profiles, profile_units
 from analyses.statistics import Interval, jaccard_bootstrap
@@ -168,9 +162,20 @@ def compare(
     k_nodes = min(opts.k_nodes or default_k_nodes(n_nodes), n_nodes)
     names = dict(labels or {"ar": str(getattr(ar.meta, "source", "ar")), "mdm": "mdm"})
     data: dict[str, Any] = {
-        "models": names, "warnings": warnings, "options": {**asdict(opts), "k_edges": k_edges, "k_nodes": k_nodes},
-        "shape": {"n_layers": ar.config.n_layers, "n_heads": ar.shape.n_heads, "edges": len(graph0.edges), "nodes": n_nodes},
-        "pools": {}, "tasks": {}, "units": {}, "denoising": {}, "seconds": {},
+        "models": names,
+        "warnings": warnings,
+        "options": {**asdict(opts), "k_edges": k_edges, "k_nodes": k_nodes},
+        "shape": {
+            "n_layers": ar.config.n_layers,
+            "n_heads": ar.shape.n_heads,
+            "edges": len(graph0.edges),
+            "nodes": n_nodes,
+        },
+        "pools": {},
+        "tasks": {},
+        "units": {},
+        "denoising": {},
+        "seconds": {},
     }
     result = CompareResult(data)
     models = {"ar": ar, "mdm": mdm}
@@ -182,18 +187,30 @@ def compare(
         ts = time.perf_counter()
         boot = {"n_boot": opts.n_boot, "seed": opts.seed + 1009 * i}  # independent resamples per task
         entry, result.graphs[task], jaccard_reps[task], depth_reps[task] = _task(
-            models, pool, opts, names, k_edges, k_nodes, boot)
+            models, pool, opts, names, k_edges, k_nodes, boot
+        )
         data["tasks"][task] = entry
         data["seconds"][f"task:{task}"] = time.perf_counter() - ts
         jac, cmp = entry["circuits"]["jaccard"], entry["depth"]["compare"]
-        log(f"  {task}: n={len(pool)}  Jaccard@{k_edges} {jac.estimate:.2f} [{jac.low:.2f}, {jac.high:.2f}]  "
-            f"early mass AR {cmp['a']['early_mass']:.2f} MDM {cmp['b']['early_mass']:.2f}  ({time.perf_counter() - ts:.0f}s)")
+        log(
+            f"  {task}: n={len(pool)}  Jaccard@{k_edges} {jac.estimate:.2f} [{jac.low:.2f}, {jac.high:.2f}]  "
+            f"early mass AR {cmp['a']['early_mass']:.2f} MDM {cmp['b']['early_mass']:.2f}  ({time.perf_counter() - ts:.0f}s)"
+        )
     select_reps = _units(models, pools, opts, data)
     if len(opts.denoising) > 1:
         ts = time.perf_counter()
-        data["denoising"] = denoising_trajectory(mdm, pools, result.graphs, opts.denoising, k_edges=k_edges,
-                                                 k_nodes=k_nodes, steps=opts.steps, batch_size=opts.batch_size, seed=opts.seed,
-                                                 method=opts.method)
+        data["denoising"] = denoising_trajectory(
+            mdm,
+            pools,
+            result.graphs,
+            opts.denoising,
+            k_edges=k_edges,
+            k_nodes=k_nodes,
+            steps=opts.steps,
+            batch_size=opts.batch_size,
+            seed=opts.seed,
+            method=opts.method,
+        )
         data["seconds"]["denoising"] = time.perf_counter() - ts
     data["claims"] = claims(pools, jaccard_reps, depth_reps, data, select_reps)
     data["seconds"]["total"] = time.perf_counter() - t0
@@ -201,8 +218,14 @@ def compare(
     return result
 
 
-def _pools(ar: ProbedModel, mdm: ProbedModel, opts: CompareOptions, examples: Mapping[str, Sequence[Example]] | None,
-           data: dict[str, Any], log: Callable[[str], None]) -> dict[str, Pool]:
+def _pools(
+    ar: ProbedModel,
+    mdm: ProbedModel,
+    opts: CompareOptions,
+    examples: Mapping[str, Sequence[Example]] | None,
+    data: dict[str, Any],
+    log: Callable[[str], None],
+) -> dict[str, Pool]:
     """The common-correct pool of every task with at least MIN_POOL examples (stats in data["pools"])."""
     log("pools: rendering and scoring the candidate examples")
     if examples is None:
@@ -212,8 +235,15 @@ def _pools(ar: ProbedModel, mdm: ProbedModel, opts: CompareOptions, examples: Ma
         raise UserError(f"no examples given for task(s) {missing}.")
     pools: dict[str, Pool] = {}
     for task in opts.tasks:
-        pool = common_pool(ar, mdm, task, examples[task], opts.pool_size, batch_size=max(opts.batch_size, 32),
-                           require_correct=opts.common_correct)
+        pool = common_pool(
+            ar,
+            mdm,
+            task,
+            examples[task],
+            opts.pool_size,
+            batch_size=max(opts.batch_size, 32),
+            require_correct=opts.common_correct,
+        )
         data["pools"][task] = pool.stats
         log(f"  {task}: {pool.stats}")
         if len(pool) >= MIN_POOL:
@@ -227,26 +257,54 @@ def _pools(ar: ProbedModel, mdm: ProbedModel, opts: CompareOptions, examples: Ma
     return pools
 
 
-def _task(models: Mapping[str, ProbedModel], pool: Pool, opts: CompareOptions, names: Mapping[str, str],
-          k_edges: int, k_nodes: int, boot: Mapping[str, int]) -> tuple[dict[str, Any], dict[str, Graph], Tensor, Tensor]:
+def _task(
+    models: Mapping[str, ProbedModel],
+    pool: Pool,
+    opts: CompareOptions,
+    names: Mapping[str, str],
+    k_edges: int,
+    k_nodes: int,
+    boot: Mapping[str, int],
+) -> tuple[dict[str, Any], dict[str, Graph], Tensor, Tensor]:
     """One task's circuits and depth for both models: (report entry, graphs, Jaccard replicates,
     early-mass-difference replicates)."""
     task = pool.task
     items = {"ar": pool.ar, "mdm": pool.mdm}
-    graphs = {m: attribute(pm, items[m], method=opts.method, steps=opts.steps, batch_size=opts.batch_size,
-                           per_example=True, meta={"task": task, "model": names[m]})
-              for m, pm in models.items()}
+    graphs = {
+        m: attribute(
+            pm,
+            items[m],
+            method=opts.method,
+            steps=opts.steps,
+            batch_size=opts.batch_size,
+            per_example=True,
+            meta={"task": task, "model": names[m]},
+        )
+        for m, pm in models.items()
+    }
     interval, jaccard_reps = jaccard_bootstrap(graphs["ar"].examples, graphs["mdm"].examples, k_edges, **boot)
     ks, values = jaccard_curve(graphs["ar"], graphs["mdm"])
-    entry: dict[str, Any] = {"n": len(pool), "circuits": {
-        "jaccard": interval, "jaccard_curve": {"k": ks, "jaccard": values},
-        **{m: {"clean_ld": g.meta["clean_metric"], "corrupt_ld": g.meta["corrupt_metric"],
-               "top_edges": [(e, g.score(e)) for e in g.top(10)],
-               "importance": node_importance(g, k_edges)} for m, g in graphs.items()},
-    }}
+    entry: dict[str, Any] = {
+        "n": len(pool),
+        "circuits": {
+            "jaccard": interval,
+            "jaccard_curve": {"k": ks, "jaccard": values},
+            **{
+                m: {
+                    "clean_ld": g.meta["clean_metric"],
+                    "corrupt_ld": g.meta["corrupt_metric"],
+                    "top_edges": [(e, g.score(e)) for e in g.top(10)],
+                    "importance": node_importance(g, k_edges),
+                }
+                for m, g in graphs.items()
+            },
+        },
+    }
     if opts.faithfulness:
         for m, pm in models.items():
-            entry["circuits"][m]["faithfulness"] = faithfulness_curve(pm, items[m], graphs[m], batch_size=opts.batch_size).to_dict()
+            entry["circuits"][m]["faithfulness"] = faithfulness_curve(
+                pm, items[m], graphs[m], batch_size=opts.batch_size
+            ).to_dict()
     big = max(opts.batch_size, 32)
     if opts.node_scores == "patching":
         per = {m: node_patching_scores(pm, items[m], batch_size=big) for m, pm in models.items()}
@@ -255,22 +313,34 @@ def _task(models: Mapping[str, ProbedModel], pool: Pool, opts: CompareOptions, n
     cmp = compare_depth(per["ar"], per["mdm"], models["ar"].config.n_layers, k_nodes, task=task, **boot)
     entry["depth"] = {
         "compare": cmp.to_dict(),
-        **{m: {"lens": lens_profile(pm, items[m], batch_size=big).summary(), "scores": mean_scores(per[m])}
-           for m, pm in models.items()},
+        **{
+            m: {"lens": lens_profile(pm, items[m], batch_size=big).summary(), "scores": mean_scores(per[m])}
+            for m, pm in models.items()
+        },
     }
     if opts.ablations:
         for m, pm in models.items():
             try:
-                ta = targeted_ablation(pm, items[m], mean_scores(per[m]), k=k_nodes, method="zero", n_random=opts.n_random,
-                                       task=task, batch_size=big, **boot)
+                ta = targeted_ablation(
+                    pm,
+                    items[m],
+                    mean_scores(per[m]),
+                    k=k_nodes,
+                    method="zero",
+                    n_random=opts.n_random,
+                    task=task,
+                    batch_size=big,
+                    **boot,
+                )
                 entry["depth"][m]["ablation"] = ta.to_dict()
             except UserError as err:  # no early node among the top-K: say so
                 entry["depth"][m]["ablation"] = {"error": str(err)}
     return entry, graphs, jaccard_reps, cmp.samples["early_mass_diff"]
 
 
-def _units(models: Mapping[str, ProbedModel], pools: Mapping[str, Pool], opts: CompareOptions,
-           data: dict[str, Any]) -> Interval | None:
+def _units(
+    models: Mapping[str, ProbedModel], pools: Mapping[str, Pool], opts: CompareOptions, data: dict[str, Any]
+) -> Interval | None:
     """Neuron and head profiles of both models over all tasks (data["units"]); returns the
     interval of the median neuron selectivity index difference (claim c), or None."""
     if not opts.neurons:
@@ -284,15 +354,28 @@ def _units(models: Mapping[str, ProbedModel], pools: Mapping[str, Pool], opts: C
     for kind in ("neurons", "heads"):
         tasks = {m: {t: (p.ar if m == "ar" else p.mdm) for t, p in pools.items()} for m in models}
         profiles = {m: profile_units(pm, tasks[m], kind=kind, keep=True, batch_size=big) for m, pm in models.items()}
-        block: dict[str, Any] = {"compare": compare_profiles(profiles["ar"], profiles["mdm"], **boot),
-                                 **{m: {"summary": p.summary()} for m, p in profiles.items()}}
+        block: dict[str, Any] = {
+            "compare": compare_profiles(profiles["ar"], profiles["mdm"], **boot),
+            **{m: {"summary": p.summary()} for m, p in profiles.items()},
+        }
         if opts.causal:
             n_units = 10 if kind == "neurons" else max(1, models["ar"].shape.n_heads // 2)
             for m, pm in models.items():
                 block[m]["checks"] = {
-                    t: causal_check(pm, profiles[m], tasks[m], t, n_units=min(n_units, len(profiles[m].units)),
-                                    by="selectivity", n_random=opts.n_random, off_target=False, batch_size=big, **boot).to_dict()
-                    for t in tasks[m]}
+                    t: causal_check(
+                        pm,
+                        profiles[m],
+                        tasks[m],
+                        t,
+                        n_units=min(n_units, len(profiles[m].units)),
+                        by="selectivity",
+                        n_random=opts.n_random,
+                        off_target=False,
+                        batch_size=big,
+                        **boot,
+                    ).to_dict()
+                    for t in tasks[m]
+                }
         data["units"][kind] = block
     data["seconds"]["units"] = time.perf_counter() - ts
     return data["units"]["neurons"]["compare"]["median_selectivity_index"]["diff"]

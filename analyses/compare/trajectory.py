@@ -49,8 +49,17 @@ def revealed(item: Rendered, t: float, rng: random.Random) -> Rendered:
 
 
 def denoising_trajectory(
-    mdm: ProbedModel, pools: Mapping[str, Pool], graphs: Mapping[str, Mapping[str, Graph]], ts: Sequence[float], *,
-    k_edges: int, k_nodes: int, steps: int, batch_size: int, seed: int, method: str = "eap-ig-inputs",
+    mdm: ProbedModel,
+    pools: Mapping[str, Pool],
+    graphs: Mapping[str, Mapping[str, Graph]],
+    ts: Sequence[float],
+    *,
+    k_edges: int,
+    k_nodes: int,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    method: str = "eap-ig-inputs",
 ) -> dict[str, Any]:
     """Per task: the MDM's circuit (attribution `method`, as the pool's own) while a share 1 - t of the answer (all but the first
     token) is already decoded, for each t in `ts` (1 first: the pool's own circuit, `graphs`),
@@ -69,9 +78,17 @@ def denoising_trajectory(
             items = [revealed(r, t, rng) for r in pool.mdm]
             g = reference if t == 1.0 else attribute(mdm, items, method=method, steps=steps, batch_size=batch_size)
             dist = layer_distribution(g.node_scores, mdm.config.n_layers, k_nodes)
-            rows.append({"t": t, "clean_ld": g.meta["clean_metric"], "corrupt_ld": g.meta["corrupt_metric"],
-                         "jaccard_t1": jaccard(g, reference, k_edges), "jaccard_ar": jaccard(g, graphs[task]["ar"], k_edges),
-                         "early_mass": dist.early_mass, "centre": dist.centre})
+            rows.append(
+                {
+                    "t": t,
+                    "clean_ld": g.meta["clean_metric"],
+                    "corrupt_ld": g.meta["corrupt_metric"],
+                    "jaccard_t1": jaccard(g, reference, k_edges),
+                    "jaccard_ar": jaccard(g, graphs[task]["ar"], k_edges),
+                    "early_mass": dist.early_mass,
+                    "centre": dist.centre,
+                }
+            )
         out[task] = {"answer_tokens": longest, "points": rows}
     return out
 
@@ -80,7 +97,9 @@ def snapshots_of(run: str | Path, *, final: bool = True) -> list[tuple[int, Path
     """(step, folder) of a conversion run's snapshots (`ar2mdm convert --snapshot-every N`), by
     step; with `final`, the run's own finished MDM last (at its step count)."""
     root = Path(run) / "snapshots"
-    found = sorted((int(p.name.split("-")[1]), p) for p in root.glob("step-*") if p.is_dir() and p.name.split("-")[1].isdigit())
+    found = sorted(
+        (int(p.name.split("-")[1]), p) for p in root.glob("step-*") if p.is_dir() and p.name.split("-")[1].isdigit()
+    )
     if not found:
         raise UserError(f"no snapshots under {root}; convert with --snapshot-every N to write them.")
     if final and (Path(run) / META_FILE).is_file():
@@ -148,8 +167,14 @@ def track(
             g = attribute(pm, items, method=method, steps=steps, batch_size=batch_size)
             ld = baseline_logit_diffs(pm, items)[0]
             dist = layer_distribution(g.node_scores, pm.config.n_layers, k_nodes)
-            point = {"step": step, "accuracy": float((ld > 0).float().mean()), "clean_ld": float(ld.mean()),
-                     "jaccard_ar": jaccard(g, ar_graphs[task], k_edges), "early_mass": dist.early_mass, "centre": dist.centre}
+            point = {
+                "step": step,
+                "accuracy": float((ld > 0).float().mean()),
+                "clean_ld": float(ld.mean()),
+                "jaccard_ar": jaccard(g, ar_graphs[task], k_edges),
+                "early_mass": dist.early_mass,
+                "centre": dist.centre,
+            }
             out["tasks"][task]["points"].append(point)
             log(f"  step {step} {task}: {point}")
     return json_safe(out)

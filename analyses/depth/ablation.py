@@ -27,23 +27,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from analyses.batching import batches
-from analyses.depth.distribution import (
-    REGIONS,
-    Region,
-    layer_distribution,
-    layer_of,
-    region,
-)
-from analyses.patching import (
-    Patch,
-    baseline_logit_diffs,
-    component,
-    patched_metrics,
-    reference_means,
-)
-from analyses.patching import (
-    Source as Method,
-)
+from analyses.depth.distribution import REGIONS, Region, layer_distribution, layer_of, region
+from analyses.patching import Patch, baseline_logit_diffs, component, patched_metrics, reference_means
+from analyses.patching import Source as Method
 from analyses.statistics import Interval, bootstrap_ci, ratio_of_means
 from common.errors import UserError
 from probe.lens import read_targets
@@ -97,24 +83,47 @@ class AblationResult:
 
     def to_dict(self) -> dict:
         return {
-            "label": self.label, "components": list(self.components), "method": self.method,
-            "n": len(self.clean), "mean_clean": float(self.clean.mean()), "mean_ablated": float(self.ablated.mean()),
-            "mean_corrupted": float(self.corrupted.mean()), "drop": self.drop.to_dict(),
-            "gap_share": self.gap_share.to_dict(), "draws": list(self.draws),
+            "label": self.label,
+            "components": list(self.components),
+            "method": self.method,
+            "n": len(self.clean),
+            "mean_clean": float(self.clean.mean()),
+            "mean_ablated": float(self.ablated.mean()),
+            "mean_corrupted": float(self.corrupted.mean()),
+            "drop": self.drop.to_dict(),
+            "gap_share": self.gap_share.to_dict(),
+            "draws": list(self.draws),
             "draw_components": [list(c) for c in self.draw_components],
         }
 
 
-def summarise_ablation(label: str, components: Sequence[str], method: str, clean: Float[Tensor, " examples"],
-                       ablated: Float[Tensor, " examples"], corrupted: Float[Tensor, " examples"], *, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
-                       draws: Sequence[float] = (), draw_components: Sequence[Sequence[str]] = ()) -> AblationResult:
+def summarise_ablation(
+    label: str,
+    components: Sequence[str],
+    method: str,
+    clean: Float[Tensor, " examples"],
+    ablated: Float[Tensor, " examples"],
+    corrupted: Float[Tensor, " examples"],
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+    draws: Sequence[float] = (),
+    draw_components: Sequence[Sequence[str]] = (),
+) -> AblationResult:
     """An `AblationResult` from per-example logit differences."""
     drop = clean.double() - ablated.double()
     return AblationResult(
-        label, tuple(components), method, clean, ablated, corrupted,
+        label,
+        tuple(components),
+        method,
+        clean,
+        ablated,
+        corrupted,
         bootstrap_ci(drop, n_boot=n_boot, level=level, seed=seed),
         ratio_of_means(drop, clean.double() - corrupted.double(), n_boot=n_boot, level=level, seed=seed),
-        tuple(draws), tuple(tuple(c) for c in draw_components),
+        tuple(draws),
+        tuple(tuple(c) for c in draw_components),
     )
 
 
@@ -137,7 +146,9 @@ def ablate(
         means = reference_means(pm, items, components, batch_size=batch_size)
     clean, corrupted = baseline_logit_diffs(pm, items, batch_size=batch_size)
     ablated = ablated_logit_diffs(pm, items, components, method=method, means=means, batch_size=batch_size)
-    return summarise_ablation(label, components, method, clean, ablated, corrupted, n_boot=n_boot, level=level, seed=seed)
+    return summarise_ablation(
+        label, components, method, clean, ablated, corrupted, n_boot=n_boot, level=level, seed=seed
+    )
 
 
 def _nodes(pm: ProbedModel, nodes: Sequence[str] | None) -> list[str]:
@@ -157,7 +168,9 @@ def node_patching_scores(
 
 
 @torch.no_grad()
-def dla_scores(pm: ProbedModel, items: Sequence[Rendered], *, batch_size: int = 64) -> dict[str, Float[Tensor, " examples"]]:
+def dla_scores(
+    pm: ProbedModel, items: Sequence[Rendered], *, batch_size: int = 64
+) -> dict[str, Float[Tensor, " examples"]]:
     """Direct logit attribution of every head and MLP to logit(correct) - logit(counterfactual)
     (first ids of each set) at the read position, [N] per node (`probe.direct_logit_attribution`).
     Direct effects only: an early component that works through later ones scores ~0 here."""
@@ -186,8 +199,9 @@ def _universe(pm: ProbedModel, kind: str) -> list[str]:
     return [f"L{layer}.mlp.neuron{i}" for layer in range(pm.config.n_layers) for i in range(pm.config.d_mlp)]
 
 
-def random_matched(pm: ProbedModel, target: Sequence[str], rng: random.Random, *,
-                   layers: Sequence[int] | None = None) -> list[str]:
+def random_matched(
+    pm: ProbedModel, target: Sequence[str], rng: random.Random, *, layers: Sequence[int] | None = None
+) -> list[str]:
     """Random components with the same count of each kind as `target`, none of them in `target`,
     drawn from every layer (or from `layers` when given)."""
     chosen: list[str] = []
@@ -196,7 +210,9 @@ def random_matched(pm: ProbedModel, target: Sequence[str], rng: random.Random, *
         need = sum(_kind(t) == kind for t in target)
         pool = [c for c in _universe(pm, kind) if c not in taken and (layers is None or layer_of(c) in layers)]
         if len(pool) < need:
-            raise UserError(f"only {len(pool)} {kind} components are left to draw a random control of {need} from; ablate fewer.")
+            raise UserError(
+                f"only {len(pool)} {kind} components are left to draw a random control of {need} from; ablate fewer."
+            )
         chosen += rng.sample(pool, need)
     return chosen
 
@@ -211,8 +227,12 @@ def region_matched(pm: ProbedModel, target: Sequence[str], scores: Mapping[str, 
     def key(c: str) -> float:
         return -abs(float(scores.get(c, 0.0)))
 
-    members = {kind: sorted((c for c in _universe(pm, kind) if c not in taken and region(layer_of(c), n_layers) == where), key=key)
-               for kind in {_kind(t) for t in target}}
+    members = {
+        kind: sorted(
+            (c for c in _universe(pm, kind) if c not in taken and region(layer_of(c), n_layers) == where), key=key
+        )
+        for kind in {_kind(t) for t in target}
+    }
     chosen: list[str] = []
     for kind in sorted(members):
         need = sum(_kind(t) == kind for t in target)
@@ -241,8 +261,12 @@ class TargetedAblation:
 
     def to_dict(self) -> dict:
         return {
-            "task": self.task, "k": self.k, "region": self.region, "method": self.method,
-            "target": self.target.to_dict(), "controls": {k: v.to_dict() for k, v in self.controls.items()},
+            "task": self.task,
+            "k": self.k,
+            "region": self.region,
+            "method": self.method,
+            "target": self.target.to_dict(),
+            "controls": {k: v.to_dict() for k, v in self.controls.items()},
             "versus": {k: v.to_dict() for k, v in self.versus.items()},
         }
 
@@ -277,7 +301,9 @@ def targeted_ablation(
     dist = layer_distribution(scores, n_layers, k)
     target = [c for c in dist.top if region(layer_of(c), n_layers) == where]
     if not target:
-        raise UserError(f"none of the top-{k} components lies in the {where} third of the layers ({list(dist.top)}); raise k or pick another region.")
+        raise UserError(
+            f"none of the top-{k} components lies in the {where} third of the layers ({list(dist.top)}); raise k or pick another region."
+        )
     for c in target:
         component(pm, c)
     rng = random.Random(seed)
@@ -296,9 +322,19 @@ def targeted_ablation(
     target_res = summarise_ablation(f"{where} top-{k}", target, method, clean, tgt_ld, corrupted, **opts)
     draws = [run(d) for d in randoms]
     rand_ld = torch.stack(draws).mean(0)
-    controls = {"random": summarise_ablation(
-        "random", (), method, clean, rand_ld, corrupted,
-        draws=[float((clean - d).mean()) for d in draws], draw_components=randoms, **opts)}
+    controls = {
+        "random": summarise_ablation(
+            "random",
+            (),
+            method,
+            clean,
+            rand_ld,
+            corrupted,
+            draws=[float((clean - d).mean()) for d in draws],
+            draw_components=randoms,
+            **opts,
+        )
+    }
     lds = {"random": rand_ld}
     for r, comps in others.items():
         if comps:

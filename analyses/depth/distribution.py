@@ -33,11 +33,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from analyses.statistics import (
-    Interval,
-    bootstrap_indices,
-    percentile_interval,
-)
+from analyses.statistics import Interval, bootstrap_indices, percentile_interval
 from common.errors import UserError
 from probe.names import parse
 
@@ -122,9 +118,15 @@ class LayerDistribution:
 
     def to_dict(self) -> dict:
         return {
-            "n_layers": self.n_layers, "k": self.k, "weight": self.weight, "top": list(self.top),
-            "scores": list(self.scores), "mass": list(self.mass), "early_mass": self.early_mass,
-            "centre": self.centre, "mean_layer": self.mean_layer,
+            "n_layers": self.n_layers,
+            "k": self.k,
+            "weight": self.weight,
+            "top": list(self.top),
+            "scores": list(self.scores),
+            "mass": list(self.mass),
+            "early_mass": self.early_mass,
+            "centre": self.centre,
+            "mean_layer": self.mean_layer,
         }
 
 
@@ -138,7 +140,9 @@ def _layered_scores(scores: Mapping[str, float], n_layers: int) -> list[tuple[st
         if layer is None:
             continue
         if layer >= n_layers:
-            raise UserError(f"{name}: layer {layer} does not exist in a {n_layers}-layer model; pass the model's n_layers.")
+            raise UserError(
+                f"{name}: layer {layer} does not exist in a {n_layers}-layer model; pass the model's n_layers."
+            )
         v = float(value)
         if not math.isfinite(v):
             raise UserError(f"the score of {name} is {v}; scores must be finite numbers.")
@@ -184,7 +188,9 @@ def layer_distribution(
         mass[layer] += abs(v) if weight == "score" else 1.0
     total = sum(mass)
     mass = [m / total if total > 0 else math.nan for m in mass]
-    return LayerDistribution(n_layers, k, weight, tuple(n for n, _, _ in chosen), tuple(v for _, _, v in chosen), tuple(mass))
+    return LayerDistribution(
+        n_layers, k, weight, tuple(n for n, _, _ in chosen), tuple(v for _, _, v in chosen), tuple(mass)
+    )
 
 
 # --- bootstrap --------------------------------------------------------------------------------------
@@ -211,8 +217,11 @@ class DepthComparison:
 
     def to_dict(self) -> dict:
         return {
-            "task": self.task, "a": self.a.to_dict(), "b": self.b.to_dict(),
-            "early_mass_diff": self.early_mass_diff.to_dict(), "centre_diff": self.centre_diff.to_dict(),
+            "task": self.task,
+            "a": self.a.to_dict(),
+            "b": self.b.to_dict(),
+            "early_mass_diff": self.early_mass_diff.to_dict(),
+            "centre_diff": self.centre_diff.to_dict(),
             "early_mass": {k: v.to_dict() for k, v in self.early_mass.items()},
             "centre": {k: v.to_dict() for k, v in self.centre.items()},
         }
@@ -244,7 +253,9 @@ def _score_matrix(per_example: Mapping[str, Tensor | float], n_layers: int) -> t
     return names, torch.stack(cols, 1), torch.tensor(layers)
 
 
-def _boot_depth(matrix: Tensor, layers: Tensor, n_layers: int, k: int, weight: Weight, idx: Tensor) -> tuple[Tensor, Tensor]:
+def _boot_depth(
+    matrix: Tensor, layers: Tensor, n_layers: int, k: int, weight: Weight, idx: Tensor
+) -> tuple[Tensor, Tensor]:
     """(early mass [n_boot], centre [n_boot]) of the top-k distribution of each resample's means."""
     early, centre = [], []
     for chunk in idx.split(64):
@@ -293,8 +304,14 @@ def compare_depth(
     out.samples = {"early_mass_diff": eb - ea, "centre_diff": cb - ca}
     out.early_mass_diff = percentile_interval(eb - ea, db.early_mass - da.early_mass, level)
     out.centre_diff = percentile_interval(cb - ca, db.centre - da.centre, level)
-    out.early_mass = {labels[0]: percentile_interval(ea, da.early_mass, level), labels[1]: percentile_interval(eb, db.early_mass, level)}
-    out.centre = {labels[0]: percentile_interval(ca, da.centre, level), labels[1]: percentile_interval(cb, db.centre, level)}
+    out.early_mass = {
+        labels[0]: percentile_interval(ea, da.early_mass, level),
+        labels[1]: percentile_interval(eb, db.early_mass, level),
+    }
+    out.centre = {
+        labels[0]: percentile_interval(ca, da.centre, level),
+        labels[1]: percentile_interval(cb, db.centre, level),
+    }
     return out
 
 
@@ -311,5 +328,3 @@ def compare_depth(
 
 
 # --- targeted ablation ------------------------------------------------------------------------------
-
-

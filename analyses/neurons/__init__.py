@@ -32,7 +32,24 @@ from analyses.neurons.profile import (
 )
 
 __all__ = [
-    "SHARES", "CausalCheck", "Moments", "On", "Projection", "UnitKind", "UnitProfile", "causal_check",
-    "compare_profiles", "excess_kurtosis", "gini", "hoyer", "normalised_entropy", "profile_units", "selectivity",
-    "selectivity_index", "unit_attributions", "unit_names", "units_for_share", "vocab_projection",
+    "SHARES",
+    "CausalCheck",
+    "Moments",
+    "On",
+    "Projection",
+    "UnitKind",
+    "UnitProfile",
+    "causal_check",
+    "compare_profiles",
+    "excess_kurtosis",
+    "gini",
+    "hoyer",
+    "normalised_entropy",
+    "profile_units",
+    "selectivity",
+    "selectivity_index",
+    "unit_attributions",
+    "unit_names",
+    "units_for_share",
+    "vocab_projection",
 ]

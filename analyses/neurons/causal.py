@@ -17,12 +17,7 @@ from typing import Literal
 
 import torch
 
-from analyses.depth.ablation import (
-    AblationResult,
-    ablated_logit_diffs,
-    random_matched,
-    summarise_ablation,
-)
+from analyses.depth.ablation import AblationResult, ablated_logit_diffs, random_matched, summarise_ablation
 from analyses.depth.distribution import layer_of
 from analyses.neurons.profile import UnitProfile, unit_names
 from analyses.patching import Source as Method
@@ -66,7 +61,9 @@ def vocab_projection(pm: ProbedModel, unit: str, k: int = 10) -> Projection:
     k = min(k, len(logits))
     top = logits.topk(k)
     bottom = (-logits).topk(k)
-    return Projection(unit, top.indices.tolist(), top.values.tolist(), bottom.indices.tolist(), (-bottom.values).tolist())
+    return Projection(
+        unit, top.indices.tolist(), top.values.tolist(), bottom.indices.tolist(), (-bottom.values).tolist()
+    )
 
 
 @dataclass
@@ -89,8 +86,12 @@ class CausalCheck:
 
     def to_dict(self) -> dict:
         return {
-            "task": self.task, "by": self.by, "method": self.method, "units": list(self.units),
-            "target": self.target.to_dict(), "random": self.random.to_dict(),
+            "task": self.task,
+            "by": self.by,
+            "method": self.method,
+            "units": list(self.units),
+            "target": self.target.to_dict(),
+            "random": self.random.to_dict(),
             "versus_random": self.versus_random.to_dict(),
             "off_target": {k: v.to_dict() for k, v in self.off_target.items()},
         }
@@ -149,8 +150,17 @@ def causal_check(
             return target, None, None
         lds = [ablated_logit_diffs(pm, items, d, method=method, means=means, batch_size=batch_size) for d in draws]
         rand = torch.stack(lds).mean(0)
-        rand_res = summarise_ablation("random", (), method, clean, rand, corrupted,
-                                      draws=[float((clean - d).mean()) for d in lds], draw_components=draws, **opts)
+        rand_res = summarise_ablation(
+            "random",
+            (),
+            method,
+            clean,
+            rand,
+            corrupted,
+            draws=[float((clean - d).mean()) for d in lds],
+            draw_components=draws,
+            **opts,
+        )
         return target, rand_res, bootstrap_ci(rand.double() - tgt.double(), **opts)
 
     target, rand_res, versus = measure(task, True)

@@ -44,7 +44,9 @@ SHARES: tuple[float, ...] = (0.5, 0.8, 0.9)
 def _nonempty(x: Tensor, what: str, minimum: int = 1) -> Tensor:
     x = torch.as_tensor(x, dtype=torch.float64)
     if x.ndim == 0 or x.shape[-1] < minimum:
-        raise UserError(f"{what} needs a vector of at least {minimum} values (last dimension); got shape {list(x.shape)}.")
+        raise UserError(
+            f"{what} needs a vector of at least {minimum} values (last dimension); got shape {list(x.shape)}."
+        )
     return x
 
 
@@ -93,7 +95,9 @@ def selectivity_index(x: Float[Tensor, "*batch n"]) -> Float[Tensor, "*batch"]:
     return torch.where(top + rest > 0, (top - rest) / (top + rest), torch.nan)
 
 
-def selectivity(means: Float[Tensor, "*units tasks"], variances: Float[Tensor, "*_units _tasks"]) -> Float[Tensor, "*units tasks"]:
+def selectivity(
+    means: Float[Tensor, "*units tasks"], variances: Float[Tensor, "*_units _tasks"]
+) -> Float[Tensor, "*units tasks"]:
     """Standardised contrast of each task against the others (module docstring); NaN where the
     pooled variance is zero."""
     m = _nonempty(means, "selectivity", 2)

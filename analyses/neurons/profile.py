@@ -101,11 +101,17 @@ def _chunk(pm: ProbedModel, batch: Batch, kind: UnitKind, method: str = "eap") -
             norm = clean.norm(dim=-1)
             read.append(norm[rows, pos][:, None])
             tokens.append(norm[real][:, None])
-    return _Chunk(torch.cat(attr, 1).cpu().double(), torch.cat(read, 1).cpu().double(),
-                  torch.cat(tokens, 1).cpu().double(), batch.input_ids.to(real.device)[real].cpu())
+    return _Chunk(
+        torch.cat(attr, 1).cpu().double(),
+        torch.cat(read, 1).cpu().double(),
+        torch.cat(tokens, 1).cpu().double(),
+        batch.input_ids.to(real.device)[real].cpu(),
+    )
 
 
-def unit_attributions(pm: ProbedModel, items: Sequence[Rendered], kind: UnitKind = "neurons", *, batch_size: int = 32) -> Float[Tensor, "examples units"]:
+def unit_attributions(
+    pm: ProbedModel, items: Sequence[Rendered], kind: UnitKind = "neurons", *, batch_size: int = 32
+) -> Float[Tensor, "examples units"]:
     """[N, U] per-example AtP attribution of every unit (`unit_names` order) to the logit difference."""
     return torch.cat([_chunk(pm, b, kind).attribution for b in batches(pm, items, batch_size)])
 
@@ -184,7 +190,12 @@ class UnitProfile:
         """How concentrated `task`'s attribution (attr_mean) is over the units."""
         x = self.attr_mean[:, self._task(task)]
         k = units_for_share(x, shares)
-        out = {"gini": float(gini(x)), "hoyer": float(hoyer(x)), "kurtosis": float(excess_kurtosis(x)), "n_units": len(x)}
+        out = {
+            "gini": float(gini(x)),
+            "hoyer": float(hoyer(x)),
+            "kurtosis": float(excess_kurtosis(x)),
+            "n_units": len(x),
+        }
         for s, n in k.items():
             out[f"k{round(100 * s)}"] = n
             out[f"share_k{round(100 * s)}"] = n / len(x)
@@ -220,7 +231,9 @@ class UnitProfile:
                 out[on] = {
                     "selectivity_index": stats(self.selectivity_index(on)),
                     "entropy": stats(self.entropy(on)),
-                    "max_selectivity": stats(sel.nan_to_num(-math.inf).max(1).values.where(~sel.isnan().all(1), torch.nan)),
+                    "max_selectivity": stats(
+                        sel.nan_to_num(-math.inf).max(1).values.where(~sel.isnan().all(1), torch.nan)
+                    ),
                 }
         out["token_kurtosis"] = stats(self.token_kurtosis)
         out["concentration"] = {t: self.concentration(t) for t in self.tasks}
@@ -285,9 +298,22 @@ def profile_units(
         attr_mean[:, t], attr_var[:, t], attr_signed[:, t] = attr.mean, attr.var, signed / n
         act_mean[:, t], act_var[:, t], act_abs[:, t] = act.mean, act.var, absolute / n
     return UnitProfile(
-        kind, units, list(tasks), counts, attr_mean, attr_var, attr_signed, act_mean, act_var, act_abs,
-        token_moments.kurtosis, top_v.T.contiguous(), top_id.T.contiguous(), top_task.T.contiguous(),
-        token_moments.n, kept,
+        kind,
+        units,
+        list(tasks),
+        counts,
+        attr_mean,
+        attr_var,
+        attr_signed,
+        act_mean,
+        act_var,
+        act_abs,
+        token_moments.kurtosis,
+        top_v.T.contiguous(),
+        top_id.T.contiguous(),
+        top_task.T.contiguous(),
+        token_moments.n,
+        kept,
     )
 
 
@@ -348,13 +374,19 @@ def compare_profiles(
         full_a.append(xa.mean(0))
         full_b.append(xb.mean(0))
     ma, mb = _profile_metrics(torch.stack(boots_a, -1), shares), _profile_metrics(torch.stack(boots_b, -1), shares)
-    ea, eb = _profile_metrics(torch.stack(full_a, -1)[None], shares), _profile_metrics(torch.stack(full_b, -1)[None], shares)
+    ea, eb = (
+        _profile_metrics(torch.stack(full_a, -1)[None], shares),
+        _profile_metrics(torch.stack(full_b, -1)[None], shares),
+    )
     out: dict[str, dict[str, Interval]] = {}
     for key in ma:
         name = key if ":" not in key else f"{a.tasks[int(key.split(':')[0])]}:{key.split(':')[1]}"
         va, vb, xa_, xb_ = float(ea[key][0]), float(eb[key][0]), ma[key], mb[key]
-        out[name] = {"a": percentile_interval(xa_, va, level), "b": percentile_interval(xb_, vb, level),
-                     "diff": percentile_interval(xb_ - xa_, vb - va, level)}
+        out[name] = {
+            "a": percentile_interval(xa_, va, level),
+            "b": percentile_interval(xb_, vb, level),
+            "diff": percentile_interval(xb_ - xa_, vb - va, level),
+        }
     return out
 
 
@@ -362,5 +394,3 @@ def compare_profiles(
 
 
 # --- causal check -----------------------------------------------------------------------------------
-
-

@@ -32,7 +32,16 @@ Site = tuple[str, int]
 SiteFn = Callable[[Tensor], Tensor | None]
 
 SITE_ORDER: tuple[str, ...] = (
-    "resid_pre", "q", "k", "v", "z", "attn_out", "pattern", "mlp_in", "neurons", "mlp_out",
+    "resid_pre",
+    "q",
+    "k",
+    "v",
+    "z",
+    "attn_out",
+    "pattern",
+    "mlp_in",
+    "neurons",
+    "mlp_out",
     "resid_post",
 )
 

@@ -48,6 +48,7 @@ def hf_taps(layout: Layout, fns: Mapping[Site, SiteFn]) -> list[Tap]:
     """The taps realising `fns` on the model of `layout`, in forward order."""
     taps: list[Tap] = []
     for layer, blk in enumerate(layout.blocks):
+
         def at(kind: str) -> SiteFn | None:
             return fns.get((kind, layer))  # noqa: B023 (used immediately)
 

@@ -66,8 +66,7 @@ class NNsightBackend(Backend):
     ) -> Float[Tensor, "batch pos vocab"]:
         taps = hf_taps(self.layout, fns)
         with self.wrapped.trace(
-            input_ids, attention_mask=attention_mask, position_ids=position_ids, is_causal=self.causal,
-            use_cache=False,
+            input_ids, attention_mask=attention_mask, position_ids=position_ids, is_causal=self.causal, use_cache=False
         ):
             self._drive(taps)
             logits = self.wrapped.output.logits.save()

@@ -62,18 +62,14 @@ class TLBackend(Backend):
     def supports(cls, model, tokenizer=None) -> bool:
         """TransformerLens 4 has a bridge adapter for this HF model's architecture."""
         try:
-            from transformer_lens.factories.architecture_adapter_factory import (
-                SUPPORTED_ARCHITECTURES,
-            )
+            from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
         except ImportError:  # pragma: no cover - a dependency of the package
             return False
         return tokenizer is not None and type(model).__name__ in SUPPORTED_ARCHITECTURES
 
     def __init__(self, model, layout: Layout, *, causal: bool, tokenizer=None, source: str = "") -> None:
         try:
-            from transformer_lens.factories.architecture_adapter_factory import (
-                SUPPORTED_ARCHITECTURES,
-            )
+            from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
             from transformer_lens.model_bridge import TransformerBridge
         except ImportError as err:  # pragma: no cover - a dependency of the package
             raise UserError(f"backend 'tl' needs transformer-lens 4 ({err}); {ALTERNATIVE}.") from None
@@ -81,18 +77,24 @@ class TLBackend(Backend):
         if arch not in SUPPORTED_ARCHITECTURES:
             raise UserError(f"TransformerLens has no bridge adapter for {arch}; {ALTERNATIVE}.")
         if tokenizer is None:
-            raise UserError(f"backend 'tl' needs the model's tokenizer to boot the bridge; pass tokenizer=, or {ALTERNATIVE}.")
+            raise UserError(
+                f"backend 'tl' needs the model's tokenizer to boot the bridge; pass tokenizer=, or {ALTERNATIVE}."
+            )
         self.layout = layout
         self.causal = causal
         own = copy.deepcopy(model)
         try:
             self.bridge = TransformerBridge.boot_transformers(
                 source or getattr(model.config, "_name_or_path", "") or arch,
-                hf_model=own, tokenizer=tokenizer, device=str(next(model.parameters()).device),
+                hf_model=own,
+                tokenizer=tokenizer,
+                device=str(next(model.parameters()).device),
                 dtype=next(model.parameters()).dtype,
             )
         except Exception as err:  # the bridge raises many kinds; report them as one
-            raise UserError(f"TransformerLens could not boot a bridge for {arch} ({type(err).__name__}: {err}); {ALTERNATIVE}.") from err
+            raise UserError(
+                f"TransformerLens could not boot a bridge for {arch} ({type(err).__name__}: {err}); {ALTERNATIVE}."
+            ) from err
         missing = [h.format(l=0) for h in HOOKS.values() if h.format(l=0) not in self.bridge.hook_dict]
         if missing:
             raise UserError(f"the TransformerLens bridge for {arch} lacks hook points {missing}; {ALTERNATIVE}.")
@@ -109,9 +111,6 @@ class TLBackend(Backend):
         position_ids: Int[Tensor, "batch pos"],
         fns: Mapping[Site, SiteFn],
     ) -> Float[Tensor, "batch pos vocab"]:
-        hooks = [
-            (HOOKS[kind].format(l=layer), _wrap(fn, kind in PER_HEAD))
-            for (kind, layer), fn in fns.items()
-        ]
+        hooks = [(HOOKS[kind].format(l=layer), _wrap(fn, kind in PER_HEAD)) for (kind, layer), fn in fns.items()]
         with self.bridge.hooks(fwd_hooks=hooks):
             return self.bridge(input_ids, attention_mask=attention_mask, position_ids=position_ids)

@@ -60,8 +60,11 @@ class TorchBackend(Backend):
         handles = [_register(tap) for tap in hf_taps(self.layout, fns)]
         try:
             out = self.model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                is_causal=self.causal, use_cache=False,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                is_causal=self.causal,
+                use_cache=False,
             )
         finally:
             for handle in handles:
