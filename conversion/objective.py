@@ -192,6 +192,24 @@ class NoiseDraw:
         )
 
 
+def _eligible(
+    opts: DiffusionOptions,
+    x0: Tensor,
+    attention_mask: Tensor | None,
+    prompt_mask: Tensor | None,
+    document_ids: Tensor | None,
+) -> Tensor:
+    """`eligible_positions` [B, T] of x0 [B, T] under the options' shift rule."""
+    return eligible_positions(
+        x0.shape,
+        shift=opts.shift,
+        attention_mask=attention_mask,
+        prompt_mask=prompt_mask,
+        device=x0.device,
+        document_ids=document_ids,
+    )
+
+
 def draw_noise(
     x0: Int[Tensor, "batch pos"],
     options: DiffusionOptions,
@@ -221,14 +239,7 @@ def draw_noise(
         raise UserError("absorbing noise needs a mask token id (mask_id); the tokenizer has none.")
 
     # 1. Eligible positions: real, not prompt, readable under the shift rule.
-    eligible = eligible_positions(
-        x0.shape,
-        shift=opts.shift,
-        attention_mask=attention_mask,
-        prompt_mask=prompt_mask,
-        device=device,
-        document_ids=document_ids,
-    )
+    eligible = _eligible(opts, x0, attention_mask, prompt_mask, document_ids)
     # 2. One time per sequence.
     if t is None:
         t = noise_mod.sample_t(batch, eps=opts.eps, antithetic=opts.antithetic, generator=generator, device=device)
@@ -281,14 +292,7 @@ def diffusion_loss(
     device = x0.device
     if attention_mask is None:
         attention_mask = torch.ones_like(x0)
-    eligible = eligible_positions(
-        x0.shape,
-        shift=opts.shift,
-        attention_mask=attention_mask,
-        prompt_mask=prompt_mask,
-        device=device,
-        document_ids=document_ids,
-    )
+    eligible = _eligible(opts, x0, attention_mask, prompt_mask, document_ids)
 
     # Steps 1-3: draw (or take) the noise.
     if draw is None:

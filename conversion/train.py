@@ -165,7 +165,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
             assert plan.meta is not None
             return _finished(out, plan.meta)
         with StopSignals() as signals:
-            return _run(accelerator, cfg, parallel, plan, signals, on_step)
+            return _run(_Conversion(accelerator, cfg, parallel, plan, signals, on_step))
 
 
 @contextmanager
@@ -205,17 +205,10 @@ def _finished(out: Path, meta: ModelMeta) -> TrainResult:
     )
 
 
-def _run(
-    accelerator: Accelerator,
-    cfg: TrainConfig,
-    parallel: str,
-    plan: Plan,
-    signals: StopSignals,
-    on_step: Callable[[int], None] | None,
-) -> TrainResult:
-    """The conversion itself, in a claimed and prepared folder (see `train`): `_Conversion`
-    through the one training loop (`conversion.loop.fit`), then the final MDM."""
-    run = _Conversion(accelerator, cfg, parallel, plan, signals, on_step)
+def _run(run: _Conversion) -> TrainResult:
+    """The conversion itself, in a claimed and prepared folder (see `train`): `run` through the
+    one training loop (`conversion.loop.fit`), then the final MDM."""
+    accelerator, cfg = run.accelerator, run.cfg
     done = fit(
         run,
         run.optimizer,

@@ -20,6 +20,30 @@ libraries, nnsight and TransformerLens, only when a backend is created).
 from __future__ import annotations
 
 from probe.backends import nnsight_backend, tl_bridge, torch_hooks  # noqa: F401  (register them)
-from probe.backends.base import BACKENDS, SITE_ORDER, Backend, Site, SiteFn, choose, create
+from probe.backends.base import (
+    BACKENDS,
+    SITE_ORDER,
+    Backend,
+    Logits,
+    Mask,
+    Site,
+    SiteFn,
+    SiteFns,
+    TokenIds,
+    choose,
+    create,
+)
 
-__all__ = ["BACKENDS", "SITE_ORDER", "Backend", "Site", "SiteFn", "choose", "create"]
+__all__ = [
+    "BACKENDS",
+    "SITE_ORDER",
+    "Backend",
+    "Logits",
+    "Mask",
+    "Site",
+    "SiteFn",
+    "SiteFns",
+    "TokenIds",
+    "choose",
+    "create",
+]

@@ -30,6 +30,11 @@ from common.registry import Registry
 
 Site = tuple[str, int]
 SiteFn = Callable[[Tensor], Tensor | None]
+SiteFns = Mapping[Site, SiteFn]
+# What a backend's `forward` takes and returns:
+TokenIds = Int[Tensor, "batch pos"]  # input ids, position ids
+Mask = Shaped[Tensor, "batch pos"]  # attention mask: 1 (or True) = token, 0 = padding
+Logits = Float[Tensor, "batch pos vocab"]
 
 SITE_ORDER: tuple[str, ...] = (
     "resid_pre",
@@ -74,13 +79,7 @@ class Backend(ABC):
         return True
 
     @abstractmethod
-    def forward(
-        self,
-        input_ids: Int[Tensor, "batch pos"],
-        attention_mask: Shaped[Tensor, "batch pos"],
-        position_ids: Int[Tensor, "batch pos"],
-        fns: Mapping[Site, SiteFn],
-    ) -> Float[Tensor, "batch pos vocab"]:
+    def forward(self, input_ids: TokenIds, attention_mask: Mask, position_ids: TokenIds, fns: SiteFns) -> Logits:
         """Logits [B, T, V] of one pass with `fns` applied at their sites.
 
         input_ids, attention_mask, position_ids: [B, T]. The position ids skip padding

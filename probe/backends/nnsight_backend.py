@@ -7,13 +7,10 @@ the core's site functions run unchanged. nnsight requires modules to be touched 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from jaxtyping import Float, Int, Shaped
-from torch import Tensor, nn
+from torch import nn
 
 from common.errors import UserError
-from probe.backends.base import Backend, Site, SiteFn
+from probe.backends.base import Backend, Logits, Mask, SiteFns, TokenIds
 from probe.backends.hf_taps import Tap, hf_taps
 from probe.layout import Layout
 
@@ -57,13 +54,7 @@ class NNsightBackend(Backend):
                 if new is not None:
                     envoy.output = new
 
-    def forward(
-        self,
-        input_ids: Int[Tensor, "batch pos"],
-        attention_mask: Shaped[Tensor, "batch pos"],
-        position_ids: Int[Tensor, "batch pos"],
-        fns: Mapping[Site, SiteFn],
-    ) -> Float[Tensor, "batch pos vocab"]:
+    def forward(self, input_ids: TokenIds, attention_mask: Mask, position_ids: TokenIds, fns: SiteFns) -> Logits:
         taps = hf_taps(self.layout, fns)
         with self.wrapped.trace(
             input_ids, attention_mask=attention_mask, position_ids=position_ids, is_causal=self.causal, use_cache=False

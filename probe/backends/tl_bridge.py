@@ -14,13 +14,11 @@ Facts this adapter relies on (measured, see ../shared/BACKENDS.md, and re-checke
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
 
-from jaxtyping import Float, Int, Shaped
 from torch import Tensor
 
 from common.errors import UserError
-from probe.backends.base import Backend, Site, SiteFn
+from probe.backends.base import Backend, Logits, Mask, SiteFn, SiteFns, TokenIds
 from probe.layout import Layout
 
 HOOKS: dict[str, str] = {
@@ -104,13 +102,7 @@ class TLBackend(Backend):
                 # plain setattr is swallowed by the bridge's attribute forwarding
                 object.__setattr__(block.attn, "is_causal", False)
 
-    def forward(
-        self,
-        input_ids: Int[Tensor, "batch pos"],
-        attention_mask: Shaped[Tensor, "batch pos"],
-        position_ids: Int[Tensor, "batch pos"],
-        fns: Mapping[Site, SiteFn],
-    ) -> Float[Tensor, "batch pos vocab"]:
+    def forward(self, input_ids: TokenIds, attention_mask: Mask, position_ids: TokenIds, fns: SiteFns) -> Logits:
         hooks = [(HOOKS[kind].format(l=layer), _wrap(fn, kind in PER_HEAD)) for (kind, layer), fn in fns.items()]
         with self.bridge.hooks(fwd_hooks=hooks):
             return self.bridge(input_ids, attention_mask=attention_mask, position_ids=position_ids)

@@ -7,12 +7,7 @@ model with stray hooks. Attention direction is passed per call (`is_causal`), wh
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from jaxtyping import Float, Int, Shaped
-from torch import Tensor
-
-from probe.backends.base import Backend, Site, SiteFn
+from probe.backends.base import Backend, Logits, Mask, SiteFns, TokenIds
 from probe.backends.hf_taps import Tap, hf_taps
 from probe.layout import Layout
 
@@ -50,13 +45,7 @@ class TorchBackend(Backend):
         self.layout = layout
         self.causal = causal
 
-    def forward(
-        self,
-        input_ids: Int[Tensor, "batch pos"],
-        attention_mask: Shaped[Tensor, "batch pos"],
-        position_ids: Int[Tensor, "batch pos"],
-        fns: Mapping[Site, SiteFn],
-    ) -> Float[Tensor, "batch pos vocab"]:
+    def forward(self, input_ids: TokenIds, attention_mask: Mask, position_ids: TokenIds, fns: SiteFns) -> Logits:
         handles = [_register(tap) for tap in hf_taps(self.layout, fns)]
         try:
             out = self.model(
