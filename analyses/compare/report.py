@@ -194,67 +194,27 @@ def markdown_summary(data: Mapping[str, Any]) -> str:
 
 
 def figures(data: Mapping[str, Any]) -> dict[str, Any]:
-    """Plotly figures of a comparison: Jaccard curves, layer mass, lens, denoising, units."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
+    """Plotly figures of a comparison: Jaccard curves, layer mass, lens, faithfulness, denoising
+    trajectory, snapshots (each only when the comparison has its data)."""
     from analyses.circuit_plots import curves_figure
 
     tasks = list(data["tasks"])
-    figs: dict[str, Any] = {}
-    colors = {"ar": "#1f77b4", "mdm": "#d62728"}
     if not tasks:
-        return figs
-    figs["jaccard"] = curves_figure(
-        {
-            t: (e["circuits"]["jaccard_curve"]["k"], e["circuits"]["jaccard_curve"]["jaccard"])
-            for t, e in data["tasks"].items()
-        },
-        title="ARM vs MDM: Jaccard overlap of the top-K EAP-IG edges",
-        x_title="K",
-        y_title="Jaccard",
-    )
-    fig = go.Figure()
-    n_layers = data["shape"]["n_layers"]
-    for m in ("ar", "mdm"):
-        for layer in range(n_layers):
-            key = "a" if m == "ar" else "b"
-            fig.add_trace(
-                go.Bar(
-                    x=tasks,
-                    y=[data["tasks"][t]["depth"]["compare"][key]["mass"][layer] for t in tasks],
-                    name=f"{m.upper()} L{layer}",
-                    offsetgroup=m,
-                    marker={"color": colors[m], "opacity": 1 - 0.8 * layer / max(1, n_layers)},
-                    base=[sum(data["tasks"][t]["depth"]["compare"][key]["mass"][:layer]) for t in tasks],
-                )
-            )
-    fig.update_layout(
-        title=f"Share of the top-{data['options']['k_nodes']} nodes' score per layer (left bar ARM, right bar MDM)",
-        yaxis_title="mass",
-        height=450,
-        width=max(700, 160 * len(tasks)),
-    )
-    figs["layers"] = fig
-    fig = make_subplots(rows=1, cols=len(tasks), subplot_titles=tasks, shared_yaxes=True)
-    for i, t in enumerate(tasks, start=1):
-        for m in ("ar", "mdm"):
-            lens = data["tasks"][t]["depth"][m]["lens"]
-            fig.add_trace(
-                go.Scatter(
-                    x=list(range(len(lens["top1"]))),
-                    y=lens["top1"],
-                    name=m.upper(),
-                    line={"color": colors[m]},
-                    showlegend=i == 1,
-                ),
-                row=1,
-                col=i,
-            )
-    fig.update_yaxes(title_text="answer ranked first (share)", row=1, col=1)
-    fig.update_xaxes(title_text="layer (0 = embedding)")
-    fig.update_layout(title="Logit lens at the read position", height=380, width=max(700, 260 * len(tasks)))
-    figs["lens"] = fig
+        return {}
+    method = data.get("options", {}).get("method", "eap-ig-inputs")
+    figs: dict[str, Any] = {
+        "jaccard": curves_figure(
+            {
+                t: (e["circuits"]["jaccard_curve"]["k"], e["circuits"]["jaccard_curve"]["jaccard"])
+                for t, e in data["tasks"].items()
+            },
+            title=f"ARM vs MDM: Jaccard overlap of the top-K edges ({method})",
+            x_title="K",
+            y_title="Jaccard",
+        ),
+        "layers": _layers_figure(data, tasks),
+        "lens": _lens_figure(data, tasks),
+    }
     if any("faithfulness" in data["tasks"][t]["circuits"]["ar"] for t in tasks):
         curves = {
             f"{t} {m.upper()}": (
@@ -265,65 +225,117 @@ def figures(data: Mapping[str, Any]) -> dict[str, Any]:
             for m in ("ar", "mdm")
         }
         figs["faithfulness"] = curves_figure(
-            curves, title="Faithfulness of top-n EAP-IG circuits", x_title="edges (n)", y_title="faithfulness"
+            curves, title=f"Faithfulness of top-n circuits ({method})", x_title="edges (n)", y_title="faithfulness"
         )
     points = {t: d["points"] for t, d in data.get("denoising", {}).items() if "points" in d}
     if points:
-        fig = make_subplots(
-            rows=1, cols=2, subplot_titles=["Jaccard with the t = 1 circuit / with the ARM", "early-layer mass"]
-        )
-        for t, pts in points.items():
-            ts = [p["t"] for p in pts]
-            fig.add_trace(
-                go.Scatter(x=ts, y=[p["jaccard_t1"] for p in pts], name=f"{t}: vs t=1", mode="lines+markers"),
-                row=1,
-                col=1,
-            )
-            fig.add_trace(
-                go.Scatter(
-                    x=ts,
-                    y=[p["jaccard_ar"] for p in pts],
-                    name=f"{t}: vs ARM",
-                    mode="lines+markers",
-                    line={"dash": "dot"},
-                ),
-                row=1,
-                col=1,
-            )
-            fig.add_trace(
-                go.Scatter(x=ts, y=[p["early_mass"] for p in pts], name=f"{t}: early mass", mode="lines+markers"),
-                row=1,
-                col=2,
-            )
-        fig.update_xaxes(title_text="t (share of the answer still masked)", autorange="reversed")
-        fig.update_layout(title="MDM circuit along the denoising trajectory", height=420, width=1100)
-        figs["denoising"] = fig
+        figs["denoising"] = _denoising_figure(points)
     tracked = data.get("track", {}).get("tasks", {})
     if tracked:
-        fig = make_subplots(
-            rows=1,
-            cols=3,
-            subplot_titles=["accuracy on the ARM's correct examples", "Jaccard with the ARM", "early-layer mass"],
-        )
-        for t, d in tracked.items():
-            steps = [p["step"] for p in d["points"]]
-            for col, key in enumerate(("accuracy", "jaccard_ar", "early_mass"), start=1):
-                fig.add_trace(
-                    go.Scatter(
-                        x=steps,
-                        y=[p[key] for p in d["points"]],
-                        name=t,
-                        legendgroup=t,
-                        showlegend=col == 1,
-                        mode="lines+markers",
-                    ),
-                    row=1,
-                    col=col,
-                )
-        fig.update_xaxes(title_text="conversion step")
-        fig.update_layout(title="Across the conversion run's snapshots", height=400, width=1300)
-        figs["track"] = fig
+        figs["track"] = _track_figure(tracked)
     return figs
+
+
+COLORS = {"ar": "#1f77b4", "mdm": "#d62728"}
+
+
+def _layers_figure(data: Mapping[str, Any], tasks: Sequence[str]) -> Any:
+    """Stacked bars: each model's share of the top-K nodes' score per layer, per task."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    n_layers = data["shape"]["n_layers"]
+    for m in ("ar", "mdm"):
+        key = "a" if m == "ar" else "b"
+        for layer in range(n_layers):
+            mass = [data["tasks"][t]["depth"]["compare"][key]["mass"] for t in tasks]
+            fig.add_trace(
+                go.Bar(
+                    x=tasks,
+                    y=[per_layer[layer] for per_layer in mass],
+                    name=f"{m.upper()} L{layer}",
+                    offsetgroup=m,
+                    marker={"color": COLORS[m], "opacity": 1 - 0.8 * layer / max(1, n_layers)},
+                    base=[sum(per_layer[:layer]) for per_layer in mass],
+                )
+            )
+    fig.update_layout(
+        title=f"Share of the top-{data['options']['k_nodes']} nodes' score per layer (left bar ARM, right bar MDM)",
+        yaxis_title="mass",
+        height=450,
+        width=max(700, 160 * len(tasks)),
+    )
+    return fig
+
+
+def _lens_figure(data: Mapping[str, Any], tasks: Sequence[str]) -> Any:
+    """One panel per task: the share of examples whose answer the logit lens ranks first, by layer."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(tasks), subplot_titles=tasks, shared_yaxes=True)
+    for i, t in enumerate(tasks, start=1):
+        for m in ("ar", "mdm"):
+            lens = data["tasks"][t]["depth"][m]["lens"]
+            trace = go.Scatter(
+                x=list(range(len(lens["top1"]))),
+                y=lens["top1"],
+                name=m.upper(),
+                line={"color": COLORS[m]},
+                showlegend=i == 1,
+            )
+            fig.add_trace(trace, row=1, col=i)
+    fig.update_yaxes(title_text="answer ranked first (share)", row=1, col=1)
+    fig.update_xaxes(title_text="layer (0 = embedding)")
+    fig.update_layout(title="Logit lens at the read position", height=380, width=max(700, 260 * len(tasks)))
+    return fig
+
+
+def _denoising_figure(points: Mapping[str, Sequence[Mapping[str, Any]]]) -> Any:
+    """The MDM's circuit along the denoising trajectory: Jaccard with t = 1 and the ARM, early mass."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=["Jaccard with the t = 1 circuit / with the ARM", "early-layer mass"]
+    )
+    for t, pts in points.items():
+        ts = [p["t"] for p in pts]
+        lines = [
+            (1, "jaccard_t1", f"{t}: vs t=1", None),
+            (1, "jaccard_ar", f"{t}: vs ARM", {"dash": "dot"}),
+            (2, "early_mass", f"{t}: early mass", None),
+        ]
+        for col, key, name, line in lines:
+            trace = go.Scatter(x=ts, y=[p[key] for p in pts], name=name, mode="lines+markers", line=line)
+            fig.add_trace(trace, row=1, col=col)
+    fig.update_xaxes(title_text="t (share of the answer still masked)", autorange="reversed")
+    fig.update_layout(title="MDM circuit along the denoising trajectory", height=420, width=1100)
+    return fig
+
+
+def _track_figure(tracked: Mapping[str, Mapping[str, Any]]) -> Any:
+    """Accuracy, Jaccard with the ARM and early mass across a conversion run's snapshots."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    titles = ["accuracy on the ARM's correct examples", "Jaccard with the ARM", "early-layer mass"]
+    fig = make_subplots(rows=1, cols=3, subplot_titles=titles)
+    for t, d in tracked.items():
+        steps = [p["step"] for p in d["points"]]
+        for col, key in enumerate(("accuracy", "jaccard_ar", "early_mass"), start=1):
+            trace = go.Scatter(
+                x=steps,
+                y=[p[key] for p in d["points"]],
+                name=t,
+                legendgroup=t,
+                showlegend=col == 1,
+                mode="lines+markers",
+            )
+            fig.add_trace(trace, row=1, col=col)
+    fig.update_xaxes(title_text="conversion step")
+    fig.update_layout(title="Across the conversion run's snapshots", height=400, width=1300)
+    return fig
 
 
 def table_html(rows: Sequence[Mapping[str, str]]) -> str:
