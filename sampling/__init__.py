@@ -33,6 +33,7 @@ from sampling.ar import ARSampler, filter_logits
 from sampling.arpc import ARPCSampler
 from sampling.base import (
     SAMPLERS,
+    BudgetSampler,
     ModelContext,
     Sampler,
     SampleResult,
@@ -75,6 +76,7 @@ def build_sampler(name: str, *, strict: bool = True, **options: Any) -> Sampler:
 
 __all__ = [
     "SAMPLERS",
+    "BudgetSampler",
     "ARPCSampler",
     "ARSampler",
     "AncestralSampler",

@@ -31,6 +31,7 @@ from common.modeling import output_size
 from diffusion.noise import get_schedule
 from sampling.base import (
     BlockClock,
+    BudgetSampler,
     Sampler,
     State,
     aligned_logits,
@@ -68,7 +69,7 @@ def time_grid(
     return 1.0 - j / n, (1.0 - (j + 1) / n).clamp(min=0.0)
 
 
-class AncestralSampler(Sampler):
+class AncestralSampler(BudgetSampler):
     name = "ancestral"
     needs = "absorbing"
 
@@ -84,16 +85,15 @@ class AncestralSampler(Sampler):
         self.steps, self.block_length, self.temperature, self.schedule = steps, block_length, temperature, schedule
 
     def _init(self, model: torch.nn.Module, state: State) -> None:
-        state.scratch["budget"] = steps_per_block(self.steps, state)
-        state.scratch["clock"] = BlockClock(state)
+        super()._init(model, state)
         state.scratch["logits"] = None
 
     def step(self, model: torch.nn.Module, state: State) -> State:
         logits = state.scratch["logits"]
         if logits is None:
             logits = aligned_logits(model, state)
-        clock: BlockClock = state.scratch["clock"]
-        t, s = time_grid(state, clock, state.scratch["budget"])
+        clock = self.clock(state)
+        t, s = time_grid(state, clock, self.budget(state))
         p = unmask_probability(self.schedule or state.ctx.schedule, t, s)  # [B]
         u = state.rng.rand(state.ids.shape[1], key=state.steps)
         active = state.active()

@@ -25,22 +25,13 @@ from common.errors import UserError
 from common.modeling import output_size, position_ids
 from diffusion.noise import get_schedule
 from sampling.ancestral import time_grid
-from sampling.base import (
-    BlockClock,
-    Sampler,
-    State,
-    aligned_logits,
-    check_options,
-    propose,
-    provisional,
-    steps_per_block,
-)
+from sampling.base import BudgetSampler, State, aligned_logits, check_options, propose, provisional
 from sampling.confidence import top_k_per_row
 
 SCORES = ("nll", "divergence")
 
 
-class ARPCSampler(Sampler):
+class ARPCSampler(BudgetSampler):
     name = "arpc"
     needs = "absorbing"
     needs_scorer = True
@@ -87,18 +78,17 @@ class ARPCSampler(Sampler):
                 "tokenizer. Give the ARM the MDM was converted from (--ar-scorer)."
             )
         state.scratch["ar_vocab"] = ar_vocab
-        state.scratch["budget"] = steps_per_block(self.steps, state)
-        state.scratch["clock"] = BlockClock(state)
+        super()._init(model, state)
 
     def step(self, model: torch.nn.Module, state: State) -> State:
-        clock: BlockClock = state.scratch["clock"]
+        clock = self.clock(state)
         logits = aligned_logits(model, state)
         active = state.active()
         tokens, conf = propose(logits, active, self.temperature, state)
         cur = state.current_block()
         in_block = (state.blocks == cur[:, None]) & (cur[:, None] >= 0)
         proposal = torch.where(active, tokens, state.ids)
-        t, s = time_grid(state, clock, state.scratch["budget"])
+        t, s = time_grid(state, clock, self.budget(state))
         sched = get_schedule(self.schedule or state.ctx.schedule)
         size = in_block.sum(1).double()
         k = torch.round((1.0 - sched.alpha(s)) * size).long()

@@ -538,3 +538,26 @@ class BlockClock:
         new = state.current_block()
         self.count = torch.where(new == self.block, self.count + 1, torch.zeros_like(self.count))
         self.block = new
+
+
+class BudgetSampler(Sampler):
+    """A sampler that spends a budget of `steps` model calls per row, spread evenly over the row's
+    blocks (`steps_per_block`), and counts the calls made in each row's current block
+    (`BlockClock`, advanced by the subclass's `step`). Subclasses that keep more state extend
+    `_init` (calling this one first)."""
+
+    steps: int | None = None
+
+    def _init(self, model: torch.nn.Module, state: State) -> None:
+        state.scratch["budget"] = steps_per_block(self.steps, state)
+        state.scratch["clock"] = BlockClock(state)
+
+    @staticmethod
+    def budget(state: State) -> Int[Tensor, " batch"]:
+        """[B] model calls each row spends per block."""
+        return state.scratch["budget"]
+
+    @staticmethod
+    def clock(state: State) -> BlockClock:
+        """The rows' step counts inside their current blocks."""
+        return state.scratch["clock"]

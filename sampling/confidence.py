@@ -25,23 +25,12 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from common.errors import UserError
-from sampling.base import (
-    BlockClock,
-    ModelContext,
-    Sampler,
-    State,
-    aligned_logits,
-    check_options,
-    propose,
-    provisional,
-    run,
-    steps_per_block,
-)
+from sampling.base import BudgetSampler, ModelContext, State, aligned_logits, check_options, propose, provisional, run
 
 RULES = ("low-confidence", "margin", "entropy")
 
 
-class ConfidenceSampler(Sampler):
+class ConfidenceSampler(BudgetSampler):
     """The confidence-ordered sampler; `rule` is one of RULES (the registered subclasses below fix
     it: "low-confidence", "margin", "entropy")."""
 
@@ -63,16 +52,12 @@ class ConfidenceSampler(Sampler):
         self.name = rule
         self.rule, self.steps, self.block_length, self.temperature = rule, steps, block_length, temperature
 
-    def _init(self, model: torch.nn.Module, state: State) -> None:
-        state.scratch["budget"] = steps_per_block(self.steps, state)
-        state.scratch["clock"] = BlockClock(state)
-
     def step(self, model: torch.nn.Module, state: State) -> State:
         logits = aligned_logits(model, state)
         active = state.active()
         tokens, conf = propose(logits, active, self.temperature, state, self.rule)
-        clock: BlockClock = state.scratch["clock"]
-        left = (state.scratch["budget"] - clock.count).clamp(min=1)
+        clock = self.clock(state)
+        left = (self.budget(state) - clock.count).clamp(min=1)
         commit = top_k_per_row(conf, active, torch.ceil(active.sum(1) / left).long())
         state.record(commit, conf, provisional(logits, state))
         state.ids = torch.where(commit, tokens, state.ids)

@@ -26,21 +26,12 @@ import torch
 from common.errors import UserError
 from diffusion.noise import get_schedule
 from sampling.ancestral import time_grid
-from sampling.base import (
-    BlockClock,
-    Sampler,
-    State,
-    aligned_logits,
-    check_options,
-    propose,
-    provisional,
-    steps_per_block,
-)
+from sampling.base import BudgetSampler, State, aligned_logits, check_options, propose, provisional
 
 STRATEGIES = ("cap", "rescale", "conf")
 
 
-class RemaskSampler(Sampler):
+class RemaskSampler(BudgetSampler):
     name = "remask"
     needs = "absorbing"
 
@@ -63,8 +54,7 @@ class RemaskSampler(Sampler):
         self.strategy, self.eta, self.schedule = strategy, eta, schedule
 
     def _init(self, model: torch.nn.Module, state: State) -> None:
-        state.scratch["budget"] = steps_per_block(self.steps, state)
-        state.scratch["clock"] = BlockClock(state)
+        super()._init(model, state)
         state.scratch["psi"] = torch.zeros(state.ids.shape, dtype=torch.float64, device=state.ids.device)
 
     def _sigma(self, state: State, sigma_max: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
@@ -82,9 +72,9 @@ class RemaskSampler(Sampler):
 
     def step(self, model: torch.nn.Module, state: State) -> State:
         logits = aligned_logits(model, state)
-        clock: BlockClock = state.scratch["clock"]
+        clock = self.clock(state)
         sched = get_schedule(self.schedule or state.ctx.schedule)
-        t, s = time_grid(state, clock, state.scratch["budget"])
+        t, s = time_grid(state, clock, self.budget(state))
         a_t, a_s = sched.alpha(t), sched.alpha(s)
         sigma_max = torch.where(a_t > 0, ((1.0 - a_s) / a_t.clamp(min=1e-12)).clamp(max=1.0), torch.ones_like(a_t))
         sigma_max = torch.where(s <= 0, torch.zeros_like(sigma_max), sigma_max)

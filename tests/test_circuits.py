@@ -504,6 +504,11 @@ def test_organism_eap_ig_finds_the_edges_exact_patching_ranks_first(source: str)
         if not path.is_dir():
             pytest.skip(f"{source} is not here (ar2mdm convert makes it, see docs/results/conversion.md)")
         source = str(path)
+    else:
+        from conversion.checkpoints import organism_folder
+
+        if not (organism_folder() / "config.json").is_file():
+            pytest.skip(f"the organism is not trained in {organism_folder()} (ar2mdm organism train makes it)")
     pm = ProbedModel.from_checkpoint(source, backend="torch")
     cfg = pm.config
     examples = generate_aligned(
