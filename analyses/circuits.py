@@ -121,7 +121,13 @@ class Faithfulness:
 class FaithfulnessCurve:
     """Faithfulness over circuit sizes. sizes: edges requested (top-n); kept: edges left after
     pruning; values: f per size; area: trapezoidal integral of f over the fraction of edges
-    requested (size / total edges), over the sizes given (MIB integrates the same curve)."""
+    requested (size / total edges), over the sizes given.
+
+    MIB's circuit-localisation metrics (Mueller et al. 2025, "MIB: a mechanistic
+    interpretability benchmark") read the same curve over the same grid of fractions
+    (`default_sizes`): `cpr` (integrated circuit performance ratio) is `area`, higher is better;
+    `cmd` (integrated circuit-model distance) is the area between the curve and 1,
+    integral of |1 - f|, lower is better (0: every circuit size behaves like the whole model)."""
 
     sizes: list[int]
     kept: list[int]
@@ -132,12 +138,36 @@ class FaithfulnessCurve:
     total_edges: int
     circuits: list[list[str]] = field(default_factory=list, repr=False)
 
+    @property
+    def cpr(self) -> float:
+        """MIB's CPR: the area under the curve over the fraction of edges (= `area`)."""
+        return self.area
+
+    @property
+    def cmd(self) -> float:
+        """MIB's CMD: the trapezoidal integral of |1 - f| over the fraction of edges. Where the
+        curve crosses 1 inside a segment the segment is split at the crossing, so the area is
+        exact for the piecewise-linear curve."""
+        x = [s / self.total_edges for s in self.sizes]
+        d = [1.0 - v for v in self.values]
+        area = 0.0
+        for i in range(len(x) - 1):
+            w, a, b = x[i + 1] - x[i], d[i], d[i + 1]
+            if a * b >= 0:
+                area += w * (abs(a) + abs(b)) / 2
+            else:  # the curve crosses 1 at fraction a / (a - b) of the segment
+                c = a / (a - b)
+                area += w * (c * abs(a) + (1 - c) * abs(b)) / 2
+        return area
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "sizes": self.sizes,
             "kept": self.kept,
             "values": self.values,
             "area": self.area,
+            "cpr": self.cpr,
+            "cmd": self.cmd,
             "clean": self.clean,
             "corrupt": self.corrupt,
             "total_edges": self.total_edges,

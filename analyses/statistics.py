@@ -153,13 +153,67 @@ def pooled(
     return percentile_interval(reps, est, level)
 
 
-def verdict(interval: Interval | None, direction: Literal[1, -1]) -> str:
-    """'holds' if the interval excludes 0 on the claimed side, 'reversed' on the other, else 'inconclusive'."""
+NO_DIFFERENCE = "no difference"
+WITHIN_FLOOR = "within the seed floor"
+
+
+def verdict(
+    interval: Interval | None, direction: Literal[1, -1], *, floor: float | None = None, margin: float = 0.0
+) -> str:
+    """A claimed direction read off an interval.
+
+    "holds" if the interval excludes 0 on the claimed side, "reversed" on the other, else
+    "inconclusive"; "untested" without an interval. margin: an equivalence margin (two one-sided
+    tests read off the interval): an interval inside [-margin, margin] is "no difference"
+    (with margin 0 only the interval [0, 0] is). floor: the effect two models trained alike with
+    different seeds already show (>= 0, see `floor_bound`): an interval that excludes 0 but whose
+    near end does not pass the floor is "within the seed floor", not "holds"/"reversed".
+    """
     if interval is None or math.isnan(interval.low):
         return "untested"
+    if -margin <= interval.low and interval.high <= margin:
+        return NO_DIFFERENCE
     lo, hi = sorted((direction * interval.low, direction * interval.high))
+    bound = 0.0 if floor is None else max(0.0, floor)
     if lo > 0:
-        return "holds"
+        return "holds" if lo > bound else WITHIN_FLOOR
     if hi < 0:
-        return "reversed"
+        return "reversed" if -hi > bound else WITHIN_FLOOR
     return "inconclusive"
+
+
+def floor_bound(floor: Interval | None, direction: Literal[1, -1], *, signed: bool) -> float | None:
+    """How far an effect must reach to clear a seed floor's interval (None: no floor).
+
+    signed: the floor's statistic has a meaningful sign (Jaccard(local) - Jaccard(global) of two
+    seeds), so the effect must pass its far end on the claimed side; unsigned: the floor is a
+    difference between two seeds whose order is arbitrary (early mass of ARM' - ARM), so the
+    effect must pass its largest magnitude either way.
+    """
+    if floor is None or math.isnan(floor.low):
+        return None
+    if signed:
+        return max(0.0, direction * floor.low, direction * floor.high)
+    return max(abs(floor.low), abs(floor.high))
+
+
+def detectable_effect(interval: Interval | None, power: float = 0.8) -> float | None:
+    """The smallest effect the data resolve: (z_(1-a/2) + z_power) x the bootstrap standard error,
+    the standard error read off the interval's width (width / (2 z_(1-a/2)), exact for a normal
+    bootstrap distribution). With level 0.95 and power 0.8: 0.715 x the width. None without an
+    interval."""
+    if interval is None or math.isnan(interval.low):
+        return None
+    normal = torch.distributions.Normal(0.0, 1.0)
+    z = float(normal.icdf(torch.tensor(1 - (1 - interval.level) / 2)))
+    zp = float(normal.icdf(torch.tensor(power)))
+    return (z + zp) * (interval.high - interval.low) / (2 * z)
+
+
+def pool_for_width(n: int, interval: Interval, half_width: float) -> int | None:
+    """Examples needed for the interval's half width to shrink to `half_width` (1 / sqrt(n)
+    scaling of a bootstrap interval); None when the interval is missing or already a point."""
+    width = (interval.high - interval.low) / 2
+    if math.isnan(width) or width <= 0:
+        return None
+    return max(1, math.ceil(n * (width / half_width) ** 2))

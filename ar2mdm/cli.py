@@ -113,7 +113,8 @@ def setup(
 @organism_app.command("train")
 def organism_train(
     out: Annotated[Path | None, typer.Option(help="Folder for the trained HF checkpoint. [default: the cache's models/organism, which `load_ar('organism')` reads]")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for data, initialisation and training order.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for initialisation and training order (and, unless --data-seed, the tokenizer and held-out sets).")] = 0,
+    data_seed: Annotated[int | None, typer.Option(help="Seed of the tokenizer and held-out sets; a seed twin of an organism keeps its data seed and changes --seed.")] = None,
     minutes: Annotated[float, typer.Option(help="Wall-clock training budget in minutes.")] = 10.0,
     steps: Annotated[int | None, typer.Option(help="Train for exactly this many steps (overrides --minutes; use it for reproducible runs).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an organism already in --out (never any other folder).")] = False,
@@ -122,7 +123,9 @@ def organism_train(
     from conversion import organism
 
     with _errors("the organism is written only at the end; --out is unchanged."):
-        report = organism.train_organism(out=out, seed=seed, minutes=minutes, steps=steps, overwrite=overwrite)
+        report = organism.train_organism(
+            out=out, seed=seed, minutes=minutes, steps=steps, overwrite=overwrite, data_seed=data_seed
+        )
     organism.print_report(report)
 
 
@@ -419,8 +422,12 @@ def compare(
     method: Annotated[str, typer.Option(help=_METHOD_HELP)] = "eap-ig-inputs",
     backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = "torch",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the report of an earlier `ar2mdm compare` in --out.")] = False,
+    ar_seed_twin: Annotated[str | None, typer.Option(help="Seed floor: an ARM trained like --ar with another seed. Every claim must clear ARM vs ARM'.")] = None,
+    mdm_seed_twin: Annotated[str | None, typer.Option(help="Seed floor: an MDM converted like --mdm with another seed.")] = None,
+    null_pair: Annotated[bool, typer.Option("--null-pair/--no-null-pair", help="Attribute each model twice and report it against itself (must read 'no difference').")] = True,
 ) -> None:  # fmt: skip
-    """ARM vs MDM on a common-correct pool: circuits (EAP-IG), depth, units; the reference study's claims tested."""
+    """ARM vs MDM on a common-correct pool: circuits (EAP-IG), depth, units; the reference study's claims tested
+    against a null pair (each model vs itself) and, with --ar-seed-twin / --mdm-seed-twin, a seed floor."""
     from analyses.compare import CompareOptions, markdown_summary, snapshots_of, write_report
     from analyses.compare import compare as run_compare
     from analyses.compare import track as run_track
@@ -447,13 +454,21 @@ def compare(
             causal=causal,
             denoising=_floats(denoising, "--denoising"),
             common_correct=not all_examples,
+            null_pair=null_pair,
         ).checked()
         snapshots = snapshots_of(track) if track is not None else None
         claim = stack.enter_context(claim_output(out, "compare"))
         _refuse_earlier_results(claim, overwrite)
         pm_ar = ProbedModel.from_checkpoint(ar, backend=backend, expect="ar", role="compare --ar")
         pm_mdm = ProbedModel.from_checkpoint(mdm, backend=backend, expect="mdm", role="compare --mdm")
-        result = run_compare(pm_ar, pm_mdm, opts, labels={"ar": ar, "mdm": mdm}, log=_plain)
+        given = {"ar": ar_seed_twin, "mdm": mdm_seed_twin}
+        twins = {
+            r: ProbedModel.from_checkpoint(src, backend=backend, expect=r, role=f"compare --{r}-seed-twin")
+            for r, src in given.items()
+            if src is not None
+        }
+        labels = {"ar": ar, "mdm": mdm, **{f"{r}_twin": src for r, src in given.items() if src is not None}}
+        result = run_compare(pm_ar, pm_mdm, opts, labels=labels, twins=twins, log=_plain)
         if snapshots is not None:
             result.data["track"] = run_track(
                 pm_ar,
@@ -488,6 +503,7 @@ def study(
     device: Annotated[str, typer.Option(help="cpu | cuda for the analyses (training: accelerate's device; use `accelerate launch` for several GPUs).")] = "cpu",
     quick: Annotated[bool, typer.Option("--quick", help="Tiny settings everywhere: a smoke run in a minute or two; the numbers mean nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Rerun every stage, cached or not.")] = False,
+    seed_floor: Annotated[bool, typer.Option("--seed-floor/--no-seed-floor", help="organism: also train ARM' and convert MDM' with seed + 1, the floor every claim must clear.")] = True,
 ) -> None:  # fmt: skip
     """The main job: ARM -> conversion -> sampler evaluation -> ARM vs MDM comparison -> report.html.
 
@@ -510,6 +526,7 @@ def study(
             device=device,
             quick=quick,
             force=force,
+            seed_floor=seed_floor,
         )
         summary = run_study(cfg, log=_plain)
     print_summary(summary)

@@ -8,6 +8,10 @@
     mdm       conversion into an MDM (`conversion.train`; SFT on the task mixture for the
               organism, masked diffusion on the SOTU corpus for SmolLM2, which only a time budget
               allows on a CPU), with checkpoints for resume and snapshots for tracking
+    ar_twin, mdm_twin
+              (organism, seed_floor) the seed floor: an organism trained like the ARM with seed + 1
+              (the same tokenizer and held-out sets; cached beside it) and the ARM converted again
+              with seed + 1
     samplers  task accuracy against NFE for the MDM's samplers and the ARM's greedy decoding
               (`analyses.generation`)
     compare   ARM vs MDM on a common-correct pool: circuits, depth, units, the reference study's
@@ -17,23 +21,23 @@
 Each stage writes `stage.json` last, holding a key made of its options and the identity of its
 inputs (weight hashes, upstream keys); a stage whose key is unchanged is skipped, so a rerun
 after a crash resumes at the stage that did not finish (the conversion itself resumes from its
-last checkpoint). `force` reruns everything.
+last checkpoint). `force` reruns everything. The stage runner is `ar2mdm.stages`, the report `ar2mdm.study_report`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import html
 import json
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ar2mdm.stages import StageRecord, Stages
+from ar2mdm.study_report import print_summary, write_study_report
 from common.errors import UserError
-from common.outputs import atomic_write_text, claim_output
+from common.outputs import claim_output
 from conversion.organism_data import TASK_NAMES as ORGANISM_TASKS
 
 MODELS = ("organism", "smollm2")
@@ -48,7 +52,10 @@ class StudyConfig:
     steps (organism; SmolLM2 runs until its share of the budget is spent). pool_size: at most this
     many common-correct examples per task. n: examples per task for the sampler evaluation.
     device: "cpu" or "cuda" (analyses; training uses accelerate's device). quick: tiny settings
-    everywhere (tests, a smoke run; the numbers mean nothing). force: rerun every stage."""
+    everywhere (tests, a smoke run; the numbers mean nothing). force: rerun every stage.
+    seed_floor: (organism) also train an ARM' and convert an MDM' alike with seed + 1, the seed
+    floor every claim is read against (`analyses.compare.controls`); SmolLM2 has none (one
+    published ARM), and its report says so."""
 
     out: str | Path = "study"
     model: str = "organism"
@@ -62,6 +69,7 @@ class StudyConfig:
     device: str = "cpu"
     quick: bool = False
     force: bool = False
+    seed_floor: bool = True
 
     def checked(self) -> StudyConfig:
         if self.model not in MODELS:
@@ -79,57 +87,6 @@ class StudyConfig:
             if not torch.cuda.is_available():
                 raise UserError("--device cuda, but torch sees no CUDA device here; use --device cpu.")
         return self
-
-
-@dataclass
-class StageRecord:
-    name: str
-    status: str  # "ran" | "cached"
-    seconds: float
-    key: str
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-def _key(parts: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-class Stages:
-    """Runs stages in folders under `root`, skipping those whose stage.json holds the same key."""
-
-    def __init__(self, root: Path, force: bool, log: Callable[[str], None]) -> None:
-        self.root, self.force, self.log = root, force, log
-        self.records: list[StageRecord] = []
-
-    def run(
-        self, name: str, parts: Mapping[str, Any], work: Callable[[Path], dict[str, Any]], *, keep_partial: bool = False
-    ) -> StageRecord:
-        """work(folder) -> info (JSON-able), run unless folder/stage.json has this key.
-        keep_partial: leave an unfinished folder in place for `work` to resume from."""
-        folder = self.root / name
-        key = _key(parts)
-        marker = folder / "stage.json"
-        if marker.is_file() and not self.force:
-            done = json.loads(marker.read_text())
-            if done.get("key") == key:
-                self.log(f"[{name}] unchanged inputs: cached ({folder})")
-                record = StageRecord(name, "cached", 0.0, key, done.get("info", {}))
-                self.records.append(record)
-                return record
-        if folder.exists() and (marker.is_file() or self.force or not keep_partial):
-            shutil.rmtree(folder)  # stale: other inputs, or a finished run to redo
-        folder.mkdir(parents=True, exist_ok=True)
-        self.log(f"[{name}] running")
-        t0 = time.perf_counter()
-        info = work(folder)
-        seconds = time.perf_counter() - t0
-        atomic_write_text(
-            marker, json.dumps({"key": key, "parts": parts, "info": info, "seconds": seconds}, indent=1, default=str)
-        )
-        record = StageRecord(name, "ran", seconds, key, info)
-        self.records.append(record)
-        self.log(f"[{name}] done in {seconds:.0f} s")
-        return record
 
 
 # --- settings per model -----------------------------------------------------------------------------
@@ -249,27 +206,88 @@ def _ar_stage(cfg: StudyConfig, stages: Stages) -> tuple[str, StageRecord]:
 
 
 def _train_organism(
-    train_organism: Callable[..., Any], out: Path, steps: int, seed: int, config: Any
+    train_organism: Callable[..., Any], out: Path, steps: int, seed: int, config: Any, data_seed: int | None = None
 ) -> dict[str, Any]:
-    report = train_organism(out=out, seed=seed, steps=steps, config=config, progress=False)
+    report = train_organism(out=out, seed=seed, steps=steps, config=config, progress=False, data_seed=data_seed)
     return {"accuracy": report.accuracy, "steps": report.steps}
 
 
+def _ar_twin_stage(cfg: StudyConfig, stages: Stages, ar_source: str, ar_record: StageRecord) -> tuple[str, StageRecord]:
+    """The ARM's seed twin: an organism trained exactly like the ARM (its report's steps and
+    options) with seed + 1 and the ARM's data seed (same tokenizer, same held-out prompts).
+    Cached beside the organism, in a folder named by the ARM's weights, so a retrained ARM gets
+    a new twin."""
+    from conversion.checkpoints import organism_folder
+    from conversion.organism import OrganismConfig, train_organism
+
+    if cfg.quick:
+        source = str(stages.root / "ar_twin" / "model")
+        quick = OrganismConfig(eval_examples=8, eval_every=0)
+        parts = {"quick": True, "steps": 40, "seed": cfg.seed + 1, "data_seed": cfg.seed, "ar": ar_record.key}
+        record = stages.run(
+            "ar_twin",
+            parts,
+            lambda folder: _train_organism(train_organism, folder / "model", 40, cfg.seed + 1, quick, cfg.seed),
+        )
+        return source, record
+    folder = organism_folder() if ar_source == "organism" else Path(ar_source).expanduser().resolve()
+    report = json.loads((folder / "report.json").read_text())
+    seed = int(report["seed"])
+    data_seed = report.get("data_seed")
+    data_seed = seed if data_seed is None else int(data_seed)
+    twin = folder.parent / f"{folder.name}-seed{seed + 1}-{ar_record.info['hash'][:8]}"
+    if not (twin / "config.json").is_file():
+        stages.log(f"[ar_twin] training the ARM's seed twin ({report['steps']} steps, seed {seed + 1}) into {twin}")
+        t0 = time.perf_counter()
+        config = OrganismConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in report["config"].items()})
+        made = train_organism(out=twin, seed=seed + 1, steps=int(report["steps"]), config=config, data_seed=data_seed)
+        stages.records.append(
+            StageRecord(
+                "organism twin training",
+                "ran",
+                time.perf_counter() - t0,
+                "-",
+                {"accuracy": made.accuracy, "steps": made.steps, "out": str(twin)},
+            )
+        )
+    from conversion.checkpoints import load_ar
+
+    meta = load_ar(str(twin)).meta
+    record = stages.run(
+        "ar_twin",
+        {"source": str(twin), "hash": meta.source_hash},
+        lambda folder: {"source": str(twin), "hash": meta.source_hash},
+    )
+    return str(twin), record
+
+
 def _mdm_stage(
-    cfg: StudyConfig, stages: Stages, ar_source: str, ar_record: StageRecord, settings: Mapping[str, Any]
+    cfg: StudyConfig,
+    stages: Stages,
+    ar_source: str,
+    ar_record: StageRecord,
+    settings: Mapping[str, Any],
+    *,
+    name: str = "mdm",
+    seed_offset: int = 0,
 ) -> StageRecord:
+    """The conversion (`name` "mdm"), or the MDM's seed twin ("mdm_twin": the same recipe with
+    seed + 1, without snapshots)."""
     from conversion.train import TrainConfig, train
 
     options = dict(settings["train"])
+    seed = cfg.seed + seed_offset
+    if seed_offset:
+        options.pop("snapshot_every", None)
 
     def work(folder: Path) -> dict[str, Any]:
         out = folder / "model"
         resume = (out / "checkpoint" / "state.json").is_file() or (out / "checkpoint.old").is_dir()
         if resume:
-            stages.log(f"[mdm] resuming the interrupted conversion from {out / 'checkpoint'}")
+            stages.log(f"[{name}] resuming the interrupted conversion from {out / 'checkpoint'}")
         elif out.exists():
             shutil.rmtree(out)
-        result = train(TrainConfig(model=ar_source, out=str(out), seed=cfg.seed, resume=resume, **options))
+        result = train(TrainConfig(model=ar_source, out=str(out), seed=seed, resume=resume, **options))
         return {
             "steps": result.steps,
             "tokens_seen": result.tokens_seen,
@@ -277,7 +295,7 @@ def _mdm_stage(
             "seconds_budget": options.get("max_minutes", 0.0) * 60,
         }
 
-    return stages.run("mdm", {"ar": ar_record.key, "train": options, "seed": cfg.seed}, work, keep_partial=True)
+    return stages.run(name, {"ar": ar_record.key, "train": options, "seed": seed}, work, keep_partial=True)
 
 
 def _samplers_stage(
@@ -325,20 +343,32 @@ def _samplers_stage(
 
 
 def _compare_stage(
-    cfg: StudyConfig, stages: Stages, ar_source: str, mdm_path: Path, upstream: str, settings: Mapping[str, Any]
+    cfg: StudyConfig,
+    stages: Stages,
+    ar_source: str,
+    mdm_path: Path,
+    upstream: str,
+    settings: Mapping[str, Any],
+    twins: Mapping[str, tuple[str, str]],
 ) -> StageRecord:
+    """ARM vs MDM; twins: role ("ar", "mdm") -> (checkpoint, stage key) of the seed twins."""
     from analyses.compare import CompareOptions, compare, snapshots_of, track, write_report
     from probe import ProbedModel
 
     options = {"tasks": tuple(settings["tasks"]), "seed": cfg.seed, **settings["compare"]}
+    labels = {"ar": ar_source, "mdm": str(mdm_path), **{f"{r}_twin": src for r, (src, _) in twins.items()}}
 
     def work(folder: Path) -> dict[str, Any]:
         ar = ProbedModel.from_checkpoint(ar_source, backend="torch", device=cfg.device)
         mdm = ProbedModel.from_checkpoint(mdm_path, backend="torch", device=cfg.device)
+        twin_models = {
+            r: ProbedModel.from_checkpoint(src, backend="torch", device=cfg.device, expect=r, role=f"the {r} seed twin")
+            for r, (src, _) in twins.items()
+        }
         opts = CompareOptions(**options)
         note = None
         try:
-            result = compare(ar, mdm, opts, labels={"ar": ar_source, "mdm": str(mdm_path)}, log=stages.log)
+            result = compare(ar, mdm, opts, labels=labels, twins=twin_models, log=stages.log)
         except UserError as err:
             if not opts.common_correct:
                 raise
@@ -351,7 +381,8 @@ def _compare_stage(
                 ar,
                 mdm,
                 CompareOptions(**{**options, "common_correct": False}),
-                labels={"ar": ar_source, "mdm": str(mdm_path)},
+                labels=labels,
+                twins=twin_models,
                 log=stages.log,
             )
         result.data["note"] = note
@@ -374,81 +405,13 @@ def _compare_stage(
             }
         }
 
-    return stages.run("compare", {"mdm": upstream, "options": options, "device": cfg.device}, work)
-
-
-# --- report -----------------------------------------------------------------------------------------
-
-
-def summary_table(compare_data: Mapping[str, Any], sampler_rows: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """Per task: pool accuracies, low-confidence and ARM sampling accuracy, Jaccard, early mass."""
-    from analyses.compare import summary_rows
-
-    rows = summary_rows(compare_data)
-    by = {(r["task"], r["sampler"]): r for r in sampler_rows if r.get("fraction") in (1.0, None)}
-    for row in rows:
-        lc, arm = by.get((row["task"], "low-confidence")), by.get((row["task"], "ar (the ARM)"))
-        row["MDM sampling acc"] = f"{lc['accuracy']:.2f}" if lc else "-"
-        row["ARM greedy acc"] = f"{arm['accuracy']:.2f}" if arm else "-"
-    return rows
-
-
-def write_study_report(
-    out: Path, cfg: StudyConfig, records: list[StageRecord], ar_source: str, mdm_path: Path
-) -> dict[str, Any]:
-    from analyses.compare import format_interval, report_html, table_html
-    from analyses.generation import EvalRow, figure
-    from conversion.report import training_figure
-
-    compare_data = json.loads((out / "compare" / "report.json").read_text())
-    sampler_rows = json.loads((out / "samplers" / "results.json").read_text())["rows"]
-    mdm_info = next(r.info for r in records if r.name == "mdm")
-    tokens = mdm_info.get("tokens_seen", 0)
-    stage_rows = [{"stage": r.name, "status": r.status, "seconds": f"{r.seconds:.0f}", "key": r.key} for r in records]
-    lines = [
-        f"<p>Model <b>{html.escape(cfg.model)}</b>: ARM <code>{html.escape(ar_source)}</code>, converted by "
-        f"{mdm_info.get('steps')} steps ({tokens:,} tokens) into <code>{html.escape(str(mdm_path))}</code>.</p>"
-    ]
-    if cfg.model == "smollm2":
-        lines.append(
-            f"<p><b>How little conversion this is:</b> {tokens:,} tokens on this machine's budget; published conversions "
-            "used about 30 B (DiffuGPT), 65 B (DiffuLLaMA) and 580 B (Dream) tokens. Read the MDM side as a barely "
-            "converted model.</p>"
-        )
-    if cfg.quick:
-        lines.append("<p><b>Quick mode:</b> tiny training and pools; the numbers only show that the pipeline runs.</p>")
-    if compare_data.get("note"):
-        lines.append(f"<p><b>Note:</b> {html.escape(compare_data['note'])}</p>")
-    lines += [
-        "<h2>Stages</h2>",
-        table_html(stage_rows),
-        "<h2>Summary</h2>",
-        table_html(summary_table(compare_data, sampler_rows)),
-    ]
-    extra = {
-        "samplers: accuracy against NFE": figure([EvalRow(**r) for r in sampler_rows]),
-        "conversion: training curves": training_figure(mdm_path / "train.jsonl", title="conversion"),
+    parts = {
+        "mdm": upstream,
+        "options": options,
+        "device": cfg.device,
+        "twins": {r: key for r, (_, key) in twins.items()},
     }
-    page = report_html(compare_data, title=f"ar2mdm study: {cfg.model}", extra_figures=extra, sections=lines)
-    atomic_write_text(out / "report.html", page)
-    summary = {
-        "model": cfg.model,
-        "ar": ar_source,
-        "mdm": str(mdm_path),
-        "conversion": mdm_info,
-        "stages": [asdict(r) for r in records],
-        "claims": {
-            k: {"verdict": c["verdict"], "effect": c["effect"], "interval": c["interval"]}
-            for k, c in compare_data["claims"].items()
-        },
-        "table": summary_table(compare_data, sampler_rows),
-        "claims_text": {
-            k: f"{c['claim']} -- {c['verdict'].upper()}: {c['effect']} = {format_interval(c['interval'], 3)}"
-            for k, c in compare_data["claims"].items()
-        },
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    return summary
+    return stages.run("compare", parts, work)
 
 
 def run_study(cfg: StudyConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -482,26 +445,18 @@ def _run_stages(cfg: StudyConfig, out: Path, log: Callable[[str], None]) -> dict
             f"{mdm_record.info.get('tokens_seen', 0):,} tokens -- published conversions used 30-580 B tokens; "
             "this MDM is barely converted, and the comparison says what such a short conversion changes."
         )
+    twins: dict[str, tuple[str, str]] = {}
+    if cfg.seed_floor and cfg.model == "organism":
+        twin_source, twin_record = _ar_twin_stage(cfg, stages, ar_source, ar_record)
+        twins["ar"] = (twin_source, twin_record.key)
+        twin_mdm = _mdm_stage(cfg, stages, ar_source, ar_record, settings, name="mdm_twin", seed_offset=1)
+        twins["mdm"] = (str(out / "mdm_twin" / "model"), twin_mdm.key)
     _samplers_stage(cfg, stages, ar_source, mdm_path, mdm_record.key, settings)
-    _compare_stage(cfg, stages, ar_source, mdm_path, mdm_record.key, settings)
-    summary = write_study_report(out, cfg, stages.records, ar_source, mdm_path)
+    _compare_stage(cfg, stages, ar_source, mdm_path, mdm_record.key, settings, twins)
+    summary = write_study_report(out, cfg.model, cfg.quick, stages.records, ar_source, mdm_path)
     summary["seconds"] = time.perf_counter() - t0
     log(f"study done in {summary['seconds']:.0f} s: {out / 'report.html'}")
     return summary
 
 
-def print_summary(summary: Mapping[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=max(Console().width, 150))  # the table is wide; a pipe reports 80 columns
-    rows = summary["table"]
-    if rows:
-        table = Table(title=f"ARM vs MDM ({summary['model']}): common-correct pool per task")
-        for col in rows[0]:
-            table.add_column(col, justify="left" if col in ("task", "kind") else "right")
-        for r in rows:
-            table.add_row(*r.values())
-        console.print(table)
-    for key, text in summary["claims_text"].items():
-        console.print(f"claim ({key}): {text}", markup=False, highlight=False)
+__all__ = ["StudyConfig", "print_summary", "run_study"]

@@ -212,6 +212,7 @@ class OrganismReport:
     vocab_size: int
     n_parameters: int
     targets: dict[str, float] = field(default_factory=lambda: dict(TARGETS))
+    data_seed: int | None = None  # the tokenizer's and held-out sets' seed when it is not `seed`
 
     @property
     def met(self) -> dict[str, bool]:
@@ -339,8 +340,13 @@ def train_organism(
     config: OrganismConfig | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    data_seed: int | None = None,
 ) -> OrganismReport:
     """Train the organism from scratch, evaluate it on held-out examples, save it to `out`.
+
+    seed: initialisation and training stream. data_seed: the tokenizer and the held-out sets
+    (default: `seed`). A *seed twin* of an organism (the seed floor of `analyses.compare`) keeps
+    its data_seed and changes its seed: same vocabulary and held-out prompts, another model.
 
     out: the HF folder to write (default `default_organism_dir()`), claimed for the run
     (`common.outputs.claim_output`: locked, and refused if it holds anything but an organism);
@@ -364,7 +370,7 @@ def train_organism(
                 f"{out} already holds a trained organism; pass --overwrite (overwrite=True) to replace it, "
                 "or choose another --out."
             )
-        return _train(out, cfg, seed, minutes, steps, progress, wall_start)
+        return _train(out, cfg, seed, minutes, steps, progress, wall_start, seed if data_seed is None else data_seed)
 
 
 def _is_organism_folder(folder: Path) -> bool:
@@ -377,14 +383,21 @@ def _is_organism_folder(folder: Path) -> bool:
 
 
 def _train(
-    out: Path, cfg: OrganismConfig, seed: int, minutes: float, steps: int | None, progress: bool, wall_start: float
+    out: Path,
+    cfg: OrganismConfig,
+    seed: int,
+    minutes: float,
+    steps: int | None,
+    progress: bool,
+    wall_start: float,
+    data_seed: int,
 ) -> OrganismReport:
     """The training run of `train_organism`, into the claimed folder `out`, through the one
     training loop (`conversion.loop.fit`)."""
     torch.set_num_threads(cfg.threads)
-    tokenizer = organism_tokenizer(cfg.tokenizer_examples, seed)
+    tokenizer = organism_tokenizer(cfg.tokenizer_examples, data_seed)
     tasks = build_tasks(tokenizer)
-    eval_sets = held_out_sets(tasks, cfg.eval_examples, seed)
+    eval_sets = held_out_sets(tasks, cfg.eval_examples, data_seed)
     exclude = {name: {prompt_key(ex) for ex in exs} for name, exs in eval_sets.items() if name in HOLDOUT_PROMPTS}
     model = build_model(cfg, tokenizer, seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
@@ -414,6 +427,7 @@ def _train(
     report = OrganismReport(
         out=str(out),
         seed=seed,
+        data_seed=data_seed if data_seed != seed else None,
         steps=step,
         tokens_seen=run.tokens,
         train_seconds=round(train_time, 2),

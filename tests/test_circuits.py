@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from analyses.batching import batches
 from analyses.circuit_plots import edges_figure, importance_heatmap
-from analyses.circuits import attribute, circuit_metrics, faithfulness, faithfulness_curve
+from analyses.circuits import FaithfulnessCurve, attribute, circuit_metrics, faithfulness, faithfulness_curve
 from analyses.graph import Graph, compare_scores, node_importance
 from analyses.metrics import Targets, metric_values
 from common.errors import UserError
@@ -416,8 +416,22 @@ def test_faithfulness_curve_of_the_one_head_model() -> None:
     assert curve.values == pytest.approx([0, 0, 1, 1, 1, 1, 1, 1, 1], abs=1e-5)
     assert curve.area == pytest.approx((0.5 + 108) / 110, abs=1e-6)  # trapezoids over size / 110
     assert curve.to_dict()["values"] == curve.values
+    # MIB: CPR is the area; CMD the area of |1 - f|: 1/110 on [0, 1] edges, 0.5/110 on [1, 2], then 0
+    assert curve.cpr == curve.area and curve.cmd == pytest.approx(1.5 / 110, abs=1e-6)
+    assert curve.cpr + curve.cmd == pytest.approx(1.0, abs=1e-6)  # f in [0, 1] everywhere
     partial = faithfulness_curve(pm, items, g, [1, 2])
     assert partial.values == pytest.approx([0, 1], abs=1e-5) and partial.area == pytest.approx(0.5 / 110, abs=1e-7)
+
+
+def test_cmd_splits_a_segment_where_the_curve_crosses_one() -> None:
+    """f = 2x on [0, 1] (overshoots the model past half the edges): the integral of |1 - 2x| is
+    1/2, not the 0 a trapezoid over the signed distance would give; f = 1 gives CMD 0."""
+    over = FaithfulnessCurve([0, 10], [0, 10], [0.0, 2.0], 1.0, 1.0, 0.0, 10)
+    assert over.cmd == pytest.approx(0.5) and over.cpr == 1.0
+    exact = FaithfulnessCurve([0, 5, 10], [0, 5, 10], [1.0, 1.0, 1.0], 1.0, 1.0, 0.0, 10)
+    assert exact.cmd == 0.0
+    below = FaithfulnessCurve([0, 5, 10], [0, 5, 10], [0.0, 0.5, 1.0], 0.5, 1.0, 0.0, 10)
+    assert below.cmd == pytest.approx(0.5)  # the triangle between f = x and 1
 
 
 # --- views and errors -------------------------------------------------------------------------

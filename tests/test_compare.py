@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_tokenizer
-from test_depth import MASK_ID, probed3
+from test_depth import MASK_ID, hf_model, probed3
 from typer.testing import CliRunner
 
 from analyses.circuits import attribute
@@ -29,11 +29,15 @@ from analyses.compare import (
     revealed,
     write_report,
 )
+from analyses.compare.controls import PairStats
 from analyses.depth import baseline_logit_diffs, layer_distribution
 from analyses.graph import Graph, jaccard
-from analyses.statistics import Interval, jaccard_bootstrap, jaccard_rows, pooled, verdict
+from analyses.statistics import Interval, floor_bound, jaccard_bootstrap, jaccard_rows, pooled, verdict
 from ar2mdm.cli import app
 from common.errors import UserError
+from common.metadata import ModelMeta
+from probe import ProbedModel
+from tasks import TASKS as TASK_REGISTRY
 from tasks import get_task, render
 
 TASKS = ("ioi", "greater_than", "countdown", "sudoku")
@@ -148,40 +152,105 @@ def test_check_pair_refuses_wrong_kinds() -> None:
         check_pair(probed3(), probed3())
 
 
+def stats(jaccard: torch.Tensor, early: torch.Tensor) -> PairStats:
+    """PairStats from bootstrap replicates; estimates are their means, intervals their range."""
+    j, e = float(jaccard.mean()), float(early.mean())
+    return PairStats(
+        Interval(j, float(jaccard.min()), float(jaccard.max())),
+        jaccard,
+        Interval(e, float(early.min()), float(early.max())),
+        early,
+    )
+
+
 def test_claims_read_their_intervals() -> None:
-    """Claim (a) pools the per-task Jaccard replicates with +1/n_local and -1/n_global."""
+    """Claim (a) pools the per-task Jaccard replicates with +1/n_local and -1/n_global, (b) the
+    global tasks' early-mass differences; each control pair goes through the same statistics."""
     n = 50
-    pools = {"ioi": None, "greater_than": None, "countdown": None}
-    reps = {
+    tasks = ["ioi", "greater_than", "countdown"]
+    jac = {
         "ioi": torch.full((n,), 0.8),
         "greater_than": torch.full((n,), 0.6),
         "countdown": torch.linspace(0.1, 0.3, n),
     }
-    data = {
-        "tasks": {
-            t: {
-                "circuits": {"jaccard": Interval(float(r.mean()), 0, 1)},
-                "depth": {"compare": {"early_mass_diff": {"estimate": 0.1}}},
-            }
-            for t, r in reps.items()
-        },
-        "units": {},
-    }
-    out = claims(pools, reps, {t: torch.full((n,), 0.1) for t in reps}, data, Interval(-0.05, -0.08, -0.02))
+    main = {t: stats(jac[t], torch.full((n,), 0.1)) for t in tasks}
+    out = claims(tasks, {"main": main}, {"main": Interval(-0.05, -0.08, -0.02)})
     assert out["a"]["interval"].estimate == pytest.approx(0.7 - 0.2)
     assert out["a"]["verdict"] == "holds" and out["a"]["local_tasks"] == ["ioi", "greater_than"]
     assert out["b"]["interval"].estimate == pytest.approx(0.1) and out["b"]["verdict"] == "holds"
     assert out["c"]["verdict"] == "holds"  # MDM - AR selectivity below 0
-    only_local = claims({"ioi": None}, reps, {}, data, None)
+    assert all(c["floor_missing"] and "--ar-seed-twin" in c["floor_missing"] for c in out.values())
+    # (a)'s replicates: 0.7 - linspace(0.1, 0.3) spans 0.4..0.6, so the 2.5/97.5% quantiles by hand
+    reps = 0.7 - torch.linspace(0.1, 0.3, n).double()
+    lo, hi = torch.quantile(reps, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    assert (out["a"]["interval"].low, out["a"]["interval"].high) == pytest.approx((lo, hi))
+    assert out["a"]["detectable_effect"] == pytest.approx(0.7146 * (hi - lo), rel=1e-3)  # (1.96 + 0.84) / 3.92
+
+    null = {t: stats(torch.ones(n), torch.zeros(n)) for t in tasks}
+    # seed floor: local circuits of two seeds overlap more than global ones, by more than ARM vs MDM's effect
+    floor = {
+        "ioi": stats(torch.full((n,), 0.95), torch.linspace(-0.2, 0.2, n)),
+        "greater_than": stats(torch.full((n,), 0.85), torch.zeros(n)),
+        "countdown": stats(torch.full((n,), 0.3), torch.linspace(-0.2, 0.2, n)),
+    }
+    sel = {
+        "main": Interval(-0.05, -0.08, -0.02),
+        "null_ar": Interval(0.0, 0.0, 0.0),
+        "floor_ar": Interval(0.0, -0.01, 0.01),
+    }
+    out = claims(tasks, {"main": main, "null_ar": null, "floor_ar": floor}, sel)
+    for key in "abc":
+        assert out[key]["null"]["null_ar"]["verdict"] == "no difference", key
+        assert (out[key]["null"]["null_ar"]["interval"].low, out[key]["null"]["null_ar"]["interval"].high) == (0, 0)
+    assert out["a"]["floor"]["floor_ar"].estimate == pytest.approx(0.9 - 0.3)
+    assert out["a"]["floor_bound"] == pytest.approx(0.6)  # signed: the floor's far end (a point here)
+    assert out["a"]["verdict"] == "within the seed floor" and out["a"]["verdict_without_floor"] == "holds"
+    # (b): the floor is countdown's early-mass difference of two seeds, +/-0.2 (unsigned: its largest magnitude)
+    lo, hi = torch.quantile(torch.linspace(-0.2, 0.2, n).double(), torch.tensor([0.025, 0.975], dtype=torch.float64))
+    assert out["b"]["floor_bound"] == pytest.approx(max(-float(lo), float(hi)))
+    assert out["b"]["verdict"] == "within the seed floor"  # 0.1 does not clear 0.19
+    assert out["c"]["floor_bound"] == pytest.approx(0.01) and out["c"]["verdict"] == "holds"  # -0.02 clears 0.01
+    assert "--mdm-seed-twin" in out["a"]["floor_missing"] and "--ar-seed-twin" not in out["a"]["floor_missing"]
+    only_local = claims(["ioi"], {"main": main}, {})
     assert only_local["a"]["verdict"] == "untested" and only_local["b"]["verdict"] == "untested"
     assert only_local["c"]["verdict"] == "untested"
+
+
+def test_verdict_reads_equivalence_and_the_floor() -> None:
+    assert verdict(Interval(0.0, 0.0, 0.0), 1) == "no difference"
+    assert verdict(Interval(0.004, -0.002, 0.008), 1, margin=0.01) == "no difference"
+    assert verdict(Interval(0.004, -0.002, 0.008), 1) == "inconclusive"
+    assert verdict(Interval(0.2, 0.1, 0.3), 1, floor=0.05) == "holds"
+    assert verdict(Interval(0.2, 0.1, 0.3), 1, floor=0.15) == "within the seed floor"
+    assert verdict(Interval(-0.2, -0.3, -0.1), 1, floor=0.05) == "reversed"
+    assert verdict(Interval(-0.2, -0.3, -0.1), -1, floor=0.2) == "within the seed floor"
+    assert floor_bound(Interval(0.1, -0.3, 0.2), 1, signed=False) == 0.3
+    assert floor_bound(Interval(0.1, -0.3, 0.2), 1, signed=True) == 0.2
+    assert floor_bound(Interval(-0.4, -0.5, -0.3), 1, signed=True) == 0.0  # a floor on the other side asks nothing
+    assert floor_bound(None, 1, signed=True) is None
 
 
 # --- a whole comparison -----------------------------------------------------------------------------
 
 
+def seed_twin(kind: str = "ar", seed: int = 1) -> ProbedModel:
+    """The 3-layer model with every weight matrix moved by noise of half its spread: a stand-in
+    for the same recipe trained with another seed (same graph, tokenizer and mask id)."""
+    model = hf_model()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.5 * p.std())
+    meta = ModelMeta(kind="mdm", shift=True, mask_id=MASK_ID) if kind == "mdm" else None
+    return ProbedModel(model, tiny_tokenizer(), meta, backend="torch")
+
+
 def test_compare_end_to_end_agrees_with_the_saved_graphs(tmp_path: Path) -> None:
+    """Every number against an independent computation from the saved graphs; the null pairs
+    give Jaccard 1.0, effects 0 and "no difference"; the seed floors read like the main pair."""
     ar, mdm = probed3(), probed3(kind="mdm")
+    twins = {"ar": seed_twin(), "mdm": seed_twin("mdm", 2)}
     opts = CompareOptions(
         tasks=TASKS,
         pool_size=8,
@@ -193,16 +262,27 @@ def test_compare_end_to_end_agrees_with_the_saved_graphs(tmp_path: Path) -> None
         denoising=(1.0, 0.0),
         batch_size=8,
     )
-    result = compare(ar, mdm, opts, examples=task_examples(40), log=lambda _: None)
+    result = compare(ar, mdm, opts, examples=task_examples(40), twins=twins, log=lambda _: None)
     write_report(result, tmp_path)
     data = json.loads((tmp_path / "report.json").read_text())
     analysed = list(data["tasks"])
     assert analysed and set(analysed) <= set(TASKS)
+    floor_jaccard = {}
     for task in analysed:
-        ga, gm = (Graph.load(tmp_path / "graphs" / f"{task}-{m}.json") for m in ("ar", "mdm"))
+        ga, gm, gat, gmt = (
+            Graph.load(tmp_path / "graphs" / f"{task}-{m}.json") for m in ("ar", "mdm", "ar_twin", "mdm_twin")
+        )
         entry = data["tasks"][task]
-        assert entry["n"] == data["pools"][task]["pool"] == ga.meta["n_examples"]
+        assert entry["n"] == data["pools"][task]["pool"] == ga.meta["n_examples"] == gat.meta["n_examples"]
         assert entry["circuits"]["jaccard"]["estimate"] == pytest.approx(jaccard(ga, gm, 20))
+        controls = entry["controls"]
+        for null in ("null_ar", "null_mdm"):
+            assert controls[null]["jaccard"] == {"estimate": 1.0, "low": 1.0, "high": 1.0, "level": 0.95}
+            assert [controls[null]["early_mass_diff"][k] for k in ("estimate", "low", "high")] == [0, 0, 0]
+        assert controls["floor_ar"]["jaccard"]["estimate"] == pytest.approx(jaccard(ga, gat, 20))
+        assert controls["floor_mdm"]["jaccard"]["estimate"] == pytest.approx(jaccard(gm, gmt, 20))
+        floor_jaccard[task] = jaccard(ga, gat, 20)
+        assert jaccard(ga, gat, 20) < 1  # the twin is another model
         cmp = entry["depth"]["compare"]
         for key, g in (("a", ga), ("b", gm)):
             dist = layer_distribution({s: v for s, v in g.node_scores.items() if s != "embed"}, 3, 3)
@@ -210,8 +290,23 @@ def test_compare_end_to_end_agrees_with_the_saved_graphs(tmp_path: Path) -> None
         assert len(entry["depth"]["ar"]["lens"]["top1"]) == 4  # embedding + 3 layers
     for key, claim in data["claims"].items():
         iv = claim["interval"]
-        expected = verdict(Interval(iv["estimate"], iv["low"], iv["high"]) if iv else None, -1 if key == "c" else 1)
+        expected = verdict(
+            Interval(iv["estimate"], iv["low"], iv["high"]) if iv else None,
+            -1 if key == "c" else 1,
+            floor=claim["floor_bound"],
+            margin=0.01,
+        )
         assert claim["verdict"] == expected
+        assert claim["floor_missing"] is None and set(claim["floor"]) == {"floor_ar", "floor_mdm"}
+        for null in ("null_ar", "null_mdm"):
+            if claim["null"][null]["interval"] is not None:
+                assert [claim["null"][null]["interval"][k] for k in ("estimate", "low", "high")] == [0, 0, 0]
+                assert claim["null"][null]["verdict"] == "no difference"
+    local = [t for t in analysed if TASK_REGISTRY[t].kind == "local"]
+    glob = [t for t in analysed if t not in local]
+    if local and glob:
+        by_hand = sum(floor_jaccard[t] for t in local) / len(local) - sum(floor_jaccard[t] for t in glob) / len(glob)
+        assert data["claims"]["a"]["floor"]["floor_ar"]["estimate"] == pytest.approx(by_hand)
     for d in data["denoising"].values():
         if "points" in d:
             assert [p["t"] for p in d["points"]] == [1.0, 0.0]
@@ -253,7 +348,6 @@ def test_check_pair_warns_when_the_mdm_is_not_the_arms_own_conversion() -> None:
     from test_probe import probed
 
     from analyses.compare import check_pair
-    from probe import ProbedModel
 
     ar, mdm = probed("llama"), probed("llama", "mdm")
     assert ar.meta.source_hash

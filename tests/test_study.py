@@ -31,17 +31,29 @@ def test_study_runs_caches_and_resumes(tmp_path: Path, monkeypatch: pytest.Monke
         m.setattr(analyses.compare, "compare", crash)
         with pytest.raises(RuntimeError, match="simulated crash"):
             run_study(cfg, log=lambda _: None)
-    for stage in ("ar", "mdm", "samplers"):
+    earlier = ("ar", "mdm", "ar_twin", "mdm_twin", "samplers")
+    for stage in earlier:
         assert (out / stage / "stage.json").is_file(), stage
     assert not (out / "compare" / "stage.json").exists() and not (out / "report.html").exists()
 
     summary = run_study(cfg, log=lambda _: None)
-    assert statuses(summary) == {"ar": "cached", "mdm": "cached", "samplers": "cached", "compare": "ran"}
+    assert statuses(summary) == {**dict.fromkeys(earlier, "cached"), "compare": "ran"}
     page = (out / "report.html").read_text()
     assert "Claims of the reference study" in page and "samplers: accuracy against NFE" in page
+    assert "Controls per task" in page and "ARM vs ARM&#x27; (seed)" in page
     saved = json.loads((out / "summary.json").read_text())
     assert set(saved["claims"]) == {"a", "b", "c"}
-    assert all(c["verdict"] in ("holds", "reversed", "inconclusive", "untested") for c in saved["claims"].values())
+    verdicts = ("holds", "reversed", "inconclusive", "untested", "no difference", "within the seed floor")
+    assert all(c["verdict"] in verdicts for c in saved["claims"].values())
+    for c in saved["claims"].values():  # the null pairs and both seed floors beside every claim
+        assert {n["verdict"] for n in c["null"].values()} == {"no difference"} and set(c["null"]) == {
+            "null_ar",
+            "null_mdm",
+        }
+        assert set(c["floor"]) == {"floor_ar", "floor_mdm"} and c["floor_bound"] is not None
+    twin_report = json.loads((out / "ar_twin" / "model" / "report.json").read_text())
+    main_report = json.loads((out / "ar" / "model" / "report.json").read_text())
+    assert (twin_report["seed"], twin_report["data_seed"]) == (1, 0) and main_report["seed"] == 0
     assert saved["conversion"]["steps"] == 12
     assert [r["task"] for r in saved["table"]] == ["ioi", "greater_than", "countdown"]
     report = json.loads((out / "compare" / "report.json").read_text())

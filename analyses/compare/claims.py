@@ -1,4 +1,5 @@
-"""The reference study's three claims, each with an effect size, a pooled interval and a verdict.
+"""The reference study's three claims, each with an effect size, a pooled interval and a verdict,
+read against the controls (`analyses.compare.controls`).
 
 (a) edge overlap is higher on local tasks than on global ones:
     mean Jaccard(local) - mean Jaccard(global) > 0;
@@ -7,21 +8,24 @@
 (c) MDM units are less specialised: median selectivity index over MLP neurons (MDM - AR) < 0.
 
 Intervals pool each task's bootstrap replicates (tasks resampled independently, examples within
-a task); `analyses.statistics.verdict` reads "holds", "reversed", "inconclusive" or "untested".
+a task). Each effect is computed the same way for every control pair: the null pairs (a model
+against itself) must read "no difference"; the seed floors (ARM vs ARM', MDM vs MDM') give the
+bound an effect must clear to "hold" (`analyses.statistics.verdict` with `floor`). Every claim
+states the smallest effect its pool can detect (`detectable_effect`, 80% power at the 5% level).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from analyses.compare.pool import Pool
+from analyses.compare.controls import PairStats
 from analyses.graph import Graph
-from analyses.statistics import Interval, pooled, verdict
+from analyses.statistics import Interval, detectable_effect, floor_bound, pooled, verdict
 from common.errors import UserError
 from tasks import TASKS
 
@@ -45,61 +49,108 @@ def node_examples(graph: Graph) -> dict[str, Float[Tensor, " examples"]]:
     return {s: nodes[:, i] for s, i in index.items() if s != "embed"}
 
 
-def claims(
-    pools: Mapping[str, Pool | None],
-    jaccard_reps: Mapping[str, Float[Tensor, " boot"]],
-    depth_reps: Mapping[str, Float[Tensor, " boot"]],
-    data: Mapping[str, Any],
-    selectivity: Interval | None,
-) -> dict[str, Any]:
-    """The three claims with effect sizes, intervals and verdicts."""
-    local = [t for t in pools if TASKS[t].kind == "local"]
-    glob = [t for t in pools if TASKS[t].kind == "global"]
-    out: dict[str, Any] = {}
+EQUIVALENCE_MARGIN = 0.01  # an effect interval inside +/- this is "no difference" (mass shares, Jaccard, SI)
 
-    def jac(t: str) -> float:
-        return data["tasks"][t]["circuits"]["jaccard"].estimate
+# claim -> (direction, signed floor?, claim text, effect text)
+CLAIMS = {
+    "a": (
+        1,
+        True,
+        "edge overlap (Jaccard of top-K edges, ARM vs MDM) is higher on local than on global tasks",
+        "mean Jaccard over local tasks - mean over global tasks",
+    ),
+    "b": (
+        1,
+        False,
+        "the MDM has more early-layer (first third) mass among its top-K nodes than the ARM on global tasks",
+        "mean over global tasks of early mass (MDM - ARM)",
+    ),
+    "c": (
+        -1,
+        False,
+        "MDM units are less specialised than the ARM's (single-component specialisation is weaker)",
+        "median selectivity index over MLP neurons across tasks (MDM - ARM)",
+    ),
+}
 
-    a = None
+
+def claim_effects(
+    local: Sequence[str], glob: Sequence[str], stats: Mapping[str, PairStats]
+) -> tuple[Interval | None, Interval | None]:
+    """The effects of claims (a) and (b) for one pair of models: (a) pools the per-task Jaccard
+    replicates with weights +1/n_local and -1/n_global, (b) the global tasks' early-mass
+    differences with 1/n_global. None where the tasks are missing."""
+    a = b = None
     if local and glob:
+        tasks = [*local, *glob]
         a = pooled(
-            [jac(t) for t in local + glob],
-            [jaccard_reps[t] for t in local + glob],
+            [stats[t].jaccard.estimate for t in tasks],
+            [stats[t].jaccard_reps for t in tasks],
             [1 / len(local)] * len(local) + [-1 / len(glob)] * len(glob),
         )
-    out["a"] = {
-        "claim": "edge overlap (Jaccard of top-K edges, ARM vs MDM) is higher on local than on global tasks",
-        "effect": "mean Jaccard over local tasks - mean over global tasks",
-        "interval": a,
-        "verdict": verdict(a, 1),
-        "local_tasks": local,
-        "global_tasks": glob,
-        "per_task": {t: data["tasks"][t]["circuits"]["jaccard"] for t in pools},
-    }
-    b = None
     if glob:
         b = pooled(
-            [data["tasks"][t]["depth"]["compare"]["early_mass_diff"]["estimate"] for t in glob],
-            [depth_reps[t] for t in glob],
+            [stats[t].early_mass_diff.estimate for t in glob],
+            [stats[t].early_reps for t in glob],
             [1 / len(glob)] * len(glob),
         )
-    out["b"] = {
-        "claim": "the MDM has more early-layer (first third) mass among its top-K nodes than the ARM on global tasks",
-        "effect": "mean over global tasks of early mass (MDM - ARM)",
-        "interval": b,
-        "verdict": verdict(b, 1),
-        "global_tasks": glob,
-        "per_task": {t: data["tasks"][t]["depth"]["compare"]["early_mass_diff"] for t in pools},
-    }
-    out["c"] = {
-        "claim": "MDM units are less specialised than the ARM's (single-component specialisation is weaker)",
-        "effect": "median selectivity index over MLP neurons across tasks (MDM - ARM)",
-        "interval": selectivity,
-        "verdict": verdict(selectivity, -1),
-        "supporting": (
-            {k: data["units"]["neurons"]["compare"][k]["diff"] for k in ("median_entropy",)}
-            if "neurons" in data["units"]
-            else {}
-        ),
-    }
+    return a, b
+
+
+def claims(
+    tasks: Sequence[str],
+    pairs: Mapping[str, Mapping[str, PairStats]],
+    selectivity: Mapping[str, Interval | None],
+    supporting: Mapping[str, Any] | None = None,
+    *,
+    margin: float = EQUIVALENCE_MARGIN,
+) -> dict[str, Any]:
+    """Claims (a)-(c) for the main pair, each beside its controls.
+
+    tasks: the analysed tasks. pairs: pair name ("main", "null_ar", "floor_ar", ... see
+    `analyses.compare.controls`) -> task -> PairStats; "main" is required. selectivity: pair name
+    -> interval of the median selectivity difference (claim c; None: not profiled).
+    supporting: extra figures shown with claim (c). Each claim holds "interval", "verdict" (read
+    against the seed floors present), "verdict_without_floor", "detectable_effect", "null"
+    (pair -> interval and verdict), "floor" (pair -> interval), "floor_bound" and "floor_missing"
+    (what to pass for one), and "per_task" (task -> pair -> interval).
+    """
+    local = [t for t in tasks if TASKS[t].kind == "local"]
+    glob = [t for t in tasks if TASKS[t].kind == "global"]
+    effects: dict[str, dict[str, Interval | None]] = {}
+    for name, stats in pairs.items():
+        a, b = claim_effects(local, glob, stats)
+        effects[name] = {"a": a, "b": b, "c": selectivity.get(name)}
+    out: dict[str, Any] = {}
+    for key, (direction, signed, text, effect) in CLAIMS.items():
+        interval = effects["main"][key]
+        floors = {p: effects[p][key] for p in ("floor_ar", "floor_mdm") if p in effects}
+        bounds = [b for b in (floor_bound(f, direction, signed=signed) for f in floors.values()) if b is not None]
+        bound = max(bounds) if bounds else None
+        missing = [f"--{p[6:]}-seed-twin" for p in ("floor_ar", "floor_mdm") if p not in effects]
+        out[key] = {
+            "claim": text,
+            "effect": effect,
+            "interval": interval,
+            "verdict": verdict(interval, direction, floor=bound, margin=margin),
+            "verdict_without_floor": verdict(interval, direction, margin=margin),
+            "detectable_effect": detectable_effect(interval),
+            "null": {
+                p: {"interval": effects[p][key], "verdict": verdict(effects[p][key], direction, margin=margin)}
+                for p in ("null_ar", "null_mdm")
+                if p in effects
+            },
+            "floor": floors,
+            "floor_bound": bound,
+            "floor_missing": (
+                "no seed floor: pass " + " and ".join(missing) + " (models trained alike with another seed)"
+                if missing
+                else None
+            ),
+        }
+    out["a"].update(local_tasks=local, global_tasks=glob)
+    out["a"]["per_task"] = {t: {p: s[t].jaccard for p, s in pairs.items() if t in s} for t in tasks}
+    out["b"].update(global_tasks=glob)
+    out["b"]["per_task"] = {t: {p: s[t].early_mass_diff for p, s in pairs.items() if t in s} for t in tasks}
+    out["c"]["supporting"] = dict(supporting or {})
     return out

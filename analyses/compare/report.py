@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
+from analyses.compare.controls import PAIR_LABELS
 from analyses.graph import Graph
 from analyses.statistics import Interval
 from common.outputs import atomic_write_text
@@ -97,6 +98,60 @@ def summary_rows(data: Mapping[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+def claim_rows(data: Mapping[str, Any]) -> list[dict[str, str]]:
+    """One row per claim: effect with its interval and verdict, the smallest detectable effect,
+    the null pairs and the seed floors with the bound an effect must clear."""
+    rows = []
+    for key, c in data["claims"].items():
+        mde = c.get("detectable_effect")
+        nulls = c.get("null", {})
+        floors = c.get("floor", {})
+        rows.append(
+            {
+                "claim": f"({key}) {c['claim']}",
+                "effect": c["effect"],
+                "estimate [95% CI]": format_interval(c["interval"], 3),
+                "verdict": c["verdict"],
+                "detectable": f"+/-{mde:.3f}" if mde is not None else "-",
+                "null pair": "; ".join(
+                    f"{PAIR_LABELS[p]} {format_interval(n['interval'], 3)} {n['verdict']}" for p, n in nulls.items()
+                )
+                or "not run",
+                "seed floor": "; ".join(f"{PAIR_LABELS[p]} {format_interval(f, 3)}" for p, f in floors.items())
+                + (f" (must clear {c['floor_bound']:.3f})" if c.get("floor_bound") is not None else "")
+                if floors
+                else "missing",
+            }
+        )
+    return rows
+
+
+def controls_rows(data: Mapping[str, Any]) -> list[dict[str, str]]:
+    """One row per analysed task: Jaccard@K and early-mass difference of the main pair beside
+    each control pair, and the pool that would resolve Jaccard to +/-0.03."""
+    from analyses.statistics import Interval, pool_for_width
+
+    rows = []
+    for task, entry in data["tasks"].items():
+        pairs = {"main": {"jaccard": entry["circuits"]["jaccard"], "early_mass_diff": None}}
+        pairs["main"]["early_mass_diff"] = entry["depth"]["compare"]["early_mass_diff"]
+        pairs.update(entry.get("controls", {}))
+        row = {"task": task, "pool": str(entry["n"])}
+        for name, stats in pairs.items():
+            row[f"Jaccard {PAIR_LABELS[name]}"] = format_interval(stats["jaccard"])
+        for name, stats in pairs.items():
+            row[f"early mass diff {PAIR_LABELS[name]}"] = format_interval(stats["early_mass_diff"])
+        j = entry["circuits"]["jaccard"]
+        need = (
+            pool_for_width(entry["n"], Interval(j["estimate"], j["low"], j["high"]), 0.03)
+            if j.get("low") is not None
+            else None
+        )
+        row["pool for Jaccard +/-0.03"] = str(need) if need is not None else "-"
+        rows.append(row)
+    return rows
+
+
 def md_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     if not rows:
         return []
@@ -121,7 +176,11 @@ def markdown_summary(data: Mapping[str, Any]) -> str:
         lines.append(
             f"- ({key}) {c['claim']}: **{c['verdict']}** -- {c['effect']} = {format_interval(c['interval'], 3)}"
         )
-    lines += ["", *md_table(summary_rows(data)), ""]
+    lines += ["", "Claims against their controls:", "", *md_table(claim_rows(data)), ""]
+    lines += [*md_table(summary_rows(data)), ""]
+    if any(e.get("controls") for e in data["tasks"].values()):
+        lines += ["Controls per task (null pair: a model against itself; seed floor: models trained alike):", ""]
+        lines += [*md_table(controls_rows(data)), ""]
     rows = []
     for t, e in data["tasks"].items():
         row = {"task": t}
@@ -129,7 +188,9 @@ def markdown_summary(data: Mapping[str, Any]) -> str:
             c = e["circuits"][m]
             row[f"LD clean / corrupt {m.upper()}"] = f"{c['clean_ld']:.2f} / {c['corrupt_ld']:.2f}"
             if "faithfulness" in c:
-                row[f"faithfulness area {m.upper()}"] = f"{c['faithfulness']['area']:.2f}"
+                f = c["faithfulness"]
+                cmd = f"{f['cmd']:.2f}" if "cmd" in f else "-"
+                row[f"CPR / CMD {m.upper()}"] = f"{f.get('cpr', f['area']):.2f} / {cmd}"
             ab = e["depth"][m].get("ablation")
             if ab and "error" not in ab:
                 row[f"early top-K zero-ablation drop {m.upper()} (vs random)"] = (
@@ -371,17 +432,10 @@ def report_html(
         *sections,
         "<h2>Claims of the reference study</h2>",
     ]
-    rows = [
-        {
-            "claim": f"({k}) {c['claim']}",
-            "effect": c["effect"],
-            "estimate [95% CI]": format_interval(c["interval"], 3),
-            "verdict": c["verdict"],
-        }
-        for k, c in data["claims"].items()
-    ]
-    parts.append(table_html(rows))
+    parts.append(table_html(claim_rows(data)))
     parts += ["<h2>Per task (common-correct pool)</h2>", table_html(summary_rows(data))]
+    if any(e.get("controls") for e in data["tasks"].values()):
+        parts += ["<h2>Controls per task</h2>", table_html(controls_rows(data))]
     first = True
     for name, fig in figs.items():
         parts.append(f"<h2>{html.escape(name)}</h2>")

@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from analyses.attribution import methods_for
 from analyses.circuits import attribute, faithfulness_curve
 from analyses.compare.claims import claims, default_k_edges, default_k_nodes, node_examples
+from analyses.compare.controls import CONTROL_PAIRS, PairStats, check_twins, pair_stats, with_twins
 from analyses.compare.pool import MIN_POOL, Pool, check_pair, common_pool, task_examples
 from analyses.compare.report import CompareResult, json_safe
 from analyses.compare.trajectory import denoising_trajectory
@@ -79,7 +80,8 @@ class CompareOptions:
     faithfulness / ablations / neurons / causal: optional parts. denoising: values of t for the
     MDM's denoising-trajectory analysis (empty: off). common_correct: False keeps every aligned
     example, solved or not (past the reference study's successful-examples-only limit; also the
-    fallback for models too weak to share a pool)."""
+    fallback for models too weak to share a pool). null_pair: attribute each model a second time
+    and report the pair "model vs itself" beside every claim (`analyses.compare.controls`)."""
 
     tasks: tuple[str, ...] = field(default_factory=task_names)
     pool_size: int = 500
@@ -99,6 +101,7 @@ class CompareOptions:
     causal: bool = True
     denoising: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25, 0.0)
     common_correct: bool = True
+    null_pair: bool = True
 
     def checked(self) -> CompareOptions:
         tasks = tuple(dict.fromkeys(t.strip() for t in self.tasks if t.strip()))
@@ -145,14 +148,20 @@ def compare(
     *,
     labels: Mapping[str, str] | None = None,
     examples: Mapping[str, Sequence[Example]] | None = None,
+    twins: Mapping[str, ProbedModel] | None = None,
     log: Callable[[str], None] = print,
 ) -> CompareResult:
     """Run every analysis on both models over each task's common-correct pool; see the module
     docstring. labels: names of the two models in the report (default their sources).
     examples: candidate examples per task name (default `task_examples`: held-out organism sets
-    or the built-in tasks); task names must be registered tasks."""
+    or the built-in tasks); task names must be registered tasks. twins: seed twins for the
+    seed floor, {"ar": ARM', "mdm": MDM'} (either optional; `analyses.compare.controls`); the
+    pool then also requires the twins to answer correctly.
+    Raises CheckpointError for a pair (or twin) that cannot be compared, UserError for bad
+    options or when no task has a pool of MIN_POOL examples."""
     opts = (options or CompareOptions()).checked()
-    warnings = check_pair(ar, mdm)
+    twins = dict(twins or {})
+    warnings = check_pair(ar, mdm) + check_twins(ar, mdm, twins)
     for warning in warnings:
         log(f"warning: {warning}")
     t0 = time.perf_counter()
@@ -177,18 +186,21 @@ def compare(
         "denoising": {},
         "seconds": {},
     }
+    data["controls"] = {
+        "null_pair": opts.null_pair,
+        "seed_twins": {r: names.get(f"{r}_twin", str(getattr(m.meta, "source", r))) for r, m in twins.items()},
+    }
     result = CompareResult(data)
-    models = {"ar": ar, "mdm": mdm}
-    pools = _pools(ar, mdm, opts, examples, data, log)
+    models = {"ar": ar, "mdm": mdm, **{f"{r}_twin": m for r, m in twins.items()}}
+    pools = _pools(ar, mdm, opts, examples, data, log, twins)
     data["seconds"]["pools"] = time.perf_counter() - t0
-    jaccard_reps: dict[str, Tensor] = {}
-    depth_reps: dict[str, Tensor] = {}
+    pairs: dict[str, dict[str, PairStats]] = {}
     for i, (task, pool) in enumerate(tqdm(pools.items(), desc="circuits and depth", unit="task")):
         ts = time.perf_counter()
         boot = {"n_boot": opts.n_boot, "seed": opts.seed + 1009 * i}  # independent resamples per task
-        entry, result.graphs[task], jaccard_reps[task], depth_reps[task] = _task(
-            models, pool, opts, names, k_edges, k_nodes, boot
-        )
+        entry, result.graphs[task], task_pairs = _task(models, pool, opts, names, k_edges, k_nodes, boot)
+        for name, stats in task_pairs.items():
+            pairs.setdefault(name, {})[task] = stats
         data["tasks"][task] = entry
         data["seconds"][f"task:{task}"] = time.perf_counter() - ts
         jac, cmp = entry["circuits"]["jaccard"], entry["depth"]["compare"]
@@ -196,7 +208,7 @@ def compare(
             f"  {task}: n={len(pool)}  Jaccard@{k_edges} {jac.estimate:.2f} [{jac.low:.2f}, {jac.high:.2f}]  "
             f"early mass AR {cmp['a']['early_mass']:.2f} MDM {cmp['b']['early_mass']:.2f}  ({time.perf_counter() - ts:.0f}s)"
         )
-    select_reps = _units(models, pools, opts, data)
+    selectivity = _units(models, pools, opts, data)
     if len(opts.denoising) > 1:
         ts = time.perf_counter()
         data["denoising"] = denoising_trajectory(
@@ -212,7 +224,9 @@ def compare(
             method=opts.method,
         )
         data["seconds"]["denoising"] = time.perf_counter() - ts
-    data["claims"] = claims(pools, jaccard_reps, depth_reps, data, select_reps)
+    neurons = data["units"].get("neurons", {}).get("compare", {})
+    supporting = {"median_entropy": neurons["median_entropy"]["diff"]} if "median_entropy" in neurons else {}
+    data["claims"] = claims(list(pools), pairs, selectivity, supporting)
     data["seconds"]["total"] = time.perf_counter() - t0
     result.data = json_safe(data)
     return result
@@ -225,8 +239,10 @@ def _pools(
     examples: Mapping[str, Sequence[Example]] | None,
     data: dict[str, Any],
     log: Callable[[str], None],
+    twins: Mapping[str, ProbedModel],
 ) -> dict[str, Pool]:
-    """The common-correct pool of every task with at least MIN_POOL examples (stats in data["pools"])."""
+    """The common-correct pool of every task with at least MIN_POOL examples (stats in
+    data["pools"]); with seed twins, restricted to the examples they answer correctly too."""
     log("pools: rendering and scoring the candidate examples")
     if examples is None:
         examples = task_examples(mdm, opts.tasks, opts.draw or 2 * opts.pool_size, opts.seed)
@@ -244,6 +260,7 @@ def _pools(
             batch_size=max(opts.batch_size, 32),
             require_correct=opts.common_correct,
         )
+        pool = with_twins(pool, twins, batch_size=max(opts.batch_size, 32), require_correct=opts.common_correct)
         data["pools"][task] = pool.stats
         log(f"  {task}: {pool.stats}")
         if len(pool) >= MIN_POOL:
@@ -265,23 +282,26 @@ def _task(
     k_edges: int,
     k_nodes: int,
     boot: Mapping[str, int],
-) -> tuple[dict[str, Any], dict[str, Graph], Tensor, Tensor]:
-    """One task's circuits and depth for both models: (report entry, graphs, Jaccard replicates,
-    early-mass-difference replicates)."""
+) -> tuple[dict[str, Any], dict[str, Graph], dict[str, PairStats]]:
+    """One task's circuits and depth for the pair (and its controls): (report entry, graphs by
+    role, pair name -> PairStats for "main" and each control pair)."""
     task = pool.task
-    items = {"ar": pool.ar, "mdm": pool.mdm}
-    graphs = {
-        m: attribute(
+    items = {role: pool.ar if role.startswith("ar") else pool.mdm for role in models}
+
+    def circuits(role: str, pm: ProbedModel) -> Graph:
+        meta = {"task": task, "model": names.get(role, role)}
+        return attribute(
             pm,
-            items[m],
+            items[role],
             method=opts.method,
             steps=opts.steps,
             batch_size=opts.batch_size,
             per_example=True,
-            meta={"task": task, "model": names[m]},
+            meta=meta,
         )
-        for m, pm in models.items()
-    }
+
+    graphs = {role: circuits(role, pm) for role, pm in models.items()}
+    reruns = {f"{m}_rerun": circuits(m, models[m]) for m in ("ar", "mdm")} if opts.null_pair else {}
     interval, jaccard_reps = jaccard_bootstrap(graphs["ar"].examples, graphs["mdm"].examples, k_edges, **boot)
     ks, values = jaccard_curve(graphs["ar"], graphs["mdm"])
     entry: dict[str, Any] = {
@@ -301,69 +321,114 @@ def _task(
         },
     }
     if opts.faithfulness:
-        for m, pm in models.items():
+        for m in ("ar", "mdm"):
             entry["circuits"][m]["faithfulness"] = faithfulness_curve(
-                pm, items[m], graphs[m], batch_size=opts.batch_size
+                models[m], items[m], graphs[m], batch_size=opts.batch_size
             ).to_dict()
     big = max(opts.batch_size, 32)
     if opts.node_scores == "patching":
         per = {m: node_patching_scores(pm, items[m], batch_size=big) for m, pm in models.items()}
+        per.update({r: per[r.removesuffix("_rerun")] for r in reruns})  # patching is exact: no rerun needed
     else:
-        per = {m: node_examples(graphs[m]) for m in models}
-    cmp = compare_depth(per["ar"], per["mdm"], models["ar"].config.n_layers, k_nodes, task=task, **boot)
+        per = {m: node_examples(g) for m, g in {**graphs, **reruns}.items()}
+    n_layers = models["ar"].config.n_layers
+    cmp = compare_depth(per["ar"], per["mdm"], n_layers, k_nodes, task=task, **boot)
     entry["depth"] = {
         "compare": cmp.to_dict(),
         **{
-            m: {"lens": lens_profile(pm, items[m], batch_size=big).summary(), "scores": mean_scores(per[m])}
-            for m, pm in models.items()
+            m: {"lens": lens_profile(models[m], items[m], batch_size=big).summary(), "scores": mean_scores(per[m])}
+            for m in ("ar", "mdm")
         },
     }
+    for role in models.keys() - {"ar", "mdm"}:
+        entry["depth"][role] = {"scores": mean_scores(per[role])}
     if opts.ablations:
-        for m, pm in models.items():
-            try:
-                ta = targeted_ablation(
-                    pm,
-                    items[m],
-                    mean_scores(per[m]),
-                    k=k_nodes,
-                    method="zero",
-                    n_random=opts.n_random,
-                    task=task,
-                    batch_size=big,
-                    **boot,
-                )
-                entry["depth"][m]["ablation"] = ta.to_dict()
-            except UserError as err:  # no early node among the top-K: say so
-                entry["depth"][m]["ablation"] = {"error": str(err)}
-    return entry, graphs, jaccard_reps, cmp.samples["early_mass_diff"]
+        for m in ("ar", "mdm"):
+            entry["depth"][m]["ablation"] = _ablation(models[m], items[m], per[m], opts, task, k_nodes, boot)
+    pairs = {"main": PairStats(interval, jaccard_reps, cmp.early_mass_diff, cmp.samples["early_mass_diff"])}
+    all_graphs = {**graphs, **reruns}
+    for name, (first, second) in CONTROL_PAIRS.items():
+        if first in all_graphs and second in all_graphs:
+            pairs[name] = pair_stats(
+                all_graphs[first],
+                all_graphs[second],
+                per[first],
+                per[second],
+                n_layers,
+                k_edges,
+                k_nodes,
+                task=task,
+                **boot,
+            )
+    entry["controls"] = {name: stats.to_dict() for name, stats in pairs.items() if name != "main"}
+    return entry, graphs, pairs
+
+
+def _ablation(
+    pm: ProbedModel,
+    items: Sequence[Any],
+    per: Mapping[str, Tensor],
+    opts: CompareOptions,
+    task: str,
+    k_nodes: int,
+    boot: Mapping[str, int],
+) -> dict[str, Any]:
+    """Targeted zero-ablation of the early top-K nodes against controls, or why there is none."""
+    try:
+        return targeted_ablation(
+            pm,
+            items,
+            mean_scores(per),
+            k=k_nodes,
+            method="zero",
+            n_random=opts.n_random,
+            task=task,
+            batch_size=max(opts.batch_size, 32),
+            **boot,
+        ).to_dict()
+    except UserError as err:  # no early node among the top-K: say so
+        return {"error": str(err)}
 
 
 def _units(
     models: Mapping[str, ProbedModel], pools: Mapping[str, Pool], opts: CompareOptions, data: dict[str, Any]
-) -> Interval | None:
-    """Neuron and head profiles of both models over all tasks (data["units"]); returns the
-    interval of the median neuron selectivity index difference (claim c), or None."""
+) -> dict[str, Interval | None]:
+    """Neuron and head profiles of both models over all tasks (data["units"]); returns, per pair
+    ("main" and the controls), the interval of the median neuron selectivity index difference
+    (claim c); empty when units are not profiled. Seed twins are profiled on neurons only; the
+    null pairs reuse each model's profile (it is deterministic)."""
     if not opts.neurons:
-        return None
+        return {}
     if len(pools) < 2:
         data["units"]["skipped"] = "unit specialisation needs at least two tasks with a pool"
-        return None
+        return {}
     ts = time.perf_counter()
     big = max(opts.batch_size, 32)
     boot = {"n_boot": opts.n_boot, "seed": opts.seed + 1009 * (len(pools) - 1)}  # as the last task's
+    tasks = {m: {t: (p.ar if m.startswith("ar") else p.mdm) for t, p in pools.items()} for m in models}
+    selectivity: dict[str, Interval | None] = {}
     for kind in ("neurons", "heads"):
-        tasks = {m: {t: (p.ar if m == "ar" else p.mdm) for t, p in pools.items()} for m in models}
-        profiles = {m: profile_units(pm, tasks[m], kind=kind, keep=True, batch_size=big) for m, pm in models.items()}
+        roles = list(models) if kind == "neurons" else ["ar", "mdm"]
+        profiles = {m: profile_units(models[m], tasks[m], kind=kind, keep=True, batch_size=big) for m in roles}
         block: dict[str, Any] = {
             "compare": compare_profiles(profiles["ar"], profiles["mdm"], **boot),
             **{m: {"summary": p.summary()} for m, p in profiles.items()},
         }
+        if kind == "neurons":
+            selectivity["main"] = block["compare"]["median_selectivity_index"]["diff"]
+            controls = {"floor_ar": ("ar", "ar_twin"), "floor_mdm": ("mdm", "mdm_twin")}
+            if opts.null_pair:
+                controls.update(null_ar=("ar", "ar"), null_mdm=("mdm", "mdm"))
+            for name, (first, second) in controls.items():
+                if second in profiles:
+                    diff = compare_profiles(profiles[first], profiles[second], **boot)["median_selectivity_index"]
+                    selectivity[name] = diff["diff"]
         if opts.causal:
             n_units = 10 if kind == "neurons" else max(1, models["ar"].shape.n_heads // 2)
-            for m, pm in models.items():
+            for m in ("ar", "mdm"):
                 block[m]["checks"] = {
                     t: causal_check(
-                        pm,
+                        models[m],
                         profiles[m],
                         tasks[m],
                         t,
@@ -378,4 +443,4 @@ def _units(
                 }
         data["units"][kind] = block
     data["seconds"]["units"] = time.perf_counter() - ts
-    return data["units"]["neurons"]["compare"]["median_selectivity_index"]["diff"]
+    return selectivity

@@ -1,0 +1,71 @@
+"""Cached stages: a study's steps, each in its own folder, skipped when their inputs are unchanged.
+
+`Stages(root, force, log).run(name, parts, work)` runs `work(folder)` in `root/name` unless
+`folder/stage.json` holds the key of `parts` (a hash of the stage's options and the identity of
+its inputs); `stage.json` is written last, so a crash leaves the stage to run again (or, with
+`keep_partial`, to resume from what `work` left). Every run or skip is a `StageRecord`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.outputs import atomic_write_text
+
+
+@dataclass
+class StageRecord:
+    name: str
+    status: str  # "ran" | "cached"
+    seconds: float
+    key: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _key(parts: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Stages:
+    """Runs stages in folders under `root`, skipping those whose stage.json holds the same key."""
+
+    def __init__(self, root: Path, force: bool, log: Callable[[str], None]) -> None:
+        self.root, self.force, self.log = root, force, log
+        self.records: list[StageRecord] = []
+
+    def run(
+        self, name: str, parts: Mapping[str, Any], work: Callable[[Path], dict[str, Any]], *, keep_partial: bool = False
+    ) -> StageRecord:
+        """work(folder) -> info (JSON-able), run unless folder/stage.json has this key.
+        keep_partial: leave an unfinished folder in place for `work` to resume from."""
+        folder = self.root / name
+        key = _key(parts)
+        marker = folder / "stage.json"
+        if marker.is_file() and not self.force:
+            done = json.loads(marker.read_text())
+            if done.get("key") == key:
+                self.log(f"[{name}] unchanged inputs: cached ({folder})")
+                record = StageRecord(name, "cached", 0.0, key, done.get("info", {}))
+                self.records.append(record)
+                return record
+        if folder.exists() and (marker.is_file() or self.force or not keep_partial):
+            shutil.rmtree(folder)  # stale: other inputs, or a finished run to redo
+        folder.mkdir(parents=True, exist_ok=True)
+        self.log(f"[{name}] running")
+        t0 = time.perf_counter()
+        info = work(folder)
+        seconds = time.perf_counter() - t0
+        atomic_write_text(
+            marker, json.dumps({"key": key, "parts": parts, "info": info, "seconds": seconds}, indent=1, default=str)
+        )
+        record = StageRecord(name, "ran", seconds, key, info)
+        self.records.append(record)
+        self.log(f"[{name}] done in {seconds:.0f} s")
+        return record
