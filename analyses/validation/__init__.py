@@ -1,0 +1,11 @@
+"""Validation of the attribution methods against models whose circuits are known.
+
+- `groundtruth`: hand-set GPT-2 models with exactly known circuits (`GroundTruth`, `ground_truths`);
+- `scoring`: ROC AUC and precision at K of each method's edge and node scores against the known
+  circuit (ACDC's protocol, Conmy et al. 2023), `score_methods`, `write_validation`.
+
+Regenerate docs/results/validation.md's numbers with
+`.venv/bin/python -m analyses.validation --out docs/results/validation`.
+"""
+
+from common import env  # noqa: F401  (offline flags before transformers is imported)
