@@ -260,13 +260,19 @@ def _positional_head(w: _Weights, layer: int, h: int, target: Callable[[int], in
     w.head(layer, h, _position_query(target), _select("POS"), _select("TOK"), _emit(into))
 
 
-def _build(seed: int, circuit: Callable[[_Weights], set[tuple[int, int]]], mlps: dict[int, Callable] | None = None):
+def _build(
+    seed: int,
+    circuit: Callable[[_Weights], set[tuple[int, int]]],
+    mlps: dict[int, Callable] | None = None,
+    *,
+    n_layers: int = N_LAYERS,
+):
     """A GPT2LMHeadModel whose `circuit(weights)` sets some heads (returned as (layer, head));
     every other head and MLP is a distractor (`mlps`: per-layer `keep` hooks of circuit neurons)."""
     config = GPT2Config(
         vocab_size=len(VOCAB),
         n_embd=D_MODEL,
-        n_layer=N_LAYERS,
+        n_layer=n_layers,
         n_head=N_HEADS,
         n_positions=N_POSITIONS,
         n_inner=D_MLP,
@@ -283,12 +289,46 @@ def _build(seed: int, circuit: Callable[[_Weights], set[tuple[int, int]]], mlps:
     model = GPT2LMHeadModel(config).eval()
     weights = _Weights(model, seed)
     used = circuit(weights)
-    for layer in range(N_LAYERS):
+    for layer in range(n_layers):
         for h in range(N_HEADS):
             if (layer, h) not in used:
                 weights.distractor_head(layer, h)
         weights.distractor_mlp(layer, (mlps or {}).get(layer))
     return model
+
+
+# --- public building blocks (other hand-set models: analyses.validation.planted) -------------------
+
+Weights = _Weights  # what a `build_model` circuit callback receives
+
+
+def build_model(
+    seed: int,
+    circuit: Callable[[_Weights], set[tuple[int, int]]],
+    mlps: dict[int, Callable] | None = None,
+    *,
+    n_layers: int = N_LAYERS,
+) -> GPT2LMHeadModel:
+    """A hand-set `n_layers`-layer GPT-2 (the module docstring's recipe): `circuit(weights)` sets
+    some heads and returns them as (layer, head); every other head and MLP is a distractor drawn
+    from `seed` (`mlps`: per-layer hooks that overwrite some MLP neurons with circuit neurons)."""
+    return _build(seed, circuit, mlps, n_layers=n_layers)
+
+
+def position_query(target: Callable[[int], int]) -> Float[Tensor, "d_head coords"]:
+    """The query map of a positional head: position i attends to target(i) (to BOS when target(i)
+    is outside the context)."""
+    return _position_query(target)
+
+
+def select(block: str, scale: float = 1.0) -> Float[Tensor, "d_head coords"]:
+    """A q / k / v map whose head slot t reads coordinate t of `block` (times scale)."""
+    return _select(block, scale)
+
+
+def emit(block: str, scale: float = 1.0) -> Float[Tensor, "coords d_head"]:
+    """An output map whose head slot t writes coordinate t of `block` (times scale)."""
+    return _emit(block, scale)
 
 
 # --- examples -------------------------------------------------------------------------------------
