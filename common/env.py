@@ -26,3 +26,29 @@ def cache_dir() -> Path:
         root = (Path(xdg) if xdg else Path.home() / ".cache") / "ar2mdm"
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def fingerprint() -> dict[str, str | int]:
+    """What decides whether floating-point results repeat bit for bit: library versions, the
+    CPU model and the instruction set torch's kernels dispatch to (AVX2, AVX512, ...), and the
+    thread count (reductions split across threads sum in another order)."""
+    import platform
+
+    import torch
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    }

@@ -41,8 +41,10 @@ def test_study_runs_caches_and_resumes(tmp_path: Path, monkeypatch: pytest.Monke
     page = (out / "report.html").read_text()
     assert "Claims of the reference study" in page and "samplers: accuracy against NFE" in page
     assert "Controls per task" in page and "ARM vs ARM&#x27; (seed)" in page
+    assert "Reproducibility" in page and "bit-identical" in page
     saved = json.loads((out / "summary.json").read_text())
     assert set(saved["claims"]) == {"a", "b", "c"}
+    assert saved["environment"]["threads"] >= 1 and saved["environment"]["cpu_capability"]
     verdicts = ("holds", "reversed", "inconclusive", "untested", "no difference", "within the seed floor")
     assert all(c["verdict"] in verdicts for c in saved["claims"].values())
     for c in saved["claims"].values():  # the null pairs and both seed floors beside every claim
