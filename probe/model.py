@@ -11,7 +11,12 @@
 
 The model runs with eager attention (so patterns can be read) and frozen parameters (gradients
 are taken with respect to activations only). An MDM checkpoint attends bidirectionally in every
-backend; an AR checkpoint causally. `config.shift` and `read_positions` say where a prediction is
+backend; an AR checkpoint causally. A block-diffusion MDM (`meta.block_size` B, from
+`convert --attention block:B`) is read under the block-causal mask it was trained and is sampled
+with: a query sees every real token of its own block and of earlier blocks, blocks of B tokens
+counted from each row's first real token (`block_causal_mask`). `_run`, which every entry point
+goes through (forward, caches, gradients, interventions), hands that 4D mask to the backend in
+place of the padding mask. `config.shift` and `read_positions` say where a prediction is
 read (`common.metadata.read_positions`, the project's single rule).
 """
 
@@ -33,6 +38,7 @@ from common.errors import UserError
 from common.metadata import ModelMeta, read_positions
 from common.modeling import position_ids
 from conversion.checkpoints import Loaded, load_any
+from diffusion.attention import to_additive
 from probe.backends import Backend, choose, create
 from probe.cache import Cache, DiskCache, ShardWriter
 from probe.core import Core, Request
@@ -51,6 +57,7 @@ class ProbeConfig:
     kind: "ar" (causal) or "mdm" (bidirectional). shift: logits at i predict token i + 1.
     mask_id: the MDM's mask token (None for AR). post_norms: sublayer outputs are normalised
     before joining the residual stream (Gemma); head-level sums then need `decompose`.
+    block_size: a block-diffusion MDM's block size (read block-causally); None otherwise.
     """
 
     n_layers: int
@@ -65,6 +72,7 @@ class ProbeConfig:
     mask_id: int | None
     family: str
     post_norms: bool
+    block_size: int | None = None
 
     @property
     def shape(self) -> Shape:
@@ -116,6 +124,11 @@ class ProbedModel:
                 "it is an MDM. Pass its ModelMeta (kind 'mdm', mask_id, shift), or load the folder with "
                 "ProbedModel.from_checkpoint, which reads ar2mdm.json."
             )
+        block_size = meta.block_size if meta.kind == "mdm" else None
+        if block_size is not None and (
+            isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
+        ):
+            raise UserError(f"meta.block_size must be a positive integer (or None); got {block_size!r}.")
         model.eval()
         model.requires_grad_(False)
         model.set_attn_implementation("eager")  # patterns are only observable in eager attention
@@ -137,6 +150,7 @@ class ProbedModel:
             mask_id=meta.mask_id,
             family=model.config.model_type,
             post_norms=lay.post_norms,
+            block_size=block_size,
         )
         self.shape = self.config.shape
         self.core = Core(lay, self.shape)
@@ -230,8 +244,13 @@ class ProbedModel:
         return Request(edits=edits, edges=edges, **kwargs)
 
     def _run(self, ids: Tensor, mask: Tensor, request: Request) -> tuple[Tensor, Pass]:
+        """The one place a pass reaches the backend: a block-diffusion MDM gets its 4D
+        block-causal mask here, every other model the 2D padding mask."""
         run = Pass(self.core, request, ids.shape[0], ids.shape[1], ids.device)
-        logits = self.backend.forward(ids, mask, position_ids(mask), run.site_fns())
+        attention = mask
+        if self.config.block_size is not None:
+            attention = block_causal_mask(mask.long(), self.config.block_size, next(self.model.parameters()).dtype)
+        logits = self.backend.forward(ids, attention, position_ids(mask), run.site_fns())
         return logits, run
 
     def forward(
@@ -379,6 +398,24 @@ class ProbedModel:
     def decompose(self, cache: Cache) -> Decomposition:
         """Each sender's exact contribution to the final residual stream (`probe.decompose`)."""
         return decompose(self.core, cache)
+
+
+def block_causal_mask(
+    attention_mask: Int[Tensor, "batch pos"], block_size: int, dtype: torch.dtype = torch.float32
+) -> Float[Tensor, "batch 1 pos pos"]:
+    """The additive mask [B, 1, T, T] (0 = attend, -inf = not) a block-diffusion MDM is read with.
+
+    A real query sees every real key in its own block and earlier blocks, blocks of `block_size`
+    tokens counted from the row's first real token (as in training and sampling, where rows are
+    right-padded, so blocks start at position 0). On a right-padded batch this equals
+    `diffusion.attention.block_inference_mask`; on a left-padded one it keeps each row's logits
+    equal to those it gets alone. Padded keys are blocked; a padded query sees only itself. As in
+    training and sampling, the 4D mask replaces the model's own masks (Gemma-style sliding
+    windows are dropped there too).
+    """
+    blocks = position_ids(attention_mask) // block_size
+    allowed = blocks[:, None, :] <= blocks[:, :, None]
+    return to_additive(allowed, attention_mask, dtype)
 
 
 def _chunks(total: int, size: int | None) -> list[tuple[int, int]]:

@@ -34,6 +34,9 @@ SiteFns = Mapping[Site, SiteFn]
 # What a backend's `forward` takes and returns:
 TokenIds = Int[Tensor, "batch pos"]  # input ids, position ids
 Mask = Shaped[Tensor, "batch pos"]  # attention mask: 1 (or True) = token, 0 = padding
+# A block-diffusion MDM's mask (`probe.model.block_causal_mask`): additive, 0 = may attend,
+# -inf = may not, padding already in it. HF decoders take it in place of their own masks.
+Mask4D = Float[Tensor, "batch 1 pos pos"]
 Logits = Float[Tensor, "batch pos vocab"]
 
 SITE_ORDER: tuple[str, ...] = (
@@ -56,7 +59,10 @@ class Backend(ABC):
     in `BACKENDS` by their `name` (a new backend is one subclass; see docs/EXTENDING.md).
 
     `causal` is fixed at construction: False for MDM checkpoints, and the backend must make the
-    model attend bidirectionally inside its own machinery. `auto_priority`: backends that
+    model attend bidirectionally inside its own machinery. A block-diffusion MDM (`block_size`
+    in its ModelMeta) is read block-causally: `forward` then gets a 4D additive mask (`Mask4D`)
+    instead of the 2D padding mask, and the backend must hand it to the model unchanged, so
+    that it replaces the model's own masking. `auto_priority`: backends that
     `supports` a model are tried by `choose("auto")` from the highest priority down (0: never
     chosen automatically).
     """
@@ -79,12 +85,15 @@ class Backend(ABC):
         return True
 
     @abstractmethod
-    def forward(self, input_ids: TokenIds, attention_mask: Mask, position_ids: TokenIds, fns: SiteFns) -> Logits:
+    def forward(
+        self, input_ids: TokenIds, attention_mask: Mask | Mask4D, position_ids: TokenIds, fns: SiteFns
+    ) -> Logits:
         """Logits [B, T, V] of one pass with `fns` applied at their sites.
 
-        input_ids, attention_mask, position_ids: [B, T]. The position ids skip padding
-        (`common.modeling.position_ids`), so a left-padded row gets the logits it gets alone,
-        on absolute-position models (GPT-2) as on rotary ones.
+        input_ids, position_ids: [B, T]. attention_mask: the padding mask [B, T], or for a
+        block-diffusion MDM the additive mask [B, 1, T, T] (`Mask4D`). The position ids skip
+        padding (`common.modeling.position_ids`), so a left-padded row gets the logits it gets
+        alone, on absolute-position models (GPT-2) as on rotary ones.
         """
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from common.errors import UserError
-from probe.backends.base import Backend, Logits, Mask, SiteFns, TokenIds
+from probe.backends.base import Backend, Logits, Mask, Mask4D, SiteFns, TokenIds
 from probe.backends.hf_taps import Tap, hf_taps
 from probe.layout import Layout
 
@@ -54,7 +54,9 @@ class NNsightBackend(Backend):
                 if new is not None:
                     envoy.output = new
 
-    def forward(self, input_ids: TokenIds, attention_mask: Mask, position_ids: TokenIds, fns: SiteFns) -> Logits:
+    def forward(
+        self, input_ids: TokenIds, attention_mask: Mask | Mask4D, position_ids: TokenIds, fns: SiteFns
+    ) -> Logits:
         taps = hf_taps(self.layout, fns)
         with self.wrapped.trace(
             input_ids, attention_mask=attention_mask, position_ids=position_ids, is_causal=self.causal, use_cache=False

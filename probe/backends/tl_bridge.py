@@ -6,7 +6,9 @@ keeps reading weights from the untouched original, which holds the same values.
 Facts this adapter relies on (measured, see ../shared/BACKENDS.md, and re-checked by the tests):
 - the bridge re-implements attention and ignores `config.is_causal = False`; setting the flag AND
   `object.__setattr__(block.attn, "is_causal", False)` on every block makes it bidirectional
-  with padding and Gemma's sliding windows intact (a 4D mask would drop the windows);
+  with padding and Gemma's sliding windows intact (a 4D mask would drop the windows); a
+  block-diffusion MDM's 4D mask is passed as `attention_mask` and the bridge honours it
+  (tests/test_probe_blocks.py checks logits, caches, gradients and patches against HF);
 - component hook points wrap the HF submodules one to one (`attn.q.hook_out` is the q
   projection's output, reshaped per head; `ln2.hook_in` changes the MLP's input only).
 """
@@ -18,7 +20,7 @@ import copy
 from torch import Tensor
 
 from common.errors import UserError
-from probe.backends.base import Backend, Logits, Mask, SiteFn, SiteFns, TokenIds
+from probe.backends.base import Backend, Logits, Mask, Mask4D, SiteFn, SiteFns, TokenIds
 from probe.layout import Layout
 
 HOOKS: dict[str, str] = {
@@ -102,7 +104,9 @@ class TLBackend(Backend):
                 # plain setattr is swallowed by the bridge's attribute forwarding
                 object.__setattr__(block.attn, "is_causal", False)
 
-    def forward(self, input_ids: TokenIds, attention_mask: Mask, position_ids: TokenIds, fns: SiteFns) -> Logits:
+    def forward(
+        self, input_ids: TokenIds, attention_mask: Mask | Mask4D, position_ids: TokenIds, fns: SiteFns
+    ) -> Logits:
         hooks = [(HOOKS[kind].format(l=layer), _wrap(fn, kind in PER_HEAD)) for (kind, layer), fn in fns.items()]
         with self.bridge.hooks(fwd_hooks=hooks):
             return self.bridge(input_ids, attention_mask=attention_mask, position_ids=position_ids)

@@ -2,12 +2,13 @@
 
 Hooks are registered for one pass and removed in a `finally`, so an exception never leaves a
 model with stray hooks. Attention direction is passed per call (`is_causal`), which transformers
->= 5.2 honours for every supported family without touching the saved config.
+>= 5.2 honours for every supported family without touching the saved config; a block-diffusion
+MDM's 4D mask is passed as `attention_mask`, where HF uses it in place of its own masks.
 """
 
 from __future__ import annotations
 
-from probe.backends.base import Backend, Logits, Mask, SiteFns, TokenIds
+from probe.backends.base import Backend, Logits, Mask, Mask4D, SiteFns, TokenIds
 from probe.backends.hf_taps import Tap, hf_taps
 from probe.layout import Layout
 
@@ -45,7 +46,9 @@ class TorchBackend(Backend):
         self.layout = layout
         self.causal = causal
 
-    def forward(self, input_ids: TokenIds, attention_mask: Mask, position_ids: TokenIds, fns: SiteFns) -> Logits:
+    def forward(
+        self, input_ids: TokenIds, attention_mask: Mask | Mask4D, position_ids: TokenIds, fns: SiteFns
+    ) -> Logits:
         handles = [_register(tap) for tap in hf_taps(self.layout, fns)]
         try:
             out = self.model(
