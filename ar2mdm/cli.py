@@ -2,94 +2,35 @@
 
 Subcommands are thin: they parse options, call the library, and print results. Errors caused by
 bad input (`UserError`) are printed as one clear message with exit code 2, never a traceback.
+Shared parts live in `ar2mdm.cli_base`; the comparison commands in `ar2mdm.cli_analyses`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import shlex
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-import common  # noqa: F401  (offline flags before transformers is imported)
-from analyses.attribution import methods_for
-from common.errors import TrainingInterrupted, UserError
-from common.plugins import load_plugins
-from probe.backends import BACKENDS
+import ar2mdm.cli_analyses  # noqa: F401  (registers compare and compare-series on the app)
+from ar2mdm.cli_base import (
+    CACHE_HELP,
+    INTERRUPTED,
+    SAMPLER_HELP,
+    TASK_HELP,
+    app,
+    console,
+    errors,
+    organism_app,
+    plain,
+    refuse_earlier_results,
+)
+from common.errors import UserError
 from sampling import SAMPLERS
-from tasks import task_names
 
-
-def _load_plugins() -> UserError | None:
-    """Import $AR2MDM_PLUGINS and the `ar2mdm.plugins` entry points before the help texts below
-    read the registries (common.plugins); a failure is reported when a command runs."""
-    try:
-        load_plugins()
-    except UserError as err:
-        return err
-    return None
-
-
-_PLUGIN_ERROR = _load_plugins()
-
-app = typer.Typer(
-    name="ar2mdm",
-    help="Convert autoregressive LMs into masked diffusion LMs and study what changes inside them.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-organism_app = typer.Typer(
-    help="The model organism: a small decoder trained from scratch on the task mixture.", no_args_is_help=True
-)
-app.add_typer(organism_app, name="organism")
-console = Console(stderr=True)
-
-
-@app.callback()
-def _main() -> None:
-    if _PLUGIN_ERROR is not None:
-        _fail(_PLUGIN_ERROR)
-
-
-def _plain(message: str) -> None:
-    """Progress lines on stderr, printed as they are (no rich markup: they hold [brackets])."""
-    console.print(message, markup=False, highlight=False)
-
-
-def _fail(err: UserError) -> None:
-    console.print(f"[bold red]error:[/] {err}", markup=True, highlight=False)
-    raise typer.Exit(code=2)
-
-
-INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
-
-
-@contextlib.contextmanager
-def _errors(kept: str) -> Iterator[contextlib.ExitStack]:
-    """Bad input -> one clear line, exit 2 (never a traceback); Ctrl-C -> what was kept, exit 130.
-
-    kept: what an interrupted run of this command leaves and how to go on (shown after Ctrl-C).
-    Yields an ExitStack for resources held while the command runs (a claimed output folder)."""
-    try:
-        with contextlib.ExitStack() as stack:
-            yield stack
-    except TrainingInterrupted as err:
-        command = " ".join(shlex.quote(a) for a in ["ar2mdm", *sys.argv[1:]])
-        resume = command if "--resume" in sys.argv else f"{command} --resume"
-        console.print(f"[bold yellow]interrupted:[/] {err}", highlight=False)
-        console.print(f"resume with: {resume}", markup=False, highlight=False)
-        raise typer.Exit(code=INTERRUPTED) from None
-    except UserError as err:
-        _fail(err)
-    except KeyboardInterrupt:
-        console.print(f"[bold yellow]interrupted:[/] {kept}", highlight=False)
-        raise typer.Exit(code=INTERRUPTED) from None
+__all__ = ["INTERRUPTED", "app"]
 
 
 @app.command()
@@ -100,7 +41,7 @@ def setup(
     """Fetch the offline assets (real model weights, text corpora) into the cache."""
     from conversion import checkpoints, data
 
-    with _errors("assets already fetched are kept (each appears atomically); rerun `ar2mdm setup` for the rest."):
+    with errors("assets already fetched are kept (each appears atomically); rerun `ar2mdm setup` for the rest."):
         if corpora:
             for name in ("sotu", "moby-dick"):
                 path = data.fetch_corpus(name)
@@ -122,7 +63,7 @@ def organism_train(
     """Train the model organism from scratch, then print its held-out accuracy per task."""
     from conversion import organism
 
-    with _errors("the organism is written only at the end; --out is unchanged."):
+    with errors("the organism is written only at the end; --out is unchanged."):
         report = organism.train_organism(
             out=out, seed=seed, minutes=minutes, steps=steps, overwrite=overwrite, data_seed=data_seed
         )
@@ -140,7 +81,7 @@ def organism_eval(
 
     from conversion import organism
 
-    with _errors("nothing was written."):
+    with errors("nothing was written."):
         scores = organism.evaluate_checkpoint(source, n=n, steps=steps)
     table = Table(title=f"{source}: held-out accuracy ({n} examples per task)")
     table.add_column("task")
@@ -200,7 +141,7 @@ def convert(
         for k, v in locals().items()
         if k not in ("config", "train", "TrainConfig", "merge_options", "read_config_file")
     }
-    with _errors("checkpoints already written in OUT/checkpoint are kept; the same command with --resume continues."):
+    with errors("checkpoints already written in OUT/checkpoint are kept; the same command with --resume continues."):
         file_options = read_config_file(config) if config else {}
         cfg = merge_options(TrainConfig, file_options, cli_options, where=f"config file {config}")
         result = train(cfg)
@@ -211,29 +152,6 @@ def convert(
         markup=False,
         highlight=False,
     )
-
-
-# The registries: a new sampler, task, backend or attribution class appears here by itself.
-_SAMPLER_HELP = SAMPLERS.choices()
-_BACKEND_HELP = f"Probe backend: {BACKENDS.choices()} | auto."
-_METHOD_HELP = f"Edge attribution method of the circuits: {' | '.join(methods_for('edge'))}."
-_TASK_HELP = "; ".join(f"{', '.join(task_names(kind))} ({kind})" for kind in ("local", "global") if task_names(kind))
-_CACHE_HELP = (
-    "threshold: prefix | none. The prefix KV cache reuses the keys/values of the decoded prefix: exact for "
-    "block-diffusion checkpoints (block:B, whose earlier blocks never see later ones), approximate for "
-    "bidirectional MDMs (the prefix would attend to the changing answer; its keys are reused as they were). "
-    "none recomputes every step (exact). [default: prefix]"
-)
-
-
-def _refuse_earlier_results(claim, overwrite: bool) -> None:
-    """An eval/compare folder that holds an earlier run's results is replaced only with --overwrite
-    (the caller clears it right before writing the new results)."""
-    if claim.previous is not None and not overwrite:
-        raise UserError(
-            f"{claim.folder} holds the results of an earlier `ar2mdm {claim.command}`; pass --overwrite to "
-            "replace them, or choose another --out."
-        )
 
 
 def _sampler_flags(
@@ -259,7 +177,7 @@ def _sampler_flags(
 def sample(
     model: Annotated[str, typer.Option(help="Checkpoint: an MDM folder, or an AR source (smollm2 | organism | HF folder | .gguf).")],
     prompt: Annotated[list[str], typer.Option(help="Prompt text (repeat the flag for a batch).")],
-    sampler: Annotated[str, typer.Option(help=_SAMPLER_HELP)] = "low-confidence",
+    sampler: Annotated[str, typer.Option(help=SAMPLER_HELP)] = "low-confidence",
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate after each prompt.")] = 32,
     steps: Annotated[int | None, typer.Option(help="Model calls per sequence for step-budget samplers. [default: one token per call]")] = None,
     block_length: Annotated[int | None, typer.Option(help="Semi-autoregressive block length (MDM samplers; block-diffusion checkpoints use their own blocks).")] = None,
@@ -270,7 +188,7 @@ def sample(
     strategy: Annotated[str | None, typer.Option(help="remask: cap | rescale | conf. [default: cap]")] = None,
     eta: Annotated[float | None, typer.Option(help="remask: the strategy's eta. [default: 0.05]")] = None,
     score: Annotated[str | None, typer.Option(help="arpc: nll | divergence. [default: nll]")] = None,
-    cache: Annotated[str | None, typer.Option(help=_CACHE_HELP)] = None,
+    cache: Annotated[str | None, typer.Option(help=CACHE_HELP)] = None,
     ar_scorer: Annotated[str | None, typer.Option(help="arpc: AR model to score with. [default: the MDM's source]")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sampler's random draws.")] = 0,
     trace: Annotated[Path | None, typer.Option(help="Write a per-step trace (committed positions, confidences, provisional decode) as JSON here.")] = None,
@@ -283,7 +201,7 @@ def sample(
     from conversion.checkpoints import load_any
     from sampling import ModelContext, build_sampler, make_canvas, run
 
-    with _errors("nothing was written."):
+    with errors("nothing was written."):
         if max_new_tokens < 1:
             raise UserError(f"--max-new-tokens must be >= 1, got {max_new_tokens}.")
         if not [p for p in prompt if p.strip()]:
@@ -321,7 +239,7 @@ def sample(
                     "provisional": [tok.decode(st.provisional[b][result.gen[b]].tolist()) for b in range(len(prompt))],
                 }
             )
-        with _errors("the trace was not written."):
+        with errors("the trace was not written."):
             try:
                 atomic_write_text(
                     trace, json.dumps({"sampler": sampler, "prompts": list(prompt), "steps": steps_out}, indent=1)
@@ -335,8 +253,8 @@ def sample(
 def eval_(
     model: Annotated[str, typer.Option(help="Checkpoint: an MDM folder, or an AR source (smollm2 | organism | HF folder | .gguf).")],
     out: Annotated[Path, typer.Option(help="Folder for results.json, results.md and generation.html.")],
-    tasks: Annotated[str, typer.Option(help=f"Comma-separated tasks: {_TASK_HELP}, or .jsonl task files.")] = "ioi,countdown",
-    samplers: Annotated[str, typer.Option(help=f"Comma-separated samplers: {_SAMPLER_HELP}.")] = "low-confidence,threshold",
+    tasks: Annotated[str, typer.Option(help=f"Comma-separated tasks: {TASK_HELP}, or .jsonl task files.")] = "ioi,countdown",
+    samplers: Annotated[str, typer.Option(help=f"Comma-separated samplers: {SAMPLER_HELP}.")] = "low-confidence,threshold",
     n: Annotated[int, typer.Option(help="Examples per task.")] = 100,
     fractions: Annotated[str, typer.Option(help="Step budgets as fractions of the answer length L (samplers with --steps).")] = "1,0.5,0.25",
     batch_size: Annotated[int, typer.Option(help="Sequences per model call.")] = 16,
@@ -346,7 +264,7 @@ def eval_(
     strategy: Annotated[str | None, typer.Option(help="remask strategy.")] = None,
     eta: Annotated[float | None, typer.Option(help="remask eta.")] = None,
     score: Annotated[str | None, typer.Option(help="arpc score: nll | divergence.")] = None,
-    cache: Annotated[str | None, typer.Option(help=_CACHE_HELP)] = None,
+    cache: Annotated[str | None, typer.Option(help=CACHE_HELP)] = None,
     ar_scorer: Annotated[str | None, typer.Option(help="arpc: AR model to score with. [default: the MDM's source]")] = None,
     seed: Annotated[int, typer.Option(help="Seed of examples and sampler draws.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier `ar2mdm eval` in --out.")] = False,
@@ -358,7 +276,7 @@ def eval_(
     from conversion.checkpoints import load_any
     from sampling import sampler_options
 
-    with _errors(f"nothing was written to {out}.") as stack:
+    with errors(f"nothing was written to {out}.") as stack:
         if n < 1 or batch_size < 1:
             raise UserError(f"--n and --batch-size must be >= 1, got {n} and {batch_size}.")
         names = [x.strip() for x in samplers.split(",") if x.strip()]
@@ -372,7 +290,7 @@ def eval_(
         if not fracs or any(not 0 < f <= 4 for f in fracs):
             raise UserError(f"--fractions must be numbers in (0, 4], got {fractions!r}.")
         claim = stack.enter_context(claim_output(out, "eval"))
-        _refuse_earlier_results(claim, overwrite)
+        refuse_earlier_results(claim, overwrite)
         loaded = load_any(model)
         flags = _sampler_flags(None, block_length, temperature, tau, None, None, strategy, eta, score, cache)
         specs = [
@@ -386,107 +304,6 @@ def eval_(
         write_report(rows, out, extra={"model": model, "n": n, "batch_size": batch_size, "seed": seed})
     print(table(rows))
     console.print(f"results: {out}/results.json, {out}/generation.html")
-
-
-def _floats(text: str, what: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise UserError(f"{what} must be comma-separated numbers, got {text!r}.") from None
-
-
-@app.command()
-def compare(
-    ar: Annotated[str, typer.Option(help="The ARM: smollm2 | organism | HF folder | .gguf.")],
-    mdm: Annotated[str, typer.Option(help="The MDM: a folder written by `ar2mdm convert` (same architecture as --ar).")],
-    out: Annotated[Path, typer.Option(help="Folder for report.json, report.html, summary.md and graphs/.")],
-    tasks: Annotated[str, typer.Option(help=f"Comma-separated: {_TASK_HELP}.")] = ",".join(task_names()),
-    pool_size: Annotated[int, typer.Option(help="At most this many common-correct examples per task.")] = 500,
-    draw: Annotated[int | None, typer.Option(help="Candidate examples drawn per task before keeping those both models solve. [default: 2 x pool size]")] = None,
-    k_edges: Annotated[int | None, typer.Option(help="K of the top-K edge overlap. [default: min(1000, edges / 10)]")] = None,
-    k_nodes: Annotated[int | None, typer.Option(help="Top-K nodes for the layer distribution and ablations. [default: a fifth of heads + MLPs]")] = None,
-    steps: Annotated[int, typer.Option(help="EAP-IG interpolation steps m.")] = 5,
-    node_scores: Annotated[str, typer.Option(help="Node scores for depth: eap-ig (sum of outgoing edges) | patching (exact, one pass per node).")] = "eap-ig",
-    batch_size: Annotated[int, typer.Option(help="Examples per forward/backward pass.")] = 16,
-    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for every interval.")] = 1000,
-    n_random: Annotated[int, typer.Option(help="Random control draws per ablation.")] = 5,
-    faithfulness: Annotated[bool, typer.Option("--faithfulness/--no-faithfulness", help="Faithfulness curves of each model's circuits.")] = True,
-    ablations: Annotated[bool, typer.Option("--ablations/--no-ablations", help="Targeted ablation of early top-K nodes vs controls.")] = True,
-    neurons: Annotated[bool, typer.Option("--neurons/--no-neurons", help="Neuron and head specialisation profiles.")] = True,
-    causal: Annotated[bool, typer.Option("--causal/--no-causal", help="Causal checks of the most selective units.")] = True,
-    denoising: Annotated[str, typer.Option(help="MDM denoising trajectory: shares t of the answer still masked ('' = off).")] = "1,0.75,0.5,0.25,0",
-    all_examples: Annotated[bool, typer.Option("--all-examples", help="Analyse every aligned example, not only those both models solve.")] = False,
-    track: Annotated[Path | None, typer.Option(help="A conversion run folder with snapshots/ (convert --snapshot-every N): follow Jaccard and early mass over its steps.")] = None,
-    track_tasks: Annotated[str, typer.Option(help="Tasks followed over the snapshots.")] = "ioi,countdown",
-    seed: Annotated[int, typer.Option(help="Seed of examples and bootstraps.")] = 0,
-    method: Annotated[str, typer.Option(help=_METHOD_HELP)] = "eap-ig-inputs",
-    backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = "torch",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the report of an earlier `ar2mdm compare` in --out.")] = False,
-    ar_seed_twin: Annotated[str | None, typer.Option(help="Seed floor: an ARM trained like --ar with another seed. Every claim must clear ARM vs ARM'.")] = None,
-    mdm_seed_twin: Annotated[str | None, typer.Option(help="Seed floor: an MDM converted like --mdm with another seed.")] = None,
-    null_pair: Annotated[bool, typer.Option("--null-pair/--no-null-pair", help="Attribute each model twice and report it against itself (must read 'no difference').")] = True,
-) -> None:  # fmt: skip
-    """ARM vs MDM on a common-correct pool: circuits (EAP-IG), depth, units; the reference study's claims tested
-    against a null pair (each model vs itself) and, with --ar-seed-twin / --mdm-seed-twin, a seed floor."""
-    from analyses.compare import CompareOptions, markdown_summary, snapshots_of, write_report
-    from analyses.compare import compare as run_compare
-    from analyses.compare import track as run_track
-    from common.outputs import claim_output
-    from probe import ProbedModel
-
-    with _errors(f"nothing was written to {out}.") as stack:
-        opts = CompareOptions(
-            tasks=tuple(tasks.split(",")),
-            pool_size=pool_size,
-            draw=draw,
-            k_edges=k_edges,
-            k_nodes=k_nodes,
-            steps=steps,
-            method=method,
-            node_scores=node_scores,
-            batch_size=batch_size,
-            n_boot=n_boot,
-            n_random=n_random,
-            seed=seed,
-            faithfulness=faithfulness,
-            ablations=ablations,
-            neurons=neurons,
-            causal=causal,
-            denoising=_floats(denoising, "--denoising"),
-            common_correct=not all_examples,
-            null_pair=null_pair,
-        ).checked()
-        snapshots = snapshots_of(track) if track is not None else None
-        claim = stack.enter_context(claim_output(out, "compare"))
-        _refuse_earlier_results(claim, overwrite)
-        pm_ar = ProbedModel.from_checkpoint(ar, backend=backend, expect="ar", role="compare --ar")
-        pm_mdm = ProbedModel.from_checkpoint(mdm, backend=backend, expect="mdm", role="compare --mdm")
-        given = {"ar": ar_seed_twin, "mdm": mdm_seed_twin}
-        twins = {
-            r: ProbedModel.from_checkpoint(src, backend=backend, expect=r, role=f"compare --{r}-seed-twin")
-            for r, src in given.items()
-            if src is not None
-        }
-        labels = {"ar": ar, "mdm": mdm, **{f"{r}_twin": src for r, src in given.items() if src is not None}}
-        result = run_compare(pm_ar, pm_mdm, opts, labels=labels, twins=twins, log=_plain)
-        if snapshots is not None:
-            result.data["track"] = run_track(
-                pm_ar,
-                snapshots,
-                tasks=[t for t in track_tasks.split(",") if t.strip()],
-                pool_size=min(pool_size, 100),
-                steps=steps,
-                batch_size=batch_size,
-                seed=seed,
-                method=method,
-                load=lambda p: ProbedModel.from_checkpoint(p, backend=backend),
-                log=_plain,
-            )
-        claim.clear()
-        claim.mark()
-        write_report(result, out, title=f"{ar} vs {mdm}")
-    print(markdown_summary(result.data))
-    console.print(f"report: {out}/report.html, {out}/report.json")
 
 
 @app.command()
@@ -504,6 +321,7 @@ def study(
     quick: Annotated[bool, typer.Option("--quick", help="Tiny settings everywhere: a smoke run in a minute or two; the numbers mean nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Rerun every stage, cached or not.")] = False,
     seed_floor: Annotated[bool, typer.Option("--seed-floor/--no-seed-floor", help="organism: also train ARM' and convert MDM' with seed + 1, the floor every claim must clear.")] = True,
+    block_sizes: Annotated[str, typer.Option(help="organism: also convert with block diffusion at these block sizes (e.g. 1,4,16) and compare the ARM with each MDM and the full-length one ('' = off).")] = "",
 ) -> None:  # fmt: skip
     """The main job: ARM -> conversion -> sampler evaluation -> ARM vs MDM comparison -> report.html.
 
@@ -512,7 +330,7 @@ def study(
     """
     from ar2mdm.study import StudyConfig, print_summary, run_study
 
-    with _errors(f"finished stages are kept in {out}; the same command continues from the first unfinished one."):
+    with errors(f"finished stages are kept in {out}; the same command continues from the first unfinished one."):
         cfg = StudyConfig(
             out=out,
             model=model,
@@ -527,10 +345,18 @@ def study(
             quick=quick,
             force=force,
             seed_floor=seed_floor,
+            block_sizes=_ints(block_sizes, "--block-sizes"),
         )
-        summary = run_study(cfg, log=_plain)
+        summary = run_study(cfg, log=plain)
     print_summary(summary)
     console.print(f"report: {out / 'report.html'}")
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated whole numbers, got {text!r}.") from None
 
 
 def main() -> None:  # pragma: no cover - entry point

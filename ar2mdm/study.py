@@ -55,7 +55,10 @@ class StudyConfig:
     everywhere (tests, a smoke run; the numbers mean nothing). force: rerun every stage.
     seed_floor: (organism) also train an ARM' and convert an MDM' alike with seed + 1, the seed
     floor every claim is read against (`analyses.compare.controls`); SmolLM2 has none (one
-    published ARM), and its report says so."""
+    published ARM), and its report says so. block_sizes: (organism) also convert the ARM with
+    block diffusion at each block size B (`--attention block:B`, same recipe) and compare the
+    ARM with each MDM and the full-length one (`analyses.compare.compare_series`, stage
+    "blocks": Jaccard with the ARM, early mass and accuracy against block size)."""
 
     out: str | Path = "study"
     model: str = "organism"
@@ -70,10 +73,15 @@ class StudyConfig:
     quick: bool = False
     force: bool = False
     seed_floor: bool = True
+    block_sizes: tuple[int, ...] = ()
 
     def checked(self) -> StudyConfig:
         if self.model not in MODELS:
             raise UserError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}.")
+        if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.block_sizes):
+            raise UserError(f"block sizes must be positive integers, got {list(self.block_sizes)}.")
+        if self.block_sizes and self.model != "organism":
+            raise UserError("--block-sizes converts the organism at each block size; use it with --model organism.")
         for name in ("ar_steps", "convert_steps", "pool_size", "n", "n_boot"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}.")
@@ -270,15 +278,19 @@ def _mdm_stage(
     *,
     name: str = "mdm",
     seed_offset: int = 0,
+    attention: str | None = None,
 ) -> StageRecord:
-    """The conversion (`name` "mdm"), or the MDM's seed twin ("mdm_twin": the same recipe with
-    seed + 1, without snapshots)."""
+    """The conversion (`name` "mdm"), the MDM's seed twin ("mdm_twin": the same recipe with
+    seed + 1), or the same recipe under another `attention` ("mdm_block4": block:4); only the
+    main conversion keeps snapshots."""
     from conversion.train import TrainConfig, train
 
     options = dict(settings["train"])
     seed = cfg.seed + seed_offset
-    if seed_offset:
+    if name != "mdm":
         options.pop("snapshot_every", None)
+    if attention is not None:
+        options["attention"] = attention
 
     def work(folder: Path) -> dict[str, Any]:
         out = folder / "model"
@@ -414,6 +426,43 @@ def _compare_stage(
     return stages.run("compare", parts, work)
 
 
+def _blocks_stage(
+    cfg: StudyConfig,
+    stages: Stages,
+    ar_source: str,
+    ar_record: StageRecord,
+    full: tuple[Path, str],
+    settings: Mapping[str, Any],
+) -> StageRecord:
+    """Convert at each block size (stages "mdm_block{B}") and compare the ARM with every MDM
+    ("blocks": series.md / series.html over block size, one report per MDM)."""
+    from analyses.compare import CompareOptions, compare_series, write_series
+    from probe import ProbedModel
+
+    paths: dict[str, tuple[Path, str]] = {}
+    for b in sorted(set(cfg.block_sizes)):
+        record = _mdm_stage(cfg, stages, ar_source, ar_record, settings, name=f"mdm_block{b}", attention=f"block:{b}")
+        paths[f"block {b}"] = (stages.root / f"mdm_block{b}" / "model", record.key)
+    paths["full"] = full
+    options = {
+        "tasks": tuple(settings["tasks"]),
+        "seed": cfg.seed,
+        **settings["compare"],
+        **{"faithfulness": False, "ablations": False, "neurons": False, "causal": False, "denoising": ()},
+        "null_pair": False,
+    }
+
+    def work(folder: Path) -> dict[str, Any]:
+        load = lambda p: ProbedModel.from_checkpoint(p, backend="torch", device=cfg.device)  # noqa: E731
+        mdms = {label: load(path) for label, (path, _) in paths.items()}
+        result = compare_series(load(ar_source), mdms, CompareOptions(**options), log=stages.log)
+        write_series(result, folder)
+        return {"mdms": list(mdms)}
+
+    parts = {"ar": ar_record.key, "mdms": {label: key for label, (_, key) in paths.items()}, "options": options}
+    return stages.run("blocks", parts, work)
+
+
 def run_study(cfg: StudyConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the study; returns summary.json's content.
 
@@ -453,6 +502,8 @@ def _run_stages(cfg: StudyConfig, out: Path, log: Callable[[str], None]) -> dict
         twins["mdm"] = (str(out / "mdm_twin" / "model"), twin_mdm.key)
     _samplers_stage(cfg, stages, ar_source, mdm_path, mdm_record.key, settings)
     _compare_stage(cfg, stages, ar_source, mdm_path, mdm_record.key, settings, twins)
+    if cfg.block_sizes:
+        _blocks_stage(cfg, stages, ar_source, ar_record, (mdm_path, mdm_record.key), settings)
     summary = write_study_report(out, cfg.model, cfg.quick, stages.records, ar_source, mdm_path)
     summary["seconds"] = time.perf_counter() - t0
     log(f"study done in {summary['seconds']:.0f} s: {out / 'report.html'}")

@@ -65,6 +65,15 @@ def test_study_runs_caches_and_resumes(tmp_path: Path, monkeypatch: pytest.Monke
     assert set(statuses(again).values()) == {"cached"}
     assert again["claims"] == summary["claims"]
 
+    # block sizes: one more conversion (block:4) and the series; everything before stays cached
+    blocks = run_study(StudyConfig(out=out, quick=True, block_sizes=(4,)), log=lambda _: None)
+    assert statuses(blocks) == {**dict.fromkeys((*earlier, "compare"), "cached"), "mdm_block4": "ran", "blocks": "ran"}
+    meta = json.loads((out / "mdm_block4" / "model" / "ar2mdm.json").read_text())
+    assert meta["block_size"] == 4
+    series = json.loads((out / "blocks" / "series.json").read_text())
+    assert series["order"] == ["block 4", "full"]
+    assert "| task | block 4 | full |" in (out / "blocks" / "series.md").read_text()
+
 
 def test_study_rejects_bad_options(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="--model"):

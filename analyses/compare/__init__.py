@@ -27,6 +27,7 @@ from analyses.compare.report import (
     write_report,
 )
 from analyses.compare.run import CompareOptions, NodeScores, compare
+from analyses.compare.series import SeriesResult, compare_series, write_series
 from analyses.compare.trajectory import denoising_trajectory, revealed, snapshots_of, track
 
 __all__ = [
@@ -35,10 +36,12 @@ __all__ = [
     "CompareResult",
     "NodeScores",
     "Pool",
+    "SeriesResult",
     "check_pair",
     "claims",
     "common_pool",
     "compare",
+    "compare_series",
     "default_k_edges",
     "default_k_nodes",
     "denoising_trajectory",
@@ -57,4 +60,5 @@ __all__ = [
     "task_examples",
     "track",
     "write_report",
+    "write_series",
 ]

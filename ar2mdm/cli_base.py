@@ -1,0 +1,118 @@
+"""What every `ar2mdm` subcommand shares: the typer apps, plugin loading, the error handling that
+turns bad input into one line and exit 2 (Ctrl-C into exit 130 with what was kept), progress
+printing, and the option help texts read from the registries."""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import sys
+from collections.abc import Iterator
+
+import typer
+from rich.console import Console
+
+import common  # noqa: F401  (offline flags before transformers is imported)
+from analyses.attribution import methods_for
+from common.errors import TrainingInterrupted, UserError
+from common.plugins import load_plugins
+from probe.backends import BACKENDS
+from sampling import SAMPLERS
+from tasks import task_names
+
+
+def load_cli_plugins() -> UserError | None:
+    """Import $AR2MDM_PLUGINS and the `ar2mdm.plugins` entry points before the help texts below
+    read the registries (common.plugins); a failure is reported when a command runs."""
+    try:
+        load_plugins()
+    except UserError as err:
+        return err
+    return None
+
+
+PLUGIN_ERROR = load_cli_plugins()
+
+app = typer.Typer(
+    name="ar2mdm",
+    help="Convert autoregressive LMs into masked diffusion LMs and study what changes inside them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+organism_app = typer.Typer(
+    help="The model organism: a small decoder trained from scratch on the task mixture.", no_args_is_help=True
+)
+app.add_typer(organism_app, name="organism")
+console = Console(stderr=True)
+
+
+@app.callback()
+def _main() -> None:
+    if PLUGIN_ERROR is not None:
+        fail(PLUGIN_ERROR)
+
+
+def plain(message: str) -> None:
+    """Progress lines on stderr, printed as they are (no rich markup: they hold [brackets])."""
+    console.print(message, markup=False, highlight=False)
+
+
+def fail(err: UserError) -> None:
+    console.print(f"[bold red]error:[/] {err}", markup=True, highlight=False)
+    raise typer.Exit(code=2)
+
+
+INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
+
+
+@contextlib.contextmanager
+def errors(kept: str) -> Iterator[contextlib.ExitStack]:
+    """Bad input -> one clear line, exit 2 (never a traceback); Ctrl-C -> what was kept, exit 130.
+
+    kept: what an interrupted run of this command leaves and how to go on (shown after Ctrl-C).
+    Yields an ExitStack for resources held while the command runs (a claimed output folder)."""
+    try:
+        with contextlib.ExitStack() as stack:
+            yield stack
+    except TrainingInterrupted as err:
+        command = " ".join(shlex.quote(a) for a in ["ar2mdm", *sys.argv[1:]])
+        resume = command if "--resume" in sys.argv else f"{command} --resume"
+        console.print(f"[bold yellow]interrupted:[/] {err}", highlight=False)
+        console.print(f"resume with: {resume}", markup=False, highlight=False)
+        raise typer.Exit(code=INTERRUPTED) from None
+    except UserError as err:
+        fail(err)
+    except KeyboardInterrupt:
+        console.print(f"[bold yellow]interrupted:[/] {kept}", highlight=False)
+        raise typer.Exit(code=INTERRUPTED) from None
+
+
+# The registries: a new sampler, task, backend or attribution class appears here by itself.
+SAMPLER_HELP = SAMPLERS.choices()
+BACKEND_HELP = f"Probe backend: {BACKENDS.choices()} | auto."
+METHOD_HELP = f"Edge attribution method of the circuits: {' | '.join(methods_for('edge'))}."
+TASK_HELP = "; ".join(f"{', '.join(task_names(kind))} ({kind})" for kind in ("local", "global") if task_names(kind))
+CACHE_HELP = (
+    "threshold: prefix | none. The prefix KV cache reuses the keys/values of the decoded prefix: exact for "
+    "block-diffusion checkpoints (block:B, whose earlier blocks never see later ones), approximate for "
+    "bidirectional MDMs (the prefix would attend to the changing answer; its keys are reused as they were). "
+    "none recomputes every step (exact). [default: prefix]"
+)
+
+
+def refuse_earlier_results(claim, overwrite: bool) -> None:
+    """An eval/compare folder that holds an earlier run's results is replaced only with --overwrite
+    (the caller clears it right before writing the new results)."""
+    if claim.previous is not None and not overwrite:
+        raise UserError(
+            f"{claim.folder} holds the results of an earlier `ar2mdm {claim.command}`; pass --overwrite to "
+            "replace them, or choose another --out."
+        )
+
+
+def floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated numbers, got {text!r}.") from None
