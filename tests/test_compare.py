@@ -360,3 +360,41 @@ def test_check_pair_warns_when_the_mdm_is_not_the_arms_own_conversion() -> None:
     assert len(warnings) == 1 and "not the ARM's own conversion" in warnings[0] and "elsewhere" in warnings[0]
     with pytest.raises(UserError, match="must be a masked diffusion"):
         check_pair(ar, ar)
+
+
+def test_undefined_early_mass_reads_as_a_dash() -> None:
+    """A model whose top-K nodes all score 0 (the read position cannot see the corruption, as a
+    block-1 MDM on infilling) has no layer distribution: JSON holds None, tables show "-" and the
+    layer figure draws nothing for it instead of failing."""
+    from analyses.compare import figures, summary_rows
+
+    interval = {"estimate": 0.1, "low": 0.05, "high": 0.15, "level": 0.95}
+    entry = {
+        "n": 8,
+        "circuits": {
+            "jaccard": interval,
+            "jaccard_curve": {"k": [1, 2], "jaccard": [0.0, 0.1]},
+            "ar": {"clean_ld": 3.0, "corrupt_ld": 0.0},
+            "mdm": {"clean_ld": 1.0, "corrupt_ld": 1.0},
+        },
+        "depth": {
+            "ar": {"lens": {"top1": [0.0, 0.5, 1.0]}},
+            "mdm": {"lens": {"top1": [0.0, 0.0, 0.0]}},
+            "compare": {
+                "a": {"mass": [0.5, 0.5], "early_mass": 0.5},
+                "b": {"mass": [None, None], "early_mass": None},
+                "early_mass_diff": {"estimate": None, "low": None, "high": None, "level": 0.95},
+            },
+        },
+    }
+    data = {
+        "pools": {"infilling": {"pool": 8, "accuracy_ar": 1.0, "accuracy_mdm": 0.5}},
+        "tasks": {"infilling": entry},
+        "shape": {"n_layers": 2},
+        "options": {"k_nodes": 2, "method": "eap-ig-inputs"},
+    }
+    (row,) = summary_rows(data)
+    assert row["early mass MDM"] == "-" and row["early mass AR"] == "0.50" and row["MDM - AR"] == "-"
+    layers = figures(data)["layers"]
+    mdm_bars = [t for t in layers.data if t.name.startswith("MDM")]
+    assert [list(t.y) for t in mdm_bars] == [[0.0], [0.0]]

@@ -51,6 +51,13 @@ def json_safe(x: Any) -> Any:
     return x
 
 
+def _num(x: float | None, digits: int = 2) -> str:
+    """A number for a table; "-" where it is undefined (NaN, stored as None: e.g. the early mass
+    of a model whose top-K nodes all score 0, as when the read position cannot see the
+    corruption)."""
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
 def format_interval(d: Mapping[str, Any] | None, digits: int = 2) -> str:
     if not d or d.get("estimate") is None:
         return "-"
@@ -89,8 +96,8 @@ def summary_rows(data: Mapping[str, Any]) -> list[dict[str, str]]:
             row.update(
                 {
                     "Jaccard@K": format_interval(entry["circuits"]["jaccard"]),
-                    "early mass AR": f"{cmp['a']['early_mass']:.2f}",
-                    "early mass MDM": f"{cmp['b']['early_mass']:.2f}",
+                    "early mass AR": _num(cmp["a"]["early_mass"]),
+                    "early mass MDM": _num(cmp["b"]["early_mass"]),
                     "MDM - AR": format_interval(cmp["early_mass_diff"]),
                 }
             )
@@ -313,11 +320,11 @@ def _layers_figure(data: Mapping[str, Any], tasks: Sequence[str]) -> Any:
             fig.add_trace(
                 go.Bar(
                     x=tasks,
-                    y=[per_layer[layer] for per_layer in mass],
+                    y=[per_layer[layer] or 0.0 for per_layer in mass],
                     name=f"{m.upper()} L{layer}",
                     offsetgroup=m,
                     marker={"color": COLORS[m], "opacity": 1 - 0.8 * layer / max(1, n_layers)},
-                    base=[sum(per_layer[:layer]) for per_layer in mass],
+                    base=[sum(v or 0.0 for v in per_layer[:layer]) for per_layer in mass],
                 )
             )
     fig.update_layout(
