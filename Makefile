@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 # would pull a multi-GB CUDA build from PyPI.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install assets run test test-slow lint clean-venv
+.PHONY: validate install assets run test test-slow lint clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ notebooks: $(STAMP)
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
+
+# The instrument on ground truth: rewrites docs/results/validation/ (a few seconds) and prints
+# the planted-shift table; both exit non-zero when a method misses its target.
+validate: $(STAMP)
+	$(BIN)/python -m analyses.validation --out docs/results/validation
+	$(BIN)/python -m analyses.validation.planted
 
 # Lint and formatting (ruff is pinned in pyproject: its formatting changes between releases).
 LINTED := common diffusion sampling tasks conversion probe analyses ar2mdm tests scripts benchmarks notebooks
