@@ -23,6 +23,7 @@ from ar2mdm.cli_base import (
     app,
     console,
     errors,
+    ints,
     organism_app,
     plain,
     refuse_earlier_results,
@@ -345,18 +346,11 @@ def study(
             quick=quick,
             force=force,
             seed_floor=seed_floor,
-            block_sizes=_ints(block_sizes, "--block-sizes"),
+            block_sizes=ints(block_sizes, "--block-sizes"),
         )
         summary = run_study(cfg, log=plain)
     print_summary(summary)
     console.print(f"report: {out / 'report.html'}")
-
-
-def _ints(text: str, what: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise UserError(f"{what} must be comma-separated whole numbers, got {text!r}.") from None
 
 
 def main() -> None:  # pragma: no cover - entry point

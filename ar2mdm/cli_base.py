@@ -116,3 +116,10 @@ def floats(text: str, what: str) -> tuple[float, ...]:
         return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise UserError(f"{what} must be comma-separated numbers, got {text!r}.") from None
+
+
+def ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated whole numbers, got {text!r}.") from None

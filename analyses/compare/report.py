@@ -19,7 +19,7 @@ from torch import Tensor
 
 from analyses.compare.controls import PAIR_LABELS
 from analyses.graph import Graph
-from analyses.statistics import Interval
+from analyses.statistics import Interval, pool_for_width
 from common.outputs import atomic_write_text
 from tasks import TASKS
 
@@ -51,7 +51,7 @@ def json_safe(x: Any) -> Any:
     return x
 
 
-def _num(x: float | None, digits: int = 2) -> str:
+def format_number(x: float | None, digits: int = 2) -> str:
     """A number for a table; "-" where it is undefined (NaN, stored as None: e.g. the early mass
     of a model whose top-K nodes all score 0, as when the read position cannot see the
     corruption)."""
@@ -96,8 +96,8 @@ def summary_rows(data: Mapping[str, Any]) -> list[dict[str, str]]:
             row.update(
                 {
                     "Jaccard@K": format_interval(entry["circuits"]["jaccard"]),
-                    "early mass AR": _num(cmp["a"]["early_mass"]),
-                    "early mass MDM": _num(cmp["b"]["early_mass"]),
+                    "early mass AR": format_number(cmp["a"]["early_mass"]),
+                    "early mass MDM": format_number(cmp["b"]["early_mass"]),
                     "MDM - AR": format_interval(cmp["early_mass_diff"]),
                 }
             )
@@ -136,13 +136,13 @@ def claim_rows(data: Mapping[str, Any]) -> list[dict[str, str]]:
 def controls_rows(data: Mapping[str, Any]) -> list[dict[str, str]]:
     """One row per analysed task: Jaccard@K and early-mass difference of the main pair beside
     each control pair, and the pool that would resolve Jaccard to +/-0.03."""
-    from analyses.statistics import Interval, pool_for_width
-
     rows = []
     for task, entry in data["tasks"].items():
-        pairs = {"main": {"jaccard": entry["circuits"]["jaccard"], "early_mass_diff": None}}
-        pairs["main"]["early_mass_diff"] = entry["depth"]["compare"]["early_mass_diff"]
-        pairs.update(entry.get("controls", {}))
+        main = {
+            "jaccard": entry["circuits"]["jaccard"],
+            "early_mass_diff": entry["depth"]["compare"]["early_mass_diff"],
+        }
+        pairs = {"main": main, **entry.get("controls", {})}
         row = {"task": task, "pool": str(entry["n"])}
         for name, stats in pairs.items():
             row[f"Jaccard {PAIR_LABELS[name]}"] = format_interval(stats["jaccard"])
@@ -448,13 +448,22 @@ def report_html(
         parts.append(f"<h2>{html.escape(name)}</h2>")
         parts.append(fig.to_html(full_html=False, include_plotlyjs=plotlyjs if first else False))
         first = False
-    style = (
-        "body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}code{background:#f4f4f4}"
-    )
+    return page_html(title, parts)
+
+
+PAGE_STYLE = (
+    "body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}table{border-collapse:collapse}"
+    "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}code{background:#f4f4f4}"
+)
+
+
+def page_html(title: str, parts: Sequence[str]) -> str:
+    """A whole HTML page around `parts` (HTML fragments), in the reports' one style."""
+    import html
+
     return (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head>"
-        f"<body>{''.join(parts)}</body></html>"
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{PAGE_STYLE}</style></head><body>{''.join(parts)}</body></html>"
     )
 
 

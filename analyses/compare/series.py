@@ -30,7 +30,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from analyses.compare.pool import check_pair, task_examples
-from analyses.compare.report import CompareResult, format_interval, json_safe, md_table, table_html, write_report
+from analyses.compare.report import (
+    CompareResult,
+    format_interval,
+    format_number,
+    json_safe,
+    md_table,
+    page_html,
+    table_html,
+    write_report,
+)
 from analyses.compare.run import CompareOptions, compare
 from common.errors import UserError
 from common.outputs import atomic_write_text
@@ -42,10 +51,10 @@ Order = Literal["block_size", "given"]
 # quantity key -> (title, how one cell is shown)
 QUANTITIES: dict[str, tuple[str, Callable[[Mapping[str, Any]], str]]] = {
     "jaccard": ("Jaccard@K with the ARM (95% CI)", lambda e: format_interval(e["jaccard"])),
-    "early_mass_mdm": ("Early-layer mass of the MDM", lambda e: _number(e["early_mass_mdm"])),
-    "early_mass_ar": ("Early-layer mass of the ARM (on the pair's pool)", lambda e: _number(e["early_mass_ar"])),
+    "early_mass_mdm": ("Early-layer mass of the MDM", lambda e: format_number(e["early_mass_mdm"])),
+    "early_mass_ar": ("Early-layer mass of the ARM (on the pair's pool)", lambda e: format_number(e["early_mass_ar"])),
     "early_mass_diff": ("Early-layer mass MDM - ARM (95% CI)", lambda e: format_interval(e["early_mass_diff"])),
-    "accuracy_mdm": ("MDM accuracy", lambda e: _number(e["accuracy_mdm"])),
+    "accuracy_mdm": ("MDM accuracy", lambda e: format_number(e["accuracy_mdm"])),
     "pool": ("Common-correct pool", lambda e: str(e["pool"])),
 }
 
@@ -139,10 +148,6 @@ def _entry(data: Mapping[str, Any], task: str, block_size: int | None) -> dict[s
     }
 
 
-def _number(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}"
-
-
 def series_tables(data: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
     """quantity key -> rows (one per task: "task", then one column per MDM label, in order)."""
     return {
@@ -203,14 +208,7 @@ def series_html(data: Mapping[str, Any], *, plotlyjs: bool | str = True) -> str:
     for i, (q, rows) in enumerate(series_tables(data).items()):
         parts += [f"<h2>{html.escape(QUANTITIES[q][0])}</h2>", table_html(rows)]
         parts.append(figs[q].to_html(full_html=False, include_plotlyjs=plotlyjs if i == 0 else False))
-    style = (
-        "body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
-    )
-    return (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ARM vs MDMs</title><style>{style}</style></head>"
-        f"<body>{''.join(parts)}</body></html>"
-    )
+    return page_html("ARM vs MDMs", parts)
 
 
 def slug(label: str) -> str:
