@@ -55,6 +55,15 @@ validate: $(STAMP)
 	$(BIN)/python -m analyses.validation --out docs/results/validation
 	$(BIN)/python -m analyses.validation.planted
 
+# Every results document: which still describe this code, and regenerate the stale ones
+# (scripts/results.py; docs/results/provenance.json records what each was made from).
+# `make results-check` only lists them. RESULTS_ARGS names entries: RESULTS_ARGS="study".
+.PHONY: results results-check
+results: $(STAMP)
+	$(BIN)/python scripts/results.py --run $(RESULTS_ARGS)
+results-check: $(STAMP)
+	$(BIN)/python scripts/results.py
+
 # Lint and formatting (ruff is pinned in pyproject: its formatting changes between releases).
 LINTED := common diffusion sampling tasks conversion probe analyses ar2mdm tests scripts benchmarks notebooks
 lint: $(STAMP)

@@ -41,13 +41,15 @@ from common.outputs import claim_output
 from conversion.organism_data import TASK_NAMES as ORGANISM_TASKS
 
 MODELS = ("organism", "smollm2")
+POWER_HALF_WIDTH = 0.03  # the Jaccard interval half width `power` sizes the pool for
+MAX_POOL = 1000  # the largest pool `power` asks for (examples per task)
 
 
 @dataclass
 class StudyConfig:
     """out: the study folder. model: "organism" (the embedded default) or "smollm2".
-    budget: minutes for the whole SmolLM2 study on this machine (the conversion gets 40%, the
-    comparison's pool is sized from it).
+    budget: minutes for the whole study on this machine (SmolLM2: the conversion gets 40%, the
+    comparison's pool is sized from it; with `power`, whether the larger pool fits).
     ar_steps: organism training steps when no organism is cached. convert_steps: conversion
     steps (organism; SmolLM2 runs until its share of the budget is spent). pool_size: at most this
     many common-correct examples per task. n: examples per task for the sampler evaluation.
@@ -58,7 +60,12 @@ class StudyConfig:
     published ARM), and its report says so. block_sizes: (organism) also convert the ARM with
     block diffusion at each block size B (`--attention block:B`, same recipe) and compare the
     ARM with each MDM and the full-length one (`analyses.compare.compare_series`, stage
-    "blocks": Jaccard with the ARM, early mass and accuracy against block size)."""
+    "blocks": Jaccard with the ARM, early mass and accuracy against block size).
+    power: after the comparison, compute the pool each task needs for a Jaccard interval of
+    +/-`POWER_HALF_WIDTH` (`analyses.statistics.pool_for_width`) and, when the comparison at that
+    pool fits in what is left of `budget` minutes (estimated from the first comparison's time,
+    linear in the pool), rerun it there (stage "compare_power", which the report then reads);
+    either way summary.json says what was needed and what was done ("power")."""
 
     out: str | Path = "study"
     model: str = "organism"
@@ -74,6 +81,7 @@ class StudyConfig:
     force: bool = False
     seed_floor: bool = True
     block_sizes: tuple[int, ...] = ()
+    power: bool = False
 
     def checked(self) -> StudyConfig:
         if self.model not in MODELS:
@@ -247,7 +255,9 @@ def _ar_twin_stage(cfg: StudyConfig, stages: Stages, ar_source: str, ar_record: 
     if not (twin / "config.json").is_file():
         stages.log(f"[ar_twin] training the ARM's seed twin ({report['steps']} steps, seed {seed + 1}) into {twin}")
         t0 = time.perf_counter()
-        config = OrganismConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in report["config"].items()})
+        # an organism saved before packing existed trained unpacked: its twin does too
+        saved = {"pack_length": 0, **report["config"]}
+        config = OrganismConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
         made = train_organism(out=twin, seed=seed + 1, steps=int(report["steps"]), config=config, data_seed=data_seed)
         stages.records.append(
             StageRecord(
@@ -362,15 +372,22 @@ def _compare_stage(
     upstream: str,
     settings: Mapping[str, Any],
     twins: Mapping[str, tuple[str, str]],
+    *,
+    name: str = "compare",
+    pool_size: int | None = None,
 ) -> StageRecord:
-    """ARM vs MDM; twins: role ("ar", "mdm") -> (checkpoint, stage key) of the seed twins."""
+    """ARM vs MDM; twins: role ("ar", "mdm") -> (checkpoint, stage key) of the seed twins.
+    name / pool_size: the stage and its pool when not the settings' (the `power` rerun)."""
     from analyses.compare import CompareOptions, compare, snapshots_of, track, write_report
     from probe import ProbedModel
 
     options = {"tasks": tuple(settings["tasks"]), "seed": cfg.seed, **settings["compare"]}
+    if pool_size is not None:
+        options["pool_size"] = pool_size
     labels = {"ar": ar_source, "mdm": str(mdm_path), **{f"{r}_twin": src for r, (src, _) in twins.items()}}
 
     def work(folder: Path) -> dict[str, Any]:
+        started = time.perf_counter()
         ar = ProbedModel.from_checkpoint(ar_source, backend="torch", device=cfg.device)
         mdm = ProbedModel.from_checkpoint(mdm_path, backend="torch", device=cfg.device)
         twin_models = {
@@ -414,7 +431,9 @@ def _compare_stage(
         return {
             "claims": {
                 k: {"verdict": c["verdict"], "interval": c["interval"]} for k, c in result.data["claims"].items()
-            }
+            },
+            "seconds": round(time.perf_counter() - started, 1),
+            "pool_size": options["pool_size"],
         }
 
     parts = {
@@ -423,7 +442,51 @@ def _compare_stage(
         "device": cfg.device,
         "twins": {r: key for r, (_, key) in twins.items()},
     }
-    return stages.run("compare", parts, work)
+    return stages.run(name, parts, work)
+
+
+def needed_pool(report: Mapping[str, Any], half_width: float = POWER_HALF_WIDTH) -> dict[str, int | None]:
+    """Per task of a comparison's report.json: the pool for a Jaccard interval of +/-half_width
+    (None where the interval is missing or a point)."""
+    from analyses.statistics import Interval, pool_for_width
+
+    out: dict[str, int | None] = {}
+    for task, entry in report["tasks"].items():
+        j = entry["circuits"]["jaccard"]
+        ok = j.get("low") is not None and j.get("high") is not None
+        out[task] = pool_for_width(entry["n"], Interval(j["estimate"], j["low"], j["high"]), half_width) if ok else None
+    return out
+
+
+def plan_power(
+    needed: Mapping[str, int | None], pilot_pool: int, pilot_seconds: float, seconds_left: float
+) -> dict[str, Any]:
+    """Whether to rerun the comparison on a larger pool: the largest pool a task needs (capped at
+    MAX_POOL), the time that would take (the pilot's, scaled linearly in the pool) and the verdict.
+
+    >>> plan_power({"ioi": 400, "sudoku": None}, 100, 60.0, 600.0)["run"]
+    True
+    >>> plan_power({"ioi": 400}, 100, 60.0, 100.0)["reason"]
+    'needs ~4.0 min, 1.7 min left of the budget'
+    """
+    wanted = [n for n in needed.values() if n is not None]
+    pool = min(MAX_POOL, max(wanted)) if wanted else pilot_pool
+    estimate = pilot_seconds * pool / pilot_pool
+    plan = {
+        "needed": dict(needed),
+        "pool": pool,
+        "pilot_pool": pilot_pool,
+        "estimated_minutes": round(estimate / 60, 1),
+    }
+    if pool <= pilot_pool:
+        return {**plan, "run": False, "reason": f"the pilot pool ({pilot_pool}) already resolves +/-{POWER_HALF_WIDTH}"}
+    if estimate > seconds_left:
+        return {
+            **plan,
+            "run": False,
+            "reason": f"needs ~{estimate / 60:.1f} min, {max(seconds_left, 0) / 60:.1f} min left of the budget",
+        }
+    return {**plan, "run": True, "reason": f"fits: ~{estimate / 60:.1f} of {seconds_left / 60:.1f} min left"}
 
 
 def _blocks_stage(
@@ -452,14 +515,24 @@ def _blocks_stage(
         "null_pair": False,
     }
 
+    main = json.loads((stages.root / "compare" / "report.json").read_text())
+    floor = {
+        t: e["controls"]["floor_ar"]["jaccard"] for t, e in main["tasks"].items() if "floor_ar" in e.get("controls", {})
+    }
+
     def work(folder: Path) -> dict[str, Any]:
         load = lambda p: ProbedModel.from_checkpoint(p, backend="torch", device=cfg.device)  # noqa: E731
         mdms = {label: load(path) for label, (path, _) in paths.items()}
-        result = compare_series(load(ar_source), mdms, CompareOptions(**options), log=stages.log)
+        result = compare_series(load(ar_source), mdms, CompareOptions(**options), floor=floor, log=stages.log)
         write_series(result, folder)
         return {"mdms": list(mdms)}
 
-    parts = {"ar": ar_record.key, "mdms": {label: key for label, (_, key) in paths.items()}, "options": options}
+    parts = {
+        "ar": ar_record.key,
+        "mdms": {label: key for label, (_, key) in paths.items()},
+        "options": options,
+        "floor": floor,
+    }
     return stages.run("blocks", parts, work)
 
 
@@ -501,10 +574,26 @@ def _run_stages(cfg: StudyConfig, out: Path, log: Callable[[str], None]) -> dict
         twin_mdm = _mdm_stage(cfg, stages, ar_source, ar_record, settings, name="mdm_twin", seed_offset=1)
         twins["mdm"] = (str(out / "mdm_twin" / "model"), twin_mdm.key)
     _samplers_stage(cfg, stages, ar_source, mdm_path, mdm_record.key, settings)
-    _compare_stage(cfg, stages, ar_source, mdm_path, mdm_record.key, settings, twins)
+    pilot = _compare_stage(cfg, stages, ar_source, mdm_path, mdm_record.key, settings, twins)
+    compare_dir = "compare"
+    power = None
+    if cfg.power:
+        report = json.loads((out / "compare" / "report.json").read_text())
+        seconds = float(pilot.info.get("seconds") or pilot.seconds)
+        left = cfg.budget * 60 - (time.perf_counter() - t0)
+        power = plan_power(needed_pool(report), int(pilot.info.get("pool_size", cfg.pool_size)), seconds, left)
+        log(f"[power] pool {power['pool']} for Jaccard +/-{POWER_HALF_WIDTH}: {power['reason']}")
+        if power["run"]:
+            _compare_stage(
+                cfg, stages, ar_source, mdm_path, mdm_record.key, settings, twins,
+                name="compare_power", pool_size=power["pool"],
+            )  # fmt: skip
+            compare_dir = "compare_power"
     if cfg.block_sizes:
         _blocks_stage(cfg, stages, ar_source, ar_record, (mdm_path, mdm_record.key), settings)
-    summary = write_study_report(out, cfg.model, cfg.quick, stages.records, ar_source, mdm_path)
+    summary = write_study_report(
+        out, cfg.model, cfg.quick, stages.records, ar_source, mdm_path, compare_dir=compare_dir, power=power
+    )
     summary["seconds"] = time.perf_counter() - t0
     log(f"study done in {summary['seconds']:.0f} s: {out / 'report.html'}")
     return summary

@@ -79,15 +79,24 @@ def claim_text(c: Mapping[str, Any]) -> str:
 
 
 def write_study_report(
-    out: Path, model: str, quick: bool, records: list[StageRecord], ar_source: str, mdm_path: Path
+    out: Path,
+    model: str,
+    quick: bool,
+    records: list[StageRecord],
+    ar_source: str,
+    mdm_path: Path,
+    *,
+    compare_dir: str = "compare",
+    power: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """report.html and summary.json in `out` from the stages' outputs (compare/report.json,
-    samplers/results.json); returns summary.json's content."""
+    """report.html and summary.json in `out` from the stages' outputs (`compare_dir`/report.json,
+    samplers/results.json; `power`: the study's pool decision, see `study.plan_power`); returns
+    summary.json's content."""
     from analyses.compare import report_html, table_html
     from analyses.generation import EvalRow, figure
     from conversion.report import training_figure
 
-    compare_data = json.loads((out / "compare" / "report.json").read_text())
+    compare_data = json.loads((out / compare_dir / "report.json").read_text())
     sampler_rows = json.loads((out / "samplers" / "results.json").read_text())["rows"]
     mdm_info = next(r.info for r in records if r.name == "mdm")
     tokens = mdm_info.get("tokens_seen", 0)
@@ -106,6 +115,15 @@ def write_study_report(
         lines.append("<p><b>Quick mode:</b> tiny training and pools; the numbers only show that the pipeline runs.</p>")
     if compare_data.get("note"):
         lines.append(f"<p><b>Note:</b> {html.escape(compare_data['note'])}</p>")
+    if power is not None:
+        lines.append(
+            f"<p><b>Pool size:</b> a Jaccard interval of about +/-0.03 needs {power['pool']} examples per task "
+            f"(the comparison's first pool: {power['pilot_pool']}; estimated {power['estimated_minutes']} min). "
+            + html.escape(
+                f"Reran the comparison there ({power['reason']})." if power["run"] else f"Not rerun: {power['reason']}."
+            )
+            + "</p>"
+        )
     env = fingerprint()
     lines += [
         "<h2>Stages</h2>",
@@ -140,6 +158,8 @@ def write_study_report(
         "table": summary_table(compare_data, sampler_rows),
         "claims_text": {k: claim_text(c) for k, c in compare_data["claims"].items()},
         "environment": env,
+        "compare_folder": compare_dir,
+        "power": dict(power) if power is not None else None,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary

@@ -17,19 +17,26 @@ How it is built, and why:
    Specials: <pad> <bos> <eos> <unk> and <mask>, the token a later MDM conversion masks with (its id
    is also stored as `mask_token_id` in config.json). Encoding prepends <bos>.
 2. Model (`OrganismConfig`, `build_model`). LlamaConfig: RoPE, RMSNorm, SwiGLU, untied embeddings,
-   128 positions; default 3 layers, d_model 192, 6 heads of 32, MLP 512 (about 2M parameters).
-   Chosen by measuring (scripts/organism_curve.py, 28 configurations at an equal step count):
-   fp32 is the fast path on these CPUs (no native bf16: autocast to bf16 ran ~7x slower); 3 layers
-   learned IOI and induction in fewer steps than 2, 4 or 6; d_model 128 and 160 were faster per
-   step but learned induction far later, 256 was too slow per step; lr 1.5e-3 beat 1e-3 and 2e-3.
+   128 positions; default 6 layers, d_model 128, 4 heads of 32, MLP 384 (1.7M parameters), so
+   the "first third" of the depth holds two layers. fp32 is the fast path on these CPUs (no native
+   bf16: autocast to bf16 ran ~7x slower). Measured (seed 0, 1,500 steps, 2 threads): the 6 x 128
+   model costs what the earlier 3 x 192 default did per step (0.22 s unpacked) and reached every
+   accuracy target (induction 1.00, Countdown 0.61), where 3 x 192 reached induction 0.915 and
+   Countdown 0.505 in the same steps; lr 1.5e-3 (chosen on 3 x 192 among 1e-3, 1.5e-3, 2e-3).
 3. Data (`MixtureStream`). An infinite, seeded stream: every batch holds a fixed number of
    examples of each task (stratified, so each step sees every task). A training sequence is
    `<bos> ar_text <eos>` (infilling in AR reading order, sentence first), plus the in-place infilling
    text `<bos> prompt answer suffix <eos>` now and then, so the model is also an ordinary LM over
-   the layout an MDM will later fill in place. Sequences are right-padded: with causal attention
-   no real token ever attends to a pad, so no attention mask is needed. The mixture leans on the
-   slow learners (Countdown 30, IOI 12, induction 12 of 64 per batch); Greater-Than and infilling
-   are solved within ~200 steps and get 2 each, sudoku 6.
+   the layout an MDM will later fill in place. Induction sequences end at the answer without <eos>
+   (`Task.text_ends_at_answer`: a prompt repeating j words is also the text of the example
+   repeating j - 1 words, so a closing <eos> taught the model to stop where it should copy; with
+   it, induction accuracy oscillated between 0.69 and 0.97 and all misses were an <eos> at j = 7).
+   Greater-Than also draws start years x09 (`TRAINING_OPTIONS`), the year its corruption uses.
+   Sequences are packed into rows of `pack_length` tokens, each attending only to itself with its
+   own positions (the same loss terms as padding each to the batch's longest; ~36% fewer token
+   slots, ~30% less time per step). The mixture leans on the slow learners (Countdown 30, IOI 12,
+   induction 10 of 64 per batch); Greater-Than (4) and infilling (2) are solved within ~200 steps,
+   sudoku gets 6.
 4. Loss. Next-token cross-entropy over the whole sequence (the model stays an honest LM of the
    task text, which the diffusion conversion needs), with answer tokens and the closing <eos>
    weighted `answer_weight` (2) times more: the prompts are mostly random names and numbers that
@@ -92,7 +99,7 @@ from conversion.organism_data import (  # noqa: F401  (the organism's data, impo
     task_examples,
 )
 from tasks import Example, Task
-from tasks.evaluate import greedy_accuracy, logit_metrics
+from tasks.evaluate import LD_GAP_TARGET, greedy_accuracy, logit_metrics
 
 TARGETS: dict[str, float] = {"ioi": 0.95, "greater_than": 0.95, "induction": 0.95, "countdown": 0.60}
 
@@ -127,7 +134,9 @@ class OrganismConfig:
     Data: mixture (examples of each task per batch; their sum is the batch size),
         infill_in_place (probability that an infilling example is given in place instead of in
         AR order), answer_weight (loss weight of answer tokens and the final <eos>),
-        tokenizer_examples (examples per task the tokenizer is trained on).
+        tokenizer_examples (examples per task the tokenizer is trained on), pack_length (pack a
+        batch's sequences into rows of this many tokens, each sequence attending only to itself:
+        the same loss terms as one padded row each, with a third of the padding; 0 = no packing).
     Optimisation: lr, min_lr_ratio (cosine floor, as a fraction of lr), warmup (fraction of the
         run), weight_decay, grad_clip, betas.
     Evaluation: eval_examples (held-out examples per task at the end), eval_every (steps between
@@ -138,17 +147,18 @@ class OrganismConfig:
         bit-reproducible for a fixed seed, step count and thread count.
     """
 
-    d_model: int = 192
-    n_layers: int = 3
-    n_heads: int = 6
-    n_kv_heads: int = 6
-    d_mlp: int = 512
+    d_model: int = 128
+    n_layers: int = 6
+    n_heads: int = 4
+    n_kv_heads: int = 4
+    d_mlp: int = 384
     max_positions: int = 128
+    pack_length: int = 64
     mixture: dict[str, int] = field(
         default_factory=lambda: {
             "ioi": 12,
-            "greater_than": 2,
-            "induction": 12,
+            "greater_than": 4,
+            "induction": 10,
             "countdown": 30,
             "infilling": 2,
             "sudoku": 6,
@@ -189,6 +199,9 @@ class OrganismReport:
 
     accuracy: held-out greedy accuracy per task (fraction of `eval_examples[task]` solved).
     ioi_logit_diff: mean logit(IO) - logit(S) at the answer position over the IOI eval set.
+    ld_gap: per task, the mean clean minus the mean corrupted logit difference (correct vs
+    counterfactual first answer tokens, `tasks.evaluate.logit_metrics`) over its eval set: the
+    effect circuit discovery attributes; `LD_GAP_TARGET` is the least a task should show.
     curve: training loss over steps; evals: periodic held-out accuracies {"step", task: acc}.
     tokens_seen: non-pad tokens trained on. train_seconds excludes evaluation; wall_seconds is
     the whole call. targets: the accuracy each target task should reach, met: whether it did.
@@ -213,10 +226,13 @@ class OrganismReport:
     n_parameters: int
     targets: dict[str, float] = field(default_factory=lambda: dict(TARGETS))
     data_seed: int | None = None  # the tokenizer's and held-out sets' seed when it is not `seed`
+    ld_gap: dict[str, float] = field(default_factory=dict)
 
     @property
     def met(self) -> dict[str, bool]:
-        return {t: self.accuracy.get(t, 0.0) >= v for t, v in self.targets.items()}
+        met = {t: self.accuracy.get(t, 0.0) >= v for t, v in self.targets.items()}
+        met.update({f"{t}_ld_gap": gap >= LD_GAP_TARGET for t, gap in self.ld_gap.items()})
+        return met
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -269,6 +285,21 @@ def ioi_logit_diff(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, 
     model.eval()
     with torch.no_grad():
         return float(logit_metrics(model, tokenizer, list(examples), batch_size=64)["mean_logit_diff"])
+
+
+def ld_gaps(
+    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, eval_sets: Mapping[str, Sequence[Example]]
+) -> dict[str, float]:
+    """Per task: mean clean minus mean corrupted logit difference over its examples (AR reading,
+    first answer token; `tasks.evaluate.logit_metrics`). Tasks without counterfactuals are left out."""
+    model.eval()
+    out: dict[str, float] = {}
+    for name, exs in eval_sets.items():
+        if not exs or not all(ex.counterfactual for ex in exs):
+            continue
+        m = logit_metrics(model, tokenizer, list(exs), batch_size=64, corrupted=True)
+        out[name] = round(m["mean_logit_diff"] - m["corrupted_mean_logit_diff"], 4)
+    return out
 
 
 def evaluate(
@@ -413,7 +444,7 @@ def _train(
         tokenizer,
         tasks,
         eval_sets,
-        iter(MixtureStream(tasks, tokenizer, cfg, seed, exclude)),
+        iter(MixtureStream(build_tasks(tokenizer, training=True), tokenizer, cfg, seed, exclude)),
         steps=steps,
         minutes=minutes,
         progress=progress,
@@ -423,6 +454,7 @@ def _train(
 
     accuracy = evaluate(model, tokenizer, tasks, eval_sets)
     logit_diff = ioi_logit_diff(model, tokenizer, eval_sets["ioi"]) if "ioi" in eval_sets else float("nan")
+    gaps = ld_gaps(model, tokenizer, eval_sets)
     train_time = run.clock.train_seconds
     report = OrganismReport(
         out=str(out),
@@ -443,6 +475,7 @@ def _train(
         mask_token_id=int(tokenizer.mask_token_id),
         vocab_size=len(tokenizer),
         n_parameters=sum(p.numel() for p in model.parameters()),
+        ld_gap=gaps,
     )
     report.wall_seconds = round(time.perf_counter() - wall_start, 2)
     save_checkpoint(
@@ -495,7 +528,7 @@ class _OrganismRun:
     def gradients(self, step: int) -> StepOutput:
         batch = next(self.stream)
         self.model.train()
-        logits = self.model(input_ids=batch.input_ids).logits
+        logits = self.model(**batch.model_inputs()).logits
         loss = weighted_lm_loss(logits, batch.input_ids, batch.weights)
         loss.backward()
         return StepOutput(loss=float(loss.detach()), tokens=batch.n_tokens)
@@ -562,11 +595,18 @@ def print_report(report: OrganismReport) -> None:
     table.add_column("held-out accuracy", justify="right")
     table.add_column("n", justify="right")
     table.add_column("target", justify="right")
+    table.add_column(f"LD gap clean - corrupt (>= {LD_GAP_TARGET:g})", justify="right")
     for name, acc in report.accuracy.items():
         target = report.targets.get(name)
         mark = "" if target is None else (" ok" if acc >= target else " MISSED")
+        gap = report.ld_gap.get(name)
+        gap_text = "" if gap is None else f"{gap:.2f}" + (" ok" if gap >= LD_GAP_TARGET else " SMALL")
         table.add_row(
-            name, f"{acc:.3f}", str(report.eval_examples[name]), "" if target is None else f">= {target:.2f}{mark}"
+            name,
+            f"{acc:.3f}",
+            str(report.eval_examples[name]),
+            "" if target is None else f">= {target:.2f}{mark}",
+            gap_text,
         )
     console = Console()
     console.print(table)

@@ -29,6 +29,7 @@ from transformers import PreTrainedTokenizerFast
 from common.errors import UserError
 from common.modeling import pad_id
 from common.seeding import derive_seed
+from diffusion.attention import causal_allowed, same_document, to_additive
 from tasks import Example, Task, get_task, task_names
 
 PAD, BOS, EOS, UNK, MASK = "<pad>", "<bos>", "<eos>", "<unk>", "<mask>"
@@ -53,6 +54,12 @@ TASK_OPTIONS: dict[str, dict[str, Any]] = {
     "infilling": {},
     "sudoku": {},
 }
+
+# What training (the organism's stream and its MDM post-training data) adds to TASK_OPTIONS:
+# Greater-Than also draws start years x09 (answers 1..9), the year its corruption uses, so the
+# corrupted input is one the model knows instead of an unseen year (see tasks.greater_than).
+# Evaluation and the comparison's pools use TASK_OPTIONS alone.
+TRAINING_OPTIONS: dict[str, dict[str, Any]] = {"greater_than": {"min_tens": 0}}
 
 # Tasks whose prompt space is large enough to hold evaluation prompts out of training.
 HOLDOUT_PROMPTS: frozenset[str] = frozenset({"ioi", "induction", "countdown", "sudoku"})
@@ -109,9 +116,15 @@ def build_tokenizer(texts: Sequence[str]) -> PreTrainedTokenizerFast:
     )
 
 
-def build_tasks(tokenizer: PreTrainedTokenizerFast | None = None) -> dict[str, Task]:
-    """The organism's six tasks with `TASK_OPTIONS` (full word lists when tokenizer is None)."""
-    return {name: get_task(name, tokenizer, **TASK_OPTIONS.get(name, {})) for name in TASK_NAMES}
+def build_tasks(tokenizer: PreTrainedTokenizerFast | None = None, *, training: bool = False) -> dict[str, Task]:
+    """The organism's six tasks with `TASK_OPTIONS` (full word lists when tokenizer is None);
+    `training` adds `TRAINING_OPTIONS` (the task distributions training draws from)."""
+    return {
+        name: get_task(
+            name, tokenizer, **TASK_OPTIONS.get(name, {}), **(TRAINING_OPTIONS if training else {}).get(name, {})
+        )
+        for name in TASK_NAMES
+    }
 
 
 def organism_tokenizer(n_per_task: int = 500, seed: int = 0) -> PreTrainedTokenizerFast:
@@ -134,6 +147,7 @@ class MixtureSettings(Protocol):
     infill_in_place: float
     answer_weight: float
     max_positions: int
+    pack_length: int
 
 
 def prompt_key(example: Example) -> str:
@@ -143,11 +157,25 @@ def prompt_key(example: Example) -> str:
 
 @dataclass
 class Batch:
-    """A right-padded training batch. input_ids/weights: [B, T]; weights is 0 on padding."""
+    """A training batch. input_ids/weights: [B, T]; weights is 0 on padding.
+
+    Unpacked (attention_mask None): one sequence per row, right-padded; causal attention needs no
+    mask since no real token attends to a later pad. Packed: several sequences per row, each with
+    positions from 0 (`position_ids` [B, T]) and attending only to itself (`attention_mask`
+    [B, 1, T, T], 0 / -inf: causal within its sequence, pads blocked).
+    """
 
     input_ids: Int[Tensor, "batch pos"]
     weights: Float[Tensor, "batch pos"]
     n_tokens: int
+    attention_mask: Float[Tensor, "batch 1 pos pos"] | None = None
+    position_ids: Int[Tensor, "batch pos"] | None = None
+
+    def model_inputs(self) -> dict[str, Tensor]:
+        """Keyword arguments for the model's forward."""
+        if self.attention_mask is None:
+            return {"input_ids": self.input_ids}
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}
 
 
 class MixtureStream:
@@ -184,11 +212,13 @@ class MixtureStream:
                     yield ex
             chunk += 1
 
-    def _sequence(self, ex: Example) -> tuple[str, str, str]:
-        """(head, answer, tail): the text is head + answer + tail; the answer is weighted."""
+    def _sequence(self, ex: Example) -> tuple[str, str, str, bool]:
+        """(head, answer, tail, close): the text is head + answer + tail, then <eos> if `close`
+        (not after the answer of a task whose text does not end there: `Task.text_ends_at_answer`);
+        the answer is weighted."""
         if ex.suffix and self.rng.random() < self.cfg.infill_in_place:
-            return ex.prompt, ex.answer, ex.suffix
-        return prompt_key(ex), ex.answer, ""
+            return ex.prompt, ex.answer, ex.suffix, True
+        return prompt_key(ex), ex.answer, "", getattr(self.tasks[ex.task], "text_ends_at_answer", True)
 
     def __iter__(self) -> Iterator[Batch]:
         while True:
@@ -197,28 +227,69 @@ class MixtureStream:
             ]
             yield self.encode(parts)
 
-    def encode(self, parts: Sequence[tuple[str, str, str]]) -> Batch:
-        """Tokenise (head, answer, tail) triples into `<bos> text <eos>` rows with loss weights."""
+    def encode(self, parts: Sequence[tuple[str, str, str, bool]]) -> Batch:
+        """Tokenise (head, answer, tail, close) into `<bos> text [<eos>]` rows with loss weights."""
         tok = self.tokenizer
-        heads = tok([h for h, _, _ in parts])["input_ids"]
-        heads_ans = tok([h + a for h, a, _ in parts])["input_ids"]
-        full = tok([h + a + t for h, a, t in parts])["input_ids"]
-        rows = [ids + [tok.eos_token_id] for ids in full]
+        heads = tok([p[0] for p in parts])["input_ids"]
+        heads_ans = tok([p[0] + p[1] for p in parts])["input_ids"]
+        full = tok([p[0] + p[1] + p[2] for p in parts])["input_ids"]
+        rows = [ids + [tok.eos_token_id] if p[3] else ids for ids, p in zip(full, parts, strict=True)]
         T = max(map(len, rows))
         if T > self.cfg.max_positions:
             raise UserError(
                 f"a training sequence is {T} tokens, more than max_positions={self.cfg.max_positions}; "
                 "raise OrganismConfig.max_positions or shorten the task options."
             )
+        weights: list[list[float]] = []
+        for row, h, ha in zip(rows, heads, heads_ans, strict=True):
+            w = [0.0] + [1.0] * (len(row) - 1)  # targets are positions 1.. (the token predicted there)
+            w[len(h) : len(ha)] = [self.cfg.answer_weight] * (len(ha) - len(h))
+            if len(ha) == len(row) - 1 and row[-1] == tok.eos_token_id:  # no tail: <eos> is part of the answer
+                w[-1] = self.cfg.answer_weight
+            weights.append(w)
+        n_tokens = int(sum(len(r) for r in rows))
+        if self.cfg.pack_length and self.cfg.pack_length >= T:
+            return _packed(rows, weights, self.cfg.pack_length, pad_id(tok), n_tokens)
         ids = torch.full((len(rows), T), pad_id(tok), dtype=torch.long)
-        w = torch.zeros((len(rows), T))
-        for b, (row, h, ha) in enumerate(zip(rows, heads, heads_ans, strict=True)):
+        wt = torch.zeros((len(rows), T))
+        for b, (row, w) in enumerate(zip(rows, weights, strict=True)):
             ids[b, : len(row)] = torch.tensor(row)
-            w[b, 1 : len(row)] = 1.0  # targets are positions 1.. (the token predicted there)
-            w[b, len(h) : len(ha)] = self.cfg.answer_weight
-            if len(ha) == len(row) - 1:  # no tail: the closing <eos> is part of the answer
-                w[b, len(row) - 1] = self.cfg.answer_weight
-        return Batch(ids, w, int(sum(len(r) for r in rows)))
+            wt[b, : len(w)] = torch.tensor(w)
+        return Batch(ids, wt, n_tokens)
+
+
+def _packed(rows: Sequence[list[int]], weights: Sequence[list[float]], length: int, pad: int, n_tokens: int) -> Batch:
+    """Pack sequences into rows of `length` tokens (first fit, longest first; deterministic), each
+    sequence with its own positions and a causal mask confined to it. A sequence's first weight
+    is 0 (its <bos> is never a target), so the loss terms are those of the unpacked batch."""
+    order = sorted(range(len(rows)), key=lambda i: (-len(rows[i]), i))
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        for b, free in enumerate(room):
+            if free >= len(rows[i]):
+                bins[b].append(i)
+                room[b] -= len(rows[i])
+                break
+        else:
+            bins.append([i])
+            room.append(length - len(rows[i]))
+    ids = torch.full((len(bins), length), pad, dtype=torch.long)
+    wt = torch.zeros((len(bins), length))
+    pos = torch.zeros((len(bins), length), dtype=torch.long)
+    doc = torch.full((len(bins), length), -1, dtype=torch.long)
+    for b, members in enumerate(bins):
+        at = 0
+        for d, i in enumerate(members):
+            n = len(rows[i])
+            ids[b, at : at + n] = torch.tensor(rows[i])
+            wt[b, at : at + n] = torch.tensor(weights[i])
+            pos[b, at : at + n] = torch.arange(n)
+            doc[b, at : at + n] = d
+            at += n
+    valid = doc >= 0
+    allowed = causal_allowed(len(bins), length) & same_document(doc)
+    return Batch(ids, wt, n_tokens, to_additive(allowed, valid), pos)
 
 
 def eval_examples(n: int = 200, eval_seed: int = 0) -> dict[str, list[Example]]:
@@ -251,10 +322,10 @@ def task_examples(n_per_task: int = 3000, seed: int = 0, *, eval_seed: int = 0) 
     prompts of the held-out evaluation sets of the organism trained with `eval_seed` are left out,
     so an MDM evaluated on those sets never saw them. In task order, seeded.
     """
-    tasks = build_tasks()
+    tasks = build_tasks(training=True)
     held_out = {
         name: {prompt_key(ex) for ex in exs}
-        for name, exs in held_out_sets(tasks, EVAL_EXAMPLES, eval_seed).items()
+        for name, exs in held_out_sets(build_tasks(), EVAL_EXAMPLES, eval_seed).items()
         if name in HOLDOUT_PROMPTS
     }
     out: list[Example] = []

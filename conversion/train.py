@@ -65,6 +65,8 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from jaxtyping import Int
+from torch import Tensor
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_optimizer_state_dict
 from tqdm.auto import tqdm
 
@@ -359,7 +361,8 @@ class _Conversion:
         """Forward and backward passes of one optimizer step over the global batch: the noise is
         drawn for the whole batch on every process; each (micro-step, process) takes its rows."""
         cfg, opts, device = self.cfg, self.opts, self.accelerator.device
-        batch, am, pm = _split_rows(next(self.stream).to(device))  # the global batch [batch_size, L]
+        # the global batch [batch_size, L], SFT rows cut to their longest example
+        batch, am, pm = trim_padding(*_split_rows(next(self.stream).to(device)))
         docs = self.documents(batch)
         gen = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, step))
         draw = draw_noise(
@@ -568,6 +571,24 @@ def _split_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, 
     if rows.shape[1] == 1:
         return rows[:, 0], None, None
     return rows[:, 0], rows[:, 1], rows[:, 2].bool()
+
+
+def trim_padding(
+    ids: Int[Tensor, "batch pos"], attention_mask: Tensor | None, prompt_mask: Tensor | None
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Right-padded SFT rows cut after the last column that holds a token in any row.
+
+    SFT rows are padded to --seq-len (96 for the organism) while its examples are 17-31 tokens:
+    two thirds of every step computed padding. Padded keys are masked and padded positions carry
+    no loss, so the cut changes nothing a real token sees or is scored on (same positions, same
+    attention), only the shape the step's noise is drawn for (the run stays seeded and
+    resumable). Packed text (no attention_mask) is returned as it is.
+    """
+    if attention_mask is None:
+        return ids, attention_mask, prompt_mask
+    used = attention_mask.to(torch.bool).any(0).nonzero()
+    keep = int(used.max()) + 1 if len(used) else ids.shape[1]
+    return ids[:, :keep], attention_mask[:, :keep], None if prompt_mask is None else prompt_mask[:, :keep]
 
 
 def _diverged(what: str, value: float, step: int, ckpt_dir: Path) -> str:

@@ -374,11 +374,18 @@ class BaseTask:
     `JsonlTask`) does not.
 
     The constructor takes the tokenizer first and keyword-only options (`get_task` checks them).
+
+    `text_ends_at_answer` (default True): whether an example's text ends with its answer, so a
+    model trained on the task may learn to close it there (<eos>). False for a task whose prompt
+    can itself be another example's prompt + answer (induction: the prompt repeating j words is
+    the prompt repeating j - 1 words plus their answer), where an <eos> after the answer would
+    contradict the other example and cap greedy accuracy; training then leaves that <eos> out.
     """
 
     name: str = ""
     kind: Literal["local", "global"] = "local"
     tokenizer: Tokenizer | None = None
+    text_ends_at_answer: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -11,9 +11,19 @@ that expression; any other valid expression is also correct, so `check` evaluate
 strings. Evaluation parses with `ast` and walks the tree allowing only decimal literals and the
 four operators: no `eval`, no names, no calls.
 
-Corruption: a different target with the same number of digits, reached by another expression over
-the same numbers whose first character differs from the reference's (so the first answer tokens
-differ). The counterfactual is that expression.
+Corruption: a different target with the same number of digits, reachable from the same numbers,
+chosen so the two targets' answers START differently. Every expression over the numbers is
+covered once per number multiset (dynamic programming over subsets; cached), giving for each reachable
+target the set of first characters its solutions can start with (a number's first digit or "(").
+`correct` holds one solution of the target for each first character that no solution of the
+corrupted target starts with, `counterfactual` the converse, and the corrupted target is the one
+whose first-character set overlaps the target's least (disjoint when any is). So the logit
+difference at the first answer position compares first tokens that are right only for the clean
+problem with first tokens that are right only for the corrupted one: a model that solves the task
+must prefer the first group on the clean input and the second on the corrupted input. (The earlier
+design compared the reference's first token with one other solution's, both usually valid for
+both targets: the organism's clean-corrupt gap was 0.4-0.5.) Problems where no target gives both
+groups a member (about 1 in 4 for 3 numbers 1..10, as the organism draws them) are redrawn.
 
 Spacing: digit-splitting tokenizers (SmolLM2, Llama-3, Qwen) read " 3" as [" ", "3"], so every
 answer would start with the same bare-space token. For such a tokenizer the space moves into the
@@ -27,6 +37,7 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 from fractions import Fraction
+from functools import lru_cache
 from typing import no_type_check
 
 from common.errors import TaskError
@@ -121,6 +132,55 @@ def _tree_value(node: tuple) -> Fraction | None:
     return _apply(op, _tree_value(left), _tree_value(right))
 
 
+@lru_cache(maxsize=4096)
+def solutions_by_first_char(numbers: tuple[int, ...], ops: str, max_target: int) -> dict[int, dict[str, str]]:
+    """For each target in 1..max_target reachable from the multiset `numbers` (pass it sorted):
+    {first character of a solution: one solution starting with it}.
+
+    Covers every expression (all orders and bracketings, every operator choice, exact divisions
+    only) by dynamic programming over subsets of the numbers. An expression's first character is
+    its left operand's, or "(" when the formatter brackets that operand (`_format`: a left operand
+    of lower precedence than the operator), so each subset keeps one tree per (value, top
+    operator, first character).
+    """
+    n = len(numbers)
+    states: dict[int, dict[tuple[int, str, str], tuple]] = {
+        1 << i: {(v, "num", str(v)[0]): ("num", v)} for i, v in enumerate(numbers)
+    }
+    for mask in sorted(range(1, 1 << n), key=lambda m: bin(m).count("1")):
+        if mask in states:
+            continue
+        here: dict[tuple[int, str, str], tuple] = {}
+        left = (mask - 1) & mask
+        while left:
+            right = mask ^ left
+            if right:
+                for (lv, ltop, lfirst), ltree in states[left].items():
+                    for (rv, _, _), rtree in states[right].items():
+                        for op in ops:
+                            if op == "/" and (rv == 0 or lv % rv):
+                                continue
+                            value = {"+": lv + rv, "-": lv - rv, "*": lv * rv}[op] if op != "/" else lv // rv
+                            bracket = ltop != "num" and _PRECEDENCE[ltop] < _PRECEDENCE[op]
+                            here.setdefault((value, op, "(" if bracket else lfirst), (op, ltree, rtree))
+            left = (left - 1) & mask
+        states[mask] = here
+    out: dict[int, dict[str, str]] = {}
+    for (value, _, first), tree in sorted(states[(1 << n) - 1].items(), key=lambda kv: kv[0]):
+        if 1 <= value <= max_target:
+            out.setdefault(value, {}).setdefault(first, _format(tree))
+    return out
+
+
+def _only(firsts: dict[str, str], other: dict[str, str]) -> list[str]:
+    """First characters that start a solution in `firsts` and none in `other`, sorted.
+
+    "(" counts as the task writes answers (`_format`: brackets only where needed, which is what
+    the reference answers and so the organism's training text use); a model that writes
+    redundant brackets could start any solution with "(", and reads this metric less sharply."""
+    return sorted(c for c in firsts if c not in other)
+
+
 def _random_tree(rng: random.Random, numbers: Sequence[int], ops: str) -> tuple:
     """A random binary expression tree using each of `numbers` once, in random order."""
     nodes: list[tuple] = [("num", n) for n in rng.sample(list(numbers), len(numbers))]
@@ -194,22 +254,26 @@ class CountdownTask(BaseTask):
             if target is None:
                 continue
             answer = _format(tree)
-            for _ in range(200):
-                other = _random_tree(rng, numbers, self.ops)
-                t2 = self._value(other)
-                alt = _format(other) if t2 is not None else ""
-                if t2 is not None and t2 != target and len(str(t2)) == len(str(target)) and alt[0] != answer[0]:
-                    break
-            else:
+            firsts = solutions_by_first_char(tuple(sorted(numbers)), self.ops, self.max_target)
+            mine = firsts[target]
+            candidates = [
+                (len(mine.keys() & other.keys()), t2)
+                for t2, other in firsts.items()
+                if t2 != target and len(str(t2)) == len(str(target)) and _only(mine, other) and _only(other, mine)
+            ]
+            if not candidates:
                 continue
+            least = min(c for c, _ in candidates)
+            t2 = rng.choice(sorted(t for c, t in candidates if c == least))
+            theirs = firsts[t2]
             lead = "" if self.space_in_prompt else " "
             return Example(
                 task=self.name,
                 prompt=self._prompt(numbers, target),
                 answer=lead + answer,
                 corrupted_prompt=self._prompt(numbers, t2),
-                correct=(lead + answer,),
-                counterfactual=(lead + alt,),
+                correct=tuple(lead + mine[c] for c in _only(mine, theirs)),
+                counterfactual=tuple(lead + theirs[c] for c in _only(theirs, mine)),
                 meta={"numbers": tuple(numbers), "target": target, "ops": self.ops, "corrupted_target": t2},
             )
 

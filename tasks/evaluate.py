@@ -33,6 +33,10 @@ from common.metadata import ModelMeta
 from common.modeling import pad_id, position_ids
 from tasks.base import Example, Mode, Rendered, Task, Tokenizer, collate, continuation_ids, encode_prompt, render
 
+# The least mean clean - corrupted logit difference a task should show before its circuits are
+# attributed: below it, attribution measures a tiny effect (reports flag such tasks "small!").
+LD_GAP_TARGET = 1.0
+
 
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device

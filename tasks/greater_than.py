@@ -13,6 +13,10 @@ non-empty. Metrics are over sets: `correct = ("d+1", ..., "9")`, `counterfactual
 Corruption: start year 1709. Only the tens-digit token changes (one token, same length), and it is
 the minimal value: every tens digit 1..9 is then a valid continuation, so the corrupted input
 carries no information about d (the digit-split analogue of Hanna et al.'s "01" corruption).
+A pretrained model has seen such years; a model trained only on this task has not, unless its
+training draws them too (`min_tens=0`: start years 1709 with answers 1..9). Measured on the
+6-layer organism trained on d = 1..8 only: on 1709 it put 93% on the tens digits 8 and 9, so the
+corrupted logit difference exceeded the clean one (gap -1.9) and the corruption was no control.
 
 The prompt needs the tokenizer to keep "17" and the answer digits apart (digit splitting); a
 tokenizer that merges "1745" fails the alignment check (`generate_aligned` raises TaskError).
@@ -34,7 +38,9 @@ _TWO_DIGITS = re.compile(r"(\d)(\d)")
 class GreaterThanTask(BaseTask):
     """Greater-Than prompts "The {noun} lasted from the year {c}{d}9 to the year {c}".
 
-    Options: `nouns` (the event nouns), `century` (two digits, default "17"). The reference
+    Options: `nouns` (the event nouns), `century` (two digits, default "17"), `min_tens` (the
+    smallest tens digit d of a start year, 0 or 1, default 1; 0 adds the corruption's own year
+    {c}09 as a clean prompt, for training: its corrupted input is then identical). The reference
     answer is a random valid two-digit year tail. Checker: the first two generated characters are
     digits and form an end year later than the start year.
     """
@@ -43,10 +49,18 @@ class GreaterThanTask(BaseTask):
     kind = "local"
 
     def __init__(
-        self, tokenizer: Tokenizer | None = None, *, nouns: Sequence[str] | None = None, century: str = "17"
+        self,
+        tokenizer: Tokenizer | None = None,
+        *,
+        nouns: Sequence[str] | None = None,
+        century: str = "17",
+        min_tens: int = 1,
     ) -> None:
         if not (len(century) == 2 and century.isdigit() and century[0] != "0"):
             raise TaskError(f"greater_than: century must be two digits like '17', got {century!r}.")
+        if min_tens not in (0, 1):
+            raise TaskError(f"greater_than: min_tens must be 0 or 1, got {min_tens!r}.")
+        self.min_tens = min_tens
         self.tokenizer = tokenizer
         self.nouns = tuple(nouns or words.EVENTS)
         self.century = century
@@ -57,7 +71,7 @@ class GreaterThanTask(BaseTask):
 
     def _sample(self, rng: random.Random) -> Example:
         noun = rng.choice(self.nouns)
-        d = rng.randint(1, 8)
+        d = rng.randint(self.min_tens, 8)
         tens = rng.randint(d + 1, 9)
         ones = rng.randint(0, 9)
         start = int(f"{self.century}{d}9")

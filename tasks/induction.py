@@ -32,6 +32,9 @@ class InductionTask(BaseTask):
 
     name = "induction"
     kind = "local"
+    # "Words: a b c d a b" + " c" is also the prompt of the example repeating three words: an
+    # <eos> after the answer would contradict it (see BaseTask)
+    text_ends_at_answer = False
 
     def __init__(
         self,

@@ -182,3 +182,31 @@ def test_cli_compare_series_writes_the_series(tmp_path: Path) -> None:
     assert (out / "series.html").exists() and "| task |" in (out / "series.md").read_text()
     res = CliRunner().invoke(app, args + quick)
     assert res.exit_code == 2 and "--overwrite" in res.output
+
+
+def test_trend_by_hand():
+    """Kendall's tau of Jaccard against the series order: a strictly falling task is -1 with the
+    exact p 2/4! = 1/12; a flat task has no trend; the sign test over 3 falling tasks is 2/2^3."""
+    from analyses.compare.series import trend
+
+    def task(values):
+        return {k: {"jaccard": None if v is None else {"estimate": v}} for k, v in zip("abcd", values, strict=True)}
+
+    data = {
+        "order": list("abcd"),
+        "tasks": {
+            "ioi": task([0.8, 0.7, 0.5, 0.4]),
+            "sudoku": task([0.9, 0.6, 0.7, 0.5]),  # one swap: tau = (5 - 1) / 6 negative
+            "gt": task([0.6, None, 0.5, 0.4]),
+            "flat": task([0.5, 0.5, 0.5, 0.5]),
+            "short": task([0.5, None, None, 0.4]),
+        },
+    }
+    out = trend(data)
+    assert out["tasks"]["ioi"]["kendall_tau"] == pytest.approx(-1.0) and out["tasks"]["ioi"]["p"] == pytest.approx(
+        1 / 12
+    )
+    assert out["tasks"]["sudoku"]["kendall_tau"] == pytest.approx(-4 / 6)
+    assert out["tasks"]["gt"]["points"] == 3 and out["tasks"]["gt"]["kendall_tau"] == pytest.approx(-1.0)
+    assert out["tasks"]["flat"] is None and out["tasks"]["short"] is None
+    assert out["pooled"] == {"negative": 3, "of": 3, "sign_test_p": pytest.approx(0.25)}

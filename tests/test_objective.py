@@ -382,3 +382,30 @@ def test_per_document_loss_never_reads_across_documents() -> None:
         count += int(out.n_tokens)
     assert count == int(whole.n_tokens) == int(eligible.sum())
     assert total == pytest.approx(float(whole.loss) * int(whole.n_tokens), rel=1e-5)
+
+
+def test_trimming_sft_padding_changes_no_loss() -> None:
+    """Cutting right padding off SFT rows (`conversion.train.trim_padding`) leaves the loss of a
+    fixed corruption unchanged: padded keys are masked and padded positions carry no loss."""
+    from conversion.train import trim_padding
+
+    model = tiny()
+    x0 = torch.randint(0, V - 1, (3, 12), generator=torch.Generator().manual_seed(4))
+    am = torch.zeros_like(x0)
+    am[0, :7], am[1, :5], am[2, :8] = 1, 1, 1
+    x0 = x0.masked_fill(am == 0, 0)
+    prompt = torch.zeros_like(x0, dtype=torch.bool)
+    prompt[:, :3] = True
+    ids, tam, tpm = trim_padding(x0, am, prompt)
+    assert ids.shape == (3, 8) and torch.equal(ids, x0[:, :8]) and int(tam.sum()) == int(am.sum())
+    opts = DiffusionOptions(shift=True, weighting="flat")
+    short = draw_noise(ids, opts, mask_id=MASK, vocab_size=V, step=0, generator=torch.Generator().manual_seed(1),
+                       attention_mask=tam, prompt_mask=tpm)  # fmt: skip
+    c = short.corruption
+    pad = lambda x, v: torch.cat([x, torch.full((3, 4), v, dtype=x.dtype)], 1)  # noqa: E731
+    full = NoiseDraw(noise.Corruption(t=c.t, xt=pad(c.xt, 0), noised=pad(c.noised, False)))
+    a = diffusion_loss(model, ids, opts, mask_id=MASK, draw=short, attention_mask=tam, prompt_mask=tpm)
+    b = diffusion_loss(model, x0, opts, mask_id=MASK, draw=full, attention_mask=am, prompt_mask=prompt)
+    assert int(a.n_masked) > 0 and int(a.n_tokens) == int(b.n_tokens)
+    assert float(a.loss) == pytest.approx(float(b.loss), abs=1e-5)
+    assert trim_padding(x0, None, None)[0] is x0

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from common.outputs import write_folder_atomically
 from conversion import organism as O
 from tasks import words
+from tasks.base import render
 
 TINY = dict(
     d_model=32,
@@ -135,6 +136,24 @@ def test_report_contents(tiny_run):
     assert all(0.0 <= a <= 1.0 for a in report.accuracy.values())
     assert report.tokens_seen > 0 and report.curve[-1].step == 3
     assert saved["task_options"] == O.TASK_OPTIONS
+    # the LD gap per task, recomputed independently from the saved model's logits
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    eval_sets = O.held_out_sets(O.build_tasks(tok), report.eval_examples["ioi"], report.seed)
+    assert set(report.ld_gap) == set(O.TASK_NAMES)
+    for task, exs in eval_sets.items():
+        diffs = []
+        for ex in exs:
+            r = render(ex, tok)
+            for ids in (r.input_ids, r.corrupted_ids):
+                with torch.no_grad():
+                    lp = loaded(input_ids=ids[None]).logits[0, int(r.read_positions[0])]
+                diffs.append(
+                    float(torch.logsumexp(lp[r.correct_ids], 0) - torch.logsumexp(lp[r.counterfactual_ids], 0))
+                )
+        by_hand = sum(diffs[0::2]) / len(exs) - sum(diffs[1::2]) / len(exs)
+        assert report.ld_gap[task] == pytest.approx(by_hand, abs=1e-3)
+    assert saved["ld_gap"] == report.ld_gap and "ioi_ld_gap" in saved["met"]
     O.print_report(report)
 
 
@@ -147,7 +166,7 @@ def test_overfits_a_fixed_batch(tokenizer):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(40):
-        loss = O.weighted_lm_loss(model(input_ids=batch.input_ids).logits, batch.input_ids, batch.weights)
+        loss = O.weighted_lm_loss(model(**batch.model_inputs()).logits, batch.input_ids, batch.weights)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -156,9 +175,9 @@ def test_overfits_a_fixed_batch(tokenizer):
 
 
 def test_batch_weights_mark_answers(tokenizer):
-    cfg = O.OrganismConfig(**TINY)
+    cfg = O.OrganismConfig(**{**TINY, "pack_length": 0})
     stream = O.MixtureStream(O.build_tasks(tokenizer), tokenizer, cfg, seed=0)
-    batch = stream.encode([("Numbers: 1 2 3 Target: 6 Answer:", " 1+2+3", ""), ("The", " dog", " barked.")])
+    batch = stream.encode([("Numbers: 1 2 3 Target: 6 Answer:", " 1+2+3", "", True), ("The", " dog", " barked.", True)])
     row = batch.input_ids[0].tolist()
     toks = tokenizer.convert_ids_to_tokens(row)
     w = batch.weights[0].tolist()
@@ -170,6 +189,47 @@ def test_batch_weights_mark_answers(tokenizer):
     w1 = batch.weights[1].tolist()
     assert [t for t, x in zip(toks1, w1, strict=True) if x == cfg.answer_weight] == ["Ġdog"]
     assert w1[toks1.index("<eos>")] == 1.0 and toks1[-1] == "<pad>" and w1[-1] == 0.0
+
+
+def test_stream_closes_texts_only_where_they_end_at_the_answer(tokenizer):
+    """Induction rows end with their answer word (no <eos>: see BaseTask.text_ends_at_answer),
+    every other task's AR row with a weighted <eos>; Greater-Than trains on 1709 too."""
+    cfg = O.OrganismConfig(**{**TINY, "pack_length": 0})
+    tasks = O.build_tasks(tokenizer, training=True)
+    stream = O.MixtureStream(tasks, tokenizer, cfg, seed=0)
+    eos = tokenizer.eos_token_id
+    for _ in range(3):
+        parts = [stream._sequence(next(stream._pools[n])) for n in stream._pools for _ in range(cfg.mixture[n])]
+        batch = stream.encode(parts)
+        for row, weights, part in zip(batch.input_ids.tolist(), batch.weights.tolist(), parts, strict=True):
+            last = max(i for i, t in enumerate(row) if t != tokenizer.pad_token_id)
+            assert (row[last] == eos) == part[3]
+            if not part[3]:
+                assert part[0].startswith("Words:") and weights[last] == cfg.answer_weight
+    assert tasks["greater_than"].min_tens == 0 and O.build_tasks(tokenizer)["greater_than"].min_tens == 1
+
+
+def test_packed_batch_gives_the_padded_batch_loss_and_gradients(tokenizer):
+    """Packing several sequences per row (own positions, attention confined to each) leaves the
+    loss and every gradient those of one padded row per sequence."""
+    torch.manual_seed(0)
+    cfg = O.OrganismConfig(**{**TINY, "mixture": {n: 3 for n in O.TASK_NAMES}})
+    packed_cfg, padded_cfg = (O.OrganismConfig(**{**TINY, "mixture": cfg.mixture, "pack_length": n}) for n in (64, 0))
+    tasks = O.build_tasks(tokenizer, training=True)
+    packed = next(iter(O.MixtureStream(tasks, tokenizer, packed_cfg, seed=0)))
+    padded = next(iter(O.MixtureStream(tasks, tokenizer, padded_cfg, seed=0)))
+    assert packed.input_ids.shape[0] < padded.input_ids.shape[0] and packed.input_ids.shape[1] == 64
+    assert packed.n_tokens == padded.n_tokens == int((padded.weights > 0).sum()) + padded.input_ids.shape[0]
+    model = O.build_model(cfg, tokenizer, seed=0)
+    grads = []
+    for batch in (packed, padded):
+        model.zero_grad()
+        loss = O.weighted_lm_loss(model(**batch.model_inputs()).logits, batch.input_ids, batch.weights)
+        loss.backward()
+        grads.append((float(loss), [p.grad.clone() for p in model.parameters()]))
+    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-5)
+    for a, b in zip(grads[0][1], grads[1][1], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_lr_schedule():

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import analyses.compare
 from ar2mdm.cli import app
-from ar2mdm.study import StudyConfig, run_study
+from ar2mdm.study import StudyConfig, needed_pool, plan_power, run_study
 from common.errors import UserError
 
 
@@ -65,6 +65,13 @@ def test_study_runs_caches_and_resumes(tmp_path: Path, monkeypatch: pytest.Monke
     assert set(statuses(again).values()) == {"cached"}
     assert again["claims"] == summary["claims"]
 
+    # power: with no time left the comparison is not rerun, and the report says what was needed
+    powered = run_study(StudyConfig(out=out, quick=True, power=True, budget=0.01), log=lambda _: None)
+    assert set(statuses(powered).values()) == {"cached"} and powered["power"]["run"] is False
+    needed = [n for n in powered["power"]["needed"].values() if n is not None]
+    assert powered["power"]["pool"] == min(1000, max(needed)) and "min left of the budget" in powered["power"]["reason"]
+    assert "Not rerun" in (out / "report.html").read_text()
+
     # block sizes: one more conversion (block:4) and the series; everything before stays cached
     blocks = run_study(StudyConfig(out=out, quick=True, block_sizes=(4,)), log=lambda _: None)
     assert statuses(blocks) == {**dict.fromkeys((*earlier, "compare"), "cached"), "mdm_block4": "ran", "blocks": "ran"}
@@ -82,3 +89,21 @@ def test_study_rejects_bad_options(tmp_path: Path) -> None:
         StudyConfig(out=tmp_path, model="smollm2", budget=0).checked()
     res = CliRunner().invoke(app, ["study", "--out", str(tmp_path), "--convert-steps", "0"])
     assert res.exit_code == 2 and "convert_steps" in res.output and "Traceback" not in res.output
+
+
+def test_power_plan_by_hand() -> None:
+    """The pool for +/-0.03 is n (w / 0.03)^2 for a bootstrap half width w (here 100 examples at
+    +/-0.06 -> 400); the rerun's time is the pilot's scaled by the pool."""
+    report = {
+        "tasks": {
+            "ioi": {"n": 100, "circuits": {"jaccard": {"estimate": 0.5, "low": 0.44, "high": 0.56}}},
+            "sudoku": {"n": 90, "circuits": {"jaccard": {"estimate": 1.0, "low": 1.0, "high": 1.0}}},
+        }
+    }
+    needed = needed_pool(report)
+    assert needed["sudoku"] is None and needed["ioi"] == pytest.approx(400, abs=1)  # abs: float rounding of 0.06
+    plan = plan_power(needed, 100, 120.0, 600.0)
+    assert plan["pool"] == needed["ioi"] and plan["estimated_minutes"] == pytest.approx(8.0, abs=0.05) and plan["run"]
+    assert plan_power(needed, 100, 120.0, 400.0)["run"] is False
+    assert plan_power({"ioi": 5000}, 100, 1.0, 1e9)["pool"] == 1000
+    assert plan_power({"ioi": 80}, 100, 1.0, 1e9)["run"] is False

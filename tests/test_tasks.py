@@ -179,6 +179,30 @@ def test_greater_than_sets_partition_the_digits():
     assert not task.check(ex, " 99") and not task.check(ex, "9")
 
 
+def test_greater_than_min_tens_zero_draws_the_corrupted_year():
+    """min_tens=0 (the organism's training draw) adds start years 1709, the corruption's own
+    prompt, with every tens digit 1..9 correct; the default never draws it."""
+    task = get_task("greater_than", min_tens=0)
+    zeros = [ex for ex in task.generate(200, seed=1) if ex.meta["d"] == 0]
+    assert zeros and all(ex.prompt == ex.corrupted_prompt for ex in zeros)
+    assert all(set(ex.correct) == set("123456789") and ex.counterfactual == ("0",) for ex in zeros)
+    assert all(task.check(ex, ex.answer) and not task.check(ex, "05") for ex in zeros)
+    assert all(ex.meta["d"] >= 1 for ex in get_task("greater_than").generate(200, seed=1))
+    with pytest.raises(TaskError, match="min_tens"):
+        get_task("greater_than", min_tens=2)
+
+
+def test_induction_text_does_not_end_at_the_answer():
+    """The prompt repeating j words equals the prompt repeating j - 1 words plus its answer, so an
+    <eos> after an answer contradicts another example: the task says its text does not end there."""
+    task = get_task("induction")
+    seq = [f"w{i}" for i in range(8)]
+    for j in range(2, 8):
+        assert task._text(seq + seq[:j]) == task._text(seq + seq[: j - 1]) + " " + seq[j - 1]
+    assert task.text_ends_at_answer is False
+    assert all(get_task(n).text_ends_at_answer for n in ("ioi", "greater_than", "countdown", "sudoku"))
+
+
 def test_induction_corruption_removes_the_repeat():
     for ex in get_task("induction").generate(20, seed=0):
         seq, j = ex.meta["sequence"], ex.meta["repeat"]

@@ -82,8 +82,9 @@ def test_generated_problems():
         t2 = ex.meta["corrupted_target"]
         assert t2 != target and len(str(t2)) == len(str(target))
         assert ex.corrupted_prompt == ex.prompt.replace(f"Target: {target} ", f"Target: {t2} ")
-        assert solves(ex.counterfactual[0], nums, t2)
-        assert ex.counterfactual[0].strip()[0] != ex.answer.strip()[0]
+        assert all(solves(e, nums, target) for e in ex.correct)
+        assert all(solves(e, nums, t2) for e in ex.counterfactual)
+        assert {e.strip()[0] for e in ex.correct}.isdisjoint(e.strip()[0] for e in ex.counterfactual)
         assert task.check(ex, ex.answer + f" = {target}")
         assert not task.check(ex, ex.answer + f" = {target + 1}")
 
@@ -128,3 +129,41 @@ def test_every_permutation_and_op_choice_agrees_with_the_oracle():
                 value = eval(expr)  # noqa: S307  (built from digits and operators above)
                 assert solves(expr, nums, value)
                 assert solves(expr, nums, value + 1) == _oracle(expr, nums, value + 1)
+
+
+def _first_chars_by_hand(numbers) -> dict[int, set[str]]:
+    """Independent truth for 3 numbers and + - *: every target's possible first characters, from
+    Python's own arithmetic over every written form. Digits: the first digit of the leftmost
+    number. "(": a left pair in brackets that are needed (+ or - inside, * outside), the
+    task's written form."""
+    out: dict[int, set[str]] = {}
+    for a, b, c in itertools.permutations(numbers):
+        for o1, o2 in itertools.product("+-*", repeat=2):
+            forms = [(f"{a}{o1}{b}{o2}{c}", str(a)[0]), (f"{a}{o1}({b}{o2}{c})", str(a)[0])]
+            if o1 in "+-" and o2 == "*":
+                forms.append((f"({a}{o1}{b}){o2}{c}", "("))
+            for text, first in forms:
+                value = eval(text)  # noqa: S307  (built from digits and operators above)
+                if 1 <= value <= 100:
+                    out.setdefault(value, set()).add(first)
+    return out
+
+
+def test_corruption_splits_first_tokens_by_target():
+    """correct / counterfactual are exactly the first characters right for one target only, and
+    the corrupted target is one whose set overlaps the target's least (checked by brute force)."""
+    task = get_task("countdown", max_number=10, max_target=100)
+    for ex in task.generate(60, seed=3):
+        nums, target, t2 = ex.meta["numbers"], ex.meta["target"], ex.meta["corrupted_target"]
+        firsts = _first_chars_by_hand(nums)
+        mine, theirs = firsts[target], firsts[t2]
+        assert {e.strip()[0] for e in ex.correct} == mine - theirs != set()
+        assert {e.strip()[0] for e in ex.counterfactual} == theirs - mine != set()
+        assert all(_oracle(e, nums, target) for e in ex.correct)
+        assert all(_oracle(e, nums, t2) for e in ex.counterfactual)
+        rivals = [
+            len(mine & other)
+            for t, other in firsts.items()
+            if t != target and len(str(t)) == len(str(target)) and mine - other and other - mine
+        ]
+        assert len(mine & theirs) == min(rivals)

@@ -18,10 +18,12 @@ from typing import Any
 from torch import Tensor
 
 from analyses.compare.controls import PAIR_LABELS
+from analyses.depth.distribution import region
 from analyses.graph import Graph
 from analyses.statistics import Interval, pool_for_width
 from common.outputs import atomic_write_text
 from tasks import TASKS
+from tasks.evaluate import LD_GAP_TARGET
 
 
 @dataclass
@@ -92,7 +94,8 @@ def summary_rows(data: Mapping[str, Any]) -> list[dict[str, str]]:
             cmp = entry["depth"]["compare"]
             gaps = [entry["circuits"][m]["clean_ld"] - entry["circuits"][m]["corrupt_ld"] for m in ("ar", "mdm")]
             # a small clean - corrupt gap means attribution measures a tiny effect: flag it
-            row["LD gap AR / MDM"] = f"{gaps[0]:.2f} / {gaps[1]:.2f}" + (" (small!)" if min(gaps) < 0.5 else "")
+            small = min(gaps) < LD_GAP_TARGET
+            row["LD gap AR / MDM"] = f"{gaps[0]:.2f} / {gaps[1]:.2f}" + (" (small!)" if small else "")
             row.update(
                 {
                     "Jaccard@K": format_interval(entry["circuits"]["jaccard"]),
@@ -207,6 +210,12 @@ def markdown_summary(data: Mapping[str, Any]) -> str:
                 row[f"early top-K zero-ablation drop {m.upper()} (vs random)"] = "no early node in the top-K"
         rows.append(row)
     lines += ["Circuits and ablations per model:", "", *md_table(rows), ""]
+    lines += [
+        "Share of the top-K nodes' score per layer (ARM -> MDM; the early third is marked *):",
+        "",
+        *md_table(layer_rows(data)),
+        "",
+    ]
     units = data.get("units", {})
     for kind in ("neurons", "heads"):
         if kind not in units:
@@ -259,6 +268,21 @@ def markdown_summary(data: Mapping[str, Any]) -> str:
     if data.get("note"):
         lines += [f"Note: {data['note']}", ""]
     return "\n".join(lines)
+
+
+def layer_rows(data: Mapping[str, Any]) -> list[dict[str, str]]:
+    """One row per task: each layer's share of the top-K nodes' score, "ARM -> MDM" (the
+    per-layer reading of early mass; layers in the early third carry a *)."""
+    n_layers = data["shape"]["n_layers"]
+    rows = []
+    for t, e in data["tasks"].items():
+        row = {"task": t}
+        for layer in range(n_layers):
+            a, b = (e["depth"]["compare"][k]["mass"][layer] for k in ("a", "b"))
+            mark = "*" if region(layer, n_layers) == "early" else ""
+            row[f"L{layer}{mark}"] = f"{format_number(a)} -> {format_number(b)}"
+        rows.append(row)
+    return rows
 
 
 def figures(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,14 @@ for every MDM and collects, per task and MDM, the numbers the series is about:
 - `block_size`: the MDM's block size (`mdm.config.block_size`; None = fully bidirectional,
   shown as "full").
 
+`trend` (in data["trend"]): per task, Kendall's tau between the MDMs' place in the series and
+their Jaccard estimate (negative: the circuits drift from the ARM's as blocks grow) with its exact (asymptotic when estimates tie)
+two-sided p-value (with four MDMs the smallest possible is 1/12, so one task alone never
+establishes a trend), and across tasks a two-sided sign test on the taus' signs. With `floor`
+(task -> the ARM vs ARM' Jaccard interval, the seed floor of `compare`'s controls) the Jaccard
+table gets a column for it: MDMs whose Jaccard lies inside the floor differ from the ARM no more
+than a second ARM trained alike does.
+
 Every MDM sees the same candidate examples (drawn once, from the first MDM's tokenizer, unless
 `examples` is given); the common-correct pool is still the pair's own. `write_series` writes
 series.json, series.md, series.html and each MDM's full `compare` report under out/<slug>/.
@@ -80,6 +88,7 @@ def compare_series(
     *,
     examples: Mapping[str, Sequence[Example]] | None = None,
     order: Order = "block_size",
+    floor: Mapping[str, Mapping[str, Any]] | None = None,
     log: Callable[[str], None] = print,
 ) -> SeriesResult:
     """Compare the ARM with every MDM of `mdms` (label -> model; at least two) under one set of
@@ -128,8 +137,37 @@ def compare_series(
         },
         "options": results[labels[0]].data["options"],
         "tasks": {t: {k: _entry(results[k].data, t, mdms[k].config.block_size) for k in labels} for t in opts.tasks},
+        "floor": {t: dict(v) for t, v in (floor or {}).items()},
     }
+    data["trend"] = trend(data)
     return SeriesResult(json_safe(data), results)
+
+
+def trend(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Kendall's tau of Jaccard against the place in the series, per task (None with fewer than
+    three defined points), and the sign test across tasks (see the module docstring)."""
+    from scipy.stats import binomtest, kendalltau
+
+    tasks: dict[str, Any] = {}
+    for task, per in data["tasks"].items():
+        points = [
+            (i, per[k]["jaccard"]["estimate"])
+            for i, k in enumerate(data["order"])
+            if per[k]["jaccard"] and per[k]["jaccard"].get("estimate") is not None
+        ]
+        if len(points) < 3 or len({y for _, y in points}) < 2:
+            tasks[task] = None
+            continue
+        res = kendalltau([x for x, _ in points], [y for _, y in points], method="auto")  # exact unless ties
+        tasks[task] = {"kendall_tau": float(res.statistic), "p": float(res.pvalue), "points": len(points)}
+    taus = [v["kendall_tau"] for v in tasks.values() if v is not None and v["kendall_tau"] != 0]
+    negative = sum(t < 0 for t in taus)
+    pooled = {
+        "negative": negative,
+        "of": len(taus),
+        "sign_test_p": float(binomtest(negative, len(taus), 0.5).pvalue) if taus else None,
+    }
+    return {"tasks": tasks, "pooled": pooled}
 
 
 def _entry(data: Mapping[str, Any], task: str, block_size: int | None) -> dict[str, Any]:
@@ -149,11 +187,21 @@ def _entry(data: Mapping[str, Any], task: str, block_size: int | None) -> dict[s
 
 
 def series_tables(data: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
-    """quantity key -> rows (one per task: "task", then one column per MDM label, in order)."""
-    return {
+    """quantity key -> rows (one per task: "task", then one column per MDM label, in order; the
+    Jaccard rows end with the seed floor and the trend where the data has them)."""
+    tables = {
         q: [{"task": t, **{k: show(per[k]) for k in data["order"]}} for t, per in data["tasks"].items()]
         for q, (_, show) in QUANTITIES.items()
     }
+    floor = data.get("floor") or {}
+    trends = (data.get("trend") or {}).get("tasks", {})
+    for row in tables["jaccard"]:
+        if floor:
+            row["ARM vs ARM' (seed floor)"] = format_interval(floor.get(row["task"]))
+        if trends:
+            t = trends.get(row["task"])
+            row["Kendall tau (p)"] = "-" if t is None else f"{t['kendall_tau']:.2f} ({t['p']:.2f})"
+    return tables
 
 
 def _header(data: Mapping[str, Any]) -> str:
@@ -168,6 +216,13 @@ def _header(data: Mapping[str, Any]) -> str:
 def series_markdown(data: Mapping[str, Any]) -> str:
     """One Markdown table per quantity: rows tasks, columns the MDMs in the series' order."""
     lines = [_header(data), ""]
+    pooled = (data.get("trend") or {}).get("pooled")
+    if pooled and pooled["of"]:
+        lines += [
+            f"Trend: Jaccard with the ARM falls along the series on {pooled['negative']} of {pooled['of']} tasks "
+            f"(sign test p = {pooled['sign_test_p']:.3f}).",
+            "",
+        ]
     for q, rows in series_tables(data).items():
         lines += [f"### {QUANTITIES[q][0]}", "", *md_table(rows), ""]
     return "\n".join(lines)

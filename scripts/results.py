@@ -1,0 +1,259 @@
+"""Every results document, the command that makes it, and whether it still describes this code.
+
+    python scripts/results.py              # list: each entry fresh / STALE / never stamped
+    python scripts/results.py --check      # the same, exit 1 when any runnable entry is not fresh
+    python scripts/results.py --run        # regenerate every stale runnable entry, in order
+    python scripts/results.py --run study  # just these entries (stale or not)
+    make results                           # = --run
+
+docs/results/ holds measured numbers. They go out of date when the code that produced them
+changes, so each entry below names its outputs, the commands that regenerate them, and the
+code its numbers depend on (`deps`: packages or files of this repository). After an entry's
+commands succeed, `docs/results/provenance.json` records the commit and a hash of its deps (every
+tracked file under them, by content); an entry is *fresh* when that hash equals today's, *stale*
+when the code changed since, and *never stamped* when it was produced before this record existed
+(its document says when and at which commit). Entries that need hardware or assets this machine
+lacks (`needs`) are listed but not run; their documents say where they were measured.
+
+Order matters: an entry may read a run folder an earlier one writes (`runs/...`, ignored by git).
+Minutes are measured on the 2-core CPU this project is developed on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROVENANCE = ROOT / "docs" / "results" / "provenance.json"
+PY = sys.executable
+# the code every measured number depends on
+CORE = ("common", "diffusion", "sampling", "tasks", "conversion", "probe", "analyses")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One results document: what regenerates it and what its numbers depend on.
+
+    commands: argv lists run from the repository root; copies: (from, to) files copied after them
+    (a run folder's summary into docs/results); deps: paths whose content the numbers depend on;
+    needs: what this machine must have ("gpu", "smollm2"), else the entry is listed, not run;
+    minutes: measured wall time on 2 CPU cores."""
+
+    name: str
+    outputs: tuple[str, ...]
+    commands: tuple[tuple[str, ...], ...]
+    deps: tuple[str, ...]
+    minutes: float
+    copies: tuple[tuple[str, str], ...] = ()
+    needs: tuple[str, ...] = ()
+    doc: str = ""
+
+
+AR2MDM = (PY, "-m", "ar2mdm.cli")
+
+ENTRIES: tuple[Entry, ...] = (
+    Entry(
+        "validation",
+        ("docs/results/validation/groundtruth.json", "docs/results/validation/groundtruth.md"),
+        (
+            (PY, "-m", "analyses.validation", "--out", "docs/results/validation"),
+            (PY, "-m", "analyses.validation.planted"),
+        ),
+        ("analyses", "probe", "tasks", "common"),
+        0.5,
+        doc="docs/results/validation.md (ground truth, planted shift)",
+    ),
+    Entry(
+        "study",
+        ("docs/results/study-organism/summary.json", "docs/results/study-organism/compare-summary.md"),
+        ((*AR2MDM, "study", "--out", "runs/results-study"),),
+        (*CORE, "ar2mdm"),
+        20.0,
+        copies=(
+            ("runs/results-study/summary.json", "docs/results/study-organism/summary.json"),
+            ("runs/results-study/compare/summary.md", "docs/results/study-organism/compare-summary.md"),
+            ("runs/results-study/samplers/results.md", "docs/results/study-organism/samplers.md"),
+        ),
+        doc="docs/results/organism.md (the study), validation.md (controls)",
+    ),
+    Entry(
+        "organism-mdm-sft",
+        ("runs/organism-mdm-sft",),
+        (
+            (*AR2MDM, "convert", "--model", "organism", "--data", "tasks", "--sft", "--out", "runs/organism-mdm-sft")
+            + ("--steps", "1500", "--seq-len", "96", "--batch-size", "32", "--lr", "5e-4", "--warmup", "50")
+            + ("--eval-every", "250", "--eval-blocks", "64", "--save-every", "250", "--log-every", "10", "--overwrite"),
+        ),
+        ("conversion", "diffusion", "tasks", "common"),
+        9.0,
+        doc="the MDM the documents below read (docs/results/conversion.md)",
+    ),
+    Entry(
+        "circuits",
+        ("docs/results/circuits/results.json",),
+        ((PY, "scripts/circuits_results.py", "--n", "48", "--out", "docs/results/circuits"),),
+        (*CORE, "scripts/circuits_results.py"),
+        6.0,
+        doc="docs/results/circuits.md",
+    ),
+    Entry(
+        "depth_neurons",
+        ("docs/results/depth_neurons/results.json",),
+        ((PY, "scripts/depth_neurons_results.py", "--n", "200", "--out", "docs/results/depth_neurons"),),
+        (*CORE, "scripts/depth_neurons_results.py"),
+        12.0,
+        doc="docs/results/depth_neurons.md",
+    ),
+    Entry(
+        "sampling",
+        ("docs/results/sampling/organism",),
+        ((PY, "scripts/sampler_results.py", "--mdm", "runs/organism-mdm-sft", "--out", "docs/results/sampling"),),
+        (*CORE, "scripts/sampler_results.py"),
+        10.0,
+        doc="docs/results/sampling.md",
+    ),
+    Entry(
+        "probe",
+        ("docs/results/probe/probe_results.json",),
+        ((PY, "scripts/probe_results.py", "--n", "16", "--n-organism", "64", "--out", "docs/results/probe"),),
+        (*CORE, "scripts/probe_results.py"),
+        8.0,
+        needs=("smollm2",),
+        doc="docs/results/probe.md",
+    ),
+    Entry(
+        "smollm2-h100",
+        ("docs/results/smollm2-h100/README.md",),
+        (),
+        (*CORE, "ar2mdm"),
+        30.0,
+        needs=("gpu", "smollm2"),
+        doc="docs/results/smollm2-h100/README.md (an H100 run; a GPU session regenerates it)",
+    ),
+)
+
+
+@dataclass
+class Status:
+    entry: Entry
+    state: str  # "fresh", "stale", "never stamped"
+    runnable: bool
+    missing: list[str] = field(default_factory=list)
+    stamp: dict | None = None
+
+
+def _tracked(paths: tuple[str, ...]) -> list[str]:
+    out = subprocess.run(["git", "ls-files", "--", *paths], cwd=ROOT, capture_output=True, text=True, check=True)
+    return sorted(p for p in out.stdout.splitlines() if p)
+
+
+def code_hash(deps: tuple[str, ...]) -> str:
+    """sha256 over (path, content) of every tracked file under `deps`, as the files are now."""
+    h = hashlib.sha256()
+    for path in _tracked(deps):
+        file = ROOT / path
+        if file.is_file():
+            h.update(path.encode() + b"\0" + file.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+    )
+    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def _available(need: str) -> bool:
+    if need == "gpu":
+        import torch
+
+        return torch.cuda.is_available()
+    if need == "smollm2":  # installed by `make assets` (ar2mdm setup); not fetched here
+        from common.env import cache_dir
+
+        return (cache_dir() / "models" / "smollm2-135m-instruct" / "config.json").is_file()
+    return False
+
+
+def _stamps() -> dict:
+    return json.loads(PROVENANCE.read_text()) if PROVENANCE.is_file() else {}
+
+
+def status(entry: Entry) -> Status:
+    stamp = _stamps().get(entry.name)
+    missing = [n for n in entry.needs if not _available(n)]
+    runnable = bool(entry.commands) and not missing
+    if stamp is None:
+        state = "never stamped"
+    else:
+        state = "fresh" if stamp["code"] == code_hash(entry.deps) else "stale"
+    return Status(entry, state, runnable, missing, stamp)
+
+
+def run(entry: Entry) -> float:
+    """Run an entry's commands and copies, then stamp it. Returns the wall minutes."""
+    t0 = time.perf_counter()
+    for argv in entry.commands:
+        print("$", shlex.join(argv), flush=True)
+        subprocess.run(argv, cwd=ROOT, check=True)
+    for src, dst in entry.copies:
+        (ROOT / dst).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / src, ROOT / dst)
+    minutes = (time.perf_counter() - t0) / 60
+    stamps = _stamps()
+    stamps[entry.name] = {
+        "commit": _commit(),
+        "code": code_hash(entry.deps),
+        "date": datetime.date.today().isoformat(),
+        "minutes": round(minutes, 1),
+        "commands": [shlex.join(a) for a in entry.commands],
+    }
+    PROVENANCE.write_text(json.dumps(stamps, indent=2, sort_keys=True) + "\n")
+    return minutes
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("names", nargs="*", help="entries to run (default: every stale runnable one)")
+    ap.add_argument("--run", action="store_true", help="regenerate (the named, else every stale runnable) entries")
+    ap.add_argument("--check", action="store_true", help="exit 1 when a runnable entry is not fresh")
+    args = ap.parse_args(argv)
+    known = {e.name: e for e in ENTRIES}
+    unknown = [n for n in args.names if n not in known]
+    if unknown:
+        print(f"unknown entries {unknown}; the entries are: {', '.join(known)}", file=sys.stderr)
+        return 2
+    statuses = [status(e) for e in ENTRIES]
+    for s in statuses:
+        where = f"{s.stamp['commit']} {s.stamp['date']}" if s.stamp else "-"
+        note = "" if s.runnable else f"  (not here: needs {', '.join(s.missing) or 'a manual run'})"
+        print(f"{s.entry.name:18s} {s.state:14s} {where:22s} ~{s.entry.minutes:g} min  {s.entry.doc}{note}")
+    if args.run:
+        chosen = [known[n] for n in args.names] or [s.entry for s in statuses if s.runnable and s.state != "fresh"]
+        total = sum(e.minutes for e in chosen)
+        print(f"\nregenerating {len(chosen)} entries (~{total:g} min): {', '.join(e.name for e in chosen)}")
+        for e in chosen:
+            if e.needs and any(not _available(n) for n in e.needs):
+                print(f"skipping {e.name}: needs {', '.join(e.needs)}")
+                continue
+            print(f"{e.name}: {run(e):.1f} min")
+        return 0
+    if args.check:
+        return int(any(s.runnable and s.state != "fresh" for s in statuses))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
