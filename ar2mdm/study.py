@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ar2mdm.power import POWER_HALF_WIDTH, needed_pool, plan_power
 from ar2mdm.stages import StageRecord, Stages
 from ar2mdm.study_report import print_summary, write_study_report
 from common.errors import UserError
@@ -41,8 +42,6 @@ from common.outputs import claim_output
 from conversion.organism_data import TASK_NAMES as ORGANISM_TASKS
 
 MODELS = ("organism", "smollm2")
-POWER_HALF_WIDTH = 0.03  # the Jaccard interval half width `power` sizes the pool for
-MAX_POOL = 1000  # the largest pool `power` asks for (examples per task)
 
 
 @dataclass
@@ -186,7 +185,7 @@ def _ar_stage(cfg: StudyConfig, stages: Stages) -> tuple[str, StageRecord]:
 
         source = str(smollm2_folder())
     else:
-        from conversion.organism import OrganismConfig, default_organism_dir, train_organism
+        from conversion.organism import OrganismConfig, default_organism_dir, outdated, train_organism
 
         cached = default_organism_dir()
         if cfg.quick:
@@ -198,12 +197,14 @@ def _ar_stage(cfg: StudyConfig, stages: Stages) -> tuple[str, StageRecord]:
                 lambda folder: _train_organism(train_organism, folder / "model", 40, cfg.seed, quick),
             )
             return source, record
-        if (cached / "config.json").is_file():
+        stale = outdated(cached) if (cached / "config.json").is_file() else None
+        if (cached / "config.json").is_file() and stale is None:
             source = "organism"
         else:
-            stages.log(f"no cached organism at {cached}: training one ({cfg.ar_steps} steps, a few minutes on 2 cores)")
+            why = f"the cached organism is out of date ({stale})" if stale else f"no cached organism at {cached}"
+            stages.log(f"{why}: training one ({cfg.ar_steps} steps, a few minutes on 2 cores)")
             t0 = time.perf_counter()
-            report = train_organism(out=cached, seed=cfg.seed, steps=cfg.ar_steps)
+            report = train_organism(out=cached, seed=cfg.seed, steps=cfg.ar_steps, overwrite=stale is not None)
             stages.records.append(
                 StageRecord(
                     "organism training",
@@ -443,50 +444,6 @@ def _compare_stage(
         "twins": {r: key for r, (_, key) in twins.items()},
     }
     return stages.run(name, parts, work)
-
-
-def needed_pool(report: Mapping[str, Any], half_width: float = POWER_HALF_WIDTH) -> dict[str, int | None]:
-    """Per task of a comparison's report.json: the pool for a Jaccard interval of +/-half_width
-    (None where the interval is missing or a point)."""
-    from analyses.statistics import Interval, pool_for_width
-
-    out: dict[str, int | None] = {}
-    for task, entry in report["tasks"].items():
-        j = entry["circuits"]["jaccard"]
-        ok = j.get("low") is not None and j.get("high") is not None
-        out[task] = pool_for_width(entry["n"], Interval(j["estimate"], j["low"], j["high"]), half_width) if ok else None
-    return out
-
-
-def plan_power(
-    needed: Mapping[str, int | None], pilot_pool: int, pilot_seconds: float, seconds_left: float
-) -> dict[str, Any]:
-    """Whether to rerun the comparison on a larger pool: the largest pool a task needs (capped at
-    MAX_POOL), the time that would take (the pilot's, scaled linearly in the pool) and the verdict.
-
-    >>> plan_power({"ioi": 400, "sudoku": None}, 100, 60.0, 600.0)["run"]
-    True
-    >>> plan_power({"ioi": 400}, 100, 60.0, 100.0)["reason"]
-    'needs ~4.0 min, 1.7 min left of the budget'
-    """
-    wanted = [n for n in needed.values() if n is not None]
-    pool = min(MAX_POOL, max(wanted)) if wanted else pilot_pool
-    estimate = pilot_seconds * pool / pilot_pool
-    plan = {
-        "needed": dict(needed),
-        "pool": pool,
-        "pilot_pool": pilot_pool,
-        "estimated_minutes": round(estimate / 60, 1),
-    }
-    if pool <= pilot_pool:
-        return {**plan, "run": False, "reason": f"the pilot pool ({pilot_pool}) already resolves +/-{POWER_HALF_WIDTH}"}
-    if estimate > seconds_left:
-        return {
-            **plan,
-            "run": False,
-            "reason": f"needs ~{estimate / 60:.1f} min, {max(seconds_left, 0) / 60:.1f} min left of the budget",
-        }
-    return {**plan, "run": True, "reason": f"fits: ~{estimate / 60:.1f} of {seconds_left / 60:.1f} min left"}
 
 
 def _blocks_stage(

@@ -98,13 +98,22 @@ from conversion.organism_data import (  # noqa: F401  (the organism's data, impo
     task_corpus,
     task_examples,
 )
+from conversion.organism_eval import evaluate, evaluate_checkpoint, ioi_logit_diff, ld_gaps  # noqa: F401
 from tasks import Example, Task
-from tasks.evaluate import LD_GAP_TARGET, greedy_accuracy, logit_metrics
+from tasks.evaluate import LD_GAP_TARGET
 
 TARGETS: dict[str, float] = {"ioi": 0.95, "greater_than": 0.95, "induction": 0.95, "countdown": 0.60}
 
 
 ORGANISM_COMMAND = "organism train"
+
+# The version of the organism's training data: bumped whenever a task generator or the training
+# stream changes what an organism learns (2: Countdown's first-token corruption, Greater-Than's
+# x09 training years, no <eos> after induction answers, packed rows). A cached organism of an
+# older version, or of another architecture, is out of date (`outdated`).
+DATA_VERSION = 2
+# OrganismConfig fields that shape what an organism is (not how long or how fast it trained)
+_SHAPING = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_mlp", "max_positions", "mixture", "answer_weight")
 
 
 def default_organism_dir() -> Path:
@@ -227,6 +236,7 @@ class OrganismReport:
     targets: dict[str, float] = field(default_factory=lambda: dict(TARGETS))
     data_seed: int | None = None  # the tokenizer's and held-out sets' seed when it is not `seed`
     ld_gap: dict[str, float] = field(default_factory=dict)
+    data_version: int = DATA_VERSION
 
     @property
     def met(self) -> dict[str, bool]:
@@ -278,74 +288,6 @@ def weighted_lm_loss(
 
 
 # --- evaluation -----------------------------------------------------------------------------------
-
-
-def ioi_logit_diff(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, examples: Sequence[Example]) -> float:
-    """Mean logit(IO) - logit(S) at the last prompt position (AR reading)."""
-    model.eval()
-    with torch.no_grad():
-        return float(logit_metrics(model, tokenizer, list(examples), batch_size=64)["mean_logit_diff"])
-
-
-def ld_gaps(
-    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, eval_sets: Mapping[str, Sequence[Example]]
-) -> dict[str, float]:
-    """Per task: mean clean minus mean corrupted logit difference over its examples (AR reading,
-    first answer token; `tasks.evaluate.logit_metrics`). Tasks without counterfactuals are left out."""
-    model.eval()
-    out: dict[str, float] = {}
-    for name, exs in eval_sets.items():
-        if not exs or not all(ex.counterfactual for ex in exs):
-            continue
-        m = logit_metrics(model, tokenizer, list(exs), batch_size=64, corrupted=True)
-        out[name] = round(m["mean_logit_diff"] - m["corrupted_mean_logit_diff"], 4)
-    return out
-
-
-def evaluate(
-    model: LlamaForCausalLM,
-    tokenizer: PreTrainedTokenizerFast,
-    tasks: Mapping[str, Task],
-    eval_sets: Mapping[str, Sequence[Example]],
-    n: int | None = None,
-) -> dict[str, float]:
-    """Held-out greedy accuracy per task on the first `n` (default all) evaluation examples.
-
-    Greedy decoding from the AR prompt until <eos> (or the reference length + 4 tokens), checked by
-    `task.check` (`tasks.evaluate.greedy_accuracy`).
-    """
-    model.eval()
-    return {
-        name: greedy_accuracy(model, tokenizer, tasks[name], eval_sets[name][:n], batch_size=64) for name in eval_sets
-    }
-
-
-def evaluate_checkpoint(
-    source: str | Path, *, n: int = 200, eval_seed: int = 0, steps: int | None = None
-) -> dict[str, float]:
-    """Held-out accuracy per task of an organism checkpoint, AR or MDM, on the organism's eval sets.
-
-    An AR checkpoint is scored by greedy decoding (`evaluate`); an MDM (a folder with ar2mdm.json
-    of kind "mdm") by confidence-ordered filling of the masked answer span
-    (`tasks.evaluate.mdm_fill_accuracy`, one token per model call unless `steps` is given).
-    The evaluation sets are the ones `train_organism` held out (same `eval_seed`), so an MDM
-    converted with `--data tasks` is scored on prompts it never saw.
-    """
-    from conversion.checkpoints import load_any
-    from tasks.evaluate import mdm_fill_accuracy
-
-    loaded = load_any(source)
-    is_mdm = loaded.meta.kind == "mdm"
-    tasks = build_tasks(loaded.tokenizer)
-    eval_sets = held_out_sets(build_tasks(), n, eval_seed)
-    if not is_mdm:
-        return evaluate(loaded.model, loaded.tokenizer, tasks, eval_sets)
-    return {
-        name: mdm_fill_accuracy(
-            loaded.model, loaded.tokenizer, tasks[name], exs, loaded.meta, steps=steps, batch_size=64
-        )
-        for name, exs in eval_sets.items()
-    }
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -402,6 +344,24 @@ def train_organism(
                 "or choose another --out."
             )
         return _train(out, cfg, seed, minutes, steps, progress, wall_start, seed if data_seed is None else data_seed)
+
+
+def outdated(folder: str | Path, config: OrganismConfig | None = None) -> str | None:
+    """Why the organism in `folder` differs from what today's code would train with `config`
+    (default: the defaults), or None when it does not: its data version (`DATA_VERSION`) or a
+    shaping option (architecture, mixture, answer weight) differs. Steps, seed, threads and
+    evaluation settings do not count."""
+    try:
+        report = json.loads((Path(folder) / "report.json").read_text())
+    except (OSError, ValueError):
+        return "it has no readable report.json"
+    version = report.get("data_version", 1)
+    if version != DATA_VERSION:
+        return f"it was trained on data version {version}, today's is {DATA_VERSION}"
+    want = asdict(config or OrganismConfig())
+    have = report.get("config", {})
+    differ = [k for k in _SHAPING if have.get(k) != want[k]]
+    return f"its {', '.join(differ)} differ from today's defaults" if differ else None
 
 
 def _is_organism_folder(folder: Path) -> bool:

@@ -122,3 +122,28 @@ def sft_rows(
     return SFTRows(
         train=stacked[order[n_held:]], held_out=stacked[order[:n_held]], n_examples=len(rows), n_dropped=dropped
     )
+
+
+def split_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(ids, attention_mask, prompt_mask) of rows [B, 1 or 3, L]; masks None for packed text."""
+    if rows.shape[1] == 1:
+        return rows[:, 0], None, None
+    return rows[:, 0], rows[:, 1], rows[:, 2].bool()
+
+
+def trim_padding(
+    ids: Int[Tensor, "batch pos"], attention_mask: Tensor | None, prompt_mask: Tensor | None
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Right-padded SFT rows cut after the last column that holds a token in any row.
+
+    SFT rows are padded to --seq-len (96 for the organism) while its examples are 17-31 tokens:
+    two thirds of every step computed padding. Padded keys are masked and padded positions carry
+    no loss, so the cut changes nothing a real token sees or is scored on (same positions, same
+    attention), only the shape the step's noise is drawn for (the run stays seeded and
+    resumable). Packed text (no attention_mask) is returned as it is.
+    """
+    if attention_mask is None:
+        return ids, attention_mask, prompt_mask
+    used = attention_mask.to(torch.bool).any(0).nonzero()
+    keep = int(used.max()) + 1 if len(used) else ids.shape[1]
+    return ids[:, :keep], attention_mask[:, :keep], None if prompt_mask is None else prompt_mask[:, :keep]

@@ -65,8 +65,6 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from jaxtyping import Int
-from torch import Tensor
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_optimizer_state_dict
 from tqdm.auto import tqdm
 
@@ -98,7 +96,7 @@ from conversion.runfolder import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from conversion.sft import sft_rows
+from conversion.sft import sft_rows, split_rows, trim_padding
 from diffusion.attention import document_ids, make_bidirectional
 
 
@@ -323,7 +321,7 @@ class _Conversion:
         self.micro = cfg.batch_size // cfg.grad_accum
         self.local = self.micro // self.world
         self.stream = data_mod.batches(train_rows, cfg.batch_size, seed=cfg.seed, start=self.start)
-        self.held = _split_rows(held_rows[: cfg.eval_blocks].to(device))
+        self.held = split_rows(held_rows[: cfg.eval_blocks].to(device))
         self.window_tokens, self.window_start = 0, time.perf_counter()
         desc = f"train (stops after {cfg.max_minutes:g} min)" if cfg.max_minutes else "train"
         self.bar = tqdm(total=cfg.steps, initial=self.start, disable=not accelerator.is_main_process, desc=desc)
@@ -362,7 +360,7 @@ class _Conversion:
         drawn for the whole batch on every process; each (micro-step, process) takes its rows."""
         cfg, opts, device = self.cfg, self.opts, self.accelerator.device
         # the global batch [batch_size, L], SFT rows cut to their longest example
-        batch, am, pm = trim_padding(*_split_rows(next(self.stream).to(device)))
+        batch, am, pm = trim_padding(*split_rows(next(self.stream).to(device)))
         docs = self.documents(batch)
         gen = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, step))
         draw = draw_noise(
@@ -564,31 +562,6 @@ def _without_aliases(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]
     canonical = {name for name, _ in model.named_parameters()}
     aliases = {name for name, _ in model.named_parameters(remove_duplicate=False)} - canonical
     return {k: v for k, v in state_dict.items() if k not in aliases}
-
-
-def _split_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(ids, attention_mask, prompt_mask) of rows [B, 1 or 3, L]; masks None for packed text."""
-    if rows.shape[1] == 1:
-        return rows[:, 0], None, None
-    return rows[:, 0], rows[:, 1], rows[:, 2].bool()
-
-
-def trim_padding(
-    ids: Int[Tensor, "batch pos"], attention_mask: Tensor | None, prompt_mask: Tensor | None
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Right-padded SFT rows cut after the last column that holds a token in any row.
-
-    SFT rows are padded to --seq-len (96 for the organism) while its examples are 17-31 tokens:
-    two thirds of every step computed padding. Padded keys are masked and padded positions carry
-    no loss, so the cut changes nothing a real token sees or is scored on (same positions, same
-    attention), only the shape the step's noise is drawn for (the run stays seeded and
-    resumable). Packed text (no attention_mask) is returned as it is.
-    """
-    if attention_mask is None:
-        return ids, attention_mask, prompt_mask
-    used = attention_mask.to(torch.bool).any(0).nonzero()
-    keep = int(used.max()) + 1 if len(used) else ids.shape[1]
-    return ids[:, :keep], attention_mask[:, :keep], None if prompt_mask is None else prompt_mask[:, :keep]
 
 
 def _diverged(what: str, value: float, step: int, ckpt_dir: Path) -> str:

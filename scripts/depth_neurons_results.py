@@ -11,9 +11,9 @@ logit than the counterfactual one (clean LD > 0). Then, on that pool, for each m
    the corrupted input, drop of LD per example) and direct logit attribution;
 3. layer distribution of the top-K nodes, ARM vs MDM, with paired bootstrap intervals
    (`compare_depth`);
-4. targeted ablation: the top-K nodes that lie in layer 0 (the first third of a 3-layer model),
+4. targeted ablation: the top-K nodes that lie in the first third of the layers,
    zero- and mean-ablated, against 10 random kind-matched draws and the most important nodes of
-   layer 1 and of layer 2 (`targeted_ablation`);
+   the middle and of the last third (`targeted_ablation`);
 5. unit profiles of every MLP neuron and head over the six tasks (`profile_units`), the
    concentration / specialisation comparison (`compare_profiles`), and for every task a causal
    check: mean-ablate the task's top units (by selectivity, and by attribution) against random
@@ -334,15 +334,16 @@ def figures(result: dict, out: Path) -> None:
     fig.write_html(out / "lens.html", include_plotlyjs="cdn")
 
     fig = go.Figure()
+    n_layers = len(result["tasks"][tasks[0]]["ar"]["dist_patching"]["mass"])
     for m in ("ar", "mdm"):
-        for layer in range(3):
+        for layer in range(n_layers):
             fig.add_trace(
                 go.Bar(
                     x=tasks,
                     y=[result["tasks"][t][m]["dist_patching"]["mass"][layer] for t in tasks],
                     name=f"{m} L{layer}",
                     offsetgroup=m,
-                    marker={"color": colors[m], "opacity": 1 - 0.3 * layer},
+                    marker={"color": colors[m], "opacity": 1 - 0.8 * layer / n_layers},
                     base=[sum(result["tasks"][t][m]["dist_patching"]["mass"][:layer]) for t in tasks],
                 )
             )

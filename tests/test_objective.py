@@ -385,9 +385,9 @@ def test_per_document_loss_never_reads_across_documents() -> None:
 
 
 def test_trimming_sft_padding_changes_no_loss() -> None:
-    """Cutting right padding off SFT rows (`conversion.train.trim_padding`) leaves the loss of a
+    """Cutting right padding off SFT rows (`conversion.sft.trim_padding`) leaves the loss of a
     fixed corruption unchanged: padded keys are masked and padded positions carry no loss."""
-    from conversion.train import trim_padding
+    from conversion.sft import trim_padding
 
     model = tiny()
     x0 = torch.randint(0, V - 1, (3, 12), generator=torch.Generator().manual_seed(4))

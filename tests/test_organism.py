@@ -157,6 +157,21 @@ def test_report_contents(tiny_run):
     O.print_report(report)
 
 
+def test_outdated_names_what_changed(tiny_run, tmp_path):
+    """A cached organism is out of date when its architecture, mixture or data version differ
+    from today's; steps, seed and evaluation settings do not count."""
+    out, _ = tiny_run
+    assert O.outdated(out, O.OrganismConfig(**{**TINY, "eval_examples": 99, "threads": 2})) is None
+    assert "d_model, n_layers, n_heads, n_kv_heads, d_mlp, mixture" in O.outdated(out)
+    old = tmp_path / "old"
+    old.mkdir()
+    report = json.loads((out / "report.json").read_text())
+    report.pop("data_version")  # written before versions existed: version 1
+    (old / "report.json").write_text(json.dumps(report))
+    assert O.outdated(old, O.OrganismConfig(**TINY)) == f"it was trained on data version 1, today's is {O.DATA_VERSION}"
+    assert O.outdated(tmp_path) == "it has no readable report.json"
+
+
 def test_overfits_a_fixed_batch(tokenizer):
     cfg = O.OrganismConfig(**TINY)
     torch.set_num_threads(1)
@@ -262,16 +277,17 @@ def test_bad_options_are_user_errors(tmp_path):
 
 @pytest.mark.slow
 def test_default_training_reaches_targets(tmp_path):
-    """The full default run (10 minutes): the targets it is known to reach.
+    """The study's organism (seed 0, 1,500 steps, ~4.5 min on 2 cores) reaches every accuracy
+    target and a clean - corrupt LD gap >= 1 on every task.
 
-    Measured (seed 0, 1 thread, 1351 steps in 600 s): IOI 1.00, Greater-Than 1.00, induction 0.875,
-    Countdown 0.525. Induction (>= 0.95) and Countdown (>= 0.60) are not reached in the budget, so
-    they are not asserted; IOI reaches 1.00 from ~900 steps on, so a slower machine still passes.
+    Measured 2026-11-30: IOI 1.00, Greater-Than 1.00, induction 1.00, Countdown 0.655 (target 0.60),
+    infilling 1.00; gaps IOI 7.34, Greater-Than 4.19, induction 24.98, Countdown 1.07 (the
+    tightest), infilling 16.14, sudoku 8.19. Bit-reproducible on one machine and thread count; on
+    another CPU the numbers move (see docs/results/validation.md, Reproducibility).
     """
-    report = O.train_organism(out=tmp_path / "organism", seed=0, minutes=10.0, progress=False)
-    for task in ("ioi", "greater_than"):
-        assert report.accuracy[task] >= 0.95, report.accuracy
-    assert report.accuracy["infilling"] >= 0.95, report.accuracy
+    report = O.train_organism(out=tmp_path / "organism", seed=0, steps=1500, progress=False)
+    assert all(report.met.values()), (report.accuracy, report.ld_gap)
+    assert set(report.ld_gap) == set(O.TASK_NAMES) and min(report.ld_gap.values()) >= 1.0
 
 
 def test_task_corpus_never_contains_a_held_out_prompt(monkeypatch):

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 import analyses.compare
 from ar2mdm.cli import app
-from ar2mdm.study import StudyConfig, needed_pool, plan_power, run_study
+from ar2mdm.power import needed_pool, plan_power
+from ar2mdm.study import StudyConfig, run_study
 from common.errors import UserError
 
 
