@@ -161,8 +161,9 @@ def main() -> None:
                 f"early mass {entry[m]['dist_patching']['early_mass']:.2f}, {time.perf_counter() - t0:.0f}s",
                 flush=True,
             )
-        entry["compare"] = compare_depth(patch["ar"], patch["mdm"], 3, args.k, task=task, **boot).to_dict()
-        entry["compare_all"] = compare_depth(patch["ar"], patch["mdm"], 3, None, task=task, **boot).to_dict()
+        n_layers = models["ar"].config.n_layers
+        entry["compare"] = compare_depth(patch["ar"], patch["mdm"], n_layers, args.k, task=task, **boot).to_dict()
+        entry["compare_all"] = compare_depth(patch["ar"], patch["mdm"], n_layers, None, task=task, **boot).to_dict()
         result["tasks"][task] = entry
 
     # --- units -----------------------------------------------------------------------------------
@@ -208,7 +209,7 @@ def tables(r: dict) -> str:
         out.append(f"| {t} | {p['aligned']} | {p['pool']} | {p['accuracy_ar']:.2f} | {p['accuracy_mdm']:.2f} |")
     out += [
         "",
-        "| task | model | clean / corrupted LD | top-1 share: embed, L0, L1, L2 | lens LD: embed, L0, L1, L2 |",
+        "| task | model | clean / corrupted LD | top-1 share: embed, L0, L1, ... | lens LD: embed, L0, L1, ... |",
         "|---|---|---|---|---|",
     ]
     for t in tasks:
@@ -224,7 +225,7 @@ def tables(r: dict) -> str:
             )
     out += [
         "",
-        "| task | top-K AR (mass L0, L1, L2) | top-K MDM | early mass AR | early mass MDM | MDM - AR early mass | MDM - AR centre | all nodes: MDM - AR early mass |",
+        "| task | top-K AR (mass L0, L1, ...) | top-K MDM | early mass AR | early mass MDM | MDM - AR early mass | MDM - AR centre | all nodes: MDM - AR early mass |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for t in tasks:
@@ -241,7 +242,7 @@ def tables(r: dict) -> str:
             "",
             f"{method}-ablation: LD drop (clean - ablated), 95% CI; in brackets after it, the share of the clean - corrupted gap:",
             "",
-            "| task | model | L0 nodes ablated | L0 top-K | random (10 draws) | L1 control | L2 control | drop L0 - drop random |",
+            "| task | model | early nodes ablated | early top-K | random (10 draws) | middle control | late control | drop early - drop random |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for t in tasks:
@@ -381,7 +382,7 @@ def figures(result: dict, out: Path) -> None:
             )
     fig.update_yaxes(title_text="drop / (clean - corrupted) LD", row=1, col=1)
     fig.update_layout(
-        title="Zero-ablation of the early (L0) top-K nodes vs random and L1 / L2 controls (95% CI)",
+        title="Zero-ablation of the early-third top-K nodes vs random and middle / late controls (95% CI)",
         height=450,
         width=1300,
     )

@@ -177,10 +177,12 @@ def code_hash(deps: tuple[str, ...]) -> str:
     return h.hexdigest()[:16]
 
 
-def _commit() -> str:
+def _commit(deps: tuple[str, ...] = ()) -> str:
+    """HEAD, with "+dirty" when a tracked file under `deps` (default: any) has uncommitted changes
+    (an entry's own outputs changing is not its code changing)."""
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", *deps], cwd=ROOT, capture_output=True, text=True
     )
     return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
@@ -230,7 +232,7 @@ def stamp(entry: Entry, minutes: float | None = None, note: str | None = None) -
     """Record in provenance.json that `entry`'s outputs were made from this checkout's code."""
     stamps = _stamps()
     stamps[entry.name] = {
-        "commit": _commit(),
+        "commit": _commit(entry.deps),
         "code": code_hash(entry.deps),
         "date": datetime.date.today().isoformat(),
         "minutes": None if minutes is None else round(minutes, 1),
