@@ -72,6 +72,19 @@ def test_study_runs_caches_and_resumes(tmp_path: Path, monkeypatch: pytest.Monke
     needed = [n for n in powered["power"]["needed"].values() if n is not None]
     assert powered["power"]["pool"] == min(1000, max(needed)) and "min left of the budget" in powered["power"]["reason"]
     assert "Not rerun" in (out / "report.html").read_text()
+    # and when the plan fits, the comparison reruns on the larger pool and the report reads it
+    import ar2mdm.study as study_module
+
+    def fits(needed, pilot_pool, seconds, left):
+        plan = plan_power(needed, pilot_pool, seconds, float("inf"))
+        return {**plan, "pool": pilot_pool + 2, "run": True}
+
+    with monkeypatch.context() as m:
+        m.setattr(study_module, "plan_power", fits)
+        rerun = run_study(StudyConfig(out=out, quick=True, power=True), log=lambda _: None)
+    assert statuses(rerun)["compare_power"] == "ran" and rerun["compare_folder"] == "compare_power"
+    powered_report = json.loads((out / "compare_power" / "report.json").read_text())
+    assert powered_report["options"]["pool_size"] == 10 and rerun["power"]["pool"] == 10
 
     # block sizes: one more conversion (block:4) and the series; everything before stays cached
     blocks = run_study(StudyConfig(out=out, quick=True, block_sizes=(4,)), log=lambda _: None)
