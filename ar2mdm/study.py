@@ -197,8 +197,9 @@ def _ar_stage(cfg: StudyConfig, stages: Stages) -> tuple[str, StageRecord]:
                 lambda folder: _train_organism(train_organism, folder / "model", 40, cfg.seed, quick),
             )
             return source, record
-        stale = outdated(cached) if (cached / "config.json").is_file() else None
-        if (cached / "config.json").is_file() and stale is None:
+        present = (cached / "config.json").is_file()
+        stale = outdated(cached) if present else None
+        if present and stale is None:
             source = "organism"
         else:
             why = f"the cached organism is out of date ({stale})" if stale else f"no cached organism at {cached}"

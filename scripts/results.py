@@ -63,6 +63,25 @@ class Entry:
 
 AR2MDM = (PY, "-m", "ar2mdm.cli")
 
+
+def _script_entry(
+    name: str, output: str, script: str, args: tuple[str, ...], minutes: float, needs: tuple[str, ...] = ()
+) -> Entry:
+    """An entry made by `scripts/<script> ARGS --out docs/results/<name>`: it depends on the core
+    packages and on the script itself, writes `output` inside its folder and is described in
+    docs/results/<name>.md."""
+    folder = f"docs/results/{name}"
+    return Entry(
+        name,
+        (f"{folder}/{output}",),
+        ((PY, f"scripts/{script}", *args, "--out", folder),),
+        (*CORE, f"scripts/{script}"),
+        minutes,
+        needs=needs,
+        doc=f"{folder}.md",
+    )
+
+
 ENTRIES: tuple[Entry, ...] = (
     Entry(
         "organism",
@@ -80,7 +99,7 @@ ENTRIES: tuple[Entry, ...] = (
             (PY, "-m", "analyses.validation.planted"),
         ),
         ("analyses", "probe", "tasks", "common"),
-        0.5,
+        0.2,
         doc="docs/results/validation.md (ground truth, planted shift)",
     ),
     Entry(
@@ -88,7 +107,7 @@ ENTRIES: tuple[Entry, ...] = (
         ("docs/results/study-organism/summary.json", "docs/results/study-organism/compare-summary.md"),
         ((*AR2MDM, "study", "--out", "runs/results-study"),),
         (*CORE, "ar2mdm"),
-        20.0,
+        15.5,
         copies=(
             ("runs/results-study/summary.json", "docs/results/study-organism/summary.json"),
             ("runs/results-study/compare/summary.md", "docs/results/study-organism/compare-summary.md"),
@@ -105,41 +124,14 @@ ENTRIES: tuple[Entry, ...] = (
             + ("--eval-every", "250", "--eval-blocks", "64", "--save-every", "250", "--log-every", "10", "--overwrite"),
         ),
         ("conversion", "diffusion", "tasks", "common"),
-        9.0,
+        2.9,
         doc="the MDM the documents below read (docs/results/conversion.md)",
     ),
-    Entry(
-        "circuits",
-        ("docs/results/circuits/results.json",),
-        ((PY, "scripts/circuits_results.py", "--n", "48", "--out", "docs/results/circuits"),),
-        (*CORE, "scripts/circuits_results.py"),
-        6.0,
-        doc="docs/results/circuits.md",
-    ),
-    Entry(
-        "depth_neurons",
-        ("docs/results/depth_neurons/results.json",),
-        ((PY, "scripts/depth_neurons_results.py", "--n", "200", "--out", "docs/results/depth_neurons"),),
-        (*CORE, "scripts/depth_neurons_results.py"),
-        12.0,
-        doc="docs/results/depth_neurons.md",
-    ),
-    Entry(
-        "sampling",
-        ("docs/results/sampling/organism",),
-        ((PY, "scripts/sampler_results.py", "--mdm", "runs/organism-mdm-sft", "--out", "docs/results/sampling"),),
-        (*CORE, "scripts/sampler_results.py"),
-        10.0,
-        doc="docs/results/sampling.md",
-    ),
-    Entry(
-        "probe",
-        ("docs/results/probe/probe_results.json",),
-        ((PY, "scripts/probe_results.py", "--n", "16", "--n-organism", "64", "--out", "docs/results/probe"),),
-        (*CORE, "scripts/probe_results.py"),
-        8.0,
-        needs=("smollm2",),
-        doc="docs/results/probe.md",
+    _script_entry("circuits", "results.json", "circuits_results.py", ("--n", "48"), 2.5),
+    _script_entry("depth_neurons", "results.json", "depth_neurons_results.py", ("--n", "200"), 6.5),
+    _script_entry("sampling", "organism/results.json", "sampler_results.py", ("--mdm", "runs/organism-mdm-sft"), 3.0),
+    _script_entry(
+        "probe", "probe_results.json", "probe_results.py", ("--n", "16", "--n-organism", "64"), 3.0, needs=("smollm2",)
     ),
     Entry(
         "smollm2-h100",
