@@ -26,6 +26,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from common.errors import CheckpointError, UserError
+from common.families import detect_family, gguf_family, split_format
 from common.options import check_types
 
 META_FILE = "ar2mdm.json"
@@ -42,7 +43,13 @@ class ModelMeta:
     family: the HF `model_type` (llama, qwen2, gpt2, ...).
     shift: True if logits at i predict token i + 1 (always True for kind "ar").
     mask_id: the mask token id (MDM only).
-    noise / schedule / block_size: the diffusion objective the MDM was trained with.
+    noise / schedule / block_size: the diffusion objective the MDM was trained with (block_size:
+    block diffusion, attention bidirectional within blocks of that many tokens and causal across
+    them; None: fully bidirectional).
+    source_format: the on-disk format the weights were read from: "ar2mdm" (a folder `ar2mdm
+    convert` wrote), "hf" (a transformers folder), "gguf", or a published family's name ("dream",
+    "llada", ...; `common.families`), "gguf:dream" for a family's GGUF. Empty in files of older
+    ar2mdm versions.
     extra: anything else a producer wants to record (steps, tokens seen, training options).
     """
 
@@ -55,6 +62,7 @@ class ModelMeta:
     noise: str | None = None
     schedule: str | None = None
     block_size: int | None = None
+    source_format: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -120,18 +128,27 @@ CONFIG_FILE = "config.json"
 def checkpoint_kind(source: str | Path) -> Kind:
     """Whether `source` is an ARM or an MDM, decided from its files (nothing is loaded).
 
-    A folder with ar2mdm.json is what its `kind` says. A folder without it whose config.json says
+    A folder with ar2mdm.json is what its `kind` says. A published MDM (a Dream, LLaDA, ... folder
+    as downloaded, `common.families.detect_family`, or a source written "FAMILY:PATH") is "mdm".
+    A folder without ar2mdm.json whose config.json says
     `is_causal: false` is an MDM that lost its metadata (the final write of a conversion was
     interrupted, or the folder was copied without it): CheckpointError, since its mask token and
     read rule are unknown and running it causally would be silently wrong. Anything else (a
     built-in name, an HF folder, a .gguf file, a path that does not exist yet) is "ar": the
     loaders report missing paths themselves.
     """
+    forced, source = split_format(str(source)) if isinstance(source, str) else (None, source)
+    if forced is not None:
+        return "mdm"
     folder = Path(source).expanduser()
+    if gguf_family(folder) is not None:
+        return "mdm"  # a Dream or LLaDA GGUF (llama.cpp's diffusion architectures)
     if not folder.is_dir():
         return "ar"
     if (folder / META_FILE).is_file():
         return ModelMeta.load(folder).kind
+    if detect_family(folder) is not None:
+        return "mdm"
     if _bidirectional_config(folder):
         raise CheckpointError(
             f"{folder} holds a bidirectional model (config.json has is_causal: false), i.e. an MDM, "
@@ -162,7 +179,17 @@ def require_kind(source: str | Path, expected: Kind, role: str) -> Kind:
     kind = checkpoint_kind(source)
     if kind == expected:
         return kind
-    folder = Path(source).expanduser()
+    forced, plain = split_format(str(source)) if isinstance(source, str) else (None, source)
+    folder = Path(plain).expanduser()
+    family = forced or detect_family(folder)
+    if expected == "ar" and family is not None:
+        sources = f" Its AR source is {' or '.join(family.ar_sources)}." if family.ar_sources else (
+            " It has no AR source (trained as an MDM from scratch)."
+        )
+        raise CheckpointError(
+            f"{role} must be an autoregressive model (ARM), but {folder} is a published MDM "
+            f"({family.title}).{sources} Pass an ARM there."
+        )
     if expected == "ar":
         meta = ModelMeta.load(folder)
         origin = f" (converted from {meta.source})" if meta.source else ""
@@ -173,6 +200,8 @@ def require_kind(source: str | Path, expected: Kind, role: str) -> Kind:
         )
     raise CheckpointError(
         f"{role} must be a masked diffusion model (MDM: a folder written by `ar2mdm convert`, with "
-        f"{META_FILE} of kind 'mdm'), but {source} is an autoregressive model. Convert it first: "
-        f"ar2mdm convert --model {source} --data ... --out DIR, then pass DIR."
+        f"{META_FILE} of kind 'mdm', or a published one: Dream, LLaDA, ..., docs/FORMATS.md), but "
+        f"{source} is an autoregressive model. Convert it first: ar2mdm convert --model {source} "
+        "--data ... --out DIR, then pass DIR. If it is a published MDM whose files do not say so "
+        "(DiffuLLaMA renamed), name its family: FAMILY:PATH, e.g. diffullama:/models/diffullama."
     )

@@ -18,6 +18,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from common.errors import UserError
+
 
 def position_ids(
     attention_mask: Int[Tensor, "batch pos"], document_ids: Int[Tensor, "batch pos"] | None = None
@@ -69,3 +71,50 @@ def output_size(model: torch.nn.Module) -> int | None:
         return int(head.weight.shape[0])
     config = getattr(model, "config", None)
     return None if config is None else int(config.vocab_size)
+
+
+# Names a user may give for a parameter dtype (`--dtype`), the field's usual spellings.
+DTYPE_NAMES = {
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+}  # fmt: skip
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """The torch dtype a `--dtype` value names (fp32 | bf16 | fp16 and their long spellings).
+
+    Raises UserError for any other name, listing the accepted ones.
+
+    >>> parse_dtype("bf16")
+    torch.bfloat16
+    """
+    if isinstance(name, torch.dtype):
+        return name
+    key = str(name).strip().lower().removeprefix("torch.")
+    if key not in DTYPE_NAMES:
+        raise UserError(f"--dtype {name!r} is not a dtype ar2mdm loads models in; use fp32, bf16 or fp16.")
+    return DTYPE_NAMES[key]
+
+
+def parse_device(name: str | torch.device) -> torch.device:
+    """The torch device a `--device` value names (cpu, cuda, cuda:N, mps), checked to exist here.
+
+    Raises UserError for a malformed name, or a CUDA device this machine does not have (saying
+    how many it has), before any model is loaded.
+    """
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserError(f"--device {name!r} is not a device name; use cpu, cuda or cuda:N.") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = device.index or 0
+        if index >= count:
+            have = f"has {count} CUDA device(s)" if count else "has no CUDA device (or torch is a CPU build)"
+            raise UserError(f"--device {name}: this machine {have}. Use --device cpu, or run on a GPU machine.")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS is not available here. Use --device cpu.")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {name!r}: ar2mdm runs on cpu, cuda or mps.")
+    return device

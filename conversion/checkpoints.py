@@ -95,7 +95,7 @@ def load_ar(
     require_kind(path, "ar", role)
 
     if path.is_dir():
-        model, tokenizer = load_hf_folder(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        model, tokenizer = load_hf_folder(path, dtype=dtype, trust_remote_code=trust_remote_code, device=device)
     elif path.suffix.lower() == ".gguf":
         model, tokenizer = load_gguf(path, dtype=dtype)
     else:
@@ -121,6 +121,7 @@ def load_ar(
         source_hash=weights_sha256(path),
         family=model.config.model_type,
         shift=True,
+        source_format="gguf" if path.is_file() else "hf",
         extra={"path": str(path)} if label != str(path) else {},
     )
     return Loaded(model=model, tokenizer=tokenizer, meta=meta)
@@ -138,9 +139,12 @@ def load_any(
     trust_remote_code: bool = False,
     expect: Kind | None = None,
     role: str = "the model",
+    block_size: int | None = None,
 ) -> Loaded:
-    """Load any checkpoint the toolkit knows: an MDM folder (one with `ar2mdm.json` of kind "mdm",
-    through `conversion.mdm.load_mdm`) or anything `load_ar` takes (a name, an HF folder, a .gguf).
+    """Load any checkpoint the toolkit knows: an MDM (a folder with `ar2mdm.json` of kind "mdm", a
+    published MDM as downloaded: Dream, LLaDA, DiffuGPT, DiffuLLaMA, A2D, SDAR, Fast-dLLM v2, a
+    "FAMILY:PATH" source, or a Dream/LLaDA GGUF; all through `conversion.mdm.load_mdm`) or anything
+    `load_ar` takes (a name, an HF folder, a .gguf). block_size: see `load_mdm`.
 
     The kind is decided by `metadata.checkpoint_kind` (an MDM folder that lost its ar2mdm.json is
     a CheckpointError, never an ARM). expect: "ar" or "mdm" to refuse the other kind, with `role`
@@ -150,7 +154,7 @@ def load_any(
 
     kind = require_kind(source, expect, role) if expect else checkpoint_kind(source)
     if kind == "mdm":
-        return load_mdm(source, dtype=dtype, device=device, role=role)
+        return load_mdm(source, dtype=dtype, device=device, role=role, block_size=block_size)
     return load_ar(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code, role=role)
 
 

@@ -31,7 +31,9 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from common.errors import CheckpointError
+from common.families import supported_list
 from common.metadata import ModelMeta
+from conversion.memory import check_fits, safetensors_summary
 
 # Files that can only be read by unpickling, which can run arbitrary code.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -54,9 +56,17 @@ class Loaded:
 
 
 def load_hf_folder(
-    folder: str | Path, *, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
+    folder: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+    device: str | torch.device = "cpu",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load (model, tokenizer) from an HF causal-LM folder, safetensors only, on CPU.
+    """Load (model, tokenizer) from an HF causal-LM folder, safetensors only, onto `device`.
+
+    Weights stream from the memory-mapped files straight to `device` in `dtype` (no second full
+    copy); a large load is announced with its predicted memory first, and refused when a CUDA
+    device has too little free memory (`conversion.memory.check_fits`).
 
     Checks, in order, so that the first problem found is the one reported: config.json exists;
     the config describes a causal LM; the weights are safetensors and not truncated; the
@@ -64,8 +74,11 @@ def load_hf_folder(
     """
     folder = Path(folder)
     config = _causal_lm_config(folder, trust_remote_code)
-    for file in _safetensors_files(folder):
+    files = _safetensors_files(folder)
+    for file in files:
         check_safetensors(file)
+    summary = safetensors_summary(files)
+    check_fits(summary.n_params, dtype, device, summary.largest, str(folder))
     tokenizer = _load_tokenizer(folder, trust_remote_code=trust_remote_code)
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
@@ -75,6 +88,7 @@ def load_hf_folder(
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
             output_loading_info=True,
+            device_map=None if torch.device(device).type == "cpu" else str(device),
         )
     except Exception as err:  # anything transformers/safetensors raise: report it as one line
         raise CheckpointError(f"Could not load the weights in {folder}: {type(err).__name__}: {err}") from err
@@ -108,7 +122,10 @@ def _causal_lm_config(folder: Path, trust_remote_code: bool) -> PretrainedConfig
         # Custom code is the answer only for a config that names some (auto_map); for a damaged
         # or unknown config it would be misleading advice.
         advice = (
-            " The model ships its own code: if you trust it, pass --trust-remote-code (trust_remote_code=True)."
+            f" It is a custom architecture ({raw.get('model_type')!r}, {', '.join(raw.get('architectures') or []) or 'no architectures'}) "
+            "that ships its own code, and not one of the published diffusion families ar2mdm reads natively "
+            f"({supported_list()}). If you trust the folder's code, pass --trust-remote-code "
+            "(trust_remote_code=True) to run it; if it is one of those families renamed, name it: FAMILY:PATH."
             if raw.get("auto_map") and not trust_remote_code
             else ""
         )

@@ -31,8 +31,11 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from common.errors import CheckpointError, UserError
+from common.families import detect_family, gguf_family, split_format
 from common.metadata import META_FILE, ModelMeta, require_kind
+from conversion.gguf_mdm import load_gguf_mdm
 from conversion.hf_folder import Loaded, load_hf_folder
+from conversion.published import load_published
 from diffusion.attention import make_bidirectional
 
 MASK_TOKEN = "<|mask|>"
@@ -226,16 +229,38 @@ def load_mdm(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     role: str = "the checkpoint",
+    block_size: int | None = None,
 ) -> Loaded:
-    """Load an MDM checkpoint written by `save_mdm` / `train`: model (eval, bidirectional),
-    tokenizer, and its `ModelMeta` (kind "mdm"). Raises CheckpointError if it is not one
-    (`metadata.require_kind`; `role` says what the caller uses it as)."""
-    folder = Path(path).expanduser()
+    """Load an MDM: a folder written by `save_mdm` / `train` (with ar2mdm.json), a published MDM as
+    downloaded (Dream, LLaDA, DiffuGPT, DiffuLLaMA, A2D, SDAR, Fast-dLLM v2: `common.families`,
+    read by `conversion.published`), a "FAMILY:PATH" source naming the family of a folder whose
+    files do not, or a Dream/LLaDA GGUF file (`conversion.gguf_mdm`).
+
+    Returns model (eval, bidirectional), tokenizer, and its `ModelMeta` (kind "mdm";
+    `source_format` says which of the above it was). dtype / device: parameters' dtype and device.
+    block_size: the block size of a published block-diffusion checkpoint whose files do not state
+    it. Raises CheckpointError if it is not an MDM (`metadata.require_kind`; `role` says what the
+    caller uses it as), or if its files are incomplete or inconsistent.
+    """
+    forced, plain = split_format(str(path)) if isinstance(path, str) else (None, path)
+    folder = Path(plain).expanduser()
+    if folder.is_file() and folder.suffix.lower() == ".gguf":
+        if gguf_family(folder) is None:
+            require_kind(folder, "mdm", role)  # raises: a GGUF of an AR architecture
+        return load_gguf_mdm(folder, dtype=dtype, device=device)
     if not folder.is_dir():
-        raise CheckpointError(f"{folder} is not a folder; an MDM checkpoint is a folder with ar2mdm.json.")
-    require_kind(folder, "mdm", role)
+        raise CheckpointError(
+            f"{folder} is not a folder; an MDM checkpoint is a folder (ar2mdm.json, or a published "
+            "MDM's files as downloaded) or a Dream/LLaDA .gguf file."
+        )
+    require_kind(path, "mdm", role)
+    if not (folder / META_FILE).is_file():
+        family = forced or detect_family(folder)
+        if family is not None:
+            return load_published(folder, family, dtype=dtype, device=device, block_size=block_size)
     meta = ModelMeta.load(folder)
-    model, tokenizer = load_hf_folder(folder, dtype=dtype)
+    meta.source_format = meta.source_format or "ar2mdm"
+    model, tokenizer = load_hf_folder(folder, dtype=dtype, device=device)
     if getattr(model.config, "is_causal", True):
         raise CheckpointError(
             f"{folder}/config.json has is_causal true: the folder was changed after training; "

@@ -37,7 +37,8 @@ def check_pair(ar: ProbedModel, mdm: ProbedModel) -> list[str]:
         raise CheckpointError(f"--ar must be an autoregressive checkpoint; this one is kind {ar.config.kind!r}.")
     if mdm.config.kind != "mdm":
         raise CheckpointError(
-            "--mdm must be a masked diffusion checkpoint (a folder written by `ar2mdm convert`); "
+            "--mdm must be a masked diffusion checkpoint (a folder written by `ar2mdm convert`, or a "
+            "published MDM such as Dream or LLaDA: docs/FORMATS.md); "
             f"this one is kind {mdm.config.kind!r}."
         )
     a, b = ar.shape, mdm.shape
@@ -59,13 +60,24 @@ def check_pair(ar: ProbedModel, mdm: ProbedModel) -> list[str]:
 
 
 def tokenizer_warnings(ar: ProbedModel, mdm: ProbedModel) -> list[str]:
-    """CheckpointError if the vocabularies disagree; warnings for differing special tokens."""
+    """CheckpointError if the vocabularies disagree; warnings for differing special tokens.
+
+    Every token of the ARM must have the same id in the MDM (else token-level comparisons read
+    different tokens). The MDM may add its mask token, and special (added) tokens such as Dream's
+    `<|beginoftext|>`: those cannot occur in task text, so they are a warning. A regular token only
+    the MDM has is an error (the two would split the same text differently).
+    """
     ta, tb = ar.tokenizer, mdm.tokenizer
     if ta is None or tb is None or not hasattr(ta, "get_vocab") or not hasattr(tb, "get_vocab"):
         return []
     va, vb = ta.get_vocab(), tb.get_vocab()
     moved = sorted(t for t, i in va.items() if vb.get(t) != i)
-    added = sorted(set(vb) - set(va) - {getattr(tb, "mask_token", None)})
+    new_tokens = set(vb) - set(va) - {getattr(tb, "mask_token", None)}
+    special_b = set(getattr(tb, "all_special_tokens", []) or []) | {
+        str(t) for t in (getattr(tb, "added_tokens_decoder", {}) or {}).values() if getattr(t, "special", False)
+    }
+    added = sorted(new_tokens - special_b)
+    added_special = sorted(new_tokens & special_b)
     if moved or added:
         example = (
             f"{moved[0]!r}: {va[moved[0]]} in the ARM, {vb.get(moved[0])} in the MDM"
@@ -74,18 +86,24 @@ def tokenizer_warnings(ar: ProbedModel, mdm: ProbedModel) -> list[str]:
         )
         counts = [
             f"{len(moved)} of the ARM's {len(va)} tokens have another id in the MDM" if moved else "",
-            f"{len(added)} tokens besides the mask exist only in the MDM" if added else "",
+            f"{len(added)} regular tokens exist only in the MDM" if added else "",
         ]
         raise CheckpointError(
             f"--ar and --mdm use different tokenizers ({'; '.join(c for c in counts if c)}; e.g. {example}). "
-            "Token-level comparisons need one vocabulary: compare an ARM with its own conversion."
+            "Token-level comparisons need one vocabulary: compare an MDM with the ARM it was converted "
+            "from (Dream-v0 with Qwen2.5, DiffuLLaMA with LLaMA-2, DiffuGPT with GPT-2, ...)."
         )
+    extra = (
+        [f"the MDM's tokenizer adds special tokens the ARM lacks ({', '.join(added_special[:5])}); they never occur in task text."]
+        if added_special
+        else []
+    )
     differ = [
         f"{role} {getattr(ta, role + '_token', None)!r} vs {getattr(tb, role + '_token', None)!r}"
         for role in ("bos", "eos", "pad", "unk")
         if getattr(ta, role + "_token_id", None) != getattr(tb, role + "_token_id", None)
     ]
-    return [f"the tokenizers' special tokens differ (ARM vs MDM: {', '.join(differ)})."] if differ else []
+    return extra + ([f"the tokenizers' special tokens differ (ARM vs MDM: {', '.join(differ)})."] if differ else [])
 
 
 def task_examples(mdm: ProbedModel, tasks: Sequence[str], n: int, seed: int = 0) -> dict[str, list[Example]]:
