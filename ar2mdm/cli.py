@@ -20,10 +20,14 @@ from ar2mdm.cli_base import (
     INTERRUPTED,
     SAMPLER_HELP,
     TASK_HELP,
+    DeviceOption,
+    DtypeOption,
+    TrustOption,
     app,
     console,
     errors,
     ints,
+    load_options,
     organism_app,
     plain,
     refuse_earlier_results,
@@ -176,7 +180,7 @@ def _sampler_flags(
 
 @app.command()
 def sample(
-    model: Annotated[str, typer.Option(help="Checkpoint: an MDM folder, or an AR source (smollm2 | organism | HF folder | .gguf).")],
+    model: Annotated[str, typer.Option(help="Checkpoint: an MDM (a folder from `ar2mdm convert`, a published one as downloaded: Dream, LLaDA, ...; FAMILY:PATH; a Dream/LLaDA .gguf) or an AR source (smollm2 | organism | HF folder | .gguf).")],
     prompt: Annotated[list[str], typer.Option(help="Prompt text (repeat the flag for a batch).")],
     sampler: Annotated[str, typer.Option(help=SAMPLER_HELP)] = "low-confidence",
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate after each prompt.")] = 32,
@@ -193,6 +197,9 @@ def sample(
     ar_scorer: Annotated[str | None, typer.Option(help="arpc: AR model to score with. [default: the MDM's source]")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sampler's random draws.")] = 0,
     trace: Annotated[Path | None, typer.Option(help="Write a per-step trace (committed positions, confidences, provisional decode) as JSON here.")] = None,
+    dtype: DtypeOption = "fp32",
+    device: DeviceOption = "cpu",
+    trust_remote_code: TrustOption = False,
 ) -> None:  # fmt: skip
     """Generate from a checkpoint: prints each prompt followed by its continuation."""
     import json
@@ -209,7 +216,7 @@ def sample(
             raise UserError("--prompt is empty: give the text to continue.")
         if trace is not None:
             check_output_file(trace, "--trace")  # before generating, not after
-        loaded = load_any(model)
+        loaded = load_any(model, **load_options(dtype, device, trust_remote_code))
         options = _sampler_flags(steps, block_length, temperature, tau, top_k, top_p, strategy, eta, score, cache)
         if SAMPLERS.get(sampler).needs_scorer:
             options["scorer"] = load_scorer(loaded, ar_scorer)
@@ -252,7 +259,7 @@ def sample(
 
 @app.command("eval")
 def eval_(
-    model: Annotated[str, typer.Option(help="Checkpoint: an MDM folder, or an AR source (smollm2 | organism | HF folder | .gguf).")],
+    model: Annotated[str, typer.Option(help="Checkpoint: an MDM (a folder from `ar2mdm convert`, a published one as downloaded: Dream, LLaDA, ...; FAMILY:PATH; a Dream/LLaDA .gguf) or an AR source (smollm2 | organism | HF folder | .gguf).")],
     out: Annotated[Path, typer.Option(help="Folder for results.json, results.md and generation.html.")],
     tasks: Annotated[str, typer.Option(help=f"Comma-separated tasks: {TASK_HELP}, or .jsonl task files.")] = "ioi,countdown",
     samplers: Annotated[str, typer.Option(help=f"Comma-separated samplers: {SAMPLER_HELP}.")] = "low-confidence,threshold",
@@ -269,6 +276,9 @@ def eval_(
     ar_scorer: Annotated[str | None, typer.Option(help="arpc: AR model to score with. [default: the MDM's source]")] = None,
     seed: Annotated[int, typer.Option(help="Seed of examples and sampler draws.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier `ar2mdm eval` in --out.")] = False,
+    dtype: DtypeOption = "fp32",
+    device: DeviceOption = "cpu",
+    trust_remote_code: TrustOption = False,
 ) -> None:  # fmt: skip
     """Task accuracy, NFE and tokens/s of each sampler at several step budgets; JSON + plot."""
     from analyses.generation import SamplerSpec, evaluate_samplers, needs_scorer, table, task_sets, write_report
@@ -290,9 +300,10 @@ def eval_(
             raise UserError(f"--fractions must be comma-separated numbers, got {fractions!r}.") from None
         if not fracs or any(not 0 < f <= 4 for f in fracs):
             raise UserError(f"--fractions must be numbers in (0, 4], got {fractions!r}.")
+        loading = load_options(dtype, device, trust_remote_code)
         claim = stack.enter_context(claim_output(out, "eval"))
         refuse_earlier_results(claim, overwrite)
-        loaded = load_any(model)
+        loaded = load_any(model, **loading)
         flags = _sampler_flags(None, block_length, temperature, tau, None, None, strategy, eta, score, cache)
         specs = [
             SamplerSpec(x, {k: v for k, v in flags.items() if v is not None and k in sampler_options(x)}) for x in names

@@ -11,10 +11,14 @@ from ar2mdm.cli_base import (
     BACKEND_HELP,
     METHOD_HELP,
     TASK_HELP,
+    DeviceOption,
+    DtypeOption,
+    TrustOption,
     app,
     console,
     errors,
     floats,
+    load_options,
     plain,
     refuse_earlier_results,
 )
@@ -24,8 +28,8 @@ from tasks import task_names
 
 @app.command()
 def compare(
-    ar: Annotated[str, typer.Option(help="The ARM: smollm2 | organism | HF folder | .gguf.")],
-    mdm: Annotated[str, typer.Option(help="The MDM: a folder written by `ar2mdm convert` (same architecture as --ar).")],
+    ar: Annotated[str, typer.Option(help="The ARM: smollm2 | organism | HF folder (Qwen2.5-7B, Llama-2-7b, gpt2, ...) | .gguf.")],
+    mdm: Annotated[str, typer.Option(help="The MDM, same architecture and vocabulary as --ar: a folder written by `ar2mdm convert`, a published MDM as downloaded (Dream, DiffuLLaMA, DiffuGPT, A2D, SDAR, Fast-dLLM v2; docs/FORMATS.md), FAMILY:PATH, or a Dream/LLaDA .gguf.")],
     out: Annotated[Path, typer.Option(help="Folder for report.json, report.html, summary.md and graphs/.")],
     tasks: Annotated[str, typer.Option(help=f"Comma-separated: {TASK_HELP}.")] = ",".join(task_names()),
     pool_size: Annotated[int, typer.Option(help="At most this many common-correct examples per task.")] = 500,
@@ -52,6 +56,9 @@ def compare(
     ar_seed_twin: Annotated[str | None, typer.Option(help="Seed floor: an ARM trained like --ar with another seed. Every claim must clear ARM vs ARM'.")] = None,
     mdm_seed_twin: Annotated[str | None, typer.Option(help="Seed floor: an MDM converted like --mdm with another seed.")] = None,
     null_pair: Annotated[bool, typer.Option("--null-pair/--no-null-pair", help="Attribute each model twice and report it against itself (must read 'no difference').")] = True,
+    dtype: DtypeOption = "fp32",
+    device: DeviceOption = "cpu",
+    trust_remote_code: TrustOption = False,
 ) -> None:  # fmt: skip
     """ARM vs MDM on a common-correct pool: circuits (EAP-IG), depth, units; the reference study's claims tested
     against a null pair (each model vs itself) and, with --ar-seed-twin / --mdm-seed-twin, a seed floor."""
@@ -84,13 +91,14 @@ def compare(
             null_pair=null_pair,
         ).checked()
         snapshots = snapshots_of(track) if track is not None else None
+        loading = load_options(dtype, device, trust_remote_code)
         claim = stack.enter_context(claim_output(out, "compare"))
         refuse_earlier_results(claim, overwrite)
-        pm_ar = ProbedModel.from_checkpoint(ar, backend=backend, expect="ar", role="compare --ar")
-        pm_mdm = ProbedModel.from_checkpoint(mdm, backend=backend, expect="mdm", role="compare --mdm")
+        pm_ar = ProbedModel.from_checkpoint(ar, backend=backend, expect="ar", role="compare --ar", **loading)
+        pm_mdm = ProbedModel.from_checkpoint(mdm, backend=backend, expect="mdm", role="compare --mdm", **loading)
         given = {"ar": ar_seed_twin, "mdm": mdm_seed_twin}
         twins = {
-            r: ProbedModel.from_checkpoint(src, backend=backend, expect=r, role=f"compare --{r}-seed-twin")
+            r: ProbedModel.from_checkpoint(src, backend=backend, expect=r, role=f"compare --{r}-seed-twin", **loading)
             for r, src in given.items()
             if src is not None
         }
@@ -106,7 +114,7 @@ def compare(
                 batch_size=batch_size,
                 seed=seed,
                 method=method,
-                load=lambda p: ProbedModel.from_checkpoint(p, backend=backend),
+                load=lambda p: ProbedModel.from_checkpoint(p, backend=backend, **loading),
                 log=plain,
             )
         claim.clear()
@@ -134,6 +142,9 @@ def compare_series(
     given_order: Annotated[bool, typer.Option("--given-order", help="Keep the --mdm order (default: by block size, full attention last).")] = False,
     backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "torch",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier `ar2mdm compare-series` in --out.")] = False,
+    dtype: DtypeOption = "fp32",
+    device: DeviceOption = "cpu",
+    trust_remote_code: TrustOption = False,
 ) -> None:  # fmt: skip
     """One ARM against several MDMs (e.g. block sizes 1, 4, 16, full): Jaccard with the ARM, early-layer
     mass and MDM accuracy per task and MDM, with each pair's own compare report."""
@@ -159,11 +170,13 @@ def compare_series(
             common_correct=not all_examples,
             null_pair=null_pair,
         ).checked()
+        loading = load_options(dtype, device, trust_remote_code)
         claim = stack.enter_context(claim_output(out, "compare-series"))
         refuse_earlier_results(claim, overwrite)
-        pm_ar = ProbedModel.from_checkpoint(ar, backend=backend, expect="ar", role="compare-series --ar")
+        pm_ar = ProbedModel.from_checkpoint(ar, backend=backend, expect="ar", role="compare-series --ar", **loading)
         pms = {
-            p: ProbedModel.from_checkpoint(p, backend=backend, expect="mdm", role="compare-series --mdm") for p in mdm
+            p: ProbedModel.from_checkpoint(p, backend=backend, expect="mdm", role="compare-series --mdm", **loading)
+            for p in mdm
         }
         result = run_series(pm_ar, pms, opts, order="given" if given_order else "block_size", log=plain)
         claim.clear()

@@ -8,6 +8,7 @@ import contextlib
 import shlex
 import sys
 from collections.abc import Iterator
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -99,6 +100,32 @@ CACHE_HELP = (
     "bidirectional MDMs (the prefix would attend to the changing answer; its keys are reused as they were). "
     "none recomputes every step (exact). [default: prefix]"
 )
+
+
+DtypeOption = Annotated[
+    str,
+    typer.Option(
+        "--dtype",
+        help="Parameter dtype of the loaded models: fp32 | bf16 | fp16 (bf16 halves memory: a 7B model needs about 15 GiB).",
+    ),
+]
+DeviceOption = Annotated[
+    str, typer.Option("--device", help="Where the models run: cpu | cuda | cuda:N (weights stream straight there).")
+]
+TrustOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code/--no-trust-remote-code",
+        help="Run code shipped in a checkpoint folder (only for sources you trust). Published diffusion LMs (Dream, LLaDA, ...: docs/FORMATS.md) load without it.",
+    ),
+]
+
+
+def load_options(dtype: str, device: str, trust_remote_code: bool) -> dict:
+    """The checked keyword arguments of every loader (`load_any`, `ProbedModel.from_checkpoint`)."""
+    from common.modeling import parse_device, parse_dtype
+
+    return {"dtype": parse_dtype(dtype), "device": parse_device(device), "trust_remote_code": trust_remote_code}
 
 
 def refuse_earlier_results(claim, overwrite: bool) -> None:

@@ -104,7 +104,14 @@ class Family:
 
 # Keys of remote-code configs that mean nothing to transformers' classes (or would switch their
 # attention kernel: SDAR's "flex_attention"); dropped from every family's config.
-COMMON_DROP = ("auto_map", "architectures", "model_type", "attn_implementation", "_name_or_path", "transformers_version")
+COMMON_DROP = (
+    "auto_map",
+    "architectures",
+    "model_type",
+    "attn_implementation",
+    "_name_or_path",
+    "transformers_version",
+)
 
 DLLM = "ZHZisZZ/dllm"
 FAMILIES: dict[str, Family] = {}
@@ -161,12 +168,36 @@ _add(
         },
         config_set={"hidden_act": "silu", "attention_bias": False, "mlp_bias": False},
         config_drop=(
-            "mlp_ratio", "activation_type", "block_type", "block_group_size", "alibi", "alibi_bias_max", "rope",
-            "rope_full_precision", "flash_attention", "attention_dropout", "residual_dropout", "embedding_dropout",
-            "attention_layer_norm", "attention_layer_norm_with_affine", "layer_norm_type", "layer_norm_with_affine",
-            "bias_for_layer_norm", "include_bias", "include_qkv_bias", "input_emb_norm", "scale_logits",
-            "multi_query_attention", "init_device", "init_fn", "init_std", "init_cutoff_factor", "precision",
-            "embedding_size", "clip_qkv", "use_cache",
+            "mlp_ratio",
+            "activation_type",
+            "block_type",
+            "block_group_size",
+            "alibi",
+            "alibi_bias_max",
+            "rope",
+            "rope_full_precision",
+            "flash_attention",
+            "attention_dropout",
+            "residual_dropout",
+            "embedding_dropout",
+            "attention_layer_norm",
+            "attention_layer_norm_with_affine",
+            "layer_norm_type",
+            "layer_norm_with_affine",
+            "bias_for_layer_norm",
+            "include_bias",
+            "include_qkv_bias",
+            "input_emb_norm",
+            "scale_logits",
+            "multi_query_attention",
+            "init_device",
+            "init_fn",
+            "init_std",
+            "init_cutoff_factor",
+            "precision",
+            "embedding_size",
+            "clip_qkv",
+            "use_cache",
         ),  # fmt: skip
         config_requires={
             "block_type": ("llama",),
@@ -267,10 +298,15 @@ for _base, _model_type in (("qwen3", "a2d-qwen3"), ("qwen2", "a2d-qwen2"), ("lla
                 if _base == "qwen2"
                 else ()
             ),
-            ar_sources=("Qwen/Qwen3-0.6B",) if _base == "qwen3" else ("Qwen/Qwen2.5-Coder-0.5B-Instruct",) if _base == "qwen2" else (),
+            ar_sources=("Qwen/Qwen3-0.6B",)
+            if _base == "qwen3"
+            else ("Qwen/Qwen2.5-Coder-0.5B-Instruct",)
+            if _base == "qwen2"
+            else (),
             model_types=(_model_type,),
-            architectures=(f"A2D{ {'qwen3': 'Qwen3', 'qwen2': 'Qwen2', 'llama': 'Llama'}[_base]}LMHeadModel",),
+            architectures=(f"A2D{ {'qwen3': 'Qwen3', 'qwen2': 'Qwen2', 'llama': 'Llama'}[_base] }LMHeadModel",),
             mask_token="<|mask|>",
+            tokenizer_class="Qwen2Tokenizer" if _base.startswith("qwen") else "",
             # BD3LM checkpoints do not record their block size; dllm's published recipe uses 32.
             block_size_from_name=r"bd3lm",
             sources={
@@ -292,7 +328,15 @@ _add(
         ar_sources=("Qwen/Qwen3-1.7B", "Qwen/Qwen3-4B", "Qwen/Qwen3-8B"),
         model_types=("sdar",),
         architectures=("SDARForCausalLM",),
-        config_drop=("debug", "ep_size", "fuse_cross_entropy", "micro_forward", "skip_checkpoint", "use_deepep", "block_size"),
+        config_drop=(
+            "debug",
+            "ep_size",
+            "fuse_cross_entropy",
+            "micro_forward",
+            "skip_checkpoint",
+            "use_deepep",
+            "block_size",
+        ),
         mask_token="<|MASK|>",
         mask_id=151669,
         block_size=4,

@@ -181,10 +181,12 @@ def require_kind(source: str | Path, expected: Kind, role: str) -> Kind:
         return kind
     forced, plain = split_format(str(source)) if isinstance(source, str) else (None, source)
     folder = Path(plain).expanduser()
-    family = forced or detect_family(folder)
+    family = forced or detect_family(folder) or gguf_family(folder)
     if expected == "ar" and family is not None:
-        sources = f" Its AR source is {' or '.join(family.ar_sources)}." if family.ar_sources else (
-            " It has no AR source (trained as an MDM from scratch)."
+        sources = (
+            f" Its AR source is {' or '.join(family.ar_sources)}."
+            if family.ar_sources
+            else (" It has no AR source (trained as an MDM from scratch).")
         )
         raise CheckpointError(
             f"{role} must be an autoregressive model (ARM), but {folder} is a published MDM "

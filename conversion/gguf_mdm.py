@@ -38,7 +38,9 @@ GGUF_BASE_ARCH = {"qwen2": "QWEN2", "llama": "LLAMA"}
 PERMUTED_QK = ("llada",)
 
 
-def load_gguf_mdm(file: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Loaded:
+def load_gguf_mdm(
+    file: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> Loaded:
     """Load a Dream or LLaDA GGUF file as an MDM: model (eval, bidirectional), tokenizer, meta
     (`source_format` "gguf:dream" / "gguf:llada", mask id and shift from the file's metadata).
 
@@ -74,7 +76,9 @@ def load_gguf_mdm(file: str | Path, *, dtype: torch.dtype = torch.float32, devic
     values = {k: value(key) for k, key in need.items()}
     missing = [need[k] for k, v in values.items() if v is None]
     if missing:
-        raise CheckpointError(f"{file} lacks the GGUF keys {missing}: it is damaged or was not written by llama.cpp's converter.")
+        raise CheckpointError(
+            f"{file} lacks the GGUF keys {missing}: it is damaged or was not written by llama.cpp's converter."
+        )
     tensors = {t.name: t for t in reader.tensors}
     n_vocab = int(tensors["token_embd.weight"].shape[-1]) if "token_embd.weight" in tensors else None
     if n_vocab is None:
@@ -116,7 +120,7 @@ def load_gguf_mdm(file: str | Path, *, dtype: torch.dtype = torch.float32, devic
         if family.name in PERMUTED_QK and kind in heads:
             array = _undo_llama_cpp_permute(array, heads[kind])
         with torch.no_grad():
-            param.copy_(torch.from_numpy(np.ascontiguousarray(array)))
+            param.copy_(torch.tensor(array))  # a copy: the memory-mapped array is read-only
         placed.add(gguf_name)
     unplaced = sorted(set(tensors) - placed - {"rope_freqs.weight"})
     if unplaced:

@@ -44,9 +44,7 @@ from diffusion.attention import make_bidirectional
 
 def family_config(family: Family, raw: dict[str, Any], folder: Path) -> transformers.PretrainedConfig:
     """The transformers config (of `family.base`) that describes the family's config.json `raw`."""
-    bad = {
-        key: raw[key] for key, allowed in family.config_requires.items() if key in raw and raw[key] not in allowed
-    }
+    bad = {key: raw[key] for key, allowed in family.config_requires.items() if key in raw and raw[key] not in allowed}
     if bad:
         raise CheckpointError(
             f"{folder / 'config.json'} sets {bad}, which ar2mdm's {family.name} reader does not map onto "
@@ -60,7 +58,11 @@ def family_config(family: Family, raw: dict[str, Any], folder: Path) -> transfor
     if family.name == "llada" and values.get("intermediate_size") is None and raw.get("mlp_ratio"):
         values["intermediate_size"] = int(raw["mlp_ratio"] * raw["d_model"])
     values.update(family.config_set)
-    needed = ("hidden_size", "num_hidden_layers", "num_attention_heads") if family.base != "gpt2" else ("n_embd", "n_layer", "n_head")
+    needed = (
+        ("hidden_size", "num_hidden_layers", "num_attention_heads")
+        if family.base != "gpt2"
+        else ("n_embd", "n_layer", "n_head")
+    )
     missing = [k for k in needed if values.get(k) is None]
     if missing:
         names = {v: k for k, v in family.config_renames.items()}
@@ -101,7 +103,9 @@ def load_published(
     if not files:
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
         extra = f" It has pickle files ({', '.join(pickles)}), which ar2mdm never unpickles." if pickles else ""
-        raise CheckpointError(f"{folder} has no *.safetensors weights.{extra} Download the safetensors files of the checkpoint.")
+        raise CheckpointError(
+            f"{folder} has no *.safetensors weights.{extra} Download the safetensors files of the checkpoint."
+        )
     for file in files:
         check_safetensors(file)
     summary = safetensors_summary(files)

@@ -42,7 +42,9 @@ class Replica:
     base: str
 
 
-def _tokenizer(extra_special: list[str], *, mask: str | None = None, regular: list[str] = ()) -> PreTrainedTokenizerFast:
+def _tokenizer(
+    extra_special: list[str], *, mask: str | None = None, regular: list[str] = ()
+) -> PreTrainedTokenizerFast:
     tok = tiny_tokenizer()
     if regular:
         tok.add_tokens(list(regular))
@@ -73,7 +75,9 @@ def _config_of(model) -> dict:
 
 def _save(folder: Path, tensors: dict[str, torch.Tensor], config: dict, tok, *, tokenizer_json: bool = True) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"}
+    )
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     tok.save_pretrained(folder)
     if not tokenizer_json:  # the slow layout: vocab.json + merges.txt only

@@ -94,7 +94,9 @@ def tokenizer_warnings(ar: ProbedModel, mdm: ProbedModel) -> list[str]:
             "from (Dream-v0 with Qwen2.5, DiffuLLaMA with LLaMA-2, DiffuGPT with GPT-2, ...)."
         )
     extra = (
-        [f"the MDM's tokenizer adds special tokens the ARM lacks ({', '.join(added_special[:5])}); they never occur in task text."]
+        [
+            f"the MDM's tokenizer adds special tokens the ARM lacks ({', '.join(added_special[:5])}); they never occur in task text."
+        ]
         if added_special
         else []
     )
