@@ -31,7 +31,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from common.errors import CheckpointError
-from common.families import supported_list
+from common.families import FAMILIES, supported_list
 from common.metadata import ModelMeta
 from conversion.memory import check_fits, safetensors_summary
 
@@ -121,24 +121,26 @@ def _causal_lm_config(folder: Path, trust_remote_code: bool) -> PretrainedConfig
     except Exception as err:
         # Custom code is the answer only for a config that names some (auto_map); for a damaged
         # or unknown config it would be misleading advice.
-        advice = (
-            f" It is a custom architecture ({raw.get('model_type')!r}, {', '.join(raw.get('architectures') or []) or 'no architectures'}) "
-            "that ships its own code, and not one of the published diffusion families ar2mdm reads natively "
-            f"({supported_list()}). If you trust the folder's code, pass --trust-remote-code "
-            "(trust_remote_code=True) to run it; if it is one of those families renamed, name it: FAMILY:PATH."
-            if raw.get("auto_map") and not trust_remote_code
-            else ""
-        )
+        if raw.get("auto_map") and not trust_remote_code:
+            raise CheckpointError(
+                f"{folder / 'config.json'} names model_type {raw.get('model_type')!r} "
+                f"({', '.join(raw.get('architectures') or []) or 'no architectures'}): a custom architecture that "
+                "ships its own code, and not one of the published diffusion families ar2mdm reads natively: "
+                f"{supported_list()}. If you trust the folder's code, pass --trust-remote-code "
+                "(trust_remote_code=True) to run it; if it is one of those families under another name, "
+                "name it: FAMILY:PATH."
+            ) from None
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if not raw.get("auto_map") and raw.get("model_type") not in CONFIG_MAPPING:
             raise CheckpointError(
                 f"{folder / 'config.json'} names model_type {raw.get('model_type')!r}, which transformers "
                 f"{transformers_version} does not know, and ships no code for it. ar2mdm reads the decoder families "
-                "transformers knows (llama, mistral, qwen2, qwen3, gemma2, gemma3, gpt2, ...): upgrade transformers "
-                "if the family is newer, or check the model_type."
+                "transformers knows (llama, mistral, qwen2, qwen3, gemma2, gemma3, gpt2, ...) and the published "
+                f"diffusion families ({', '.join(FAMILIES)}): upgrade transformers if the family is newer, "
+                "check the model_type, or name a published family: FAMILY:PATH."
             ) from None
         raise CheckpointError(
-            f"Could not read {folder / 'config.json'} with transformers {transformers_version}: {first}.{advice}"
+            f"Could not read {folder / 'config.json'} with transformers {transformers_version}: {first}."
         ) from None
 
     causal_classes = _causal_lm_class_names()

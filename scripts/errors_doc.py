@@ -26,6 +26,7 @@ AREAS = {
     "options": "Options and config files",
     "data": "Data and task files",
     "probe": "Probe inputs (library)",
+    "published": "Published checkpoints, dtypes and devices",
 }
 
 HEAD = """# Bad inputs and what ar2mdm says

@@ -20,8 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import replicas
 import torch
 from conftest import build_tiny_model
+from safetensors.torch import load_file, save_file
 
 from common.errors import CheckpointError, UserError
 from common.metadata import ModelMeta
@@ -78,6 +80,23 @@ def build_sandbox(root: Path) -> dict[str, Path]:
     other.tokenizer.add_tokens(["zebra", "quokka"])
     other.model.resize_token_embeddings(len(other.tokenizer), mean_resizing=False)
     p["mdm_othertok"] = save_mdm(other.model, other.tokenizer, other.meta, root / "mdm-othertok")
+
+    # published diffusion LMs (tests/replicas.py): a Dream folder missing a weight, a Dream GGUF
+    # without its mask token id, a folder of an unknown custom architecture
+    dream = replicas.dream(root / "published")
+    p["dream_missing"] = _copy(dream.path, root / "dream-missing")
+    weights = load_file(p["dream_missing"] / "model.safetensors")
+    save_file(
+        {k: v for k, v in weights.items() if "layers.1.mlp.up_proj" not in k},
+        str(p["dream_missing"] / "model.safetensors"),
+    )
+    p["dream_nomask_gguf"] = replicas.write_diffusion_gguf(dream, root / "dream-nomask.gguf", with_mask=False)
+    p["custom_arch"] = _copy(p["ar"], root / "custom-arch")
+    config = json.loads((p["custom_arch"] / "config.json").read_text())
+    config.update(
+        model_type="mystery_dlm", architectures=["MysteryDLM"], auto_map={"AutoModel": "modeling_mystery.MysteryDLM"}
+    )
+    (p["custom_arch"] / "config.json").write_text(json.dumps(config))
 
     p["user"] = root / "user"
     p["user"].mkdir()
@@ -737,5 +756,45 @@ CASES: tuple[Case, ...] = (
         ("batch_size must be >= 1",),
         "1 or more",
         call=lambda p: _probe(p).run_with_cache(torch.ones(2, 3, dtype=torch.long), batch_size=0),
+    ),
+    Case(
+        "published-missing-weight",
+        "published",
+        "a published MDM (here Dream) with a weight missing from its files",
+        ("lack 1 tensors", "download the checkpoint again"),
+        "download the checkpoint again",
+        cli=("sample", "--model", "{dream_missing}", "--prompt", "When"),
+    ),
+    Case(
+        "gguf-no-mask",
+        "published",
+        "a Dream/LLaDA GGUF without tokenizer.ggml.mask_token_id",
+        ("tokenizer.ggml.mask_token_id", "Convert the checkpoint again"),
+        "convert it again with a current llama.cpp",
+        cli=("sample", "--model", "{dream_nomask_gguf}", "--prompt", "When"),
+    ),
+    Case(
+        "custom-architecture",
+        "published",
+        "a folder of an unknown architecture that ships its own code",
+        ("--trust-remote-code", "dream (", "llada (", "FAMILY:PATH"),
+        "pass --trust-remote-code if you trust it, or name its family",
+        cli=("sample", "--model", "{custom_arch}", "--prompt", "When"),
+    ),
+    Case(
+        "bad-dtype",
+        "published",
+        "`--dtype` that is not a floating dtype ar2mdm loads in",
+        ("use fp32, bf16 or fp16",),
+        "fp32, bf16 or fp16",
+        cli=("sample", "--model", "{mdm}", "--prompt", "When", "--dtype", "int8"),
+    ),
+    Case(
+        "missing-gpu",
+        "published",
+        "`--device cuda:N` on a machine without that GPU",
+        ("CUDA device", "--device cpu"),
+        "use --device cpu, or run on a GPU machine",
+        cli=("sample", "--model", "{mdm}", "--prompt", "When", "--device", "cuda:63"),
     ),
 )
