@@ -78,7 +78,7 @@ def load_hf_folder(
     for file in files:
         check_safetensors(file)
     summary = safetensors_summary(files)
-    check_fits(summary.n_params, dtype, device, summary.largest, str(folder))
+    check_fits(summary.n_params, dtype, device, summary.largest, str(folder), summary.file_bytes)
     tokenizer = _load_tokenizer(folder, trust_remote_code=trust_remote_code)
     try:
         model, info = AutoModelForCausalLM.from_pretrained(

@@ -26,8 +26,9 @@ from common.errors import CheckpointError
 
 GiB = 2**30
 # Fixed cost of a load besides the parameters: rotary tables, the tokenizer, allocator slack.
-# Measured on the replicas (docs/FORMATS.md, "Memory"); the prediction is checked against them.
-LOAD_OVERHEAD_BYTES = 256 * 2**20
+# Measured +15 to +31 MiB over the parameter bytes on the replicas of benchmarks/bench_load_memory.py
+# (docs/FORMATS.md, "Memory"); 64 MiB keeps the rule an upper bound.
+LOAD_OVERHEAD_BYTES = 64 * 2**20
 # Loads below this are not worth a line on stderr.
 ANNOUNCE_ABOVE_BYTES = 1 * GiB
 
@@ -81,16 +82,19 @@ def dtype_bytes(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def predict_load_bytes(n_params: int, dtype: torch.dtype, largest: int = 0) -> int:
+def predict_load_bytes(n_params: int, dtype: torch.dtype, largest: int = 0, file_bytes: int | None = None) -> int:
     """Predicted peak memory (bytes) of holding a model of `n_params` parameters in `dtype`.
 
-    n_params * bytes(dtype) + one float32 copy of the `largest` tensor (its conversion in flight)
-    + LOAD_OVERHEAD_BYTES. Activations of a forward pass come on top (see `activation_bytes`).
+    n_params * bytes(dtype) + LOAD_OVERHEAD_BYTES, plus, when the files hold another dtype than
+    `dtype` (`file_bytes`, the tensor bytes on disk, says; unknown counts as another), one float32
+    copy of the `largest` tensor (its conversion in flight). Activations of a forward pass come on
+    top (see `activation_bytes`).
 
-    >>> round(predict_load_bytes(7_615_616_512, torch.bfloat16) / 2**30, 1)
-    14.4
+    >>> round(predict_load_bytes(7_615_616_512, torch.bfloat16, file_bytes=2 * 7_615_616_512) / 2**30, 2)
+    14.25
     """
-    return n_params * dtype_bytes(dtype) + 4 * largest + LOAD_OVERHEAD_BYTES
+    same = file_bytes is not None and file_bytes == n_params * dtype_bytes(dtype)
+    return n_params * dtype_bytes(dtype) + (0 if same else 4 * largest) + LOAD_OVERHEAD_BYTES
 
 
 def activation_bytes(batch: int, seq: int, vocab: int, dtype: torch.dtype) -> int:
@@ -102,28 +106,35 @@ def activation_bytes(batch: int, seq: int, vocab: int, dtype: torch.dtype) -> in
     return batch * seq * vocab * dtype_bytes(dtype)
 
 
-def describe(n_params: int, dtype: torch.dtype, largest: int = 0) -> str:
-    """One line: parameters and predicted memory, e.g. '7.62 B parameters: about 14.6 GiB in bfloat16'."""
-    need = predict_load_bytes(n_params, dtype, largest) / GiB
+def describe(n_params: int, dtype: torch.dtype, largest: int = 0, file_bytes: int | None = None) -> str:
+    """One line: parameters and predicted memory, e.g. '7.62 B parameters: about 14.2 GiB in bfloat16'."""
+    need = predict_load_bytes(n_params, dtype, largest, file_bytes) / GiB
     count = f"{n_params / 1e9:.2f} B" if n_params >= 1e9 else f"{n_params / 1e6:.1f} M"
     return f"{count} parameters: about {need:.1f} GiB in {str(dtype).removeprefix('torch.')}"
 
 
-def check_fits(n_params: int, dtype: torch.dtype, device: str | torch.device, largest: int, what: str) -> None:
+def check_fits(
+    n_params: int,
+    dtype: torch.dtype,
+    device: str | torch.device,
+    largest: int,
+    what: str,
+    file_bytes: int | None = None,
+) -> None:
     """Announce a large load on stderr; refuse one that cannot fit in the free memory of a CUDA device.
 
     Raises CheckpointError before loading when the device is CUDA and its free memory is below the
     prediction, naming the need, what is free and what to do (a smaller dtype, another device).
     """
-    need = predict_load_bytes(n_params, dtype, largest)
+    need = predict_load_bytes(n_params, dtype, largest, file_bytes)
     device = torch.device(device)
     if need >= ANNOUNCE_ABOVE_BYTES:
-        print(f"ar2mdm: loading {what} ({describe(n_params, dtype, largest)}) on {device}", file=sys.stderr)
+        print(f"ar2mdm: loading {what} ({describe(n_params, dtype, largest, file_bytes)}) on {device}", file=sys.stderr)
     if device.type == "cuda" and torch.cuda.is_available():
         free, _total = torch.cuda.mem_get_info(device)
         if need > free:
             raise CheckpointError(
-                f"{what} needs about {need / GiB:.1f} GiB ({describe(n_params, dtype, largest)}) but "
+                f"{what} needs about {need / GiB:.1f} GiB ({describe(n_params, dtype, largest, file_bytes)}) but "
                 f"{device} has {free / GiB:.1f} GiB free. Load it in bf16 (--dtype bf16), free the "
                 "GPU, or use a larger one."
             )

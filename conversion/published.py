@@ -109,7 +109,7 @@ def load_published(
     for file in files:
         check_safetensors(file)
     summary = safetensors_summary(files)
-    check_fits(summary.n_params, dtype, device, summary.largest, f"{family.title} from {folder}")
+    check_fits(summary.n_params, dtype, device, summary.largest, f"{family.title} from {folder}", summary.file_bytes)
     model_class = AutoModelForCausalLM._model_mapping[type(config)]  # noqa: SLF001 (the public map)
     try:
         model, info = model_class.from_pretrained(

@@ -337,3 +337,42 @@ def test_compare_refuses_different_vocabularies(built, make_tiny_model) -> None:
     mdm = ProbedModel.from_checkpoint(str(built("fast-dllm-v2").path), backend="torch")
     with pytest.raises(CheckpointError, match="different tokenizers"):
         compare(ar, mdm, CompareOptions(tasks=("ioi",)), log=lambda _: None)
+
+
+def test_cli_compare_of_a_published_pair_in_bf16(built, tmp_path: Path) -> None:
+    """`ar2mdm compare --ar QWEN --mdm DREAM --dtype bf16` as the README's "Analyse a published pair"."""
+    from typer.testing import CliRunner
+
+    from ar2mdm.cli import app
+
+    r = built("dream")
+    ar = replicas.ar_partner(r, r.path.parent)
+    out = tmp_path / "report"
+    args = ["compare", "--ar", str(ar), "--mdm", str(r.path), "--out", str(out), "--tasks", "ioi", "--pool-size", "6"]
+    args += ["--all-examples", "--steps", "2", "--n-boot", "20", "--no-faithfulness", "--no-ablations"]
+    args += ["--no-neurons", "--no-causal", "--no-null-pair", "--denoising", "", "--dtype", "bf16"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["models"] == {"ar": str(ar), "mdm": str(r.path)}
+    assert report["tasks"]["ioi"]["n"] == 6
+    assert "<|beginoftext|>" in " ".join(report["warnings"])
+
+
+def test_parameter_count_from_headers_and_the_announcement_before_a_large_load(built, monkeypatch, capsys) -> None:
+    """The count read from safetensors headers equals the loaded model's; a load above the
+    announcement threshold prints its predicted memory first (the threshold lowered to 0 here)."""
+    import conversion.memory as memory
+
+    r = built("sdar")
+    summary = memory.safetensors_summary(sorted(r.path.glob("*.safetensors")))
+    monkeypatch.setattr(memory, "ANNOUNCE_ABOVE_BYTES", 0)
+    loaded = load_any(str(r.path), dtype=torch.bfloat16)
+    assert summary.n_params == sum(p.numel() for p in loaded.model.parameters())
+    assert summary.file_bytes == 4 * summary.n_params  # the replica is stored in float32
+    assert next(loaded.model.parameters()).dtype == torch.bfloat16
+    line = capsys.readouterr().err
+    expected = memory.predict_load_bytes(summary.n_params, torch.bfloat16, summary.largest, summary.file_bytes)
+    assert "SDAR" in line and f"about {expected / memory.GiB:.1f} GiB in bfloat16" in line
+    # by hand: parameters in bf16 + one float32 tensor in flight (the file is float32) + overhead
+    assert expected == 2 * summary.n_params + 4 * summary.largest + memory.LOAD_OVERHEAD_BYTES
