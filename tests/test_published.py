@@ -205,6 +205,7 @@ def test_compare_runs_on_a_published_pair(name: str, built) -> None:
     warnings = " ".join(result.data["warnings"])
     if name == "dream":  # Dream's tokenizer adds <|beginoftext|>: a warning, not a refusal
         assert "<|beginoftext|>" in warnings
+    assert f"published {FAMILIES[r.family].title} checkpoint" in warnings
 
 
 # --- GGUF -------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import torch
 
 from analyses.patching import baseline_logit_diffs
 from common.errors import CheckpointError, TaskError
+from common.families import FAMILIES
 from probe.model import ProbedModel
 from tasks import Example, render
 from tasks.base import Rendered
@@ -49,6 +50,14 @@ def check_pair(ar: ProbedModel, mdm: ProbedModel) -> list[str]:
             "Compare an ARM with its own conversion."
         )
     warnings = tokenizer_warnings(ar, mdm)
+    published = FAMILIES.get(mdm.meta.source_format.removeprefix("gguf:"))
+    if published is not None:
+        sources = " or ".join(published.ar_sources) or "none (trained as an MDM from scratch)"
+        warnings.append(
+            f"the MDM is a published {published.title} checkpoint (AR source: {sources}), not ar2mdm's "
+            "conversion of --ar: differences mix its authors' conversion recipe and data with the change "
+            "of objective; --ar should be that AR source."
+        )
     src, own = mdm.meta.source_hash, ar.meta.source_hash
     if src and own and src != own:
         warnings.append(
