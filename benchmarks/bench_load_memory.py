@@ -71,8 +71,22 @@ print(json.dumps({"extra_peak": peak[0] - base, "after_load": after_load, "after
 """
 
 
-def write_replica(folder: Path, hidden: int, layers: int, inter: int) -> int:
-    """A random Dream-layout folder (bf16 safetensors, Dream config, a tiny tokenizer); returns params."""
+def write_replica(
+    folder: Path,
+    hidden: int,
+    layers: int,
+    inter: int,
+    *,
+    heads: int = 8,
+    kv_heads: int = 2,
+    vocab: int = VOCAB,
+    layout: str = "dream",
+    seed: int = 0,
+    dtype: torch.dtype = torch.bfloat16,
+) -> int:
+    """A random Qwen2-shaped folder (safetensors in `dtype`, the tests' tiny tokenizer, embedding
+    rows padded to `vocab`); layout "dream" writes Dream's config (model_type "Dream", its mask
+    token id), "qwen2" a plain Qwen2 ARM. Returns the parameter count."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -81,21 +95,22 @@ def write_replica(folder: Path, hidden: int, layers: int, inter: int) -> int:
     tok = tiny_tokenizer()
     tok.add_special_tokens({"mask_token": "<|mask|>"})
     config = Qwen2Config(
-        vocab_size=VOCAB,
+        vocab_size=vocab,
         hidden_size=hidden,
         num_hidden_layers=layers,
         intermediate_size=inter,
-        num_attention_heads=8,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         tie_word_embeddings=False,
     )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-    raw = json.loads((folder / "config.json").read_text())
-    raw.update(model_type="Dream", architectures=["DreamModel"], mask_token_id=tok.mask_token_id)
-    (folder / "config.json").write_text(json.dumps(raw))
+    if layout == "dream":
+        raw = json.loads((folder / "config.json").read_text())
+        raw.update(model_type="Dream", architectures=["DreamModel"], mask_token_id=tok.mask_token_id)
+        (folder / "config.json").write_text(json.dumps(raw))
     return sum(p.numel() for p in model.parameters())
 
 

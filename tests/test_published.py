@@ -377,3 +377,14 @@ def test_parameter_count_from_headers_and_the_announcement_before_a_large_load(b
     assert "SDAR" in line and f"about {expected / memory.GiB:.1f} GiB in bfloat16" in line
     # by hand: parameters in bf16 + one float32 tensor in flight (the file is float32) + overhead
     assert expected == 2 * summary.n_params + 4 * summary.largest + memory.LOAD_OVERHEAD_BYTES
+
+
+def test_published_pair_device_check_runs_at_tiny_scale_on_cpu(tmp_path: Path) -> None:
+    """scripts/published_pair.py, the GPU check of a 0.5B-shaped Qwen2 / Dream pair, on its CPU size."""
+    from scripts.published_pair import run as run_pair
+
+    record = run_pair("tiny", "cpu", "bf16", tmp_path, pool=6)
+    assert (record["mdm_source_format"], record["loaded_dtype"]) == ("dream", "torch.bfloat16")
+    assert record["tasks"] == {"ioi": 6, "greater_than": 6}
+    assert json.loads((tmp_path / "load.json").read_text()) == record
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "summary.md").is_file()
