@@ -64,7 +64,7 @@ class Family:
     block_size: None = bidirectional attention; an int = block diffusion (bidirectional within
     blocks, causal across them) with this published block size; block_size_keys: config keys
     stating it; block_size_from_name: a regex on the folder name whose group 1 is the block size
-    (SDAR's "-b16"), or whose match means `block_size` (dllm's "-bd3lm").
+    (SDAR's "-b16"), or whose match means `named_block_size` (dllm's "-bd3lm": 32).
     tokenizer_class: the transformers tokenizer class that reads the family's tokenizer files (its
     own tokenizer_config may name custom code); "" = AutoTokenizer.
     gguf_arch: llama.cpp's architecture name for the family's GGUF files ("" = none).
@@ -92,6 +92,7 @@ class Family:
     block_size: int | None = None
     block_size_keys: tuple[str, ...] = ()
     block_size_from_name: str = ""
+    named_block_size: int | None = None
     tokenizer_class: str = ""
     gguf_arch: str = ""
     sources: dict[str, str] = field(default_factory=dict)
@@ -309,6 +310,7 @@ for _base, _model_type in (("qwen3", "a2d-qwen3"), ("qwen2", "a2d-qwen2"), ("lla
             tokenizer_class="Qwen2Tokenizer" if _base.startswith("qwen") else "",
             # BD3LM checkpoints do not record their block size; dllm's published recipe uses 32.
             block_size_from_name=r"bd3lm",
+            named_block_size=32,
             sources={
                 "model_type a2d-*, weights = the base *ForCausalLM's": f"{DLLM}: dllm/pipelines/a2d/models/{_base}/modeling_{_base}.py",
                 "mask token <|mask|> added as a special token": f"{DLLM}: dllm/utils/models.py (~L203-224)",
@@ -475,7 +477,7 @@ def block_size_from_name(family: Family, folder: Path) -> int | None:
         return None
     if match.groups() and match.group(1):
         return int(match.group(1))
-    return 32 if family.name.startswith("a2d") else family.block_size
+    return family.named_block_size
 
 
 def supported_list() -> str:

@@ -217,6 +217,7 @@ def save_mdm(
     # that a crash before the end leaves a folder that is recognisably incomplete.
     (folder / META_FILE).unlink(missing_ok=True)
     make_bidirectional(model)
+    meta.source_format = "ar2mdm"  # what the folder now is, whatever the weights were read from
     model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     meta.save(folder)  # written last: its presence marks a complete checkpoint

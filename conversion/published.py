@@ -31,8 +31,9 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from common.errors import CheckpointError
 from common.families import COMMON_DROP, Family, block_size_from_name, read_config
@@ -110,7 +111,7 @@ def load_published(
         check_safetensors(file)
     summary = safetensors_summary(files)
     check_fits(summary.n_params, dtype, device, summary.largest, f"{family.title} from {folder}", summary.file_bytes)
-    model_class = AutoModelForCausalLM._model_mapping[type(config)]  # noqa: SLF001 (the public map)
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
     try:
         model, info = model_class.from_pretrained(
             folder,

@@ -265,16 +265,18 @@ def edit_weights(folder: Path, drop: str | None = None, add: str | None = None) 
     save_file(tensors, str(folder / "model.safetensors"))
 
 
-def test_a_missing_weight_is_refused_not_initialised(built, tmp_path: Path) -> None:
-    folder = copy_of(built("llada"), tmp_path)
-    edit_weights(folder, drop="blocks.1.up_proj")
+@pytest.mark.parametrize("name", NAMES)
+def test_a_missing_or_an_extra_tensor_is_refused(name: str, built, tmp_path: Path) -> None:
+    """Every family: a weight of layer 1 removed is an error (never a random initialisation); a
+    tensor the mapping does not place is an error (never silently dropped)."""
+    r = built(name)
+    folder = copy_of(r, tmp_path)
+    tensors = load_file(folder / "model.safetensors")
+    dropped = next(k for k in sorted(tensors) if ".1." in k and k.endswith("weight"))
+    save_file({k: v for k, v in tensors.items() if k != dropped}, str(folder / "model.safetensors"))
     with pytest.raises(CheckpointError, match="lack 1 tensors.*download the checkpoint again"):
         load_any(str(folder))
-
-
-def test_an_unplaced_tensor_is_refused_not_dropped(built, tmp_path: Path) -> None:
-    folder = copy_of(built("sdar"), tmp_path)
-    edit_weights(folder, add="model.layers.0.self_attn.rotary_scale")
+    save_file({**tensors, dropped.replace(".1.", ".0.") + "_extra": torch.zeros(3)}, str(folder / "model.safetensors"))
     with pytest.raises(CheckpointError, match="does not have"):
         load_any(str(folder))
 
