@@ -134,6 +134,22 @@ ENTRIES: tuple[Entry, ...] = (
         "probe", "probe_results.json", "probe_results.py", ("--n", "16", "--n-organism", "64"), 3.0, needs=("smollm2",)
     ),
     Entry(
+        "formats-memory",
+        ("docs/results/formats/load_memory.json",),
+        ((PY, "-m", "benchmarks.bench_load_memory", "--json", "docs/results/formats/load_memory.json"),),
+        ("common", "conversion", "benchmarks/bench_load_memory.py"),
+        0.5,
+        doc="docs/FORMATS.md (Memory: a published MDM's load measured on replicas, predicted for 7B/8B)",
+    ),
+    _script_entry(
+        "published-pair",
+        "load.json",
+        "published_pair.py",
+        ("--size", "0.5b", "--device", "cuda", "--dtype", "bf16"),
+        5.0,
+        needs=("gpu",),
+    ),
+    Entry(
         "smollm2-h100",
         ("docs/results/smollm2-h100/README.md",),
         (),
