@@ -108,12 +108,14 @@ def _stored_names(patches: Sequence[Patch]) -> list[str]:
 
 
 def _apply(iv, patch: Patch, source: Cache | None, means: Mapping[str, Tensor] | None, rows: Tensor | None) -> None:
+    edges = [edge for edge in map(_edge, patch.components) if edge is not None]
+    if edges:  # all at once: a circuit's complement is tens of thousands of edges
+        assert source is not None
+        iv.patch_edges(edges, source, pos=rows)
     for c in patch.components:
-        edge = _edge(c)
-        if edge is not None:
-            assert source is not None
-            iv.patch_edge(edge[0], edge[1], source[edge[0]], pos=rows)
-        elif patch.source == "zero":
+        if _edge(c) is not None:
+            continue
+        if patch.source == "zero":
             iv.zero(c, pos=rows)
         elif patch.source == "mean":
             assert means is not None

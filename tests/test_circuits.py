@@ -538,3 +538,39 @@ def test_organism_eap_ig_finds_the_edges_exact_patching_ranks_first(source: str)
     circuit = graphs["eap-ig-inputs"].select(top_n=25)
     assert faithfulness(pm, items, circuit).value > 0.3
     assert faithfulness(pm, items, graphs["eap"].select(top_n=25)).value < 0.1
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_circuit_metrics_equal_the_per_edge_computation(family: str) -> None:
+    """The fast path (one delta per sender shared by its edges; the complement of a large patched
+    set read off the running sum) gives the metric of patching each edge on its own: every edge
+    its own value tensor and position mask, so nothing is shared. Circuits from empty to full; on
+    the post-norm family too (Gemma2)."""
+    from analyses.graph import forward_edges
+    from analyses.metrics import Targets, metric_values
+    from analyses.batching import pair_inputs
+
+    pm = probed(family)
+    items = rendered(pm, toy_examples(6))
+    edges = [f"{s}->{r}" for s, r in forward_edges(pm.shape)]
+    gen = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(edges), generator=gen).tolist()
+    circuits = [[edges[i] for i in order[:n]] for n in (0, 3, len(edges) // 3, len(edges) - 5, len(edges))]
+    fast, clean, corrupt = circuit_metrics(pm, items, circuits, batch_size=6)
+    batch = collate(items, 0)
+    clean_in, corrupt_in = pair_inputs(batch)
+    targets = Targets.of(items)
+    _, cache = pm.run_with_cache(corrupt_in, names=pm.senders())
+    n_rows, length = batch.input_ids.shape
+    for circuit, value in zip(circuits, fast, strict=True):
+        kept = set(circuit)
+        with pm.intervene() as iv:
+            for edge in edges:
+                if edge not in kept:
+                    sender, receiver = edge.split("->")
+                    own = cache[sender].clone()  # a tensor of its own: nothing to share
+                    iv.patch_edge(sender, receiver, own, pos=torch.ones(n_rows, length, dtype=torch.bool))
+            logits = pm(clean_in)
+        reference = float(metric_values("logit_diff", logits, targets).mean())
+        assert value == pytest.approx(reference, abs=2e-5)
+    assert fast[0] == pytest.approx(corrupt, abs=2e-5) and fast[-1] == pytest.approx(clean, abs=2e-5)
