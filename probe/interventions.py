@@ -238,7 +238,9 @@ class Interventions:
         for s, r in pairs:
             sender, receiver = senders[s], receivers[r]
             if not downstream(sender, receiver):
-                raise UserError(f"edge {s} -> {r}: the receiver does not read the sender (receivers must be downstream).")
+                raise UserError(
+                    f"edge {s} -> {r}: the receiver does not read the sender (receivers must be downstream)."
+                )
             self.edges.append(EdgePatch(sender, receiver, values[s], pos))
         return self
 

@@ -546,9 +546,9 @@ def test_circuit_metrics_equal_the_per_edge_computation(family: str) -> None:
     set read off the running sum) gives the metric of patching each edge on its own: every edge
     its own value tensor and position mask, so nothing is shared. Circuits from empty to full; on
     the post-norm family too (Gemma2)."""
+    from analyses.batching import pair_inputs
     from analyses.graph import forward_edges
     from analyses.metrics import Targets, metric_values
-    from analyses.batching import pair_inputs
 
     pm = probed(family)
     items = rendered(pm, toy_examples(6))
