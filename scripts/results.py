@@ -134,6 +134,15 @@ ENTRIES: tuple[Entry, ...] = (
         "probe", "probe_results.json", "probe_results.py", ("--n", "16", "--n-organism", "64"), 3.0, needs=("smollm2",)
     ),
     Entry(
+        "faithfulness",
+        ("docs/results/faithfulness/smollm2-ioi64.json",),
+        ((PY, "-m", "benchmarks.bench_faithfulness", "--json", "docs/results/faithfulness/smollm2-ioi64.json"),),
+        ("common", "probe", "analyses", "tasks", "benchmarks/bench_faithfulness.py"),
+        3.3,
+        needs=("smollm2",),
+        doc="docs/results/faithfulness.md (a faithfulness curve at 70k edges on 2 cores)",
+    ),
+    Entry(
         "formats-memory",
         ("docs/results/formats/load_memory.json",),
         ((PY, "-m", "benchmarks.bench_load_memory", "--json", "docs/results/formats/load_memory.json"),),

@@ -56,3 +56,16 @@ def test_unknown_benchmark_and_conflicting_options_are_user_errors(tmp_path, cap
     assert "unknown benchmark" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--tiny", "--mdm", str(tmp_path)])
+
+
+def test_faithfulness_benchmark_runs_on_a_tiny_model(make_tiny_model, tmp_path):
+    """benchmarks.bench_faithfulness end to end on a tiny random Llama: the curve ends at 1 (the
+    whole graph is the model) and the JSON holds what was printed."""
+    from benchmarks.bench_faithfulness import main as bench
+
+    folder = make_tiny_model("llama")
+    out = tmp_path / "faith.json"
+    result = bench(["--model", str(folder), "--n", "8", "--batch-size", "4", "--steps", "1", "--json", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert result["values"][-1] == pytest.approx(1.0, abs=1e-4) and len(result["sizes"]) >= 5
+    assert result["curve_seconds"] > 0 and result["plain_forwards"] == 2 * (len(result["sizes"]) + 2)
