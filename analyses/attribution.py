@@ -88,6 +88,10 @@ class AttributionMethod:
         super().__init_subclass__(**kwargs)
         ATTRIBUTIONS.add(cls)
 
+    # indices of the edges to score (`attribute(..., edges=)`); None: all. Methods that get every
+    # edge at once (gradients) ignore it; `attribute` sets the others to NaN.
+    edge_subset: list[int] | None = None
+
     def __init__(self, *, steps: int = 5, rows_per_pass: int = 64) -> None:
         if not isinstance(steps, int) or steps < 1:
             raise UserError(f"steps (interpolation points of EAP-IG) must be a positive integer, got {steps!r}.")
@@ -142,7 +146,11 @@ class ExactPatching(AttributionMethod):
             values = patch_batch(pm, batch, patches, metric_of(metric, targets, ref), corrupt=corrupt, copies=copies)
             return (values - base.to(values)).double().cpu()
 
-        edges = effects([Patch((f"{s}->{r}",)) for s, r in graph.pairs])
+        chosen = range(len(graph.pairs)) if self.edge_subset is None else self.edge_subset
+        pairs = [graph.pairs[i] for i in chosen]
+        scored = effects([Patch((f"{s}->{r}",)) for s, r in pairs])
+        edges = torch.zeros(len(graph.pairs), scored.shape[1], dtype=scored.dtype)
+        edges[list(chosen)] = scored
         sums.edges += edges.sum(1)
         sums.add_examples(edges.T)
         if nodes:

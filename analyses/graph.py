@@ -190,8 +190,10 @@ class Graph:
     # --- selection ------------------------------------------------------------------------------
 
     def order(self) -> list[int]:
-        """Edge indices by descending |score|; ties keep canonical order (a stable sort)."""
-        return torch.argsort(-self.scores.abs(), stable=True).tolist()
+        """Edge indices by descending |score|; ties keep canonical order (a stable sort); NaN
+        scores (edges not scored: `attribute(..., edges=)`) come last."""
+        key = torch.nan_to_num(-self.scores.abs(), nan=float("inf"))
+        return torch.argsort(key, stable=True).tolist()
 
     def top(self, k: int) -> list[str]:
         """The k edges of largest |score| (all edges if k exceeds their number)."""

@@ -83,10 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{args.model}: {total} edges, IOI n={len(items)}, batch {args.batch_size}")
     print(f"EAP-IG (m={args.steps}): {attribution_s:.1f} s")
     print(f"faithfulness curve, {len(sizes)} sizes: {curve_s:.1f} s = {curve_s / 60:.1f} min")
-    print(
-        f"  the same number of plain forwards ({n_forwards}): {forwards_s:.1f} s; "
-        f"ratio {curve_s / forwards_s:.2f}"
-    )
+    print(f"  the same number of plain forwards ({n_forwards}): {forwards_s:.1f} s; ratio {curve_s / forwards_s:.2f}")
     for size, kept, f in zip(curve.sizes, curve.kept, curve.values, strict=True):
         print(f"  top {size:>6} edges ({kept:>6} after pruning): faithfulness {f:.3f}")
     print(f"  CPR (area) {curve.area:.3f}")

@@ -574,3 +574,26 @@ def test_circuit_metrics_equal_the_per_edge_computation(family: str) -> None:
         reference = float(metric_values("logit_diff", logits, targets).mean())
         assert value == pytest.approx(reference, abs=2e-5)
     assert fast[0] == pytest.approx(corrupt, abs=2e-5) and fast[-1] == pytest.approx(clean, abs=2e-5)
+
+
+def test_exact_patching_of_chosen_edges_through_attribute() -> None:
+    """`attribute(..., method="exact", edges=[...])` scores exactly those edges, each as the full
+    exact run scores it (per example too); the rest are NaN and sort last; bad names are errors."""
+    pm = probed("llama")
+    items = rendered(pm, toy_examples(6))
+    full = attribute(pm, items, method="exact", batch_size=3, per_example=True)
+    chosen = full.top(4) + [full.edges[-1]]
+    part = attribute(pm, items, method="exact", batch_size=3, per_example=True, edges=chosen)
+    index = {e: i for i, e in enumerate(full.edges)}
+    for edge in chosen:
+        assert part.score(edge) == pytest.approx(full.score(edge), abs=1e-6)
+        torch.testing.assert_close(part.examples[:, index[edge]], full.examples[:, index[edge]])
+    others = [i for e, i in index.items() if e not in set(chosen)]
+    assert bool(torch.isnan(part.scores[others]).all()) and part.meta["edges_scored"] == len(chosen)
+    assert set(part.top(len(chosen))) == set(chosen)  # NaN (unscored) edges sort last
+    ig_full = attribute(pm, items, batch_size=3)
+    ig_part = attribute(pm, items, batch_size=3, edges=chosen)  # gradients: all computed, others NaN
+    assert [ig_part.score(e) for e in chosen] == pytest.approx([ig_full.score(e) for e in chosen], abs=1e-6)
+    assert int(torch.isnan(ig_part.scores).sum()) == len(full.edges) - len(chosen)
+    with pytest.raises(UserError, match="is not an edge of this model's graph"):
+        attribute(pm, items, method="exact", edges=["L0.H0->embed"])
