@@ -7,7 +7,9 @@ once. A patched pass shares each sender's delta among its edges and reads a rece
 off the running sum when most edges are patched (`probe.edits.PassEdits`), so its cost is a
 forward pass plus at most half an addition per edge. Printed: the curve (faithfulness per size),
 its wall time, and that time as a ratio to the plain forward passes it stands for (10 sizes + the
-clean and corrupted runs, per batch), measured in the same run.
+clean and corrupted runs, per batch), measured in the same run. Then the top EAP-IG edges are
+patched exactly, one pass each (`attribute(..., method="exact", edges=...)`), the check of the
+estimate a user runs at this scale.
 
     python -m benchmarks.bench_faithfulness              # about 3 minutes on 2 cores
     python -m benchmarks.bench_faithfulness --n 16 --json out.json
@@ -27,6 +29,7 @@ import common  # noqa: F401  (offline flags before transformers is imported)
 # isort: split
 from analyses.batching import batches
 from analyses.circuits import attribute, faithfulness_curve
+from analyses.graph import spearman
 from probe import ProbedModel
 from tasks import get_task, render
 
@@ -39,6 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n", type=int, default=64, help="IOI pairs.")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5, help="EAP-IG interpolation steps m.")
+    parser.add_argument("--exact-top", type=int, default=20, help="Also patch this many top EAP-IG edges exactly.")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -63,6 +67,11 @@ def main(argv: list[str] | None = None) -> dict:
                 pm({"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
                 n_forwards += 1
     forwards_s = time.perf_counter() - t0
+    top = graph.top(args.exact_top)
+    t0 = time.perf_counter()
+    exact = attribute(pm, items, method="exact", batch_size=args.batch_size, edges=top, nodes=False)
+    exact_s = time.perf_counter() - t0
+    pairs = [(graph.score(e), exact.score(e)) for e in top]
     result = {
         "model": args.model,
         "edges": total,
@@ -77,6 +86,13 @@ def main(argv: list[str] | None = None) -> dict:
         "kept": curve.kept,
         "values": curve.values,
         "cpr": curve.area,
+        "exact_top": {
+            "edges": top,
+            "eap_ig": [a for a, _ in pairs],
+            "exact": [b for _, b in pairs],
+            "seconds": exact_s,
+            "spearman": spearman([a for a, _ in pairs], [b for _, b in pairs]),
+        },
         "clean": curve.clean,
         "corrupt": curve.corrupt,
     }
@@ -87,6 +103,12 @@ def main(argv: list[str] | None = None) -> dict:
     for size, kept, f in zip(curve.sizes, curve.kept, curve.values, strict=True):
         print(f"  top {size:>6} edges ({kept:>6} after pruning): faithfulness {f:.3f}")
     print(f"  CPR (area) {curve.area:.3f}")
+    print(
+        f"exact patching of the top {len(top)} EAP-IG edges: {exact_s:.1f} s; Spearman with EAP-IG "
+        f"{result['exact_top']['spearman']:.2f}"
+    )
+    for edge, (a, b) in zip(top[:5], pairs[:5], strict=False):
+        print(f"  {edge:>22}: EAP-IG {a:+.4f}  exact {b:+.4f}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result
