@@ -446,11 +446,21 @@ def _first_weight_names(folder: Path) -> list[str]:
     if not files:
         return []
     try:
-        with files[0].open("rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            return [k for k in json.loads(fh.read(length)) if k != "__metadata__"]
+        return [k for k in safetensors_header(files[0]) if k != "__metadata__"]
     except (OSError, ValueError, struct.error):
         return []
+
+
+def safetensors_header(file: str | Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (tensor name -> dtype, shape, offsets; and
+    "__metadata__"), reading nothing else. Raises OSError, ValueError or struct.error when the
+    file is not one."""
+    with Path(file).open("rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(length))
+    if not isinstance(header, dict):
+        raise ValueError(f"{file}: the safetensors header is not a JSON object")
+    return header
 
 
 def tokenizer_mask_token(folder: Path) -> str | None:
@@ -485,14 +495,21 @@ def supported_list() -> str:
     return "; ".join(f"{f.name} ({f.title})" for f in FAMILIES.values())
 
 
-def gguf_architecture_of(file: str | Path) -> str | None:
-    """A GGUF file's `general.architecture` ("dream", "llada", "llama", ...), or None if unreadable."""
-    try:
-        from gguf import GGUFReader  # only GGUF sources need it
+def read_gguf_architecture(file: str | Path) -> str:
+    """A GGUF file's `general.architecture` ("dream", "llada", "llama", ...); raises whatever the
+    `gguf` reader raises for a file it cannot read (`conversion.checkpoints.gguf_architecture`
+    turns that into a CheckpointError)."""
+    from gguf import GGUFReader  # only GGUF sources need it
 
-        field_ = GGUFReader(Path(file)).fields["general.architecture"]
-        return bytes(field_.parts[field_.data[0]]).decode("utf-8")
-    except Exception:  # not a GGUF, truncated: the loaders report it in detail
+    field_ = GGUFReader(Path(file)).fields["general.architecture"]
+    return bytes(field_.parts[field_.data[0]]).decode("utf-8")
+
+
+def gguf_architecture_of(file: str | Path) -> str | None:
+    """`read_gguf_architecture`, or None if the file is unreadable (the loaders report why)."""
+    try:
+        return read_gguf_architecture(file)
+    except Exception:  # not a GGUF, truncated: whatever the reader raises
         return None
 
 

@@ -44,9 +44,10 @@ from transformers import __version__ as transformers_version
 
 from common.env import cache_dir
 from common.errors import CheckpointError
+from common.families import read_gguf_architecture
 from common.metadata import Kind, ModelMeta, checkpoint_kind, require_kind
 from common.outputs import atomic_write_text, write_folder_atomically
-from conversion.hf_folder import Loaded, load_hf_folder
+from conversion.hf_folder import Loaded, fill_pad_token, load_hf_folder
 
 SMOLLM2 = "smollm2"
 ORGANISM = "organism"
@@ -104,11 +105,7 @@ def load_ar(
             f"*.safetensors + tokenizer files), a .gguf file, or one of {', '.join(KNOWN_NAMES)}."
         )
 
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        # Batching needs a pad id; AR models have no trained pad embedding, and eos is the
-        # convention. Padded positions are excluded by the attention mask, so the choice of
-        # token does not change any unpadded logit.
-        tokenizer.pad_token = tokenizer.eos_token
+    fill_pad_token(tokenizer)
     try:
         model.to(device)
     except (RuntimeError, AssertionError, ValueError) as err:
@@ -191,12 +188,9 @@ def load_gguf(
 
 def gguf_architecture(file: str | Path) -> str:
     """The `general.architecture` field of a GGUF file (e.g. "llama"); CheckpointError if unreadable."""
-    from gguf import GGUFReader  # imported here: only GGUF sources need it
-
     file = Path(file)
     try:
-        field = GGUFReader(file).fields["general.architecture"]
-        return bytes(field.parts[field.data[0]]).decode("utf-8")
+        return read_gguf_architecture(file)
     except Exception as err:
         raise CheckpointError(
             f"{file} is not a readable GGUF file ({type(err).__name__}: {err}). "

@@ -28,7 +28,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from common.errors import CheckpointError
 from common.families import gguf_architecture_of, gguf_family
 from common.metadata import ModelMeta
-from conversion.hf_folder import Loaded
+from conversion.hf_folder import Loaded, fill_pad_token
 from conversion.memory import check_fits
 from diffusion.attention import make_bidirectional
 
@@ -179,6 +179,5 @@ def _gguf_tokenizer(file: Path) -> PreTrainedTokenizerFast:
         raise CheckpointError(
             f"Could not read the tokenizer stored in {file} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})."
         ) from err
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
+    fill_pad_token(tokenizer)
     return tokenizer

@@ -74,7 +74,7 @@ def load_hf_folder(
     """
     folder = Path(folder)
     config = _causal_lm_config(folder, trust_remote_code)
-    files = _safetensors_files(folder)
+    files = safetensors_files(folder)
     for file in files:
         check_safetensors(file)
     summary = safetensors_summary(files)
@@ -102,6 +102,17 @@ def load_hf_folder(
             "save the full *ForCausalLM model with save_pretrained."
         )
     return model, tokenizer
+
+
+def fill_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Give a tokenizer without a pad token its eos token as pad (in place).
+
+    Batching needs a pad id; AR models have no trained pad embedding, and eos is the convention.
+    Padded positions are excluded by the attention mask, so the choice of token does not change
+    any unpadded logit.
+    """
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
 
 
 def _causal_lm_config(folder: Path, trust_remote_code: bool) -> PretrainedConfig:
@@ -195,7 +206,7 @@ def _causal_lm_class_names() -> set[str]:
     return names
 
 
-def _safetensors_files(folder: Path) -> list[Path]:
+def safetensors_files(folder: Path) -> list[Path]:
     """The folder's safetensors weight files; refuses pickle-only folders with advice."""
     files = sorted(folder.glob("*.safetensors"))
     if files:

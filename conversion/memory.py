@@ -14,7 +14,6 @@ replicas of three sizes and prints measured / predicted; docs/FORMATS.md keeps t
 
 from __future__ import annotations
 
-import json
 import struct
 import sys
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from common.errors import CheckpointError
+from common.families import safetensors_header
 
 GiB = 2**30
 # Fixed cost of a load besides the parameters: rotary tables, the tokenizer, allocator slack.
@@ -60,9 +60,7 @@ def safetensors_summary(files: list[Path]) -> WeightsSummary:
     n_params = file_bytes = largest = 0
     for file in files:
         try:
-            with Path(file).open("rb") as fh:
-                (length,) = struct.unpack("<Q", fh.read(8))
-                header = json.loads(fh.read(length))
+            header = safetensors_header(file)
         except (OSError, ValueError, struct.error) as err:
             raise CheckpointError(f"{file}: the safetensors header cannot be read ({err}).") from None
         for name, entry in header.items():

@@ -38,7 +38,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from common.errors import CheckpointError
 from common.families import COMMON_DROP, Family, block_size_from_name, read_config
 from common.metadata import ModelMeta
-from conversion.hf_folder import Loaded, check_safetensors
+from conversion.hf_folder import Loaded, check_safetensors, fill_pad_token, safetensors_files
 from conversion.memory import check_fits, safetensors_summary
 from diffusion.attention import make_bidirectional
 
@@ -100,13 +100,7 @@ def load_published(
             "*.safetensors weights and tokenizer files as downloaded."
         )
     config = family_config(family, raw, folder)
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
-        extra = f" It has pickle files ({', '.join(pickles)}), which ar2mdm never unpickles." if pickles else ""
-        raise CheckpointError(
-            f"{folder} has no *.safetensors weights.{extra} Download the safetensors files of the checkpoint."
-        )
+    files = safetensors_files(folder)  # refuses pickle-only folders, never unpickles
     for file in files:
         check_safetensors(file)
     summary = safetensors_summary(files)
@@ -186,8 +180,7 @@ def load_family_tokenizer(folder: Path, family: Family) -> PreTrainedTokenizerBa
             f"({family.tokenizer_class or 'AutoTokenizer'}: {first}). Download the tokenizer files "
             "(tokenizer.json or vocab.json + merges.txt, tokenizer_config.json) again."
         ) from err
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
+    fill_pad_token(tokenizer)
     return tokenizer
 
 

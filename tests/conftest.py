@@ -146,6 +146,27 @@ def build_tiny_model(
     return out_dir
 
 
+def add_gguf_vocab(writer: gguf.GGUFWriter, tok: dict) -> dict[str, int]:
+    """Write the byte-level BPE vocabulary of `tok` (a tokenizer.json of `tiny_tokenizer`, added
+    tokens included) as llama.cpp's converter does: model "gpt2", tokens by id, special added
+    tokens as CONTROL, merges, and the pad / bos / eos / unk ids. Returns token -> id."""
+    vocab = dict(tok["model"]["vocab"])
+    for added in tok["added_tokens"]:
+        vocab[added["content"]] = added["id"]
+    tokens = sorted(vocab, key=vocab.get)
+    special = {t["content"] for t in tok["added_tokens"] if t.get("special")}
+    writer.add_tokenizer_model("gpt2")  # llama.cpp's name for byte-level BPE
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
+    writer.add_pad_token_id(vocab["<pad>"])
+    writer.add_bos_token_id(vocab["<s>"])
+    writer.add_eos_token_id(vocab["</s>"])
+    writer.add_unk_token_id(vocab["<unk>"])
+    return vocab
+
+
 def write_llama_gguf(folder: Path, out_file: Path) -> Path:
     """Write the tiny llama model in `folder` (from `build_tiny_model`) as an F32 GGUF file.
 
@@ -175,18 +196,7 @@ def write_llama_gguf(folder: Path, out_file: Path) -> Path:
     writer.add_rope_freq_base(cfg.get("rope_theta") or cfg["rope_parameters"]["rope_theta"])
     writer.add_vocab_size(cfg["vocab_size"])
 
-    vocab = tok["model"]["vocab"]
-    tokens = sorted(vocab, key=vocab.get)
-    special = {t["content"] for t in tok["added_tokens"]}
-    writer.add_tokenizer_model("gpt2")  # llama.cpp's name for byte-level BPE
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens])
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
-    writer.add_pad_token_id(vocab["<pad>"])
-    writer.add_bos_token_id(vocab["<s>"])
-    writer.add_eos_token_id(vocab["</s>"])
-    writer.add_unk_token_id(vocab["<unk>"])
+    add_gguf_vocab(writer, tok)
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
     for name, tensor in load_file(folder / "model.safetensors").items():

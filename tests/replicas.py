@@ -23,7 +23,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import torch
-from conftest import tiny_config, tiny_tokenizer
+from conftest import add_gguf_vocab, tiny_config, tiny_tokenizer
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
@@ -388,19 +388,7 @@ def write_diffusion_gguf(replica: Replica, out_file: Path, *, with_mask: bool = 
     writer.add_causal_attention(False)
     if arch == "llada" and shift_key:
         writer.add_diffusion_shift_logits(False)
-    vocab = tok["model"]["vocab"]
-    for added in tok["added_tokens"]:
-        vocab[added["content"]] = added["id"]
-    tokens = sorted(vocab, key=vocab.get)
-    special = {t["content"] for t in tok["added_tokens"] if t.get("special")}
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens])
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
-    writer.add_bos_token_id(vocab["<s>"])
-    writer.add_eos_token_id(vocab["</s>"])
-    writer.add_pad_token_id(vocab["<pad>"])
+    add_gguf_vocab(writer, tok)
     if with_mask:
         writer.add_mask_token_id(replica.mask_id)
     family_arch = gguf.MODEL_ARCH.LLADA if arch == "llada" else gguf.MODEL_ARCH.DREAM
