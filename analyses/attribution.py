@@ -33,17 +33,21 @@ node's own attribution). A new method is one subclass (docs/EXTENDING.md).
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Shaped
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from analyses.batching import corrupted_inputs, pair_inputs
 from analyses.graph import Graph
-from analyses.metrics import Targets, clean_reference, metric_values
+from analyses.metrics import Targets, clean_reference, metric_values, row_values
 from analyses.patching import Metric, Patch, patch_batch
 from common.errors import UserError
 from common.registry import Registry
@@ -53,6 +57,8 @@ from probe.model import ProbedModel
 from tasks.base import Batch
 
 LEVELS = ("edge", "node", "unit")
+OFFLOADS = ("none", "cpu", "disk")
+CHUNK_BYTES = 64 * 2**20  # senders multiplied with the gradients at a time: at most this much float32
 
 
 @dataclass
@@ -77,7 +83,11 @@ class AttributionMethod:
     """Base class of attribution methods (see the module docstring).
 
     steps: interpolation points of integrated-gradient methods. rows_per_pass: methods that
-    patch stack max(1, rows_per_pass // batch rows) patches per forward pass.
+    patch stack max(1, rows_per_pass // batch rows) patches per forward pass. steps_per_pass:
+    interpolation points that share one pass of integrated-gradient methods (stacked copies of
+    the batch; scores are the same). offload: where gradient methods keep the senders'
+    corrupted-minus-clean values during the passes: "none" (the model's device), "cpu", "disk"
+    (a temporary file).
     """
 
     name: ClassVar[str] = ""
@@ -92,12 +102,21 @@ class AttributionMethod:
     # edge at once (gradients) ignore it; `attribute` sets the others to NaN.
     edge_subset: list[int] | None = None
 
-    def __init__(self, *, steps: int = 5, rows_per_pass: int = 64) -> None:
+    def __init__(
+        self, *, steps: int = 5, rows_per_pass: int = 64, steps_per_pass: int = 1, offload: str = "none"
+    ) -> None:
         if not isinstance(steps, int) or steps < 1:
             raise UserError(f"steps (interpolation points of EAP-IG) must be a positive integer, got {steps!r}.")
         if not isinstance(rows_per_pass, int) or rows_per_pass < 1:
             raise UserError(f"rows_per_pass must be a positive integer, got {rows_per_pass!r}.")
+        if not isinstance(steps_per_pass, int) or steps_per_pass < 1:
+            raise UserError(
+                f"steps_per_pass (EAP-IG points per pass) must be a positive integer, got {steps_per_pass!r}."
+            )
+        if offload not in OFFLOADS:
+            raise UserError(f"offload must be one of {', '.join(OFFLOADS)}, got {offload!r}.")
         self.steps, self.rows_per_pass = steps, rows_per_pass
+        self.steps_per_pass, self.offload = min(steps_per_pass, steps), offload
 
     def accumulate(self, pm: ProbedModel, graph: Graph, batch: Batch, metric: str, sums: Sums, nodes: bool) -> None:
         """Add one batch's edge (and, with `nodes`, sender-node) scores into `sums`."""
@@ -167,45 +186,117 @@ def metric_of(metric: str, targets: Targets, ref: Float[Tensor, "batch vocab"] |
 
 # --- gradient methods ------------------------------------------------------------------------------
 
-# (senders whose edges are scored, receivers they reach, summed receiver gradients [R, B, T, D],
-# number of points summed)
+# (senders whose edges are scored, receivers they reach, summed receiver gradients [R, B, T, D] in
+# float32 or wider, number of points summed)
 Gradients = list[tuple[list[str], list[str], Float[Tensor, "_receivers batch pos d_model"], int]]
+
+
+class SenderDeltas:
+    """What each sender writes on the corrupted input minus the clean one, zero at padding: one
+    [B, T, D] tensor per sender in the model's dtype, kept on the model's device
+    (offload="none"), in CPU memory ("cpu") or in a temporary safetensors file ("disk", read back
+    a chunk of senders at a time). Built in place from the corrupted cache, which it consumes."""
+
+    def __init__(self, values: dict[str, Tensor], offload: str) -> None:
+        self.offload = offload
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        if offload == "disk":
+            self._tmp = tempfile.TemporaryDirectory(prefix="ar2mdm-deltas-")
+            self.file = Path(self._tmp.name) / "deltas.safetensors"
+            save_file({k: v.detach().cpu().contiguous() for k, v in values.items()}, str(self.file))
+            self.values: dict[str, Tensor] = {}
+        else:
+            self.values = {k: v.cpu() for k, v in values.items()} if offload == "cpu" else values
+
+    @classmethod
+    def of(
+        cls,
+        pm: ProbedModel,
+        clean: Cache,
+        corrupt: Cache,
+        senders: Sequence[str],
+        mask: Shaped[Tensor, "batch pos"],
+        offload: str,
+    ) -> SenderDeltas:
+        """(written(corrupt) - written(clean)) * mask per sender; `corrupt`'s tensors are reused."""
+        if pm.config.post_norms:
+            w_clean, w_corrupt = written(pm, clean, senders), written(pm, corrupt, senders)
+        else:
+            w_clean, w_corrupt = clean, corrupt
+        values = {}
+        for s in senders:
+            v = w_corrupt[s]
+            m = mask.to(v)[..., None]
+            values[s] = v.sub_(w_clean[s]).mul_(m)
+        return cls(values, offload)
+
+    def stack(
+        self, names: Sequence[str], device: torch.device, dtype: torch.dtype
+    ) -> Float[Tensor, "senders batch pos d_model"]:
+        if self.offload == "disk":
+            with safe_open(str(self.file), framework="pt") as fh:
+                parts = [fh.get_tensor(n) for n in names]
+        else:
+            parts = [self.values[n] for n in names]
+        return torch.stack([p.to(device=device, dtype=dtype) for p in parts])
+
+    def close(self) -> None:
+        self.values = {}
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+@dataclass
+class GradientRun:
+    """One batch's gradient blocks, sender deltas and the clean / corrupted metric per row [B]."""
+
+    blocks: Gradients
+    deltas: SenderDeltas
+    clean: Float[Tensor, " batch"]
+    corrupt: Float[Tensor, " batch"]
 
 
 class GradientAttribution(AttributionMethod):
     """EAP and both EAP-IG variants: mean gradients at the receivers over the method's points
-    (`gradients`), dotted with each sender's corrupted-minus-clean contribution."""
+    (`gradients`), dotted with each sender's corrupted-minus-clean contribution.
 
-    def gradients(
-        self, pm: ProbedModel, graph: Graph, batch: Batch, metric: str, targets: Targets, corrupt: Cache
-    ) -> tuple[Gradients, Cache, Float[Tensor, "batch pos vocab"], Float[Tensor, "batch vocab"] | None]:
-        """(gradient blocks, clean cache of the senders, clean logits, the metric's reference)."""
+    Memory (analyses.attribution_memory predicts it): the corrupted and clean sender values
+    exist together only until their difference is taken (in place); the gradient passes then hold
+    the differences [S, B, T, D] (model dtype, or offloaded), the summed receiver gradients
+    [R, B, T, D] (float32) and one pass's autograd state; receivers' gradients are streamed into
+    the sum (`run_with_grads(receiver_sink=)`), no graph is retained, and the final product runs
+    over chunks of senders. Scores are accumulated in float64 on the CPU.
+    """
+
+    def gradients(self, pm: ProbedModel, graph: Graph, batch: Batch, metric: str, targets: Targets) -> GradientRun:
         raise NotImplementedError
 
     def accumulate(self, pm: ProbedModel, graph: Graph, batch: Batch, metric: str, sums: Sums, nodes: bool) -> None:
-        targets = Targets.of(batch.items)
         senders, receivers = graph.senders, graph.receivers
-        corrupt_logits, corrupt = pm.run_with_cache(pair_inputs(batch)[1], names=senders)
-        blocks, clean, clean_logits, ref = self.gradients(pm, graph, batch, metric, targets, corrupt)
-        mask = batch.attention_mask.to(corrupt["embed"].device)[..., None]
-        w_clean, w_corrupt = written(pm, clean, senders), written(pm, corrupt, senders)
+        run = self.gradients(pm, graph, batch, metric, targets=Targets.of(batch.items))
         s_index = {s: i for i, s in enumerate(senders)}
         r_index = {r: i for i, r in enumerate(receivers)}
         B = batch.input_ids.shape[0]
         keep = sums.per_example is not None
         # [B, senders, receivers] per example when kept, else [1, ...] summed over the batch
         full = torch.zeros(B if keep else 1, len(senders), len(receivers), dtype=torch.float64)
-        for scored, downstream, total, points in blocks:
-            d = torch.stack([(w_corrupt[s] - w_clean[s]) * mask for s in scored])  # [S, B, T, D]
-            d = d.to(torch.promote_types(d.dtype, torch.float32))
-            g = total.to(d.dtype)
-            rows = torch.tensor([s_index[s] for s in scored])
-            cols = torch.tensor([r_index[r] for r in downstream])
-            if keep:
-                block = torch.einsum("sbx,rbx->bsr", d.flatten(2), g.flatten(2))
-            else:
-                block = (d.flatten(1) @ g.flatten(1).T)[None]
-            full[:, rows[:, None], cols[None, :]] = block.double().cpu() / points
+        try:
+            for scored, downstream, total, points in run.blocks:
+                g = total.flatten(2)  # [R, B, T*D]
+                per_chunk = max(1, CHUNK_BYTES // (g[0].numel() * g.element_size()))
+                cols = torch.tensor([r_index[r] for r in downstream])
+                for start in range(0, len(scored), per_chunk):
+                    chunk = scored[start : start + per_chunk]
+                    d = run.deltas.stack(chunk, total.device, total.dtype).flatten(2)  # [S, B, T*D]
+                    if keep:
+                        block = torch.einsum("sbx,rbx->bsr", d, g)
+                    else:
+                        block = (d.flatten(1) @ g.flatten(1).T)[None]
+                    rows = torch.tensor([s_index[s] for s in chunk])
+                    full[:, rows[:, None], cols[None, :]] = block.double().cpu() / points
+        finally:
+            run.deltas.close()
         edge_s = torch.tensor([s_index[s] for s, _ in graph.pairs])
         edge_r = torch.tensor([r_index[r] for _, r in graph.pairs])
         per = full[:, edge_s, edge_r]  # upstream (sender, receiver) pairs of `full` are no edges
@@ -214,9 +305,32 @@ class GradientAttribution(AttributionMethod):
         sums.edges += edges
         if nodes:
             sums.nodes.index_add_(0, edge_s, edges)
-        sums.clean += float(metric_values(metric, clean_logits, targets, ref).sum())
-        sums.corrupt += float(metric_values(metric, corrupt_logits, targets, ref).sum())
+        sums.clean += float(run.clean.sum())
+        sums.corrupt += float(run.corrupt.sum())
         sums.n += B
+
+
+def corrupted_run(
+    pm: ProbedModel, graph: Graph, batch: Batch, targets: Targets
+) -> tuple[Float[Tensor, "batch vocab"], Cache]:
+    """(logits at the read positions [B, V], senders' values) on the corrupted input."""
+    logits, cache = pm.run_with_cache(pair_inputs(batch)[1], names=graph.senders)
+    return targets.rows(logits), cache
+
+
+def summed_gradients(downstream: Sequence[str], like: Tensor) -> tuple[Tensor, Callable[[str, Tensor], None]]:
+    """A zero [R, B, T, D] float32-or-wider buffer and a `receiver_sink` adding a pass's
+    gradients into it (a pass of k stacked copies of the batch [k B, T, D] adds their sum)."""
+    B, T, D = like.shape
+    total = torch.zeros(
+        len(downstream), B, T, D, dtype=torch.promote_types(like.dtype, torch.float32), device=like.device
+    )
+    index = {r: i for i, r in enumerate(downstream)}
+
+    def sink(name: str, grad: Tensor) -> None:
+        total[index[name]] += grad if grad.shape[0] == B else grad.reshape(-1, B, T, D).sum(0)
+
+    return total, sink
 
 
 class EAP(GradientAttribution):
@@ -226,17 +340,25 @@ class EAP(GradientAttribution):
     name = "eap"
     levels = frozenset({"edge", "node", "unit"})
 
-    def gradients(self, pm, graph, batch, metric, targets, corrupt):  # type: ignore[no-untyped-def]
+    def gradients(self, pm: ProbedModel, graph: Graph, batch: Batch, metric: str, targets: Targets) -> GradientRun:
+        corrupt_rows, corrupt = corrupted_run(pm, graph, batch, targets)
+        total, sink = summed_gradients(graph.receivers, corrupt["embed"])
         # one pass at the clean input; it also records the clean activations
         result = pm.run_with_grads(
-            pair_inputs(batch)[0], objective(metric, targets, None), receivers=graph.receivers, names=graph.senders
+            pair_inputs(batch)[0],
+            objective(metric, targets, None),
+            receivers=graph.receivers,
+            names=graph.senders,
+            receiver_sink=sink,
         )
         ref = clean_reference(metric, result.logits, targets)
-        return (
-            [(graph.senders, graph.receivers, accumulate(None, result.inputs, graph.receivers), 1)],
-            result.cache,
-            result.logits,
-            ref,
+        clean_rows = targets.rows(result.logits)
+        deltas = SenderDeltas.of(pm, result.cache, corrupt, graph.senders, batch.attention_mask, self.offload)
+        return GradientRun(
+            [(graph.senders, graph.receivers, total, 1)],
+            deltas,
+            row_values(metric, clean_rows, targets, ref),
+            row_values(metric, corrupt_rows, targets, ref),
         )
 
     def unit_scores(
@@ -252,7 +374,8 @@ class EAP(GradientAttribution):
 
 class IntegratedGradients(GradientAttribution):
     """EAP-IG: gradients averaged over `steps` points between the corrupted and the clean run,
-    one sender group at a time (`groups`)."""
+    one sender group at a time (`groups`); `steps_per_pass` points share a pass as stacked
+    copies of the batch (same scores, fewer and larger passes: for GPUs)."""
 
     uses_steps = True
 
@@ -260,24 +383,55 @@ class IntegratedGradients(GradientAttribution):
         """(interpolated senders, senders whose edges their passes score) per group."""
         raise NotImplementedError
 
-    def gradients(self, pm, graph, batch, metric, targets, corrupt):  # type: ignore[no-untyped-def]
+    def gradients(self, pm: ProbedModel, graph: Graph, batch: Batch, metric: str, targets: Targets) -> GradientRun:
+        corrupt_rows, corrupt = corrupted_run(pm, graph, batch, targets)
         clean_in = pair_inputs(batch)[0]
         clean_logits, clean = pm.run_with_cache(clean_in, names=graph.senders)
         ref = clean_reference(metric, clean_logits, targets)
-        target = objective(metric, targets, ref)
+        clean_rows = targets.rows(clean_logits)
+        del clean_logits
+        groups = self.groups(pm, graph.senders)
+        # the values interpolated between (corrupted, clean); the corrupted ones are copied, as the
+        # differences are taken in place
+        ends = {name: (corrupt[name].clone(), clean[name]) for group, _ in groups for name in group}
+        like = corrupt["embed"]
+        deltas = SenderDeltas.of(pm, clean, corrupt, graph.senders, batch.attention_mask, self.offload)
+        del clean, corrupt
+        target = objective(metric, targets.repeat(self.steps_per_pass), _repeat(ref, self.steps_per_pass))
         alphas = [(k + 0.5) / self.steps for k in range(self.steps)]
         blocks: Gradients = []
-        for group, scored in self.groups(pm, graph.senders):
+        for group, scored in groups:
             downstream = downstream_receivers(graph, scored)
-            total = None
-            for alpha in alphas:
+            total, sink = summed_gradients(downstream, like)
+            for start in range(0, self.steps, self.steps_per_pass):
+                chunk = alphas[start : start + self.steps_per_pass]
+                k = len(chunk)
+                a = torch.tensor(chunk, dtype=like.dtype, device=like.device).repeat_interleave(like.shape[0])
                 with pm.intervene() as iv:
                     for name in group:
-                        iv.set(name, corrupt[name] + alpha * (clean[name] - corrupt[name]))
-                    result = pm.run_with_grads(clean_in, target, receivers=downstream)
-                total = accumulate(total, result.inputs, downstream)
+                        lo, hi = ends[name]
+                        iv.set(name, _repeat(lo, k) + a.view(-1, *[1] * (lo.ndim - 1)) * _repeat(hi - lo, k))
+                    step_target = (
+                        target if k == self.steps_per_pass else objective(metric, targets.repeat(k), _repeat(ref, k))
+                    )
+                    pm.run_with_grads(
+                        _repeat_inputs(clean_in, k), step_target, receivers=downstream, receiver_sink=sink
+                    )
             blocks.append((scored, downstream, total, self.steps))
-        return blocks, clean, clean_logits, ref
+        return GradientRun(
+            blocks, deltas, row_values(metric, clean_rows, targets, ref), row_values(metric, corrupt_rows, targets, ref)
+        )
+
+
+def _repeat(t: Tensor | None, k: int) -> Tensor | None:
+    """k copies of a batch-first tensor stacked along the batch."""
+    if t is None or k == 1:
+        return t
+    return t.repeat(k, *[1] * (t.ndim - 1))
+
+
+def _repeat_inputs(inputs: dict[str, Tensor], k: int) -> dict[str, Tensor]:
+    return {key: _repeat(v, k) for key, v in inputs.items()}
 
 
 class EAPIGInputs(IntegratedGradients):
@@ -316,17 +470,6 @@ def downstream_receivers(graph: Graph, group: Sequence[str]) -> list[str]:
     """The receivers the senders in `group` write into, in graph order."""
     reach = {r for s, r in graph.pairs if s in set(group)}
     return [r for r in graph.receivers if r in reach]
-
-
-def accumulate(
-    total: Float[Tensor, "receivers batch pos d_model"] | None, grads: Cache, names: Sequence[str]
-) -> Float[Tensor, "receivers batch pos d_model"]:
-    """`total` [R, B, T, D] plus the gradients of `names` (a new buffer when total is None)."""
-    if total is None:
-        return torch.stack([grads[n] for n in names])
-    for i, name in enumerate(names):
-        total[i] += grads[name]
-    return total
 
 
 def objective(

@@ -32,11 +32,12 @@ of circuit sizes and integrates f over the fraction of edges kept.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from analyses.attribution import ATTRIBUTIONS, Sums, metric_of
 from analyses.batching import Data, batches, pair_inputs
@@ -62,6 +63,10 @@ def attribute(
     meta: Mapping[str, Any] | None = None,
     per_example: bool = False,
     edges: Sequence[str] | None = None,
+    steps_per_pass: int = 1,
+    offload: str = "none",
+    log: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> Graph:
     """Score every edge (and, with nodes=True, every sender node) of `pm`'s graph on `data`.
 
@@ -77,10 +82,18 @@ def attribute(
     all 70k would take hours); the other edges are NaN in the returned graph (last in
     `Graph.order`) and `meta["edges_scored"]` counts the chosen ones. UserError for a name that is
     not an edge of this graph.
+    steps_per_pass: EAP-IG points per pass, as stacked copies of the batch (same scores; larger
+    passes use a GPU better). offload: gradient methods keep the senders' corrupted-minus-clean
+    values on the model's device ("none"), in CPU memory ("cpu") or on disk ("disk").
+    log: called with the predicted peak memory (`analyses.attribution_memory`) before the first
+    batch runs; on CUDA a prediction above the free memory is refused with a UserError that says
+    what to lower. progress: a progress bar over batches.
     Returns a `Graph` whose scores are means over examples; its meta holds the method, metric,
     steps, number of examples and the clean and corrupted metric means.
     """
-    scorer = ATTRIBUTIONS.get(method)(steps=steps, rows_per_pass=rows_per_pass)
+    scorer = ATTRIBUTIONS.get(method)(
+        steps=steps, rows_per_pass=rows_per_pass, steps_per_pass=steps_per_pass, offload=offload
+    )
     if metric not in METRICS:
         raise UserError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}.")
     graph = Graph(pm.shape)
@@ -91,7 +104,10 @@ def attribute(
         torch.zeros(len(graph.senders), dtype=torch.float64),
         per_example=[] if per_example else None,
     )
-    for batch in batches(pm, data, batch_size):
+    predicted = None
+    for batch in tqdm(batches(pm, data, batch_size), desc=f"attribute ({method})", unit="batch", disable=not progress):
+        if predicted is None:
+            predicted = _predict(pm, scorer, method, batch, per_example, log)
         scorer.accumulate(pm, graph, batch, metric, sums, nodes)
     n = sums.n
     info = {
@@ -105,6 +121,8 @@ def attribute(
         "shift": pm.config.shift,
         "family": pm.config.family,
     }
+    if predicted is not None and predicted is not False:
+        info["memory_predicted"] = predicted.peak
     node_scores = dict(zip(graph.senders, (sums.nodes / n).tolist(), strict=True)) if nodes else None
     examples = torch.cat(sums.per_example) if sums.per_example else None
     scores = sums.edges / n
@@ -116,6 +134,33 @@ def attribute(
             examples[:, unscored] = float("nan")
         info["edges_scored"] = len(chosen)
     return Graph(pm.shape, scores, node_scores, {**info, **(meta or {})}, examples)
+
+
+def _predict(pm: ProbedModel, scorer, method: str, batch, per_example: bool, log):
+    """The first batch's predicted peak (False for methods without a memory model): logged, and
+    checked against a GPU's free memory."""
+    from analyses.attribution_memory import check_free_memory, predict_for
+
+    B, T = batch.input_ids.shape
+    try:
+        est = predict_for(
+            pm,
+            batch=B,
+            seq_len=T,
+            method=method,
+            steps_per_pass=scorer.steps_per_pass,
+            offload=scorer.offload,
+            per_example=per_example,
+            rows_per_pass=scorer.rows_per_pass,
+        )
+    except UserError:
+        return False
+    if log is not None:
+        log(est.describe())
+    device = next(pm.model.parameters()).device
+    if device.type == "cuda":
+        check_free_memory(est, torch.cuda.mem_get_info(device)[0], str(device))
+    return est
 
 
 def _edge_subset(graph: Graph, edges: Sequence[str] | None) -> list[int] | None:

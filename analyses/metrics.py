@@ -81,7 +81,13 @@ def metric_values(
 ) -> Float[Tensor, " batch"]:
     """[B] metric per row. logits: [B, T, V]. clean: [B, V] log-probabilities of the clean run
     at the read positions (needed for "kl"; None: this run's own, detached)."""
-    rows = targets.rows(logits)
+    return row_values(metric, targets.rows(logits), targets, clean)
+
+
+def row_values(
+    metric: str, rows: Float[Tensor, "batch vocab"], targets: Targets, clean: Float[Tensor, "batch vocab"] | None = None
+) -> Float[Tensor, " batch"]:
+    """`metric_values` from the logits at the read positions only (`Targets.rows`), [B, V]."""
     if metric == "logit_diff":
         if not bool(targets.counter_ok.any(1).all()):
             raise UserError(

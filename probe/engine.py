@@ -25,6 +25,8 @@ lives here, once, for every backend:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -306,6 +308,7 @@ class Pass:
         self._store("logits", logits)
         return Cache(self.record)
 
-    def gradients(self) -> tuple[Cache, Cache]:
-        """(gradients w.r.t. node outputs, gradients w.r.t. receiver inputs) after backward."""
-        return self.grads.results(self.req, self.taps, self.resid_pre)
+    def gradients(self, sink: Callable[[str, Tensor], None] | None = None) -> tuple[Cache, Cache]:
+        """(gradients w.r.t. node outputs, gradients w.r.t. receiver inputs) after backward;
+        with `sink`, receiver gradients go to it instead (`GradientPoints.results`)."""
+        return self.grads.results(self.req, self.taps, self.resid_pre, sink)

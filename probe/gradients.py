@@ -9,7 +9,7 @@ head h's slice of the q/k/v projection output (`tap_gradient`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from jaxtyping import Float
@@ -60,9 +60,18 @@ class GradientPoints:
         return core.ln1[layer].vjp(x[:, :, None], u).to(g.dtype)
 
     def results(
-        self, request: Request, taps: set[tuple[str, int]], resid_pre: Mapping[int, Float[Tensor, "batch pos d_model"]]
+        self,
+        request: Request,
+        taps: set[tuple[str, int]],
+        resid_pre: Mapping[int, Float[Tensor, "batch pos d_model"]],
+        sink: Callable[[str, Tensor], None] | None = None,
     ) -> tuple[Cache, Cache]:
-        """(gradients w.r.t. node outputs, gradients w.r.t. receiver inputs) after backward."""
+        """(gradients w.r.t. node outputs, gradients w.r.t. receiver inputs) after backward.
+
+        sink: receive each receiver's gradient as `sink(name, grad)` instead of keeping it (the
+        returned receiver cache is then empty); a tapped projection's gradients [B, T, n, D] are
+        computed one (port, layer) at a time and dropped after use, so memory holds one of them.
+        """
         outs: dict[str, Tensor] = {}
         for name in request.grad_outputs:
             n = parse(name)
@@ -79,17 +88,27 @@ class GradientPoints:
             else:
                 outs[name] = self.grad_of((n.kind, n.layer))
         ins: dict[str, Tensor] = {}
-        tapped: dict[Site, Tensor] = {}
-        for name in request.grad_inputs:
+        give = sink if sink is not None else ins.__setitem__
+        tapped: tuple[Site, Tensor] | None = None
+        # receivers grouped by (port, layer), so one tap is alive at a time
+        for name in sorted(request.grad_inputs, key=_receiver_order):
             n = parse(name)
             if n.kind == "receiver" and (n.port, n.layer) in taps:
-                if (n.port, n.layer) not in tapped:
-                    tapped[(n.port, n.layer)] = self.tap_gradient(n.port, n.layer, resid_pre[n.layer])
-                ins[name] = tapped[(n.port, n.layer)][:, :, n.head]
+                if tapped is None or tapped[0] != (n.port, n.layer):
+                    tapped = None  # free the previous tap before computing the next
+                    tapped = ((n.port, n.layer), self.tap_gradient(n.port, n.layer, resid_pre[n.layer]))
+                give(name, tapped[1][:, :, n.head])
             elif n.kind == "receiver":
-                ins[name] = self.grad_of((n.port, n.layer))[:, :, n.head]
+                give(name, self.grad_of((n.port, n.layer))[:, :, n.head])
             elif n.kind == "mlp":
-                ins[name] = self.grad_of(("mlp_in", n.layer))
+                give(name, self.grad_of(("mlp_in", n.layer)))
             else:
-                ins[name] = self.grad_of(("final", self.core.shape.n_layers))
+                give(name, self.grad_of(("final", self.core.shape.n_layers)))
         return Cache(outs), Cache(ins)
+
+
+def _receiver_order(name: str) -> tuple[int, str, int]:
+    n = parse(name)
+    if n.kind == "receiver":
+        return (n.layer, n.port, n.head)
+    return (n.layer if n.layer is not None else 1 << 30, n.kind, 0)

@@ -349,6 +349,7 @@ class ProbedModel:
         receivers: NameFilter = (),
         names: NameFilter = (),
         attention_mask: Shaped[Tensor, "*_batch _pos"] | None = None,
+        receiver_sink: Callable[[str, Float[Tensor, "batch pos d_model"]], None] | None = None,
     ) -> GradResult:
         """Gradients of `metric(logits)` (a scalar) w.r.t. node outputs and receiver inputs, in one
         backward pass, under the active interventions.
@@ -356,6 +357,9 @@ class ProbedModel:
         outputs: senders and other nodes (embed, L{l}.H{h}, L{l}.mlp, neurons, residuals).
         receivers: L{l}.H{h}.q|k|v, L{l}.mlp, logits: the gradient w.r.t. that
         receiver's own copy of its input. names: activations to record in the same pass.
+        receiver_sink: stream the receivers' gradients: `receiver_sink(name, grad [B, T, D])` is
+        called once per receiver, one layer's worth alive at a time, and `GradResult.inputs` is
+        empty (what attribution uses to keep memory flat at 70k-edge graphs).
         """
         ids, mask = self._inputs(inputs, attention_mask)
         out_universe = [n for n in self.shape.components(neurons=False, receivers=False) if n != "logits"]
@@ -372,7 +376,7 @@ class ProbedModel:
             if not value.requires_grad:
                 raise UserError("the metric does not depend on the logits through the model; nothing to differentiate.")
             value.backward()
-        out_grads, in_grads = run.gradients()
+        out_grads, in_grads = run.gradients(receiver_sink)
         return GradResult(value.detach(), logits.detach(), out_grads, in_grads, run.cache(logits.detach()))
 
     # --- interventions ------------------------------------------------------------------------

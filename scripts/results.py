@@ -143,6 +143,24 @@ ENTRIES: tuple[Entry, ...] = (
         doc="docs/results/faithfulness.md (a faithfulness curve at 70k edges on 2 cores)",
     ),
     Entry(
+        "attribution-memory",
+        ("docs/results/attribution_memory.json",),
+        (
+            (
+                PY,
+                "-m",
+                "benchmarks.bench_attribution_memory",
+                "--malloc-mmap",
+                "--json",
+                "docs/results/attribution_memory.json",
+            ),
+        ),
+        ("common", "probe", "analyses", "tasks", "benchmarks/bench_attribution_memory.py"),
+        3.0,
+        needs=("smollm2",),
+        doc="docs/results/attribution-memory.md (EAP-IG peak memory predicted vs measured, three sizes)",
+    ),
+    Entry(
         "formats-memory",
         ("docs/results/formats/load_memory.json",),
         ((PY, "-m", "benchmarks.bench_load_memory", "--json", "docs/results/formats/load_memory.json"),),
