@@ -750,6 +750,22 @@ CASES: tuple[Case, ...] = (
         call=lambda p: _probe(p)(torch.ones(1, 3, dtype=torch.long), attention_mask=torch.full((1, 3), 2)),
     ),
     Case(
+        "attribute-offload",
+        "probe",
+        "`attribute(..., offload=\"tape\")`",
+        ("offload must be one of", "disk"),
+        "none, cpu or disk",
+        call=lambda p: __import__("analyses.circuits").circuits.attribute(_probe(p), [], offload="tape"),
+    ),
+    Case(
+        "attribute-steps-per-pass",
+        "probe",
+        "`attribute(..., steps_per_pass=0)`",
+        ("steps_per_pass", "positive integer"),
+        "1 or more (at most `steps` are used)",
+        call=lambda p: __import__("analyses.circuits").circuits.attribute(_probe(p), [], steps_per_pass=0),
+    ),
+    Case(
         "probe-batch-size-zero",
         "probe",
         "`run_with_cache(..., batch_size=0)`",
