@@ -752,7 +752,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "attribute-offload",
         "probe",
-        "`attribute(..., offload=\"tape\")`",
+        '`attribute(..., offload="tape")`',
         ("offload must be one of", "disk"),
         "none, cpu or disk",
         call=lambda p: __import__("analyses.circuits").circuits.attribute(_probe(p), [], offload="tape"),
