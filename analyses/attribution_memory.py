@@ -149,7 +149,13 @@ def predict_memory(
     probe_points = shape.n_layers * rows * seq_len * (2 * d_model + 2 * (shape.n_heads + 2 * shape.n_kv_heads) * d_head)
     one_pass = saved + 2 * rows * seq_len * vocab * a + probe_points * a
     if weights is None:
-        weights = parameter_count(config) * a
+        try:
+            weights = parameter_count(config) * a
+        except Exception as err:  # noqa: BLE001 - the meta device could not build this model
+            raise UserError(
+                f"cannot count the parameters of a {getattr(config, 'model_type', '?')!r} model from its config "
+                f"({type(err).__name__}); pass weights= (bytes) or use predict_for on the loaded model."
+            ) from None
     terms: dict[str, int]
     if method == "exact":
         copies = max(1, rows_per_pass // batch)

@@ -137,3 +137,21 @@ def test_attribute_logs_the_prediction_and_refuses_a_full_gpu() -> None:
     check_free_memory(est, free=est.analysis + 1, where="cuda:0")  # fits: no error
     with pytest.raises(UserError, match="lower batch_size"):
         check_free_memory(est, free=est.analysis - 1, where="cuda:0")
+
+
+def test_a_config_the_meta_device_cannot_build() -> None:
+    """A config transformers cannot build (here: no model type) gets the analytic pass estimate
+    when the weights' bytes are given, and a UserError asking for them when not."""
+    from transformers import PretrainedConfig
+
+    cfg = PretrainedConfig(
+        num_attention_heads=2, hidden_size=8, num_hidden_layers=1, vocab_size=10, intermediate_size=16
+    )
+    est = predict_memory(cfg, batch=2, seq_len=3, weights=1000)
+    assert est.counted == "analytic" and est.weights == 1000
+    # the analytic pass: 1 layer x 6 tokens x (10 x 8 + 4 x 16) + 3 x 2 rows x 2 heads x 3 x 3, logits
+    saved = (1 * 6 * (10 * 8 + 4 * 16) + 3 * 2 * 2 * 3 * 3 + 6 * (10 + 8)) * 4
+    probe_points = 1 * 6 * (2 * 8 + 2 * (2 + 4) * 4) * 4
+    assert est.terms["one pass"] == saved + 2 * 6 * 10 * 4 + probe_points
+    with pytest.raises(UserError, match="pass weights="):
+        predict_memory(cfg, batch=2, seq_len=3)
