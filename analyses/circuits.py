@@ -105,8 +105,10 @@ def attribute(
         per_example=[] if per_example else None,
     )
     predicted = None
-    for batch in tqdm(batches(pm, data, batch_size), desc=f"attribute ({method})", unit="batch", disable=not progress):
-        if predicted is None:
+    for i, batch in enumerate(
+        tqdm(batches(pm, data, batch_size), desc=f"attribute ({method})", unit="batch", disable=not progress)
+    ):
+        if i == 0:
             predicted = _predict(pm, scorer, method, batch, per_example, log)
         scorer.accumulate(pm, graph, batch, metric, sums, nodes)
     n = sums.n
@@ -121,7 +123,7 @@ def attribute(
         "shift": pm.config.shift,
         "family": pm.config.family,
     }
-    if predicted is not None and predicted is not False:
+    if predicted is not None:
         info["memory_predicted"] = predicted.peak
     node_scores = dict(zip(graph.senders, (sums.nodes / n).tolist(), strict=True)) if nodes else None
     examples = torch.cat(sums.per_example) if sums.per_example else None
@@ -137,7 +139,7 @@ def attribute(
 
 
 def _predict(pm: ProbedModel, scorer, method: str, batch, per_example: bool, log):
-    """The first batch's predicted peak (False for methods without a memory model): logged, and
+    """The first batch's predicted peak (None for methods without a memory model): logged, and
     checked against a GPU's free memory."""
     from analyses.attribution_memory import check_free_memory, predict_for
 
@@ -154,7 +156,7 @@ def _predict(pm: ProbedModel, scorer, method: str, batch, per_example: bool, log
             rows_per_pass=scorer.rows_per_pass,
         )
     except UserError:
-        return False
+        return None
     if log is not None:
         log(est.describe())
     device = next(pm.model.parameters()).device
