@@ -27,6 +27,22 @@ from conversion.objective import DiffusionOptions
 
 T = TypeVar("T")
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_compile_backend(name: str) -> None:
+    """Raise UserError unless `name` is "off", "on" or a torch.compile backend registered here."""
+    if name in ("off", "on"):
+        return
+    import torch._dynamo
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if name not in known:
+        raise UserError(
+            f"compile must be off, on (inductor) or a torch.compile backend "
+            f"({', '.join(torch._dynamo.list_backends())}, or the debug ones such as aot_eager), got {name!r}."
+        )
+
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Parse a YAML or TOML file into a flat dict with underscore keys."""
@@ -96,6 +112,11 @@ class TrainConfig:
     limit) and write the MDM as it stands (a checkpoint too when save_every > 0; `steps` in the
     result says how far it got). log_every: JSONL log period. resume: continue from out/checkpoint (same options; `steps` may grow).
     trust_remote_code: passed to `load_ar`.
+    device: "auto" (accelerate's choice: the process's GPU when there is one), "cpu" or "cuda".
+    compile: "off", "on" (torch.compile with inductor) or another torch.compile backend name
+    ("aot_eager" runs the same capture on a CPU without a compiler). peak_tflops: the device's
+    peak for the logged MFU (0: the data sheet's bf16 figure of a known GPU; none on CPU).
+    Fused AdamW is used on CUDA (not for the CPU FSDP2 path).
     """
 
     model: str
@@ -133,6 +154,9 @@ class TrainConfig:
     overwrite: bool = False
     text_field: str = "text"
     trust_remote_code: bool = False
+    device: str = "auto"
+    compile: str = "off"
+    peak_tflops: float = 0.0
 
     def options(self) -> DiffusionOptions:
         return DiffusionOptions(
@@ -183,6 +207,11 @@ class TrainConfig:
                 "document_attention separates the documents packed into a text row; SFT rows hold one example "
                 "each. Drop --document-attention or --sft."
             )
+        if self.device not in DEVICES:
+            raise UserError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}.")
+        if not (self.peak_tflops >= 0 and math.isfinite(self.peak_tflops)):
+            raise UserError(f"peak_tflops must be >= 0 (0 = look the GPU up), got {self.peak_tflops}.")
+        check_compile_backend(self.compile)
         self.options()
 
     def to_json(self) -> dict[str, Any]:

@@ -22,18 +22,51 @@ from accelerate.utils import DistributedType
 from common.errors import UserError
 
 
-def make_accelerator() -> Accelerator:
-    """The run's Accelerator; accelerate's own refusals of the launch become UserErrors."""
+def make_accelerator(device: str = "auto") -> Accelerator:
+    """The run's Accelerator on `device`: "auto" (accelerate's choice: this process's GPU when
+    there is one), "cpu" (even where a GPU is visible) or "cuda".
+
+    Raises UserError for "cuda" where torch sees no GPU, and for launches accelerate refuses.
+    """
     # bf16 is our own autocast, not Accelerator(mixed_precision=...): accelerate's state is a
     # process-wide singleton that refuses a second run with another precision (notebooks, tests).
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            "--device cuda, but torch sees no CUDA device here (check CUDA_VISIBLE_DEVICES and that the "
+            "installed torch is a CUDA build); use --device cpu or auto."
+        )
+    _forget_other_device(device)
     try:
-        return Accelerator()
+        return Accelerator(cpu=device == "cpu")
     except RuntimeError as err:
         if "no available devices" in str(err) and _flag(os.environ, "ACCELERATE_USE_FSDP"):
             # FullyShardedDataParallelPlugin (FSDP1, sync_module_states, which accelerate launch's
             # default --fsdp_cpu_ram_efficient_loading true forces) looks for an accelerator device.
             raise UserError(_FSDP_CPU_HELP.format(what=f"FSDP1 cannot run on CPU (accelerate: {err})")) from err
         raise
+
+
+def _forget_other_device(device: str) -> None:
+    """Drop accelerate's process-wide state when an earlier run in this (single) process chose
+    another device: accelerate keeps the first choice for the life of the process (a notebook that
+    converts on the GPU, then on the CPU)."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    if not PartialState._shared_state:
+        return
+    state = PartialState()
+    if device == "cpu":
+        same = state.device.type == "cpu"
+    else:  # auto or cuda: the state is on the CPU while a GPU is visible (an earlier --device cpu)
+        same = state.device.type != "cpu" or not torch.cuda.is_available()
+    if same:
+        return
+    if state.num_processes > 1:
+        raise UserError(
+            f"this process already trains on {state.device} with {state.num_processes} processes; "
+            f"--device {device} needs a new launch."
+        )
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 _FSDP_CPU_HELP = (

@@ -51,8 +51,13 @@ LOG_FILE = "train.jsonl"
 STATE_FORMAT = 2  # 2: optimizer state keyed by parameter name; 1 (read too): by parameter index
 # Gathered, unsharded state dicts (on the main process; CPU tensors), whatever the wrapping.
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
-# Options that do not change the trajectory: they may differ between a run and its resume.
+# Options that do not change what is trained: they may differ between a run and its resume. (A
+# resume on another device continues the same run with that device's rounding and its own random
+# stream for the noise draws; compile and the fused optimizer change rounding only.)
 RESUMABLE_CHANGES = {
+    "device",
+    "compile",
+    "peak_tflops",
     "max_minutes",
     "snapshot_every",
     "steps",

@@ -39,7 +39,8 @@ ever unpickled).
 
 Files under `out/`:
     train.jsonl      one JSON object per logged step ({"kind": "train", "step", "loss", "acc",
-                     "masked", "lr", "grad_norm", "tokens_per_s", "tokens_seen"}) or evaluation
+                     "masked", "lr", "grad_norm", "tokens_per_s", "tflops", "mfu" (on a known GPU
+                     or with peak_tflops; conversion.throughput), "tokens_seen"}) or evaluation
                      ({"kind": "eval", "step", "loss", "ce@t", ...})
     checkpoint/      the last good training state (model.safetensors, optimizer.safetensors
                      and optimizer.json keyed by parameter name, state.json)
@@ -97,6 +98,7 @@ from conversion.runfolder import (
     save_checkpoint,
 )
 from conversion.sft import sft_rows, split_rows, trim_padding
+from conversion.throughput import flops_per_token, peak_tflops, utilisation
 from diffusion.attention import document_ids, make_bidirectional
 
 
@@ -142,7 +144,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
     TrainingDiverged on a NaN/inf loss; TrainingInterrupted after Ctrl-C or SIGTERM, once a
     checkpoint of the last finished step is written.
     """
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(cfg.device)
     world = accelerator.num_processes
     parallel = parallelism(accelerator.distributed_type, world)
     cfg.validate(world)
@@ -311,6 +313,11 @@ class _Conversion:
         if plan.action == "resume":
             assert plan.checkpoint is not None
             self.start, self.tokens_seen, opt_state = load_checkpoint(plan.checkpoint, model, cfg.to_json())
+        self.per_token = flops_per_token(model, cfg.seq_len)
+        peak = peak_tflops(accelerator.device, cfg.peak_tflops)
+        self.peak = peak * self.world if peak else None
+        if cfg.compile != "off":
+            model.compile(backend="inductor" if cfg.compile == "on" else cfg.compile)  # in place: same names
         self.model, self.optimizer = self._prepared(model, opt_state)
         self.log = RunLog(self.out / LOG_FILE, keep_until=self.start, enabled=accelerator.is_main_process)
         last = last_record(self.log.history, "train")
@@ -335,7 +342,8 @@ class _Conversion:
             model = shard_on_cpu(model)
             optimizer = _adamw(model, self.cfg)  # over the sharded (DTensor) parameters
         else:
-            model, optimizer = self.accelerator.prepare(model, _adamw(model, self.cfg))
+            fused = self.accelerator.device.type == "cuda"
+            model, optimizer = self.accelerator.prepare(model, _adamw(model, self.cfg, fused=fused))
         if opt_state is not None:
             # Every process holds the full state; this shards it again if the optimizer is sharded.
             set_optimizer_state_dict(
@@ -440,6 +448,7 @@ class _Conversion:
 
     def _log_train(self, done: int, out: StepOutput, lr: float, grad_norm: float) -> None:
         elapsed = time.perf_counter() - self.window_start
+        tokens_per_s = self.window_tokens / elapsed if elapsed > 0 else float("nan")
         self.log.write(
             {
                 "kind": "train",
@@ -448,7 +457,8 @@ class _Conversion:
                 **out.stats,
                 "lr": lr,
                 "grad_norm": grad_norm,
-                "tokens_per_s": self.window_tokens / elapsed if elapsed > 0 else float("nan"),
+                "tokens_per_s": tokens_per_s,
+                **utilisation(tokens_per_s, self.per_token, self.peak),
                 "tokens_seen": self.tokens_seen,
             }
         )
@@ -549,8 +559,9 @@ def _write_mdm(
     return meta
 
 
-def _adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay)
+def _adamw(model: torch.nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
+    betas = (0.9, cfg.adam_beta2)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay, fused=fused)
 
 
 # --- checkpoints ---------------------------------------------------------------------------------

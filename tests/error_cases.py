@@ -603,6 +603,22 @@ CASES: tuple[Case, ...] = (
         cli=_convert("--out", "{root}/new", "--min-lr-ratio", "2"),
     ),
     Case(
+        "convert-device",
+        "options",
+        "`convert --device gpu`",
+        ("device must be one of", "cuda"),
+        "auto, cpu or cuda",
+        cli=_convert("--out", "{root}/new", "--device", "gpu"),
+    ),
+    Case(
+        "convert-compile",
+        "options",
+        "`convert --compile fast`",
+        ("compile must be off, on", "inductor"),
+        "off, on, or a torch.compile backend such as aot_eager",
+        cli=_convert("--out", "{root}/new", "--compile", "fast"),
+    ),
+    Case(
         "document-attention-sft",
         "options",
         "`convert --document-attention --sft`",

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from common.errors import UserError
 from common.metadata import ModelMeta
+from conversion.throughput import TIMING_FIELDS
 from conversion.train import TrainConfig, parallelism, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def log_lines(folder: Path) -> list[dict]:
 
 
 def timeless(folder: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in log_lines(folder)]
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in log_lines(folder)]
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM
 from common.errors import UserError
 from common.metadata import ModelMeta
 from conversion.mdm import MASK_TOKEN, add_mask_token, load_mdm
+from conversion.throughput import TIMING_FIELDS
 from conversion.train import TrainConfig, TrainingDiverged, lr_at, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,7 +164,7 @@ def test_resume_after_sigkill_is_exact(setup: TrainConfig, tmp_path: Path) -> No
         assert torch.equal(wr[name], ws[name]), name
 
     def timeless(folder: Path) -> list[dict]:
-        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in log_lines(folder)]
+        return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in log_lines(folder)]
 
     assert timeless(resumed.out) == timeless(straight.out)  # log truncated to step 4, then continued
 
