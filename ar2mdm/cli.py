@@ -332,7 +332,7 @@ def study(
     n: Annotated[int, typer.Option(help="Examples per task for the sampler evaluation.")] = 50,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for every interval.")] = 500,
     seed: Annotated[int, typer.Option(help="Seed of training, examples and bootstraps.")] = 0,
-    device: Annotated[str, typer.Option(help="cpu | cuda for the analyses (training: accelerate's device; use `accelerate launch` for several GPUs).")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu | cuda, for the conversions and the analyses (one device; `ar2mdm convert` under `accelerate launch` for several GPUs).")] = "cpu",
     quick: Annotated[bool, typer.Option("--quick", help="Tiny settings everywhere: a smoke run in a minute or two; the numbers mean nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Rerun every stage, cached or not.")] = False,
     seed_floor: Annotated[bool, typer.Option("--seed-floor/--no-seed-floor", help="organism: also train ARM' and convert MDM' with seed + 1, the floor every claim must clear.")] = True,

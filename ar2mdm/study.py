@@ -52,7 +52,7 @@ class StudyConfig:
     ar_steps: organism training steps when no organism is cached. convert_steps: conversion
     steps (organism; SmolLM2 runs until its share of the budget is spent). pool_size: at most this
     many common-correct examples per task. n: examples per task for the sampler evaluation.
-    device: "cpu" or "cuda" (analyses; training uses accelerate's device). quick: tiny settings
+    device: "cpu" or "cuda", for training and analyses. quick: tiny settings
     everywhere (tests, a smoke run; the numbers mean nothing). force: rerun every stage.
     seed_floor: (organism) also train an ARM' and convert an MDM' alike with seed + 1, the seed
     floor every claim is read against (`analyses.compare.controls`); SmolLM2 has none (one
@@ -311,7 +311,8 @@ def _mdm_stage(
             stages.log(f"[{name}] resuming the interrupted conversion from {out / 'checkpoint'}")
         elif out.exists():
             shutil.rmtree(out)
-        result = train(TrainConfig(model=ar_source, out=str(out), seed=seed, resume=resume, **options))
+        run = TrainConfig(model=ar_source, out=str(out), seed=seed, resume=resume, device=cfg.device, **options)
+        result = train(run)
         return {
             "steps": result.steps,
             "tokens_seen": result.tokens_seen,
