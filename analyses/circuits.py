@@ -122,6 +122,7 @@ def attribute(
         "kind": pm.config.kind,
         "shift": pm.config.shift,
         "family": pm.config.family,
+        "kv_receivers": pm.config.kv_receivers,
     }
     if predicted is not None:
         info["memory_predicted"] = predicted.peak

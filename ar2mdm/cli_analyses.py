@@ -13,13 +13,14 @@ from ar2mdm.cli_base import (
     TASK_HELP,
     DeviceOption,
     DtypeOption,
+    KvReceiversOption,
     TrustOption,
     app,
     console,
     errors,
     floats,
-    load_options,
     plain,
+    probe_options,
     refuse_earlier_results,
 )
 from common.errors import UserError
@@ -58,6 +59,7 @@ def compare(
     null_pair: Annotated[bool, typer.Option("--null-pair/--no-null-pair", help="Attribute each model twice and report it against itself (must read 'no difference').")] = True,
     dtype: DtypeOption = "fp32",
     device: DeviceOption = "cpu",
+    kv_receivers: KvReceiversOption = "grouped",
     trust_remote_code: TrustOption = False,
 ) -> None:  # fmt: skip
     """ARM vs MDM on a common-correct pool: circuits (EAP-IG), depth, units; the reference study's claims tested
@@ -91,7 +93,7 @@ def compare(
             null_pair=null_pair,
         ).checked()
         snapshots = snapshots_of(track) if track is not None else None
-        loading = load_options(dtype, device, trust_remote_code)
+        loading = probe_options(dtype, device, trust_remote_code, kv_receivers)
         claim = stack.enter_context(claim_output(out, "compare"))
         refuse_earlier_results(claim, overwrite)
         pm_ar = ProbedModel.from_checkpoint(ar, backend=backend, expect="ar", role="compare --ar", **loading)
@@ -144,6 +146,7 @@ def compare_series(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier `ar2mdm compare-series` in --out.")] = False,
     dtype: DtypeOption = "fp32",
     device: DeviceOption = "cpu",
+    kv_receivers: KvReceiversOption = "grouped",
     trust_remote_code: TrustOption = False,
 ) -> None:  # fmt: skip
     """One ARM against several MDMs (e.g. block sizes 1, 4, 16, full): Jaccard with the ARM, early-layer
@@ -170,7 +173,7 @@ def compare_series(
             common_correct=not all_examples,
             null_pair=null_pair,
         ).checked()
-        loading = load_options(dtype, device, trust_remote_code)
+        loading = probe_options(dtype, device, trust_remote_code, kv_receivers)
         claim = stack.enter_context(claim_output(out, "compare-series"))
         refuse_earlier_results(claim, overwrite)
         pm_ar = ProbedModel.from_checkpoint(ar, backend=backend, expect="ar", role="compare-series --ar", **loading)

@@ -112,6 +112,13 @@ DtypeOption = Annotated[
 DeviceOption = Annotated[
     str, typer.Option("--device", help="Where the models run: cpu | cuda | cuda:N (weights stream straight there).")
 ]
+KvReceiversOption = Annotated[
+    str,
+    typer.Option(
+        "--kv-receivers",
+        help="grouped (one k/v receiver per key/value head) | per-query (one per query head on grouped-query models, as TransformerLens's ungrouped graph and the reference EAP-IG code; k/v weights grow n_heads / n_kv_heads-fold).",
+    ),
+]
 TrustOption = Annotated[
     bool,
     typer.Option(
@@ -126,6 +133,13 @@ def load_options(dtype: str, device: str, trust_remote_code: bool) -> dict:
     from common.modeling import parse_device, parse_dtype
 
     return {"dtype": parse_dtype(dtype), "device": parse_device(device), "trust_remote_code": trust_remote_code}
+
+
+def probe_options(dtype: str, device: str, trust_remote_code: bool, kv_receivers: str) -> dict:
+    """`load_options` plus the probe's own: `ProbedModel.from_checkpoint(..., ungroup_kv=)`."""
+    if kv_receivers not in ("grouped", "per-query"):
+        raise UserError(f"--kv-receivers must be grouped or per-query, got {kv_receivers!r}.")
+    return {**load_options(dtype, device, trust_remote_code), "ungroup_kv": kv_receivers == "per-query"}
 
 
 def refuse_earlier_results(claim, overwrite: bool) -> None:

@@ -16,6 +16,7 @@ does; torch's CPU tensors are invisible to tracemalloc); on CUDA also torch's pe
 
     python -m benchmarks.bench_eapig                       # SmolLM2-135M, IOI, batch 8, m = 5
     python -m benchmarks.bench_eapig --model organism --batch 32 --repeats 7
+    python -m benchmarks.bench_eapig --kv-receivers per-query   # TransformerLens's ungrouped graph
 """
 
 from __future__ import annotations
@@ -50,9 +51,14 @@ def ioi_batch(pm: ProbedModel, n: int, seed: int):
     return collate(items, pad)
 
 
-def measure(model_name: str, batch_size: int, steps: int, repeats: int, backend: str, device: str) -> dict:
-    """EAP-IG and EAP times against the plain forward+backward of `model_name` (a load_ar source)."""
-    pm = ProbedModel.from_checkpoint(load_ar(model_name, device=device), backend=backend)
+def measure(
+    model_name: str, batch_size: int, steps: int, repeats: int, backend: str, device: str, kv: str = "grouped"
+) -> dict:
+    """EAP-IG and EAP times against the plain forward+backward of `model_name` (a load_ar source);
+    kv "per-query" ungroups the model first (per-query-head k/v receivers; the baseline passes
+    then run the ungrouped model too)."""
+    loaded = load_ar(model_name, device=device)
+    pm = ProbedModel.from_checkpoint(loaded, backend=backend, ungroup_kv=kv == "per-query")
     batch = ioi_batch(pm, batch_size, seed=0)
     model = pm.model
     dev = next(model.parameters()).device
@@ -103,6 +109,7 @@ def measure(model_name: str, batch_size: int, steps: int, repeats: int, backend:
         "batch": list(ids.shape),
         "steps": steps,
         "edges": n_edges,
+        "kv_receivers": pm.config.kv_receivers,
         "threads": torch.get_num_threads(),
         "repeats": repeats,
         "fwd_bwd_s": med["fwd_bwd"],
@@ -125,13 +132,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backend", default="torch", help="probe backend (torch has the least overhead)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--kv-receivers", default="grouped", choices=["grouped", "per-query"])
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args()
-    r = measure(args.model, args.batch, args.steps, args.repeats, args.backend, args.device)
+    r = measure(args.model, args.batch, args.steps, args.repeats, args.backend, args.device, args.kv_receivers)
     m = args.steps
     print(
         f"{r['model']} ({r['backend']} backend, {r['device']}), IOI batch {r['batch'][0]} x {r['batch'][1]} tokens, "
-        f"{r['edges']} edges, m = {m}, {r['threads']} threads, median of {r['repeats']}"
+        f"{r['edges']} edges ({r['kv_receivers']} k/v receivers), m = {m}, {r['threads']} threads, median of {r['repeats']}"
     )
     print(f"one forward+backward (baseline): {1e3 * r['fwd_bwd_s']:.1f} ms")
     print(

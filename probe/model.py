@@ -48,6 +48,7 @@ from probe.inputs import Inputs, context_length, model_inputs
 from probe.interventions import Interventions
 from probe.layout import Layout
 from probe.names import NameFilter, Shape, parse, select
+from probe.ungroup import UNGROUPED_FROM, ungroup_kv_heads
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ class ProbeConfig:
     mask_id: the MDM's mask token (None for AR). post_norms: sublayer outputs are normalised
     before joining the residual stream (Gemma); head-level sums then need `decompose`.
     block_size: a block-diffusion MDM's block size (read block-causally); None otherwise.
+    kv_receivers: "grouped" (k/v receivers per key/value head) or "per-query" (the model was
+    ungrouped, `probe.ungroup`: one k/v receiver per query head, as TransformerLens's ungrouped
+    graph). Models without grouped-query attention are "grouped" (the two coincide).
     """
 
     n_layers: int
@@ -73,6 +77,7 @@ class ProbeConfig:
     family: str
     post_norms: bool
     block_size: int | None = None
+    kv_receivers: Literal["grouped", "per-query"] = "grouped"
 
     @property
     def shape(self) -> Shape:
@@ -105,9 +110,12 @@ class ProbedModel:
         meta: ModelMeta | None = None,
         *,
         backend: str = "auto",
+        ungroup_kv: bool = False,
     ) -> None:
         if not isinstance(model, PreTrainedModel):
             raise UserError(f"ProbedModel wraps a transformers PreTrainedModel; got {type(model).__name__}.")
+        if ungroup_kv:
+            ungroup_kv_heads(model)  # in place: the model's k/v projections get one head per query head
         if meta is None:
             if getattr(model.config, "is_causal", True) is False:
                 raise UserError(
@@ -151,6 +159,7 @@ class ProbedModel:
             family=model.config.model_type,
             post_norms=lay.post_norms,
             block_size=block_size,
+            kv_receivers="per-query" if getattr(model, UNGROUPED_FROM, None) else "grouped",
         )
         self.shape = self.config.shape
         self.core = Core(lay, self.shape)
@@ -180,6 +189,7 @@ class ProbedModel:
         trust_remote_code: bool = False,
         expect: Literal["ar", "mdm"] | None = None,
         role: str = "the model",
+        ungroup_kv: bool = False,
     ) -> ProbedModel:
         """Probe any checkpoint the toolkit loads.
 
@@ -193,9 +203,11 @@ class ProbedModel:
         (`common.metadata.checkpoint_kind`), so an MDM is never probed as a causal model.
         """
         if isinstance(source, PreTrainedModel):
-            return cls(source, tokenizer, meta, backend=backend)
+            return cls(source, tokenizer, meta, backend=backend, ungroup_kv=ungroup_kv)
         if isinstance(source, Loaded):
-            return cls(source.model, tokenizer or source.tokenizer, meta or source.meta, backend=backend)
+            return cls(
+                source.model, tokenizer or source.tokenizer, meta or source.meta, backend=backend, ungroup_kv=ungroup_kv
+            )
         if not isinstance(source, str | Path):
             raise UserError(
                 f"from_checkpoint takes a name, a path, a Loaded or an HF model; got {type(source).__name__}."
@@ -203,7 +215,9 @@ class ProbedModel:
         loaded = load_any(
             source, dtype=dtype, device=device, trust_remote_code=trust_remote_code, expect=expect, role=role
         )
-        return cls(loaded.model, tokenizer or loaded.tokenizer, meta or loaded.meta, backend=backend)
+        return cls(
+            loaded.model, tokenizer or loaded.tokenizer, meta or loaded.meta, backend=backend, ungroup_kv=ungroup_kv
+        )
 
     # --- names --------------------------------------------------------------------------------
 

@@ -619,6 +619,14 @@ CASES: tuple[Case, ...] = (
         cli=_convert("--out", "{root}/new", "--compile", "fast"),
     ),
     Case(
+        "compare-kv-receivers",
+        "options",
+        "`compare --kv-receivers all`",
+        ("--kv-receivers must be grouped or per-query",),
+        "grouped or per-query",
+        cli=("compare", "--ar", "{ar}", "--mdm", "{mdm}", "--out", "{root}/cmp", "--kv-receivers", "all"),
+    ),
+    Case(
         "document-attention-sft",
         "options",
         "`convert --document-attention --sft`",
