@@ -3,7 +3,8 @@
 The cached pass records every head output, every MLP output and the residual stream before and
 after every layer (plus embed): `names=["embed", "L*.H*", "L*.mlp", "L*.resid_*"]`. Plain and
 cached passes are timed interleaved in one process (machine noise hits both alike); we report the
-median of `--repeats` pairs per backend. Target: ratio <= 1.5.
+median of `--repeats` pairs per backend. Targets (issue 16): ratio <= 1.10 for the torch backend,
+<= 1.25 for nnsight and TransformerLens.
 
 The plain forward is the same model object the probe runs (eager attention, which the probe needs
 to expose patterns); a second baseline is the model as transformers loads it by default (sdpa).
@@ -39,7 +40,7 @@ from conversion.checkpoints import load_ar
 from probe import ProbedModel
 
 NAMES = ["embed", "L*.H*", "L*.mlp", "L*.resid_pre", "L*.resid_post"]
-TARGET = 1.5  # run_with_cache time / plain forward time at most this
+TARGETS = {"torch": 1.10, "nnsight": 1.25, "tl": 1.25}  # run_with_cache time / plain forward time at most
 
 
 def peak_rss_mb() -> float:
@@ -137,7 +138,7 @@ def measure(model_name: str, backends: list[str], batch: int, seq_len: int, repe
         "extra_peak_mib_plain_pass": plain_extra,
         "process_peak_rss_mib": peak_rss_mb(),
         "backends": results,
-        "target": f"ratio <= {TARGET}",
+        "targets": TARGETS,
     }
 
 
@@ -165,8 +166,8 @@ def main() -> None:
             f"{name:<8} {1e3 * r['plain_eager_s']:>9.1f} {1e3 * r['plain_sdpa_s']:>8.1f} "
             f"{1e3 * r['run_with_cache_s']:>9.1f} {r['ratio']:>6.3f} {r['ratio_vs_sdpa']:>8.3f} "
             f"{r['cached_tensors']:>8} {r['cache_mib']:>10.1f} {r['extra_peak_mib_cached_pass']:>+14.0f}"
+            + (f"   (target <= {TARGETS[name]:.2f})" if name in TARGETS else "")
         )
-    print(f"target: {res['target']}")
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
 

@@ -53,22 +53,52 @@ def derived(name: str) -> tuple[str, int | None] | None:
     return None
 
 
-def resolve(store: Mapping[str, Shaped[Tensor, "*_shape"]], name: str) -> Shaped[Tensor, "*_shape"] | None:
-    """The tensor for `name` in `store`, deriving neurons and receiver inputs; None if absent."""
+class LazyHead:
+    """A head's output kept as its z and W_O slices, computed when read: z_h @ W_O[:, h]^T.
+
+    run_with_cache records an unedited layer's heads this way, so a pass that caches every head
+    makes no [B, T, d_model] tensor per head (the layer's z, [B, T, n_heads * d_head], is all it
+    keeps: n_heads times fewer bytes). `Cache` computes the value on first read and keeps it.
+    The W_O slice is the model's own weight (by reference, as TransformerLens's cache computes
+    head results from hook_z): read the heads before changing the model's weights.
+
+    z: the layer's z [B, T, n_heads * d_head]; head: which head; w: the head's W_O slice
+    [d_model, d_head] (a view of the model's weight).
+    """
+
+    __slots__ = ("head", "w", "z")
+
+    def __init__(self, z: Float[Tensor, "batch pos hd"], head: int, w: Float[Tensor, "d_model d_head"]) -> None:
+        self.z, self.head, self.w = z, head, w
+
+    def value(self) -> Float[Tensor, "batch pos d_model"]:
+        dh = self.w.shape[1]
+        with torch.no_grad():
+            return self.z[..., self.head * dh : (self.head + 1) * dh] @ self.w.T
+
+
+def resolve(store: Mapping[str, Shaped[Tensor, "*_shape"] | LazyHead], name: str) -> Shaped[Tensor, "*_shape"] | None:
+    """The tensor for `name` in `store`, deriving neurons and receiver inputs and computing lazy
+    heads (a dict store keeps the computed value); None if absent."""
     if name in store:
-        return store[name]
+        value = store[name]
+        if isinstance(value, LazyHead):
+            value = value.value()
+            if isinstance(store, dict):
+                store[name] = value
+        return value
     source = derived(name)
     if source is None or source[0] not in store:
         return None
-    value = store[source[0]]
+    value = resolve(store, source[0])
     return value if source[1] is None else value[..., source[1]]
 
 
 class Cache(Mapping[str, Tensor]):
     """Activations by canonical name (see the module docstring for derived names)."""
 
-    def __init__(self, tensors: Mapping[str, Tensor] | None = None) -> None:
-        self._t: dict[str, Tensor] = dict(tensors or {})
+    def __init__(self, tensors: Mapping[str, Tensor | LazyHead] | None = None) -> None:
+        self._t: dict[str, Tensor | LazyHead] = dict(tensors or {})
 
     def __getitem__(self, name: str) -> Tensor:
         value = resolve(self._t, name)
@@ -82,7 +112,7 @@ class Cache(Mapping[str, Tensor]):
         return value
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and resolve(self._t, name) is not None
+        return isinstance(name, str) and (name in self._t or resolve(self._t, name) is not None)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._t)
@@ -100,17 +130,18 @@ class Cache(Mapping[str, Tensor]):
         )
         if not names:
             raise CacheKeyError(f"the cache holds no head outputs of layer {layer}.")
-        return torch.stack([self._t[k] for k in names], dim=2)
+        return torch.stack([self[k] for k in names], dim=2)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Cache:
         """A new cache with every tensor moved to `device` and/or cast to `dtype`."""
-        return Cache({k: v.to(device=device, dtype=dtype) for k, v in self._t.items()})
+        return Cache({k: self[k].to(device=device, dtype=dtype) for k in self._t})
 
     @property
     def nbytes(self) -> int:
-        """Bytes held (views of one tensor counted once)."""
+        """Bytes held (views of one tensor counted once; a lazy head counts its layer's z)."""
         seen: dict[int, int] = {}
         for v in self._t.values():
+            v = v.z if isinstance(v, LazyHead) else v
             seen[v.untyped_storage().data_ptr()] = v.untyped_storage().nbytes()
         return sum(seen.values())
 
@@ -120,12 +151,12 @@ class Cache(Mapping[str, Tensor]):
         caches = list(caches)
         if not caches:
             return cls()
-        return cls({k: torch.cat([c._t[k] for c in caches], dim=0) for k in caches[0]._t})
+        return cls({k: torch.cat([c[k] for c in caches], dim=0) for k in caches[0]._t})
 
     def save(self, file: str | Path) -> Path:
         """Write the cache as one safetensors file (tensors copied to be contiguous, unshared)."""
         file = Path(file)
-        save_file({k: v.detach().cpu().clone().contiguous() for k, v in self._t.items()}, str(file))
+        save_file({k: self[k].detach().cpu().clone().contiguous() for k in self._t}, str(file))
         return file
 
     @classmethod

@@ -42,6 +42,19 @@ class Core:
         self.attn_post = [FrozenNorm(b.attn_post_norm) if b.attn_post_norm is not None else None for b in layout.blocks]
         self.mlp_post = [FrozenNorm(b.mlp_post_norm) if b.mlp_post_norm is not None else None for b in layout.blocks]
         self.final = FrozenNorm(layout.final_norm)
+        self._o_heads: dict[int, tuple[int, list[torch.Tensor]]] = {}
+
+    def o_heads(self, layer: int) -> list[torch.Tensor]:
+        """W_O of `layer` split per head: n_heads views [d_model, d_head] (detached), remembered
+        while the weight's storage stays the same (a model moved or cast gets new slices)."""
+        w = self.layout.o_weight(layer).detach()
+        key = w.data_ptr()
+        held = self._o_heads.get(layer)
+        if held is None or held[0] != key:
+            dh = self.layout.d_head
+            held = (key, [w[:, h * dh : (h + 1) * dh] for h in range(self.shape.n_heads)])
+            self._o_heads[layer] = held
+        return held[1]
 
     def require_exact_norms(self, norms: Iterable[FrozenNorm | None], why: str) -> None:
         for norm in norms:

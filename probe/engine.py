@@ -8,6 +8,8 @@ lives here, once, for every backend:
    output is z_h @ W_O[:, h]^T, [B, T, d_model]; the heads and the projection's bias sum to the
    projection's output. Edits of heads are applied at the projection's output as
    (new value - old value), so they reach the model exactly as a change of that head would.
+   Heads that are only recorded are not computed in the pass: the cache keeps the layer's z and
+   computes a head's output when it is read (`probe.cache.LazyHead`).
 2. Receivers. A head's q, k or v input is the residual stream before the block's first norm. To
    give one head a private input (an edge patch or a receiver edit) the core rebuilds that
    projection for every head from per-head copies of the residual stream:
@@ -32,7 +34,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from probe.backends.base import Site, SiteFn
-from probe.cache import Cache
+from probe.cache import Cache, LazyHead
 from probe.core import Core, Request
 from probe.edits import PassEdits
 from probe.gradients import GradientPoints
@@ -49,7 +51,7 @@ class Pass:
         self.device = device
         self.n_layers = core.shape.n_layers
         self.d_model = core.layout.d_model
-        self.record: dict[str, Tensor] = {}
+        self.record: dict[str, Tensor | LazyHead] = {}
         self.grads = GradientPoints(core)
         self.resid_pre: dict[int, Tensor] = {}
         self.heads: dict[int, Tensor] = {}
@@ -57,9 +59,12 @@ class Pass:
 
         # Layers whose head outputs are needed (recorded, edited or sending an edge) and
         # (port, layer) pairs whose receivers need private inputs.
-        heads = [parse(n) for n in request.record] + [e.name for e in request.edits]
-        heads += [e.sender for e in request.edges]
-        self.head_layers = {n.layer for n in heads if n.kind == "head"}
+        changed = [e.name for e in request.edits] + [e.sender for e in request.edges]
+        recorded = [parse(n) for n in request.record]
+        self.head_layers = {n.layer for n in recorded + changed if n.kind == "head"}
+        # layers whose heads are edited or send edges: their outputs are computed in the pass;
+        # the other recorded heads are kept as z and computed when read (`probe.cache.LazyHead`)
+        self.active_head_layers = {n.layer for n in changed if n.kind == "head"}
         self.split: set[tuple[str, int]] = set()
         for r in [e.receiver for e in request.edges] + [e.name for e in request.edits]:
             if r.kind == "receiver":
@@ -199,6 +204,8 @@ class Pass:
         w_o = core.layout.o_weight(layer)
 
         def fn(z: Tensor) -> None:
+            if layer not in self.active_head_layers and self._store_lazy_heads(layer, z):
+                return None
             zh = z.reshape(*z.shape[:-1], H, dh)
             heads = torch.einsum("btnh,dnh->btnd", zh, w_o.reshape(-1, H, dh))
             self.heads[layer] = heads
@@ -235,6 +242,20 @@ class Pass:
             return a if changed else None
 
         return fn
+
+    def _store_lazy_heads(self, layer: int, z: Tensor) -> bool:
+        """Record the requested heads of an unedited layer as `LazyHead`s over z (no [B, T, D]
+        per head is made in the pass). False where the request moves or casts the cache (then
+        the heads are computed now, as the model has them)."""
+        zd = z.detach()
+        if zd.to(device=self.req.device, dtype=self.req.dtype) is not zd:
+            return False
+        record = self.req.record
+        for h, w_h in enumerate(self.core.o_heads(layer)):
+            name = f"L{layer}.H{h}"
+            if name in record:
+                self.record[name] = LazyHead(zd, h, w_h)
+        return True
 
     def _store_heads(self, layer: int, heads: Tensor, edited: dict[int, Tensor]) -> None:
         """Record the requested heads' values as the model used them (after edits)."""

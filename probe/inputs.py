@@ -82,11 +82,11 @@ def model_inputs(
         raise UserError(f"attention_mask is {list(mask.shape)} but input_ids are {list(ids.shape)}.")
     if bool(((mask != 0) & (mask != 1)).any()):
         raise UserError("attention_mask must hold 1 (token) and 0 (padding) only.")
-    if bool((mask.sum(-1) == 0).any()):
+    if not bool(mask.any(-1).all()):
         row = int((mask.sum(-1) == 0).nonzero()[0])
         raise UserError(f"row {row} of the inputs is all padding (its attention_mask is all 0); drop it.")
     rows = model.get_input_embeddings().weight.shape[0]
-    low, high = int(ids.min()), int(ids.max())
+    low, high = (int(v) for v in torch.aminmax(ids))
     if low < 0 or high >= rows:
         raise UserError(
             f"token ids must lie in 0..{rows - 1} (the model's embedding has {rows} rows); got ids from "

@@ -173,6 +173,7 @@ class ProbedModel:
             source=meta.extra.get("path", meta.source) if meta.extra else meta.source,
         )
         self._active: list[Interventions] = []
+        self._names_memo: dict[object, tuple[str, ...]] = {}  # cache_names of names seen before
 
     # --- construction -------------------------------------------------------------------------
 
@@ -285,6 +286,17 @@ class ProbedModel:
         name ("L3.H2.pattern") or by a glob that says so ("L3.H*.pattern"); other globs and
         predicates never pick them up, since they are [B, T, T] per head.
         """
+        key = names if isinstance(names, str) or names is None else None
+        if key is None and isinstance(names, list | tuple) and all(isinstance(n, str) for n in names):
+            key = tuple(names)
+        if key is not None and key in self._names_memo:  # a pass per batch asks the same again
+            return list(self._names_memo[key])
+        chosen = self._cache_names(names)
+        if key is not None and len(self._names_memo) < 256:
+            self._names_memo[key] = tuple(chosen)
+        return chosen
+
+    def _cache_names(self, names: NameFilter) -> list[str]:
         full = self.shape.cacheable(patterns=True)
         plain = self.shape.cacheable(patterns=False)
         if names is None:

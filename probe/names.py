@@ -38,6 +38,7 @@ Every name a user passes is parsed here and checked against the model's shape, s
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -96,6 +97,11 @@ def parse(name: str) -> Name:
     """Parse one canonical name (no range check; see `Shape.check`). UserError if malformed."""
     if not isinstance(name, str):
         raise UserError(f"component names are strings, got {type(name).__name__} {name!r}.")
+    return _parse(name)
+
+
+@functools.lru_cache(maxsize=2**16)
+def _parse(name: str) -> Name:  # names are parsed on every pass: remembered (Name is frozen)
     for pattern, kind in _PATTERNS:
         m = pattern.fullmatch(name)
         if not m:

@@ -11,7 +11,7 @@ from test_probe import batch, probed
 
 from common.errors import UserError
 from probe import Cache, DiskCache
-from probe.cache import CacheKeyError
+from probe.cache import CacheKeyError, LazyHead
 from probe.names import Shape, parse, select
 
 
@@ -131,3 +131,33 @@ def test_names_parse_and_select() -> None:
     assert select(None, ["a", "b"], shape, "x") == ["a", "b"]
     assert len(shape.components()) == 1 + 2 * (1 + 8 + 4 + 1 + 8 + 1) + 1
     assert shape.all_receivers()[-1] == "logits" and "L1.H1.v" in shape.all_receivers()
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_lazy_heads_equal_the_computed_heads_and_sum_to_the_attention_output(family: str) -> None:
+    """Recorded heads are kept as z and computed when read (`LazyHead`); they equal the heads the
+    pass computes when the layer is edited (an edit that adds 0), and with the projection's bias
+    they sum to the output projection's output, read by a plain forward hook on the HF module."""
+    ids, _, mask = batch(family)
+    pm = probed(family)
+    seen = {}
+    o_proj = pm.layout.blocks[1].o
+    handle = o_proj.register_forward_hook(lambda _m, _a, out: seen.update(out=out.detach()))
+    try:
+        _, lazy = pm.run_with_cache(ids, "L1.H*", attention_mask=mask)
+    finally:
+        handle.remove()
+    # nothing computed yet (the run-time type checker of the test suite may read one head)
+    assert isinstance(lazy._t["L1.H3"], LazyHead) and isinstance(lazy._t["L1.H2"], LazyHead)
+    z_bytes = lazy.nbytes
+    with pm.intervene() as iv:
+        iv.add("L1.H0", 0.0)  # the layer's heads are now computed in the pass
+        _, eager = pm.run_with_cache(ids, "L1.H*", attention_mask=mask)
+    assert not any(isinstance(eager._t[n], LazyHead) for n in eager)
+    for name in eager:
+        torch.testing.assert_close(lazy[name], eager[name], atol=1e-6, rtol=1e-5)
+    assert not any(isinstance(lazy._t[n], LazyHead) for n in lazy)  # ... and kept once read
+    bias = pm.layout.o_bias(1)
+    total = lazy.heads(1).sum(2) + (0 if bias is None else bias)
+    torch.testing.assert_close(total, seen["out"], atol=1e-5, rtol=1e-5)
+    assert z_bytes <= eager.nbytes / 2  # z (+ at most one read head) against every head's [B, T, d_model]
