@@ -51,9 +51,10 @@ from analyses.metrics import Targets, clean_reference, metric_values, row_values
 from analyses.patching import Metric, Patch, patch_batch
 from common.errors import UserError
 from common.registry import Registry
-from probe.cache import Cache
+from probe.cache import Cache, head_differences
 from probe.lens import answer_logit_diff
 from probe.model import ProbedModel
+from probe.names import parse
 from tasks.base import Batch
 
 LEVELS = ("edge", "node", "unit")
@@ -219,15 +220,23 @@ class SenderDeltas:
         offload: str,
     ) -> SenderDeltas:
         """(written(corrupt) - written(clean)) * mask per sender; `corrupt`'s tensors are reused."""
+        values = {}
         if pm.config.post_norms:
             w_clean, w_corrupt = written(pm, clean, senders), written(pm, corrupt, senders)
         else:
             w_clean, w_corrupt = clean, corrupt
-        values = {}
+            # heads recorded lazily (probe.cache.LazyHead): one product of the z difference per
+            # layer, no head of either run is made
+            layers: dict[int, list[str]] = {}
+            for s in senders:
+                n = parse(s)
+                if n.kind == "head":
+                    layers.setdefault(n.layer, []).append(s)
+            for names in layers.values():
+                values.update(head_differences(corrupt, clean, names))
         for s in senders:
-            v = w_corrupt[s]
-            m = mask.to(v)[..., None]
-            values[s] = v.sub_(w_clean[s]).mul_(m)
+            v = values[s] if s in values else w_corrupt[s].sub_(w_clean[s])
+            values[s] = v.mul_(mask.to(v)[..., None])
         return cls(values, offload)
 
     def stack(

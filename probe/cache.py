@@ -168,6 +168,28 @@ class Cache(Mapping[str, Tensor]):
         return cls(tensors)
 
 
+def head_differences(a: Cache, b: Cache, names: list[str]) -> dict[str, Float[Tensor, "batch pos d_model"]]:
+    """a[name] - b[name] for the heads `names` of one layer that both caches still hold as
+    `LazyHead`s over the same z and W_O, computed from the difference of the two z (one product
+    for the layer, no head of either cache made; values are views of one [B, T, H, D]). Heads
+    already read (or recorded in an edited pass) are left out: the caller takes their difference
+    directly."""
+    pairs = [(n, a._t.get(n), b._t.get(n)) for n in names]
+    lazy = [(n, x, y) for n, x, y in pairs if isinstance(x, LazyHead) and isinstance(y, LazyHead)]
+    if lazy:
+        za, zb, w0 = lazy[0][1].z, lazy[0][2].z, lazy[0][1].w
+        lazy = [(n, x, y) for n, x, y in lazy if x.z is za and y.z is zb and x.w.shape == w0.shape]
+    if not lazy:
+        return {}
+    with torch.no_grad():
+        diff = za - zb
+        dh = w0.shape[1]
+        w = torch.stack([x.w for _, x, _ in lazy])  # [H, D, dh]
+        zh = torch.stack([diff[..., x.head * dh : (x.head + 1) * dh] for _, x, _ in lazy], dim=2)  # [B, T, H, dh]
+        out = torch.einsum("btnh,ndh->btnd", zh, w)
+    return {n: out[:, :, i] for i, (n, _, _) in enumerate(lazy)}
+
+
 class DiskCache:
     """A cache written shard by shard (`ProbedModel.cache_to_disk`); rows stay on disk until read.
 

@@ -11,7 +11,7 @@ from test_probe import batch, probed
 
 from common.errors import UserError
 from probe import Cache, DiskCache
-from probe.cache import CacheKeyError, LazyHead
+from probe.cache import CacheKeyError, LazyHead, head_differences
 from probe.names import Shape, parse, select
 
 
@@ -161,3 +161,21 @@ def test_lazy_heads_equal_the_computed_heads_and_sum_to_the_attention_output(fam
     total = lazy.heads(1).sum(2) + (0 if bias is None else bias)
     torch.testing.assert_close(total, seen["out"], atol=1e-5, rtol=1e-5)
     assert z_bytes <= eager.nbytes / 2  # z (+ at most one read head) against every head's [B, T, d_model]
+
+
+def test_head_differences_from_z_equal_the_difference_of_the_heads() -> None:
+    ids, cids, mask = batch()
+    pm = probed("llama")
+    names = ["L1.H0", "L1.H2", "L1.H3"]
+    _, a = pm.run_with_cache(cids, names, attention_mask=mask)
+    _, b = pm.run_with_cache(ids, names, attention_mask=mask)
+    a["L1.H3"]  # a head read from one cache is left to the caller
+    diffs = head_differences(a, b, names)
+    assert list(diffs) == ["L1.H0", "L1.H2"] or list(diffs) == ["L1.H2"]  # (the suite's type checker may read H0)
+    _, a2 = pm.run_with_cache(cids, names, attention_mask=mask)  # fresh caches, heads read one by one
+    _, b2 = pm.run_with_cache(ids, names, attention_mask=mask)
+    direct = {name: a2[name] - b2[name] for name in names}
+    for name in diffs:
+        torch.testing.assert_close(diffs[name], direct[name], atol=1e-6, rtol=1e-5)
+    assert float(diffs["L1.H2"].abs().max()) > 1e-3
+    assert head_differences(a2, b2, names) == {}  # materialised heads: not from z any more
