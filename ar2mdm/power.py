@@ -1,9 +1,11 @@
 """The study's pool choice (`ar2mdm study --power`): how many examples per task resolve the ARM vs
-MDM Jaccard to +/-`POWER_HALF_WIDTH`, and whether a comparison on that pool fits the time left.
+MDM Jaccard of every task to +/-`POWER_HALF_WIDTH` (the organism), or claim (a) -- local minus
+global tasks' Jaccard -- to +/-`CLAIM_A_HALF_WIDTH` (SmolLM2, whose passes cost 80x more), and
+whether a comparison on that pool fits the time left.
 
-The pool a task needs comes from its bootstrap interval at the first pool
-(`analyses.statistics.pool_for_width`: an interval shrinks as 1 / sqrt(n)); the time from the
-first comparison's, scaled linearly in the pool.
+The pool comes from the pilot comparison's bootstrap intervals (`analyses.statistics.
+pool_for_width`: an interval shrinks as 1 / sqrt(n); claim (a)'s pooled interval too, every
+task's pool growing alike); the time from the pilot's, scaled linearly in the pool.
 """
 
 from __future__ import annotations
@@ -14,17 +16,32 @@ from typing import Any
 from analyses.statistics import Interval, pool_for_width
 
 POWER_HALF_WIDTH = 0.03  # the Jaccard interval half width `power` sizes the pool for
+CLAIM_A_HALF_WIDTH = 0.05  # claim (a)'s interval half width, the SmolLM2 study's target (issue 16)
 MAX_POOL = 1000  # the largest pool `power` asks for (examples per task)
 
 
-def needed_pool(report: Mapping[str, Any], half_width: float = POWER_HALF_WIDTH) -> dict[str, int | None]:
-    """Per task of a comparison's report.json: the pool for a Jaccard interval of +/-half_width
-    (None where the interval is missing or a point)."""
+def needed_pool(
+    report: Mapping[str, Any], half_width: float | None = POWER_HALF_WIDTH, claim_half_width: float | None = None
+) -> dict[str, int | None]:
+    """From a comparison's report.json: per task, the pool for a Jaccard interval of
+    +/-half_width (skipped when None), and with `claim_half_width` under "claim (a)" the pool
+    for claim (a)'s interval (scaled from the largest task pool of the pilot). None where an
+    interval is missing or a point."""
     out: dict[str, int | None] = {}
-    for task, entry in report["tasks"].items():
-        j = entry["circuits"]["jaccard"]
-        ok = j.get("low") is not None and j.get("high") is not None
-        out[task] = pool_for_width(entry["n"], Interval(j["estimate"], j["low"], j["high"]), half_width) if ok else None
+    if half_width is not None:
+        for task, entry in report["tasks"].items():
+            j = entry["circuits"]["jaccard"]
+            ok = j.get("low") is not None and j.get("high") is not None
+            out[task] = (
+                pool_for_width(entry["n"], Interval(j["estimate"], j["low"], j["high"]), half_width) if ok else None
+            )
+    if claim_half_width is not None:
+        iv = (report.get("claims", {}).get("a") or {}).get("interval")
+        n = max((entry["n"] for entry in report["tasks"].values()), default=0)
+        ok = iv is not None and n > 0
+        out["claim (a)"] = (
+            pool_for_width(n, Interval(iv["estimate"], iv["low"], iv["high"]), claim_half_width) if ok else None
+        )
     return out
 
 
@@ -49,7 +66,7 @@ def plan_power(
         "estimated_minutes": round(estimate / 60, 1),
     }
     if pool <= pilot_pool:
-        return {**plan, "run": False, "reason": f"the pilot pool ({pilot_pool}) already resolves +/-{POWER_HALF_WIDTH}"}
+        return {**plan, "run": False, "reason": f"the pilot pool ({pilot_pool}) already resolves the target"}
     if estimate > seconds_left:
         return {
             **plan,

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ar2mdm.power import POWER_HALF_WIDTH, needed_pool, plan_power
+from ar2mdm.power import CLAIM_A_HALF_WIDTH, POWER_HALF_WIDTH, needed_pool, plan_power
 from ar2mdm.stages import StageRecord, Stages
 from ar2mdm.study_report import print_summary, write_study_report
 from common.errors import UserError
@@ -61,7 +61,8 @@ class StudyConfig:
     ARM with each MDM and the full-length one (`analyses.compare.compare_series`, stage
     "blocks": Jaccard with the ARM, early mass and accuracy against block size).
     power: after the comparison, compute the pool each task needs for a Jaccard interval of
-    +/-`POWER_HALF_WIDTH` (`analyses.statistics.pool_for_width`) and, when the comparison at that
+    +/-`POWER_HALF_WIDTH` (organism) or that claim (a) needs for +/-`CLAIM_A_HALF_WIDTH`
+    (SmolLM2) (`analyses.statistics.pool_for_width`) and, when the comparison at that
     pool fits in what is left of `budget` minutes (estimated from the first comparison's time,
     linear in the pool), rerun it there (stage "compare_power", which the report then reads);
     either way summary.json says what was needed and what was done ("power")."""
@@ -540,8 +541,13 @@ def _run_stages(cfg: StudyConfig, out: Path, log: Callable[[str], None]) -> dict
         report = json.loads((out / "compare" / "report.json").read_text())
         seconds = float(pilot.info.get("seconds") or pilot.seconds)
         left = cfg.budget * 60 - (time.perf_counter() - t0)
-        power = plan_power(needed_pool(report), int(pilot.info.get("pool_size", cfg.pool_size)), seconds, left)
-        log(f"[power] pool {power['pool']} for Jaccard +/-{POWER_HALF_WIDTH}: {power['reason']}")
+        if cfg.model == "smollm2":
+            needed, target = needed_pool(report, None, CLAIM_A_HALF_WIDTH), f"claim (a) +/-{CLAIM_A_HALF_WIDTH}"
+        else:
+            needed, target = needed_pool(report), f"every task's Jaccard +/-{POWER_HALF_WIDTH}"
+        power = plan_power(needed, int(pilot.info.get("pool_size", cfg.pool_size)), seconds, left)
+        power["target"] = target
+        log(f"[power] pool {power['pool']} for {target}: {power['reason']}")
         if power["run"]:
             _compare_stage(
                 cfg, stages, ar_source, mdm_path, mdm_record.key, settings, twins,

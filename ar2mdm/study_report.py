@@ -117,7 +117,7 @@ def write_study_report(
         lines.append(f"<p><b>Note:</b> {html.escape(compare_data['note'])}</p>")
     if power is not None:
         lines.append(
-            f"<p><b>Pool size:</b> a Jaccard interval of about +/-0.03 needs {power['pool']} examples per task "
+            f"<p><b>Pool size:</b> {power.get('target', 'a Jaccard interval of about +/-0.03')} needs {power['pool']} examples per task "
             f"(the comparison's first pool: {power['pilot_pool']}; estimated {power['estimated_minutes']} min). "
             + html.escape(
                 f"Reran the comparison there ({power['reason']})." if power["run"] else f"Not rerun: {power['reason']}."

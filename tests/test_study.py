@@ -121,3 +121,10 @@ def test_power_plan_by_hand() -> None:
     assert plan_power(needed, 100, 120.0, 400.0)["run"] is False
     assert plan_power({"ioi": 5000}, 100, 1.0, 1e9)["pool"] == 1000
     assert plan_power({"ioi": 80}, 100, 1.0, 1e9)["run"] is False
+    # claim (a): its pooled interval +/-0.08 at the pilot's largest pool (100) -> 100 (0.08 / 0.05)^2 = 256
+    report["claims"] = {"a": {"interval": {"estimate": 0.2, "low": 0.12, "high": 0.28}}}
+    claim = needed_pool(report, None, 0.05)
+    assert list(claim) == ["claim (a)"] and claim["claim (a)"] == pytest.approx(256, abs=1)
+    assert needed_pool({"tasks": report["tasks"], "claims": {"a": {"interval": None}}}, None, 0.05) == {
+        "claim (a)": None
+    }
