@@ -101,7 +101,12 @@ class GradResult:
 
 
 class ProbedModel:
-    """An HF decoder (AR or MDM) with canonical-name caching, interventions and gradients."""
+    """An HF decoder (AR or MDM) with canonical-name caching, interventions and gradients.
+
+    backend: "auto" or a registered backend (`from_checkpoint`). ungroup_kv: on a grouped-query
+    model, key k/v receivers per query head (`probe.ungroup`; widens the model's k/v projections
+    in place). Raises UserError for a model or meta the probe cannot read.
+    """
 
     def __init__(
         self,
@@ -114,8 +119,6 @@ class ProbedModel:
     ) -> None:
         if not isinstance(model, PreTrainedModel):
             raise UserError(f"ProbedModel wraps a transformers PreTrainedModel; got {type(model).__name__}.")
-        if ungroup_kv:
-            ungroup_kv_heads(model)  # in place: the model's k/v projections get one head per query head
         if meta is None:
             if getattr(model.config, "is_causal", True) is False:
                 raise UserError(
@@ -137,6 +140,8 @@ class ProbedModel:
             isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
         ):
             raise UserError(f"meta.block_size must be a positive integer (or None); got {block_size!r}.")
+        if ungroup_kv:  # (after the checks above: a refused model is left as it was)
+            ungroup_kv_heads(model)  # in place: the model's k/v projections get one head per query head
         model.eval()
         model.requires_grad_(False)
         model.set_attn_implementation("eager")  # patterns are only observable in eager attention
