@@ -61,6 +61,7 @@ def ungroup_kv_heads(model: PreTrainedModel) -> PreTrainedModel:
                 f"{what}: block {i}'s key/value projections are not plain nn.Linear layers (quantised?); "
                 "per-query-head k/v receivers need them. Load the model unquantised, or use the grouped graph."
             )
+    for blk in layout.blocks:  # every block checked first: a refused model is left unchanged
         for name in ("k_proj", "v_proj"):
             setattr(blk.attn, name, _widened(getattr(blk.attn, name), n_kv, d_head, r))
         blk.attn.num_key_value_groups = 1

@@ -4,7 +4,6 @@ and the FLOPs count behind the logged MFU (checked by hand)."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -12,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import D_MLP, D_MODEL, N_HEADS, N_KV_HEADS, N_LAYERS, build_tiny_model
-from safetensors.torch import load_file
-from test_train import setup  # noqa: F401 (fixture)
+from test_train import log_lines, setup, weights  # noqa: F401 (setup: fixture)
 from transformers import AutoModelForCausalLM
 
 from common.errors import UserError
@@ -24,13 +22,8 @@ from conversion.train import TrainConfig, _adamw, train
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(Path(folder) / "model.safetensors")
-
-
 def _train_log(folder: Path) -> list[dict]:
-    lines = (Path(folder) / "train.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["kind"] == "train"]
+    return [r for r in log_lines(Path(folder)) if r["kind"] == "train"]
 
 
 def test_flops_per_token_by_hand(tmp_path: Path) -> None:
@@ -69,7 +62,7 @@ def test_train_logs_tflops_and_mfu(setup: TrainConfig) -> None:  # noqa: F811
 def test_device_cpu_trains_as_auto_does(setup: TrainConfig, tmp_path: Path) -> None:  # noqa: F811
     a = train(replace(setup, steps=2, out=str(tmp_path / "auto")))
     b = train(replace(setup, steps=2, out=str(tmp_path / "cpu"), device="cpu"))
-    wa, wb = _weights(a.out), _weights(b.out)
+    wa, wb = weights(Path(a.out)), weights(Path(b.out))
     assert wa.keys() == wb.keys()
     for name in wa:
         torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=0)
@@ -141,7 +134,7 @@ def test_compiled_training_matches_eager(setup: TrainConfig, tmp_path: Path) -> 
     counters.clear()
     compiled = train(replace(setup, steps=2, out=str(tmp_path / "compiled"), compile="aot_eager"))
     assert counters["stats"]["unique_graphs"] >= 1  # the forward was captured, not run eagerly
-    we, wc = _weights(eager.out), _weights(compiled.out)
+    we, wc = weights(Path(eager.out)), weights(Path(compiled.out))
     assert we.keys() == wc.keys()
     for name in we:
         torch.testing.assert_close(we[name], wc[name], rtol=1e-4, atol=1e-5)

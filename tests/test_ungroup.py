@@ -103,8 +103,10 @@ def test_models_without_grouped_attention_are_unchanged() -> None:
 def test_attention_that_does_not_repeat_kv_heads_is_refused() -> None:
     model = ProbedModel.from_checkpoint(folder("llama"), backend="torch").model
     model.model.layers[1].self_attn.num_key_value_groups = 1
+    before = model.model.layers[0].self_attn.k_proj.out_features
     with pytest.raises(UserError, match="block 1 has no separate k/v projections repeated"):
         ungroup_kv_heads(model)
+    assert model.model.layers[0].self_attn.k_proj.out_features == before  # nothing widened
 
 
 @pytest.mark.parametrize("backend", ["nnsight", "tl"])
