@@ -118,3 +118,22 @@ def parse_device(name: str | torch.device) -> torch.device:
     elif device.type not in ("cpu", "cuda", "mps"):
         raise UserError(f"--device {name!r}: ar2mdm runs on cpu, cuda or mps.")
     return device
+
+
+def kv_cache_kwargs(model: torch.nn.Module, cache: Any) -> dict[str, Any]:
+    """{name: cache} for a forward call that reuses `cache`: transformers >= 5.24 names the
+    argument `cache` (`past_key_values` is deprecated there), earlier 5.x `past_key_values`."""
+    import inspect
+
+    forward = getattr(model, "forward", model)
+    try:
+        params = inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    return {"cache" if "cache" in params else "past_key_values": cache}
+
+
+def returned_kv_cache(out: Any) -> Any:
+    """The KV cache a forward returned (`out.cache`, or `out.past_key_values` before 5.24)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)

@@ -15,6 +15,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from common.errors import UserError
+from common.modeling import kv_cache_kwargs, returned_kv_cache
 from sampling.base import Sampler, State, check_options
 from sampling.rng import sample_tokens
 
@@ -90,10 +91,10 @@ class ARSampler(Sampler):
                 input_ids=feed,
                 attention_mask=mask,
                 position_ids=feed_pos,
-                past_key_values=sc["cache"],
                 use_cache=True,
+                **kv_cache_kwargs(model, sc["cache"]),
             )
-            sc["cache"] = out.past_key_values
+            sc["cache"] = returned_kv_cache(out)
         else:
             out = state.forward(model, "ar", input_ids=sc["history"], attention_mask=mask, position_ids=pos)
         logits = out.logits[:, -1].float()  # [B, V]

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from common.errors import TaskError
 from common.metadata import ModelMeta
-from common.modeling import pad_id, position_ids
+from common.modeling import kv_cache_kwargs, pad_id, position_ids, returned_kv_cache
 from tasks.base import Example, Mode, Rendered, Task, Tokenizer, collate, continuation_ids, encode_prompt, render
 
 # The least mean clean - corrupted logit difference a task should show before its circuits are
@@ -180,8 +180,8 @@ def greedy_generate(
                 input_ids=nxt[:, None],
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=out.past_key_values,
                 use_cache=True,
+                **kv_cache_kwargs(model, returned_kv_cache(out)),
             )
         for g in generated:
             texts.append(tokenizer.decode(g).split("\n", 1)[0])
