@@ -165,7 +165,7 @@ def convert(
 def _sampler_flags(
     steps: int | None, block_length: int | None, temperature: float | None, tau: float | None,
     top_k: int | None, top_p: float | None, strategy: str | None, eta: float | None, score: str | None,
-    cache: str | None,
+    cache: str | None, factor: float | None = None, refresh: int | None = None, stop_at_eos: bool | None = None,
 ) -> dict:  # fmt: skip
     return {
         "steps": steps,
@@ -178,6 +178,9 @@ def _sampler_flags(
         "eta": eta,
         "score": score,
         "cache": cache,
+        "factor": factor,
+        "refresh": refresh,
+        "stop_at_eos": stop_at_eos,
     }
 
 
@@ -197,6 +200,9 @@ def sample(
     eta: Annotated[float | None, typer.Option(help="remask: the strategy's eta. [default: 0.05]")] = None,
     score: Annotated[str | None, typer.Option(help="arpc: nll | divergence. [default: nll]")] = None,
     cache: Annotated[str | None, typer.Option(help=CACHE_HELP)] = None,
+    factor: Annotated[float | None, typer.Option(help="factor: commit the n most confident tokens with (n+1)(1-c_n) < factor (Fast-dLLM). [default: 1.0]")] = None,
+    refresh: Annotated[int | None, typer.Option(help="threshold / factor: recompute the whole canvas every N calls inside a block (1 = exact for every cache). [default: at each block's start only]")] = None,
+    stop_at_eos: Annotated[bool | None, typer.Option("--stop-at-eos/--no-stop-at-eos", help="threshold / factor: end a row at its first decided end-of-sequence token (the rest becomes EOS, no more calls). [default: off]")] = None,
     ar_scorer: Annotated[str | None, typer.Option(help="arpc: AR model to score with. [default: the MDM's source]")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sampler's random draws.")] = 0,
     trace: Annotated[Path | None, typer.Option(help="Write a per-step trace (committed positions, confidences, provisional decode) as JSON here.")] = None,
@@ -220,7 +226,21 @@ def sample(
         if trace is not None:
             check_output_file(trace, "--trace")  # before generating, not after
         loaded = load_any(model, **load_options(dtype, device, trust_remote_code))
-        options = _sampler_flags(steps, block_length, temperature, tau, top_k, top_p, strategy, eta, score, cache)
+        options = _sampler_flags(
+            steps,
+            block_length,
+            temperature,
+            tau,
+            top_k,
+            top_p,
+            strategy,
+            eta,
+            score,
+            cache,
+            factor,
+            refresh,
+            stop_at_eos,
+        )
         if SAMPLERS.get(sampler).needs_scorer:
             options["scorer"] = load_scorer(loaded, ar_scorer)
         chosen = build_sampler(sampler, **options)
@@ -276,6 +296,9 @@ def eval_(
     eta: Annotated[float | None, typer.Option(help="remask eta.")] = None,
     score: Annotated[str | None, typer.Option(help="arpc score: nll | divergence.")] = None,
     cache: Annotated[str | None, typer.Option(help=CACHE_HELP)] = None,
+    factor: Annotated[float | None, typer.Option(help="factor: commit the n most confident tokens with (n+1)(1-c_n) < factor (Fast-dLLM). [default: 1.0]")] = None,
+    refresh: Annotated[int | None, typer.Option(help="threshold / factor: recompute the whole canvas every N calls inside a block (1 = exact for every cache). [default: at each block's start only]")] = None,
+    stop_at_eos: Annotated[bool | None, typer.Option("--stop-at-eos/--no-stop-at-eos", help="threshold / factor: end a row at its first decided end-of-sequence token (the rest becomes EOS, no more calls). [default: off]")] = None,
     ar_scorer: Annotated[str | None, typer.Option(help="arpc: AR model to score with. [default: the MDM's source]")] = None,
     seed: Annotated[int, typer.Option(help="Seed of examples and sampler draws.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier `ar2mdm eval` in --out.")] = False,
@@ -307,7 +330,9 @@ def eval_(
         claim = stack.enter_context(claim_output(out, "eval"))
         refuse_earlier_results(claim, overwrite)
         loaded = load_any(model, **loading)
-        flags = _sampler_flags(None, block_length, temperature, tau, None, None, strategy, eta, score, cache)
+        flags = _sampler_flags(
+            None, block_length, temperature, tau, None, None, strategy, eta, score, cache, factor, refresh, stop_at_eos
+        )
         specs = [
             SamplerSpec(x, {k: v for k, v in flags.items() if v is not None and k in sampler_options(x)}) for x in names
         ]

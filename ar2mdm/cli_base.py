@@ -95,10 +95,11 @@ BACKEND_HELP = f"Probe backend: {BACKENDS.choices()} | auto."
 METHOD_HELP = f"Edge attribution method of the circuits: {' | '.join(methods_for('edge'))}."
 TASK_HELP = "; ".join(f"{', '.join(task_names(kind))} ({kind})" for kind in ("local", "global") if task_names(kind))
 CACHE_HELP = (
-    "threshold: prefix | none. The prefix KV cache reuses the keys/values of the decoded prefix: exact for "
-    "block-diffusion checkpoints (block:B, whose earlier blocks never see later ones), approximate for "
-    "bidirectional MDMs (the prefix would attend to the changing answer; its keys are reused as they were). "
-    "none recomputes every step (exact). [default: prefix]"
+    "threshold / factor: prefix | dual | none. prefix reuses the keys/values left of the block being decoded, "
+    "dual (Fast-dLLM DualCache) also those right of it; both are exact for block-diffusion checkpoints "
+    "(block:B: earlier blocks never see later ones) and approximate for bidirectional MDMs (reused keys were "
+    "computed while the block was masked; per-step drift in docs/results/sampling.md). none recomputes every "
+    "call (exact). The other MDM samplers take no cache (every call exact); ar's KV cache is exact. [default: prefix]"
 )
 
 

@@ -15,10 +15,16 @@ uniform            reverse process of uniform-state noise                      u
 low-confidence     commit the k most probable tokens per step (LLaDA)          absorbing MDM
 margin             ... ranked by top-1 minus top-2 probability (Dream)         absorbing MDM
 entropy            ... ranked by minus entropy (Dream)                         absorbing MDM
-threshold          top-1 plus all above tau per step, prefix KV cache          absorbing MDM
+threshold          top-1 plus all above tau per step; prefix / dual KV cache   absorbing MDM
+factor             Fast-dLLM factor rule: n with (n+1)(1-c_n) < f per step     absorbing MDM
 remask             ReMDM: decoded tokens may return to the mask                absorbing MDM
 arpc               BlockGen predictor / AR scoring / corrector                 absorbing MDM
 =================  ==========================================================  ==================
+
+Caches: `ar` keeps an exact KV cache (causal attention). `threshold` and `factor` take
+`cache="prefix" | "dual" | "none"` and `refresh` (`sampling.cache`: every cache exact on
+block-diffusion checkpoints, prefix and dual approximate on bidirectional MDMs); every other MDM
+sampler runs the whole canvas at each call (exact).
 """
 
 from __future__ import annotations
@@ -43,9 +49,10 @@ from sampling.base import (
     make_canvas,
     run,
 )
+from sampling.cache import CACHES, WindowCache, drift
 from sampling.confidence import ConfidenceSampler, EntropySampler, LowConfidenceSampler, MarginSampler, confidence_fill
 from sampling.remask import RemaskSampler
-from sampling.threshold import ThresholdSampler, threshold_commit
+from sampling.threshold import FactorSampler, ThresholdSampler, factor_commit, threshold_commit
 
 
 def sampler_options(name: str) -> tuple[str, ...]:
@@ -80,8 +87,10 @@ __all__ = [
     "ARPCSampler",
     "ARSampler",
     "AncestralSampler",
+    "CACHES",
     "ConfidenceSampler",
     "EntropySampler",
+    "FactorSampler",
     "LowConfidenceSampler",
     "MarginSampler",
     "ModelContext",
@@ -92,8 +101,11 @@ __all__ = [
     "ThresholdSampler",
     "TraceStep",
     "UniformSampler",
+    "WindowCache",
     "build_sampler",
     "check_options",
+    "drift",
+    "factor_commit",
     "confidence_fill",
     "filter_logits",
     "make_canvas",

@@ -236,6 +236,25 @@ class State:
         cur = self.current_block()
         return self.masked & (self.blocks == cur[:, None]) & (cur[:, None] >= 0)
 
+    def finish_after_eos(self) -> Bool[Tensor, " batch"]:
+        """End rows at their first decided end-of-sequence token: where a row's first generated
+        EOS has no undecided position before it, every generated position after it becomes EOS
+        (the masked ones decided without a model call; tokens already committed there lie past the
+        end of the text). Returns [B] the rows it changed. No-op without an eos id."""
+        eos = self.ctx.eos_id
+        ended = torch.zeros(self.ids.shape[0], dtype=torch.bool, device=self.ids.device)
+        if eos is None:
+            return ended
+        cols = torch.arange(self.ids.shape[1], device=self.ids.device)
+        big = self.ids.shape[1]
+        first_eos = torch.where(self.gen & ~self.masked & (self.ids == eos), cols, big).min(1).values
+        first_masked = torch.where(self.masked, cols, big).min(1).values
+        ended = (first_eos < big) & (first_eos < first_masked)
+        fill = ended[:, None] & self.gen & (cols[None, :] > first_eos[:, None])
+        self.ids = torch.where(fill, torch.full_like(self.ids, eos), self.ids)
+        self.masked = self.masked & ~fill
+        return fill.any(1)
+
     def record(
         self,
         committed: Bool[Tensor, "batch pos"],

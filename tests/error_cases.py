@@ -650,6 +650,22 @@ CASES: tuple[Case, ...] = (
         "give text",
         cli=("sample", "--model", "{mdm}", "--prompt", ""),
     ),
+    Case(
+        "sample-unknown-cache",
+        "options",
+        "`sample --sampler threshold --cache suffix`",
+        ("unknown cache 'suffix'", "prefix, dual"),
+        "a listed cache; the message says which is exact for which checkpoint",
+        cli=("sample", "--model", "{mdm}", "--prompt", "When Mary", "--sampler", "threshold", "--cache", "suffix"),
+    ),
+    Case(
+        "sample-option-of-another-rule",
+        "options",
+        "`sample --sampler threshold --factor 2` (factor is the factor sampler's)",
+        ("does not take these options", "factor"),
+        "--sampler factor",
+        cli=("sample", "--model", "{mdm}", "--prompt", "When Mary", "--sampler", "threshold", "--factor", "2"),
+    ),
     # --- data and task files --------------------------------------------------------------------
     Case(
         "data-missing-field",

@@ -14,7 +14,6 @@ from conftest import tiny_config
 from transformers import AutoModelForCausalLM
 
 from common.errors import UserError
-from diffusion.attention import make_bidirectional
 from sampling import (
     AncestralSampler,
     ARPCSampler,
@@ -277,24 +276,3 @@ def test_samplers_refuse_what_does_not_fit(sampler, context, match):
 def test_build_sampler_errors(name, options, match):
     with pytest.raises(UserError, match=match):
         build_sampler(name, **options)
-
-
-def test_block_checkpoint_prefix_cache_is_exact():
-    torch.manual_seed(0)
-    model = make_bidirectional(AutoModelForCausalLM.from_config(tiny_config("llama", 40))).eval()
-    canvas, am = make_canvas([[1, 5, 6, 7, 8], [1, 9, 10]], 9, mask_id=39, pad_id=0)
-    block_ctx = ModelContext(kind="mdm", mask_id=39, shift=True, block_size=4)
-    sampler = ThresholdSampler(tau=0.3)
-    state = sampler.init_state(model, canvas, am, block_ctx)
-    from sampling.base import aligned_logits
-
-    with torch.no_grad():
-        while not sampler.done(state):
-            cached = sampler._logits(model, state)
-            full = aligned_logits(model, state)
-            active = state.active()
-            assert torch.allclose(cached[active][:, :39], full[active][:, :39], atol=1e-5)
-            sampler.step(model, state)
-            state.steps += 1
-    nocache = run(ThresholdSampler(tau=0.3, cache="none"), model, canvas, am, block_ctx)
-    assert torch.equal(state.ids, nocache.ids)
