@@ -69,3 +69,42 @@ def test_faithfulness_benchmark_runs_on_a_tiny_model(make_tiny_model, tmp_path):
     assert json.loads(out.read_text()) == result
     assert result["values"][-1] == pytest.approx(1.0, abs=1e-4) and len(result["sizes"]) >= 5
     assert result["curve_seconds"] > 0 and result["plain_forwards"] == 2 * (len(result["sizes"]) + 2)
+
+
+def test_parallel_decoding_benchmark_on_a_tiny_mdm(tmp_path):
+    """benchmarks.bench_parallel end to end on a tiny random MDM and a copy task of 6 words: the
+    baseline decodes one token per call, no parallel setting needs more calls, drift is measured
+    for both caches, and the figure has one trace per (rule, cache) and panel plus the baseline."""
+    from benchmarks import bench_parallel
+    from benchmarks.run_all import build_tiny
+    from conversion.checkpoints import load_any
+    from tasks.sequences import sequence_examples, write_jsonl
+
+    _, mdm = build_tiny(tmp_path)
+    tok = load_any(mdm).tokenizer
+    task = write_jsonl(sequence_examples("copy", 3, length=6, seed=0, tokenizer=tok), tmp_path / "copy.jsonl")
+    res = bench_parallel.measure(mdm, str(task), n=3, rounds=1, block_length=3)
+    base, *rest = res["rows"]
+    assert res["answer_tokens"] == 6 and base["nfe"] == 6 and base["ratio"] == 1.0
+    assert len(rest) == len(bench_parallel.specs(3)) - 1
+    assert all(1 <= r["nfe"] <= 6 and 0 <= r["accuracy"] <= 1 and r["ratio"] > 0 for r in rest)
+    for cache in ("prefix", "dual"):
+        d = res["drift"][cache]
+        assert d["steps"] >= 6 and 0 <= d["mean"] <= d["max"] and math.isfinite(d["max"])
+    fig = bench_parallel.figure(res)
+    assert len(fig.data) == 2 * 6 + 2  # (threshold, factor) x 3 caches, two panels, + baseline
+
+
+def test_parallel_benchmark_picks_the_fastest_setting_within_the_loss():
+    from benchmarks.bench_parallel import best_within, fastest_at_equal_ppl
+
+    rows = [
+        {"setting": "base", "ratio": 1.0, "accuracy": 0.90, "gen_ppl": 10.0},
+        {"setting": "fast but worse", "ratio": 9.0, "accuracy": 0.85, "gen_ppl": 11.0},
+        {"setting": "within", "ratio": 6.0, "accuracy": 0.895, "gen_ppl": 10.4},
+        {"setting": "slower", "ratio": 2.0, "accuracy": 0.95, "gen_ppl": 9.0},
+    ]
+    assert best_within(rows, 0.01)["setting"] == "within"
+    assert best_within(rows, 0.10)["setting"] == "fast but worse"
+    assert fastest_at_equal_ppl(rows, 0.05)["setting"] == "within"
+    assert best_within(rows[:1])["setting"] == "base"  # nothing else: the baseline
