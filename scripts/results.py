@@ -161,6 +161,23 @@ ENTRIES: tuple[Entry, ...] = (
         doc="docs/results/attribution-memory.md (EAP-IG peak memory predicted vs measured, three sizes)",
     ),
     Entry(
+        "parallel",
+        ("docs/results/sampling/parallel/copy-block8.json",),
+        (
+            (PY, "scripts/long_answer_data.py", "--op", "copy", "--length", "32"),
+            (*AR2MDM, "convert", "--model", "organism", "--sft", "--data", "runs/long-answer/copy-train.jsonl")
+            + ("--out", "runs/organism-mdm-copy", "--steps", "2000", "--seq-len", "96", "--batch-size", "32")
+            + ("--lr", "5e-4", "--warmup", "50", "--log-every", "50", "--eval-every", "500", "--overwrite"),
+            (PY, "-m", "benchmarks.bench_parallel", "--mdm", "runs/organism-mdm-copy")
+            + ("--task", "runs/long-answer/copy-eval.jsonl", "--n", "100", "--rounds", "3", "--block-length", "8")
+            + ("--json", "docs/results/sampling/parallel/copy-block8.json")
+            + ("--html", "docs/results/sampling/parallel/copy-block8.html"),
+        ),
+        ("common", "sampling", "tasks", "conversion", "diffusion", "benchmarks/bench_parallel.py"),
+        19.0,
+        doc="docs/results/sampling.md (parallel decoding on a 32-token copy task; the block-diffusion and SmolLM2 rows have their own commands there)",
+    ),
+    Entry(
         "formats-memory",
         ("docs/results/formats/load_memory.json",),
         ((PY, "-m", "benchmarks.bench_load_memory", "--json", "docs/results/formats/load_memory.json"),),
