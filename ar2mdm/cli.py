@@ -226,21 +226,8 @@ def sample(
         if trace is not None:
             check_output_file(trace, "--trace")  # before generating, not after
         loaded = load_any(model, **load_options(dtype, device, trust_remote_code))
-        options = _sampler_flags(
-            steps,
-            block_length,
-            temperature,
-            tau,
-            top_k,
-            top_p,
-            strategy,
-            eta,
-            score,
-            cache,
-            factor,
-            refresh,
-            stop_at_eos,
-        )
+        options = _sampler_flags(steps, block_length, temperature, tau, top_k, top_p, strategy, eta, score, cache)
+        options.update(factor=factor, refresh=refresh, stop_at_eos=stop_at_eos)
         if SAMPLERS.get(sampler).needs_scorer:
             options["scorer"] = load_scorer(loaded, ar_scorer)
         chosen = build_sampler(sampler, **options)
