@@ -233,28 +233,28 @@ def block_allowed(block_sizes: Int[Tensor, " batch"], length: int) -> Bool[Tenso
     return same_noisy | noisy_to_clean | clean_to_clean
 
 
+def block_causal(q_pos: Int[Tensor, " qpos"], k_pos: Int[Tensor, " kpos"], block: int) -> Bool[Tensor, "qpos kpos"]:
+    """Bool [Tq, Tk]: a query at position q may see a key at position k when k's block is not
+    after q's (k // block <= q // block), positions counted on the canvas from 0. The keys need
+    not be in order (a KV cache may hold them in another)."""
+    return (k_pos[None, :] // block) <= (q_pos[:, None] // block)
+
+
 def block_inference_mask(
-    attention_mask: Int[Tensor, "batch pos"], block: int, *, q_start: int = 0, dtype: torch.dtype = torch.float32
-) -> Float[Tensor, "batch 1 qpos pos"]:
-    """4D additive mask [B, 1, T - q_start, T] for SAMPLING from a block-diffusion model.
+    attention_mask: Int[Tensor, "batch pos"], block: int, *, dtype: torch.dtype = torch.float32
+) -> Float[Tensor, "batch 1 pos pos"]:
+    """4D additive mask [B, 1, T, T] for SAMPLING from a block-diffusion model.
 
     At sampling time the earlier blocks are already clean, so the training layout over
     [x_t ; x_0] collapses to one sequence with a block-causal layout: a query in block
-    b = i // block sees every (non-padding) key in blocks <= b. `q_start` keeps only the query
-    rows from that position on (a forward over a suffix with the prefix in a KV cache).
+    b = i // block sees every (non-padding) key in blocks <= b (`block_causal`). Calls over a
+    window with the rest in a KV cache build theirs in `sampling.cache.window_mask`.
     """
     if block < 1:
         raise UserError(f"block size must be >= 1, got {block}.")
     batch, length = attention_mask.shape
     pos = torch.arange(length, device=attention_mask.device)
-    allowed = (pos[None, :] // block) <= (pos[q_start:, None] // block)
-    allowed = allowed.expand(batch, length - q_start, length)
-    if q_start == 0:
-        return to_additive(allowed, attention_mask, dtype)
-    key_valid = attention_mask.to(torch.bool)
-    allowed = allowed & key_valid[:, None, :]
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))
-    return mask[:, None]
+    return to_additive(block_causal(pos, pos, block).expand(batch, length, length), attention_mask, dtype)
 
 
 def to_additive(

@@ -36,11 +36,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from common.errors import UserError
 from common.modeling import kv_cache_kwargs, param_dtype, position_ids, returned_kv_cache
+from diffusion.attention import block_causal, to_additive
 from sampling.base import State, align, aligned_logits, mdm_forward_kwargs
 
 CACHES = ("none", "prefix", "dual")
@@ -97,15 +98,14 @@ def window_mask(state: State, start: int, stop: int, dtype: torch.dtype) -> Floa
     """Additive [B, 1, stop - start, T] mask of a window call (keys in cache order): padding
     blocked; block-diffusion checkpoints also block keys in later blocks than the query's."""
     am = state.attention_mask.bool()
-    T = am.shape[1]
+    B, T = am.shape
     keys = _key_positions(T, start, stop, am.device)
-    valid = am[:, keys]  # [B, K]
-    allowed: Bool[Tensor, "batch q keys"] = valid[:, None, :].expand(am.shape[0], stop - start, keys.numel())
+    q = torch.arange(start, stop, device=am.device)
     if state.ctx.block_size is not None:
-        q = torch.arange(start, stop, device=am.device)
-        allowed = allowed & ((keys[None, :] // state.ctx.block_size) <= (q[:, None] // state.ctx.block_size))[None]
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=am.device).masked_fill(~allowed, float("-inf"))
-    return mask[:, None]
+        allowed = block_causal(q, keys, state.ctx.block_size)
+    else:
+        allowed = torch.ones(q.numel(), keys.numel(), dtype=torch.bool, device=am.device)
+    return to_additive(allowed.expand(B, -1, -1), am[:, keys], dtype)
 
 
 def _cut(cache: Any, start: int, stop: int) -> None:
