@@ -242,9 +242,8 @@ class State:
         (the masked ones decided without a model call; tokens already committed there lie past the
         end of the text). Returns [B] the rows it changed. No-op without an eos id."""
         eos = self.ctx.eos_id
-        ended = torch.zeros(self.ids.shape[0], dtype=torch.bool, device=self.ids.device)
         if eos is None:
-            return ended
+            return torch.zeros(self.ids.shape[0], dtype=torch.bool, device=self.ids.device)
         cols = torch.arange(self.ids.shape[1], device=self.ids.device)
         big = self.ids.shape[1]
         first_eos = torch.where(self.gen & ~self.masked & (self.ids == eos), cols, big).min(1).values
