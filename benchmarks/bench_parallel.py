@@ -52,34 +52,31 @@ def specs(block_length: int | None) -> list[SamplerSpec]:
 
 
 def measure_drift(loaded, task, examples, block_length: int | None, n: int = 8) -> dict[str, dict[str, float]]:
-    """Per cache: mean and max per-step drift over `n` examples, and the logit spread."""
-    from sampling import ModelContext, ThresholdSampler, drift, make_canvas
+    """Per cache: mean and max per-step drift over `n` examples, and the logit spread. An
+    example rendered for MDM reading (`tasks.render`) is already its canvas: prompt, a mask per
+    answer token, suffix."""
+    from sampling import ModelContext, ThresholdSampler, drift
+    from sampling.base import mdm_forward_kwargs
     from tasks import render
 
     model, tok, meta = loaded.model, loaded.tokenizer, loaded.meta
     ctx = ModelContext.from_meta(meta, tok, model)
+    rendered = [render(ex, tok, "mdm", shift=meta.shift, mask_id=meta.mask_id) for ex in examples[:n]]
     out = {}
     for cache in ("prefix", "dual"):
         steps: list[float] = []
-        for ex in examples[:n]:
-            r = render(ex, tok, "mdm", shift=meta.shift, mask_id=meta.mask_id)
-            head, length = int(r.answer_positions[0]), len(r.answer_ids)
-            ids, am = make_canvas(
-                [r.input_ids[:head].tolist()], length, mask_id=ctx.placeholder, pad_id=ctx.pad_id,
-                suffixes=[r.input_ids[head + length :].tolist()],
-            )  # fmt: skip
+        for r in rendered:
+            ids = r.input_ids[None]
             # tau = 1: one token per call, so every call after a block's first reuses the cache
-            steps += drift(ThresholdSampler(tau=1.0, cache=cache, block_length=block_length), model, ids, am, ctx)
+            sampler = ThresholdSampler(tau=1.0, cache=cache, block_length=block_length)
+            steps += drift(sampler, model, ids, torch.ones_like(ids), ctx)
         out[cache] = {"mean": statistics.mean(steps), "max": max(steps), "steps": len(steps)}
     # the spread of the logits the drift is read against: std over the vocabulary at the
     # positions the first call predicts
-    from sampling.base import mdm_forward_kwargs
-
-    r = render(examples[0], tok, "mdm", shift=meta.shift, mask_id=meta.mask_id)
-    ids = r.input_ids[None]
+    ids = rendered[0].input_ids[None]
     with torch.no_grad():
         logits = model(**mdm_forward_kwargs(ctx, ids, torch.ones_like(ids), torch.float32)).logits[0].float()
-    out["logit_spread"] = float(logits[r.read_positions].std(-1).mean())
+    out["logit_spread"] = float(logits[rendered[0].read_positions].std(-1).mean())
     out["kind"] = "block diffusion" if meta.block_size else "bidirectional"
     return out
 
