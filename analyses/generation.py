@@ -179,7 +179,7 @@ def needs_scorer(specs: Sequence[SamplerSpec]) -> bool:
     return any(SAMPLERS.get(s.name).needs_scorer for s in specs)
 
 
-def _checker(task: Task):
+def answer_checker(task: Task):
     """The task's own checker, except for examples whose meta says {"check": "gsm"}: those are
     scored by the final number (`gsm_match`)."""
 
@@ -217,7 +217,7 @@ def task_accuracy(
     solved, tokens, seconds = 0, 0, 0.0
     nfe_rows: list[float] = []
     nfe_by: dict[str, float] = defaultdict(float)
-    check = check or _checker(task)
+    check = check or answer_checker(task)
     for length, idx in sorted(groups.items()):
         sampler = build_sampler(spec.name, **_with_scorer(spec, scorer), **_steps_for(spec, length, fraction))
         for start in range(0, len(idx), batch_size):

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 import ar2mdm.cli_analyses  # noqa: F401  (registers compare and compare-series on the app)
+import ar2mdm.cli_lm_eval  # noqa: F401  (registers lm-eval on the app)
 from ar2mdm.cli_base import (
     CACHE_HELP,
     INTERRUPTED,
@@ -272,7 +273,7 @@ def eval_(
     model: Annotated[str, typer.Option(help="Checkpoint: an MDM (a folder from `ar2mdm convert`, a published one as downloaded: Dream, LLaDA, ...; FAMILY:PATH; a Dream/LLaDA .gguf) or an AR source (smollm2 | organism | HF folder | .gguf).")],
     out: Annotated[Path, typer.Option(help="Folder for results.json, results.md and generation.html.")],
     tasks: Annotated[str, typer.Option(help=f"Comma-separated tasks: {TASK_HELP}, or .jsonl task files.")] = "ioi,countdown",
-    samplers: Annotated[str, typer.Option(help=f"Comma-separated samplers: {SAMPLER_HELP}.")] = "low-confidence,threshold",
+    samplers: Annotated[str | None, typer.Option(help=f"Comma-separated samplers: {SAMPLER_HELP}. [default: low-confidence,threshold; with --lm-eval one sampler, default ar for an ARM, low-confidence for an MDM]")] = None,
     n: Annotated[int, typer.Option(help="Examples per task.")] = 100,
     fractions: Annotated[str, typer.Option(help="Step budgets as fractions of the answer length L (samplers with --steps).")] = "1,0.5,0.25",
     batch_size: Annotated[int, typer.Option(help="Sequences per model call.")] = 16,
@@ -287,13 +288,29 @@ def eval_(
     refresh: Annotated[int | None, typer.Option(help="threshold / factor: recompute the whole canvas every N calls inside a block (1 = exact for every cache). [default: at each block's start only]")] = None,
     stop_at_eos: Annotated[bool | None, typer.Option("--stop-at-eos/--no-stop-at-eos", help="threshold / factor: end a row at its first decided end-of-sequence token (the rest becomes EOS, no more calls). [default: off]")] = None,
     ar_scorer: Annotated[str | None, typer.Option(help="arpc: AR model to score with. [default: the MDM's source]")] = None,
+    lm_eval: Annotated[str | None, typer.Option("--lm-eval", help="Run these tasks through lm-evaluation-harness instead (comma-separated): ar2mdm tasks and .jsonl task files are exported as harness tasks (TASK: generation scored by the task's checker; TASK_mc: multiple choice by loglikelihood); other names are the harness's own tasks. Writes OUT/lm_eval/results.json and OUT/results.md.")] = None,
+    mc_samples: Annotated[int, typer.Option(help="--lm-eval: Monte-Carlo ELBO samples per loglikelihood request of an MDM (LLaDA reports with 128).")] = 32,
     seed: Annotated[int, typer.Option(help="Seed of examples and sampler draws.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier `ar2mdm eval` in --out.")] = False,
     dtype: DtypeOption = "fp32",
     device: DeviceOption = "cpu",
     trust_remote_code: TrustOption = False,
 ) -> None:  # fmt: skip
-    """Task accuracy, NFE and tokens/s of each sampler at several step budgets; JSON + plot."""
+    """Task accuracy, NFE and tokens/s of each sampler at several step budgets; JSON + plot.
+
+    With --lm-eval TASKS: the same tasks (and the harness's own) through lm-evaluation-harness."""
+    if lm_eval is not None:
+        from ar2mdm.cli_lm_eval import harness_eval
+
+        flags = _sampler_flags(
+            None, block_length, temperature, tau, None, None, strategy, eta, score, cache, factor, refresh, stop_at_eos
+        )
+        harness_eval(
+            model, out, lm_eval, samplers, flags, n=n, batch_size=batch_size, seed=seed, mc_samples=mc_samples,
+            overwrite=overwrite, loading=(dtype, device, trust_remote_code),
+        )  # fmt: skip
+        return
+    samplers = samplers or "low-confidence,threshold"
     from analyses.generation import SamplerSpec, evaluate_samplers, needs_scorer, table, task_sets, write_report
     from analyses.generation import ar_scorer as load_scorer
     from common.outputs import claim_output

@@ -1,0 +1,262 @@
+"""lm-evaluation-harness integration: the "ar2mdm" model, ar2mdm's tasks exported to the harness,
+and the log-likelihoods behind `loglikelihood` (exact for ARMs, Monte-Carlo ELBO for MDMs).
+
+Independent truths: the HF model's own logits (log-softmax sums by hand), the ELBO's expectation
+by enumerating every mask subset by hand, Hoeffding's inequality for the estimate's error,
+ar2mdm's own evaluation (`analyses.generation.task_accuracy`, `tasks.evaluate.logit_metrics`) of
+the same examples, and accuracies fixed in advance from the model's own greedy predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from itertools import combinations
+from pathlib import Path
+
+import lm_eval
+import pytest
+import torch
+from lm_eval.tasks import TaskManager
+from typer.testing import CliRunner
+
+from analyses.generation import SamplerSpec, task_accuracy
+from analyses.harness import ModelAdapter
+from analyses.harness_tasks import export_tasks, harness_name
+from analyses.likelihood import ar_loglikelihoods, mdm_elbo_exact, mdm_elbo_samples, mdm_loglikelihoods
+from ar2mdm.cli import app
+from common.errors import UserError
+from common.metadata import ModelMeta
+from conversion.checkpoints import load_any, load_ar
+from conversion.mdm import add_mask_token, save_mdm
+from sampling import ModelContext
+from tasks import load_jsonl_task
+from tasks.evaluate import logit_metrics
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """{"ar": folder, "mdm": folder}: an untrained tiny Llama and the same weights saved as an MDM."""
+    from conftest import build_tiny_model
+
+    root = tmp_path_factory.mktemp("harness")
+    ar = build_tiny_model("llama", root / "ar", seed=3)
+    loaded = load_ar(ar)
+    mask_id = add_mask_token(loaded.model, loaded.tokenizer)
+    meta = ModelMeta(kind="mdm", source=str(ar), shift=True, mask_id=mask_id, noise="absorbing", schedule="linear")
+    return {"ar": ar, "mdm": save_mdm(loaded.model, loaded.tokenizer, meta, root / "mdm")}
+
+
+def _ids(tok, text: str, special: bool = True) -> list[int]:
+    return list(tok(text, add_special_tokens=special)["input_ids"])
+
+
+def _evaluate(lm: ModelAdapter, names: list[str], include: Path) -> dict:
+    return lm_eval.simple_evaluate(
+        model=lm,
+        tasks=names,
+        task_manager=TaskManager(include_path=str(include)),
+        num_fewshot=0,
+        bootstrap_iters=0,
+        log_samples=True,
+        verbosity="ERROR",
+    )
+
+
+# --- log-likelihoods ---------------------------------------------------------------------------------
+
+
+def test_ar_loglikelihood_is_the_models_own_log_probability(models):
+    loaded = load_any(models["ar"])
+    ctx = ModelContext.from_meta(loaded.meta, loaded.tokenizer, loaded.model)
+    tok = loaded.tokenizer
+    pairs = [
+        (_ids(tok, "When Mary and John went"), _ids(tok, " to the store", False)),
+        (_ids(tok, "Tom"), _ids(tok, " said", False)),
+    ]
+    got = ar_loglikelihoods(loaded.model, ctx, pairs, batch_size=2)
+    for (c, a), g in zip(pairs, got, strict=True):
+        ids = torch.tensor([c + a])
+        with torch.no_grad():
+            logp = torch.log_softmax(loaded.model(input_ids=ids).logits[0].double(), -1)
+        want = sum(float(logp[len(c) + i - 1, t]) for i, t in enumerate(a))
+        greedy = all(int(logp[len(c) + i - 1].argmax()) == t for i, t in enumerate(a))
+        assert g.logprob == pytest.approx(want, abs=1e-4) and g.greedy == greedy and g.stderr == 0
+
+
+def _masked_logp(loaded, context: list[int], answer: list[int], subset: tuple[int, ...]) -> list[float]:
+    """By hand: the canvas context + answer with `subset` masked, one bidirectional forward, and
+    log p(answer_i) at each masked i read at position i - 1 (shift), the mask id excluded."""
+    mask_id = loaded.meta.mask_id
+    row = context + [mask_id if i in subset else t for i, t in enumerate(answer)]
+    with torch.no_grad():
+        logits = loaded.model(input_ids=torch.tensor([row]), is_causal=False).logits[0].double()
+    logits[:, mask_id] = -math.inf
+    logp = torch.log_softmax(logits, -1)
+    return [float(logp[len(context) + i - 1, answer[i]]) for i in subset]
+
+
+def test_mdm_elbo_of_one_token_is_its_exact_log_probability(models):
+    loaded = load_any(models["mdm"])
+    ctx = ModelContext.from_meta(loaded.meta, loaded.tokenizer, loaded.model)
+    context, answer = _ids(loaded.tokenizer, "When Mary and John went to the"), _ids(loaded.tokenizer, " store", False)
+    assert len(answer) == 1
+    values = mdm_elbo_samples(loaded.model, ctx, context, answer, samples=5)
+    want = _masked_logp(loaded, context, answer, (0,))[0]
+    assert torch.allclose(values, torch.full((5,), want, dtype=values.dtype), atol=1e-5)
+    (est,) = mdm_loglikelihoods(loaded.model, ctx, [(context, answer)], samples=5)
+    assert est.logprob == pytest.approx(want, abs=1e-5) and est.stderr == pytest.approx(0.0, abs=1e-9)
+
+
+def test_mdm_elbo_estimate_converges_to_the_enumerated_expectation(models):
+    loaded = load_any(models["mdm"])
+    ctx = ModelContext.from_meta(loaded.meta, loaded.tokenizer, loaded.model)
+    context = _ids(loaded.tokenizer, "When Mary and John went")
+    answer = _ids(loaded.tokenizer, " to the store , Mary", False)
+    L = len(answer)
+    assert L == 5
+    # The expectation by hand: l uniform on 1..L, then a uniform l-subset, weight L / l.
+    per_subset = {}
+    for n in range(1, L + 1):
+        for subset in combinations(range(L), n):
+            per_subset[subset] = L / n * sum(_masked_logp(loaded, context, answer, subset))
+    exact = sum(v / math.comb(L, len(s)) for s, v in per_subset.items()) / L
+    assert mdm_elbo_exact(loaded.model, ctx, context, answer) == pytest.approx(exact, abs=1e-4)
+    # Hoeffding: every sample lies in [lo, hi], so |mean of n - exact| <= (hi - lo) sqrt(ln(2/d) / 2n)
+    # with probability 1 - d (d = 1e-6 here); stratifying l only tightens it.
+    lo, hi = min(per_subset.values()), max(per_subset.values())
+    errors = {}
+    for n in (4, 16, 64, 256):
+        values = mdm_elbo_samples(loaded.model, ctx, context, answer, samples=n, seed=n)
+        assert lo - 1e-6 <= float(values.min()) and float(values.max()) <= hi + 1e-6
+        errors[n] = abs(float(values.mean()) - exact)
+        assert errors[n] <= (hi - lo) * math.sqrt(math.log(2 / 1e-6) / (2 * n))
+    assert errors[256] < 0.25 * (hi - lo) / math.sqrt(2)  # far inside the range at 256 samples
+    (est,) = mdm_loglikelihoods(loaded.model, ctx, [(context, answer)], samples=256, greedy=False)
+    assert abs(est.logprob - exact) <= 5 * est.stderr and est.stderr > 0
+
+
+def test_mdm_likelihood_refuses_what_it_cannot_estimate(models):
+    loaded = load_any(models["mdm"])
+    ctx = ModelContext.from_meta(loaded.meta, loaded.tokenizer, loaded.model)
+    with pytest.raises(UserError, match="block-diffusion"):
+        mdm_elbo_samples(loaded.model, ModelContext(**{**ctx.__dict__, "block_size": 4}), [1], [5], samples=2)
+    with pytest.raises(UserError, match="uniform"):
+        mdm_elbo_samples(loaded.model, ModelContext(**{**ctx.__dict__, "noise": "uniform"}), [1], [5], samples=2)
+    with pytest.raises(UserError, match="empty continuation"):
+        mdm_elbo_samples(loaded.model, ctx, [1], [], samples=2)
+
+
+# --- the harness model against ar2mdm's own evaluation ---------------------------------------------------
+
+
+def _greedy_first_token(loaded, prompt_ids: list[int]) -> int:
+    """The token greedy decoding puts after `prompt_ids`, from one forward of the HF model."""
+    mdm = loaded.meta.kind == "mdm"
+    row = prompt_ids + ([loaded.meta.mask_id] if mdm else [])
+    with torch.no_grad():
+        kwargs = {"is_causal": False} if mdm else {}
+        logits = loaded.model(input_ids=torch.tensor([row]), **kwargs).logits[0, len(prompt_ids) - 1]
+    if mdm:
+        logits[loaded.meta.mask_id] = -math.inf
+    return int(logits.argmax())
+
+
+def _planted_task(loaded, folder: Path) -> tuple[Path, float]:
+    """A JSONL task whose answer is the model's own greedy next token on even rows and a different
+    word on odd rows; returns (file, the accuracy any correct evaluation must report)."""
+    from conftest import WORDS
+
+    tok = loaded.tokenizer
+    specials = set(tok.all_special_ids)
+    rows, expected = [], []
+    for i in range(24):
+        prompt = " ".join(WORDS[(3 * i + k) % len(WORDS)] for k in range(4))
+        ids = _ids(tok, prompt)
+        best = _greedy_first_token(loaded, ids)
+        text = tok.decode([best])
+        if best in specials or not text.strip() or _ids(tok, prompt + text)[len(ids) :] != [best]:
+            continue  # keep rows whose answer is exactly that one token after the prompt
+        answer = text if len(rows) % 2 == 0 else next(w for w in (" Mary", " Tom") if w.strip() != text.strip())
+        rows.append({"prompt": prompt, "answer": answer, "corrupted_prompt": prompt})
+        expected.append(len(rows) % 2 == 1)
+    assert len(rows) >= 8
+    path = folder / "planted.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path, sum(expected) / len(expected)
+
+
+@pytest.mark.parametrize("kind", ["ar", "mdm"])
+def test_harness_generation_accuracy_equals_ar2mdm_eval(models, tmp_path, kind):
+    loaded = load_any(models[kind])
+    path, expected = _planted_task(loaded, tmp_path)
+    task = load_jsonl_task(path)
+    examples = list(task.examples)
+    sampler = "ar" if kind == "ar" else "low-confidence"
+    own = task_accuracy(loaded, task, examples, SamplerSpec(sampler))
+    exported = export_tasks(loaded, [str(path)], len(examples), tmp_path / "tasks")
+    assert exported == {"planted": [harness_name("planted")]}  # no counterfactuals: no _mc form
+    lm = ModelAdapter.from_loaded(loaded, sampler=sampler)
+    res = _evaluate(lm, exported["planted"], tmp_path / "tasks")
+    got = res["results"][harness_name("planted")]["acc,none"]
+    assert own.accuracy == pytest.approx(expected) and got == pytest.approx(expected)
+    assert 0 < expected < 1
+
+
+@pytest.mark.parametrize("kind", ["ar", "mdm"])
+def test_harness_multiple_choice_equals_logit_metrics(models, tmp_path, kind):
+    loaded = load_any(models[kind])
+    exported = export_tasks(loaded, ["ioi"], 12, tmp_path / "tasks")
+    assert exported == {"ioi": ["ar2mdm_ioi", "ar2mdm_ioi_mc"]}
+    lm = ModelAdapter.from_loaded(loaded, mc_samples=4)
+    res = _evaluate(lm, ["ar2mdm_ioi_mc"], tmp_path / "tasks")
+    docs = sorted(res["samples"]["ar2mdm_ioi_mc"], key=lambda s: s["doc_id"])
+    from analyses.generation import task_sets
+
+    ((_, examples),) = task_sets(loaded, ["ioi"], 12).values()
+    own = logit_metrics(loaded.model, loaded.tokenizer, examples, mode=kind, meta=loaded.meta)
+    assert [d["doc"]["context"] for d in docs] == [ex.prompt for ex in examples]
+    assert [bool(d["acc"]) for d in docs] == (own["logit_diff"] > 0).tolist()
+    assert res["results"]["ar2mdm_ioi_mc"]["acc,none"] == pytest.approx(own["accuracy"])
+    if kind == "mdm":  # one-token answers: the ELBO is exact, every estimate has zero spread
+        assert lm.spread()["requests"] == 24 and lm.spread()["max_stderr"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_harness_model_arguments_are_checked(models):
+    with pytest.raises(UserError, match="pretrained"):
+        ModelAdapter()
+    with pytest.raises(UserError, match="tau"):
+        ModelAdapter(pretrained=str(models["mdm"]), sampler="threshold", taus=0.5)
+    with pytest.raises(UserError, match="unknown sampler"):
+        ModelAdapter(pretrained=str(models["mdm"]), sampler="nope")
+    with pytest.raises(UserError, match="mc_samples"):
+        ModelAdapter(pretrained=str(models["mdm"]), mc_samples=0)
+
+
+def test_cli_eval_lm_eval_and_the_passthrough(models, tmp_path):
+    out = tmp_path / "ev"
+    result = runner.invoke(
+        app,
+        ["eval", "--model", str(models["mdm"]), "--out", str(out), "--lm-eval", "ioi", "--n", "4", "--mc-samples", "2"],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "lm_eval" / "results.json").read_text())
+    assert (
+        set(data["results"]) == {"ar2mdm_ioi", "ar2mdm_ioi_mc"}
+        and data["ar2mdm"]["loglikelihood_spread"]["requests"] == 8
+    )
+    assert (out / "lm_eval" / "tasks" / "ar2mdm_ioi.yaml").exists() and "ar2mdm_ioi_mc" in (
+        out / "results.md"
+    ).read_text()
+    args = f"pretrained={models['mdm']},sampler=threshold,tau=0.5,mc_samples=2"
+    passthrough = runner.invoke(
+        app,
+        ["lm-eval", "--model", "ar2mdm", "--model_args", args, "--tasks", "ar2mdm_ioi_mc",
+         "--include_path", str(out / "lm_eval" / "tasks"), "--output_path", str(tmp_path / "pt")],
+    )  # fmt: skip
+    assert passthrough.exit_code == 0, passthrough.output
+    assert list((tmp_path / "pt").rglob("results_*.json"))
+    bad = runner.invoke(app, ["lm-eval", "--model", "ar2mdm", "--model_args", f"pretrained={models['mdm']},nope=1", "--tasks", "ar2mdm_ioi_mc", "--include_path", str(out / "lm_eval" / "tasks")])  # fmt: skip
+    assert bad.exit_code == 2 and "nope" in bad.output and "Traceback" not in bad.output
