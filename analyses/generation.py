@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lm_eval.filters.extraction import RegexFilter
 from tqdm.auto import tqdm
 
 from common.errors import UserError
@@ -70,30 +71,36 @@ class EvalRow:
 
 # --- answers --------------------------------------------------------------------------------------
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+# lm-evaluation-harness's gsm8k task (lm_eval/tasks/gsm8k/gsm8k.yaml, version 3.0): its two answer
+# filters, "strict-match" and "flexible-extract", and the normalisation of its exact-match metric.
+GSM_STRICT = RegexFilter(r"#### (\-?[0-9\.\,]+)")
+GSM_FLEXIBLE = RegexFilter(r"(-?[$0-9.,]{2,})|(-?[0-9]+)", group_select=-1)
+GSM_IGNORE = (",", r"\$", r"(?s).*#### ", r"\.$")
 
 
 def gsm_answer(text: str) -> str | None:
-    """The final numeric answer of a GSM-style solution: what follows '####' if present, else the
-    last number in the text; commas removed. None if there is no number.
+    """The final numeric answer of a GSM-style solution as lm-evaluation-harness's gsm8k task reads
+    it: the number after '####' (its strict-match filter) if there is one, else the last number in
+    the text (flexible-extract); then its exact-match normalisation (commas, '$' and a final '.'
+    removed, lower case). None if there is no number.
 
-    >>> gsm_answer("so 3 + 4 = 7 #### 7"), gsm_answer("It costs 1,250 dollars."), gsm_answer("none")
+    >>> gsm_answer("so 3 + 4 = 7 #### 7"), gsm_answer("It costs $1,250."), gsm_answer("none")
     ('7', '1250', None)
     """
-    if "####" in text:
-        text = text.split("####", 1)[1]
-    found = _NUMBER.findall(text)
-    if not found:
+    for extract in (GSM_STRICT, GSM_FLEXIBLE):
+        ((found,),) = extract.apply([[text]], [{}])
+        if found != extract.fallback:
+            break
+    else:
         return None
-    value = found[0] if "####" in text else found[-1]
-    value = value.replace(",", "")
-    if "." in value:
-        value = value.rstrip("0").rstrip(".")
-    return value
+    for pattern in GSM_IGNORE:
+        found = re.sub(pattern, "", found)
+    return found.lower() or None
 
 
 def gsm_match(generated: str, reference: str) -> bool:
-    """Exact match of the final numbers of a generation and a reference."""
+    """Exact match of the final numbers of a generation and a reference (`gsm_answer`: the
+    harness's gsm8k scoring)."""
     got, want = gsm_answer(generated), gsm_answer(reference)
     return got is not None and got == want
 

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import lm_eval
 import pytest
 import torch
 from conftest import tiny_tokenizer
@@ -35,10 +36,42 @@ runner = CliRunner()
 
 def test_gsm_answer_extraction():
     assert gsm_answer("Natalia sold 48 + 24 = 72 clips.\n#### 72") == "72"
-    assert gsm_answer("The answer is 1,234.50") == "1234.5"
+    assert gsm_answer("The answer is 1,234.50") == "1234.50"  # as the harness's gsm8k: no rounding
     assert gsm_answer("no digits here") is None
     assert gsm_match("so it is 18", "#### 18") and not gsm_match("so it is 17", "#### 18")
     assert not gsm_match("nothing", "#### 18")
+
+
+def test_gsm_match_scores_as_the_harness_gsm8k_task_does():
+    """gsm_match against lm-eval's own pipeline for gsm8k: its task config's filters, then its
+    exact_match metric with the config's options, on generations of every kind."""
+    import yaml
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+    from lm_eval.filters.extraction import RegexFilter
+
+    config_text = (Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml").read_text()
+    config = yaml.safe_load(config_text)
+    (metric,) = config["metric_list"]
+    options = {k: metric[k] for k in ("regexes_to_ignore", "ignore_case", "ignore_punctuation")}
+    filters = {
+        f["name"]: RegexFilter(f["filter"][0]["regex_pattern"], f["filter"][0].get("group_select", 0))
+        for f in config["filter_list"]
+    }
+    reference = "Tom has 3 + 4 = 7 apples, so he has $1,207.\n#### 1207"
+    for generated in [
+        "#### 1207",
+        "so 1,207 apples.",
+        "He pays $1207.",
+        "3 + 4 = 7 #### 1207 and 12",
+        "it is 12.07",
+        "1207 or maybe 18",
+        "no number",
+        "-1207",
+    ]:
+        strict = filters["strict-match"].apply([[generated]], [{}])[0][0]
+        pick = strict if strict != "[invalid]" else filters["flexible-extract"].apply([[generated]], [{}])[0][0]
+        harness = exact_match_hf_evaluate([pick], [reference], **options)["exact_match"] == 1.0
+        assert gsm_match(generated, reference) == harness, generated
 
 
 def test_unigram_entropy_by_hand():
