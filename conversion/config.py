@@ -23,6 +23,7 @@ import yaml
 
 from common.errors import UserError
 from common.options import check_types
+from conversion.lora import LoraSpec, parse_lora
 from conversion.objective import DiffusionOptions
 
 T = TypeVar("T")
@@ -117,6 +118,10 @@ class TrainConfig:
     ("aot_eager" runs the same capture on a CPU without a compiler). peak_tflops: the device's
     peak for the logged MFU (0: the data sheet's bf16 figure of a known GPU; none on CPU).
     Fused AdamW is used on CUDA (not for the CPU FSDP2 path).
+    lora: "" trains every weight; "r=8,alpha=16,targets=q_proj,v_proj,dropout=0.05" trains LoRA
+    adapters and the mask token's embedding row, merged into the weights on save
+    (`conversion.lora`; `validate` rewrites it in canonical form, so equal settings compare equal
+    on resume).
     """
 
     model: str
@@ -157,6 +162,7 @@ class TrainConfig:
     device: str = "auto"
     compile: str = "off"
     peak_tflops: float = 0.0
+    lora: str = ""
 
     def options(self) -> DiffusionOptions:
         return DiffusionOptions(
@@ -213,6 +219,12 @@ class TrainConfig:
             raise UserError(f"peak_tflops must be >= 0 (0 = look the GPU up), got {self.peak_tflops}.")
         check_compile_backend(self.compile)
         self.options()
+        spec = self.lora_spec()
+        self.lora = spec.text() if spec else ""
+
+    def lora_spec(self) -> LoraSpec | None:
+        """The LoRA setting (`conversion.lora.parse_lora`), or None: every weight trains."""
+        return parse_lora(self.lora)
 
     def to_json(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}

@@ -19,7 +19,10 @@ So there is always a command that moves on, and nothing is removed without --ove
 
 Files: `checkpoint/` (model.safetensors, optimizer.safetensors + optimizer.json keyed by
 parameter name, state.json written last), swapped in atomically (`checkpoint.old` is the previous
-one while the new one moves in); `train.jsonl`, one JSON record per logged step.
+one while the new one moves in); `train.jsonl`, one JSON record per logged step. A checkpoint
+holds what training changes: every weight (and buffer) of a full conversion, only the trained
+parameters when some are frozen (a LoRA conversion, `conversion.lora`: its frozen weights are
+rebuilt from the source on resume).
 
 `StopSignals` turns the first Ctrl-C (SIGINT) or SIGTERM during training into a request that
 the loop honours at the end of the step: it writes a checkpoint and raises `TrainingInterrupted`,
@@ -51,6 +54,8 @@ LOG_FILE = "train.jsonl"
 STATE_FORMAT = 2  # 2: optimizer state keyed by parameter name; 1 (read too): by parameter index
 # Gathered, unsharded state dicts (on the main process; CPU tensors), whatever the wrapping.
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+# The same without frozen parameters: what a checkpoint holds.
+TRAINED_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
 # Options that do not change what is trained: they may differ between a run and its resume. (A
 # resume on another device continues the same run with that device's rounding and its own random
 # stream for the noise draws; compile and the fused optimizer change rounding only.)
@@ -69,6 +74,9 @@ RESUMABLE_CHANGES = {
     "save_every",
     "log_every",
 }
+
+# Options added after runs were written, with the value those runs had (they resume unchanged).
+ADDED_OPTIONS: dict[str, Any] = {"lora": ""}
 
 
 # --- what to do with the folder ------------------------------------------------------------------
@@ -139,6 +147,7 @@ def plan_run(folder: Path, config: dict[str, Any], *, has_run: bool, resume: boo
 
 
 def _check_same_options(saved: dict[str, Any], now: dict[str, Any], where: str) -> None:
+    saved = {**ADDED_OPTIONS, **saved}
     changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
     if changed:
         raise UserError(
@@ -168,9 +177,13 @@ def save_checkpoint(
     """Write model, optimizer and step into a temp folder, then swap it in (all processes call).
 
     Both state dicts are gathered in full (collectives: every process must call), so a checkpoint
-    is the same whatever the wrapping (plain, DDP, FSDP1/2) and number of processes.
+    is the same whatever the wrapping (plain, DDP, FSDP1/2) and number of processes. Frozen
+    parameters are left out (they are the source's; `load_checkpoint` checks the rest is there).
     """
-    state_dict = get_model_state_dict(model, options=FULL_STATE)
+    state_dict = get_model_state_dict(model, options=TRAINED_STATE)
+    # torch keeps the second name of a frozen tied parameter (a tied head under LoRA): drop it too
+    frozen = _parameter_names(accelerator.unwrap_model(model), trained=False)
+    state_dict = {k: v for k, v in state_dict.items() if k not in frozen}
     opt_state = get_optimizer_state_dict(model, inner_optimizer(optimizer), options=FULL_STATE)
     if accelerator.is_main_process:
         tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=ckpt_dir.parent))
@@ -230,7 +243,16 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, config: dict[str, Any]
         raise UserError(f"{folder} was written by another ar2mdm version (format {state.get('format')}).")
     _check_same_options(state["config"], config, str(folder))
     weights = load_file(folder / "model.safetensors")
-    model.load_state_dict(weights, strict=True)
+    frozen = _parameter_names(model, trained=False)
+    result = model.load_state_dict(weights, strict=False)
+    # Everything, or with frozen weights (the source's, already in place) the trained parameters.
+    required = set(model.state_dict()) if not frozen else _parameter_names(model, trained=True)
+    lacking = sorted(required.intersection(result.missing_keys))
+    if result.unexpected_keys or lacking:
+        raise UserError(
+            f"{folder} does not fit the model being trained (unexpected {sorted(result.unexpected_keys)[:3]}, "
+            f"missing {lacking[:3]}); resume with the options it was written with, or start over with --overwrite."
+        )
     tensors = load_file(folder / "optimizer.safetensors")
     opt_state = _unflatten_optimizer(tensors, json.loads((folder / "optimizer.json").read_text()))
     if state["format"] == 1:  # keyed by index into model.parameters(): the optimizer's order
@@ -240,6 +262,12 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, config: dict[str, Any]
             "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in opt_state["param_groups"]],
         }
     return int(state["step"]), int(state["tokens_seen"]), opt_state
+
+
+def _parameter_names(model: torch.nn.Module, *, trained: bool) -> set[str]:
+    """Names (tied aliases included) of the parameters of `model` that train (trained=True) or
+    that are frozen (False)."""
+    return {name for name, p in model.named_parameters(remove_duplicate=False) if p.requires_grad == trained}
 
 
 def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

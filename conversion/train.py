@@ -49,7 +49,8 @@ Files under `out/`:
                      AutoModelForCausalLM.from_pretrained or `mdm.load_mdm`.
 
 A NaN or infinite loss or gradient norm stops the run with `TrainingDiverged`; the last good
-checkpoint is left untouched.
+checkpoint is left untouched. LoRA (`--lora`, `conversion.lora`): adapters and the mask token's
+embedding row train through the same loop; checkpoints hold them; the MDM is written merged.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ from conversion import data as data_mod
 from conversion.checkpoints import load_ar
 from conversion.config import TrainConfig
 from conversion.loop import Clock, StepOutput, fit
+from conversion.lora import Adapters, attach_lora
 from conversion.mdm import add_mask_token, save_mdm
 from conversion.objective import DiffusionOptions, diffusion_loss, draw_noise, eligible_positions, heldout_loss
 from conversion.parallel import any_process, make_accelerator, no_sync, parallelism, shard_on_cpu
@@ -306,6 +308,8 @@ class _Conversion:
         self.out = Path(cfg.out).expanduser()
         self.ckpt_dir = self.out / CHECKPOINT_DIR
         self.loaded, model, self.tokenizer, self.mask_id = _source_model(cfg)
+        self.per_token = flops_per_token(model, cfg.seq_len)  # of the plain model, adapters aside
+        model, self.adapters = attach_lora(model, cfg.lora_spec(), self.mask_id, cfg.seed)
         self.vocab = len(self.tokenizer)  # uniform noise draws real tokenizer ids only
         self.specials = tuple(self.tokenizer.all_special_ids)
         train_rows, held_rows = _training_rows(accelerator, cfg, self.tokenizer, self.mask_id)
@@ -313,7 +317,6 @@ class _Conversion:
         if plan.action == "resume":
             assert plan.checkpoint is not None
             self.start, self.tokens_seen, opt_state = load_checkpoint(plan.checkpoint, model, cfg.to_json())
-        self.per_token = flops_per_token(model, cfg.seq_len)
         peak = peak_tflops(accelerator.device, cfg.peak_tflops)
         self.peak = peak * self.world if peak else None
         if cfg.compile != "off":
@@ -512,6 +515,7 @@ class _Conversion:
             self.tokens_seen,
             self.world,
             self.parallel,
+            self.adapters,
             folder,
             step,
         )
@@ -528,10 +532,11 @@ def _write_mdm(
     tokens_seen: int,
     world: int,
     parallel: str,
+    adapters: Adapters | None,
     folder: Path,
     step: int,
 ) -> ModelMeta:
-    """Write the model as an MDM folder (all processes call: the state dict is gathered)."""
+    """Write the model as an MDM folder, LoRA merged (all processes call: the state dict is gathered)."""
     spec = opts.spec
     meta = ModelMeta(
         kind="mdm",
@@ -549,11 +554,14 @@ def _write_mdm(
             "processes": world,
             "parallelism": parallel,
             "options": cfg.to_json(),
+            **({"lora": adapters.record()} if adapters else {}),
         },
     )
     state_dict = get_model_state_dict(model, options=FULL_STATE)  # every process: gathers shards
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
+        if adapters:  # the plain model under the adapters, with them merged (the training model keeps them)
+            unwrapped, state_dict = adapters.merged(unwrapped, state_dict)
         save_mdm(unwrapped, tokenizer, meta, folder, state_dict=_without_aliases(unwrapped, state_dict))
     accelerator.wait_for_everyone()
     return meta
@@ -561,7 +569,8 @@ def _write_mdm(
 
 def _adamw(model: torch.nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
     betas = (0.9, cfg.adam_beta2)
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay, fused=fused)
+    trained = [p for p in model.parameters() if p.requires_grad]  # all, or LoRA's adapters and mask row
+    return torch.optim.AdamW(trained, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay, fused=fused)
 
 
 # --- checkpoints ---------------------------------------------------------------------------------

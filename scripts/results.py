@@ -178,6 +178,15 @@ ENTRIES: tuple[Entry, ...] = (
         doc="docs/results/sampling.md (parallel decoding on a 32-token copy task; the block-diffusion and SmolLM2 rows have their own commands there)",
     ),
     Entry(
+        "lora",
+        ("docs/results/lora/bench_lora.json",),
+        ((PY, "-m", "benchmarks.bench_lora", "--json", "docs/results/lora/bench_lora.json"),),
+        ("common", "diffusion", "conversion", "benchmarks/bench_lora.py", "benchmarks/bench_probe.py"),
+        3.0,
+        needs=("smollm2",),
+        doc="docs/results/lora.md (LoRA against full conversion: trainable share, optimizer state, peak memory)",
+    ),
+    Entry(
         "formats-memory",
         ("docs/results/formats/load_memory.json",),
         ((PY, "-m", "benchmarks.bench_load_memory", "--json", "docs/results/formats/load_memory.json"),),
