@@ -57,7 +57,7 @@ def _evaluate(lm: ModelAdapter, names: list[str], include: Path) -> dict:
     return lm_eval.simple_evaluate(
         model=lm,
         tasks=names,
-        task_manager=TaskManager(include_path=str(include)),
+        task_manager=TaskManager(include_path=str(include), include_defaults=False),
         num_fewshot=0,
         bootstrap_iters=0,
         log_samples=True,
@@ -222,6 +222,40 @@ def test_harness_multiple_choice_equals_logit_metrics(models, tmp_path, kind):
     assert res["results"]["ar2mdm_ioi_mc"]["acc,none"] == pytest.approx(own["accuracy"])
     if kind == "mdm":  # one-token answers: the ELBO is exact, every estimate has zero spread
         assert lm.spread()["requests"] == 24 and lm.spread()["max_stderr"] == pytest.approx(0.0, abs=1e-9)
+
+
+def _request(kind: str, args: tuple):
+    from lm_eval.api.instance import Instance
+
+    return Instance(request_type=kind, doc={}, arguments=args, idx=0)
+
+
+def test_harness_generation_and_rolling_likelihood_of_an_arm_match_hugging_face(models):
+    loaded = load_any(models["ar"])
+    tok, model = loaded.tokenizer, loaded.model
+    lm = ModelAdapter.from_loaded(loaded, batch_size=2)
+    prompts = ["When Mary and John went", "Tom said"]
+    gen = {"until": [], "max_gen_toks": 6, "do_sample": False}
+    got = lm.generate_until([_request("generate_until", (p, gen)) for p in prompts])
+    for prompt, text in zip(prompts, got, strict=True):
+        ids = torch.tensor([_ids(tok, prompt)])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)[
+            0, ids.shape[1] :
+        ]
+        want = out.tolist()
+        if tok.eos_token_id in want:
+            want = want[: want.index(tok.eos_token_id)]
+        assert text == tok.decode(want, skip_special_tokens=True)
+    first_word = got[0].split()[0] if got[0].split() else None
+    if first_word:  # a stop string cuts the text before it
+        cut = lm.generate_until([_request("generate_until", (prompts[0], {**gen, "until": [first_word]}))])[0]
+        assert cut == got[0].split(first_word, 1)[0]
+    text = " Mary and John went to the store"
+    (rolling,) = lm.loglikelihood_rolling([_request("loglikelihood_rolling", (text,))])
+    ids = [lm.prefix_token_id] + _ids(tok, text, False)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), -1)
+    assert rolling == pytest.approx(sum(float(logp[i - 1, ids[i]]) for i in range(1, len(ids))), abs=1e-4)
 
 
 def test_harness_model_arguments_are_checked(models):
