@@ -149,6 +149,13 @@ def plan_run(folder: Path, config: dict[str, Any], *, has_run: bool, resume: boo
 def _check_same_options(saved: dict[str, Any], now: dict[str, Any], where: str) -> None:
     saved = {**ADDED_OPTIONS, **saved}
     changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if changed == ["source_hash"]:  # recorded by LoRA runs, whose checkpoints lack the frozen weights
+        raise UserError(
+            f"cannot resume {where}: the source model's weights changed since this LoRA checkpoint was written "
+            f"(sha256 {str(saved.get('source_hash'))[:12]}..., now {str(now['source_hash'])[:12]}...); it holds only "
+            "the adapters and the mask row, so it needs the same source. Restore it, or start over with --overwrite."
+        )
+    changed = [k for k in changed if k != "source_hash"]  # with other changes, those are the news
     if changed:
         raise UserError(
             f"cannot resume {where}: options {changed} differ from the run's "

@@ -310,13 +310,15 @@ class _Conversion:
         self.loaded, model, self.tokenizer, self.mask_id = _source_model(cfg)
         self.per_token = flops_per_token(model, cfg.seq_len)  # of the plain model, adapters aside
         model, self.adapters = attach_lora(model, cfg.lora_spec(), self.mask_id, cfg.seed)
+        # a LoRA checkpoint holds only what trains: it resumes on the same source weights only
+        self.ckpt_config = cfg.to_json() | ({"source_hash": self.loaded.meta.source_hash} if self.adapters else {})
         self.vocab = len(self.tokenizer)  # uniform noise draws real tokenizer ids only
         self.specials = tuple(self.tokenizer.all_special_ids)
         train_rows, held_rows = _training_rows(accelerator, cfg, self.tokenizer, self.mask_id)
         self.start, self.tokens_seen, opt_state = 0, 0, None
         if plan.action == "resume":
             assert plan.checkpoint is not None
-            self.start, self.tokens_seen, opt_state = load_checkpoint(plan.checkpoint, model, cfg.to_json())
+            self.start, self.tokens_seen, opt_state = load_checkpoint(plan.checkpoint, model, self.ckpt_config)
         peak = peak_tflops(accelerator.device, cfg.peak_tflops)
         self.peak = peak * self.world if peak else None
         if cfg.compile != "off":
@@ -487,7 +489,7 @@ class _Conversion:
 
     def _save(self, done: int) -> None:
         save_checkpoint(
-            self.accelerator, self.model, self.optimizer, self.cfg.to_json(), done, self.tokens_seen, self.ckpt_dir
+            self.accelerator, self.model, self.optimizer, self.ckpt_config, done, self.tokens_seen, self.ckpt_dir
         )
 
     def _interrupted(self, done: int, saved: bool) -> None:

@@ -178,6 +178,30 @@ ENTRIES: tuple[Entry, ...] = (
         doc="docs/results/sampling.md (parallel decoding on a 32-token copy task; the block-diffusion and SmolLM2 rows have their own commands there)",
     ),
     Entry(
+        "harness",
+        ("docs/results/harness/harness.json",),
+        (
+            (*AR2MDM, "convert", "--model", "organism", "--data", "tasks", "--sft", "--out", "runs/organism-mdm-tasks")
+            + ("--steps", "400", "--seq-len", "96", "--batch-size", "32", "--lr", "5e-4", "--warmup", "50")
+            + ("--log-every", "50", "--overwrite"),
+            (PY, "benchmarks/bench_harness.py", "--mdm", "runs/organism-mdm-tasks", "--n", "64"),
+        ),
+        (
+            "common",
+            "diffusion",
+            "sampling",
+            "tasks",
+            "conversion",
+            "analyses/generation.py",
+            "analyses/harness.py",
+            "analyses/harness_tasks.py",
+            "analyses/likelihood.py",
+            "benchmarks/bench_harness.py",
+        ),
+        15.0,
+        doc="docs/results/harness.md (lm-evaluation-harness against ar2mdm's own evaluation; the MC ELBO's convergence)",
+    ),
+    Entry(
         "lora",
         ("docs/results/lora/bench_lora.json",),
         ((PY, "-m", "benchmarks.bench_lora", "--json", "docs/results/lora/bench_lora.json"),),

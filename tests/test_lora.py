@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import D_MLP, D_MODEL, N_HEADS, N_KV_HEADS, N_LAYERS, WORDS, build_tiny_model, tiny_config, tiny_tokenizer
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
 from transformers import AutoModelForCausalLM
 
@@ -350,6 +351,20 @@ def test_resume_refuses_another_lora_setting(base: TrainConfig, tmp_path: Path) 
             train(replace(cfg, steps=4, resume=True, lora=other))
     more = train(replace(cfg, steps=4, resume=True, lora="alpha=8,r=4"))  # the same setting, spelled otherwise
     assert more.steps == 4 and more.meta.extra["lora"]["r"] == 4
+
+
+def test_resume_refuses_a_source_whose_weights_changed(base: TrainConfig, tmp_path: Path) -> None:
+    """A LoRA checkpoint holds no frozen weights: resuming on changed source weights is refused."""
+    source = tmp_path / "source"
+    shutil.copytree(base.model, source)
+    cfg = replace(base, model=str(source), steps=2, save_every=2, out=str(tmp_path / "run"))
+    train(cfg)
+    tensors = load_file(source / "model.safetensors")
+    name = next(k for k in tensors if k.endswith("q_proj.weight"))
+    tensors[name] = tensors[name] + 0.01
+    save_file(tensors, source / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(UserError, match="source model's weights changed since this LoRA checkpoint"):
+        train(replace(cfg, steps=4, resume=True))
 
 
 def test_runs_from_before_the_option_resume_as_full_conversions(base: TrainConfig, tmp_path: Path) -> None:
