@@ -39,20 +39,29 @@ PEAK_BF16_TFLOPS = (
 )
 
 
-def matmul_parameters(model: torch.nn.Module) -> int:
+def matmul_parameters(model: torch.nn.Module, *, trained: bool | None = None) -> int:
     """Weights that take part in a matrix multiply per token (int): every parameter but those of
     embedding lookups (token and learned position embeddings), plus the LM head, also when it is
-    tied to the token embedding."""
+    tied to the token embedding. trained: count only the weights that get a gradient (True), only
+    the frozen ones (False), or all (None). peft's trainable-token row (one d_model vector per
+    trained embedding row under LoRA) counts as a weight: negligible."""
+
+    def counted(p: torch.nn.Parameter) -> bool:
+        return trained is None or p.requires_grad == trained
+
     lookups = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    total = sum(p.numel() for p in model.parameters() if id(p) not in lookups)
+    total = sum(p.numel() for p in model.parameters() if id(p) not in lookups and counted(p))
     head = model.get_output_embeddings()
-    if head is not None and id(head.weight) in lookups:
+    if head is not None and id(head.weight) in lookups and counted(head.weight):
         total += head.weight.numel()
     return total
 
 
 def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
-    """Training FLOPs (forward + backward) per token of a row of `seq_len` tokens (PaLM, app. B).
+    """Training FLOPs (forward + backward) per token of a row of `seq_len` tokens (PaLM, app. B):
+    6 per weight that trains (forward 2, gradient of the input 2, of the weight 2), 4 per frozen
+    weight (no weight gradient: the base weights of a LoRA conversion), plus attention's
+    12 L H Q T.
 
     Raises ValueError for seq_len < 1.
     """
@@ -63,7 +72,7 @@ def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     attention = 12.0 * cfg.num_hidden_layers * heads * head_dim * seq_len
-    return 6.0 * matmul_parameters(model) + attention
+    return 6.0 * matmul_parameters(model) - 2.0 * matmul_parameters(model, trained=False) + attention
 
 
 def peak_tflops(device: torch.device, override: float = 0.0) -> float | None:

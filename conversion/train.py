@@ -308,8 +308,8 @@ class _Conversion:
         self.out = Path(cfg.out).expanduser()
         self.ckpt_dir = self.out / CHECKPOINT_DIR
         self.loaded, model, self.tokenizer, self.mask_id = _source_model(cfg)
-        self.per_token = flops_per_token(model, cfg.seq_len)  # of the plain model, adapters aside
         model, self.adapters = attach_lora(model, cfg.lora_spec(), self.mask_id, cfg.seed)
+        self.per_token = flops_per_token(model, cfg.seq_len)  # LoRA's frozen weights: 4 FLOPs each, not 6
         # a LoRA checkpoint holds only what trains: it resumes on the same source weights only
         self.ckpt_config = cfg.to_json() | ({"source_hash": self.loaded.meta.source_hash} if self.adapters else {})
         self.vocab = len(self.tokenizer)  # uniform noise draws real tokenizer ids only

@@ -35,7 +35,7 @@ from conversion.lora import LoraSpec, attach_lora, parse_lora
 from conversion.mdm import add_mask_token, save_mdm
 from conversion.objective import heldout_loss
 from conversion.runfolder import FULL_STATE
-from conversion.throughput import TIMING_FIELDS
+from conversion.throughput import TIMING_FIELDS, flops_per_token
 from conversion.train import TrainConfig, train
 from diffusion.attention import make_bidirectional
 from sampling import ModelContext, build_sampler, run
@@ -252,6 +252,20 @@ def test_merged_folder_is_a_plain_mdm_that_samples(converted: TrainConfig) -> No
     result = run(build_sampler("low-confidence", steps=6), loaded.model, ids, None, ctx, seed=0)
     assert torch.equal(result.ids[:, : prompt.shape[1]], prompt)  # the prompt is never rewritten
     assert not (result.ids == meta.mask_id).any() and result.gen[0].sum() == 6
+
+
+def test_flops_per_token_count_frozen_weights_at_four(tmp_path: Path) -> None:
+    """By hand, rank 4 on q_proj and v_proj of the tiny llama: base weights (all frozen) cost 4
+    FLOPs each (no weight gradient), the adapters and the mask row's delta 6, attention unchanged."""
+    loaded = load_ar(build_tiny_model("llama", tmp_path / "ar"))
+    mask_id = add_mask_token(loaded.model, loaded.tokenizer)
+    d, kv, vocab = D_MODEL, D_MODEL // N_HEADS * N_KV_HEADS, loaded.model.config.vocab_size
+    base = N_LAYERS * (d * d + 2 * d * kv + d * d + 3 * d * D_MLP + 2 * d) + d + vocab * d
+    attention = 12 * N_LAYERS * N_HEADS * (d // N_HEADS) * 16
+    assert flops_per_token(loaded.model, 16) == 6 * base + attention  # a full conversion
+    wrapped, _ = attach_lora(loaded.model, parse_lora("r=4,targets=q_proj,v_proj"), mask_id, 0)
+    adapters = N_LAYERS * (4 * d + d * 4) + N_LAYERS * (4 * d + kv * 4)  # A [r, in] and B [out, r]
+    assert flops_per_token(wrapped, 16) == 4 * base + 6 * (adapters + d) + attention
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])  # untied head, nn.Linear / tied head, Conv1D
