@@ -13,8 +13,11 @@ import common  # noqa: F401  (offline flags before transformers is imported)
 
 # isort: split
 import json
+import textwrap
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -211,6 +214,27 @@ def write_llama_gguf(folder: Path, out_file: Path) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return out_file
+
+
+def train_script(path: Path, cfg: Any, kill_at: int | None = None) -> Path:
+    """Write a Python script to `path` that runs `conversion.train.train(cfg)` (cfg: a TrainConfig)
+    in a process of its own (plain, or under `accelerate launch`); with `kill_at` the process
+    kills itself with SIGKILL right after that step (a hard crash: no checkpoint, no cleanup)."""
+    repo = Path(__file__).resolve().parents[1]
+    path.write_text(
+        textwrap.dedent(f"""
+        import json, os, signal, sys
+        sys.path.insert(0, {str(repo)!r})
+        from conversion.train import TrainConfig, train
+        cfg = TrainConfig(**json.loads({json.dumps(json.dumps(asdict(cfg)))}))
+        kill_at = {kill_at!r}
+        def hook(done):
+            if kill_at is not None and done == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+        train(cfg, on_step=hook)
+    """)
+    )
+    return path
 
 
 @pytest.fixture

@@ -15,13 +15,23 @@ import random
 import shutil
 import subprocess
 import sys
-import textwrap
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import D_MLP, D_MODEL, N_HEADS, N_KV_HEADS, N_LAYERS, WORDS, build_tiny_model, tiny_config, tiny_tokenizer
+from conftest import (
+    D_MLP,
+    D_MODEL,
+    N_HEADS,
+    N_KV_HEADS,
+    N_LAYERS,
+    WORDS,
+    build_tiny_model,
+    tiny_config,
+    tiny_tokenizer,
+    train_script,
+)
 from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
 from transformers import AutoModelForCausalLM
@@ -40,7 +50,6 @@ from conversion.train import TrainConfig, train
 from diffusion.attention import make_bidirectional
 from sampling import ModelContext, build_sampler, run
 
-REPO = Path(__file__).resolve().parents[1]
 LAUNCHER = Path(sys.executable).parent / "accelerate"
 LORA = "r=4,alpha=8,targets=q_proj,v_proj,down_proj"
 TARGETS = ("q_proj", "v_proj", "down_proj")
@@ -308,30 +317,13 @@ def test_snapshots_are_merged_copies_and_leave_the_run_alone(base: TrainConfig, 
 # --- checkpoints and resume ------------------------------------------------------------------------
 
 
-def _script(path: Path, cfg: TrainConfig, kill_at: int | None) -> Path:
-    path.write_text(
-        textwrap.dedent(f"""
-        import json, os, signal, sys
-        sys.path.insert(0, {str(REPO)!r})
-        from conversion.train import TrainConfig, train
-        cfg = TrainConfig(**json.loads({json.dumps(json.dumps(asdict(cfg)))}))
-        kill_at = {kill_at!r}
-        def hook(done):
-            if kill_at is not None and done == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-        train(cfg, on_step=hook)
-    """)
-    )
-    return path
-
-
 def test_resume_after_sigkill_is_exact(base: TrainConfig, tmp_path: Path) -> None:
     """kill -9 after step 5 (last checkpoint: step 4), then --resume: weights and log equal the
     uninterrupted run's bit for bit; the checkpoint holds the adapters and the mask row only."""
     cfg = replace(base, steps=8, save_every=2, eval_every=4, lora="r=4,dropout=0.1")
     killed = replace(cfg, out=str(tmp_path / "killed"))
     proc = subprocess.run(
-        [sys.executable, str(_script(tmp_path / "run.py", killed, kill_at=5))],
+        [sys.executable, str(train_script(tmp_path / "run.py", killed, kill_at=5))],
         env=os.environ.copy(),
         capture_output=True,
         text=True,
@@ -409,7 +401,7 @@ def test_two_processes_match_one(launch: str, base: TrainConfig, tmp_path: Path)
     flags = ["--multi_gpu"] if launch == "ddp" else ["--use_fsdp", "--fsdp_version", "2"]
     proc = subprocess.run(
         [str(LAUNCHER), "launch", *flags, "--num_processes", "2", "--num_machines", "1", "--main_process_port", "0"]
-        + ["--mixed_precision", "no", "--dynamo_backend", "no", str(_script(tmp_path / "run.py", two, None))],
+        + ["--mixed_precision", "no", "--dynamo_backend", "no", str(train_script(tmp_path / "run.py", two))],
         env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"},
         capture_output=True,
         text=True,

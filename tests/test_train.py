@@ -8,13 +8,12 @@ import random
 import shutil
 import subprocess
 import sys
-import textwrap
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import WORDS, build_tiny_model
+from conftest import WORDS, build_tiny_model, train_script
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -23,8 +22,6 @@ from common.metadata import ModelMeta
 from conversion.mdm import MASK_TOKEN, add_mask_token, load_mdm
 from conversion.throughput import TIMING_FIELDS
 from conversion.train import TrainConfig, TrainingDiverged, lr_at, train
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -122,29 +119,11 @@ def test_grad_accum_gives_the_same_update(setup: TrainConfig, tmp_path: Path) ->
         torch.testing.assert_close(wa[name], wb[name], rtol=1e-4, atol=1e-6)
 
 
-def _script(tmp_path: Path, cfg: TrainConfig, kill_at: int | None) -> Path:
-    script = tmp_path / "run_train.py"
-    script.write_text(
-        textwrap.dedent(f"""
-        import json, os, signal, sys
-        sys.path.insert(0, {str(REPO)!r})
-        from conversion.train import TrainConfig, train
-        cfg = TrainConfig(**json.loads({json.dumps(json.dumps(asdict(cfg)))}))
-        kill_at = {kill_at!r}
-        def hook(done):
-            if kill_at is not None and done == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-        train(cfg, on_step=hook)
-    """)
-    )
-    return script
-
-
 def test_resume_after_sigkill_is_exact(setup: TrainConfig, tmp_path: Path) -> None:
     cfg = replace(setup, steps=8, save_every=2, eval_every=4)
     killed = replace(cfg, out=str(tmp_path / "killed"))
     proc = subprocess.run(
-        [sys.executable, str(_script(tmp_path, killed, kill_at=5))],
+        [sys.executable, str(train_script(tmp_path / "run_train.py", killed, kill_at=5))],
         env=os.environ.copy(),
         capture_output=True,
         text=True,
@@ -233,7 +212,7 @@ def test_ddp_two_processes_match_one(setup: TrainConfig, tmp_path: Path) -> None
             "no",
             "--dynamo_backend",
             "no",
-            str(_script(tmp_path, two, None)),
+            str(train_script(tmp_path / "run_train.py", two)),
         ],
         env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"},
         capture_output=True,
