@@ -242,9 +242,9 @@ class ModelAdapter(TemplateLM):
                     f"max_gen_toks {length} does not fit the model's context of {self.ctx.context_length} tokens."
                 )
             sampler = build_sampler(self.sampler_name, **self._options_for(gen_kwargs))
+            keep = None if self.ctx.context_length is None else self.ctx.context_length - length
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start : start + self.batch_size]
-                keep = None if self.ctx.context_length is None else self.ctx.context_length - length
                 prompts = [self.tok_encode(requests[i].args[0])[-keep if keep else None :] for i in chunk]
                 canvas, am = make_canvas(prompts, length, mask_id=self.ctx.placeholder, pad_id=self.ctx.pad_id)
                 result = run(

@@ -53,23 +53,24 @@ def _checker_name(task: Task) -> str:
     return str(registered)
 
 
-def _doc(task: Task, example: Example, answer_tokens: int) -> dict[str, Any]:
+def _doc_line(task: Task, example: Example, answer_tokens: int) -> str:
+    """The JSONL line of one example (UserError if a field of it is not JSON)."""
     fields = asdict(example)
     fields["meta"] = dict(example.meta)
     doc = {
         "task": task.name,
         "checker": _checker_name(task),
         "context": example.ar_prompt if example.ar_prompt is not None else example.prompt,
+        "answer_text": example.answer,
         "answer_tokens": answer_tokens,
         "choices": [example.answer, example.counterfactual[0]] if example.counterfactual else [],
         "label": 0,
         "example": fields,
     }
     try:
-        json.dumps(doc)
+        return json.dumps(doc) + "\n"
     except TypeError as err:
         raise UserError(f"{example.where}: the example cannot be exported as JSON ({err}).") from None
-    return doc
 
 
 def _yaml(name: str, data: Path, body: str) -> str:
@@ -130,20 +131,17 @@ def export_tasks(
     out.mkdir(parents=True, exist_ok=True)
     exported: dict[str, list[str]] = {}
     for name, (task, examples) in task_sets(loaded, names, n, seed=seed).items():
-        lengths = []
-        docs = []
+        reading = "mdm" if loaded.meta.kind == "mdm" else "ar"
+        lengths, lines = [], []
         for ex in examples:
-            reading = "mdm" if loaded.meta.kind == "mdm" else "ar"
             r = render(ex, loaded.tokenizer, reading, shift=loaded.meta.shift, mask_id=loaded.meta.mask_id)
             lengths.append(len(r.answer_ids))
-            doc = _doc(task, ex, len(r.answer_ids))
-            doc["answer_text"] = ex.answer
-            docs.append(doc)
+            lines.append(_doc_line(task, ex, len(r.answer_ids)))
         data = out / f"{harness_name(name)}.jsonl"
-        atomic_write_text(data, "".join(json.dumps(d) + "\n" for d in docs))
+        atomic_write_text(data, "".join(lines))
         names_out = [harness_name(name)]
         atomic_write_text(out / f"{harness_name(name)}.yaml", _generation_yaml(names_out[0], data, max(lengths)))
-        if all(d["choices"] for d in docs):
+        if all(ex.counterfactual for ex in examples):
             names_out.append(harness_name(name, mc=True))
             atomic_write_text(out / f"{names_out[1]}.yaml", _choice_yaml(names_out[1], data))
         exported[name] = names_out
