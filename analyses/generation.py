@@ -34,7 +34,7 @@ from lm_eval.filters.extraction import RegexFilter
 from tqdm.auto import tqdm
 
 from common.errors import UserError
-from common.modeling import pad_id, position_ids
+from common.modeling import pad_id, position_ids, right_pad
 from conversion.checkpoints import Loaded
 from sampling import SAMPLERS, ModelContext, build_sampler, make_canvas, run, takes_steps
 from tasks import Example, Task, render
@@ -393,12 +393,7 @@ def gen_ppl(
                 rows.append((piece, begin))
     for start in range(0, len(rows), batch_size):
         part = rows[start : start + batch_size]
-        width = max(len(p) for p, _ in part)
-        ids = torch.full((len(part), width), pad_id(tok), dtype=torch.long)
-        am = torch.zeros_like(ids)
-        for b, (p, _) in enumerate(part):
-            ids[b, : len(p)] = torch.tensor(p)
-            am[b, : len(p)] = 1
+        ids, am = right_pad([p for p, _ in part], pad_id(tok))
         am = am.to(device)
         logits = model(input_ids=ids.to(device), attention_mask=am, position_ids=position_ids(am)).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from common.errors import UserError
 from common.metadata import read_positions
-from common.modeling import param_dtype, position_ids
+from common.modeling import param_dtype, position_ids, right_pad
 from common.seeding import derive_seed
 from sampling import ModelContext, build_sampler, make_canvas, run
 from sampling.base import align, mdm_forward_kwargs
@@ -105,12 +105,8 @@ def ar_loglikelihoods(
             head = _fit(context, continuation, ctx)
             rows.append(head + list(continuation))
             spans.append((len(head), len(continuation)))
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), ctx.pad_id, dtype=torch.long, device=device)
-        am = torch.zeros_like(ids)
-        for b, r in enumerate(rows):
-            ids[b, : len(r)] = torch.tensor(r, dtype=torch.long)
-            am[b, : len(r)] = 1
+        ids, am = right_pad(rows, ctx.pad_id)
+        ids, am = ids.to(device), am.to(device)
         logits = model(input_ids=ids, attention_mask=am, position_ids=position_ids(am)).logits.float()
         logp = torch.log_softmax(logits, dim=-1)
         for b, (head, n) in enumerate(spans):

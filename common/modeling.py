@@ -21,6 +21,18 @@ from torch import Tensor
 from common.errors import UserError
 
 
+def right_pad(rows: list[list[int]], pad: int) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Token rows of any lengths as one right-padded batch on the CPU: (ids [B, T], attention mask
+    [B, T], 1 on real tokens), T the longest row."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    am = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, : len(r)] = torch.tensor(r, dtype=torch.long)
+        am[b, : len(r)] = 1
+    return ids, am
+
+
 def position_ids(
     attention_mask: Int[Tensor, "batch pos"], document_ids: Int[Tensor, "batch pos"] | None = None
 ) -> Int[Tensor, "batch pos"]:

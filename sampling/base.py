@@ -38,7 +38,7 @@ from torch import Tensor
 
 from common.errors import UserError
 from common.metadata import ModelMeta, read_positions
-from common.modeling import pad_id, param_dtype, position_ids
+from common.modeling import pad_id, param_dtype, position_ids, right_pad
 from common.registry import Registry
 from diffusion.attention import block_inference_mask
 from diffusion.noise import get_schedule
@@ -124,13 +124,7 @@ def make_canvas(
     rows = [list(p) + [mask_id] * int(n) + list(s) for p, n, s in zip(prompts, gen_lengths, suffixes, strict=True)]
     if any(int(n) < 1 for n in gen_lengths):
         raise UserError("every row must generate at least one token (max_new_tokens >= 1).")
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    am = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, r in enumerate(rows):
-        ids[b, : len(r)] = torch.tensor(r, dtype=torch.long)
-        am[b, : len(r)] = 1
-    return ids, am
+    return right_pad(rows, pad_id)
 
 
 def propose(
