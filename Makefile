@@ -8,14 +8,38 @@ STAMP  := $(VENV)/.installed-stamp
 # would pull a multi-GB CUDA build from PyPI.
 TORCH  ?= torch==2.13.0
 
-.PHONY: validate install assets run test test-slow lint clean-venv
+# constraints.txt: the tested versions of every dependency, so the two README commands and CI install
+# what was tested, not whatever was released since (pyproject.toml keeps ranges for library users).
+CONSTRAINTS := constraints.txt
 
-$(STAMP): pyproject.toml
+.PHONY: validate install assets run test test-slow lint clean-venv lock test-latest
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[dev]"
 	touch $(STAMP)
+
+# Refresh constraints.txt: the newest releases pyproject.toml's ranges admit, installed in a fresh
+# .venv-lock, frozen. Run `make test-latest` (or `make test` after it) before committing the new file.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip
+	.venv-lock/bin/python -m pip install -q "$(TORCH)"
+	.venv-lock/bin/python -m pip install -q -e ".[dev]"
+	head -4 $(CONSTRAINTS) > $(CONSTRAINTS).new
+	.venv-lock/bin/python -m pip freeze --exclude-editable --exclude torch >> $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+
+# The default suite against the newest releases (no constraints), in a fresh .venv-latest: drift in a
+# dependency shows here before it reaches `make test`.
+test-latest:
+	rm -rf .venv-latest && $(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -q --upgrade pip
+	.venv-latest/bin/python -m pip install -q "$(TORCH)"
+	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	.venv-latest/bin/python -m pytest -q
 
 install: $(STAMP)
 

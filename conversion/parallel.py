@@ -20,6 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
 from common.errors import UserError
+from common.options import parse_bool
 
 
 def make_accelerator(device: str = "auto") -> Accelerator:
@@ -36,14 +37,30 @@ def make_accelerator(device: str = "auto") -> Accelerator:
             "installed torch is a CUDA build); use --device cpu or auto."
         )
     _forget_other_device(device)
-    try:
-        return Accelerator(cpu=device == "cpu")
-    except RuntimeError as err:
-        if "no available devices" in str(err) and _flag(os.environ, "ACCELERATE_USE_FSDP"):
-            # FullyShardedDataParallelPlugin (FSDP1, sync_module_states, which accelerate launch's
-            # default --fsdp_cpu_ram_efficient_loading true forces) looks for an accelerator device.
-            raise UserError(_FSDP_CPU_HELP.format(what=f"FSDP1 cannot run on CPU (accelerate: {err})")) from err
-        raise
+    if _fsdp_version(os.environ) == "1" and (device == "cpu" or _uses_cpu(os.environ) or not _has_accelerator()):
+        # accelerate's FSDP1 plugin needs an accelerator device (it raises RuntimeError on a CPU-only
+        # machine, with a text that changed between releases); decided here by the condition itself.
+        raise UserError(_FSDP_CPU_HELP.format(what="FSDP1 cannot run on CPU: this process sees no GPU"))
+    return Accelerator(cpu=device == "cpu")
+
+
+def _has_accelerator() -> bool:
+    """Whether torch sees an accelerator device (CUDA, XPU, MPS, ...) in this process."""
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None:
+        return bool(accelerator.is_available())
+    return torch.cuda.is_available()
+
+
+def _fsdp_version(env: Any) -> str | None:
+    """The FSDP version a launch asks for ("1" or "2"), or None without FSDP (ACCELERATE_USE_FSDP)."""
+    if not _flag(env, "ACCELERATE_USE_FSDP"):
+        return None
+    return str(env.get("FSDP_VERSION", "1")).strip() or "1"
+
+
+def _uses_cpu(env: Any) -> bool:
+    return _flag(env, "ACCELERATE_USE_CPU")
 
 
 def _forget_other_device(device: str) -> None:
@@ -77,7 +94,9 @@ _FSDP_CPU_HELP = (
 
 
 def _flag(env: Any, name: str) -> bool:
-    return str(env.get(name, "false")).strip().lower() in ("1", "true", "yes")
+    """Environment variable `name` as a yes/no value (`common.options.parse_bool`); unset is no."""
+    value = env.get(name)
+    return False if value is None or not str(value).strip() else parse_bool(value, f"environment variable {name}")
 
 
 def parallelism(distributed_type: DistributedType, num_processes: int, env: dict[str, str] | None = None) -> str:
@@ -101,7 +120,7 @@ def parallelism(distributed_type: DistributedType, num_processes: int, env: dict
     if distributed_type == DistributedType.FSDP:
         return "fsdp"
     if wants_fsdp and distributed_type == DistributedType.MULTI_CPU:
-        version = env.get("FSDP_VERSION", "1").strip()
+        version = _fsdp_version(env)
         if version != "2":
             raise UserError(
                 _FSDP_CPU_HELP.format(

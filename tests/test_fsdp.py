@@ -229,8 +229,9 @@ def test_parallelism_refuses_unsupported_launches() -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="accelerate builds the FSDP1 plugin on a GPU")
 def test_fsdp1_launch_on_cpu_is_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What `accelerate launch --use_fsdp` (FSDP1, cpu_ram_efficient_loading on by default) gives
-    every process on a CPU-only machine: accelerate's plugin raises RuntimeError('There are
-    currently no available devices found, ...'); train turns it into a UserError, before training."""
+    every process on a CPU-only machine: a UserError before training, decided by the condition (FSDP1
+    asked, no accelerator device), not by accelerate's error text, which changed in 1.16. The same
+    holds whatever accelerate would have done (with or without sync_module_states)."""
     monkeypatch.setenv("AR2MDM_CACHE", str(tmp_path / "cache"))
     for name, value in {
         "ACCELERATE_USE_FSDP": "true",
@@ -240,7 +241,15 @@ def test_fsdp1_launch_on_cpu_is_a_user_error(tmp_path: Path, monkeypatch: pytest
     }.items():
         monkeypatch.setenv(name, value)
     cfg = replace(_base(tmp_path), out=str(tmp_path / "run"))
-    with pytest.raises(UserError, match="FSDP1 cannot run on CPU.*no available devices.*--fsdp_version 2"):
+    with pytest.raises(UserError, match="FSDP1 cannot run on CPU.*--fsdp_version 2"):
+        train(cfg)
+    assert not Path(cfg.out).exists()
+    monkeypatch.setenv("FSDP_SYNC_MODULE_STATES", "false")
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")
+    with pytest.raises(UserError, match="FSDP1 cannot run on CPU.*--fsdp_version 2"):
+        train(cfg)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "maybe")
+    with pytest.raises(UserError, match="ACCELERATE_USE_FSDP must be a yes/no value"):
         train(cfg)
     assert not Path(cfg.out).exists()
 
