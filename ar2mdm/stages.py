@@ -2,8 +2,11 @@
 
 `Stages(root, force, log).run(name, parts, work)` runs `work(folder)` in `root/name` unless
 `folder/stage.json` holds the key of `parts` (a hash of the stage's options and the identity of
-its inputs); `stage.json` is written last, so a crash leaves the stage to run again (or, with
-`keep_partial`, to resume from what `work` left). Every run or skip is a `StageRecord`.
+its inputs); `stage.json` is written last and atomically, so a crash leaves the stage to run
+again (or, with `keep_partial`, to resume from what `work` left). A stage.json that cannot be
+read (a full disk, a hand edit), or a finished stage whose `outputs` (JSON files its readers
+need) cannot be read, counts as unfinished: the stage runs again, with a line in the log saying
+why. Every run or skip is a `StageRecord`.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.errors import UserError
+from common.jsonl import read_json
 from common.outputs import atomic_write_text
 
 
@@ -41,18 +46,29 @@ class Stages:
         self.records: list[StageRecord] = []
 
     def run(
-        self, name: str, parts: Mapping[str, Any], work: Callable[[Path], dict[str, Any]], *, keep_partial: bool = False
+        self,
+        name: str,
+        parts: Mapping[str, Any],
+        work: Callable[[Path], dict[str, Any]],
+        *,
+        keep_partial: bool = False,
+        outputs: Sequence[str] = (),
     ) -> StageRecord:
         """work(folder) -> info (JSON-able), run unless folder/stage.json has this key.
-        keep_partial: leave an unfinished folder in place for `work` to resume from."""
+        keep_partial: leave an unfinished folder in place for `work` to resume from. outputs:
+        JSON files (relative to the folder) that a finished stage must hold readable; a damaged
+        one reruns the stage."""
         folder = self.root / name
         key = _key(parts)
         marker = folder / "stage.json"
         if marker.is_file() and not self.force:
-            done = json.loads(marker.read_text())
-            if done.get("key") == key:
+            done = self._finished(name, marker, outputs)
+            if done is None:
+                marker.unlink()  # unreadable: the stage counts as unfinished
+            elif done.get("key") == key:
                 self.log(f"[{name}] unchanged inputs: cached ({folder})")
-                record = StageRecord(name, "cached", 0.0, key, done.get("info", {}))
+                info = done.get("info")
+                record = StageRecord(name, "cached", 0.0, key, info if isinstance(info, dict) else {})
                 self.records.append(record)
                 return record
         if folder.exists() and (marker.is_file() or self.force or not keep_partial):
@@ -69,3 +85,22 @@ class Stages:
         self.records.append(record)
         self.log(f"[{name}] done in {seconds:.0f} s")
         return record
+
+    def _finished(self, name: str, marker: Path, outputs: Sequence[str]) -> dict[str, Any] | None:
+        """The content of a finished stage's `marker`, or None (logged) when it or one of the
+        stage's `outputs` cannot be read: the stage then runs again."""
+        again = "The stage runs again."
+        try:
+            done = read_json(marker, remedy=again, what="a stage record")
+            for output in outputs:
+                read_json(marker.parent / output, remedy=again)
+        except UserError as err:
+            self.log(f"[{name}] {err}")
+            return None
+        return done
+
+
+def stage_output(path: Path) -> dict[str, Any]:
+    """A finished stage's JSON output (one of its `outputs`), read by a later stage or the
+    report; UserError if it cannot be read (the next run redoes that stage)."""
+    return read_json(path, remedy="Run the same study command again: it redoes the stage whose output this is.")

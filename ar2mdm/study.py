@@ -26,7 +26,6 @@ last checkpoint). `force` reruns everything. The stage runner is `ar2mdm.stages`
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -35,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from ar2mdm.power import CLAIM_A_HALF_WIDTH, POWER_HALF_WIDTH, needed_pool, plan_power
-from ar2mdm.stages import StageRecord, Stages
+from ar2mdm.stages import StageRecord, Stages, stage_output
 from ar2mdm.study_report import print_summary, write_study_report
 from common.errors import UserError
+from common.jsonl import read_json
 from common.outputs import claim_output
 from conversion.organism_data import TASK_NAMES as ORGANISM_TASKS
 
@@ -250,10 +250,15 @@ def _ar_twin_stage(cfg: StudyConfig, stages: Stages, ar_source: str, ar_record: 
         )
         return source, record
     folder = organism_folder() if ar_source == "organism" else Path(ar_source).expanduser().resolve()
-    report = json.loads((folder / "report.json").read_text())
-    seed = int(report["seed"])
-    data_seed = report.get("data_seed")
-    data_seed = seed if data_seed is None else int(data_seed)
+    retrain = f"Train the organism again: ar2mdm organism train --out {folder} --overwrite."
+    report = read_json(folder / "report.json", remedy=retrain, what="an organism's report")
+    try:
+        seed = int(report["seed"])
+        data_seed = report.get("data_seed")
+        data_seed = seed if data_seed is None else int(data_seed)
+        int(report["steps"]), dict(report["config"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{folder / 'report.json'} is damaged (it lacks seed, steps or config). {retrain}") from None
     twin = folder.parent / f"{folder.name}-seed{seed + 1}-{ar_record.info['hash'][:8]}"
     if not (twin / "config.json").is_file():
         stages.log(f"[ar_twin] training the ARM's seed twin ({report['steps']} steps, seed {seed + 1}) into {twin}")
@@ -365,7 +370,7 @@ def _samplers_stage(
         "tasks": settings["sampler_tasks"],
         "seed": cfg.seed,
     }
-    return stages.run("samplers", parts, work)
+    return stages.run("samplers", parts, work, outputs=("results.json",))
 
 
 def _compare_stage(
@@ -446,7 +451,7 @@ def _compare_stage(
         "device": cfg.device,
         "twins": {r: key for r, (_, key) in twins.items()},
     }
-    return stages.run(name, parts, work)
+    return stages.run(name, parts, work, outputs=("report.json",))
 
 
 def _blocks_stage(
@@ -475,7 +480,7 @@ def _blocks_stage(
         "null_pair": False,
     }
 
-    main = json.loads((stages.root / "compare" / "report.json").read_text())
+    main = stage_output(stages.root / "compare" / "report.json")
     floor = {
         t: e["controls"]["floor_ar"]["jaccard"] for t, e in main["tasks"].items() if "floor_ar" in e.get("controls", {})
     }
@@ -493,7 +498,7 @@ def _blocks_stage(
         "options": options,
         "floor": floor,
     }
-    return stages.run("blocks", parts, work)
+    return stages.run("blocks", parts, work, outputs=("series.json",))
 
 
 def run_study(cfg: StudyConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -538,7 +543,7 @@ def _run_stages(cfg: StudyConfig, out: Path, log: Callable[[str], None]) -> dict
     compare_dir = "compare"
     power = None
     if cfg.power:
-        report = json.loads((out / "compare" / "report.json").read_text())
+        report = stage_output(out / "compare" / "report.json")
         seconds = float(pilot.info.get("seconds") or pilot.seconds)
         left = cfg.budget * 60 - (time.perf_counter() - t0)
         if cfg.model == "smollm2":

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ar2mdm.stages import StageRecord
+from ar2mdm.stages import StageRecord, stage_output
 from common.env import fingerprint
 from common.outputs import atomic_write_text
 
@@ -96,8 +96,8 @@ def write_study_report(
     from analyses.generation import EvalRow, figure
     from conversion.report import training_figure
 
-    compare_data = json.loads((out / compare_dir / "report.json").read_text())
-    sampler_rows = json.loads((out / "samplers" / "results.json").read_text())["rows"]
+    compare_data = stage_output(out / compare_dir / "report.json")
+    sampler_rows = stage_output(out / "samplers" / "results.json").get("rows", [])
     mdm_info = next(r.info for r in records if r.name == "mdm")
     tokens = mdm_info.get("tokens_seen", 0)
     stage_rows = [{"stage": r.name, "status": r.status, "seconds": f"{r.seconds:.0f}", "key": r.key} for r in records]
@@ -161,7 +161,7 @@ def write_study_report(
         "compare_folder": compare_dir,
         "power": dict(power) if power is not None else None,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
     return summary
 
 

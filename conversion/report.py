@@ -6,21 +6,23 @@ the same figure for notebooks.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from common.errors import UserError
+from common.jsonl import read_records
 
 
 def read_log(path: str | Path) -> list[dict]:
-    """The JSON objects of a train.jsonl file, in order."""
+    """The JSON objects of a train.jsonl file, in order; a last line torn by a crash (or still
+    being written) is left out, a damaged earlier line is a UserError naming it."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p} does not exist; pass the train.jsonl of a conversion run.")
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    remedy = "Delete that line (the log only records the curves), or convert again with --overwrite."
+    return read_records(p, remedy=remedy).records
 
 
 def training_figure(path: str | Path, title: str | None = None) -> go.Figure:

@@ -11,6 +11,8 @@ run's duration, and a refusal of any folder that is not an earlier conversion ru
         finished at >= steps             nothing to do (its MDM is there)
         finished, no checkpoint, more
         steps asked                      error: nothing to continue from; --overwrite
+        damaged ar2mdm.json or
+        checkpoint, nothing else         error naming the file: --overwrite
         no checkpoint at all             start at step 0 (a run killed before its first
                                          checkpoint, a diverged run, a failed start)
     an earlier run, neither flag         error that says which of the two to pass
@@ -19,7 +21,9 @@ So there is always a command that moves on, and nothing is removed without --ove
 
 Files: `checkpoint/` (model.safetensors, optimizer.safetensors + optimizer.json keyed by
 parameter name, state.json written last), swapped in atomically (`checkpoint.old` is the previous
-one while the new one moves in); `train.jsonl`, one JSON record per logged step. A checkpoint
+one while the new one moves in); `train.jsonl`, one JSON record per logged step, appended one
+whole line at a time (`common.jsonl`: a crash can only tear its last line, which a resume drops
+before appending again; a line damaged anywhere else is a UserError naming it). A checkpoint
 holds what training changes: every weight (and buffer) of a full conversion, only the trained
 parameters when some are frozen (a LoRA conversion, `conversion.lora`: its frozen weights are
 rebuilt from the source on resume).
@@ -46,7 +50,8 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
-from common.errors import UserError
+from common.errors import CheckpointError, UserError
+from common.jsonl import Records, append_record, damaged_line, read_json, read_records, rewrite_records, sync_file
 from common.metadata import META_FILE, ModelMeta
 
 CHECKPOINT_DIR = "checkpoint"
@@ -105,8 +110,8 @@ def plan_run(folder: Path, config: dict[str, Any], *, has_run: bool, resume: boo
     if overwrite:
         return Plan("fresh", clear=True, note=f"--overwrite: removing the earlier run in {folder}, starting at step 0.")
     ckpt = checkpoint_to_read(folder / CHECKPOINT_DIR)
-    ckpt_step = _state(ckpt)["step"] if ckpt is not None else None
-    final = ModelMeta.load(folder) if (folder / META_FILE).is_file() else None
+    ckpt_step = checkpoint_step(ckpt) if ckpt is not None else None
+    final, damaged = _final_meta(folder)
     final_step = int(final.extra.get("steps", -1)) if final is not None else None
     if not resume:
         held = ", ".join(
@@ -114,6 +119,7 @@ def plan_run(folder: Path, config: dict[str, Any], *, has_run: bool, resume: boo
             for x in (
                 f"a checkpoint at step {ckpt_step}" if ckpt is not None else "no checkpoint",
                 f"its MDM at step {final_step}" if final is not None else None,
+                f"a damaged {META_FILE}" if damaged is not None else None,
             )
             if x
         )
@@ -132,7 +138,17 @@ def plan_run(folder: Path, config: dict[str, Any], *, has_run: bool, resume: boo
             "done", meta=final, note=f"{folder} already holds the finished MDM (step {final_step}); nothing to do."
         )
     if ckpt is not None:
-        return Plan("resume", checkpoint=ckpt)
+        note = None
+        if damaged is not None:
+            note = (
+                f"{damaged} Resuming from the checkpoint at step {ckpt_step} writes the MDM and its {META_FILE} again."
+            )
+        return Plan("resume", checkpoint=ckpt, note=note)
+    if damaged is not None:
+        raise UserError(
+            f"{damaged} The run has no training checkpoint ({CHECKPOINT_DIR}/) to continue from, so its MDM cannot "
+            f"be written again: start over with --overwrite, or restore {folder / META_FILE}."
+        )
     if final is not None:
         raise UserError(
             f"{folder} holds an MDM finished at step {final_step} but no checkpoint (save_every was 0), so it cannot "
@@ -144,6 +160,16 @@ def plan_run(folder: Path, config: dict[str, Any], *, has_run: bool, resume: boo
         clear=True,
         note=f"{folder} holds no checkpoint (save_every was 0, or the run stopped before its first one): starting at step 0.",
     )
+
+
+def _final_meta(folder: Path) -> tuple[ModelMeta | None, str | None]:
+    """(the run's finished MDM's metadata or None, why its ar2mdm.json is unreadable or None)."""
+    if not (folder / META_FILE).is_file():
+        return None, None
+    try:
+        return ModelMeta.load(folder), None
+    except CheckpointError as err:  # a hand edit or a disk error: ar2mdm.json is written atomically
+        return None, str(err)
 
 
 def _check_same_options(saved: dict[str, Any], now: dict[str, Any], where: str) -> None:
@@ -230,13 +256,40 @@ def checkpoint_to_read(ckpt_dir: Path) -> Path | None:
     return None
 
 
+def _damaged_checkpoint(folder: Path) -> str:
+    """What to do about a damaged file of checkpoint `folder` (the end of its UserError)."""
+    return (
+        f"The checkpoint in {folder} cannot be resumed from (it is written whole, so a disk error or an edit "
+        "damaged it): start the run over with --overwrite."
+    )
+
+
 def _state(folder: Path) -> dict[str, Any]:
+    path = folder / "state.json"
+    state = read_json(path, remedy=_damaged_checkpoint(folder), what="the checkpoint's state")
     try:
-        state = json.loads((folder / "state.json").read_text())
-        int(state["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"{folder / 'state.json'} is damaged; start the run over with --overwrite.") from None
+        int(state["step"]), int(state["tokens_seen"])
+        dict(state["config"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(
+            f"{path} is damaged (it lacks a valid step, tokens_seen or config). {_damaged_checkpoint(folder)}"
+        ) from None
     return state
+
+
+def checkpoint_step(folder: Path) -> int:
+    """The step of the checkpoint in `folder` (UserError if its state.json is damaged)."""
+    return int(_state(folder)["step"])
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's safetensors file, or a UserError saying it is damaged."""
+    try:
+        return load_file(path)
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing. {_damaged_checkpoint(path.parent)}") from None
+    except Exception as err:  # safetensors' own error: a truncated or overwritten file
+        raise UserError(f"{path} is damaged ({err}). {_damaged_checkpoint(path.parent)}") from None
 
 
 def load_checkpoint(folder: Path, model: torch.nn.Module, config: dict[str, Any]) -> tuple[int, int, dict[str, Any]]:
@@ -249,7 +302,7 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, config: dict[str, Any]
     if state.get("format") not in (1, STATE_FORMAT):
         raise UserError(f"{folder} was written by another ar2mdm version (format {state.get('format')}).")
     _check_same_options(state["config"], config, str(folder))
-    weights = load_file(folder / "model.safetensors")
+    weights = _load_tensors(folder / "model.safetensors")
     frozen = _parameter_names(model, trained=False)
     result = model.load_state_dict(weights, strict=False)
     # Everything, or with frozen weights (the source's, already in place) the trained parameters.
@@ -260,8 +313,14 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, config: dict[str, Any]
             f"{folder} does not fit the model being trained (unexpected {sorted(result.unexpected_keys)[:3]}, "
             f"missing {lacking[:3]}); resume with the options it was written with, or start over with --overwrite."
         )
-    tensors = load_file(folder / "optimizer.safetensors")
-    opt_state = _unflatten_optimizer(tensors, json.loads((folder / "optimizer.json").read_text()))
+    tensors = _load_tensors(folder / "optimizer.safetensors")
+    meta = read_json(folder / "optimizer.json", remedy=_damaged_checkpoint(folder), what="the optimizer's state")
+    try:
+        opt_state = _unflatten_optimizer(tensors, meta)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise UserError(
+            f"{folder / 'optimizer.json'} does not fit {folder / 'optimizer.safetensors'}. {_damaged_checkpoint(folder)}"
+        ) from None
     if state["format"] == 1:  # keyed by index into model.parameters(): the optimizer's order
         names = [name for name, _ in model.named_parameters()]
         opt_state = {
@@ -310,33 +369,55 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 # --- the log -------------------------------------------------------------------------------------
 
 
+LOG_REMEDY = (
+    "Delete that line (the log only records the curves; training resumes from checkpoint/), or start the run "
+    "over with --overwrite."
+)
+
+
 class RunLog:
-    """Append-only JSONL log on the main process; on resume, drops lines past the checkpoint."""
+    """The run's append-only JSONL log (`common.jsonl`), on the main process.
+
+    On resume (keep_until: the checkpoint's step) the log is rewritten as the whole records up to
+    that step, so a torn last line and the records of steps the resumed run repeats are dropped
+    before anything is appended; a damaged line before the last is a UserError naming it. torn:
+    what was dropped from the end, or None."""
 
     def __init__(self, path: Path, *, keep_until: int, enabled: bool) -> None:
         self.path, self.enabled = path, enabled
         self.history: list[dict[str, Any]] = []
+        self.torn: str | None = None
         if not enabled:
             return
         if path.exists():
-            kept = [
-                line
-                for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= keep_until
-            ]
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, path)
-            self.history = [json.loads(line) for line in kept]
+            found = _read(path)
+            self.history = [r for r in found.records if r["step"] <= keep_until]
+            self.torn = found.torn
+            rewrite_records(path, self.history)
         elif keep_until == 0:
-            path.write_text("")
+            rewrite_records(path, [])
 
     def write(self, record: dict[str, Any]) -> None:
+        """Append `record` (one whole line, one write)."""
         if not self.enabled:
             return
         self.history.append(record)
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_record(self.path, record)
+
+    def sync(self) -> None:
+        """Force the log to disk (called at checkpoints)."""
+        if self.enabled:
+            sync_file(self.path)
+
+
+def _read(path: Path) -> Records:
+    """The whole records of a run's log; each must carry an integer step."""
+    found = read_records(path, remedy=LOG_REMEDY)
+    for lineno, record in zip(found.lines, found.records, strict=True):
+        step = record.get("step")
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise damaged_line(path, lineno, f"no integer step, got {step!r}", LOG_REMEDY)
+    return found
 
 
 def last_record(history: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
@@ -345,11 +426,10 @@ def last_record(history: list[dict[str, Any]], kind: str) -> dict[str, Any] | No
 
 
 def read_log(folder: Path) -> list[dict[str, Any]]:
-    """The records of `folder/train.jsonl` (empty if there is none)."""
-    path = folder / LOG_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The whole records of `folder/train.jsonl` (empty if there is none; a torn last line is
+    left out, a damaged earlier line is a UserError naming it). Reads only: the file is left as
+    it is."""
+    return _read(folder / LOG_FILE).records
 
 
 # --- signals -------------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from common.errors import UserError
+from common.jsonl import read_json
+from common.outputs import atomic_write_text
 from probe.names import parse
 
 INDEX_FILE = "index.json"
@@ -199,12 +201,16 @@ class DiskCache:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
+        if not (self.folder / INDEX_FILE).is_file():
+            raise UserError(f"{self.folder} has no {INDEX_FILE}: it is not a probe disk cache.")
+        again = "Write the cache again (ProbedModel.cache_to_disk into an empty folder)."
+        self.index = read_json(self.folder / INDEX_FILE, remedy=again, what="a disk cache's index")
         try:
-            self.index = json.loads((self.folder / INDEX_FILE).read_text())
-        except FileNotFoundError:
-            raise UserError(f"{self.folder} has no {INDEX_FILE}: it is not a probe disk cache.") from None
-        self.names: list[str] = list(self.index["names"])
-        self.files = [self.folder / s["file"] for s in self.index["shards"]]
+            self.names: list[str] = [str(n) for n in self.index["names"]]
+            self.files = [self.folder / str(s["file"]) for s in self.index["shards"]]
+            [int(s["rows"]) for s in self.index["shards"]]
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{self.folder / INDEX_FILE} is damaged (no names or shards). {again}") from None
 
     def __len__(self) -> int:
         return int(sum(s["rows"] for s in self.index["shards"]))
@@ -250,7 +256,7 @@ class ShardWriter:
         self.names = self.names or list(cache)
 
     def close(self) -> DiskCache:
-        tmp = self.folder / (INDEX_FILE + ".tmp")
-        tmp.write_text(json.dumps({"names": self.names or [], "shards": self.shards}, indent=1))
-        tmp.replace(self.folder / INDEX_FILE)
+        atomic_write_text(
+            self.folder / INDEX_FILE, json.dumps({"names": self.names or [], "shards": self.shards}, indent=1)
+        )
         return DiskCache(self.folder)

@@ -24,7 +24,7 @@ from analyses.compare.report import json_safe
 from analyses.depth import layer_distribution
 from analyses.graph import Graph, jaccard
 from analyses.patching import baseline_logit_diffs
-from common.errors import TaskError, UserError
+from common.errors import CheckpointError, TaskError, UserError
 from common.metadata import META_FILE, ModelMeta
 from probe.model import ProbedModel
 from tasks.base import Rendered
@@ -95,13 +95,25 @@ def denoising_trajectory(
 
 def snapshots_of(run: str | Path, *, final: bool = True) -> list[tuple[int, Path]]:
     """(step, folder) of a conversion run's snapshots (`ar2mdm convert --snapshot-every N`), by
-    step; with `final`, the run's own finished MDM last (at its step count)."""
+    step; with `final`, the run's own finished MDM last (at its step count).
+
+    A snapshot's ar2mdm.json is written last: a snapshot folder without a readable one (its write
+    was cut short and the run never came back past that step) is a UserError naming it."""
     root = Path(run) / "snapshots"
     found = sorted(
         (int(p.name.split("-")[1]), p) for p in root.glob("step-*") if p.is_dir() and p.name.split("-")[1].isdigit()
     )
     if not found:
         raise UserError(f"no snapshots under {root}; convert with --snapshot-every N to write them.")
+    for _, folder in found:
+        try:
+            ModelMeta.load(folder)
+        except CheckpointError as err:
+            raise UserError(
+                f"{folder} is not a complete snapshot: {err} Its write was cut short (or the folder was changed): "
+                f"if the conversion is unfinished, --resume writes it again; otherwise delete {folder} to track "
+                "without it."
+            ) from None
     if final and (Path(run) / META_FILE).is_file():
         steps = int(ModelMeta.load(run).extra.get("steps", found[-1][0] + 1))
         if steps > found[-1][0]:
