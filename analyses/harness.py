@@ -17,7 +17,21 @@ Model arguments (`--model_args k=v,...`):
     mc_samples         Monte-Carlo ELBO samples per loglikelihood request of an MDM [default: 32;
                        LLaDA reports with 128]
     greedy_check       also decide `is_greedy` for MDM requests (a low-confidence fill) [default: true]
-    batch_size, device, dtype (fp32 | bf16 | fp16), seed, trust_remote_code
+    batch_size, device (cpu | cuda | cuda:N), dtype (fp32 | bf16 | fp16), seed, trust_remote_code
+                       [default: no]
+
+Every value is checked as the `ar2mdm` flags are: yes/no arguments (trust_remote_code,
+greedy_check, stop_at_eos, ...) take true/yes/on/1 or false/no/off/0 (`common.options.parse_bool`;
+`trust_remote_code=no` never runs a checkpoint's code), numbers must be numbers (batch_size, seed,
+mc_samples, max_new_tokens whole ones), a sampler option must have its type; anything else is a
+UserError naming the model argument (`check_model_args`, which `ar2mdm lm-eval` runs before the
+harness starts). batch_size and device given in --model_args win over the harness's --batch_size /
+--device (whose defaults, 1 and cuda:0, it always passes). On a machine without a GPU a CUDA device
+falls back to the CPU with a warning, as lm-eval's own HF model does.
+
+Running: `evaluate` (what `ar2mdm eval --lm-eval` runs) is `prepare_run`, every check with nothing
+written (the sampler and its options, ar2mdm's tasks rendered, the harness's own task names looked
+up in its index), then `run_prepared`, which writes the exported tasks and runs the harness.
 
 Requests:
 - `generate_until`: each context becomes a canvas (prompt, then max_gen_toks positions to
@@ -33,9 +47,12 @@ Requests:
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import typing
 from collections import defaultdict
+from dataclasses import dataclass, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +65,7 @@ from tqdm.auto import tqdm
 from analyses.likelihood import LogLikelihood, ar_loglikelihoods, mdm_loglikelihoods
 from common.errors import UserError
 from common.modeling import parse_device, parse_dtype
-from common.outputs import atomic_write_text
+from common.options import check_types, parse_bool
 from conversion.checkpoints import Loaded, load_any
 from sampling import SAMPLERS, ModelContext, build_sampler, make_canvas, run, sampler_options
 
@@ -56,78 +73,191 @@ MODEL_NAME = "ar2mdm"
 _OWN = ("pretrained", "sampler", "max_new_tokens", "mc_samples", "greedy_check", "seed", "dtype", "trust_remote_code")
 
 
-def _int(name: str, value: Any, least: int) -> int:
-    try:
+def _int(name: str, value: Any, least: int, *, what: str = "model argument") -> int:
+    """`value` as a whole number >= least: an int, an integral float (2.0) or a string of digits;
+    anything else (1.5, "abc", True) is a UserError naming `what` `name`."""
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
         number = int(value)
-    except (TypeError, ValueError):
-        raise UserError(f"model argument {name}={value!r} must be an integer.") from None
+    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        number = int(value.strip())
+    if number is None:
+        raise UserError(f"{what} {name}={value!r} must be a whole number (>= {least}).")
     if number < least:
-        raise UserError(f"model argument {name}={value!r} must be >= {least}.")
+        raise UserError(f"{what} {name}={value!r} must be >= {least}.")
     return number
+
+
+def _device(value: Any) -> torch.device:
+    """The device a `device` model argument names. The harness's CLI passes --device cuda:0 unless
+    told otherwise: on a machine without a GPU a CUDA device falls back to the CPU (with a
+    warning), as lm-eval's own HF model does; a malformed name is a UserError."""
+    name = str(value).strip()
+    try:
+        asked = torch.device(name)
+    except (RuntimeError, TypeError):
+        asked = None  # parse_device says what is wrong with it
+    if asked is not None and asked.type == "cuda" and not torch.cuda.is_available():
+        logging.getLogger(__name__).warning("device %s asked for but torch sees no GPU: using the CPU", name)
+        name = "cpu"
+    return parse_device(name, option="model argument device")
+
+
+def _sampler_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options of sampler `name` given as model arguments, checked and typed: an unknown
+    sampler, one that needs an AR scorer, an option it does not take, or a value of the wrong type
+    (`stop_at_eos=maybe`, `tau=abc`) is a UserError. None-valued options are left out (defaults)."""
+    if name not in SAMPLERS:
+        raise UserError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}.")
+    if SAMPLERS.get(name).needs_scorer:
+        raise UserError(f"sampler {name!r} needs an AR scorer, which the harness model does not load.")
+    accepted = set(sampler_options(name))
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise UserError(
+            f"unknown model argument(s) {unknown}: the ar2mdm model takes {', '.join(_OWN)}, batch_size, device "
+            f"and the options of sampler {name!r}: {', '.join(sorted(accepted)) or 'none'}."
+        )
+    given = {k: v for k, v in options.items() if v is not None}
+    # --model_args values arrive as the harness parsed them ("no" stays a string): each option
+    # gets its type from the sampler's signature, so stop_at_eos=no is False and tau=abc an error
+    hints = typing.get_type_hints(inspect.unwrap(SAMPLERS.get(name).__init__))
+    fields = make_dataclass("SamplerOptions", [(k, hints.get(k, Any)) for k in given])
+    typed = check_types(fields, given, f"model argument of sampler {name!r}")
+    build_sampler(name, **typed)  # refuse bad option values now, not mid-run
+    return typed
+
+
+@dataclass(frozen=True)
+class ModelArguments:
+    """The model arguments of `ModelAdapter`, checked and typed (`check_model_args`). load: the
+    keywords of `load_any` (dtype, device, trust_remote_code), empty when a checkpoint is passed
+    loaded; options: the sampler's options, typed, or None when the sampler is the checkpoint's
+    default (decided once it is loaded)."""
+
+    max_new_tokens: int | None
+    mc_samples: int
+    greedy_check: bool
+    batch_size: int
+    seed: int
+    load: dict[str, Any]
+    options: dict[str, Any] | None
+
+
+def check_model_args(
+    pretrained: str | None = None,
+    sampler: str | None = None,
+    *,
+    loaded: Loaded | None = None,
+    max_new_tokens: Any = None,
+    mc_samples: Any = 32,
+    greedy_check: Any = True,
+    batch_size: Any = 16,
+    max_batch_size: Any = None,
+    device: Any = None,
+    dtype: Any = "fp32",
+    seed: Any = 0,
+    trust_remote_code: Any = False,
+    **options: Any,
+) -> ModelArguments:
+    """Every check of the ar2mdm harness model's arguments (those of `ModelAdapter`) that needs no
+    checkpoint: whole numbers, yes/no values (a refusal such as "no", "off" or "0" is never read as
+    consent), dtype, device, and the sampler's options when a sampler is named. `ar2mdm lm-eval` runs
+    it on --model_args before the harness starts; `ModelAdapter` before it loads anything.
+    Raises UserError naming the model argument."""
+    size = 16 if batch_size in (None, "auto") or str(batch_size).startswith("auto") else batch_size
+    checked = {
+        "max_new_tokens": None if max_new_tokens is None else _int("max_new_tokens", max_new_tokens, 1),
+        "mc_samples": _int("mc_samples", mc_samples, 1),
+        "greedy_check": parse_bool(greedy_check, "model argument greedy_check"),
+        "batch_size": _int("batch_size", size, 1),
+        "seed": _int("seed", seed, 0),
+    }
+    typed = None if sampler is None else _sampler_options(sampler, options)
+    load: dict[str, Any] = {}
+    if loaded is None:
+        if not pretrained:
+            raise UserError("the ar2mdm harness model needs pretrained=CHECKPOINT in --model_args.")
+        load = {
+            "trust_remote_code": parse_bool(trust_remote_code, "model argument trust_remote_code"),
+            "dtype": parse_dtype(dtype, option="model argument dtype"),
+            "device": _device(device or ("cuda" if torch.cuda.is_available() else "cpu")),
+        }
+    return ModelArguments(**checked, load=load, options=typed)
 
 
 @register_model(MODEL_NAME)
 class ModelAdapter(TemplateLM):
     """An ar2mdm checkpoint (ARM or MDM) with one sampler, as a harness `LM` (module docstring)."""
 
+    # Model arguments arrive as the harness parsed --model_args (strings, numbers, booleans): the
+    # annotations admit what may arrive, `check_model_args` decides what is valid.
     def __init__(
         self,
-        pretrained: str | None = None,
+        pretrained: str | Path | None = None,
         sampler: str | None = None,
         *,
         loaded: Loaded | None = None,
-        max_new_tokens: int | None = None,
-        mc_samples: int = 32,
-        greedy_check: bool = True,
-        batch_size: int | str | None = 16,
-        max_batch_size: int | None = None,
-        device: str | None = None,
-        dtype: str = "fp32",
-        seed: int = 0,
-        trust_remote_code: bool = False,
+        max_new_tokens: int | float | str | None = None,
+        mc_samples: int | float | str = 32,
+        greedy_check: bool | int | str = True,
+        batch_size: int | float | str | None = 16,
+        max_batch_size: int | float | str | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype = "fp32",
+        seed: int | float | str = 0,
+        trust_remote_code: bool | int | str = False,
         **options: Any,
     ) -> None:
         super().__init__()
+        args = check_model_args(
+            pretrained=pretrained,
+            sampler=sampler,
+            loaded=loaded,
+            max_new_tokens=max_new_tokens,
+            mc_samples=mc_samples,
+            greedy_check=greedy_check,
+            batch_size=batch_size,
+            max_batch_size=max_batch_size,
+            device=device,
+            dtype=dtype,
+            seed=seed,
+            trust_remote_code=trust_remote_code,
+            **options,
+        )
+        self.max_new_tokens = args.max_new_tokens
+        self.mc_samples = args.mc_samples
+        self.greedy_check = args.greedy_check
+        self.batch_size = args.batch_size
+        self.seed = args.seed
         if loaded is None:
-            if not pretrained:
-                raise UserError("the ar2mdm harness model needs pretrained=CHECKPOINT in --model_args.")
-            where = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            if where.startswith("cuda") and not torch.cuda.is_available():
-                # the harness's CLI passes --device cuda:0 unless told otherwise (as lm-eval's HF model does, use the CPU)
-                logging.getLogger(__name__).warning("device %s asked for but torch sees no GPU: using the CPU", where)
-                where = "cpu"
-            loaded = load_any(
-                str(pretrained),
-                dtype=parse_dtype(dtype),
-                device=parse_device(where),
-                trust_remote_code=bool(trust_remote_code),
-            )
+            loaded = load_any(str(pretrained), **args.load)
         self.loaded = loaded
         self.model = loaded.model.eval()
         self.tokenizer = loaded.tokenizer
         self.ctx = ModelContext.from_meta(loaded.meta, loaded.tokenizer, loaded.model)
         self._device = next(self.model.parameters()).device
         self.sampler_name = sampler or ("ar" if self.ctx.kind == "ar" else "low-confidence")
-        if self.sampler_name not in SAMPLERS:
-            raise UserError(f"unknown sampler {self.sampler_name!r}; choose from {', '.join(SAMPLERS)}.")
-        if SAMPLERS.get(self.sampler_name).needs_scorer:
-            raise UserError(f"sampler {self.sampler_name!r} needs an AR scorer, which the harness model does not load.")
-        accepted = set(sampler_options(self.sampler_name))
-        unknown = sorted(set(options) - accepted)
-        if unknown:
-            raise UserError(
-                f"unknown model argument(s) {unknown}: the ar2mdm model takes {', '.join(_OWN)}, batch_size, device "
-                f"and the options of sampler {self.sampler_name!r}: {', '.join(sorted(accepted)) or 'none'}."
-            )
-        self.options = {k: v for k, v in options.items() if v is not None}
-        build_sampler(self.sampler_name, **self.options)  # refuse bad option values now, not mid-run
-        self.max_new_tokens = None if max_new_tokens is None else _int("max_new_tokens", max_new_tokens, 1)
-        self.mc_samples = _int("mc_samples", mc_samples, 1)
-        self.greedy_check = bool(greedy_check)
-        size = 16 if batch_size in (None, "auto") or str(batch_size).startswith("auto") else batch_size
-        self.batch_size = _int("batch_size", size, 1)
-        self.seed = int(seed)
+        self.options = args.options if args.options is not None else _sampler_options(self.sampler_name, options)
         self.records: list[LogLikelihood] = []
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> ModelAdapter:
+        """The harness's constructor from `--model_args` text; batch_size and device given there win
+        over the harness's own (`create_from_arg_obj`)."""
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict | None = None) -> ModelAdapter:
+        """The harness's constructor from `--model_args` parsed; `additional_config` holds its
+        --batch_size, --max_batch_size and --device (always passed, defaults 1 and cuda:0), which
+        the same keys in `arg_dict` override instead of colliding with them."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
 
     @classmethod
     def from_loaded(cls, loaded: Loaded, sampler: str | None = None, **kwargs: Any) -> ModelAdapter:
@@ -236,7 +366,9 @@ class ModelAdapter(TemplateLM):
             gen_kwargs = json.loads(key)
             until = gen_kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
-            length = self.max_new_tokens or _int("max_gen_toks", gen_kwargs.get("max_gen_toks", 256), 1)
+            length = self.max_new_tokens or _int(
+                "max_gen_toks", gen_kwargs.get("max_gen_toks", 256), 1, what="the task's generation_kwargs"
+            )
             if self.ctx.context_length is not None and length >= self.ctx.context_length:
                 raise UserError(
                     f"max_gen_toks {length} does not fit the model's context of {self.ctx.context_length} tokens."
@@ -246,7 +378,13 @@ class ModelAdapter(TemplateLM):
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start : start + self.batch_size]
                 prompts = [self.tok_encode(requests[i].args[0])[-keep if keep else None :] for i in chunk]
-                canvas, am = make_canvas(prompts, length, mask_id=self.ctx.placeholder, pad_id=self.ctx.pad_id)
+                canvas, am = make_canvas(
+                    prompts,
+                    length,
+                    mask_id=self.ctx.placeholder,
+                    pad_id=self.ctx.pad_id,
+                    context_length=self.ctx.context_length,
+                )
                 result = run(
                     sampler,
                     self.model,
@@ -272,93 +410,3 @@ class ModelAdapter(TemplateLM):
             if stop and stop in text:
                 text = text.split(stop, 1)[0]
         return text
-
-
-# --- running the harness -----------------------------------------------------------------------------
-
-
-def evaluate(
-    loaded: Loaded,
-    tasks: list[str],
-    folder: str | Path,
-    *,
-    sampler: str | None = None,
-    options: dict[str, Any] | None = None,
-    n: int = 100,
-    seed: int = 0,
-    mc_samples: int = 32,
-    batch_size: int = 16,
-    num_fewshot: int = 0,
-    model_name: str = "",
-) -> dict[str, Any]:
-    """Run `tasks` through lm-evaluation-harness on `loaded` and write `folder/results.json`.
-
-    A task named like an ar2mdm task (a built-in suite, a .jsonl user task file) is exported first
-    (`analyses.harness_tasks.export_tasks`, n examples, into `folder/tasks`: both its forms run);
-    any other name is the harness's own task (which needs its dataset: no hub is reachable here).
-    `model_name` is what the report calls the checkpoint (default: its metadata's source).
-    Returns {"results": {lm-eval task: {metric: value}}, "ar2mdm": {model, sampler, options,
-    exported, loglikelihood_spread}, "n-samples": ...}."""
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    from analyses.harness_tasks import export_tasks
-    from tasks import TASKS
-
-    out = Path(folder)
-    ours = [t for t in tasks if t in TASKS or t.endswith(".jsonl")]
-    exported = export_tasks(loaded, ours, n, out / "tasks", seed=seed) if ours else {}
-    names = [x for t in tasks for x in (exported.get(Path(t).stem if t.endswith(".jsonl") else t) or [t])]
-    lm = ModelAdapter.from_loaded(
-        loaded, sampler, mc_samples=mc_samples, batch_size=batch_size, seed=seed, **(options or {})
-    )
-    ours = {x for v in exported.values() for x in v}
-    # indexing the harness's ~15k built-in task files takes half a minute: only when one is asked for
-    manager = TaskManager(
-        include_path=str(out / "tasks") if exported else None, include_defaults=any(x not in ours for x in names)
-    )
-    missing = [x for x in names if x not in manager.all_tasks]
-    if missing:
-        raise UserError(
-            f"unknown task(s) {missing}: neither ar2mdm tasks ({', '.join(TASKS)}, or a .jsonl file) nor tasks "
-            "lm-evaluation-harness knows (`ar2mdm lm-eval ls tasks` lists them)."
-        )
-    res = lm_eval.simple_evaluate(
-        model=lm, tasks=names, task_manager=manager, num_fewshot=num_fewshot, log_samples=False, random_seed=seed
-    )
-    report = {
-        "results": {t: dict(v) for t, v in res["results"].items()},
-        "n-samples": res.get("n-samples", {}),
-        "ar2mdm": {
-            "model": model_name or loaded.meta.source,
-            "kind": loaded.meta.kind,
-            "sampler": lm.sampler_name,
-            "options": lm.options,
-            "exported": exported,
-            "loglikelihood_spread": lm.spread(),
-        },
-    }
-    atomic_write_text(out / "results.json", json.dumps(report, indent=1, default=str))
-    return report
-
-
-def results_table(report: dict[str, Any]) -> str:
-    """A markdown table of a report from `evaluate`: task, metric, value, stderr."""
-    lines = ["| task | metric | value | stderr |", "|---|---|---|---|"]
-    for task, metrics in report["results"].items():
-        for key, value in metrics.items():
-            if "," not in key or "_stderr" in key or not isinstance(value, int | float):
-                continue
-            metric = key.split(",", 1)[0]
-            err = metrics.get(key.replace(metric, metric + "_stderr", 1))
-            err_text = f"{err:.4f}" if isinstance(err, int | float) else "-"
-            lines.append(f"| {task} | {metric} | {value:.4f} | {err_text} |")
-    spread = report["ar2mdm"]["loglikelihood_spread"]
-    if spread["requests"]:
-        lines.append("")
-        lines.append(
-            f"MDM loglikelihood: Monte-Carlo ELBO, {spread['mc_samples']} samples per request over "
-            f"{spread['requests']} requests; standard error mean {spread['mean_stderr']:.4f}, "
-            f"largest {spread['max_stderr']:.4f} nats."
-        )
-    return "\n".join(lines) + "\n"

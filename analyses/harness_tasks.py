@@ -4,7 +4,9 @@
 user task file), the same examples `ar2mdm eval` evaluates (`analyses.generation.task_sets`: the
 organism's held-out examples for an organism checkpoint, else `generate_aligned` under the
 checkpoint's tokenizer) as `ar2mdm_<task>.jsonl`, and two harness tasks reading it offline
-(`dataset_path: json` on the local file; no dataset hub):
+(`dataset_path: json` on the local file; no dataset hub). `plan_export` renders the same files
+without writing them (every check first, then `Export.write`). The harness finds the tasks only
+through the folder: `ar2mdm lm-eval ... --include_path FOLDER`.
 
 - `ar2mdm_<task>` (generate_until): the context is the AR reading's prompt (`Example.ar_prompt`,
   else the prompt: the harness generates after a prefix only, so a suffix-bearing MDM example
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -117,19 +119,33 @@ def _choice_yaml(name: str, data: Path) -> str:
     return _yaml(name, data, body)
 
 
-def export_tasks(
-    loaded: Loaded, names: Sequence[str], n: int, folder: str | Path, *, seed: int = 0
-) -> dict[str, list[str]]:
-    """Write the harness form of each task in `names` into `folder` (module docstring).
+@dataclass(frozen=True)
+class Export:
+    """The harness form of some tasks, rendered but not yet written (`plan_export`).
 
-    Returns {ar2mdm task name: [its lm-eval task names]}; pass `folder` as the harness's
-    `include_path` (`lm_eval.tasks.TaskManager(include_path=...)`, or `--include_path`).
-    Raises UserError for an unknown task, or an example whose fields are not JSON."""
+    folder: where it goes; exported: {ar2mdm task name: [its lm-eval task names]}; files: {path:
+    text} of every file `write` creates (the JSONL data and the YAML definitions)."""
+
+    folder: Path
+    exported: dict[str, list[str]]
+    files: dict[Path, str]
+
+    def write(self) -> dict[str, list[str]]:
+        """Write every file (each atomically) and return `exported`."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for path, text in self.files.items():
+            atomic_write_text(path, text)
+        return self.exported
+
+
+def plan_export(loaded: Loaded, names: Sequence[str], n: int, folder: str | Path, *, seed: int = 0) -> Export:
+    """Everything `export_tasks` would write into `folder`, rendered in memory; nothing is written,
+    so a bad task name or example leaves the folder untouched. Raises what `export_tasks` raises."""
     from analyses.generation import task_sets
 
     out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
     exported: dict[str, list[str]] = {}
+    files: dict[Path, str] = {}
     for name, (task, examples) in task_sets(loaded, names, n, seed=seed).items():
         reading = "mdm" if loaded.meta.kind == "mdm" else "ar"
         lengths, lines = [], []
@@ -138,14 +154,26 @@ def export_tasks(
             lengths.append(len(r.answer_ids))
             lines.append(_doc_line(task, ex, len(r.answer_ids)))
         data = out / f"{harness_name(name)}.jsonl"
-        atomic_write_text(data, "".join(lines))
+        files[data] = "".join(lines)
         names_out = [harness_name(name)]
-        atomic_write_text(out / f"{harness_name(name)}.yaml", _generation_yaml(names_out[0], data, max(lengths)))
+        files[out / f"{names_out[0]}.yaml"] = _generation_yaml(names_out[0], data, max(lengths))
         if all(ex.counterfactual for ex in examples):
             names_out.append(harness_name(name, mc=True))
-            atomic_write_text(out / f"{names_out[1]}.yaml", _choice_yaml(names_out[1], data))
+            files[out / f"{names_out[1]}.yaml"] = _choice_yaml(names_out[1], data)
         exported[name] = names_out
-    return exported
+    return Export(out, exported, files)
+
+
+def export_tasks(
+    loaded: Loaded, names: Sequence[str], n: int, folder: str | Path, *, seed: int = 0
+) -> dict[str, list[str]]:
+    """Write the harness form of each task in `names` into `folder` (module docstring).
+
+    Returns {ar2mdm task name: [its lm-eval task names]}; pass `folder` as the harness's
+    `include_path` (`lm_eval.tasks.TaskManager(include_path=...)`, or `--include_path` of
+    `ar2mdm lm-eval`). Raises UserError for an unknown task, or an example whose fields are not
+    JSON, before writing anything."""
+    return plan_export(loaded, names, n, folder, seed=seed).write()
 
 
 @cache

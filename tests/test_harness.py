@@ -294,3 +294,184 @@ def test_cli_eval_lm_eval_and_the_passthrough(models, tmp_path):
     assert list((tmp_path / "pt").rglob("results_*.json"))
     bad = runner.invoke(app, ["lm-eval", "--model", "ar2mdm", "--model_args", f"pretrained={models['mdm']},nope=1", "--tasks", "ar2mdm_ioi_mc", "--include_path", str(out / "lm_eval" / "tasks")])  # fmt: skip
     assert bad.exit_code == 2 and "nope" in bad.output and "Traceback" not in bad.output
+
+
+# --- bad input: model arguments, task names, sampler flags, a failed run's --out ------------------------
+
+NO = ("no", "No", "off", "false", "0", "FALSE")
+
+
+@pytest.fixture(scope="module")
+def exported(models, tmp_path_factory) -> Path:
+    """A folder of exported harness tasks (ioi: ar2mdm_ioi and ar2mdm_ioi_mc), for --include_path."""
+    folder = tmp_path_factory.mktemp("exported") / "tasks"
+    export_tasks(load_any(models["mdm"]), ["ioi"], 4, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def marker_folder(models, tmp_path_factory) -> tuple[Path, Path]:
+    """A model folder whose config names code shipped in the folder (auto_map); importing that code
+    writes `marker`."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("remote")
+    folder = Path(shutil.copytree(models["ar"], root / "model"))
+    marker = root / "code-ran.txt"
+    code = f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+    code += "from transformers import LlamaConfig\n\nclass MarkerConfig(LlamaConfig):\n    model_type = 'marker_lm'\n"
+    (folder / "configuration_marker.py").write_text(code)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(
+        model_type="marker_lm",
+        architectures=["MarkerForCausalLM"],
+        auto_map={"AutoConfig": "configuration_marker.MarkerConfig"},
+    )
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder, marker
+
+
+def _lm_eval(model_args: str, include: Path, *extra: str):
+    return runner.invoke(
+        app,
+        ["lm-eval", "--model", "ar2mdm", "--model_args", model_args, "--tasks", "ar2mdm_ioi_mc",
+         "--include_path", str(include), *extra],
+        terminal_width=400,
+    )  # fmt: skip
+
+
+def test_harness_trust_remote_code_no_never_runs_the_folders_code(marker_folder, exported):
+    """Every spelling of no, as a keyword, as --model_args text the harness parses (its two parsers)
+    and on the command line: the folder's code never runs; a non-word is a one-line error; yes does
+    run it (the positive control, so the test can fail)."""
+    from lm_eval._cli.utils import key_val_to_dict
+
+    folder, marker = marker_folder
+    calls = {
+        "keyword": lambda v: ModelAdapter(pretrained=str(folder), trust_remote_code=v),
+        "lm_eval.utils's parser": lambda v: ModelAdapter.create_from_arg_string(
+            f"pretrained={folder},trust_remote_code={v}"
+        ),
+        "the harness CLI's parser": lambda v: ModelAdapter.create_from_arg_obj(
+            key_val_to_dict(f"pretrained={folder},trust_remote_code={v}")
+        ),
+    }
+    for value in NO:
+        for how, call in calls.items():
+            with pytest.raises(UserError, match="ships its own code"):
+                call(value)
+            assert not marker.exists(), f"trust_remote_code={value!r} ({how}) ran the folder's code"
+    result = _lm_eval(f"pretrained={folder},trust_remote_code=No", exported)
+    assert result.exit_code == 2 and "ships its own code" in result.output and "Traceback" not in result.output
+    assert not marker.exists()
+    result = _lm_eval(f"pretrained={folder},trust_remote_code=maybe", exported)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "error: model argument trust_remote_code must be a yes/no value" in " ".join(result.output.split())
+    assert not marker.exists()
+    with pytest.raises(Exception):  # noqa: B017 - the marker model is not a loadable LM; only its import matters
+        ModelAdapter.create_from_arg_string(f"pretrained={folder},trust_remote_code=yes")
+    assert marker.read_text() == "ran"
+    marker.unlink()
+
+
+def test_harness_model_argument_values_are_checked_and_named(models):
+    mdm = models["mdm"]
+    bad = {
+        "dtype=int4": "model argument dtype 'int4' is not a dtype",
+        "device=gpu0": "model argument device 'gpu0' is not a device name",
+        "seed=abc": r"model argument seed='abc' must be a whole number",
+        "batch_size=1.5": r"model argument batch_size=1.5 must be a whole number",
+        "mc_samples=two": "model argument mc_samples='two' must be a whole number",
+        "greedy_check=maybe": "model argument greedy_check must be a yes/no value",
+        "sampler=threshold,stop_at_eos=maybe": "option 'stop_at_eos' must be true or false",
+        "sampler=threshold,tau=abc": "option 'tau' must be a number",
+    }
+    for args, message in bad.items():
+        with pytest.raises(UserError, match=message) as err:
+            ModelAdapter.create_from_arg_string(f"pretrained={mdm},{args}")
+        assert "--dtype" not in str(err.value) and "--device" not in str(err.value)
+    # the CLI's spellings, yes/no words for the sampler's booleans, and the harness's --batch_size /
+    # --device (always passed) overridden by the same model arguments instead of colliding with them
+    lm = ModelAdapter.create_from_arg_string(
+        f"pretrained={mdm},dtype=bf16,device=cpu,batch_size=4,seed=7,greedy_check=off,sampler=threshold,stop_at_eos=no",
+        {"batch_size": 1, "max_batch_size": None, "device": "cuda:0"},
+    )
+    assert lm.model.dtype == torch.bfloat16 and lm._device.type == "cpu"
+    assert (lm.batch_size, lm.seed, lm.greedy_check, lm.options) == (4, 7, False, {"stop_at_eos": False})
+    lm = ModelAdapter.create_from_arg_obj(
+        {"pretrained": str(mdm), "sampler": "threshold", "stop_at_eos": "yes"}, {"batch_size": 2}
+    )
+    assert lm.options == {"stop_at_eos": True} and lm.batch_size == 2
+
+
+def test_cli_lm_eval_unknown_tasks_are_one_line(models, exported):
+    """An unknown task, and an exported ar2mdm task without --include_path: one line each, decided
+    from the harness's task index before the harness starts."""
+    base = ["lm-eval", "--model", "ar2mdm", "--model_args", f"pretrained={models['mdm']}"]
+    result = runner.invoke(app, [*base, "--tasks", "no_such_task"], terminal_width=400)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in text, result.output
+    assert "error: unknown task(s) ['no_such_task']" in text and "`ar2mdm lm-eval ls tasks`" in text
+    result = runner.invoke(app, [*base, "--tasks", "ar2mdm_ioi_mc"], terminal_width=400)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in text, result.output
+    assert "--include_path DIR" in text and "OUT/lm_eval/tasks" in text and "export_tasks" in text
+    result = runner.invoke(app, [*base, "--tasks", "ar2mdm_nope", "--include_path", str(exported)], terminal_width=400)
+    assert result.exit_code == 2 and f"nor in --include_path {exported}" in " ".join(result.output.split())
+
+
+def test_cli_eval_lm_eval_uses_or_refuses_every_sampler_flag(models, tmp_path):
+    out = tmp_path / "ev"
+    base = ["eval", "--model", str(models["mdm"]), "--out", str(out), "--lm-eval", "ioi", "--n", "2"]
+    for extra, default in ((["--samplers", "low-confidence"], ""), ([], " (the default for this checkpoint)")):
+        result = runner.invoke(app, [*base, *extra, "--tau", "0.5"], terminal_width=400)
+        text = " ".join(result.output.split())
+        assert result.exit_code == 2 and "Traceback" not in text, result.output
+        assert f"sampler 'low-confidence'{default}, which does not take --tau" in text
+        assert "its options: steps, block_length, temperature" in text and "--samplers (threshold)" in text
+        assert not out.exists()
+    result = runner.invoke(
+        app, [*base, "--samplers", "threshold", "--tau", "0.5", "--no-stop-at-eos", "--mc-samples", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "lm_eval" / "results.json").read_text())
+    assert data["ar2mdm"]["sampler"] == "threshold" and data["ar2mdm"]["options"] == {"tau": 0.5, "stop_at_eos": False}
+
+
+def test_failed_eval_lm_eval_releases_its_out(models, tmp_path, monkeypatch):
+    """A run that fails (a bad option value, found before anything is written; the harness failing
+    mid-run, after the tasks were exported) leaves --out free: the corrected rerun is not refused as
+    'holds the results of an earlier `ar2mdm eval`'."""
+    out = tmp_path / "ev"
+    base = [
+        "eval",
+        "--model",
+        str(models["mdm"]),
+        "--out",
+        str(out),
+        "--lm-eval",
+        "ioi",
+        "--n",
+        "2",
+        "--mc-samples",
+        "2",
+    ]
+    out.mkdir()  # an existing empty folder stays, empty
+    bad = runner.invoke(app, [*base, "--samplers", "threshold", "--tau", "2"])
+    assert bad.exit_code == 2 and "tau must be in (0, 1]" in bad.output
+    assert sorted(p.name for p in out.iterdir()) == []
+
+    def crash(*args, **kwargs):
+        assert (out / "lm_eval" / "tasks" / "ar2mdm_ioi.yaml").exists()  # it fails after writing
+        raise UserError("the harness failed")
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", crash)
+    failed = runner.invoke(app, base)
+    assert failed.exit_code == 2 and "the harness failed" in failed.output
+    assert sorted(p.name for p in out.iterdir()) == []
+    monkeypatch.undo()
+    good = runner.invoke(app, base)
+    assert good.exit_code == 0, good.output
+    assert (out / "lm_eval" / "results.json").exists() and (out / "results.md").exists()
+    again = runner.invoke(app, base)  # a finished run still needs --overwrite
+    assert again.exit_code == 2 and "--overwrite" in again.output
