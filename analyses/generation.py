@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from common.errors import UserError
 from common.modeling import pad_id, position_ids, right_pad
 from conversion.checkpoints import Loaded
-from sampling import SAMPLERS, ModelContext, build_sampler, make_canvas, run, takes_steps
+from sampling import SAMPLERS, ModelContext, build_sampler, check_prompts, make_canvas, run, takes_steps
 from tasks import Example, Task, render
 
 FRACTIONS = (1.0, 0.5, 0.25)
@@ -235,7 +235,14 @@ def task_accuracy(
                 head = int(r.answer_positions[0])
                 prompts.append(r.input_ids[:head].tolist())
                 suffixes.append(r.input_ids[head + length :].tolist() if mode == "mdm" else [])
-            canvas, am = make_canvas(prompts, length, mask_id=ctx.placeholder, pad_id=ctx.pad_id, suffixes=suffixes)
+            canvas, am = make_canvas(
+                prompts,
+                length,
+                mask_id=ctx.placeholder,
+                pad_id=ctx.pad_id,
+                suffixes=suffixes,
+                context_length=ctx.context_length,
+            )
             result = run(sampler, model, canvas.to(device), am.to(device), ctx, seed=seed, row_ids=chunk)
             seconds += result.seconds
             tokens += length * len(chunk)
@@ -310,7 +317,10 @@ def generate_texts(
     seed: int = 0,
     scorer: torch.nn.Module | None = None,
 ) -> Samples:
-    """Continue each prompt by `max_new_tokens` tokens with `spec`; texts are the continuations."""
+    """Continue each prompt by `max_new_tokens` tokens with `spec`; texts are the continuations.
+    Raises UserError for an empty prompt (`check_prompts`, by number) and for a prompt that does
+    not leave room for `max_new_tokens` in the model's context (`make_canvas`, before any run)."""
+    check_prompts(prompts, "prompt")
     model, tok, meta = loaded.model, loaded.tokenizer, loaded.meta
     ctx = ModelContext.from_meta(meta, tok, model)
     sampler = build_sampler(spec.name, **_with_scorer(spec, scorer))
@@ -319,7 +329,9 @@ def generate_texts(
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
         encoded = [list(tok(p, add_special_tokens=True)["input_ids"]) for p in chunk]
-        canvas, am = make_canvas(encoded, max_new_tokens, mask_id=ctx.placeholder, pad_id=ctx.pad_id)
+        canvas, am = make_canvas(
+            encoded, max_new_tokens, mask_id=ctx.placeholder, pad_id=ctx.pad_id, context_length=ctx.context_length
+        )
         rows = list(range(start, start + len(chunk)))
         result = run(sampler, model, canvas.to(device), am.to(device), ctx, seed=seed, row_ids=rows)
         seconds += result.seconds

@@ -20,7 +20,8 @@ overlap and importance are checked against hand computations.
 - `Graph.top(k)`: the k edges of largest |score| (ties broken by canonical order).
 - `Graph.select(top_n=, threshold=, prune=True)` and `prune(shape, edges)`: a circuit, keeping
   only edges on some path from `embed` to `logits`.
-- `jaccard(a, b, k)` / `jaccard_curve`: overlap of two graphs' top-k edge sets.
+- `jaccard(a, b, k)` / `jaccard_curve`: overlap of two graphs' top-k edge sets (`check_top_k`
+  refuses a K above the graph's edges).
 - `node_importance(graph, k)`: s(v) = sum of |score| over the top-k edges entering or leaving v.
 - `spearman`, `compare_scores`: rank agreement of two scorings (e.g. EAP-IG vs exact patching).
 - `Graph.save` / `Graph.load`: JSON.
@@ -46,6 +47,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from common.errors import UserError
+from common.outputs import atomic_write_text
 from probe.interventions import downstream
 from probe.names import Shape, parse
 
@@ -253,7 +255,7 @@ class Graph:
         """Write the graph as JSON (scores as exact decimal floats) and return the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=True))
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=True))
         return path
 
     @classmethod
@@ -262,9 +264,11 @@ class Graph:
         if not path.is_file():
             raise UserError(f"no circuit graph at {path}; write one with Graph.save.")
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path} is not JSON ({err}).") from None
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UserError(
+                f"{path} is not JSON ({err}): it is damaged or not a circuit graph; write it again with Graph.save."
+            ) from None
         return cls.from_dict(data)
 
 
@@ -311,23 +315,44 @@ def prune_edges(shape: Shape, edges: Iterable[str]) -> list[str]:
 
 
 def _same_architecture(a: Graph, b: Graph) -> None:
-    if (a.shape.n_layers, a.shape.n_heads, a.shape.n_kv_heads) != (
-        b.shape.n_layers,
-        b.shape.n_heads,
-        b.shape.n_kv_heads,
-    ):
+    """UserError unless the two graphs have the same edges: the same layers, heads and KV heads
+    (the MLP width adds no edges)."""
+    sa, sb = a.shape, b.shape
+    if (sa.n_layers, sa.n_heads, sa.n_kv_heads) != (sb.n_layers, sb.n_heads, sb.n_kv_heads):
         raise UserError(
-            f"graphs of different architectures ({a.shape.n_layers}x{a.shape.n_heads} heads, "
-            f"{a.shape.n_kv_heads} KV vs {b.shape.n_layers}x{b.shape.n_heads}, {b.shape.n_kv_heads} KV) "
+            f"graphs of different architectures ({a.shape.differences(b.shape, ('first', 'second'))}) "
             "have no common edges to overlap; compare a model with its own conversion."
         )
 
 
+def check_top_k(k: int, available: int, *, what: str = "edges", option: str = "k") -> int:
+    """`k`, checked as the K of a top-K selection from `available` items (a graph's edges or nodes).
+
+    K must be an integer in 1..available: a K above the graph's size would select every item (a
+    Jaccard overlap of 1.00 for any two models), so it is refused rather than cut down. option:
+    how the caller names K (`--k-edges`, `k_nodes`), for the message. Raises UserError saying the
+    largest allowed value.
+
+    >>> check_top_k(82, 82)
+    82
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise UserError(f"{option} must be an integer >= 1, got {k!r}.")
+    if k > available:
+        raise UserError(
+            f"{option} is {k}, but this model's graph has only {available} {what}; the largest allowed value "
+            f"is {available} (a larger K would select all of them, and any two models would overlap fully)."
+        )
+    return k
+
+
 def jaccard(a: Graph, b: Graph, k: int) -> float:
-    """|A & B| / |A | B| for the top-k edge sets A of `a` and B of `b` (same architecture)."""
+    """|A & B| / |A | B| for the top-k edge sets A of `a` and B of `b` (same architecture).
+
+    Raises UserError for graphs of different architectures and for k outside 1..edges
+    (`check_top_k`)."""
     _same_architecture(a, b)
-    if k < 1:
-        raise UserError(f"k must be >= 1, got {k}.")
+    check_top_k(k, len(a.edges))
     top_a, top_b = set(a.top(k)), set(b.top(k))
     return len(top_a & top_b) / len(top_a | top_b)
 
@@ -409,9 +434,10 @@ def compare_scores(graph: Graph, reference: Graph, top: int = 100) -> dict[str, 
 
     spearman_all: over every edge (signed scores). spearman_top: over the `top` edges of largest
     |reference score|. spearman_abs: over every edge, on |score|. jaccard_top: overlap of the two
-    top-`top` sets.
+    top-`top` sets (of every edge when `top` exceeds their number; "top" says how many were used).
     """
     _same_architecture(graph, reference)
+    top = min(top, len(graph.edges))
     idx = torch.tensor([reference.index[e] for e in reference.top(top)])
     return {
         "spearman_all": spearman(graph.scores, reference.scores),

@@ -222,7 +222,9 @@ def mdm_greedy(model: torch.nn.Module, ctx: ModelContext, pairs: Sequence[Pair],
         chunk = pairs[start : start + batch_size]
         heads = [_fit(c, a, ctx) for c, a in chunk]
         lengths = [len(a) for _, a in chunk]
-        canvas, am = make_canvas(heads, lengths, mask_id=ctx.placeholder, pad_id=ctx.pad_id)
+        canvas, am = make_canvas(
+            heads, lengths, mask_id=ctx.placeholder, pad_id=ctx.pad_id, context_length=ctx.context_length
+        )
         result = run(sampler, model, canvas.to(device), am.to(device), ctx)
         out += [result.generated(b) == list(a) for b, (_, a) in enumerate(chunk)]
     return out

@@ -129,11 +129,15 @@ def jaccard_bootstrap(
     level: float = 0.95,
 ) -> tuple[Interval, Float[Tensor, " boot"]]:
     """Jaccard of the top-k edges of the mean scores of per-example a and b ([N, E], the same N
-    examples), with a paired percentile interval; also returns the [n_boot] replicates."""
+    examples), with a paired percentile interval; also returns the [n_boot] replicates.
+    Raises UserError for scores of different shapes and for k outside 1..edges."""
+    from analyses.graph import check_top_k  # the graph module imports the probe: not at import time
+
     if a.shape != b.shape:
         raise UserError(
             f"per-example scores must cover the same examples and edges, got {list(a.shape)} and {list(b.shape)}."
         )
+    check_top_k(k, a.shape[-1])
     estimate = float(jaccard_rows(a.double().mean(0)[None], b.double().mean(0)[None], k)[0])
     idx = bootstrap_indices(a.shape[0], n_boot, seed)
     reps = torch.cat([jaccard_rows(a[c].double().mean(1), b[c].double().mean(1), k) for c in idx.split(64)])

@@ -35,8 +35,8 @@ def compare(
     tasks: Annotated[str, typer.Option(help=f"Comma-separated: {TASK_HELP}.")] = ",".join(task_names()),
     pool_size: Annotated[int, typer.Option(help="At most this many common-correct examples per task.")] = 500,
     draw: Annotated[int | None, typer.Option(help="Candidate examples drawn per task before keeping those both models solve. [default: 2 x pool size]")] = None,
-    k_edges: Annotated[int | None, typer.Option(help="K of the top-K edge overlap. [default: min(1000, edges / 10)]")] = None,
-    k_nodes: Annotated[int | None, typer.Option(help="Top-K nodes for the layer distribution and ablations. [default: a fifth of heads + MLPs]")] = None,
+    k_edges: Annotated[int | None, typer.Option(help="K of the top-K edge overlap, at most the graph's edges. [default: min(1000, edges / 10)]")] = None,
+    k_nodes: Annotated[int | None, typer.Option(help="Top-K nodes for the layer distribution and ablations, at most the heads + MLPs. [default: a fifth of them]")] = None,
     steps: Annotated[int, typer.Option(help="EAP-IG interpolation steps m.")] = 5,
     node_scores: Annotated[str, typer.Option(help="Node scores for depth: eap-ig (sum of outgoing edges) | patching (exact, one pass per node).")] = "eap-ig",
     batch_size: Annotated[int, typer.Option(help="Examples per forward/backward pass.")] = 16,
@@ -126,6 +126,24 @@ def compare(
     console.print(f"report: {out}/report.html, {out}/report.json")
 
 
+def refuse_repeated_checkpoints(sources: list[str], option: str) -> None:
+    """Raise UserError when two of `sources` are one checkpoint (`common.metadata.source_key`:
+    "runs/base" and "./runs/base" are the same folder): a series would compare a model with itself."""
+    from common.metadata import source_key
+
+    seen: dict[str, str] = {}
+    for source in sources:
+        key = source_key(source)
+        if key in seen:
+            what = (
+                f"{option} {source} is given twice"
+                if seen[key] == source
+                else f"{option} {seen[key]} and {option} {source} are the same checkpoint ({key})"
+            )
+            raise UserError(f"{what}; a series compares different MDMs: give each one once.")
+        seen[key] = source
+
+
 @app.command("compare-series")
 def compare_series(
     ar: Annotated[str, typer.Option(help="The ARM: smollm2 | organism | HF folder | .gguf.")],
@@ -133,7 +151,7 @@ def compare_series(
     out: Annotated[Path, typer.Option(help="Folder for series.json, series.md, series.html and one compare report per MDM.")],
     tasks: Annotated[str, typer.Option(help=f"Comma-separated: {TASK_HELP}.")] = ",".join(task_names()),
     pool_size: Annotated[int, typer.Option(help="At most this many common-correct examples per task and MDM.")] = 500,
-    k_edges: Annotated[int | None, typer.Option(help="K of the top-K edge overlap. [default: min(1000, edges / 10)]")] = None,
+    k_edges: Annotated[int | None, typer.Option(help="K of the top-K edge overlap, at most the graph's edges. [default: min(1000, edges / 10)]")] = None,
     steps: Annotated[int, typer.Option(help="EAP-IG interpolation steps m.")] = 5,
     batch_size: Annotated[int, typer.Option(help="Examples per forward/backward pass.")] = 16,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for every interval.")] = 1000,
@@ -158,8 +176,9 @@ def compare_series(
     from probe import ProbedModel
 
     with errors(f"nothing was written to {out}.") as stack:
-        if len(mdm) < 2 or len(set(mdm)) < len(mdm):
+        if len(mdm) < 2:
             raise UserError(f"give two or more different MDMs (--mdm A --mdm B ...), got {mdm}.")
+        refuse_repeated_checkpoints(mdm, "--mdm")
         opts = CompareOptions(
             tasks=tuple(tasks.split(",")),
             pool_size=pool_size,

@@ -391,12 +391,37 @@ def family_named(name: str) -> Family:
     return FAMILIES[key]
 
 
+# A "FAMILY:" prefix as users write one: a word of two or more letters, digits, - or _ (a single
+# letter before ":" is a Windows drive).
+_FAMILY_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]+")
+
+
 def split_format(source: str) -> tuple[Family | None, str]:
-    """("dream", "/m/x") from "dream:/m/x" when the prefix is a known family; (None, source) otherwise."""
-    head, sep, rest = str(source).partition(FORMAT_SEPARATOR)
-    if sep and head.strip().lower() in FAMILIES and rest:
-        return FAMILIES[head.strip().lower()], rest
-    return None, str(source)
+    """(the dream Family, "/m/x") from "dream:/m/x" when the prefix is a known family (any case);
+    (None, source) for a source without such a prefix.
+
+    Raises CheckpointError for a prefix written like a family name ("qwerty:/m/x") that names
+    none, listing the families, unless the whole source is an existing path (a folder whose name
+    holds a colon) or reads like a URL ("https://..."): it would otherwise be read as a path that
+    does not exist, and the message would not say that the family was the mistake.
+    """
+    text = str(source)
+    head, sep, rest = text.partition(FORMAT_SEPARATOR)
+    key = head.strip().lower()
+    if sep and key in FAMILIES and rest:
+        return FAMILIES[key], rest
+    if (
+        sep
+        and _FAMILY_WORD.fullmatch(head.strip())
+        and not rest.startswith("//")
+        and not Path(text).expanduser().exists()
+    ):
+        raise CheckpointError(
+            f"{text!r}: {head.strip()!r} is not a checkpoint family ar2mdm knows, so FAMILY:PATH cannot be "
+            f"read. The families are: {supported_list()}. Write one of them before the colon "
+            f"(e.g. {next(iter(FAMILIES))}:{rest or 'PATH'}), or pass the path alone when its files say what it is."
+        )
+    return None, text
 
 
 def read_config(folder: Path) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ from torch import Tensor
 from common.errors import CheckpointError, UserError
 from common.families import detect_family, gguf_family, split_format
 from common.options import check_types
+from common.outputs import atomic_write_text
 
 META_FILE = "ar2mdm.json"
 Kind = Literal["ar", "mdm"]
@@ -69,8 +70,9 @@ class ModelMeta:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     def save(self, folder: str | Path) -> Path:
+        """Write `folder/ar2mdm.json` atomically (old or new content, never half of it)."""
         path = Path(folder) / META_FILE
-        path.write_text(self.to_json())
+        atomic_write_text(path, self.to_json())
         return path
 
     @classmethod
@@ -159,6 +161,16 @@ def checkpoint_kind(source: str | Path) -> Kind:
     return "ar"
 
 
+def source_key(source: str | Path) -> str:
+    """What a model source points at, for telling whether two sources are one checkpoint: the
+    resolved path of an existing folder or file (a "FAMILY:" prefix, "~", "./" and symlinks
+    undone: "runs/base", "./runs/base" and "dream:runs/base" give one key), else the text as
+    given (a built-in name, a path that does not exist)."""
+    _, plain = split_format(str(source))
+    path = Path(plain).expanduser()
+    return str(path.resolve()) if path.exists() else str(source)
+
+
 def _bidirectional_config(folder: Path) -> bool:
     try:
         config = json.loads((folder / CONFIG_FILE).read_text())
@@ -170,12 +182,35 @@ def _bidirectional_config(folder: Path) -> bool:
     return config.get("is_causal") is False or (isinstance(text, dict) and text.get("is_causal") is False)
 
 
+KINDS: tuple[Kind, ...] = ("ar", "mdm")
+
+
+def parse_kind(value: Any, option: str = "expect") -> Kind:
+    """`value` as a checkpoint kind: "ar" or "mdm", in any case and with surrounding spaces
+    ("AR", " mdm "). option: how the value was given (the `expect` keyword of the loaders and of
+    `ProbedModel.from_checkpoint`), for the message. Raises UserError for anything else, listing
+    the accepted values: a misspelt kind is never read as "the other kind".
+
+    >>> parse_kind("AR")
+    'ar'
+    """
+    word = value.strip().lower() if isinstance(value, str) else value
+    if word not in KINDS:
+        raise UserError(
+            f"{option}={value!r} is not a checkpoint kind; use 'ar' (an autoregressive model) or 'mdm' (a masked "
+            "diffusion model), in any case, or None to accept either."
+        )
+    return word
+
+
 def require_kind(source: str | Path, expected: Kind, role: str) -> Kind:
     """Raise CheckpointError unless `source` is a checkpoint of kind `expected`; return the kind.
 
-    role: what the checkpoint was given as, for the message ("--model, the AR source of a
-    conversion", "ARPC's AR scorer (--ar-scorer)", "compare --mdm").
+    expected: "ar" or "mdm" (any case: `parse_kind`; UserError for another value, before the
+    files are read). role: what the checkpoint was given as, for the message ("--model, the AR
+    source of a conversion", "ARPC's AR scorer (--ar-scorer)", "compare --mdm").
     """
+    expected = parse_kind(expected)
     kind = checkpoint_kind(source)
     if kind == expected:
         return kind

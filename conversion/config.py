@@ -70,11 +70,15 @@ def merge_options(
 ) -> T:
     """Build `cls` (a dataclass) from defaults < file_options < cli_options (None = not given).
 
-    File values are type-checked (`check_types`); `where` names the file in messages."""
+    File values are type-checked (`check_types`); `where` names the file in messages. When `cls`
+    has a `validate()` method (TrainConfig), it runs on the result, and a value the file gave that
+    it refuses (`lora: 8`, `seq_len: 1`) is reported with `where` and the option's name, so the
+    message points at the file rather than at a flag that was never typed (`_blame`).
+    Raises UserError for unknown keys, wrong types, refused values and missing required options."""
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(file_options) - known)
     if unknown:
-        raise UserError(f"unknown option(s) {unknown} in the config file; known options: {sorted(known)}.")
+        raise UserError(f"unknown option(s) {unknown} in {where}; known options: {sorted(known)}.")
     merged = check_types(cls, file_options, where)
     merged.update({k: v for k, v in cli_options.items() if v is not None})
     required = [
@@ -86,7 +90,38 @@ def merge_options(
     if missing:
         flags = ", ".join("--" + m.replace("_", "-") for m in missing)
         raise UserError(f"missing required option(s): give {flags} on the command line or in --config.")
-    return cls(**merged)
+    result = cls(**merged)
+    from_file = [k for k in file_options if cli_options.get(k) is None]
+    if from_file and hasattr(result, "validate"):
+        try:
+            dataclasses.replace(result).validate()  # type: ignore[call-overload]
+        except UserError as err:
+            name = _blame(result, from_file, str(err))
+            if name is None:
+                raise
+            raise UserError(f"{where}: option {name!r} ({file_options[name]!r}) is refused: {err}") from None
+    return result
+
+
+def _blame(config: Any, from_file: list[str], message: str) -> str | None:
+    """The option among `from_file` whose value makes `config.validate()` fail with `message`:
+    the first one whose default, put in its place, makes that failure go away; None if none does
+    (a flag given on the command line is to blame)."""
+    defaults = {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        for f in dataclasses.fields(config)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    }
+    for name in from_file:
+        if name not in defaults:
+            continue  # a required option: it has no default to try instead
+        try:
+            dataclasses.replace(config, **{name: defaults[name]}).validate()
+        except UserError as err:
+            if str(err) == message:
+                continue
+        return name
+    return None
 
 
 @dataclass

@@ -151,6 +151,40 @@ def linear_layers(model: torch.nn.Module) -> list[str]:
     ]
 
 
+def _linear_dims(module: torch.nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of an nn.Linear or a GPT-2 Conv1D (whose weight is [in, out])."""
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features, module.out_features
+    return int(module.weight.shape[0]), int(module.weight.shape[1])
+
+
+def check_rank(model: torch.nn.Module, spec: LoraSpec) -> None:
+    """Raise UserError when `spec.r` is at or above the smaller dimension of a layer it targets.
+
+    An adapter of rank r on a [d_out, d_in] weight is low-rank only while r < min(d_in, d_out):
+    at that rank B A already spans every update of the weight, and it trains r (d_in + d_out)
+    parameters, more than the weight itself holds. The message names the narrowest target and
+    the largest useful rank (its smaller dimension - 1).
+    """
+    modules = dict(model.named_modules())
+    names = linear_layers(model)
+    if spec.targets:
+        names = [n for n in names if any(n == t or n.endswith("." + t) for t in spec.targets)]
+    if not names:
+        return
+    dims = {name: _linear_dims(modules[name]) for name in names}
+    narrowest = min(dims, key=lambda n: min(dims[n]))
+    d_in, d_out = dims[narrowest]
+    smaller = min(d_in, d_out)
+    if spec.r >= smaller:
+        raise UserError(
+            f"--lora r={spec.r} is not below the smaller dimension of target layer {narrowest} ({d_in} in, "
+            f"{d_out} out): an adapter of that rank is no longer low-rank and trains more parameters than the "
+            f"layer holds. The largest useful rank here is {smaller - 1}: pass r={smaller - 1} or less, or "
+            "leave that layer out of targets=, or train every weight (no --lora)."
+        )
+
+
 def _check_targets(model: torch.nn.Module, targets: tuple[str, ...]) -> None:
     """Raise UserError for a target that names no linear layer of `model` (the message lists them)."""
     names = linear_layers(model)
@@ -238,7 +272,8 @@ def attach_lora(
 
     Every base weight is frozen; the adapters of the targets and the embedding row `mask_id`
     train (see the module docstring). The adapters' random init is seeded by (seed, "lora") and
-    leaves the global torch RNG as it was. Raises UserError when a target matches no linear layer.
+    leaves the global torch RNG as it was. Raises UserError when a target matches no linear layer,
+    or when the rank is at or above a target's smaller dimension (`check_rank`).
     """
     if spec is None:
         return model, None
@@ -248,6 +283,7 @@ def attach_lora(
 
     if spec.targets:
         _check_targets(model, spec.targets)
+    check_rank(model, spec)
     named = dict(model.named_parameters())
     aliases = {name for name, _ in model.named_parameters(remove_duplicate=False)} - named.keys()
     plain_keys = frozenset(model.state_dict()) - aliases

@@ -15,9 +15,11 @@ Every random stream is `common.seeding.derive_seed` of a label ("tokenizer", "la
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -350,3 +352,17 @@ def task_corpus(n_per_task: int = 3000, seed: int = 0, *, eval_seed: int = 0) ->
             docs.append(ex.ar_text)
     random.Random(derive_seed("convert-order", seed)).shuffle(docs)
     return docs
+
+
+def is_organism(source: str | Path | None) -> bool:
+    """Whether a checkpoint's source (`ModelMeta.source`) is a model organism: the cached one
+    ("organism") or a folder `train_organism` wrote (its report.json lists the task options)."""
+    if source is None:
+        return False
+    if str(source) == "organism":
+        return True
+    report = Path(source) / "report.json"
+    try:
+        return report.is_file() and "task_options" in json.loads(report.read_text())
+    except (OSError, ValueError):
+        return False

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from conversion.organism_data import build_tasks, held_out_sets
+from common.errors import UserError
+from conversion.organism_data import build_tasks, held_out_sets, is_organism
 from tasks import Example, Task
 from tasks.evaluate import greedy_accuracy, logit_metrics
 
@@ -65,10 +66,21 @@ def evaluate_checkpoint(
     (`tasks.evaluate.mdm_fill_accuracy`, one token per model call unless `steps` is given).
     The evaluation sets are the ones `train_organism` held out (same `eval_seed`), so an MDM
     converted with `--data tasks` is scored on prompts it never saw.
+
+    Raises UserError, before the model is loaded, when `source` is not an organism: "organism",
+    a folder `train_organism` wrote, or an MDM converted from one (`not_an_organism`); and
+    CheckpointError for a source that cannot be loaded.
     """
     from conversion.checkpoints import load_any
     from tasks.evaluate import mdm_fill_accuracy
 
+    why = not_an_organism(source)
+    if why is not None:
+        raise UserError(
+            f"{source} is not a model organism: {why}. `ar2mdm organism eval` scores the organism's held-out "
+            "task sets, which only an organism reads: pass 'organism', a folder `ar2mdm organism train` wrote, or "
+            f"an MDM converted from one. Score any other checkpoint with `ar2mdm eval --model {source}`."
+        )
     loaded = load_any(source)
     is_mdm = loaded.meta.kind == "mdm"
     tasks = build_tasks(loaded.tokenizer)
@@ -81,3 +93,28 @@ def evaluate_checkpoint(
         )
         for name, exs in eval_sets.items()
     }
+
+
+def not_an_organism(source: str | Path) -> str | None:
+    """Why `source` is not an organism checkpoint, or None when it is one: "organism", a folder
+    `train_organism` wrote (`organism_data.is_organism`), or an MDM whose ar2mdm.json names such a
+    source. Reads the checkpoint's metadata only (nothing is loaded); a source that does not exist
+    passes, for the loader to report."""
+    from common.metadata import META_FILE, ModelMeta, checkpoint_kind
+    from conversion.checkpoints import KNOWN_NAMES
+
+    if is_organism(source):
+        return None
+    path = Path(str(source)).expanduser()
+    if str(source) in KNOWN_NAMES:
+        return f"{source!r} is a built-in model, not the organism"
+    if not path.exists():
+        return None
+    if checkpoint_kind(source) == "ar":
+        return "it holds no report.json of `ar2mdm organism train` (its task options)"
+    if not (path / META_FILE).is_file():
+        return "it is a published MDM, not a conversion of an organism"
+    origin = ModelMeta.load(path).source
+    if is_organism(origin):
+        return None
+    return f"it is an MDM converted from {origin or 'an unrecorded source'}, which is not an organism"

@@ -18,7 +18,9 @@ Steps, each failing with a CheckpointError that says what is wrong and what to d
    memory-mapped file once, straight to `device` in `dtype`) with the family's `key_mapping`; a
    weight the model needs that is missing, or a tensor the mapping does not place, is an error,
    never a random initialisation or a silently dropped weight;
-4. the tokenizer is read with the family's tokenizer class (its own tokenizer_config may name
+4. the tokenizer (its vocabulary files are required before the weights are read,
+   `check_tokenizer_files`; one with far fewer tokens than the embedding has rows is refused)
+   is read with the family's tokenizer class (its own tokenizer_config may name
    custom code, which never runs); 5. the mask id: config key, else the tokenizer's mask token,
    else the published id; a config and a tokenizer that disagree, or an id outside the embedding,
    is an error.
@@ -100,6 +102,7 @@ def load_published(
             "*.safetensors weights and tokenizer files as downloaded."
         )
     config = family_config(family, raw, folder)
+    check_tokenizer_files(folder, family)  # before the weights: a folder without one is refused at once
     files = safetensors_files(folder)  # refuses pickle-only folders, never unpickles
     for file in files:
         check_safetensors(file)
@@ -125,6 +128,7 @@ def load_published(
     _check_loading(info, family, folder)
     make_bidirectional(model)
     tokenizer = load_family_tokenizer(folder, family)
+    _check_vocabulary(tokenizer, model, family, folder)
     mask_id, mask_from = resolve_mask_id(family, raw, tokenizer, model, folder)
     block, block_from = _block_size(family, raw, folder, block_size)
     model.eval()
@@ -162,6 +166,51 @@ def _check_loading(info: dict[str, Any], family: Family, folder: Path) -> None:
             f"The weights in {folder} hold {len(unexpected)} tensors a {family.title} model does not have "
             f"(e.g. {unexpected[:3]}). The folder mixes files of another model, or is a variant ar2mdm "
             "does not read: pass --trust-remote-code only if you trust its code."
+        )
+
+
+# The files that hold a tokenizer's vocabulary, each group enough on its own: fast (tokenizer.json),
+# byte-level BPE (vocab.json + merges.txt), sentencepiece (tokenizer.model), WordPiece (vocab.txt).
+# tokenizer_config.json and special_tokens_map.json only configure one of these.
+VOCABULARY_FILES: tuple[tuple[str, ...], ...] = (
+    ("tokenizer.json",),
+    ("vocab.json", "merges.txt"),
+    ("tokenizer.model",),
+    ("vocab.txt",),
+)
+_TOKENIZER_NAMES = (*dict.fromkeys(f for group in VOCABULARY_FILES for f in group), "tokenizer_config.json")
+
+
+def check_tokenizer_files(folder: Path, family: Family) -> None:
+    """Raise CheckpointError unless `folder` holds the files of a tokenizer's vocabulary
+    (`VOCABULARY_FILES`). Without them transformers builds a tokenizer of one token, and every
+    prompt would later fail as if it were the prompt's fault; the message names what is missing."""
+    if any(all((folder / name).is_file() for name in group) for group in VOCABULARY_FILES):
+        return
+    present = [name for name in _TOKENIZER_NAMES if (folder / name).is_file()]
+    partial = [
+        f"{' + '.join(n for n in group if not (folder / n).is_file())} beside {' + '.join(n for n in group if (folder / n).is_file())}"
+        for group in VOCABULARY_FILES
+        if len(group) > 1 and any((folder / n).is_file() for n in group)
+    ]
+    lacking = f"it lacks {'; '.join(partial)}" if partial else "it has none of them"
+    raise CheckpointError(
+        f"{folder} has no usable tokenizer: a {family.title} folder holds its vocabulary as tokenizer.json, or "
+        f"vocab.json + merges.txt (or tokenizer.model), and {lacking} (tokenizer files found: "
+        f"{', '.join(present) or 'none'}). Download the checkpoint's tokenizer files again, into the folder "
+        "with the weights."
+    )
+
+
+def _check_vocabulary(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module, family: Family, folder: Path) -> None:
+    """CheckpointError when the tokenizer holds fewer than half as many tokens as the embedding has
+    rows (checkpoints pad their embedding a little, never by half): damaged or foreign files."""
+    rows = int(model.get_input_embeddings().weight.shape[0])
+    if 2 * len(tokenizer) < rows:
+        raise CheckpointError(
+            f"the tokenizer in {folder} holds {len(tokenizer)} tokens, but the {family.title} model's embedding "
+            f"has {rows} rows: its tokenizer files are incomplete or belong to another model. Download the "
+            "checkpoint's tokenizer files again."
         )
 
 

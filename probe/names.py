@@ -128,6 +128,38 @@ class Shape:
     n_kv_heads: int
     d_mlp: int
 
+    def describe(self) -> str:
+        """The shape in words, every field shown.
+
+        >>> Shape(2, 4, 2, 64).describe()
+        '2 layers x 4 heads (2 KV heads), MLP width 64'
+        """
+        return f"{self.n_layers} layers x {self.n_heads} heads ({self.n_kv_heads} KV heads), MLP width {self.d_mlp}"
+
+    def differences(self, other: Shape, names: tuple[str, str] = ("this", "the other")) -> str:
+        """What differs between two shapes, each differing field with both values ('' when they are
+        the same), then both shapes in full: the one text every architecture-mismatch message
+        uses, so no message shows two identical shapes. names: how the two are called.
+
+        >>> Shape(2, 4, 2, 64).differences(Shape(2, 4, 4, 64), ("AR", "MDM"))
+        'KV heads per layer 2 (AR) vs 4 (MDM); AR: 2 layers x 4 heads (2 KV heads), MLP width 64; MDM: 2 layers x 4 heads (4 KV heads), MLP width 64'
+        """
+        words = {
+            "n_layers": "layers",
+            "n_heads": "heads per layer",
+            "n_kv_heads": "KV heads per layer",
+            "d_mlp": "MLP width",
+        }
+        a, b = names
+        diffs = [
+            f"{word} {getattr(self, field)} ({a}) vs {getattr(other, field)} ({b})"
+            for field, word in words.items()
+            if getattr(self, field) != getattr(other, field)
+        ]
+        if not diffs:
+            return ""
+        return f"{', '.join(diffs)}; {a}: {self.describe()}; {b}: {other.describe()}"
+
     def check(self, name: str | Name) -> Name:
         """Parse `name` and check its indices against the model; UserError if out of range."""
         n = parse(name) if isinstance(name, str) else name

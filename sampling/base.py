@@ -38,7 +38,7 @@ from torch import Tensor
 
 from common.errors import UserError
 from common.metadata import ModelMeta, read_positions
-from common.modeling import pad_id, param_dtype, position_ids, right_pad
+from common.modeling import pad_id, param_dtype, position_ids
 from common.registry import Registry
 from diffusion.attention import block_inference_mask
 from diffusion.noise import get_schedule
@@ -99,32 +99,6 @@ class ModelContext:
             context_length=None if ctx_len is None else int(ctx_len),
             ar_source=meta.source or None,
         )
-
-
-# --- canvases ---------------------------------------------------------------------------------------
-
-
-def make_canvas(
-    prompts: Sequence[Sequence[int]],
-    gen_lengths: int | Sequence[int],
-    *,
-    mask_id: int,
-    pad_id: int,
-    suffixes: Sequence[Sequence[int]] | None = None,
-) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
-    """Right-padded canvas (ids [B, T], attention mask [B, T]): prompt, mask * n, suffix, padding.
-
-    gen_lengths: tokens to generate per row (one int for all rows, or one per row).
-    """
-    if isinstance(gen_lengths, int):
-        gen_lengths = [gen_lengths] * len(prompts)
-    if len(gen_lengths) != len(prompts):
-        raise UserError(f"got {len(prompts)} prompts but {len(gen_lengths)} generation lengths.")
-    suffixes = suffixes or [[] for _ in prompts]
-    rows = [list(p) + [mask_id] * int(n) + list(s) for p, n, s in zip(prompts, gen_lengths, suffixes, strict=True)]
-    if any(int(n) < 1 for n in gen_lengths):
-        raise UserError("every row must generate at least one token (max_new_tokens >= 1).")
-    return right_pad(rows, pad_id)
 
 
 def propose(

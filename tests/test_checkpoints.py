@@ -133,6 +133,24 @@ def test_error_unknown_name_lists_known_names() -> None:
     assert "smollm2" in str(info.value) and "organism" in str(info.value)
 
 
+def test_expect_takes_ar_or_mdm_in_any_case_and_refuses_other_words(make_tiny_model, unchecked_types) -> None:
+    """expect="AR" is the ARM kind, not a refusal of it; a word that is no kind is a UserError
+    listing the accepted ones (before the files are read), never "must be a masked diffusion model".
+    (The suite's type checks are off: the annotation says "ar" | "mdm", users pass what they pass.)"""
+    from common.metadata import parse_kind
+    from probe import ProbedModel
+
+    folder = make_tiny_model("llama")
+    assert checkpoints.load_any(folder, expect="AR").meta.kind == "ar"
+    assert ProbedModel.from_checkpoint(folder, expect=" Ar ", backend="torch").config.kind == "ar"
+    assert parse_kind("MDM") == "mdm"
+    with pytest.raises(UserError, match=r"expect='causal' is not a checkpoint kind; use 'ar' .* or 'mdm'") as err:
+        checkpoints.load_any(folder, expect="causal")  # type: ignore[arg-type]
+    assert not isinstance(err.value, CheckpointError)
+    with pytest.raises(CheckpointError, match="must be a masked diffusion"):
+        checkpoints.load_any(folder, expect="MDM")  # type: ignore[arg-type]
+
+
 def test_checkpoint_error_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError):
         load_ar(tmp_path / "missing")

@@ -11,6 +11,7 @@ import torch
 
 from analyses.graph import (
     Graph,
+    check_top_k,
     compare_scores,
     default_ks,
     forward_edges,
@@ -99,6 +100,31 @@ def test_jaccard_by_hand() -> None:
     ks, values = jaccard_curve(a, a)
     assert ks[0] == 1 and ks[-1] == len(a) and all(v == 1.0 for v in values)
     assert default_ks(1) == [1] and default_ks(0) == []
+
+
+def test_top_k_up_to_the_edge_count_is_accepted_beyond_it_refused() -> None:
+    """K equal to the graph's edges is a valid (if extreme) Jaccard; one more would silently be
+    the same selection, so it is refused with the largest allowed value."""
+    a = Graph(MHA, {"embed->logits": 5.0, "L0.H0->logits": -4.0})
+    b = Graph(MHA, {"L1.mlp->logits": 1.0})
+    n = len(a.edges)
+    assert check_top_k(n, n) == n
+    assert jaccard(a, b, n) == 1.0
+    with pytest.raises(UserError, match=f"only {n} edges; the largest allowed value is {n}"):
+        jaccard(a, b, n + 1)
+    with pytest.raises(UserError, match="k_nodes is 11, but this model's graph has only 10 nodes"):
+        check_top_k(11, 10, what="nodes", option="k_nodes")
+    with pytest.raises(UserError, match="must be an integer >= 1"):
+        check_top_k(0, 10)
+    assert compare_scores(a, b, top=10_000)["top"] == n  # compare_scores documents its cut
+
+
+def test_architecture_mismatch_names_the_differing_field() -> None:
+    """Graphs that differ only in KV heads: the message shows that field and both full shapes."""
+    other = Shape(n_layers=2, n_heads=2, n_kv_heads=1, d_mlp=4)
+    with pytest.raises(UserError, match=r"KV heads per layer 2 \(first\) vs 1 \(second\)"):
+        jaccard(Graph(MHA), Graph(other), 1)
+    assert MHA.differences(MHA) == ""
 
 
 def test_node_importance_by_hand_with_shared_kv() -> None:

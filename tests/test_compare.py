@@ -73,6 +73,25 @@ def test_jaccard_bootstrap_estimate_is_the_graph_jaccard_of_the_means() -> None:
         assert 0.0 <= float(reps.min()) and float(reps.max()) <= 1.0
     with pytest.raises(UserError, match="same examples"):
         jaccard_bootstrap(a, b[:10], 5, n_boot=10, seed=0)
+    _, reps = jaccard_bootstrap(a, b, n_edges, n_boot=10, seed=0)  # K = every edge: accepted
+    assert bool((reps == 1.0).all())
+    with pytest.raises(UserError, match=f"largest allowed value is {n_edges}"):
+        jaccard_bootstrap(a, b, n_edges + 1, n_boot=10, seed=0)
+
+
+def test_top_ks_take_the_graph_size_and_refuse_more() -> None:
+    """compare's K: the graph's own edge and node counts are accepted, one more is refused (not
+    silently cut to the graph, where every edge is selected and Jaccard reads 1.00)."""
+    from analyses.compare.run import top_ks
+
+    graph = Graph(probed3().shape)
+    n_edges, n_nodes = len(graph.edges), len(graph.senders) - 1
+    assert top_ks(CompareOptions(k_edges=n_edges, k_nodes=n_nodes).checked(), graph) == (n_edges, n_nodes)
+    assert top_ks(CompareOptions().checked(), graph)[0] <= n_edges
+    with pytest.raises(UserError, match=rf"k_edges \(--k-edges\) is {n_edges + 1}"):
+        top_ks(CompareOptions(k_edges=n_edges + 1).checked(), graph)
+    with pytest.raises(UserError, match=f"largest allowed value is {n_nodes}"):
+        top_ks(CompareOptions(k_nodes=n_nodes + 1).checked(), graph)
 
 
 def test_pooled_adds_replicates_term_by_term() -> None:

@@ -128,6 +128,23 @@ def test_given_order_and_errors() -> None:
         compare_series(ar, {"full": mdm(None)}, opts, **QUIET)
     with pytest.raises(CheckpointError, match="masked diffusion"):
         compare_series(ar, {"full": mdm(None), "ar": probed3()}, opts, **QUIET)
+    same = mdm(None)
+    with pytest.raises(UserError, match="one model object"):
+        compare_series(ar, {"full": same, "again": same}, opts, **QUIET)
+    with pytest.raises(UserError, match="k_edges .* the largest allowed value is"):
+        compare_series(ar, mdms, CompareOptions(**{**opts.__dict__, "k_edges": 10**6}), **QUIET)
+
+
+def test_source_key_sees_one_checkpoint_through_its_spellings(tmp_path: Path, monkeypatch) -> None:
+    from common.metadata import source_key
+
+    (tmp_path / "runs" / "base").mkdir(parents=True)
+    (tmp_path / "runs" / "other").mkdir()
+    monkeypatch.chdir(tmp_path)
+    keys = {source_key(s) for s in ("runs/base", "./runs/base", "runs/other/../base", str(tmp_path / "runs/base"))}
+    assert keys == {str((tmp_path / "runs" / "base").resolve())}
+    assert source_key("runs/other") != source_key("runs/base")
+    assert source_key("organism") == "organism"  # a name is its own key
 
 
 def test_unknown_order_is_refused(unchecked_types) -> None:
@@ -145,7 +162,11 @@ def test_cli_compare_series_errors_are_one_line(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "two or more different MDMs" in res.output and "Traceback" not in res.output
     assert not out.exists()  # refused before claiming the folder
     res = runner.invoke(app, ["compare-series", "--ar", ar, "--mdm", m, "--mdm", m, "--out", str(out)])
-    assert res.exit_code == 2 and "two or more different MDMs" in res.output
+    assert res.exit_code == 2 and "is given twice" in res.output
+    # the same folder spelt two ways is the same checkpoint (paths are compared resolved)
+    spelt = f"{Path(m).parent}/./{Path(m).name}"
+    res = runner.invoke(app, ["compare-series", "--ar", ar, "--mdm", m, "--mdm", spelt, "--out", str(out)])
+    assert res.exit_code == 2 and "are the same checkpoint" in res.output and not out.exists()
     res = runner.invoke(app, ["compare-series", "--ar", m, "--mdm", m, "--mdm", ar, "--out", str(out)])
     assert res.exit_code == 2 and "autoregressive" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["compare-series", "--ar", ar, "--mdm", m, "--mdm", ar, "--out", str(out), "--tasks", "x"])

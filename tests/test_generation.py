@@ -243,7 +243,7 @@ def test_cli_sample_prints_prompt_and_continuation(tiny_mdm, tmp_path):
         (["--sampler", "low-confidence", "--max-new-tokens", "500"], "context"),
         (["--sampler", "low-confidence", "--steps", "1", "--block-length", "2"], "fewer than"),
         (["--sampler", "threshold", "--tau", "2"], "tau"),
-        (["--sampler", "ancestral", "--tau", "0.5"], "does not take"),
+        (["--sampler", "ancestral", "--tau", "0.5"], "is not an option of the sampler ancestral"),
     ],
 )
 def test_cli_sample_errors_are_clean(tiny_mdm, args, match):

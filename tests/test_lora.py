@@ -185,6 +185,42 @@ def test_a_target_naming_no_linear_layer_lists_the_models_layers(base: TrainConf
         train(replace(base, lora="r=4,alpha=0"))
 
 
+def test_a_rank_at_a_targets_smaller_dimension_is_refused_below_it_trains(base: TrainConfig, tmp_path: Path) -> None:
+    """The tiny llama's narrowest layer is k_proj (32 in, 16 out, 2 KV heads of 8): r=16 is refused
+    naming it and the largest useful rank; r=16 on q_proj alone (32 x 32) and r=15 everywhere train."""
+    for text in ("r=16", "r=4096,targets=q_proj,k_proj"):
+        loaded = load_ar(base.model)
+        mask_id = add_mask_token(loaded.model, loaded.tokenizer)
+        with pytest.raises(UserError, match=r"k_proj \(32 in, 16 out\).*largest useful rank here is 15"):
+            attach_lora(loaded.model, parse_lora(text), mask_id, 0)
+    loaded = load_ar(base.model)
+    mask_id = add_mask_token(loaded.model, loaded.tokenizer)
+    _, adapters = attach_lora(loaded.model, parse_lora("r=16,targets=q_proj"), mask_id, 0)
+    assert adapters is not None and adapters.targets == ("q_proj",)
+    result = train(replace(base, lora="r=15", steps=1, out=str(tmp_path / "r15")))
+    assert result.steps == 1 and ModelMeta.load(result.out).extra["lora"]["r"] == 15
+
+
+def test_a_config_files_refused_value_names_the_file(tmp_path: Path) -> None:
+    """`lora: 8` in a config file is reported with the file and the option; the same value given
+    as a flag (no file involved) is not blamed on the file."""
+    (tmp_path / "run.yaml").write_text("lora: 8\nsteps: 3\n")
+    given = {"model": "m", "data": "d", "out": "o"}
+    with pytest.raises(UserError, match=r"config file .*run\.yaml: option 'lora' \(8\) is refused: .*not key=value"):
+        merge_options(
+            TrainConfig, read_config_file(tmp_path / "run.yaml"), given, where=f"config file {tmp_path / 'run.yaml'}"
+        )
+    (tmp_path / "ok.yaml").write_text("steps: 3\n")
+    with pytest.raises(UserError) as err:
+        merge_options(
+            TrainConfig, read_config_file(tmp_path / "ok.yaml"), {**given, "lora": "8"}, where="config file ok.yaml"
+        )
+    assert "ok.yaml" not in str(err.value) and "'8' is not key=value" in str(err.value)
+    # a flag overrides the file's bad value: nothing to blame
+    cfg = merge_options(TrainConfig, read_config_file(tmp_path / "run.yaml"), {**given, "lora": "r=8"})
+    assert cfg.lora == "r=8"
+
+
 # --- what a LoRA conversion trains -----------------------------------------------------------------
 
 

@@ -329,3 +329,27 @@ def test_organism_to_mdm_end_to_end(tmp_path, tiny_run):
     assert all(0.0 <= v <= 1.0 for v in scores.values())
     ar_scores = O.evaluate_checkpoint(ar_folder, n=3)
     assert set(ar_scores) == set(O.TASK_NAMES)
+
+
+def test_eval_of_a_checkpoint_that_is_no_organism_says_so(tmp_path: Path) -> None:
+    """`organism eval` of another model is refused, before loading, as not an organism (not with a
+    word-coverage message about its tokenizer); an MDM counts when its recorded source is one."""
+    from common.errors import UserError
+    from common.metadata import ModelMeta
+    from conversion.organism_eval import not_an_organism
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.json").write_text("{}")
+    organism = tmp_path / "organism"
+    organism.mkdir()
+    (organism / "report.json").write_text(json.dumps({"task_options": {}}))
+    for name, source in (("mdm-plain", plain), ("mdm-organism", organism)):
+        (tmp_path / name).mkdir()
+        ModelMeta(kind="mdm", source=str(source), mask_id=3).save(tmp_path / name)
+    assert not_an_organism(organism) is None and not_an_organism("organism") is None
+    assert not_an_organism(tmp_path / "mdm-organism") is None
+    assert "converted from" in (not_an_organism(tmp_path / "mdm-plain") or "")
+    assert "built-in model" in (not_an_organism("smollm2") or "")
+    with pytest.raises(UserError, match=r"is not a model organism: it holds no report\.json.*ar2mdm eval --model"):
+        O.evaluate_checkpoint(plain, n=2)

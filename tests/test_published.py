@@ -313,6 +313,38 @@ def test_missing_tokenizer_files_are_a_clear_error(built, tmp_path: Path) -> Non
         load_any(str(folder))
 
 
+def test_a_tokenizer_without_its_vocabulary_is_refused_naming_the_files(built, tmp_path: Path) -> None:
+    """Dream's tokenizer is vocab.json + merges.txt: without merges.txt (or with tokenizer_config.json
+    alone) the folder is refused at load, naming what is missing, not opened with a one-token
+    tokenizer (whose failure would later blame the prompt); the complete folder still loads."""
+    assert len(load_any(str(built("dream").path)).tokenizer) > 100
+    folder = copy_of(built("dream"), tmp_path)
+    (folder / "merges.txt").unlink()
+    with pytest.raises(CheckpointError, match=r"no usable tokenizer.*it lacks merges\.txt beside vocab\.json"):
+        load_any(str(folder))
+    (folder / "vocab.json").unlink()
+    with pytest.raises(CheckpointError, match=r"has none of them \(tokenizer files found: tokenizer_config\.json\)"):
+        load_any(str(folder))
+
+
+def test_an_unknown_family_prefix_lists_the_families(built, tmp_path: Path, monkeypatch) -> None:
+    """FAMILY:PATH with a family ar2mdm does not know names the families (not "does not exist");
+    a known one in any case is read, and a folder whose own name holds a colon is still a path."""
+    from common.families import split_format
+
+    path = built("dream").path
+    with pytest.raises(CheckpointError, match=r"'qwerty' is not a checkpoint family.*dream \(.*llada \("):
+        load_any(f"qwerty:{path}")
+    assert split_format(f"Dream:{path}")[0] is FAMILIES["dream"]
+    (tmp_path / "runs:v2").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert split_format("runs:v2") == (None, "runs:v2")  # an existing folder whose name holds a colon
+    with pytest.raises(CheckpointError, match="'runs' is not a checkpoint family"):
+        split_format("runs:v3")
+    assert split_format("https://example.org/model") == (None, "https://example.org/model")
+    assert split_format("C:/models/x") == (None, "C:/models/x")  # a drive letter, not a family
+
+
 def test_family_named_in_the_source_when_the_files_do_not_say(built, tmp_path: Path) -> None:
     folder = copy_of(built("diffullama"), tmp_path)
     edit_json(folder / "special_tokens_map.json", mask_token=None)

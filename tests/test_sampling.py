@@ -24,6 +24,7 @@ from sampling import (
     ThresholdSampler,
     UniformSampler,
     build_sampler,
+    check_prompts,
     confidence_fill,
     filter_logits,
     make_canvas,
@@ -261,6 +262,32 @@ def test_samplers_refuse_what_does_not_fit(sampler, context, match):
     model = TableModel(table=[0] * 5, conf=[1.0] * 5)
     with pytest.raises(UserError, match=match):
         run(sampler, model, torch.tensor([[0, MASK, MASK, MASK, 1]]), None, context)
+
+
+def test_canvas_lengths_are_checked_against_the_context_before_it_is_built():
+    """Rows that fill the context exactly are built; one position more is refused with the number of
+    new tokens that fit, and before any row is made (a two-billion-token canvas is never built)."""
+    ids, am = make_canvas([[1, 2], [3]], [2, 3], mask_id=MASK, pad_id=0, suffixes=[[4], []], context_length=5)
+    assert ids.tolist() == [[1, 2, MASK, MASK, 4], [3, MASK, MASK, MASK, 0]] and am.sum().item() == 9
+    with pytest.raises(
+        UserError, match=r"prompt 1 of 2 \(2 tokens\) \+ 3 tokens to generate \+ a suffix of 1 = 6.*at most 2"
+    ):
+        make_canvas([[1, 2], [3]], 3, mask_id=MASK, pad_id=0, suffixes=[[4], []], context_length=5)
+    # checked before the rows are made: otherwise this would allocate a 2e9-entry list (16 GB) first
+    with pytest.raises(UserError, match="context of 128; at most 126 new tokens fit after the prompt"):
+        make_canvas([[1, 2]], 2_000_000_000, mask_id=MASK, pad_id=0, context_length=128)
+    with pytest.raises(UserError, match="the prompt alone fills the context"):
+        make_canvas([[1] * 128], 1, mask_id=MASK, pad_id=0, context_length=128)
+
+
+def test_check_prompts_names_the_empty_one():
+    check_prompts(["When Mary", " went"])
+    with pytest.raises(UserError, match=r"--prompt number 2 \(of 3\) is empty"):
+        check_prompts(["When Mary", "  ", "Tom"])
+    with pytest.raises(UserError, match="--prompt is empty"):
+        check_prompts([""])
+    with pytest.raises(UserError, match="no prompts given"):
+        check_prompts([], "prompts")
 
 
 @pytest.mark.parametrize(

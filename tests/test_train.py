@@ -283,6 +283,31 @@ def test_seq_len_beyond_context_is_refused_before_training(setup: TrainConfig) -
     assert not (Path(cfg.out) / "train.jsonl").exists()
 
 
+def test_source_with_nan_or_inf_weights_is_refused_before_training(setup: TrainConfig, tmp_path: Path) -> None:
+    """A source whose weights already hold NaN/inf is named as the cause at load (not a divergence
+    blamed on lr, warmup or the data); finite weights pass the check untouched."""
+    from safetensors.torch import save_file
+
+    from conversion.source import check_finite_weights
+
+    model = AutoModelForCausalLM.from_pretrained(setup.model)
+    check_finite_weights(model, setup.model)  # a healthy source: no complaint
+    source = tmp_path / "ar-inf"
+    shutil.copytree(setup.model, source)
+    tensors = weights(source)
+    name = next(k for k in tensors if "self_attn.o_proj" in k)
+    tensors[name] = tensors[name].clone()
+    tensors[name][1, 1] = float("inf")
+    save_file(tensors, str(source / "model.safetensors"), metadata={"format": "pt"})
+    cfg = replace(setup, model=str(source))
+    with pytest.raises(
+        UserError, match=rf"already holds NaN or infinite weights in 1 tensor\(s\): {name} \(1 of"
+    ) as err:
+        train(cfg)
+    assert not isinstance(err.value, TrainingDiverged)
+    assert not (Path(cfg.out) / "train.jsonl").exists()
+
+
 def _sft_jsonl(path: Path, n: int = 24) -> Path:
     rng = random.Random(5)
     with path.open("w") as f:

@@ -113,11 +113,11 @@ def check_twins(ar: ProbedModel, mdm: ProbedModel, twins: Mapping[str, ProbedMod
             raise CheckpointError(
                 f"{flag} must be a {model.config.kind.upper()} like --{role}; this checkpoint is kind {twin.config.kind!r}."
             )
-        a, b = model.shape, twin.shape
-        if (a.n_layers, a.n_heads, a.n_kv_heads, a.d_mlp) != (b.n_layers, b.n_heads, b.n_kv_heads, b.d_mlp):
+        differ = twin.shape.differences(model.shape, (flag, f"--{role}"))
+        if differ:
             raise CheckpointError(
-                f"{flag} has another architecture than --{role} ({b.n_layers} layers x {b.n_heads} heads, MLP {b.d_mlp} "
-                f"vs {a.n_layers} x {a.n_heads}, MLP {a.d_mlp}): a seed twin is the same recipe with another seed."
+                f"{flag} has another architecture than --{role} ({differ}): a seed twin is the same recipe "
+                "with another seed."
             )
         if (twin.config.mask_id, twin.config.shift) != (model.config.mask_id, model.config.shift):
             raise CheckpointError(

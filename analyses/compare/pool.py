@@ -42,11 +42,10 @@ def check_pair(ar: ProbedModel, mdm: ProbedModel) -> list[str]:
             "published MDM such as Dream or LLaDA: docs/FORMATS.md); "
             f"this one is kind {mdm.config.kind!r}."
         )
-    a, b = ar.shape, mdm.shape
-    if (a.n_layers, a.n_heads, a.n_kv_heads, a.d_mlp) != (b.n_layers, b.n_heads, b.n_kv_heads, b.d_mlp):
+    differ = ar.shape.differences(mdm.shape, ("AR", "MDM"))
+    if differ:
         raise CheckpointError(
-            f"the models differ in architecture (AR {a.n_layers} layers x {a.n_heads} heads, MLP {a.d_mlp}; "
-            f"MDM {b.n_layers} x {b.n_heads}, MLP {b.d_mlp}): edge overlap needs the same graph. "
+            f"the models differ in architecture ({differ}): edge overlap needs the same graph. "
             "Compare an ARM with its own conversion."
         )
     warnings = tokenizer_warnings(ar, mdm)

@@ -56,7 +56,7 @@ from analyses.compare.pool import MIN_POOL, Pool, check_pair, common_pool, task_
 from analyses.compare.report import CompareResult, json_safe
 from analyses.compare.trajectory import denoising_trajectory
 from analyses.depth import compare_depth, lens_profile, mean_scores, node_patching_scores, targeted_ablation
-from analyses.graph import Graph, jaccard_curve, node_importance
+from analyses.graph import Graph, check_top_k, jaccard_curve, node_importance
 from analyses.neurons import causal_check, compare_profiles, profile_units
 from analyses.statistics import Interval, jaccard_bootstrap
 from common.errors import UserError
@@ -70,8 +70,10 @@ NodeScores = Literal["eap-ig", "patching"]
 class CompareOptions:
     """What `compare` runs. pool_size: at most this many common-correct examples per task (drawn:
     examples generated per task before filtering, default 2 x pool_size). k_edges: K of the
-    Jaccard overlap (default min(1000, edges // 10), at least 10). k_nodes: top-K nodes for the
-    layer distribution and the targeted ablation (default a fifth of the heads and MLPs, >= 3).
+    Jaccard overlap (default min(1000, edges // 10), at least 10; at most the graph's edges).
+    k_nodes: top-K nodes for the layer distribution and the targeted ablation (default a fifth
+    of the heads and MLPs, >= 3; at most their number). Both are checked against the models'
+    graph by `compare` (`top_ks`) before anything is scored.
     method: the edge attribution method of the circuits (a name in
     `analyses.attribution.ATTRIBUTIONS` that scores edges; default EAP-IG on inputs, as the
     reference study). steps: its interpolation points m. node_scores: "eap-ig" (sum of a node's
@@ -129,6 +131,23 @@ class CompareOptions:
         return replace(self, tasks=tasks, denoising=denoising)
 
 
+def top_ks(opts: CompareOptions, graph: Graph) -> tuple[int, int]:
+    """(K edges, K nodes) of a comparison on `graph` (the ARM's): the options' values, checked
+    against the graph's size (`check_top_k`: at most its edges, and its heads + MLPs),
+    or the defaults (`default_k_edges`, `default_k_nodes`). Raises UserError for a K above the
+    graph's size, saying the largest allowed value."""
+    n_edges, n_nodes = len(graph.edges), len(graph.senders) - 1
+    if opts.k_edges is None:
+        k_edges = default_k_edges(n_edges)
+    else:
+        k_edges = check_top_k(opts.k_edges, n_edges, option="k_edges (--k-edges)")
+    if opts.k_nodes is None:
+        k_nodes = default_k_nodes(n_nodes)
+    else:
+        k_nodes = check_top_k(opts.k_nodes, n_nodes, what="nodes (heads and MLPs)", option="k_nodes (--k-nodes)")
+    return k_edges, k_nodes
+
+
 # --- models and pools -------------------------------------------------------------------------------
 
 
@@ -158,7 +177,8 @@ def compare(
     seed floor, {"ar": ARM', "mdm": MDM'} (either optional; `analyses.compare.controls`); the
     pool then also requires the twins to answer correctly.
     Raises CheckpointError for a pair (or twin) that cannot be compared, UserError for bad
-    options or when no task has a pool of MIN_POOL examples."""
+    options (a K above the graph's edges or nodes among them: `top_ks`, checked before any
+    example is scored) or when no task has a pool of MIN_POOL examples."""
     opts = (options or CompareOptions()).checked()
     twins = dict(twins or {})
     warnings = check_pair(ar, mdm) + check_twins(ar, mdm, twins)
@@ -166,9 +186,8 @@ def compare(
         log(f"warning: {warning}")
     t0 = time.perf_counter()
     graph0 = Graph(ar.shape)
-    k_edges = min(opts.k_edges or default_k_edges(len(graph0.edges)), len(graph0.edges))
+    k_edges, k_nodes = top_ks(opts, graph0)
     n_nodes = len(graph0.senders) - 1
-    k_nodes = min(opts.k_nodes or default_k_nodes(n_nodes), n_nodes)
     names = dict(labels or {"ar": str(getattr(ar.meta, "source", "ar")), "mdm": "mdm"})
     data: dict[str, Any] = {
         "models": names,

@@ -48,7 +48,8 @@ from analyses.compare.report import (
     table_html,
     write_report,
 )
-from analyses.compare.run import CompareOptions, compare
+from analyses.compare.run import CompareOptions, compare, top_ks
+from analyses.graph import Graph
 from common.errors import UserError
 from common.outputs import atomic_write_text
 from probe.model import ProbedModel
@@ -104,7 +105,8 @@ def compare_series(
     "accuracy_mdm": float | None, "pool": int, "block_size": int | None}; the None values mark a
     task whose pool was too small for that pair (it was not analysed).
 
-    Raises UserError for fewer than two MDMs, an unknown order or bad options; CheckpointError
+    Raises UserError for fewer than two MDMs, one model given under two labels, an unknown order
+    or bad options (a K above the graph's size among them, `top_ks`); CheckpointError
     (from `check_pair`, before anything runs) for an MDM that cannot be compared with the ARM (not
     an MDM, another architecture, another tokenizer); and whatever `compare` raises (UserError
     when no task has a pool for a pair)."""
@@ -113,8 +115,16 @@ def compare_series(
     if order not in ("block_size", "given"):
         raise UserError(f"order must be 'block_size' or 'given', got {order!r}.")
     opts = (options or CompareOptions()).checked()
+    seen: dict[int, str] = {}
+    for label, mdm in mdms.items():
+        if id(mdm) in seen:
+            raise UserError(
+                f"MDMs {seen[id(mdm)]!r} and {label!r} are one model object; a series compares different MDMs."
+            )
+        seen[id(mdm)] = label
     for mdm in mdms.values():
         check_pair(ar, mdm)  # fail before the first (long) comparison; compare logs the warnings
+    top_ks(opts, Graph(ar.shape))  # a K above the graph's size, before the first comparison too
     labels = list(mdms)
     if order == "block_size":
         labels.sort(key=lambda k: (mdms[k].config.block_size is None, mdms[k].config.block_size or 0))
