@@ -207,7 +207,8 @@ def sample(
     stop_at_eos: Annotated[bool | None, typer.Option("--stop-at-eos/--no-stop-at-eos", help="threshold / factor: end a row at its first decided end-of-sequence token (the rest becomes EOS, no more calls). [default: off]")] = None,
     ar_scorer: Annotated[str | None, typer.Option(help="arpc: AR model to score with. [default: the MDM's source]")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sampler's random draws.")] = 0,
-    trace: Annotated[Path | None, typer.Option(help="Write a per-step trace (committed positions, confidences, provisional decode) as JSON here.")] = None,
+    trace: Annotated[str | None, typer.Option(help="Write a per-step trace (committed positions, confidences, provisional decode) as JSON to this file (a new file, or one an earlier --trace wrote).", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --trace file that ar2mdm did not write (never a link, device or a file in a checkpoint folder).")] = False,
     dtype: DtypeOption = "fp32",
     device: DeviceOption = "cpu",
     trust_remote_code: TrustOption = False,
@@ -218,25 +219,29 @@ def sample(
     from analyses.generation import ar_scorer as load_scorer
     from common.outputs import atomic_write_text, check_output_file
     from conversion.checkpoints import load_any
-    from sampling import ModelContext, build_sampler, make_canvas, run
+    from sampling import ModelContext, build_sampler, check_prompts, make_canvas, refuse_unused_options, run
 
     with errors("nothing was written."):
         if max_new_tokens < 1:
             raise UserError(f"--max-new-tokens must be >= 1, got {max_new_tokens}.")
-        if not [p for p in prompt if p.strip()]:
-            raise UserError("--prompt is empty: give the text to continue.")
+        check_prompts(prompt, "--prompt")  # every one, by number: an empty second prompt too
         if trace is not None:
-            check_output_file(trace, "--trace")  # before generating, not after
-        loaded = load_any(model, **load_options(dtype, device, trust_remote_code))
+            trace_file = check_output_file(trace, "--trace", overwrite=overwrite, signature=TRACE_SIGNATURE)
         options = _sampler_flags(steps, block_length, temperature, tau, top_k, top_p, strategy, eta, score, cache)
         options.update(factor=factor, refresh=refresh, stop_at_eos=stop_at_eos)
+        refuse_unused_options([sampler], options)
+        if ar_scorer is not None and not SAMPLERS.get(sampler).needs_scorer:
+            raise UserError(f"--ar-scorer is used by the arpc sampler only, not {sampler!r}. Drop it.")
+        loaded = load_any(model, **load_options(dtype, device, trust_remote_code))
         if SAMPLERS.get(sampler).needs_scorer:
             options["scorer"] = load_scorer(loaded, ar_scorer)
         chosen = build_sampler(sampler, **options)
         ctx = ModelContext.from_meta(loaded.meta, loaded.tokenizer, loaded.model)
         tok = loaded.tokenizer
         encoded = [list(tok(p, add_special_tokens=True)["input_ids"]) for p in prompt]
-        canvas, am = make_canvas(encoded, max_new_tokens, mask_id=ctx.placeholder, pad_id=ctx.pad_id)
+        canvas, am = make_canvas(  # lengths checked against the context before the canvas is built
+            encoded, max_new_tokens, mask_id=ctx.placeholder, pad_id=ctx.pad_id, context_length=ctx.context_length
+        )
         result = run(chosen, loaded.model, canvas, am, ctx, seed=seed, trace=trace is not None)
     for row, text in enumerate(prompt):
         gen = result.generated(row)
@@ -261,12 +266,15 @@ def sample(
             )
         with errors("the trace was not written."):
             try:
-                atomic_write_text(
-                    trace, json.dumps({"sampler": sampler, "prompts": list(prompt), "steps": steps_out}, indent=1)
-                )
+                body = json.dumps({"sampler": sampler, "prompts": list(prompt), "steps": steps_out}, indent=1)
+                atomic_write_text(trace_file, TRACE_SIGNATURE + body[1:])
             except OSError as err:
                 raise UserError(f"--trace {trace} could not be written ({err.strerror}).") from None
-        console.print(f"trace: {trace}", markup=False, highlight=False)
+        console.print(f"trace: {trace_file}", markup=False, highlight=False)
+
+
+# The first bytes of every trace file: how `--trace` knows a file it may replace without --overwrite.
+TRACE_SIGNATURE = '{"written_by": "ar2mdm sample --trace",'
 
 
 @app.command("eval")
@@ -316,7 +324,7 @@ def eval_(
     from analyses.generation import ar_scorer as load_scorer
     from common.outputs import claim_output
     from conversion.checkpoints import load_any
-    from sampling import sampler_options
+    from sampling import refuse_unused_options, sampler_options
 
     with errors(f"nothing was written to {out}.") as stack:
         if n < 1 or batch_size < 1:
@@ -331,13 +339,16 @@ def eval_(
             raise UserError(f"--fractions must be comma-separated numbers, got {fractions!r}.") from None
         if not fracs or any(not 0 < f <= 4 for f in fracs):
             raise UserError(f"--fractions must be numbers in (0, 4], got {fractions!r}.")
+        flags = _sampler_flags(
+            None, block_length, temperature, tau, None, None, strategy, eta, score, cache, factor, refresh, stop_at_eos
+        )
+        refuse_unused_options(names, flags)
+        if ar_scorer is not None and not any(SAMPLERS.get(x).needs_scorer for x in names):
+            raise UserError(f"--ar-scorer is used by the arpc sampler only; --samplers is {samplers!r}. Drop it.")
         loading = load_options(dtype, device, trust_remote_code)
         claim = stack.enter_context(claim_output(out, "eval"))
         refuse_earlier_results(claim, overwrite)
         loaded = load_any(model, **loading)
-        flags = _sampler_flags(
-            None, block_length, temperature, tau, None, None, strategy, eta, score, cache, factor, refresh, stop_at_eos
-        )
         specs = [
             SamplerSpec(x, {k: v for k, v in flags.items() if v is not None and k in sampler_options(x)}) for x in names
         ]

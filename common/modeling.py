@@ -93,10 +93,12 @@ DTYPE_NAMES = {
 }  # fmt: skip
 
 
-def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    """The torch dtype a `--dtype` value names (fp32 | bf16 | fp16 and their long spellings).
+def parse_dtype(name: str | torch.dtype, option: str = "--dtype") -> torch.dtype:
+    """The torch dtype a `--dtype` value names (fp32 | bf16 | fp16 and their long spellings:
+    float32, bfloat16, float16, half, torch.bfloat16, ...).
 
-    Raises UserError for any other name, listing the accepted ones.
+    option: how the value was given, for the message (`--dtype`, `dtype=` in `--model_args`, the
+    `dtype` keyword of a library call). Raises UserError for any other name, listing the accepted ones.
 
     >>> parse_dtype("bf16")
     torch.bfloat16
@@ -105,31 +107,48 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
         return name
     key = str(name).strip().lower().removeprefix("torch.")
     if key not in DTYPE_NAMES:
-        raise UserError(f"--dtype {name!r} is not a dtype ar2mdm loads models in; use fp32, bf16 or fp16.")
+        raise UserError(f"{option} {name!r} is not a dtype ar2mdm loads models in; use fp32, bf16 or fp16.")
     return DTYPE_NAMES[key]
 
 
-def parse_device(name: str | torch.device) -> torch.device:
+def parse_device(name: str | torch.device, option: str = "--device") -> torch.device:
     """The torch device a `--device` value names (cpu, cuda, cuda:N, mps), checked to exist here.
 
-    Raises UserError for a malformed name, or a CUDA device this machine does not have (saying
+    option: how the value was given, for the message. Raises UserError for a malformed name, or a CUDA device this machine does not have (saying
     how many it has), before any model is loaded.
     """
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise UserError(f"--device {name!r} is not a device name; use cpu, cuda or cuda:N.") from None
+        raise UserError(f"{option} {name!r} is not a device name; use cpu, cuda or cuda:N.") from None
+    cpu = f"{option} cpu" if option.startswith("--") else "device='cpu'"
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = device.index or 0
         if index >= count:
             have = f"has {count} CUDA device(s)" if count else "has no CUDA device (or torch is a CPU build)"
-            raise UserError(f"--device {name}: this machine {have}. Use --device cpu, or run on a GPU machine.")
+            raise UserError(f"{option} {name}: this machine {have}. Use {cpu}, or run on a GPU machine.")
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {name}: MPS is not available here. Use --device cpu.")
+        raise UserError(f"{option} {name}: MPS is not available here. Use {cpu}.")
     elif device.type not in ("cpu", "cuda", "mps"):
-        raise UserError(f"--device {name!r}: ar2mdm runs on cpu, cuda or mps.")
+        raise UserError(f"{option} {name!r}: ar2mdm runs on cpu, cuda or mps.")
     return device
+
+
+def loading_options(
+    dtype: str | torch.dtype, device: str | torch.device, trust_remote_code: bool | str | int = False
+) -> tuple[torch.dtype, torch.device, bool]:
+    """The `dtype`, `device` and `trust_remote_code` keywords of a library loader, checked as the
+    CLI checks its flags: the CLI's spellings are accepted (`"bf16"`, `"cuda:0"`, `"no"`), anything
+    else is a UserError naming the keyword and the accepted values (never a TypeError from torch,
+    and never a refusal such as `trust_remote_code="no"` read as consent)."""
+    from common.options import parse_bool
+
+    return (
+        parse_dtype(dtype, "dtype="),
+        parse_device(device, "device="),
+        parse_bool(trust_remote_code, "trust_remote_code"),
+    )
 
 
 def kv_cache_kwargs(model: torch.nn.Module, cache: Any) -> dict[str, Any]:

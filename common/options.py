@@ -13,12 +13,64 @@ from typing import Any, Literal, Union
 
 from common.errors import UserError
 
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0")
+
+
+def parse_bool(value: Any, option: str) -> bool:
+    """`value` read as a yes/no answer, the one rule for every source of options: command-line
+    strings, config files, harness `--model_args`, environment variables and keyword arguments.
+
+    Accepted: a bool; the ints 0 and 1; the strings true/yes/on/1 and false/no/off/0 in any case,
+    with surrounding spaces. Anything else (None, "", "maybe", 2, 0.5) raises UserError naming
+    `option` and the accepted words: a refusal is never read as consent, as Python's truthiness
+    would read "no" or "off".
+
+    >>> parse_bool("No", "trust_remote_code")
+    False
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+    shown = "nothing" if value is None or value == "" else repr(value)
+    raise UserError(
+        f"{option} must be a yes/no value ({'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)}), got {shown}."
+    )
+
+
+def parse_count(value: Any, option: str, *, least: int = 1) -> int:
+    """`value` as a whole number >= `least` (a batch size, a number of steps, a rank, a budget).
+
+    Accepted: an int (not a bool), a float with an integral value (2.0), a string of digits ("8").
+    Raises UserError naming `option` for anything else (1.5, "abc", True, None) and for a number
+    below `least`, so a bad count is one message and not a TypeError from deep inside torch.
+    """
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        number = int(value.strip())
+    if number is None:
+        raise UserError(f"{option} must be a whole number >= {least}, got {value!r}.")
+    if number < least:
+        raise UserError(f"{option} must be >= {least}, got {number}.")
+    return number
+
 
 def check_types(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
     """`values` checked against the field types of dataclass `cls`; returns them, converted.
 
     Accepted: an int for an int field (or a float with an integral value: `steps = 2.0`); a number
-    or a numeric string for a float field (YAML reads `1e-4` as a string); true/false for a bool;
+    or a numeric string for a float field (YAML reads `1e-4` as a string); true/false or another yes/no word for a bool (`parse_bool`);
     a string (or an int: `mask_token: 7`) for a str field; None only where the type allows it;
     a value of a Literal's choices; a list of strings, a mapping. Keys that are not fields are
     left to the caller. Raises UserError naming `where`, the option, the expected type and the
@@ -67,9 +119,10 @@ def _as(value: Any, hint: Any) -> Any:
     if hint is Any:
         return value
     if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch
+        try:
+            return parse_bool(value, "")
+        except UserError:
+            raise _Mismatch from None
     if hint is int:
         if isinstance(value, bool):
             raise _Mismatch
@@ -119,4 +172,6 @@ def _describe(hint: Any) -> str:
         return f"a list of {_describe(typing.get_args(hint)[0])}s" if typing.get_args(hint) else "a list"
     if origin is dict or hint is dict:
         return "a mapping"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+    return {bool: "true or false (or yes/no, on/off, 1/0)", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, str(hint)
+    )

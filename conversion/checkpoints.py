@@ -46,6 +46,7 @@ from common.env import cache_dir
 from common.errors import CheckpointError
 from common.families import read_gguf_architecture
 from common.metadata import Kind, ModelMeta, checkpoint_kind, require_kind
+from common.modeling import loading_options
 from common.outputs import atomic_write_text, write_folder_atomically
 from conversion.hf_folder import Loaded, fill_pad_token, load_hf_folder
 
@@ -68,9 +69,9 @@ HASH_CACHE_FILE = "sha256-cache.json"
 def load_ar(
     source: str | Path,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
-    trust_remote_code: bool = False,
+    trust_remote_code: bool | str = False,
     role: str = "the model",
 ) -> Loaded:
     """Load an autoregressive LM and its tokenizer from a name, an HF folder or a .gguf file.
@@ -85,8 +86,10 @@ def load_ar(
 
     The model is in eval mode. If the tokenizer has no pad token, its pad token is set to its eos
     token (the usual convention for AR models; attention masks keep padding out of the results).
-    Raises CheckpointError for every source that cannot be loaded, with what to do about it.
+    Raises CheckpointError for every source that cannot be loaded, with what to do about it, and
+    UserError for a dtype, device or trust_remote_code value that is not one (`loading_options`).
     """
+    dtype, device, trust_remote_code = loading_options(dtype, device, trust_remote_code)
     if isinstance(source, str) and source in KNOWN_NAMES:
         path = smollm2_folder() if source == SMOLLM2 else _existing_organism_folder()
         label = source
@@ -131,9 +134,9 @@ def load_ar(
 def load_any(
     source: str | Path,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
-    trust_remote_code: bool = False,
+    trust_remote_code: bool | str = False,
     expect: Kind | None = None,
     role: str = "the model",
     block_size: int | None = None,
@@ -149,6 +152,7 @@ def load_any(
     """
     from conversion.mdm import load_mdm  # mdm builds on this module
 
+    dtype, device, trust_remote_code = loading_options(dtype, device, trust_remote_code)
     kind = require_kind(source, expect, role) if expect else checkpoint_kind(source)
     if kind == "mdm":
         return load_mdm(source, dtype=dtype, device=device, role=role, block_size=block_size)

@@ -33,6 +33,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from common.errors import CheckpointError
 from common.families import FAMILIES, supported_list
 from common.metadata import ModelMeta
+from common.options import parse_bool
 from conversion.memory import check_fits, safetensors_summary
 
 # Files that can only be read by unpickling, which can run arbitrary code.
@@ -59,7 +60,7 @@ def load_hf_folder(
     folder: str | Path,
     *,
     dtype: torch.dtype = torch.float32,
-    trust_remote_code: bool = False,
+    trust_remote_code: bool | str = False,
     device: str | torch.device = "cpu",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (model, tokenizer) from an HF causal-LM folder, safetensors only, onto `device`.
@@ -73,6 +74,8 @@ def load_hf_folder(
     tokenizer loads; every parameter the model needs is in the weight files.
     """
     folder = Path(folder)
+    # code shipped in the folder runs only on an explicit yes: "no" / "off" / "0" are refusals
+    trust_remote_code = parse_bool(trust_remote_code, "trust_remote_code")
     config = _causal_lm_config(folder, trust_remote_code)
     files = safetensors_files(folder)
     for file in files:

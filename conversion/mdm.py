@@ -33,6 +33,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from common.errors import CheckpointError, UserError
 from common.families import detect_family, gguf_family, split_format
 from common.metadata import META_FILE, ModelMeta, require_kind
+from common.modeling import loading_options
 from conversion.gguf_mdm import load_gguf_mdm
 from conversion.hf_folder import Loaded, load_hf_folder
 from conversion.published import load_published
@@ -227,7 +228,7 @@ def save_mdm(
 def load_mdm(
     path: str | Path,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
     role: str = "the checkpoint",
     block_size: int | None = None,
@@ -241,8 +242,10 @@ def load_mdm(
     `source_format` says which of the above it was). dtype / device: parameters' dtype and device.
     block_size: the block size of a published block-diffusion checkpoint whose files do not state
     it. Raises CheckpointError if it is not an MDM (`metadata.require_kind`; `role` says what the
-    caller uses it as), or if its files are incomplete or inconsistent.
+    caller uses it as), or if its files are incomplete or inconsistent; UserError for a dtype or
+    device that is not one (`common.modeling.loading_options`).
     """
+    dtype, device, _ = loading_options(dtype, device)
     forced, plain = split_format(str(path)) if isinstance(path, str) else (None, path)
     folder = Path(plain).expanduser()
     if folder.is_file() and folder.suffix.lower() == ".gguf":

@@ -66,7 +66,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,7 @@ from conversion.organism_data import (  # noqa: F401  (the organism's data, impo
     eval_examples,
     example_texts,
     held_out_sets,
+    is_organism,
     organism_tokenizer,
     prompt_key,
     task_corpus,
@@ -119,20 +120,6 @@ _SHAPING = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_mlp", "max_positi
 def default_organism_dir() -> Path:
     """Where the toolkit looks for the organism: `cache_dir()/models/organism`."""
     return cache_dir() / "models" / "organism"
-
-
-def is_organism(source: str | Path | None) -> bool:
-    """Whether a checkpoint's source (`ModelMeta.source`) is a model organism: the cached one
-    ("organism") or a folder `train_organism` wrote (its report.json lists the task options)."""
-    if source is None:
-        return False
-    if str(source) == "organism":
-        return True
-    report = Path(source) / "report.json"
-    try:
-        return report.is_file() and "task_options" in json.loads(report.read_text())
-    except (OSError, ValueError):
-        return False
 
 
 @dataclass
@@ -343,7 +330,8 @@ def train_organism(
                 f"{out} already holds a trained organism; pass --overwrite (overwrite=True) to replace it, "
                 "or choose another --out."
             )
-        return _train(out, cfg, seed, minutes, steps, progress, wall_start, seed if data_seed is None else data_seed)
+        data_seed = seed if data_seed is None else data_seed
+        return _train(out, cfg, seed, minutes, steps, progress, wall_start, data_seed, keep=claim.foreign)
 
 
 def outdated(folder: str | Path, config: OrganismConfig | None = None) -> str | None:
@@ -382,9 +370,11 @@ def _train(
     progress: bool,
     wall_start: float,
     data_seed: int,
+    *,
+    keep: frozenset[str] = frozenset(),
 ) -> OrganismReport:
     """The training run of `train_organism`, into the claimed folder `out`, through the one
-    training loop (`conversion.loop.fit`)."""
+    training loop (`conversion.loop.fit`). keep: entries of `out` ar2mdm did not write, carried over."""
     torch.set_num_threads(cfg.threads)
     tokenizer = organism_tokenizer(cfg.tokenizer_examples, data_seed)
     tasks = build_tasks(tokenizer)
@@ -439,7 +429,7 @@ def _train(
     )
     report.wall_seconds = round(time.perf_counter() - wall_start, 2)
     save_checkpoint(
-        out, model, tokenizer, {"report.json": report.to_json(), OWNER_FILE: owner_record(ORGANISM_COMMAND)}
+        out, model, tokenizer, {"report.json": report.to_json(), OWNER_FILE: owner_record(ORGANISM_COMMAND)}, keep=keep
     )
     return report
 
@@ -526,12 +516,18 @@ class _OrganismRun:
 
 
 def save_checkpoint(
-    out: str | Path, model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, files: Mapping[str, str] | None = None
+    out: str | Path,
+    model: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    files: Mapping[str, str] | None = None,
+    *,
+    keep: Iterable[str] = (),
 ) -> Path:
     """Save model (safetensors) + tokenizer (+ extra text `files`) as an HF folder, atomically.
 
     Everything is written into a temporary sibling folder first and then moved to `out`, so `out`
-    is always either the previous complete checkpoint or the new complete one.
+    is always either the previous complete checkpoint or the new complete one. keep: entries of
+    an existing `out` that ar2mdm did not write (a user's notes), carried into the new folder.
     """
     out = Path(out)
 
@@ -541,7 +537,7 @@ def save_checkpoint(
         for name, text in (files or {}).items():
             (folder / name).write_text(text)
 
-    write_folder_atomically(out, write)
+    write_folder_atomically(out, write, keep=keep)
     return out
 
 

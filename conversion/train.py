@@ -1,6 +1,6 @@
 """The post-training loop that turns an AR checkpoint into a masked diffusion LM.
 
-`train(TrainConfig(...))` loads the AR model (`checkpoints.load_ar`), gives it a mask token
+`train(TrainConfig(...))` loads the AR model and its rows (`conversion.source`), gives it a mask token
 (`mdm.add_mask_token`), makes its attention bidirectional, packs the text (`data.pack`), and runs
 the diffusion objective (`objective.diffusion_loss`) with AdamW, warmup + cosine learning rate,
 gradient clipping and accumulation, on HF accelerate: the same code runs on one CPU/GPU process,
@@ -55,7 +55,6 @@ embedding row train through the same loop; checkpoints hold them; the MDM is wri
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -72,14 +71,13 @@ from tqdm.auto import tqdm
 
 from common.errors import TrainingInterrupted, UserError
 from common.metadata import ModelMeta, require_kind
-from common.outputs import Claim, claim_output, clear_contents, folder_contents
+from common.outputs import Claim, claim_output, owned_contents
 from common.seeding import derive_seed
 from conversion import data as data_mod
-from conversion.checkpoints import load_ar
 from conversion.config import TrainConfig
 from conversion.loop import Clock, StepOutput, fit
 from conversion.lora import Adapters, attach_lora
-from conversion.mdm import add_mask_token, save_mdm
+from conversion.mdm import save_mdm
 from conversion.objective import DiffusionOptions, diffusion_loss, draw_noise, eligible_positions, heldout_loss
 from conversion.parallel import any_process, make_accelerator, no_sync, parallelism, shard_on_cpu
 from conversion.report import write_training_report
@@ -90,6 +88,7 @@ from conversion.runfolder import (
     Plan,
     RunLog,
     StopSignals,
+    checkpoint_step,
     checkpoint_to_read,
     inner_optimizer,
     last_record,
@@ -99,9 +98,10 @@ from conversion.runfolder import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from conversion.sft import sft_rows, split_rows, trim_padding
+from conversion.sft import split_rows, trim_padding
+from conversion.source import source_model, training_rows
 from conversion.throughput import flops_per_token, peak_tflops, utilisation
-from diffusion.attention import document_ids, make_bidirectional
+from diffusion.attention import document_ids
 
 
 class TrainingDiverged(UserError):
@@ -153,14 +153,16 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
     require_kind(cfg.model, "ar", "--model (the AR source of a conversion)")
     out = Path(cfg.out).expanduser()
     with _claimed(accelerator, out) as claim:
-        has_run = bool(folder_contents(out))
+        has_run = bool(owned_contents(out))  # a user's notes left in a run folder are not a run
         plan = plan_run(
             out, cfg.to_json(), has_run=has_run, resume=cfg.resume, overwrite=cfg.overwrite, steps=cfg.steps
         )
+        accelerator.wait_for_everyone()  # every process has read the folder before the main one writes
         if claim is not None:  # the main process
             claim.mark()
             if plan.clear:
-                clear_contents(out)
+                for kept in claim.clear():
+                    tqdm.write(f"ar2mdm convert: kept {kept}, which ar2mdm did not write.", file=sys.stderr)
             remove_stale_temporaries(out)
             if plan.note:
                 tqdm.write(f"ar2mdm convert: {plan.note}", file=sys.stderr)
@@ -238,51 +240,6 @@ def _run(run: _Conversion) -> TrainResult:
     )
 
 
-def _source_model(cfg: TrainConfig) -> tuple[Any, torch.nn.Module, Any, int]:
-    """(Loaded AR source, its model with a mask token and bidirectional attention, tokenizer, mask id)."""
-    loaded = load_ar(cfg.model, trust_remote_code=cfg.trust_remote_code, role="--model (the AR source of a conversion)")
-    model, tokenizer = loaded.model, loaded.tokenizer
-    context = getattr(model.config, "max_position_embeddings", None)
-    if context and cfg.seq_len > int(context):
-        raise UserError(
-            f"seq_len {cfg.seq_len} is beyond {cfg.model}'s context of {context} positions; "
-            f"use --seq-len {context} or less."
-        )
-    mask_id = add_mask_token(model, tokenizer, cfg.mask_token)
-    make_bidirectional(model)
-    return loaded, model, tokenizer, mask_id
-
-
-def _training_rows(
-    accelerator: Accelerator, cfg: TrainConfig, tokenizer: Any, mask_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train rows, held-out rows): [N, 1, L] packed text (every position a token) or, with sft,
-    [N, 3, L] (ids, attention mask, prompt mask: prompt and suffix never noised, loss over the
-    answer). UserError when there is not one full batch."""
-    with accelerator.main_process_first():
-        if cfg.sft:
-            sft = sft_rows(
-                cfg.data, tokenizer, seq_len=cfg.seq_len, mask_id=mask_id, held_out=cfg.held_out, seed=cfg.seed
-            )
-            train_rows, held_rows = sft.train, sft.held_out
-        else:
-            packed = data_mod.pack(
-                data_mod.load_texts(cfg.data, text_field=cfg.text_field),
-                tokenizer,
-                seq_len=cfg.seq_len,
-                held_out=cfg.held_out,
-                seed=cfg.seed,
-            )
-            train_rows, held_rows = packed.train[:, None], packed.held_out[:, None]
-    if data_mod.batches_per_epoch(int(train_rows.shape[0]), cfg.batch_size) == 0:
-        what = "examples" if cfg.sft else f"blocks of {cfg.seq_len} tokens"
-        raise UserError(
-            f"the training data holds {int(train_rows.shape[0])} {what}, fewer than one batch of {cfg.batch_size}: "
-            f"use a smaller --batch-size{'' if cfg.sft else ' or --seq-len'}, or more data."
-        )
-    return train_rows, held_rows
-
-
 class _Conversion:
     """One conversion run as a `conversion.loop.Trainer`: the model, its optimizer and data, and
     what happens in and after each step (see the module docstring)."""
@@ -307,14 +264,14 @@ class _Conversion:
         self.opts = cfg.options()
         self.out = Path(cfg.out).expanduser()
         self.ckpt_dir = self.out / CHECKPOINT_DIR
-        self.loaded, model, self.tokenizer, self.mask_id = _source_model(cfg)
+        self.loaded, model, self.tokenizer, self.mask_id = source_model(cfg)
         model, self.adapters = attach_lora(model, cfg.lora_spec(), self.mask_id, cfg.seed)
         self.per_token = flops_per_token(model, cfg.seq_len)  # LoRA's frozen weights: 4 FLOPs each, not 6
         # a LoRA checkpoint holds only what trains: it resumes on the same source weights only
         self.ckpt_config = cfg.to_json() | ({"source_hash": self.loaded.meta.source_hash} if self.adapters else {})
         self.vocab = len(self.tokenizer)  # uniform noise draws real tokenizer ids only
         self.specials = tuple(self.tokenizer.all_special_ids)
-        train_rows, held_rows = _training_rows(accelerator, cfg, self.tokenizer, self.mask_id)
+        train_rows, held_rows = training_rows(accelerator, cfg, self.tokenizer, self.mask_id)
         self.start, self.tokens_seen, opt_state = 0, 0, None
         if plan.action == "resume":
             assert plan.checkpoint is not None
@@ -325,6 +282,10 @@ class _Conversion:
             model.compile(backend="inductor" if cfg.compile == "on" else cfg.compile)  # in place: same names
         self.model, self.optimizer = self._prepared(model, opt_state)
         self.log = RunLog(self.out / LOG_FILE, keep_until=self.start, enabled=accelerator.is_main_process)
+        if self.log.torn:
+            tqdm.write(
+                f"ar2mdm convert: dropped the torn last line of {self.log.path} ({self.log.torn}).", file=sys.stderr
+            )
         last = last_record(self.log.history, "train")
         self.final_loss = float(last["loss"]) if last else float("nan")
         self.last_eval: dict[str, float] | None = None
@@ -491,6 +452,7 @@ class _Conversion:
         save_checkpoint(
             self.accelerator, self.model, self.optimizer, self.ckpt_config, done, self.tokens_seen, self.ckpt_dir
         )
+        self.log.sync()  # the log's records up to the checkpoint are on disk with it
 
     def _interrupted(self, done: int, saved: bool) -> None:
         if not saved:
@@ -588,9 +550,12 @@ def _without_aliases(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]
 
 def _diverged(what: str, value: float, step: int, ckpt_dir: Path) -> str:
     last = checkpoint_to_read(ckpt_dir)
+    try:
+        step_of_last = checkpoint_step(last) if last is not None else None
+    except UserError as err:  # a damaged checkpoint: say so instead of failing on the way out
+        return f"training diverged: the {what} is {value} at step {step + 1}, and {err}"
     where = (
-        f"the last good checkpoint is {last} (step {json.loads((last / 'state.json').read_text())['step']}): "
-        "--resume continues from it with the same options"
+        f"the last good checkpoint is {last} (step {step_of_last}): --resume continues from it with the same options"
         if last is not None
         else "no checkpoint was written yet"
     )

@@ -37,6 +37,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from common.errors import UserError
 from common.metadata import ModelMeta, read_positions
 from common.modeling import position_ids
+from common.options import parse_count
 from conversion.checkpoints import Loaded, load_any
 from diffusion.attention import to_additive
 from probe.backends import Backend, choose, create
@@ -190,9 +191,9 @@ class ProbedModel:
         tokenizer: PreTrainedTokenizerBase | None = None,
         meta: ModelMeta | None = None,
         backend: str = "auto",
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = torch.float32,
         device: str | torch.device = "cpu",
-        trust_remote_code: bool = False,
+        trust_remote_code: bool | str = False,
         expect: Literal["ar", "mdm"] | None = None,
         role: str = "the model",
         ungroup_kv: bool = False,
@@ -308,8 +309,18 @@ class ProbedModel:
             return plain
         if callable(names) and not isinstance(names, str):
             return select(names, plain, self.shape, "run_with_cache names")
+        if not isinstance(names, str | list | tuple | set | frozenset):
+            raise UserError(
+                f"run_with_cache names={names!r}: pass a name or glob (e.g. 'L0.mlp.out', 'L*.H*.z'), a list of "
+                "them, or a predicate; `cache_names()` lists every name."
+            )
         chosen: set[str] = set()
         for item in [names] if isinstance(names, str) else list(names):
+            if not isinstance(item, str) and not callable(item):
+                raise UserError(
+                    f"run_with_cache names: {item!r} ({type(item).__name__}) is not a name; names are strings "
+                    "such as 'L0.mlp.out' or globs such as 'L*.H*.z' (`cache_names()` lists every name)."
+                )
             wide = not isinstance(item, str) or "pattern" in item or not set("*?[") & set(item)
             chosen.update(select(item, full if wide else plain, self.shape, "run_with_cache names"))
         return [n for n in full if n in chosen]
@@ -456,8 +467,7 @@ def block_causal_mask(
 def _chunks(total: int, size: int | None) -> list[tuple[int, int]]:
     if size is None:
         return [(0, total)]
-    if size < 1:
-        raise UserError(f"batch_size must be >= 1, got {size}.")
+    size = parse_count(size, "batch_size")
     return [(s, min(s + size, total)) for s in range(0, total, size)]
 
 

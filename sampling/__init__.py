@@ -30,10 +30,12 @@ sampler runs the whole canvas at each call (exact).
 from __future__ import annotations
 
 import inspect
+import typing
 from typing import Any
 
 import common  # noqa: F401  (offline flags before transformers is imported)
 from common.errors import UserError
+from common.options import parse_bool
 from sampling.ancestral import AncestralSampler, UniformSampler, unmask_probability
 from sampling.ar import ARSampler, filter_logits
 from sampling.arpc import ARPCSampler
@@ -46,10 +48,10 @@ from sampling.base import (
     State,
     TraceStep,
     check_options,
-    make_canvas,
     run,
 )
 from sampling.cache import CACHES, WindowCache, drift
+from sampling.canvas import check_prompts, make_canvas
 from sampling.confidence import ConfidenceSampler, EntropySampler, LowConfidenceSampler, MarginSampler, confidence_fill
 from sampling.remask import RemaskSampler
 from sampling.threshold import FactorSampler, ThresholdSampler, factor_commit, threshold_commit
@@ -69,16 +71,45 @@ def takes_steps(name: str) -> bool:
 def build_sampler(name: str, *, strict: bool = True, **options: Any) -> Sampler:
     """The sampler called `name` with `options` (keyword arguments of its class). None-valued
     options are dropped so callers can pass every CLI flag through; with strict=False options the
-    sampler does not take are dropped too (one set of flags for several samplers)."""
+    sampler does not take are dropped too (one set of flags for several samplers). Yes/no options
+    given as strings ("no", "off") are read by `common.options.parse_bool`, never by truthiness."""
     cls = SAMPLERS.get(name)
     opts = {k: v for k, v in options.items() if v is not None}
     if not strict:
         accepted = set(sampler_options(name))
         opts = {k: v for k, v in opts.items() if k in accepted}
+    hints = typing.get_type_hints(cls.__init__)
+    # yes/no options from strings (`--model_args stop_at_eos=no`, a config) read by the one rule
+    opts = {k: parse_bool(v, k) if hints.get(k) is bool else v for k, v in opts.items()}
     try:
         return cls(**opts)
     except TypeError as err:
         raise UserError(f"sampler {name!r} does not take these options: {err}.") from None
+
+
+def refuse_unused_options(names: list[str] | tuple[str, ...], options: dict[str, Any], *, flags: bool = True) -> None:
+    """Every sampler option given (not None) must be taken by at least one of the samplers `names`:
+    an option none of them takes would be dropped without a word (`eval --samplers low-confidence
+    --tau 0.5`). flags: name them as command-line flags (--tau) rather than keywords (tau).
+
+    Raises UserError naming the unused options and what each chosen sampler takes.
+    """
+    given = {k for k, v in options.items() if v is not None}
+    taken = {name: set(sampler_options(name)) for name in names}
+    unused = sorted(given - set().union(*taken.values())) if taken else sorted(given)
+    if not unused:
+        return
+    shown = (lambda k: "--" + k.replace("_", "-")) if flags else (lambda k: k)
+    takes = "; ".join(f"{n} takes {', '.join(shown(o) for o in sorted(t)) or 'no options'}" for n, t in taken.items())
+    elsewhere = "; ".join(
+        f"{shown(k)} is taken by {', '.join(n for n in SAMPLERS if k in sampler_options(n)) or 'no sampler'}"
+        for k in unused
+    )
+    raise UserError(
+        f"{', '.join(shown(k) for k in unused)} {'is' if len(unused) == 1 else 'are'} not an option of "
+        f"{'the sampler' if len(names) == 1 else 'any of the samplers'} {', '.join(names)} ({takes}; {elsewhere}): "
+        f"drop {'it' if len(unused) == 1 else 'them'}, or choose a sampler that takes {'it' if len(unused) == 1 else 'them'}."
+    )
 
 
 __all__ = [
@@ -103,11 +134,13 @@ __all__ = [
     "UniformSampler",
     "WindowCache",
     "build_sampler",
+    "refuse_unused_options",
     "check_options",
     "drift",
     "factor_commit",
     "confidence_fill",
     "filter_logits",
+    "check_prompts",
     "make_canvas",
     "run",
     "sampler_options",

@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from error_cases import CASES, build_sandbox, run_case  # noqa: E402
+from error_catalogue import CASES, build_sandbox, run_case  # noqa: E402
 
 AREAS = {
     "output": "Output folders and files",
@@ -31,7 +31,8 @@ AREAS = {
 
 HEAD = """# Bad inputs and what ar2mdm says
 
-Every row is a test (`tests/test_errors.py`, cases in `tests/error_cases.py`): it runs the input
+Every row is a test (`tests/test_errors.py`; cases in `tests/error_cases.py`, `error_cases_harness.py`
+and `error_cases_options.py`, gathered by `tests/error_catalogue.py`): it runs the input
 inside a sandbox of real files and asserts the exit code (2 for bad input on the command line) or
 the exception type (library calls), the key words of the message, that no traceback is shown,
 and that nothing that existed before was changed (every file's bytes are compared; an output
@@ -47,6 +48,27 @@ How errors are shaped: every bad input raises a `common.errors.UserError` (or a 
 the CLI prints it as one line `error: ...` and exits with code 2. Ctrl-C exits with code 130 and
 says what was kept (for `convert`: a checkpoint of the last finished step and the command that
 resumes).
+
+Rules that hold for every entry point (each a class with its own tests beside the rows below):
+- **Yes/no values** come from one parser (`common.options.parse_bool`): true/yes/on/1 and
+  false/no/off/0 in any case, from flags, config files, `--model_args`, environment variables and
+  keyword arguments; anything else is an error naming the option. `trust_remote_code` is true only
+  on an explicit yes (`tests/test_yes_no.py`: a folder whose code writes a marker is loaded through
+  every entry point with every spelling of no; the harness's own in `tests/test_harness.py`).
+- **Paths ar2mdm writes** (`common.outputs`): a single-file output (`--trace`) never replaces a
+  file ar2mdm did not write without --overwrite, never a link, device node, or a file in a
+  checkpoint or run folder, and a trailing separator names a folder; `--overwrite` removes only
+  what ar2mdm wrote (the run folder's owner record lists it); an empty or `.` `--out` is refused
+  (`tests/test_outputs_rule.py`: every file a user left is byte-identical afterwards).
+- **Every option given is used or refused**: sampler options no chosen sampler takes, a K above
+  the graph's edges, a LoRA rank at a layer's width, one checkpoint twice in a series.
+- **Bounds before allocation**: lengths are checked against the model's context before a canvas
+  is built.
+- **Files read back survive a crash at any byte** (`common.jsonl`, `tests/test_crash_files.py`): a
+  torn last log line is dropped on resume; anything else damaged is named with what to do.
+- **Other libraries' errors are translated by their condition** (FSDP1 without a GPU), never by
+  their message text; `make install` installs the tested versions in `constraints.txt`, and
+  `make test-latest` runs the suite against the newest releases.
 """
 
 

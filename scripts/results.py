@@ -194,6 +194,7 @@ ENTRIES: tuple[Entry, ...] = (
             "conversion",
             "analyses/generation.py",
             "analyses/harness.py",
+            "analyses/harness_run.py",
             "analyses/harness_tasks.py",
             "analyses/likelihood.py",
             "benchmarks/bench_harness.py",

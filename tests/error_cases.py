@@ -72,7 +72,7 @@ def build_sandbox(root: Path) -> dict[str, Path]:
     (p["mdm_nometa"] / "ar2mdm.json").unlink()
     p["mdm_badmeta"] = _copy(p["mdm"], root / "mdm-badmeta")
     raw = json.loads((p["mdm"] / "ar2mdm.json").read_text())
-    (p["mdm_badmeta"] / "ar2mdm.json").write_text(json.dumps({**raw, "shift": "yes"}))
+    (p["mdm_badmeta"] / "ar2mdm.json").write_text(json.dumps({**raw, "shift": "maybe"}))
     p["mdm_listmeta"] = _copy(p["mdm"], root / "mdm-listmeta")
     (p["mdm_listmeta"] / "ar2mdm.json").write_text("[]")
     # an MDM whose tokenizer has two more tokens than the ARM's (besides its mask)
@@ -103,6 +103,8 @@ def build_sandbox(root: Path) -> dict[str, Path]:
     (p["user"] / "notes.txt").write_text("my notes\n")
     p["file"] = root / "afile.txt"
     p["file"].write_text("a file\n")
+    p["link"] = root / "link.json"
+    p["link"].symlink_to(p["file"])
     p["organism"] = _copy(p["ar"], root / "organism")  # an organism folder as older ar2mdm wrote it
     (p["organism"] / "report.json").write_text(json.dumps({"task_options": {}, "steps": 1}))
     for command, name, result in (("eval", "evalout", "results.json"), ("compare", "compareout", "report.json")):
@@ -140,6 +142,7 @@ def build_sandbox(root: Path) -> dict[str, Path]:
         ("steps_abc.yaml", "steps: abc\n"),
         ("steps_float.toml", "steps = 1.5\n"),
         ("lr_fast.toml", 'lr = "fast"\n'),
+        ("bf16_maybe.toml", 'bf16 = "maybe"\n'),
         ("seqlen_null.yaml", "seq_len: null\n"),
         ("unknown.yaml", "stepz: 3\n"),
     ):
@@ -165,6 +168,18 @@ def build_run(p: dict[str, Path]) -> None:
                 held_out=0.0,
             )
         )
+
+
+def damaged_log(p: dict[str, Path]) -> None:
+    """{run_badlog}: a copy of {run} whose train.jsonl has a damaged line before its last (not what a
+    crash leaves: a crash can only tear the last line, which resume drops)."""
+    build_run(p)
+    p["run_badlog"] = p["root"] / "run-badlog"
+    if not p["run_badlog"].exists():
+        _copy(p["run"], p["run_badlog"])
+        log = p["run_badlog"] / "train.jsonl"
+        lines = log.read_text().splitlines(keepends=True)
+        log.write_text('{"kind": "train", "st\n' + "".join(lines[1:]))
 
 
 def hold(p: dict[str, Path]) -> contextlib.AbstractContextManager:
@@ -248,6 +263,14 @@ def _convert(*extra: str) -> tuple[str, ...]:
     )
 
 
+def _unchecked(p: dict[str, Path]) -> contextlib.AbstractContextManager:
+    """The suite's run-time type checks off for a case that passes a wrong type on purpose: what a
+    library user (who runs without them) gets is ar2mdm's own message."""
+    from suite_typecheck import unchecked
+
+    return unchecked()
+
+
 def _probe(p: dict[str, Path]):
     from probe import ProbedModel
 
@@ -320,6 +343,15 @@ CASES: tuple[Case, ...] = (
         "--resume to continue, --overwrite to start over",
         cli=_convert("--out", "{run}"),
         setup=build_run,
+    ),
+    Case(
+        "resume-damaged-log",
+        "output",
+        "`convert --resume` on a run whose train.jsonl has a damaged line before its last",
+        ("train.jsonl, line 1, is damaged", "--overwrite"),
+        "delete that line, or start over with --overwrite",
+        cli=_convert("--out", "{run_badlog}", "--resume", "--held-out", "0"),
+        setup=damaged_log,
     ),
     Case(
         "resume-and-overwrite",
@@ -428,6 +460,70 @@ CASES: tuple[Case, ...] = (
         cli=("sample", "--model", "{mdm}", "--prompt", "When Mary", "--trace", "{file}/t.json"),
     ),
     Case(
+        "trace-user-file",
+        "output",
+        "`sample --trace` names an existing file ar2mdm did not write (checked before generating)",
+        ("was not written by ar2mdm", "--overwrite"),
+        "choose another name, or pass --overwrite",
+        cli=("sample", "--model", "{mdm}", "--prompt", "When Mary", "--trace", "{file}"),
+    ),
+    Case(
+        "trace-in-checkpoint",
+        "output",
+        "`sample --trace` names a file of a model checkpoint (its config.json)",
+        ("inside a model checkpoint folder",),
+        "write the trace outside the checkpoint",
+        cli=("sample", "--model", "{mdm}", "--prompt", "When Mary", "--trace", "{mdm}/config.json", "--overwrite"),
+    ),
+    Case(
+        "trace-in-run-folder",
+        "output",
+        "`sample --trace` names a new file inside a folder an ar2mdm run owns",
+        ("inside the output folder of an ar2mdm run",),
+        "write the trace outside the run folder",
+        cli=("sample", "--model", "{mdm}", "--prompt", "When Mary", "--trace", "{compareout}/trace.json"),
+    ),
+    Case(
+        "trace-device",
+        "output",
+        "`sample --trace` names a device node (even with --overwrite)",
+        ("not a regular file",),
+        "pass the name of a new file",
+        cli=("sample", "--model", "{mdm}", "--prompt", "When Mary", "--trace", "/dev/full", "--overwrite"),
+    ),
+    Case(
+        "trace-link",
+        "output",
+        "`sample --trace` names a symbolic link",
+        ("symbolic link",),
+        "pass a file name",
+        cli=("sample", "--model", "{mdm}", "--prompt", "When Mary", "--trace", "{link}"),
+    ),
+    Case(
+        "trace-trailing-separator",
+        "output",
+        "`sample --trace DIR/`: a trailing separator names a folder",
+        ("ends in a separator", "names a folder"),
+        "pass a file name",
+        cli=("sample", "--model", "{mdm}", "--prompt", "When Mary", "--trace", "{root}/newdir/"),
+    ),
+    Case(
+        "out-empty",
+        "output",
+        "`convert --out ''`: an empty output folder (would be the current folder)",
+        ("--out is empty or '.'", "current folder"),
+        "name a folder",
+        cli=_convert("--out", ""),
+    ),
+    Case(
+        "out-dot",
+        "output",
+        "`eval --out .`: the current folder as a whole",
+        ("--out is empty or '.'", "current folder"),
+        "name a folder",
+        cli=("eval", "--model", "{mdm}", "--out", ".", "--tasks", "ioi", "--n", "2"),
+    ),
+    Case(
         "out-in-use",
         "output",
         "a second run on an --out another run holds",
@@ -515,7 +611,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "meta-wrong-type",
         "kinds",
-        'ar2mdm.json with a wrong-typed field (`shift: "yes"`)',
+        'ar2mdm.json with a wrong-typed field (`shift: "maybe"`)',
         ("'shift' must be true or false", "edited or damaged"),
         "restore the file from the run",
         cli=("sample", "--model", "{mdm_badmeta}", "--prompt", "When Mary"),
@@ -545,6 +641,44 @@ CASES: tuple[Case, ...] = (
         ("'steps' must be an integer", "abc"),
         "fix the value",
         cli=("convert", "--config", "{steps_abc}", "--model", "{ar}", "--data", "{corpus}", "--out", "{root}/new"),
+    ),
+    Case(
+        "config-bool-not-a-word",
+        "options",
+        'config file `bf16 = "maybe"`',
+        ("'bf16' must be true or false (or yes/no, on/off, 1/0)", "maybe"),
+        "true/false, yes/no, on/off or 1/0",
+        cli=("convert", "--config", "{bf16_maybe}", "--model", "{ar}", "--data", "{corpus}", "--out", "{root}/new"),
+    ),
+    Case(
+        "eval-option-no-sampler-takes",
+        "options",
+        "`eval --samplers low-confidence --tau 0.5`: an option the chosen sampler does not take",
+        ("--tau is not an option of the sampler low-confidence", "threshold"),
+        "drop it, or choose a sampler that takes it",
+        cli=(
+            "eval",
+            "--model",
+            "{mdm}",
+            "--out",
+            "{root}/e",
+            "--tasks",
+            "ioi",
+            "--n",
+            "2",
+            "--samplers",
+            "low-confidence",
+            "--tau",
+            "0.5",
+        ),
+    ),
+    Case(
+        "sample-scorer-unused",
+        "options",
+        "`sample --sampler threshold --ar-scorer AR`: a scorer only arpc uses",
+        ("--ar-scorer is used by the arpc sampler only",),
+        "drop it, or use --sampler arpc",
+        cli=("sample", "--model", "{mdm}", "--prompt", "When Mary", "--sampler", "threshold", "--ar-scorer", "{ar}"),
     ),
     Case(
         "config-steps-float",
@@ -720,7 +854,7 @@ CASES: tuple[Case, ...] = (
         "sample-option-of-another-rule",
         "options",
         "`sample --sampler threshold --factor 2` (factor is the factor sampler's)",
-        ("does not take these options", "factor"),
+        ("not an option of the sampler threshold", "--factor is taken by factor"),
         "--sampler factor",
         cli=("sample", "--model", "{mdm}", "--prompt", "When Mary", "--sampler", "threshold", "--factor", "2"),
     ),
@@ -870,6 +1004,48 @@ CASES: tuple[Case, ...] = (
         ("batch_size must be >= 1",),
         "1 or more",
         call=lambda p: _probe(p).run_with_cache(torch.ones(2, 3, dtype=torch.long), batch_size=0),
+    ),
+    Case(
+        "probe-batch-size-fraction",
+        "probe",
+        "`run_with_cache(..., batch_size=1.5)`",
+        ("batch_size must be a whole number",),
+        "a whole number, 1 or more",
+        call=lambda p: _probe(p).run_with_cache(torch.ones(2, 3, dtype=torch.long), batch_size=1.5),
+        setup=_unchecked,
+    ),
+    Case(
+        "probe-names-not-strings",
+        "probe",
+        "`run_with_cache(..., names=[0, 1])`: layer numbers instead of names",
+        ("is not a name", "cache_names()"),
+        "pass names or globs such as 'L0.mlp.out'",
+        call=lambda p: _probe(p).run_with_cache(torch.ones(1, 3, dtype=torch.long), names=[0, 1]),
+        setup=_unchecked,
+    ),
+    Case(
+        "load-device-gpu",
+        "published",
+        '`ProbedModel.from_checkpoint(..., device="gpu")`',
+        ("device= 'gpu' is not a device name", "cuda:N"),
+        "use cpu, cuda or cuda:N",
+        call=lambda p: __import__("probe").ProbedModel.from_checkpoint(p["ar"], device="gpu"),
+    ),
+    Case(
+        "load-dtype-int4",
+        "published",
+        '`load_any(..., dtype="int4")`',
+        ("dtype= 'int4' is not a dtype", "fp32, bf16 or fp16"),
+        "use fp32, bf16 or fp16",
+        call=lambda p: __import__("conversion.checkpoints").checkpoints.load_any(p["ar"], dtype="int4"),
+    ),
+    Case(
+        "load-trust-not-a-word",
+        "published",
+        '`load_ar(..., trust_remote_code="maybe")`: not a yes/no word',
+        ("trust_remote_code must be a yes/no value", "false/no/off/0"),
+        "true/yes/on/1 or false/no/off/0",
+        call=lambda p: load_ar(p["ar"], trust_remote_code="maybe"),
     ),
     Case(
         "published-missing-weight",

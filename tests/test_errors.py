@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from error_cases import CASES, Case, build_sandbox, run_case
+from error_catalogue import CASES, Case, build_sandbox, run_case
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "ERRORS.md"
 
