@@ -56,6 +56,13 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The default suite again with run-time shape and type checks (jaxtyping + beartype) on every
+# annotated call of every package, but for the e2e tests (CI runs it; about 2x slower than without).
+TYPECHECKED := ar2mdm,conversion,probe,analyses,suite_typecheck.check
+.PHONY: typecheck
+typecheck: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not notebooks and not e2e" --jaxtyping-packages=$(TYPECHECKED)
+
 # Slow tests: real SmolLM2 weights, real corpora, full organism training, DDP.
 test-slow: $(STAMP) assets
 	$(BIN)/python -m pytest -q -m slow
@@ -89,7 +96,7 @@ results-check: $(STAMP)
 	$(BIN)/python scripts/results.py
 
 # Lint and formatting (ruff is pinned in pyproject: its formatting changes between releases).
-LINTED := common diffusion sampling tasks conversion probe analyses ar2mdm tests scripts benchmarks notebooks
+LINTED := ar2mdm conversion probe analyses tests scripts benchmarks notebooks
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)

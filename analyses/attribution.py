@@ -49,13 +49,13 @@ from analyses.batching import corrupted_inputs, pair_inputs
 from analyses.graph import Graph
 from analyses.metrics import Targets, clean_reference, metric_values, row_values
 from analyses.patching import Metric, Patch, patch_batch
-from common.errors import UserError
-from common.registry import Registry
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.registry import Registry
+from ar2mdm.tasks.base import Batch
 from probe.cache import Cache, head_differences
 from probe.lens import answer_logit_diff
 from probe.model import ProbedModel
 from probe.names import parse
-from tasks.base import Batch
 
 LEVELS = ("edge", "node", "unit")
 OFFLOADS = ("none", "cpu", "disk")

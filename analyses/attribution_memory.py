@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from analyses.attribution import CHUNK_BYTES, OFFLOADS
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
 from probe.names import Shape
 
 GIB = 2**30

@@ -16,11 +16,11 @@ import torch
 from jaxtyping import Shaped
 from torch import Tensor
 
-from common.errors import UserError
-from common.metadata import read_positions
-from common.modeling import pad_id
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.metadata import read_positions
+from ar2mdm.common.modeling import pad_id
+from ar2mdm.tasks.base import Batch, Rendered
 from probe.model import ProbedModel
-from tasks.base import Batch, Rendered
 
 Data = Batch | Sequence[Rendered] | Iterable[Batch]
 
@@ -51,10 +51,10 @@ def batches(pm: ProbedModel, data: Data, batch_size: int | None = 16) -> Iterato
         return
     if isinstance(data, Sequence) and not isinstance(data, str):
         if not data:
-            raise UserError("no examples given; render some with tasks.render.")
+            raise UserError("no examples given; render some with ar2mdm.tasks.render.")
         if not all(isinstance(r, Rendered) for r in data):
-            raise UserError("a list of examples must hold tasks Rendered items (from tasks.render).")
-        from tasks.base import collate
+            raise UserError("a list of examples must hold tasks Rendered items (from ar2mdm.tasks.render).")
+        from ar2mdm.tasks.base import collate
 
         size = batch_size or len(data)
         for start in range(0, len(data), size):
@@ -63,7 +63,9 @@ def batches(pm: ProbedModel, data: Data, batch_size: int | None = 16) -> Iterato
     seen = False
     for batch in data:
         if not isinstance(batch, Batch):
-            raise UserError(f"a dataloader must yield tasks Batch objects (tasks.collate); got {type(batch).__name__}.")
+            raise UserError(
+                f"a dataloader must yield tasks Batch objects (ar2mdm.tasks.collate); got {type(batch).__name__}."
+            )
         seen = True
         yield check_batch(pm, batch)
     if not seen:
@@ -76,7 +78,7 @@ def check_batch(pm: ProbedModel, batch: Batch) -> Batch:
         raise UserError("an empty batch; give at least one example.")
     if batch.input_ids.shape != batch.corrupted_ids.shape:
         raise UserError(
-            f"clean ids {list(batch.input_ids.shape)} and corrupted ids {list(batch.corrupted_ids.shape)} differ in shape; render pairs with tasks.render."
+            f"clean ids {list(batch.input_ids.shape)} and corrupted ids {list(batch.corrupted_ids.shape)} differ in shape; render pairs with ar2mdm.tasks.render."
         )
     if len(batch.items) != batch.input_ids.shape[0]:
         raise UserError(f"the batch holds {batch.input_ids.shape[0]} rows but {len(batch.items)} examples.")

@@ -9,7 +9,7 @@ attribution method (`analyses.attribution`: "exact" patching, "eap", "eap-ig-inp
 
 Scores are estimates of M(edge corrupted) - M(clean) averaged over examples: negative for an
 edge the task needs (with M = logit difference or probability). Metrics are read at each example's
-shift-aware read position (`tasks.render` stores it): "logit_diff" (logsumexp of the
+shift-aware read position (`ar2mdm.tasks.render` stores it): "logit_diff" (logsumexp of the
 correct first tokens minus logsumexp of the counterfactual ones, `probe.answer_logit_diff`),
 "prob" (probability of the correct first tokens), "kl" (KL(clean || model) of the next-token
 distribution; its gradient vanishes at the clean input, so plain EAP scores 0 under it).
@@ -44,7 +44,7 @@ from analyses.batching import Data, batches, pair_inputs
 from analyses.graph import Graph, forward_edges, split_edge
 from analyses.metrics import METRICS, Targets, clean_reference, metric_values
 from analyses.patching import Patch, patch_batch
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
 from probe.model import ProbedModel
 
 # --- attribution ----------------------------------------------------------------------------------

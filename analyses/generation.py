@@ -1,6 +1,6 @@
 """Generation evals: task accuracy, NFE and speed per sampler; generative perplexity with entropy.
 
-Task accuracy. Each example is laid out as its checkpoint reads it (`tasks.render`): for an
+Task accuracy. Each example is laid out as its checkpoint reads it (`ar2mdm.tasks.render`): for an
 MDM the answer span is masked in place (prompt, masks, suffix); for an ARM the answer follows
 the AR prompt. The span has the reference answer's length L (an oracle length, the same for every
 sampler, so samplers are compared on equal terms). Samplers with a step budget get
@@ -33,11 +33,11 @@ import torch
 from lm_eval.filters.extraction import RegexFilter
 from tqdm.auto import tqdm
 
-from common.errors import UserError
-from common.modeling import pad_id, position_ids, right_pad
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.modeling import pad_id, position_ids, right_pad
+from ar2mdm.sampling import SAMPLERS, ModelContext, build_sampler, check_prompts, make_canvas, run, takes_steps
+from ar2mdm.tasks import Example, Task, render
 from conversion.checkpoints import Loaded
-from sampling import SAMPLERS, ModelContext, build_sampler, check_prompts, make_canvas, run, takes_steps
-from tasks import Example, Task, render
 
 FRACTIONS = (1.0, 0.5, 0.25)
 
@@ -114,9 +114,9 @@ def task_sets(loaded: Loaded, names: Sequence[str], n: int, *, seed: int = 0) ->
     A checkpoint descended from the model organism gets the organism's own task options and its
     held-out evaluation examples (prompts its training never saw); any other checkpoint gets the
     built-in tasks restricted to its tokenizer, n examples that render cleanly (`generate_aligned`).
-    A name ending in .jsonl is a user task file (`tasks.load_jsonl_task`; up to n rows).
+    A name ending in .jsonl is a user task file (`ar2mdm.tasks.load_jsonl_task`; up to n rows).
     """
-    from tasks import get_task
+    from ar2mdm.tasks import get_task
 
     tok, meta = loaded.tokenizer, loaded.meta
     if not names:
@@ -132,7 +132,7 @@ def task_sets(loaded: Loaded, names: Sequence[str], n: int, *, seed: int = 0) ->
             raise UserError(f"unknown task(s) {unknown}; the organism's tasks are {sorted(tasks)}.")
         examples = eval_examples(n, eval_seed=seed)
         return {x: (tasks[x], examples[x]) for x in names}
-    from tasks import load_jsonl_task
+    from ar2mdm.tasks import load_jsonl_task
 
     out = {}
     for x in names:

@@ -46,8 +46,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from common.errors import UserError
-from common.outputs import atomic_write_text
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.outputs import atomic_write_text
 from probe.interventions import downstream
 from probe.names import Shape, parse
 

@@ -10,7 +10,7 @@ them through the harness.
 Model arguments (`--model_args k=v,...`):
     pretrained         any checkpoint `conversion.checkpoints.load_any` takes: an ar2mdm MDM folder,
                        a published MDM (Dream, LLaDA, ...), an AR source (HF folder, .gguf, smollm2, organism)
-    sampler            one of `sampling.SAMPLERS` [default: ar for an ARM, low-confidence for an MDM];
+    sampler            one of `ar2mdm.sampling.SAMPLERS` [default: ar for an ARM, low-confidence for an MDM];
                        every option of that sampler (steps, block_length, temperature, tau, cache,
                        factor, refresh, stop_at_eos, top_k, top_p, ...) is a model argument too
     max_new_tokens     generation length for every request [default: the request's max_gen_toks]
@@ -21,7 +21,7 @@ Model arguments (`--model_args k=v,...`):
                        [default: no]
 
 Every value is checked as the `ar2mdm` flags are: yes/no arguments (trust_remote_code,
-greedy_check, stop_at_eos, ...) take true/yes/on/1 or false/no/off/0 (`common.options.parse_bool`;
+greedy_check, stop_at_eos, ...) take true/yes/on/1 or false/no/off/0 (`ar2mdm.common.options.parse_bool`;
 `trust_remote_code=no` never runs a checkpoint's code), numbers must be numbers (batch_size, seed,
 mc_samples, max_new_tokens whole ones), a sampler option must have its type; anything else is a
 UserError naming the model argument (`check_model_args`, which `ar2mdm lm-eval` runs before the
@@ -35,7 +35,7 @@ up in its index), then `run_prepared`, which writes the exported tasks and runs 
 
 Requests:
 - `generate_until`: each context becomes a canvas (prompt, then max_gen_toks positions to
-  generate) run through the sampler (`sampling.run`); the text is cut at the first EOS and at the
+  generate) run through the sampler (`ar2mdm.sampling.run`); the text is cut at the first EOS and at the
   first stop string. The request's `temperature` (or do_sample false -> 0) is used unless
   `temperature` is a model argument. The prompt is cut from the left to fit the model's context.
 - `loglikelihood`: exact for an ARM; for an MDM the Monte-Carlo ELBO (`analyses.likelihood`). The
@@ -63,11 +63,11 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
 from analyses.likelihood import LogLikelihood, ar_loglikelihoods, mdm_loglikelihoods
-from common.errors import UserError
-from common.modeling import parse_device, parse_dtype
-from common.options import check_types, parse_bool
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.modeling import parse_device, parse_dtype
+from ar2mdm.common.options import check_types, parse_bool
+from ar2mdm.sampling import SAMPLERS, ModelContext, build_sampler, make_canvas, run, sampler_options
 from conversion.checkpoints import Loaded, load_any
-from sampling import SAMPLERS, ModelContext, build_sampler, make_canvas, run, sampler_options
 
 MODEL_NAME = "ar2mdm"
 _OWN = ("pretrained", "sampler", "max_new_tokens", "mc_samples", "greedy_check", "seed", "dtype", "trust_remote_code")

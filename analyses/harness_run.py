@@ -16,8 +16,8 @@ from typing import Any
 
 from analyses.harness import ModelAdapter
 from analyses.harness_tasks import Export
-from common.errors import UserError
-from common.outputs import atomic_write_text
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.outputs import atomic_write_text
 from conversion.checkpoints import Loaded
 
 
@@ -85,7 +85,7 @@ def prepare_run(
     ar2mdm's tasks rendered (`analyses.harness_tasks.plan_export`), the harness's own task names
     looked up in its task index. Raises UserError for any of them; `run_prepared` then runs it."""
     from analyses.harness_tasks import PREFIX, plan_export
-    from tasks import TASKS
+    from ar2mdm.tasks import TASKS
 
     out = Path(folder)
     lm = ModelAdapter.from_loaded(

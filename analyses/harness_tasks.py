@@ -20,7 +20,7 @@ through the folder: `ar2mdm lm-eval ... --include_path FOLDER`.
 For an ARM, and for an MDM on examples without a suffix or AR form, `ar2mdm_<task>` lays out
 exactly the canvas `ar2mdm eval` does when all answers of the task have one token length (it is
 then the oracle length both use), so the accuracies agree; `ar2mdm_<task>_mc` with one-token
-answers agrees with `tasks.evaluate.logit_metrics` (logit_diff > 0). Checked in
+answers agrees with `ar2mdm.tasks.evaluate.logit_metrics` (logit_diff > 0). Checked in
 tests/test_harness.py.
 """
 
@@ -33,10 +33,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from common.errors import UserError
-from common.outputs import atomic_write_text
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.outputs import atomic_write_text
+from ar2mdm.tasks import TASKS, Example, JsonlTask, Task, get_task, render
 from conversion.checkpoints import Loaded
-from tasks import TASKS, Example, JsonlTask, Task, get_task, render
 
 PREFIX = "ar2mdm_"
 JSONL_CHECKER = "jsonl"

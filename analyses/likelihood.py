@@ -37,12 +37,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from common.errors import UserError
-from common.metadata import read_positions
-from common.modeling import param_dtype, position_ids, right_pad
-from common.seeding import derive_seed
-from sampling import ModelContext, build_sampler, make_canvas, run
-from sampling.base import align, mdm_forward_kwargs
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.metadata import read_positions
+from ar2mdm.common.modeling import param_dtype, position_ids, right_pad
+from ar2mdm.common.seeding import derive_seed
+from ar2mdm.sampling import ModelContext, build_sampler, make_canvas, run
+from ar2mdm.sampling.base import align, mdm_forward_kwargs
 
 Pair = tuple[Sequence[int], Sequence[int]]  # (context ids, continuation ids)
 

@@ -17,8 +17,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from common.errors import UserError
-from tasks.base import Rendered
+from ar2mdm.common.errors import UserError
+from ar2mdm.tasks.base import Rendered
 
 METRICS = ("logit_diff", "prob", "kl")
 

@@ -34,12 +34,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 from analyses.batching import batches, corrupted_inputs
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
+from ar2mdm.tasks.base import Batch, Rendered
 from probe.cache import Cache
 from probe.lens import answer_logit_diff
 from probe.model import ProbedModel
 from probe.names import Name, parse
-from tasks.base import Batch, Rendered
 
 Source = Literal["corrupt", "zero", "mean"]
 SOURCES: tuple[str, ...] = ("corrupt", "zero", "mean")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from analyses.graph import Graph, edge_name, split_edge
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
 from probe.names import Shape
 
 _NODE = re.compile(r"a(\d+)\.h(\d+)|m(\d+)|input|logits")

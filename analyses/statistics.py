@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -29,16 +29,16 @@ from pathlib import Path
 
 import torch
 
-import common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
 
 # isort: split
 from analyses.circuits import attribute
 from analyses.graph import Graph
 from analyses.metrics import Targets, metric_values
+from ar2mdm.tasks import collate, generate_aligned, get_task, render
 from benchmarks.bench_probe import extra_peak_mib, peak_rss_mb
 from conversion.checkpoints import load_ar
 from probe import ProbedModel
-from tasks import collate, generate_aligned, get_task, render
 
 TARGET = 1.2  # EAP-IG time / (m + 2) forward+backward times at most this
 

@@ -24,14 +24,14 @@ from pathlib import Path
 
 import torch
 
-import common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
 
 # isort: split
 from analyses.batching import batches
 from analyses.circuits import attribute, faithfulness_curve
 from analyses.graph import spearman
+from ar2mdm.tasks import get_task, render
 from probe import ProbedModel
-from tasks import get_task, render
 
 SIZES_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 

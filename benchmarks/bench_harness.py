@@ -34,10 +34,10 @@ from analyses.generation import SamplerSpec, task_accuracy, task_sets  # noqa: E
 from analyses.harness import ModelAdapter  # noqa: E402
 from analyses.harness_tasks import export_tasks, harness_name  # noqa: E402
 from analyses.likelihood import mdm_elbo_exact, mdm_elbo_samples  # noqa: E402
+from ar2mdm.sampling import ModelContext  # noqa: E402
+from ar2mdm.tasks import render  # noqa: E402
+from ar2mdm.tasks.evaluate import logit_metrics  # noqa: E402
 from conversion.checkpoints import load_any  # noqa: E402
-from sampling import ModelContext  # noqa: E402
-from tasks import render  # noqa: E402
-from tasks.evaluate import logit_metrics  # noqa: E402
 
 
 def compare(source: str, tasks: list[str], n: int, mc_samples: int) -> list[dict]:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-import common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
 
 # isort: split
 from conversion.memory import GiB, activation_bytes, predict_load_bytes
@@ -49,7 +49,7 @@ PUBLISHED = {
 
 CHILD = r"""
 import json, os, sys, threading, time
-import common
+import ar2mdm.common
 from conversion.checkpoints import load_any
 import torch
 def rss():

@@ -15,7 +15,7 @@ run (this machine is noisy; the ratios are what to compare). Accuracy and NFE ar
 (temperature 0). The issue's target: >= 5x tokens/s at <= 1 point accuracy loss.
 
 Drift: for each cache, the largest |cached - recomputed| logit over the positions a step may
-commit, per step, on the first examples (`sampling.cache.drift`; decoding one token per call so
+commit, per step, on the first examples (`ar2mdm.sampling.cache.drift`; decoding one token per call so
 that every call after a block's first reuses the cache), next to the spread of those logits
 (their standard deviation over the vocabulary, mean over positions) for scale.
 """
@@ -53,11 +53,11 @@ def specs(block_length: int | None) -> list[SamplerSpec]:
 
 def measure_drift(loaded, task, examples, block_length: int | None, n: int = 8) -> dict[str, dict[str, float]]:
     """Per cache: mean and max per-step drift over `n` examples, and the logit spread. An
-    example rendered for MDM reading (`tasks.render`) is already its canvas: prompt, a mask per
+    example rendered for MDM reading (`ar2mdm.tasks.render`) is already its canvas: prompt, a mask per
     answer token, suffix."""
-    from sampling import ModelContext, ThresholdSampler, drift
-    from sampling.base import mdm_forward_kwargs
-    from tasks import render
+    from ar2mdm.sampling import ModelContext, ThresholdSampler, drift
+    from ar2mdm.sampling.base import mdm_forward_kwargs
+    from ar2mdm.tasks import render
 
     model, tok, meta = loaded.model, loaded.tokenizer, loaded.meta
     ctx = ModelContext.from_meta(meta, tok, model)

@@ -49,12 +49,12 @@ from typing import Any
 
 import torch
 
-import common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
 
 # isort: split
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.metadata import META_FILE, ModelMeta
 from benchmarks import bench_eapig, bench_probe, bench_samplers, bench_train_step
-from common.errors import UserError
-from common.metadata import META_FILE, ModelMeta
 
 DEFAULT_MODEL = "organism"
 DEFAULT_MDM = "runs/organism-mdm-sft"

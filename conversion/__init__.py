@@ -9,8 +9,8 @@
 - `organism`: the small model organism trained from scratch on the task mixture.
 - `report`: the training curves.
 
-`conversion.errors`, `.metadata`, `.noise`, `.attention` and `.sampling` are kept so that older
-imports work; the code lives in `common`, `diffusion` and `sampling`.
+The floors it stands on (errors, metadata, noise, attention, samplers, tasks) are `ar2mdm.common`,
+`ar2mdm.diffusion`, `ar2mdm.sampling` and `ar2mdm.tasks`.
 """
 
-import common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)

@@ -42,12 +42,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers import __version__ as transformers_version
 
-from common.env import cache_dir
-from common.errors import CheckpointError
-from common.families import read_gguf_architecture
-from common.metadata import Kind, ModelMeta, checkpoint_kind, require_kind
-from common.modeling import loading_options
-from common.outputs import atomic_write_text, write_folder_atomically
+from ar2mdm.common.env import cache_dir
+from ar2mdm.common.errors import CheckpointError
+from ar2mdm.common.families import read_gguf_architecture
+from ar2mdm.common.metadata import Kind, ModelMeta, checkpoint_kind, require_kind
+from ar2mdm.common.modeling import loading_options
+from ar2mdm.common.outputs import atomic_write_text, write_folder_atomically
 from conversion.hf_folder import Loaded, fill_pad_token, load_hf_folder
 
 SMOLLM2 = "smollm2"

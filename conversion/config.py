@@ -6,7 +6,7 @@ A config file is YAML (.yaml/.yml) or TOML (.toml) holding a flat mapping of opt
 silently ignored: a typo in a config file must not train the wrong model for an hour. Values are
 checked against the options' declared types (`check_types`) before anything is loaded, so
 `steps: "abc"` or `seq_len: null` is one clear message naming the option, not a traceback an
-hour later (`common.options.check_types`, which also guards checkpoint metadata and dataclasses
+hour later (`ar2mdm.common.options.check_types`, which also guards checkpoint metadata and dataclasses
 built in Python).
 """
 
@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from common.errors import UserError
-from common.options import check_types
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.options import check_types
 from conversion.lora import LoraSpec, parse_lora
 from conversion.objective import DiffusionOptions
 
@@ -137,7 +137,7 @@ class TrainConfig:
     noise, dropout.
     noise / schedule / weighting / antithetic / attention / shift: the objective
     (`objective.DiffusionOptions`). document_attention: packed text rows attend within each
-    document only (block-diagonal mask, positions restarting per document; `diffusion.attention`).
+    document only (block-diagonal mask, positions restarting per document; `ar2mdm.diffusion.attention`).
     mask_token: "add" (new <|mask|> token) or an existing id.
     sft: `data` holds prompt/answer examples ("tasks" or a .jsonl file); only answers are noised.
     held_out: fraction of documents held out. eval_every: held-out eval period in steps, plus

@@ -18,9 +18,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from common.env import cache_dir
-from common.errors import DataError
-from common.textfiles import read_text
+from ar2mdm.common.env import cache_dir
+from ar2mdm.common.errors import DataError
+from ar2mdm.common.textfiles import read_text
 
 PATH_KINDS = "a .txt file, a folder of .txt files, a .jsonl file, or a list of these"
 

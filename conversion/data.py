@@ -48,9 +48,9 @@ from safetensors.torch import save_file
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from common.env import cache_dir
-from common.errors import DataError
-from common.textfiles import jsonl_records, read_text
+from ar2mdm.common.env import cache_dir
+from ar2mdm.common.errors import DataError
+from ar2mdm.common.textfiles import jsonl_records, read_text
 from conversion.corpora import CORPORA, PATH_KINDS, fetch_corpus, named_documents  # noqa: F401  (fetch_corpus: data.fetch_corpus)
 
 # Bump when the packing rule changes, so old cache entries are never read back as if current.

@@ -25,12 +25,12 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from common.errors import CheckpointError
-from common.families import gguf_architecture_of, gguf_family
-from common.metadata import ModelMeta
+from ar2mdm.common.errors import CheckpointError
+from ar2mdm.common.families import gguf_architecture_of, gguf_family
+from ar2mdm.common.metadata import ModelMeta
+from ar2mdm.diffusion.attention import make_bidirectional
 from conversion.hf_folder import Loaded, fill_pad_token
 from conversion.memory import check_fits
-from diffusion.attention import make_bidirectional
 
 # llama.cpp's architecture of the transformers class each family loads into (for tensor names).
 GGUF_BASE_ARCH = {"qwen2": "QWEN2", "llama": "LLAMA"}

@@ -30,10 +30,10 @@ from transformers import __version__ as transformers_version
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from common.errors import CheckpointError
-from common.families import FAMILIES, supported_list
-from common.metadata import ModelMeta
-from common.options import parse_bool
+from ar2mdm.common.errors import CheckpointError
+from ar2mdm.common.families import FAMILIES, supported_list
+from ar2mdm.common.metadata import ModelMeta
+from ar2mdm.common.options import parse_bool
 from conversion.memory import check_fits, safetensors_summary
 
 # Files that can only be read by unpickling, which can run arbitrary code.

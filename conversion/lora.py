@@ -45,8 +45,8 @@ import torch
 from jaxtyping import Shaped
 from torch import Tensor
 
-from common.errors import UserError
-from common.seeding import derive_seed
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.seeding import derive_seed
 
 # peft and transformers are imported inside the functions that wrap or merge a model: parsing the
 # option (`TrainConfig.validate`, the CLI) must not pay seconds of imports for them.

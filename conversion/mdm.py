@@ -30,14 +30,14 @@ from jaxtyping import Shaped
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from common.errors import CheckpointError, UserError
-from common.families import detect_family, gguf_family, split_format
-from common.metadata import META_FILE, ModelMeta, require_kind
-from common.modeling import loading_options
+from ar2mdm.common.errors import CheckpointError, UserError
+from ar2mdm.common.families import detect_family, gguf_family, split_format
+from ar2mdm.common.metadata import META_FILE, ModelMeta, require_kind
+from ar2mdm.common.modeling import loading_options
+from ar2mdm.diffusion.attention import make_bidirectional
 from conversion.gguf_mdm import load_gguf_mdm
 from conversion.hf_folder import Loaded, load_hf_folder
 from conversion.published import load_published
-from diffusion.attention import make_bidirectional
 
 MASK_TOKEN = "<|mask|>"
 # Roles whose ids occur in training rows (document separators, padding): a mask id equal to one
@@ -234,7 +234,7 @@ def load_mdm(
     block_size: int | None = None,
 ) -> Loaded:
     """Load an MDM: a folder written by `save_mdm` / `train` (with ar2mdm.json), a published MDM as
-    downloaded (Dream, LLaDA, DiffuGPT, DiffuLLaMA, A2D, SDAR, Fast-dLLM v2: `common.families`,
+    downloaded (Dream, LLaDA, DiffuGPT, DiffuLLaMA, A2D, SDAR, Fast-dLLM v2: `ar2mdm.common.families`,
     read by `conversion.published`), a "FAMILY:PATH" source naming the family of a folder whose
     files do not, or a Dream/LLaDA GGUF file (`conversion.gguf_mdm`).
 
@@ -243,7 +243,7 @@ def load_mdm(
     block_size: the block size of a published block-diffusion checkpoint whose files do not state
     it. Raises CheckpointError if it is not an MDM (`metadata.require_kind`; `role` says what the
     caller uses it as), or if its files are incomplete or inconsistent; UserError for a dtype or
-    device that is not one (`common.modeling.loading_options`).
+    device that is not one (`ar2mdm.common.modeling.loading_options`).
     """
     dtype, device, _ = loading_options(dtype, device)
     forced, plain = split_format(str(path)) if isinstance(path, str) else (None, path)

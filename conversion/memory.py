@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from common.errors import CheckpointError
-from common.families import safetensors_header
+from ar2mdm.common.errors import CheckpointError
+from ar2mdm.common.families import safetensors_header
 
 GiB = 2**30
 # Fixed cost of a load besides the parameters: rotary tables, the tokenizer, allocator slack.

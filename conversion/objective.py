@@ -4,7 +4,7 @@
 
 1. decide which positions may be corrupted ("eligible"): real tokens (not padding), not the SFT
    prompt, and, with shift on, only positions whose left neighbour is a real token. With shift on
-   the prediction for token i is read from logits[i - 1] (`common.metadata.read_positions`),
+   the prediction for token i is read from logits[i - 1] (`ar2mdm.common.metadata.read_positions`),
    so position 0 has no logit to be read from: it is never noised and stays clean context; with
    per-document attention (`document_ids`) the same holds for the first token of every document,
    whose left neighbour lies in another document it cannot see;
@@ -43,11 +43,11 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int, Shaped
 from torch import Tensor
 
-from common.errors import UserError
-from common.metadata import read_positions
-from common.modeling import output_size, param_dtype, position_ids
-from diffusion import noise as noise_mod
-from diffusion.attention import (
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.metadata import read_positions
+from ar2mdm.common.modeling import output_size, param_dtype, position_ids
+from ar2mdm.diffusion import noise as noise_mod
+from ar2mdm.diffusion.attention import (
     AttentionSpec,
     anneal_allowed,
     anneal_ratio,

@@ -77,9 +77,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from common.env import cache_dir
-from common.errors import UserError
-from common.outputs import OWNER_FILE, claim_output, owner_record, write_folder_atomically
+from ar2mdm.common.env import cache_dir
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.outputs import OWNER_FILE, claim_output, owner_record, write_folder_atomically
+from ar2mdm.tasks import Example, Task
+from ar2mdm.tasks.evaluate import LD_GAP_TARGET
 from conversion.loop import Clock, StepOutput, fit
 from conversion.organism_data import (  # noqa: F401  (the organism's data, importable from here too)
     EVAL_EXAMPLES,
@@ -100,8 +102,6 @@ from conversion.organism_data import (  # noqa: F401  (the organism's data, impo
     task_examples,
 )
 from conversion.organism_eval import evaluate, evaluate_checkpoint, ioi_logit_diff, ld_gaps  # noqa: F401
-from tasks import Example, Task
-from tasks.evaluate import LD_GAP_TARGET
 
 TARGETS: dict[str, float] = {"ioi": 0.95, "greater_than": 0.95, "induction": 0.95, "countdown": 0.60}
 
@@ -196,7 +196,7 @@ class OrganismReport:
     accuracy: held-out greedy accuracy per task (fraction of `eval_examples[task]` solved).
     ioi_logit_diff: mean logit(IO) - logit(S) at the answer position over the IOI eval set.
     ld_gap: per task, the mean clean minus the mean corrupted logit difference (correct vs
-    counterfactual first answer tokens, `tasks.evaluate.logit_metrics`) over its eval set: the
+    counterfactual first answer tokens, `ar2mdm.tasks.evaluate.logit_metrics`) over its eval set: the
     effect circuit discovery attributes; `LD_GAP_TARGET` is the least a task should show.
     curve: training loss over steps; evals: periodic held-out accuracies {"step", task: acc}.
     tokens_seen: non-pad tokens trained on. train_seconds excludes evaluation; wall_seconds is
@@ -309,7 +309,7 @@ def train_organism(
     its data_seed and changes its seed: same vocabulary and held-out prompts, another model.
 
     out: the HF folder to write (default `default_organism_dir()`), claimed for the run
-    (`common.outputs.claim_output`: locked, and refused if it holds anything but an organism);
+    (`ar2mdm.common.outputs.claim_output`: locked, and refused if it holds anything but an organism);
     an organism already there is replaced (atomically, at the end) only with `overwrite`.
     steps: train exactly this many steps (reproducible); otherwise train for `minutes`.
     Returns the report, also written to `out/report.json`.

@@ -1,6 +1,6 @@
 """What the model organism learns from: its tasks, tokenizer, training stream and held-out sets.
 
-- `TASK_NAMES`, `TASK_OPTIONS`: every built-in task suite (`tasks.task_names(builtin=True)`; a
+- `TASK_NAMES`, `TASK_OPTIONS`: every built-in task suite (`ar2mdm.tasks.task_names(builtin=True)`; a
   plugin's task does not change the embedded default) with the options the organism uses for
   it; `build_tasks` builds them.
 - `build_tokenizer` / `organism_tokenizer`: the word-level byte BPE (see `conversion.organism`).
@@ -9,7 +9,7 @@
   (for tasks in `HOLDOUT_PROMPTS` their prompts are kept out of training); `task_examples` /
   `task_corpus`: fresh examples for post-training the organism into an MDM (`--data tasks`).
 
-Every random stream is `common.seeding.derive_seed` of a label ("tokenizer", "layout", "train",
+Every random stream is `ar2mdm.common.seeding.derive_seed` of a label ("tokenizer", "layout", "train",
 "eval", "convert"), the task and the seed, so streams never overlap.
 """
 
@@ -28,11 +28,11 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from torch import Tensor
 from transformers import PreTrainedTokenizerFast
 
-from common.errors import UserError
-from common.modeling import pad_id
-from common.seeding import derive_seed
-from diffusion.attention import causal_allowed, same_document, to_additive
-from tasks import Example, Task, get_task, task_names
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.modeling import pad_id
+from ar2mdm.common.seeding import derive_seed
+from ar2mdm.diffusion.attention import causal_allowed, same_document, to_additive
+from ar2mdm.tasks import Example, Task, get_task, task_names
 
 PAD, BOS, EOS, UNK, MASK = "<pad>", "<bos>", "<eos>", "<unk>", "<mask>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK, MASK)
@@ -59,7 +59,7 @@ TASK_OPTIONS: dict[str, dict[str, Any]] = {
 
 # What training (the organism's stream and its MDM post-training data) adds to TASK_OPTIONS:
 # Greater-Than also draws start years x09 (answers 1..9), the year its corruption uses, so the
-# corrupted input is one the model knows instead of an unseen year (see tasks.greater_than).
+# corrupted input is one the model knows instead of an unseen year (see ar2mdm.tasks.greater_than).
 # Evaluation and the comparison's pools use TASK_OPTIONS alone.
 TRAINING_OPTIONS: dict[str, dict[str, Any]] = {"greater_than": {"min_tens": 0}}
 

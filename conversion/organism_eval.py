@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
+from ar2mdm.tasks import Example, Task
+from ar2mdm.tasks.evaluate import greedy_accuracy, logit_metrics
 from conversion.organism_data import build_tasks, held_out_sets, is_organism
-from tasks import Example, Task
-from tasks.evaluate import greedy_accuracy, logit_metrics
 
 
 def ioi_logit_diff(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, examples: Sequence[Example]) -> float:
@@ -27,7 +27,7 @@ def ld_gaps(
     model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, eval_sets: Mapping[str, Sequence[Example]]
 ) -> dict[str, float]:
     """Per task: mean clean minus mean corrupted logit difference over its examples (AR reading,
-    first answer token; `tasks.evaluate.logit_metrics`). Tasks without counterfactuals are left out."""
+    first answer token; `ar2mdm.tasks.evaluate.logit_metrics`). Tasks without counterfactuals are left out."""
     model.eval()
     out: dict[str, float] = {}
     for name, exs in eval_sets.items():
@@ -48,7 +48,7 @@ def evaluate(
     """Held-out greedy accuracy per task on the first `n` (default all) evaluation examples.
 
     Greedy decoding from the AR prompt until <eos> (or the reference length + 4 tokens), checked by
-    `task.check` (`tasks.evaluate.greedy_accuracy`).
+    `task.check` (`ar2mdm.tasks.evaluate.greedy_accuracy`).
     """
     model.eval()
     return {
@@ -63,7 +63,7 @@ def evaluate_checkpoint(
 
     An AR checkpoint is scored by greedy decoding (`evaluate`); an MDM (a folder with ar2mdm.json
     of kind "mdm") by confidence-ordered filling of the masked answer span
-    (`tasks.evaluate.mdm_fill_accuracy`, one token per model call unless `steps` is given).
+    (`ar2mdm.tasks.evaluate.mdm_fill_accuracy`, one token per model call unless `steps` is given).
     The evaluation sets are the ones `train_organism` held out (same `eval_seed`), so an MDM
     converted with `--data tasks` is scored on prompts it never saw.
 
@@ -71,8 +71,8 @@ def evaluate_checkpoint(
     a folder `train_organism` wrote, or an MDM converted from one (`not_an_organism`); and
     CheckpointError for a source that cannot be loaded.
     """
+    from ar2mdm.tasks.evaluate import mdm_fill_accuracy
     from conversion.checkpoints import load_any
-    from tasks.evaluate import mdm_fill_accuracy
 
     why = not_an_organism(source)
     if why is not None:
@@ -100,7 +100,7 @@ def not_an_organism(source: str | Path) -> str | None:
     `train_organism` wrote (`organism_data.is_organism`), or an MDM whose ar2mdm.json names such a
     source. Reads the checkpoint's metadata only (nothing is loaded); a source that does not exist
     passes, for the loader to report."""
-    from common.metadata import META_FILE, ModelMeta, checkpoint_kind
+    from ar2mdm.common.metadata import META_FILE, ModelMeta, checkpoint_kind
     from conversion.checkpoints import KNOWN_NAMES
 
     if is_organism(source):

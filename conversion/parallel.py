@@ -19,8 +19,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
-from common.errors import UserError
-from common.options import parse_bool
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.options import parse_bool
 
 
 def make_accelerator(device: str = "auto") -> Accelerator:
@@ -94,7 +94,7 @@ _FSDP_CPU_HELP = (
 
 
 def _flag(env: Any, name: str) -> bool:
-    """Environment variable `name` as a yes/no value (`common.options.parse_bool`); unset is no."""
+    """Environment variable `name` as a yes/no value (`ar2mdm.common.options.parse_bool`); unset is no."""
     value = env.get(name)
     return False if value is None or not str(value).strip() else parse_bool(value, f"environment variable {name}")
 

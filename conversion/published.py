@@ -3,7 +3,7 @@
 `load_published(folder, family)` turns a Dream, LLaDA, DiffuGPT, DiffuLLaMA, A2D, SDAR or
 Fast-dLLM v2 folder, as users download it, into the same `Loaded(model, tokenizer, meta)` every
 loader returns: the model is the family's transformers architecture (`Family.base`: Qwen2, Qwen3,
-Llama, GPT-2) made bidirectional (`diffusion.attention.make_bidirectional`; block-diffusion
+Llama, GPT-2) made bidirectional (`ar2mdm.diffusion.attention.make_bidirectional`; block-diffusion
 families get their block size in `meta.block_size`, and the probe and samplers apply the
 block-causal mask), and `meta` is an MDM's: mask id, shift, block size, `source_format` (the
 family's name), and in `extra` where each fact came from (the checkpoint's config, its tokenizer,
@@ -37,12 +37,12 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-from common.errors import CheckpointError
-from common.families import COMMON_DROP, Family, block_size_from_name, read_config
-from common.metadata import ModelMeta
+from ar2mdm.common.errors import CheckpointError
+from ar2mdm.common.families import COMMON_DROP, Family, block_size_from_name, read_config
+from ar2mdm.common.metadata import ModelMeta
+from ar2mdm.diffusion.attention import make_bidirectional
 from conversion.hf_folder import Loaded, check_safetensors, fill_pad_token, safetensors_files
 from conversion.memory import check_fits, safetensors_summary
-from diffusion.attention import make_bidirectional
 
 
 def family_config(family: Family, raw: dict[str, Any], folder: Path) -> transformers.PretrainedConfig:

@@ -11,8 +11,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from common.errors import UserError
-from common.jsonl import read_records
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.jsonl import read_records
 
 
 def read_log(path: str | Path) -> list[dict]:

@@ -1,6 +1,6 @@
 """A conversion run's folder: its checkpoint, its log, and what a new run may do with it.
 
-`conversion.train` claims the output folder (`common.outputs.claim_output`: a lock for the
+`conversion.train` claims the output folder (`ar2mdm.common.outputs.claim_output`: a lock for the
 run's duration, and a refusal of any folder that is not an earlier conversion run), then asks
 `plan_run` what to do with what is there:
 
@@ -22,7 +22,7 @@ So there is always a command that moves on, and nothing is removed without --ove
 Files: `checkpoint/` (model.safetensors, optimizer.safetensors + optimizer.json keyed by
 parameter name, state.json written last), swapped in atomically (`checkpoint.old` is the previous
 one while the new one moves in); `train.jsonl`, one JSON record per logged step, appended one
-whole line at a time (`common.jsonl`: a crash can only tear its last line, which a resume drops
+whole line at a time (`ar2mdm.common.jsonl`: a crash can only tear its last line, which a resume drops
 before appending again; a line damaged anywhere else is a UserError naming it). A checkpoint
 holds what training changes: every weight (and buffer) of a full conversion, only the trained
 parameters when some are frozen (a LoRA conversion, `conversion.lora`: its frozen weights are
@@ -50,9 +50,17 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
-from common.errors import CheckpointError, UserError
-from common.jsonl import Records, append_record, damaged_line, read_json, read_records, rewrite_records, sync_file
-from common.metadata import META_FILE, ModelMeta
+from ar2mdm.common.errors import CheckpointError, UserError
+from ar2mdm.common.jsonl import (
+    Records,
+    append_record,
+    damaged_line,
+    read_json,
+    read_records,
+    rewrite_records,
+    sync_file,
+)
+from ar2mdm.common.metadata import META_FILE, ModelMeta
 
 CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train.jsonl"
@@ -376,7 +384,7 @@ LOG_REMEDY = (
 
 
 class RunLog:
-    """The run's append-only JSONL log (`common.jsonl`), on the main process.
+    """The run's append-only JSONL log (`ar2mdm.common.jsonl`), on the main process.
 
     On resume (keep_until: the checkpoint's step) the log is rewritten as the whole records up to
     that step, so a torn last line and the records of steps the resumed run repeats are dropped

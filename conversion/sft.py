@@ -1,6 +1,6 @@
 """Prompt/answer examples as rows for SFT-style diffusion post-training (`convert --sft`).
 
-Each example is laid out exactly as `tasks.render` lays it out for MDM reading (prompt, answer
+Each example is laid out exactly as `ar2mdm.tasks.render` lays it out for MDM reading (prompt, answer
 span, suffix), so training and evaluation see the same token layout; only the answer is noised,
 and the loss is normalised by answer length.
 """
@@ -17,9 +17,9 @@ from jaxtyping import Int
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from common.errors import DataError
-from common.modeling import pad_id
-from common.textfiles import jsonl_records
+from ar2mdm.common.errors import DataError
+from ar2mdm.common.modeling import pad_id
+from ar2mdm.common.textfiles import jsonl_records
 from conversion.data import TASKS_SOURCE
 
 
@@ -42,7 +42,7 @@ class SFTRows:
 
 def _sft_examples(source: str | os.PathLike) -> list:
     """Prompt/answer examples from "tasks" (the organism's task mixture) or a .jsonl file."""
-    from tasks.base import Example
+    from ar2mdm.tasks.base import Example
 
     if isinstance(source, str) and source == TASKS_SOURCE:
         from conversion.organism_data import task_examples
@@ -91,10 +91,10 @@ def sft_rows(
 ) -> SFTRows:
     """Tokenise prompt/answer examples into `SFTRows` (see there); held-out split by example.
 
-    Each example is laid out exactly as `tasks.render` lays it out for MDM reading (prompt,
+    Each example is laid out exactly as `ar2mdm.tasks.render` lays it out for MDM reading (prompt,
     answer span, suffix), so training and evaluation see the same token layout.
     """
-    from tasks.base import render
+    from ar2mdm.tasks.base import render
 
     examples = _sft_examples(source)
     pad = pad_id(tokenizer)

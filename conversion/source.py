@@ -11,13 +11,13 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
+from ar2mdm.diffusion.attention import make_bidirectional
 from conversion import data as data_mod
 from conversion.checkpoints import load_ar
 from conversion.config import TrainConfig
 from conversion.mdm import add_mask_token
 from conversion.sft import sft_rows
-from diffusion.attention import make_bidirectional
 
 
 def check_finite_weights(model: torch.nn.Module, source: str) -> None:

@@ -69,10 +69,11 @@ from accelerate import Accelerator
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_optimizer_state_dict
 from tqdm.auto import tqdm
 
-from common.errors import TrainingInterrupted, UserError
-from common.metadata import ModelMeta, require_kind
-from common.outputs import Claim, claim_output, owned_contents
-from common.seeding import derive_seed
+from ar2mdm.common.errors import TrainingInterrupted, UserError
+from ar2mdm.common.metadata import ModelMeta, require_kind
+from ar2mdm.common.outputs import Claim, claim_output, owned_contents
+from ar2mdm.common.seeding import derive_seed
+from ar2mdm.diffusion.attention import document_ids
 from conversion import data as data_mod
 from conversion.config import TrainConfig
 from conversion.loop import Clock, StepOutput, fit
@@ -101,7 +102,6 @@ from conversion.runfolder import (
 from conversion.sft import split_rows, trim_padding
 from conversion.source import source_model, training_rows
 from conversion.throughput import flops_per_token, peak_tflops, utilisation
-from diffusion.attention import document_ids
 
 
 class TrainingDiverged(UserError):
@@ -136,7 +136,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> TrainResult:
     """Run (or resume) a conversion; return a `TrainResult`. See the module docstring.
 
-    The output folder is claimed for the run (`common.outputs.claim_output`: locked against a
+    The output folder is claimed for the run (`ar2mdm.common.outputs.claim_output`: locked against a
     second run, refused if it holds anything but an earlier conversion run) and what to do with
     an earlier run there is decided by `runfolder.plan_run` (resume, overwrite, or an error that
     says which to pass). on_step(n) is called on every process after n optimizer steps are done

@@ -18,7 +18,7 @@ A key is a hash of everything the folder depends on (the settings, and for the M
 weights' sha256), so a changed setting makes a new folder and an unchanged one is reused: only
 the first notebook that needs a model pays for it. The quick models solve few tasks; the
 notebooks say so where it matters. Nothing is written inside the repository; the cache is
-`$AR2MDM_CACHE` if set (`common.env.cache_dir`).
+`$AR2MDM_CACHE` if set (`ar2mdm.common.env.cache_dir`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from common.env import cache_dir
+from ar2mdm.common.env import cache_dir
 
 if TYPE_CHECKING:
     from analyses.compare import Pool
@@ -101,7 +101,7 @@ def mdm_source(ar: str, mdm: str | None = None, *, seed: int = 0) -> str:
     """`mdm` if given, else `ar` converted into an MDM (trained on first use, then cached)."""
     if mdm is not None:
         return mdm
-    from common.metadata import META_FILE
+    from ar2mdm.common.metadata import META_FILE
     from conversion.checkpoints import load_ar
     from conversion.organism import task_examples
     from conversion.train import TrainConfig, train

@@ -27,9 +27,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from common.errors import UserError
-from common.jsonl import read_json
-from common.outputs import atomic_write_text
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.jsonl import read_json
+from ar2mdm.common.outputs import atomic_write_text
 from probe.names import parse
 
 INDEX_FILE = "index.json"

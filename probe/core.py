@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
 from probe.interventions import EdgePatch, NodeEdit
 from probe.layout import FrozenNorm, Layout
 from probe.names import Shape

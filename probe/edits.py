@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
 from probe.interventions import EdgePatch, NodeEdit, position_mask
 from probe.layout import FrozenNorm
 from probe.names import Name, Shape

@@ -1,6 +1,6 @@
 """What a probed model accepts as input, checked before anything runs.
 
-Token ids [B, T] (or [T]), a mapping with input_ids (and attention_mask), a `tasks.Batch`, or
+Token ids [B, T] (or [T]), a mapping with input_ids (and attention_mask), a `ar2mdm.tasks.Batch`, or
 text (tokenized with the model's tokenizer, padded on its side). Every bad input is a UserError
 that says what was wrong: an empty batch or text, ids that are not integers or lie outside the
 embedding, a mask of another shape or with values other than 0/1, a row with no real token,
@@ -16,8 +16,8 @@ from jaxtyping import Int, Shaped
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from common.errors import UserError
-from tasks.base import Batch
+from ar2mdm.common.errors import UserError
+from ar2mdm.tasks.base import Batch
 
 # Token ids are [B, T] or [T]; their dtype and shape are checked by `model_inputs` (a UserError).
 Inputs = Shaped[Tensor, "*_batch _pos"] | Mapping[str, Shaped[Tensor, "*_batch _pos"]] | Batch | str | Sequence[str]
@@ -56,7 +56,7 @@ def model_inputs(
     elif isinstance(inputs, Mapping) and "input_ids" in inputs:
         ids = inputs["input_ids"]
         mask = inputs.get("attention_mask") if mask is None else mask
-    elif hasattr(inputs, "input_ids") and hasattr(inputs, "attention_mask"):  # tasks.Batch
+    elif hasattr(inputs, "input_ids") and hasattr(inputs, "attention_mask"):  # ar2mdm.tasks.Batch
         ids = inputs.input_ids
         mask = inputs.attention_mask if mask is None else mask
     elif isinstance(inputs, Sequence) and len(inputs) == 0:

@@ -44,7 +44,7 @@ import torch
 from jaxtyping import Bool, Float, Int, Shaped
 from torch import Tensor
 
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
 from probe.cache import Cache
 from probe.names import Name, Shape, expand
 

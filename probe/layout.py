@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
 
 SUPPORTED = (
     "Llama-like blocks (self_attn.{q,k,v,o}_proj, input_layernorm, post_attention_layernorm, "

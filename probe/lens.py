@@ -2,8 +2,8 @@
 
 Both read at an answer's *read position*: for a token at position i that is i - 1 when the
 checkpoint's `shift` is on (every AR model, shift-on MDMs) and i itself otherwise; the task
-renderings (`tasks.render`) already store it per example as `read_positions`, computed by
-`common.metadata.read_positions`, the project's single rule.
+renderings (`ar2mdm.tasks.render`) already store it per example as `read_positions`, computed by
+`ar2mdm.common.metadata.read_positions`, the project's single rule.
 
 - `logit_lens`: the residual stream after the embedding and after every layer, put through the
   final norm and the unembedding: the rank and log-probability of the answer token by depth. The
@@ -24,10 +24,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
+from ar2mdm.tasks.base import Batch, Rendered
 from probe.cache import Cache
 from probe.model import ProbedModel
-from tasks.base import Batch, Rendered
 
 
 def _rows(items: Batch | Sequence[Rendered]) -> list[Rendered]:

@@ -17,7 +17,7 @@ with: a query sees every real token of its own block and of earlier blocks, bloc
 counted from each row's first real token (`block_causal_mask`). `_run`, which every entry point
 goes through (forward, caches, gradients, interventions), hands that 4D mask to the backend in
 place of the padding mask. `config.shift` and `read_positions` say where a prediction is
-read (`common.metadata.read_positions`, the project's single rule).
+read (`ar2mdm.common.metadata.read_positions`, the project's single rule).
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ from jaxtyping import Float, Int, Shaped
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from common.errors import UserError
-from common.metadata import ModelMeta, read_positions
-from common.modeling import position_ids
-from common.options import parse_count
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.metadata import ModelMeta, read_positions
+from ar2mdm.common.modeling import position_ids
+from ar2mdm.common.options import parse_count
+from ar2mdm.diffusion.attention import to_additive
 from conversion.checkpoints import Loaded, load_any
-from diffusion.attention import to_additive
 from probe.backends import Backend, choose, create
 from probe.cache import Cache, DiskCache, ShardWriter
 from probe.core import Core, Request
@@ -207,7 +207,7 @@ class ProbedModel:
         "tl", or one of your own).
         expect: "ar" or "mdm" to refuse a path or name of the other kind (CheckpointError naming
         `role`, what the caller uses the checkpoint as); the kind is read from the files
-        (`common.metadata.checkpoint_kind`), so an MDM is never probed as a causal model.
+        (`ar2mdm.common.metadata.checkpoint_kind`), so an MDM is never probed as a causal model.
         """
         if isinstance(source, PreTrainedModel):
             return cls(source, tokenizer, meta, backend=backend, ungroup_kv=ungroup_kv)
@@ -454,7 +454,7 @@ def block_causal_mask(
     A real query sees every real key in its own block and earlier blocks, blocks of `block_size`
     tokens counted from the row's first real token (as in training and sampling, where rows are
     right-padded, so blocks start at position 0). On a right-padded batch this equals
-    `diffusion.attention.block_inference_mask`; on a left-padded one it keeps each row's logits
+    `ar2mdm.diffusion.attention.block_inference_mask`; on a left-padded one it keeps each row's logits
     equal to those it gets alone. Padded keys are blocked; a padded query sees only itself. As in
     training and sampling, the 4D mask replaces the model's own masks (Gemma-style sliding
     windows are dropped there too).

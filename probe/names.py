@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
 
 Kind = Literal["embed", "resid_pre", "resid_post", "head", "mlp", "neuron", "neurons", "pattern", "receiver", "logits"]
 

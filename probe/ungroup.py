@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
 from probe.layout import Layout
 
 # Attribute set on an ungrouped model: its number of key/value heads before ungrouping.

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-import common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
 
 # isort: split
 from plotly.subplots import make_subplots
@@ -37,8 +37,8 @@ from analyses.circuits import attribute, faithfulness_curve
 from analyses.compare import rendered_for
 from analyses.graph import compare_scores, jaccard_curve, node_importance
 from analyses.metrics import Targets, metric_values
+from ar2mdm.tasks import collate, generate_aligned, get_task
 from probe import ProbedModel
-from tasks import collate, generate_aligned, get_task
 
 MODELS = {"organism-ar": "organism", "organism-mdm": "runs/organism-mdm-sft"}
 METHODS = methods_for("edge")  # exact first: the others are compared with it

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-import common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
 
 # isort: split
 import plotly.graph_objects as go
@@ -53,10 +53,10 @@ from analyses.depth import (
     targeted_ablation,
 )
 from analyses.neurons import causal_check, compare_profiles, profile_units, vocab_projection
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
+from ar2mdm.tasks import task_names
 from conversion.organism import eval_examples
 from probe import ProbedModel
-from tasks import task_names
 
 MODELS = {"ar": "organism", "mdm": "runs/organism-mdm-sft"}
 TASKS = task_names()

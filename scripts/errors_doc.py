@@ -43,19 +43,19 @@ Beyond single inputs, `tests/test_runfolder.py` covers the run-level cases: kill
 first checkpoint followed by `--resume`, Ctrl-C (exit 130, a checkpoint, the resume command), two
 concurrent runs on one `--out`, a finished run resumed, a diverged run started over.
 
-How errors are shaped: every bad input raises a `common.errors.UserError` (or a subclass:
+How errors are shaped: every bad input raises a `ar2mdm.common.errors.UserError` (or a subclass:
 `CheckpointError`, `DataError`, `TaskError`) whose message says what was wrong and what to do;
 the CLI prints it as one line `error: ...` and exits with code 2. Ctrl-C exits with code 130 and
 says what was kept (for `convert`: a checkpoint of the last finished step and the command that
 resumes).
 
 Rules that hold for every entry point (each a class with its own tests beside the rows below):
-- **Yes/no values** come from one parser (`common.options.parse_bool`): true/yes/on/1 and
+- **Yes/no values** come from one parser (`ar2mdm.common.options.parse_bool`): true/yes/on/1 and
   false/no/off/0 in any case, from flags, config files, `--model_args`, environment variables and
   keyword arguments; anything else is an error naming the option. `trust_remote_code` is true only
   on an explicit yes (`tests/test_yes_no.py`: a folder whose code writes a marker is loaded through
   every entry point with every spelling of no; the harness's own in `tests/test_harness.py`).
-- **Paths ar2mdm writes** (`common.outputs`): a single-file output (`--trace`) never replaces a
+- **Paths ar2mdm writes** (`ar2mdm.common.outputs`): a single-file output (`--trace`) never replaces a
   file ar2mdm did not write without --overwrite, never a link, device node, or a file in a
   checkpoint or run folder, and a trailing separator names a folder; `--overwrite` removes only
   what ar2mdm wrote (the run folder's owner record lists it); an empty or `.` `--out` is refused
@@ -64,7 +64,7 @@ Rules that hold for every entry point (each a class with its own tests beside th
   the graph's edges, a LoRA rank at a layer's width, one checkpoint twice in a series.
 - **Bounds before allocation**: lengths are checked against the model's context before a canvas
   is built.
-- **Files read back survive a crash at any byte** (`common.jsonl`, `tests/test_crash_files.py`): a
+- **Files read back survive a crash at any byte** (`ar2mdm.common.jsonl`, `tests/test_crash_files.py`): a
   torn last log line is dropped on resume; anything else damaged is named with what to do.
 - **Other libraries' errors are translated by their condition** (FSDP1 without a GPU), never by
   their message text; `make install` installs the tested versions in `constraints.txt`, and

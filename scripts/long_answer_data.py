@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from ar2mdm.tasks.sequences import OPS, sequence_examples, write_jsonl
 from conversion.checkpoints import load_ar
-from tasks.sequences import OPS, sequence_examples, write_jsonl
 
 
 def main() -> None:

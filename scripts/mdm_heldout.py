@@ -16,6 +16,7 @@ import json
 
 import torch
 
+from ar2mdm.diffusion.attention import make_bidirectional
 from conversion import (
     _env,  # noqa: F401
     data,
@@ -23,7 +24,6 @@ from conversion import (
 from conversion.checkpoints import load_ar
 from conversion.mdm import add_mask_token, load_mdm
 from conversion.objective import DiffusionOptions, heldout_loss
-from diffusion.attention import make_bidirectional
 
 
 def main() -> None:

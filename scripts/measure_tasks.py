@@ -4,7 +4,7 @@
     python scripts/measure_tasks.py --tasks ioi induction --n 100 --greedy
 
 For each task, `n` examples aligned under the model's tokenizer (seeded) are scored with
-`tasks.evaluate.logit_metrics` on clean and corrupted inputs; `--greedy` adds the exact
+`ar2mdm.tasks.evaluate.logit_metrics` on clean and corrupted inputs; `--greedy` adds the exact
 checker's accuracy on greedy continuations. Prints one row per task.
 """
 
@@ -15,9 +15,9 @@ import time
 
 import torch
 
-import common  # noqa: F401  (offline flags before transformers is imported)
-from tasks import TASKS, get_task
-from tasks.evaluate import greedy_accuracy, logit_metrics
+import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
+from ar2mdm.tasks import TASKS, get_task
+from ar2mdm.tasks.evaluate import greedy_accuracy, logit_metrics
 
 
 def _load(source: str):

@@ -28,15 +28,15 @@ from pathlib import Path
 
 import torch
 
-import common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
 
 # isort: split
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ar2mdm.tasks import collate, generate_aligned, get_task, render
 from probe import ProbedModel, answer_logit_diff, logit_lens
 from probe.lens import read_targets
-from tasks import collate, generate_aligned, get_task, render
 
 MODELS = {"smollm2": "smollm2", "organism-ar": "organism", "organism-mdm": "runs/organism-mdm-sft"}
 

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-import common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
 
 # isort: split
 from analyses.compare import CompareOptions, compare, markdown_summary, write_report
+from ar2mdm.common.modeling import parse_device, parse_dtype
 from benchmarks.bench_load_memory import write_replica
-from common.modeling import parse_device, parse_dtype
 from conversion.memory import GiB, predict_load_bytes
 from probe import ProbedModel
 

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROVENANCE = ROOT / "docs" / "results" / "provenance.json"
 PY = sys.executable
 # the code every measured number depends on
-CORE = ("common", "diffusion", "sampling", "tasks", "conversion", "probe", "analyses")
+CORE = ("ar2mdm", "conversion", "probe", "analyses")
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Entry:
     doc: str = ""
 
 
-AR2MDM = (PY, "-m", "ar2mdm.cli")
+AR2MDM = (PY, "-m", "analyses.app.cli")
 
 
 def _script_entry(
@@ -87,7 +87,7 @@ ENTRIES: tuple[Entry, ...] = (
         "organism",
         ("~/.cache/ar2mdm/models/organism",),
         ((*AR2MDM, "organism", "train", "--steps", "1500", "--overwrite"),),
-        ("conversion", "tasks", "diffusion", "common"),
+        ("conversion", "ar2mdm/tasks", "ar2mdm/diffusion", "ar2mdm/common"),
         4.5,
         doc="docs/results/organism.md (AR training); the ARM every entry below reads",
     ),
@@ -98,7 +98,7 @@ ENTRIES: tuple[Entry, ...] = (
             (PY, "-m", "analyses.validation", "--out", "docs/results/validation"),
             (PY, "-m", "analyses.validation.planted"),
         ),
-        ("analyses", "probe", "tasks", "common"),
+        ("analyses", "probe", "ar2mdm/tasks", "ar2mdm/common"),
         0.2,
         doc="docs/results/validation.md (ground truth, planted shift)",
     ),
@@ -106,7 +106,7 @@ ENTRIES: tuple[Entry, ...] = (
         "study",
         ("docs/results/study-organism/summary.json", "docs/results/study-organism/compare-summary.md"),
         ((*AR2MDM, "study", "--out", "runs/results-study"),),
-        (*CORE, "ar2mdm"),
+        CORE,
         15.5,
         copies=(
             ("runs/results-study/summary.json", "docs/results/study-organism/summary.json"),
@@ -123,7 +123,7 @@ ENTRIES: tuple[Entry, ...] = (
             + ("--steps", "1500", "--seq-len", "96", "--batch-size", "32", "--lr", "5e-4", "--warmup", "50")
             + ("--eval-every", "250", "--eval-blocks", "64", "--save-every", "250", "--log-every", "10", "--overwrite"),
         ),
-        ("conversion", "diffusion", "tasks", "common"),
+        ("conversion", "ar2mdm/diffusion", "ar2mdm/tasks", "ar2mdm/common"),
         2.9,
         doc="the MDM the documents below read (docs/results/conversion.md)",
     ),
@@ -137,7 +137,7 @@ ENTRIES: tuple[Entry, ...] = (
         "faithfulness",
         ("docs/results/faithfulness/smollm2-ioi64.json",),
         ((PY, "-m", "benchmarks.bench_faithfulness", "--json", "docs/results/faithfulness/smollm2-ioi64.json"),),
-        ("common", "probe", "analyses", "tasks", "benchmarks/bench_faithfulness.py"),
+        ("ar2mdm/common", "probe", "analyses", "ar2mdm/tasks", "benchmarks/bench_faithfulness.py"),
         3.3,
         needs=("smollm2",),
         doc="docs/results/faithfulness.md (a faithfulness curve at 70k edges on 2 cores)",
@@ -155,7 +155,7 @@ ENTRIES: tuple[Entry, ...] = (
                 "docs/results/attribution_memory.json",
             ),
         ),
-        ("common", "probe", "analyses", "tasks", "benchmarks/bench_attribution_memory.py"),
+        ("ar2mdm/common", "probe", "analyses", "ar2mdm/tasks", "benchmarks/bench_attribution_memory.py"),
         3.0,
         needs=("smollm2",),
         doc="docs/results/attribution-memory.md (EAP-IG peak memory predicted vs measured, three sizes)",
@@ -173,7 +173,14 @@ ENTRIES: tuple[Entry, ...] = (
             + ("--json", "docs/results/sampling/parallel/copy-block8.json")
             + ("--html", "docs/results/sampling/parallel/copy-block8.html"),
         ),
-        ("common", "sampling", "tasks", "conversion", "diffusion", "benchmarks/bench_parallel.py"),
+        (
+            "ar2mdm/common",
+            "ar2mdm/sampling",
+            "ar2mdm/tasks",
+            "conversion",
+            "ar2mdm/diffusion",
+            "benchmarks/bench_parallel.py",
+        ),
         19.0,
         doc="docs/results/sampling.md (parallel decoding on a 32-token copy task; the block-diffusion and SmolLM2 rows have their own commands there)",
     ),
@@ -187,10 +194,10 @@ ENTRIES: tuple[Entry, ...] = (
             (PY, "benchmarks/bench_harness.py", "--mdm", "runs/organism-mdm-tasks", "--n", "64"),
         ),
         (
-            "common",
-            "diffusion",
-            "sampling",
-            "tasks",
+            "ar2mdm/common",
+            "ar2mdm/diffusion",
+            "ar2mdm/sampling",
+            "ar2mdm/tasks",
             "conversion",
             "analyses/generation.py",
             "analyses/harness.py",
@@ -206,7 +213,7 @@ ENTRIES: tuple[Entry, ...] = (
         "lora",
         ("docs/results/lora/bench_lora.json",),
         ((PY, "-m", "benchmarks.bench_lora", "--json", "docs/results/lora/bench_lora.json"),),
-        ("common", "diffusion", "conversion", "benchmarks/bench_lora.py", "benchmarks/bench_probe.py"),
+        ("ar2mdm/common", "ar2mdm/diffusion", "conversion", "benchmarks/bench_lora.py", "benchmarks/bench_probe.py"),
         3.0,
         needs=("smollm2",),
         doc="docs/results/lora.md (LoRA against full conversion: trainable share, optimizer state, peak memory)",
@@ -215,7 +222,7 @@ ENTRIES: tuple[Entry, ...] = (
         "formats-memory",
         ("docs/results/formats/load_memory.json",),
         ((PY, "-m", "benchmarks.bench_load_memory", "--json", "docs/results/formats/load_memory.json"),),
-        ("common", "conversion", "benchmarks/bench_load_memory.py"),
+        ("ar2mdm/common", "conversion", "benchmarks/bench_load_memory.py"),
         0.5,
         doc="docs/FORMATS.md (Memory: a published MDM's load measured on replicas, predicted for 7B/8B)",
     ),
@@ -231,7 +238,7 @@ ENTRIES: tuple[Entry, ...] = (
         "smollm2-h100",
         ("docs/results/smollm2-h100/README.md",),
         (),
-        (*CORE, "ar2mdm"),
+        CORE,
         30.0,
         needs=("gpu", "smollm2"),
         doc="docs/results/smollm2-h100/README.md (an H100 run; a GPU session regenerates it)",
@@ -279,7 +286,7 @@ def _available(need: str) -> bool:
 
         return torch.cuda.is_available()
     if need == "smollm2":  # installed by `make assets` (ar2mdm setup); not fetched here
-        from common.env import cache_dir
+        from ar2mdm.common.env import cache_dir
 
         return (cache_dir() / "models" / "smollm2-135m-instruct" / "config.json").is_file()
     return False

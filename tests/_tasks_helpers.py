@@ -17,8 +17,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from tasks import TASKS, get_task, words
-from tasks.infilling import BANK
+from ar2mdm.tasks import TASKS, get_task, words
+from ar2mdm.tasks.infilling import BANK
 
 SPECIALS = ["[PAD]", "[UNK]", "[MASK]", "[EOS]"]
 

@@ -8,8 +8,10 @@ checkpoint looks like. Add new shared fixtures here.
 
 from __future__ import annotations
 
+import suite_typecheck  # noqa: F401  (beartype loads before any library patches `object`; see its docstring)
+
 # Offline flags must be in the environment before transformers / huggingface_hub are imported.
-import common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
 
 # isort: split
 import json

@@ -25,9 +25,9 @@ import torch
 from conftest import build_tiny_model
 from safetensors.torch import load_file, save_file
 
-from common.errors import CheckpointError, UserError
-from common.metadata import ModelMeta
-from common.outputs import OWNER_FILE, claim_output
+from ar2mdm.common.errors import CheckpointError, UserError
+from ar2mdm.common.metadata import ModelMeta
+from ar2mdm.common.outputs import OWNER_FILE, claim_output
 from conversion.checkpoints import load_ar
 from conversion.mdm import add_mask_token, load_mdm, save_mdm
 
@@ -201,7 +201,7 @@ def run_case(case: Case, paths: dict[str, Path]) -> tuple[Outcome, dict[str, tup
     """Run `case`; return its outcome and the sandbox's snapshot before and after."""
     from typer.testing import CliRunner
 
-    from ar2mdm.cli import app
+    from analyses.app.cli import app
 
     with contextlib.ExitStack() as stack:
         if case.setup is not None:

@@ -22,8 +22,8 @@ from error_cases import Case
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from common.errors import UserError
-from common.metadata import ModelMeta
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.metadata import ModelMeta
 from conversion.checkpoints import load_any, load_ar
 from conversion.mdm import add_mask_token, save_mdm
 

@@ -1,7 +1,13 @@
-"""The run-time type checker the test suite applies to every package (pyproject's addopts:
+"""The run-time type checker `make typecheck` applies to every package (the Makefile's
 `--jaxtyping-packages=...,suite_typecheck.check`; tests/ is on pytest's pythonpath): beartype,
 with PEP 484's implicit numeric tower (an `int` is accepted where a `float` is annotated, as
-Python callers expect)."""
+Python callers expect).
+
+The default suite runs without the checks (`make test`, fast); `make typecheck` runs it with them,
+but for the tests marked e2e (pyproject's markers), and CI runs both. conftest imports this module
+first either way: beartype must load before a test's libraries add unhashable attributes to
+`object` (it hashes `object.__dict__`'s callables when first imported).
+"""
 
 import contextlib
 from collections.abc import Iterator

@@ -21,7 +21,7 @@ from test_depth import MASK_ID, hf_model
 
 from analyses.compare import CompareOptions, compare, write_report
 from analyses.graph import Graph
-from common.metadata import ModelMeta
+from ar2mdm.common.metadata import ModelMeta
 from probe import ProbedModel
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

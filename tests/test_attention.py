@@ -20,8 +20,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from common.errors import UserError
-from diffusion import attention as attn
+from ar2mdm.common.errors import UserError
+from ar2mdm.diffusion import attention as attn
 
 V = 64
 

@@ -21,8 +21,8 @@ from analyses.attribution_memory import _saved_bytes, check_free_memory, predict
 from analyses.circuits import attribute
 from analyses.graph import Graph
 from analyses.metrics import Targets, metric_values
-from common.errors import UserError
-from tasks import collate
+from ar2mdm.common.errors import UserError
+from ar2mdm.tasks import collate
 
 
 @pytest.mark.parametrize(("family", "kind"), [("llama", "mdm"), ("gemma3_text", "mdm"), ("gpt2", "ar")])

@@ -75,10 +75,10 @@ def test_parallel_decoding_benchmark_on_a_tiny_mdm(tmp_path):
     """benchmarks.bench_parallel end to end on a tiny random MDM and a copy task of 6 words: the
     baseline decodes one token per call, no parallel setting needs more calls, drift is measured
     for both caches, and the figure has one trace per (rule, cache) and panel plus the baseline."""
+    from ar2mdm.tasks.sequences import sequence_examples, write_jsonl
     from benchmarks import bench_parallel
     from benchmarks.run_all import build_tiny
     from conversion.checkpoints import load_any
-    from tasks.sequences import sequence_examples, write_jsonl
 
     _, mdm = build_tiny(tmp_path)
     tok = load_any(mdm).tokenizer

@@ -16,7 +16,7 @@ import torch
 from conftest import FAMILIES, write_llama_gguf
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, BertConfig, T5Config
 
-from common.errors import CheckpointError, UserError
+from ar2mdm.common.errors import CheckpointError, UserError
 from conversion import checkpoints
 from conversion.checkpoints import Loaded, load_ar, organism_folder, weights_sha256
 
@@ -137,7 +137,7 @@ def test_expect_takes_ar_or_mdm_in_any_case_and_refuses_other_words(make_tiny_mo
     """expect="AR" is the ARM kind, not a refusal of it; a word that is no kind is a UserError
     listing the accepted ones (before the files are read), never "must be a masked diffusion model".
     (The suite's type checks are off: the annotation says "ar" | "mdm", users pass what they pass.)"""
-    from common.metadata import parse_kind
+    from ar2mdm.common.metadata import parse_kind
     from probe import ProbedModel
 
     folder = make_tiny_model("llama")

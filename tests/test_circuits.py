@@ -29,9 +29,9 @@ from analyses.circuit_plots import edges_figure, importance_heatmap
 from analyses.circuits import FaithfulnessCurve, attribute, circuit_metrics, faithfulness, faithfulness_curve
 from analyses.graph import Graph, compare_scores, node_importance
 from analyses.metrics import Targets, metric_values
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
+from ar2mdm.tasks import Example, collate, render
 from probe import ProbedModel, answer_logit_diff
-from tasks import Example, collate, render
 
 NAMES = ("Mary", "John", "Alice", "Bob", "Tom", "Sarah")
 METHODS = ("exact", "eap", "eap-ig-inputs", "eap-ig-activations")
@@ -511,7 +511,7 @@ def test_organism_eap_ig_finds_the_edges_exact_patching_ranks_first(source: str)
     patching far better than EAP, and its small circuits are faithful (docs/results/circuits.md)."""
     from pathlib import Path
 
-    from tasks import generate_aligned, get_task
+    from ar2mdm.tasks import generate_aligned, get_task
 
     if source.startswith("runs/"):
         path = Path(__file__).resolve().parents[1] / source

@@ -21,7 +21,7 @@ from analyses.graph import (
     prune_edges,
     spearman,
 )
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
 from probe.interventions import Interventions
 from probe.names import Shape
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from ar2mdm.cli import app
-from common.errors import UserError
+from analyses.app.cli import app
+from ar2mdm.common.errors import UserError
 from conversion.config import merge_options, read_config_file
 from conversion.train import TrainConfig
 

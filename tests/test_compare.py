@@ -18,6 +18,7 @@ from conftest import tiny_tokenizer
 from test_depth import MASK_ID, hf_model, probed3
 from typer.testing import CliRunner
 
+from analyses.app.cli import app
 from analyses.circuits import attribute
 from analyses.compare import (
     CompareOptions,
@@ -33,12 +34,11 @@ from analyses.compare.controls import PairStats
 from analyses.depth import baseline_logit_diffs, layer_distribution
 from analyses.graph import Graph, jaccard
 from analyses.statistics import Interval, floor_bound, jaccard_bootstrap, jaccard_rows, pooled, verdict
-from ar2mdm.cli import app
-from common.errors import UserError
-from common.metadata import ModelMeta
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.metadata import ModelMeta
+from ar2mdm.tasks import TASKS as TASK_REGISTRY
+from ar2mdm.tasks import get_task, render
 from probe import ProbedModel
-from tasks import TASKS as TASK_REGISTRY
-from tasks import get_task, render
 
 TASKS = ("ioi", "greater_than", "countdown", "sudoku")
 

@@ -17,11 +17,11 @@ from test_compare import task_examples
 from test_depth import MASK_ID, hf_model, probed3
 from typer.testing import CliRunner
 
+from analyses.app.cli import app
 from analyses.compare import CompareOptions, SeriesResult, compare, compare_series, write_series
 from analyses.graph import Graph, jaccard
-from ar2mdm.cli import app
-from common.errors import CheckpointError, UserError
-from common.metadata import ModelMeta
+from ar2mdm.common.errors import CheckpointError, UserError
+from ar2mdm.common.metadata import ModelMeta
 from probe import ProbedModel
 
 TASKS = ("ioi", "greater_than")
@@ -136,7 +136,7 @@ def test_given_order_and_errors() -> None:
 
 
 def test_source_key_sees_one_checkpoint_through_its_spellings(tmp_path: Path, monkeypatch) -> None:
-    from common.metadata import source_key
+    from ar2mdm.common.metadata import source_key
 
     (tmp_path / "runs" / "base").mkdir(parents=True)
     (tmp_path / "runs" / "other").mkdir()

@@ -14,7 +14,7 @@ from conftest import D_MLP, D_MODEL, N_HEADS, N_KV_HEADS, N_LAYERS, build_tiny_m
 from test_train import log_lines, setup, weights  # noqa: F401 (setup: fixture)
 from transformers import AutoModelForCausalLM
 
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
 from conversion import parallel
 from conversion.throughput import flops_per_token, matmul_parameters, peak_tflops, utilisation
 from conversion.train import TrainConfig, _adamw, train

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from common.errors import DataError
+from ar2mdm.common.errors import DataError
 from conversion import corpora, data
 from conversion.data import Packed, batches, batches_per_epoch, fetch_corpus, load_texts, pack
 

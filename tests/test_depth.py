@@ -41,10 +41,10 @@ from analyses.depth import (
     top_components,
 )
 from analyses.statistics import Interval, bootstrap_ci, ratio_of_means
-from common.errors import UserError
-from common.metadata import ModelMeta
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.metadata import ModelMeta
+from ar2mdm.tasks import collate, get_task, render
 from probe import ProbedModel, answer_logit_diff
-from tasks import collate, get_task, render
 
 MASK_ID = 4  # "<mask>" in conftest's tokenizer
 N_LAYERS = 3

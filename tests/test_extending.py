@@ -1,5 +1,5 @@
 """docs/EXTENDING.md, executed: every `# name.py` block is written to a file and loaded as a plugin
-(`common.plugins.load_plugins`), every `# use` block runs on a tiny ARM and an MDM made from it;
+(`ar2mdm.common.plugins.load_plugins`), every `# use` block runs on a tiny ARM and an MDM made from it;
 the registries are restored afterwards. Also: the plugin loader's errors, and the command line
 seeing a plugin named in AR2MDM_PLUGINS."""
 
@@ -15,14 +15,14 @@ import pytest
 from typer.testing import CliRunner
 
 from analyses.attribution import ATTRIBUTIONS
-from common.errors import UserError
-from common.metadata import ModelMeta
-from common.plugins import load_plugins
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.metadata import ModelMeta
+from ar2mdm.common.plugins import load_plugins
+from ar2mdm.sampling import SAMPLERS
+from ar2mdm.tasks import TASKS
 from conversion.checkpoints import load_ar
 from conversion.mdm import add_mask_token, save_mdm
 from probe.backends import BACKENDS
-from sampling import SAMPLERS
-from tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "EXTENDING.md"
@@ -97,7 +97,7 @@ def test_cli_choices_and_commands_see_a_plugin(folders, tmp_path, restore_regist
     plugin.write_text(code)
     env = {**os.environ, "AR2MDM_PLUGINS": str(plugin)}
     helped = subprocess.run(
-        [sys.executable, "-m", "ar2mdm.cli", "sample", "--help"],
+        [sys.executable, "-m", "analyses.app.cli", "sample", "--help"],
         env=env,
         capture_output=True,
         text=True,
@@ -107,7 +107,7 @@ def test_cli_choices_and_commands_see_a_plugin(folders, tmp_path, restore_regist
     assert helped.returncode == 0, helped.stderr
     assert "random-order" in " ".join(helped.stdout.split())
 
-    from ar2mdm.cli import app
+    from analyses.app.cli import app
 
     load_plugins(str(plugin), entry_points=False)
     result = CliRunner().invoke(
@@ -140,10 +140,10 @@ def test_plugin_errors_name_the_plugin(tmp_path, restore_registries):
     with pytest.raises(UserError, match=r"broken.py.*ZeroDivisionError.*broken.py:3"):
         load_plugins(str(broken), entry_points=False)
     clash = tmp_path / "clash.py"
-    clash.write_text("from sampling import Sampler\n\nclass Mine(Sampler):\n    name = 'ancestral'\n")
-    with pytest.raises(UserError, match="'ancestral' is taken by sampling.ancestral.AncestralSampler"):
+    clash.write_text("from ar2mdm.sampling import Sampler\n\nclass Mine(Sampler):\n    name = 'ancestral'\n")
+    with pytest.raises(UserError, match="'ancestral' is taken by ar2mdm.sampling.ancestral.AncestralSampler"):
         load_plugins(str(clash), entry_points=False)
-    assert SAMPLERS.get("ancestral").__module__ == "sampling.ancestral"
+    assert SAMPLERS.get("ancestral").__module__ == "ar2mdm.sampling.ancestral"
     assert load_plugins("", entry_points=False) == []
 
 
@@ -152,7 +152,7 @@ def test_cli_reports_a_broken_plugin(tmp_path):
     broken.write_text("raise RuntimeError('half-written plugin')\n")
     env = {**os.environ, "AR2MDM_PLUGINS": str(broken)}
     done = subprocess.run(
-        [sys.executable, "-m", "ar2mdm.cli", "sample", "--model", "x", "--prompt", "y"],
+        [sys.executable, "-m", "analyses.app.cli", "sample", "--model", "x", "--prompt", "y"],
         env=env,
         capture_output=True,
         text=True,

@@ -25,8 +25,8 @@ from accelerate.utils import DistributedType
 from conftest import WORDS, build_tiny_model
 from safetensors.torch import load_file, save_file
 
-from common.errors import UserError
-from common.metadata import ModelMeta
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.metadata import ModelMeta
 from conversion.throughput import TIMING_FIELDS
 from conversion.train import TrainConfig, parallelism, train
 

@@ -14,6 +14,7 @@ import torch
 from conftest import tiny_tokenizer
 from typer.testing import CliRunner
 
+from analyses.app.cli import app
 from analyses.generation import (
     SamplerSpec,
     evaluate_samplers,
@@ -24,12 +25,11 @@ from analyses.generation import (
     unigram_entropy,
     write_report,
 )
-from ar2mdm.cli import app
-from common.metadata import ModelMeta
+from ar2mdm.common.metadata import ModelMeta
+from ar2mdm.tasks import Example
+from ar2mdm.tasks.jsonl import JsonlTask
 from conversion.checkpoints import Loaded, load_ar
 from conversion.mdm import add_mask_token, save_mdm
-from tasks import Example
-from tasks.jsonl import JsonlTask
 
 runner = CliRunner()
 

@@ -3,7 +3,7 @@ and the log-likelihoods behind `loglikelihood` (exact for ARMs, Monte-Carlo ELBO
 
 Independent truths: the HF model's own logits (log-softmax sums by hand), the ELBO's expectation
 by enumerating every mask subset by hand, Hoeffding's inequality for the estimate's error,
-ar2mdm's own evaluation (`analyses.generation.task_accuracy`, `tasks.evaluate.logit_metrics`) of
+ar2mdm's own evaluation (`analyses.generation.task_accuracy`, `ar2mdm.tasks.evaluate.logit_metrics`) of
 the same examples, and accuracies fixed in advance from the model's own greedy predictions.
 """
 
@@ -20,18 +20,18 @@ import torch
 from lm_eval.tasks import TaskManager
 from typer.testing import CliRunner
 
+from analyses.app.cli import app
 from analyses.generation import SamplerSpec, task_accuracy
 from analyses.harness import ModelAdapter
 from analyses.harness_tasks import export_tasks, harness_name
 from analyses.likelihood import ar_loglikelihoods, mdm_elbo_exact, mdm_elbo_samples, mdm_loglikelihoods
-from ar2mdm.cli import app
-from common.errors import UserError
-from common.metadata import ModelMeta
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.metadata import ModelMeta
+from ar2mdm.sampling import ModelContext
+from ar2mdm.tasks import load_jsonl_task
+from ar2mdm.tasks.evaluate import logit_metrics
 from conversion.checkpoints import load_any, load_ar
 from conversion.mdm import add_mask_token, save_mdm
-from sampling import ModelContext
-from tasks import load_jsonl_task
-from tasks.evaluate import logit_metrics
 
 runner = CliRunner()
 

@@ -1,7 +1,8 @@
 """The layout's rules, read from the code (docs/ARCHITECTURE.md):
 
-- every import points down the floors common -> diffusion -> sampling -> tasks -> conversion ->
-  probe -> analyses -> ar2mdm (a package may import its own floor and the floors below it);
+- every import points down the floors ar2mdm.common -> ar2mdm.diffusion -> ar2mdm.sampling ->
+  ar2mdm.tasks -> conversion -> probe -> analyses -> analyses.app (a module may import its own floor
+  and the floors below it; a module's floor is the longest one its dotted name starts with);
 - no two modules import each other, directly or around a loop; imports inside functions count;
 - no private name (`_x`) is imported from another module.
 
@@ -19,7 +20,24 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FLOORS = ("common", "diffusion", "sampling", "tasks", "conversion", "probe", "analyses", "ar2mdm")
+PACKAGES = ("ar2mdm", "conversion", "probe", "analyses")  # the top-level import packages, all of them
+FLOORS = (
+    "ar2mdm",
+    "ar2mdm.common",
+    "ar2mdm.diffusion",
+    "ar2mdm.sampling",
+    "ar2mdm.tasks",
+    "conversion",
+    "probe",
+    "analyses",
+    "analyses.app",
+)
+
+
+def floor(module: str, floors: tuple[str, ...] = FLOORS) -> int:
+    """The rank of `module`'s floor: the longest floor its dotted name is or starts with."""
+    matches = [i for i, f in enumerate(floors) if module == f or module.startswith(f + ".")]
+    return max(matches, key=lambda i: len(floors[i]))
 
 
 @dataclass(frozen=True)
@@ -85,11 +103,10 @@ def read_imports(root: Path, packages: tuple[str, ...]) -> list[Import]:
 
 
 def upward_imports(imports: list[Import], floors: tuple[str, ...]) -> list[str]:
-    rank = {name: i for i, name in enumerate(floors)}
     return [
         f"{i.where}: {i.source} imports {i.target} (a higher floor)"
         for i in imports
-        if rank[i.target.split(".")[0]] > rank[i.source.split(".")[0]]
+        if floor(i.target, floors) > floor(i.source, floors)
     ]
 
 
@@ -155,7 +172,7 @@ def private_imports(imports: list[Import]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def imports() -> list[Import]:
-    found = read_imports(ROOT, FLOORS)
+    found = read_imports(ROOT, PACKAGES)
     assert len(found) > 300, "the reader found too few imports to be reading the packages"
     return found
 
@@ -167,7 +184,8 @@ def test_every_package_is_a_floor():
     """
     outside = {"tests", "benchmarks"}
     code = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file() and p.name not in outside}
-    assert code == set(FLOORS)
+    assert code == set(PACKAGES)
+    assert all(f.split(".")[0] in PACKAGES for f in FLOORS)
 
 
 def test_imports_point_down(imports):
@@ -196,6 +214,9 @@ def test_checks_catch_what_they_look_for(tmp_path):
         "high/__init__.py": "",
         "high/c.py": "import low.a\n_hidden = 1\n",
         "high/d.py": "from high import c\n",
+        "high/app/__init__.py": "",
+        "high/app/x.py": "from high import d\n",
+        "high/e.py": "import high.app.x\n",
     }
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -208,8 +229,13 @@ def test_checks_catch_what_they_look_for(tmp_path):
         ("low.b", "high.c"),
         ("high.c", "low.a"),
         ("high.d", "high.c"),
+        ("high.app.x", "high.d"),
+        ("high.e", "high.app.x"),
     }
-    assert upward_imports(found, ("low", "high")) == ["low/b.py:2: low.b imports high.c (a higher floor)"]
+    assert upward_imports(found, ("low", "high", "high.app")) == [
+        "low/b.py:2: low.b imports high.c (a higher floor)",
+        "high/e.py:1: high.e imports high.app.x (a higher floor)",
+    ]
     assert cycles(found) == [["high.c", "low.a", "low.b"]]
     assert package_cycles(found, depth=1) == [["high", "low"]]
     assert private_imports(found) == ["low/b.py:2: low.b imports _hidden from high.c"]

@@ -36,8 +36,10 @@ from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
 from transformers import AutoModelForCausalLM
 
-from common.errors import UserError
-from common.metadata import ModelMeta
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.metadata import ModelMeta
+from ar2mdm.diffusion.attention import make_bidirectional
+from ar2mdm.sampling import ModelContext, build_sampler, run
 from conversion import data as data_mod
 from conversion.checkpoints import load_any, load_ar
 from conversion.config import merge_options, read_config_file
@@ -47,8 +49,6 @@ from conversion.objective import heldout_loss
 from conversion.runfolder import FULL_STATE
 from conversion.throughput import TIMING_FIELDS, flops_per_token
 from conversion.train import TrainConfig, train
-from diffusion.attention import make_bidirectional
-from sampling import ModelContext, build_sampler, run
 
 LAUNCHER = Path(sys.executable).parent / "accelerate"
 LORA = "r=4,alpha=8,targets=q_proj,v_proj,down_proj"
@@ -353,6 +353,7 @@ def test_snapshots_are_merged_copies_and_leave_the_run_alone(base: TrainConfig, 
 # --- checkpoints and resume ------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_resume_after_sigkill_is_exact(base: TrainConfig, tmp_path: Path) -> None:
     """kill -9 after step 5 (last checkpoint: step 4), then --resume: weights and log equal the
     uninterrupted run's bit for bit; the checkpoint holds the adapters and the mask row only."""

@@ -11,7 +11,7 @@ import torch
 from conftest import WORDS, build_tiny_model, tiny_config, tiny_tokenizer
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizer
 
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
 from conversion.mdm import MASK_TOKEN, MaskTokenError, add_mask_token
 from conversion.train import TrainConfig, train
 

@@ -27,9 +27,9 @@ from analyses.neurons import (
     units_for_share,
     vocab_projection,
 )
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
+from ar2mdm.tasks import collate
 from probe.lens import answer_logit_diff
-from tasks import collate
 
 # --- metrics by hand --------------------------------------------------------------------------------
 

@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.errors import UserError
-from diffusion import noise
+from ar2mdm.common.errors import UserError
+from ar2mdm.diffusion import noise
 
 NAMES = sorted(noise.SCHEDULES)
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
+from ar2mdm.diffusion import attention as attn
+from ar2mdm.diffusion import noise
 from conversion.objective import DiffusionOptions, NoiseDraw, ar_loss, diffusion_loss, draw_noise, heldout_loss
-from diffusion import attention as attn
-from diffusion import noise
 
 V = 48
 MASK = V - 1
@@ -128,7 +128,7 @@ def test_block_loss_equals_hand_computation(shift: bool, b: int) -> None:
     )
     length = 8
     mask4 = torch.zeros(2, 1, 2 * length, 2 * length)
-    for q in range(2 * length):  # brute-force BD3-LM layout, independent of diffusion.attention
+    for q in range(2 * length):  # brute-force BD3-LM layout, independent of ar2mdm.diffusion.attention
         for k in range(2 * length):
             qb, kb = (q % length) // b, (k % length) // b
             ok = (qb == kb) if (q < length and k < length) else (kb < qb) if q < length else (k >= length and kb <= qb)

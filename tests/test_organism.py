@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from common.outputs import write_folder_atomically
+from ar2mdm.common.outputs import write_folder_atomically
+from ar2mdm.tasks import words
+from ar2mdm.tasks.base import render
 from conversion import organism as O
-from tasks import words
-from tasks.base import render
 
 TINY = dict(
     d_model=32,
@@ -314,7 +314,7 @@ def test_task_corpus_never_contains_a_held_out_prompt(monkeypatch):
 
 def test_organism_to_mdm_end_to_end(tmp_path, tiny_run):
     """AR organism -> a few steps of diffusion post-training on task text -> scored by filling."""
-    from common.metadata import ModelMeta
+    from ar2mdm.common.metadata import ModelMeta
     from conversion.train import TrainConfig, train
 
     ar_folder, _ = tiny_run
@@ -334,8 +334,8 @@ def test_organism_to_mdm_end_to_end(tmp_path, tiny_run):
 def test_eval_of_a_checkpoint_that_is_no_organism_says_so(tmp_path: Path) -> None:
     """`organism eval` of another model is refused, before loading, as not an organism (not with a
     word-coverage message about its tokenizer); an MDM counts when its recorded source is one."""
-    from common.errors import UserError
-    from common.metadata import ModelMeta
+    from ar2mdm.common.errors import UserError
+    from ar2mdm.common.metadata import ModelMeta
     from conversion.organism_eval import not_an_organism
 
     plain = tmp_path / "plain"

@@ -1,4 +1,4 @@
-"""One rule for every path ar2mdm writes (`common.outputs`), through every command that writes:
+"""One rule for every path ar2mdm writes (`ar2mdm.common.outputs`), through every command that writes:
 
 - `--overwrite` removes only what ar2mdm wrote in a run folder (its owner record lists it): a user's
   notes left in a `convert`, `eval` or organism folder stay byte-identical;
@@ -18,9 +18,9 @@ from conftest import WORDS, build_tiny_model
 from error_cases import snapshot
 from typer.testing import CliRunner
 
-from ar2mdm.cli import TRACE_SIGNATURE, app
-from common.errors import UserError
-from common.outputs import OWNER_FILE, claim_output, owned_contents, write_folder_atomically
+from analyses.app.cli import TRACE_SIGNATURE, app
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.outputs import OWNER_FILE, claim_output, owned_contents, write_folder_atomically
 from conversion.mdm import add_mask_token, save_mdm
 from conversion.train import TrainConfig, train
 
@@ -35,7 +35,7 @@ def _invoke(*args: str):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from common.metadata import ModelMeta
+    from ar2mdm.common.metadata import ModelMeta
     from conversion.checkpoints import load_ar
 
     root = tmp_path_factory.mktemp("outputs")
@@ -175,7 +175,9 @@ def test_a_device_node_stays_a_device_node(models) -> None:
     import stat
 
     before = Path("/dev/full").stat()
-    result, text = _invoke("sample", "--model", models["mdm"], "--prompt", "When", "--trace", "/dev/full", "--overwrite")
+    result, text = _invoke(
+        "sample", "--model", models["mdm"], "--prompt", "When", "--trace", "/dev/full", "--overwrite"
+    )
     assert result.exit_code == 2 and "not a regular file" in text
     after = Path("/dev/full").stat()
     assert stat.S_ISCHR(after.st_mode) and (after.st_rdev, after.st_ino) == (before.st_rdev, before.st_ino)

@@ -5,7 +5,7 @@ here, 4 query heads over 2 KV heads) and with learned absolute positions (GPT-2)
 the left or right x the three probe backends x AR and MDM. Each batch holds prompts of three
 different lengths; every row's logits at its real tokens must equal the logits of that prompt run
 alone (1e-5). Left padding broke absolute-position models until every backend passed position
-ids that skip padding (`diffusion.attention.position_ids`).
+ids that skip padding (`ar2mdm.diffusion.attention.position_ids`).
 
 Then the paths built on top, on GPT-2 (the family where a wrong position shows): task metrics,
 greedy generation, EAP-IG per example, the generation evals' samplers and gen-PPL all give the
@@ -21,10 +21,10 @@ from transformers import AutoTokenizer
 
 from analyses.circuits import attribute
 from analyses.generation import SamplerSpec, gen_ppl, task_accuracy
+from ar2mdm.tasks import Example, render
+from ar2mdm.tasks.evaluate import greedy_generate, logit_metrics
+from ar2mdm.tasks.jsonl import JsonlTask
 from conversion.checkpoints import load_any
-from tasks import Example, render
-from tasks.evaluate import greedy_generate, logit_metrics
-from tasks.jsonl import JsonlTask
 
 FAMILIES = ("llama", "qwen2", "gemma3_text", "mistral", "gpt2")
 TEXTS = (

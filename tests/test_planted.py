@@ -43,8 +43,8 @@ from analyses.validation.planted import (
     read_logits,
     summary,
 )
-from common.errors import UserError
-from tasks import TASKS
+from ar2mdm.common.errors import UserError
+from ar2mdm.tasks import TASKS
 
 TOL = 1e-6  # the noise nodes' share of the top-K mass is below 1e-7
 

@@ -19,9 +19,9 @@ import torch
 from conftest import build_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPTJConfig, GPTJForCausalLM, LlamaForCausalLM
 
-from common.errors import UserError
-from common.metadata import ModelMeta
-from common.modeling import position_ids
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.metadata import ModelMeta
+from ar2mdm.common.modeling import position_ids
 from conversion.checkpoints import load_ar
 from conversion.mdm import save_mdm
 from probe import ProbedModel
@@ -150,7 +150,7 @@ def test_cache_matches_hf_hidden_states_and_attentions(family: str, kind: str) -
     _, cache = pm.run_with_cache(ids, ["L*.resid_pre", "L*.resid_post", "L*.H*.pattern"], attention_mask=mask)
     n = pm.config.n_layers
     # Real query positions only: the probe gives padded positions the last real position id
-    # (`diffusion.attention.position_ids`), HF counts on; nothing real reads a padded query.
+    # (`ar2mdm.diffusion.attention.position_ids`), HF counts on; nothing real reads a padded query.
     real = mask.bool()
     for layer in range(n):
         torch.testing.assert_close(
@@ -181,7 +181,7 @@ def test_decomposition_sums_to_final_residual(family: str) -> None:
     dec = pm.decompose(cache)
     torch.testing.assert_close(dec.total(), final, atol=1e-5, rtol=0)
     if family == "gpt2":  # the embed node carries the learned position embedding
-        # positions skip padding (diffusion.attention.position_ids)
+        # positions skip padding (ar2mdm.diffusion.attention.position_ids)
         wte = pm.model.transformer.wte(ids) + pm.model.transformer.wpe(position_ids(mask))
         torch.testing.assert_close(cache["embed"], wte)
     if pm.config.post_norms:

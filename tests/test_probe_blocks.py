@@ -2,7 +2,7 @@
 under the block-causal mask it was trained and is sampled with, by every backend and every entry
 point, against independent truth:
 
-- logits equal the HF model's own logits with `diffusion.attention.block_inference_mask` passed as
+- logits equal the HF model's own logits with `ar2mdm.diffusion.attention.block_inference_mask` passed as
   a 4D mask (right-padded batch; a left-padded row equals the row alone, blocks counting from its
   first token), and differ from the fully bidirectional logits;
 - a position never sees a token of a later block, and sees every token of its own block;
@@ -26,15 +26,15 @@ from test_probe import MASK_ID, _root, folder
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from analyses.circuits import attribute
-from common.errors import UserError
-from common.metadata import ModelMeta
-from common.modeling import position_ids
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.metadata import ModelMeta
+from ar2mdm.common.modeling import position_ids
+from ar2mdm.diffusion.attention import block_inference_mask
+from ar2mdm.tasks import Example, render
 from conversion.checkpoints import load_ar
 from conversion.mdm import save_mdm
-from diffusion.attention import block_inference_mask
 from probe import ProbedModel
 from probe.model import block_causal_mask
-from tasks import Example, render
 
 BLOCK = 4
 BACKENDS = ("torch", "nnsight", "tl")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_probe import batch, probed
 
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
 from probe import Cache, DiskCache
 from probe.cache import CacheKeyError, LazyHead, head_differences
 from probe.names import Shape, parse, select

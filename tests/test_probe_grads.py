@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_probe import batch, folder
 
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
 from conversion.checkpoints import load_ar
 from conversion.mdm import load_mdm
 from probe import ProbedModel

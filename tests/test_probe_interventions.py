@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_probe import FAMS, batch, hf, o_columns_zeroed, probed
 
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
 from probe import Cache
 
 

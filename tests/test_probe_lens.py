@@ -7,11 +7,11 @@ import torch
 from test_probe import FAMS, MASK_ID, folder, probed
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from common.metadata import ModelMeta
+from ar2mdm.common.metadata import ModelMeta
+from ar2mdm.tasks import collate, get_task, render
+from ar2mdm.tasks.evaluate import logit_metrics
 from probe import ProbedModel, answer_logit_diff, direct_logit_attribution, logit_lens
 from probe.lens import read_targets
-from tasks import collate, get_task, render
-from tasks.evaluate import logit_metrics
 
 
 def ioi_batch(family: str, mode: str, shift: bool = True):

@@ -19,13 +19,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from analyses.circuits import attribute
 from analyses.compare import CompareOptions, compare
-from common.errors import CheckpointError
-from common.families import FAMILIES, detect_family
-from common.metadata import checkpoint_kind
+from ar2mdm.common.errors import CheckpointError
+from ar2mdm.common.families import FAMILIES, detect_family
+from ar2mdm.common.metadata import checkpoint_kind
+from ar2mdm.sampling import SAMPLERS, ModelContext, build_sampler, make_canvas, run
+from ar2mdm.tasks import get_task, render
 from conversion.checkpoints import load_any, load_ar
 from probe import ProbedModel
-from sampling import SAMPLERS, ModelContext, build_sampler, make_canvas, run
-from tasks import get_task, render
 
 NAMES = tuple(replicas.BUILDERS)
 
@@ -330,7 +330,7 @@ def test_a_tokenizer_without_its_vocabulary_is_refused_naming_the_files(built, t
 def test_an_unknown_family_prefix_lists_the_families(built, tmp_path: Path, monkeypatch) -> None:
     """FAMILY:PATH with a family ar2mdm does not know names the families (not "does not exist");
     a known one in any case is read, and a folder whose own name holds a colon is still a path."""
-    from common.families import split_format
+    from ar2mdm.common.families import split_format
 
     path = built("dream").path
     with pytest.raises(CheckpointError, match=r"'qwerty' is not a checkpoint family.*dream \(.*llada \("):
@@ -375,10 +375,10 @@ def test_compare_refuses_different_vocabularies(built, make_tiny_model) -> None:
 
 
 def test_cli_compare_of_a_published_pair_in_bf16(built, tmp_path: Path) -> None:
-    """`ar2mdm compare --ar QWEN --mdm DREAM --dtype bf16` as the README's "Analyse a published pair"."""
+    """`ar2mdm compare --ar QWEN --mdm DREAM --dtype bf16` as docs/CLI.md's "Analyse a published pair"."""
     from typer.testing import CliRunner
 
-    from ar2mdm.cli import app
+    from analyses.app.cli import app
 
     r = built("dream")
     ar = replicas.ar_partner(r, r.path.parent)

@@ -2,7 +2,7 @@
 Ctrl-C, two runs on one --out, finished and diverged runs, unwritable folders.
 
 Processes that must really die (kill -9, Ctrl-C) or run beside another are separate Python
-processes; the commands that follow them go through the real CLI (`ar2mdm.cli.app`).
+processes; the commands that follow them go through the real CLI (`analyses.app.cli.app`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from error_cases import snapshot
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from ar2mdm.cli import INTERRUPTED, app
-from common.errors import UserError
-from common.outputs import LOCK_FILE, claim_output
+from analyses.app.cli import INTERRUPTED, app
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.outputs import LOCK_FILE, claim_output
 from conversion.runfolder import plan_run
 from conversion.train import TrainConfig, train
 
@@ -114,7 +114,7 @@ def run_with_hook(cfg: TrainConfig, hook: str, *, cwd: Path, cli: list[str] | No
     launch = (
         f"import conversion.train as T\n_train = T.train\n"
         f"T.train = lambda c, on_step=None: _train(c, on_step=hook)\n"
-        f"from ar2mdm.cli import app\nsys.argv = ['ar2mdm', *{cli!r}]\napp()\n"
+        f"from analyses.app.cli import app\nsys.argv = ['ar2mdm', *{cli!r}]\napp()\n"
         if cli
         else f"from conversion.train import TrainConfig, train\n"
         f"train(TrainConfig(**json.loads({json.dumps(json.dumps(asdict(cfg)))})), on_step=hook)\n"
@@ -153,6 +153,7 @@ def test_plan_for_every_folder_state(setup: TrainConfig, tmp_path: Path) -> None
 # --- processes that die ----------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_kill_minus_9_before_the_first_checkpoint_then_resume_works(setup: TrainConfig, tmp_path: Path) -> None:
     """Default options (no periodic checkpoint), killed at step 3: a plain rerun says what to do;
     `--resume` starts at step 0 and gives exactly the uninterrupted run's model."""
@@ -171,6 +172,7 @@ def test_kill_minus_9_before_the_first_checkpoint_then_resume_works(setup: Train
     assert_same_weights(out, straight.out)
 
 
+@pytest.mark.e2e
 def test_ctrl_c_keeps_a_checkpoint_says_how_to_resume_and_resumes_exactly(setup: TrainConfig, tmp_path: Path) -> None:
     proc = run_with_hook(
         setup, "if done == 3:\n    os.kill(os.getpid(), signal.SIGINT)", cwd=tmp_path, cli=cli_args(setup)
@@ -188,6 +190,7 @@ def test_ctrl_c_keeps_a_checkpoint_says_how_to_resume_and_resumes_exactly(setup:
     assert_same_weights(out, straight.out)
 
 
+@pytest.mark.e2e
 def test_two_runs_on_one_out_the_second_is_refused_and_the_first_is_intact(setup: TrainConfig, tmp_path: Path) -> None:
     """Run A holds --out (paused at step 2); run B on the same --out fails at once; A then
     finishes with its own model and a clean log."""
@@ -264,8 +267,8 @@ def test_a_read_only_folder_is_refused_before_any_work(tmp_path: Path) -> None:
         ro.chmod(0o555)
         # imports first (as whoever we are), then, as root, become an unprivileged user
         code = (
-            f"import os, sys; sys.path.insert(0, {str(REPO)!r})\nfrom common.outputs import claim_output\n"
-            f"from common.errors import UserError\nif os.geteuid() == 0:\n    os.setuid(65534)\n"
+            f"import os, sys; sys.path.insert(0, {str(REPO)!r})\nfrom ar2mdm.common.outputs import claim_output\n"
+            f"from ar2mdm.common.errors import UserError\nif os.geteuid() == 0:\n    os.setuid(65534)\n"
             f"try:\n    claim_output({str(ro / 'run')!r}, 'convert').__enter__()\n"
             f"except UserError as err:\n    print(err)\n"
         )

@@ -13,8 +13,8 @@ import torch
 from conftest import tiny_config
 from transformers import AutoModelForCausalLM
 
-from common.errors import UserError
-from sampling import (
+from ar2mdm.common.errors import UserError
+from ar2mdm.sampling import (
     AncestralSampler,
     ARPCSampler,
     ARSampler,
@@ -95,7 +95,7 @@ def test_semi_autoregressive_blocks_finish_in_order():
 def test_margin_and_entropy_rank_by_their_own_rule():
     # position 1: two near-equal top tokens (high max prob... low margin); position 2: a clear winner
     logits = torch.tensor([[[0.0] * 4, [5.0, 4.9, -9, -9], [3.0, 0.0, 0.0, 0.0]]])
-    from sampling.base import confidences
+    from ar2mdm.sampling.base import confidences
 
     tok = logits.argmax(-1)
     margin = confidences(logits, tok, "margin")[0]

@@ -1,7 +1,7 @@
-"""KV caches and parallel-decoding rules (sampling.cache, sampling.threshold), against full
+"""KV caches and parallel-decoding rules (ar2mdm.sampling.cache, ar2mdm.sampling.threshold), against full
 recomputation and hand computations.
 
-Drift (`sampling.cache.drift`) is the largest |cached - recomputed| logit over the positions a
+Drift (`ar2mdm.sampling.cache.drift`) is the largest |cached - recomputed| logit over the positions a
 step may commit, against an uncached call on the same canvas: 0 where a cache is exact.
 """
 
@@ -14,9 +14,9 @@ import torch
 from conftest import tiny_config
 from transformers import AutoModelForCausalLM
 
-from common.errors import UserError
-from diffusion.attention import make_bidirectional
-from sampling import (
+from ar2mdm.common.errors import UserError
+from ar2mdm.diffusion.attention import make_bidirectional
+from ar2mdm.sampling import (
     FactorSampler,
     ModelContext,
     ThresholdSampler,

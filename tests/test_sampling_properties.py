@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM
 
-from diffusion.attention import make_bidirectional
-from sampling import ModelContext, build_sampler, make_canvas, run
+from ar2mdm.diffusion.attention import make_bidirectional
+from ar2mdm.sampling import ModelContext, build_sampler, make_canvas, run
 
 VOCAB, MASK = 40, 39
 SPECIALS = (0, 1, 2)

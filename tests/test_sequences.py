@@ -1,12 +1,12 @@
-"""Long-answer sequence tasks (tasks.sequences): answers by hand, determinism, the JSONL round trip."""
+"""Long-answer sequence tasks (ar2mdm.tasks.sequences): answers by hand, determinism, the JSONL round trip."""
 
 from __future__ import annotations
 
 import pytest
 
-from common.errors import TaskError
-from tasks import load_jsonl_task
-from tasks.sequences import sequence_examples, write_jsonl
+from ar2mdm.common.errors import TaskError
+from ar2mdm.tasks import load_jsonl_task
+from ar2mdm.tasks.sequences import sequence_examples, write_jsonl
 
 
 def words_of(prompt: str) -> list[str]:

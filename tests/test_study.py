@@ -10,16 +10,17 @@ import pytest
 from typer.testing import CliRunner
 
 import analyses.compare
-from ar2mdm.cli import app
-from ar2mdm.power import needed_pool, plan_power
-from ar2mdm.study import StudyConfig, run_study
-from common.errors import UserError
+from analyses.app.cli import app
+from analyses.app.power import needed_pool, plan_power
+from analyses.app.study import StudyConfig, run_study
+from ar2mdm.common.errors import UserError
 
 
 def statuses(summary: dict) -> dict[str, str]:
     return {s["name"]: s["status"] for s in summary["stages"]}
 
 
+@pytest.mark.e2e
 def test_study_runs_caches_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AR2MDM_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "study"
@@ -73,7 +74,7 @@ def test_study_runs_caches_and_resumes(tmp_path: Path, monkeypatch: pytest.Monke
     assert powered["power"]["pool"] == min(1000, max(needed)) and "min left of the budget" in powered["power"]["reason"]
     assert "Not rerun" in (out / "report.html").read_text()
     # and when the plan fits, the comparison reruns on the larger pool and the report reads it
-    import ar2mdm.study as study_module
+    import analyses.app.study as study_module
 
     def fits(needed, pilot_pool, seconds, left):
         plan = plan_power(needed, pilot_pool, seconds, float("inf"))

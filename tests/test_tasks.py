@@ -8,9 +8,9 @@ from _tasks_helpers import bpe_tokenizer, char_tokenizer, word_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.errors import TaskError
-from tasks import TASKS, check_alignment, collate, get_task, render, task_names, words
-from tasks.base import first_word, single_token_words
+from ar2mdm.common.errors import TaskError
+from ar2mdm.tasks import TASKS, check_alignment, collate, get_task, render, task_names, words
+from ar2mdm.tasks.base import first_word, single_token_words
 
 NAMES = sorted(TASKS)
 TOKENIZERS = {"word": word_tokenizer, "bpe": bpe_tokenizer}

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tasks import get_task
-from tasks.countdown import evaluate, solves
+from ar2mdm.tasks import get_task
+from ar2mdm.tasks.countdown import evaluate, solves
 
 NUMBERS, TARGET = (3, 7, 12), 33
 

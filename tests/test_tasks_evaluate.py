@@ -1,4 +1,4 @@
-"""tasks.evaluate against hand computations on a tiny random Llama."""
+"""ar2mdm.tasks.evaluate against hand computations on a tiny random Llama."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 from _tasks_helpers import tiny_llama, word_tokenizer
 
-from common.errors import TaskError
-from common.metadata import ModelMeta
-from tasks import get_task, render
-from tasks.evaluate import greedy_accuracy, greedy_generate, logit_metrics, set_scores
+from ar2mdm.common.errors import TaskError
+from ar2mdm.common.metadata import ModelMeta
+from ar2mdm.tasks import get_task, render
+from ar2mdm.tasks.evaluate import greedy_accuracy, greedy_generate, logit_metrics, set_scores
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import json
 import pytest
 from _tasks_helpers import word_tokenizer
 
-from common.errors import TaskError
-from tasks import load_jsonl_task, render
+from ar2mdm.common.errors import TaskError
+from ar2mdm.tasks import load_jsonl_task, render
 
 ROWS = [
     {

@@ -9,8 +9,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks import get_task
-from tasks.sudoku import format_puzzle, is_valid_solution, random_solution, solutions
+from ar2mdm.tasks import get_task
+from ar2mdm.tasks.sudoku import format_puzzle, is_valid_solution, random_solution, solutions
 
 
 @functools.cache

@@ -17,8 +17,8 @@ from conftest import WORDS, build_tiny_model, train_script
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from common.errors import UserError
-from common.metadata import ModelMeta
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.metadata import ModelMeta
 from conversion.mdm import MASK_TOKEN, add_mask_token, load_mdm
 from conversion.throughput import TIMING_FIELDS
 from conversion.train import TrainConfig, TrainingDiverged, lr_at, train
@@ -119,6 +119,7 @@ def test_grad_accum_gives_the_same_update(setup: TrainConfig, tmp_path: Path) ->
         torch.testing.assert_close(wa[name], wb[name], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.e2e
 def test_resume_after_sigkill_is_exact(setup: TrainConfig, tmp_path: Path) -> None:
     cfg = replace(setup, steps=8, save_every=2, eval_every=4)
     killed = replace(cfg, out=str(tmp_path / "killed"))
@@ -188,6 +189,7 @@ def test_bad_config_is_a_user_error(setup: TrainConfig) -> None:
             train(replace(setup, **bad))
 
 
+@pytest.mark.e2e
 def test_ddp_two_processes_match_one(setup: TrainConfig, tmp_path: Path) -> None:
     """DDP over 2 CPU processes (gloo) equals one process with the same global batch.
 

@@ -16,10 +16,10 @@ from test_probe import folder
 
 from analyses.circuits import attribute
 from analyses.graph import Graph
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
+from ar2mdm.tasks import collate
 from probe import ProbedModel
 from probe.ungroup import ungroup_kv_heads
-from tasks import collate
 
 R = N_HEADS // N_KV_HEADS
 FAMILIES = [("llama", "mdm"), ("qwen2", "ar"), ("qwen3", "mdm"), ("gemma3_text", "mdm"), ("mistral", "ar")]

@@ -46,8 +46,8 @@ from analyses.validation.scoring import (
     score_methods,
     write_validation,
 )
-from common.errors import UserError
-from tasks import collate
+from ar2mdm.common.errors import UserError
+from ar2mdm.tasks import collate
 
 ALL = frozenset({"token", "query", "key", "value"})
 # which examples (by corruption kind) each true edge and node carries: the hand derivation

@@ -1,4 +1,4 @@
-"""One yes/no rule for every source of options (`common.options.parse_bool`), and "no" never runs a
+"""One yes/no rule for every source of options (`ar2mdm.common.options.parse_bool`), and "no" never runs a
 checkpoint's own code: a folder whose code writes a marker file when imported is loaded through
 every entry point that takes trust_remote_code, with every spelling of no; the marker must never
 appear. A positive control (yes) shows that the marker does appear when code runs, so the test can fail.
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import build_tiny_model
 
-from common.errors import UserError
-from common.options import parse_bool
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.options import parse_bool
 
 NO = ("no", "No", "NO", "off", "OFF", "false", "False", "0", " no ", 0, False)
 YES = ("yes", "Yes", "on", "true", "TRUE", "1", 1, True)
@@ -113,7 +113,7 @@ def test_yes_does_run_the_code(marker_folder: tuple[Path, Path], tmp_path: Path)
 @pytest.mark.parametrize("value", NO)
 def test_a_samplers_yes_no_option_given_as_a_word(value) -> None:
     """`build_sampler` (and so `--model_args stop_at_eos=no`) reads yes/no options by the one rule."""
-    from sampling import build_sampler
+    from ar2mdm.sampling import build_sampler
 
     assert build_sampler("threshold", stop_at_eos=value).stop_at_eos is False
     assert build_sampler("threshold", stop_at_eos="yes").stop_at_eos is True
@@ -123,7 +123,7 @@ def test_a_samplers_yes_no_option_given_as_a_word(value) -> None:
 
 def test_library_loaders_take_the_clis_spellings(tmp_path: Path) -> None:
     """`dtype="bf16"`, `device="cpu"`, `trust_remote_code="no"`: what the CLI accepts, a library call
-    accepts too (`common.modeling.loading_options`), and the model comes back as asked."""
+    accepts too (`ar2mdm.common.modeling.loading_options`), and the model comes back as asked."""
     import torch
 
     from conversion.checkpoints import load_any

@@ -26,8 +26,8 @@ from torch import Tensor
 from analyses.compare.controls import PairStats
 from analyses.graph import Graph
 from analyses.statistics import Interval, detectable_effect, floor_bound, pooled, verdict
-from common.errors import UserError
-from tasks import TASKS
+from ar2mdm.common.errors import UserError
+from ar2mdm.tasks import TASKS
 
 
 def default_k_edges(n_edges: int) -> int:

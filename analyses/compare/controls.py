@@ -37,7 +37,7 @@ from analyses.depth import compare_depth
 from analyses.graph import Graph
 from analyses.patching import baseline_logit_diffs
 from analyses.statistics import Interval, jaccard_bootstrap
-from common.errors import CheckpointError
+from ar2mdm.common.errors import CheckpointError
 from probe.model import ProbedModel
 
 TWIN_ROLES = ("ar_twin", "mdm_twin")

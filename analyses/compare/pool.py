@@ -17,11 +17,11 @@ from typing import Any
 import torch
 
 from analyses.patching import baseline_logit_diffs
-from common.errors import CheckpointError, TaskError
-from common.families import FAMILIES
+from ar2mdm.common.errors import CheckpointError, TaskError
+from ar2mdm.common.families import FAMILIES
+from ar2mdm.tasks import Example, render
+from ar2mdm.tasks.base import Rendered
 from probe.model import ProbedModel
-from tasks import Example, render
-from tasks.base import Rendered
 
 MIN_POOL = 4  # fewer common-correct examples than this: the task is reported, not analysed
 
@@ -119,7 +119,7 @@ def tokenizer_warnings(ar: ProbedModel, mdm: ProbedModel) -> list[str]:
 def task_examples(mdm: ProbedModel, tasks: Sequence[str], n: int, seed: int = 0) -> dict[str, list[Example]]:
     """n candidate examples per task: the organism's held-out sets for an organism conversion
     (prompts its training never saw), else the built-in tasks aligned under this tokenizer."""
-    from tasks import get_task
+    from ar2mdm.tasks import get_task
 
     tok = mdm.tokenizer
     from conversion.organism import eval_examples, is_organism

@@ -21,9 +21,9 @@ from analyses.compare.controls import PAIR_LABELS
 from analyses.depth.distribution import region
 from analyses.graph import Graph
 from analyses.statistics import Interval, pool_for_width
-from common.outputs import atomic_write_text
-from tasks import TASKS
-from tasks.evaluate import LD_GAP_TARGET
+from ar2mdm.common.outputs import atomic_write_text
+from ar2mdm.tasks import TASKS
+from ar2mdm.tasks.evaluate import LD_GAP_TARGET
 
 
 @dataclass

@@ -59,9 +59,9 @@ from analyses.depth import compare_depth, lens_profile, mean_scores, node_patchi
 from analyses.graph import Graph, check_top_k, jaccard_curve, node_importance
 from analyses.neurons import causal_check, compare_profiles, profile_units
 from analyses.statistics import Interval, jaccard_bootstrap
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
+from ar2mdm.tasks import TASKS, Example, task_names
 from probe.model import ProbedModel
-from tasks import TASKS, Example, task_names
 
 NodeScores = Literal["eap-ig", "patching"]
 

@@ -50,10 +50,10 @@ from analyses.compare.report import (
 )
 from analyses.compare.run import CompareOptions, compare, top_ks
 from analyses.graph import Graph
-from common.errors import UserError
-from common.outputs import atomic_write_text
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.outputs import atomic_write_text
+from ar2mdm.tasks import Example
 from probe.model import ProbedModel
-from tasks import Example
 
 Order = Literal["block_size", "given"]
 

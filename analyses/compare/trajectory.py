@@ -24,10 +24,10 @@ from analyses.compare.report import json_safe
 from analyses.depth import layer_distribution
 from analyses.graph import Graph, jaccard
 from analyses.patching import baseline_logit_diffs
-from common.errors import CheckpointError, TaskError, UserError
-from common.metadata import META_FILE, ModelMeta
+from ar2mdm.common.errors import CheckpointError, TaskError, UserError
+from ar2mdm.common.metadata import META_FILE, ModelMeta
+from ar2mdm.tasks.base import Rendered
 from probe.model import ProbedModel
-from tasks.base import Rendered
 
 
 def revealed(item: Rendered, t: float, rng: random.Random) -> Rendered:

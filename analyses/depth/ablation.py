@@ -31,11 +31,11 @@ from analyses.depth.distribution import REGIONS, Region, layer_distribution, lay
 from analyses.patching import Patch, baseline_logit_diffs, component, patched_metrics, reference_means
 from analyses.patching import Source as Method
 from analyses.statistics import Interval, bootstrap_ci, ratio_of_means
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
+from ar2mdm.tasks.base import Rendered
 from probe.lens import read_targets
 from probe.model import ProbedModel
 from probe.names import parse
-from tasks.base import Rendered
 
 
 def layer_components(pm: ProbedModel, layers: int | Sequence[int]) -> list[str]:

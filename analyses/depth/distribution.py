@@ -34,7 +34,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from analyses.statistics import Interval, bootstrap_indices, percentile_interval
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
 from probe.names import parse
 
 Region = Literal["early", "middle", "late"]

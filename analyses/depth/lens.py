@@ -17,11 +17,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from analyses.batching import batches
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
+from ar2mdm.tasks.base import Rendered
 from probe.cache import Cache
 from probe.lens import logit_lens, read_targets
 from probe.model import ProbedModel
-from tasks.base import Rendered
 
 
 @dataclass

@@ -23,9 +23,9 @@ from analyses.neurons.profile import UnitProfile, unit_names
 from analyses.patching import Source as Method
 from analyses.patching import baseline_logit_diffs, reference_means
 from analyses.statistics import Interval, bootstrap_ci
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
+from ar2mdm.tasks.base import Rendered
 from probe.model import ProbedModel
-from tasks.base import Rendered
 
 
 @dataclass

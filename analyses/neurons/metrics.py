@@ -36,7 +36,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
 
 SHARES: tuple[float, ...] = (0.5, 0.8, 0.9)
 

@@ -46,10 +46,10 @@ from analyses.neurons.metrics import (
     units_for_share,
 )
 from analyses.statistics import Interval, bootstrap_weights, percentile_interval
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
+from ar2mdm.tasks.base import Batch, Rendered
 from probe.lens import read_targets
 from probe.model import ProbedModel
-from tasks.base import Batch, Rendered
 
 UnitKind = Literal["neurons", "heads"]
 On = Literal["attribution", "activation"]

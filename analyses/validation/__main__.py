@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-import common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
 
 # isort: split
 import torch

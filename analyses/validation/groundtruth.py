@@ -64,11 +64,11 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from torch import Tensor
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from common.errors import UserError
-from common.metadata import ModelMeta
-from diffusion.attention import make_bidirectional
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.metadata import ModelMeta
+from ar2mdm.diffusion.attention import make_bidirectional
+from ar2mdm.tasks.base import Example, Rendered, render
 from probe.model import ProbedModel
-from tasks.base import Example, Rendered, render
 
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", "<mask>")
 WORDS = ("apple", "bird", "cat", "dog", "egg", "fish", "goat", "hat", "ink", "jam", "kite", "lamp")

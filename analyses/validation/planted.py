@@ -73,11 +73,11 @@ from analyses.validation.groundtruth import (
     select,
     word_tokenizer,
 )
-from common.errors import UserError
-from common.metadata import ModelMeta
-from diffusion.attention import make_bidirectional
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.metadata import ModelMeta
+from ar2mdm.diffusion.attention import make_bidirectional
+from ar2mdm.tasks import TASKS, Example
 from probe.model import ProbedModel
-from tasks import TASKS, Example
 
 N_LAYERS = 3  # thirds of depth L0 | L1 | L2: layer 0 is early, layer 2 late
 LOCAL, GLOBAL = "ioi", "countdown"  # registered task names, used as labels (kinds local / global)

@@ -31,8 +31,8 @@ from torch import Tensor
 from analyses.circuits import attribute
 from analyses.graph import Graph
 from analyses.validation.groundtruth import N_EXAMPLES, SEED, GroundTruth, ground_truths
-from common.errors import UserError
-from common.outputs import atomic_write_text
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.outputs import atomic_write_text
 
 METHODS = ("exact", "eap", "eap-ig-inputs", "eap-ig-activations")
 # the lowest acceptable ROC AUC per method, at edge and node level, on every ground-truth model

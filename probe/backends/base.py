@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 from jaxtyping import Float, Int, Shaped
 from torch import Tensor
 
-from common.errors import UserError
-from common.registry import Registry
+from ar2mdm.common.errors import UserError
+from ar2mdm.common.registry import Registry
 
 Site = tuple[str, int]
 SiteFn = Callable[[Tensor], Tensor | None]
@@ -92,7 +92,7 @@ class Backend(ABC):
 
         input_ids, position_ids: [B, T]. attention_mask: the padding mask [B, T], or for a
         block-diffusion MDM the additive mask [B, 1, T, T] (`Mask4D`). The position ids skip
-        padding (`common.modeling.position_ids`), so a left-padded row gets the logits it gets
+        padding (`ar2mdm.common.modeling.position_ids`), so a left-padded row gets the logits it gets
         alone, on absolute-position models (GPT-2) as on rotary ones.
         """
 

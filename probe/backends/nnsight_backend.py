@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
 from probe.backends.base import Backend, Logits, Mask, Mask4D, SiteFns, TokenIds
 from probe.backends.hf_taps import Tap, hf_taps
 from probe.layout import Layout

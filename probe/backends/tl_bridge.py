@@ -19,7 +19,7 @@ import copy
 
 from torch import Tensor
 
-from common.errors import UserError
+from ar2mdm.common.errors import UserError
 from probe.backends.base import Backend, Logits, Mask, Mask4D, SiteFn, SiteFns, TokenIds
 from probe.layout import Layout
 
