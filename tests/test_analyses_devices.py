@@ -73,6 +73,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.e2e
 def test_compare_in_bf16_agrees_with_fp32(device: str, reference: Path, tmp_path: Path) -> None:
     data = _run(device, torch.bfloat16, tmp_path)
     ref = json.loads((reference / "report.json").read_text())

@@ -14,6 +14,7 @@ import pytest
 from benchmarks.run_all import BENCHMARKS, format_table, main, run_all
 
 
+@pytest.mark.e2e
 def test_tiny_quick_table_has_a_finite_ratio_for_every_benchmark(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["--tiny", "--quick", "--json", str(out)]) == 0

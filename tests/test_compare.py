@@ -265,6 +265,7 @@ def seed_twin(kind: str = "ar", seed: int = 1) -> ProbedModel:
     return ProbedModel(model, tiny_tokenizer(), meta, backend="torch")
 
 
+@pytest.mark.e2e
 def test_compare_end_to_end_agrees_with_the_saved_graphs(tmp_path: Path) -> None:
     """Every number against an independent computation from the saved graphs; the null pairs
     give Jaccard 1.0, effects 0 and "no difference"; the seed floors read like the main pair."""

@@ -269,6 +269,7 @@ def test_harness_model_arguments_are_checked(models):
         ModelAdapter(pretrained=str(models["mdm"]), mc_samples=0)
 
 
+@pytest.mark.e2e
 def test_cli_eval_lm_eval_and_the_passthrough(models, tmp_path):
     out = tmp_path / "ev"
     result = runner.invoke(
@@ -340,6 +341,7 @@ def _lm_eval(model_args: str, include: Path, *extra: str):
     )  # fmt: skip
 
 
+@pytest.mark.e2e
 def test_harness_trust_remote_code_no_never_runs_the_folders_code(marker_folder, exported):
     """Every spelling of no, as a keyword, as --model_args text the harness parses (its two parsers)
     and on the command line: the folder's code never runs; a non-word is a one-line error; yes does

@@ -312,6 +312,7 @@ def test_task_corpus_never_contains_a_held_out_prompt(monkeypatch):
     assert org.task_corpus(n_per_task=30, seed=3) == org.task_corpus(n_per_task=30, seed=3)  # seeded
 
 
+@pytest.mark.e2e
 def test_organism_to_mdm_end_to_end(tmp_path, tiny_run):
     """AR organism -> a few steps of diffusion post-training on task text -> scored by filling."""
     from ar2mdm.common.metadata import ModelMeta
