@@ -218,6 +218,23 @@ def write_llama_gguf(folder: Path, out_file: Path) -> Path:
     return out_file
 
 
+def ship_marker_code(folder: Path, marker: Path) -> Path:
+    """Make the model `folder` name code shipped inside it (config.json's auto_map): a config module
+    that writes `marker` when imported, so a test sees whether the folder's code ever ran
+    (trust_remote_code). Returns `folder`."""
+    code = f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+    code += "from transformers import LlamaConfig\n\nclass MarkerConfig(LlamaConfig):\n    model_type = 'marker_lm'\n"
+    (folder / "configuration_marker.py").write_text(code)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(
+        model_type="marker_lm",
+        architectures=["MarkerForCausalLM"],
+        auto_map={"AutoConfig": "configuration_marker.MarkerConfig"},
+    )
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
 def train_script(path: Path, cfg: Any, kill_at: int | None = None) -> Path:
     """Write a Python script to `path` that runs `conversion.train.train(cfg)` (cfg: a TrainConfig)
     in a process of its own (plain, or under `accelerate launch`); with `kill_at` the process

@@ -17,6 +17,7 @@ from pathlib import Path
 import lm_eval
 import pytest
 import torch
+from conftest import ship_marker_code
 from lm_eval.tasks import TaskManager
 from typer.testing import CliRunner
 
@@ -319,16 +320,7 @@ def marker_folder(models, tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("remote")
     folder = Path(shutil.copytree(models["ar"], root / "model"))
     marker = root / "code-ran.txt"
-    code = f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
-    code += "from transformers import LlamaConfig\n\nclass MarkerConfig(LlamaConfig):\n    model_type = 'marker_lm'\n"
-    (folder / "configuration_marker.py").write_text(code)
-    config = json.loads((folder / "config.json").read_text())
-    config.update(
-        model_type="marker_lm",
-        architectures=["MarkerForCausalLM"],
-        auto_map={"AutoConfig": "configuration_marker.MarkerConfig"},
-    )
-    (folder / "config.json").write_text(json.dumps(config))
+    ship_marker_code(folder, marker)
     return folder, marker
 
 

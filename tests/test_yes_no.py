@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import build_tiny_model
+from conftest import build_tiny_model, ship_marker_code
 
 from ar2mdm.common.errors import UserError
 from ar2mdm.common.options import parse_bool
@@ -43,16 +43,7 @@ def marker_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     root = tmp_path_factory.mktemp("remote")
     folder = build_tiny_model("llama", root / "model")
     marker = root / "code-ran.txt"
-    code = f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
-    code += "from transformers import LlamaConfig\n\nclass MarkerConfig(LlamaConfig):\n    model_type = 'marker_lm'\n"
-    (folder / "configuration_marker.py").write_text(code)
-    config = json.loads((folder / "config.json").read_text())
-    config.update(
-        model_type="marker_lm",
-        architectures=["MarkerForCausalLM"],
-        auto_map={"AutoConfig": "configuration_marker.MarkerConfig"},
-    )
-    (folder / "config.json").write_text(json.dumps(config))
+    ship_marker_code(folder, marker)
     return folder, marker
 
 
