@@ -127,6 +127,15 @@ ENTRIES: tuple[Entry, ...] = (
         2.9,
         doc="the MDM the documents below read (docs/results/conversion.md)",
     ),
+    Entry(
+        "notebooks",
+        ("notebooks/quickstart.ipynb",),
+        ((PY, "scripts/notebooks.py", "--store"),),
+        (*CORE, "notebooks", "scripts/notebooks.py"),
+        2.5,
+        needs=("static-figures",),
+        doc="notebooks/*.ipynb stored executed (figures as PNG), on the models in the cache",
+    ),
     _script_entry("circuits", "results.json", "circuits_results.py", ("--n", "48"), 2.5),
     _script_entry("depth_neurons", "results.json", "depth_neurons_results.py", ("--n", "200"), 6.5),
     _script_entry("sampling", "organism/results.json", "sampler_results.py", ("--mdm", "runs/organism-mdm-sft"), 3.0),
@@ -285,6 +294,12 @@ def _available(need: str) -> bool:
         import torch
 
         return torch.cuda.is_available()
+    if need == "static-figures":  # plotly's PNG export: kaleido and a Chrome (scripts/notebooks.py)
+        probe = subprocess.run(
+            [PY, "-c", "import plotly.graph_objects as go; go.Figure().to_image(format='png', width=20, height=20)"],
+            capture_output=True,
+        )
+        return probe.returncode == 0
     if need == "smollm2":  # installed by `make assets` (ar2mdm setup); not fetched here
         from ar2mdm.common.env import cache_dir
 

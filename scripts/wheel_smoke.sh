@@ -4,9 +4,19 @@
 # the repository run the command line, import the public names the README shows, load a plugin
 # through AR2MDM_PLUGINS, and sample from a tiny model. The new environment reuses the
 # dependencies already installed in .venv (a .pth line), so the check takes seconds, not an install.
-# Usage (from the project root, after `make install`): bash scripts/wheel_smoke.sh [--study]
-#   --study also runs `ar2mdm study --quick` from the installed package (about 2-5 minutes).
+# Usage (from the project root, after `make install`): bash scripts/wheel_smoke.sh [--study] [--notebooks]
+#   --study      also runs `ar2mdm study --quick` from the installed package (about 2-5 minutes);
+#   --notebooks  also executes every notebook, copied outside the repository, with the installed
+#                package as the kernel's ar2mdm (about 8 minutes on 2 cores; CI runs this).
 set -euo pipefail
+study=0 notebooks=0
+for arg in "$@"; do
+    case $arg in
+        --study) study=1 ;;
+        --notebooks) notebooks=1 ;;
+        *) echo "wheel_smoke.sh: unknown option $arg (use --study and/or --notebooks)" >&2; exit 2 ;;
+    esac
+done
 cd "$(dirname "$0")/.."
 repo=$PWD
 py="$repo/.venv/bin/python"
@@ -72,8 +82,14 @@ LlamaForCausalLM(config).save_pretrained(sys.argv[1])
 fast.save_pretrained(sys.argv[1])
 EOF
 "$bin/ar2mdm" sample --model "$work/tiny" --sampler ar --prompt "When Mary" --max-new-tokens 3 >/dev/null
-if [[ ${1:-} == --study ]]; then
+if ((study)); then
     "$bin/ar2mdm" study --quick --out "$work/outside/study"
     test -s "$work/outside/study/report.html"
+fi
+if ((notebooks)); then
+    # the notebooks and their helper, copied away from the repository; the kernel is the new venv's python
+    mkdir -p "$work/outside/notebooks"
+    cp "$repo"/notebooks/*.ipynb "$repo"/notebooks/_models.py "$work/outside/notebooks/"
+    "$bin/python" "$repo/scripts/notebooks.py" --run "$work/outside/notebooks" --outside "$repo"
 fi
 echo "wheel smoke: ok ($(ls "$work/dist" | tr '\n' ' '))"
