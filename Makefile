@@ -92,6 +92,7 @@ validate: $(STAMP)
 .PHONY: results results-check
 results: $(STAMP)
 	$(BIN)/python scripts/results.py --run $(RESULTS_ARGS)
+	$(BIN)/python scripts/results_table.py
 results-check: $(STAMP)
 	$(BIN)/python scripts/results.py
 
