@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (process settings before transformers is imported: common.env)
 
 SIZES = ("organism", "smollm2", "0.5b")
 LARGE = {

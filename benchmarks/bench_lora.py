@@ -78,7 +78,7 @@ def _tensors(file: Path) -> tuple[int, int]:
 def child(mode: str, model: str, data: str, steps: int, seq_len: int, batch: int, lora: str, out: Path) -> dict:
     """One conversion of `steps` steps in this process (mode "full", "lora", or "warm-up": a LoRA
     run that fills the data cache); its measurements (sizes in bytes, resident sets in MiB)."""
-    import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
+    import ar2mdm.common  # noqa: F401  (process settings before transformers is imported: common.env)
     from ar2mdm.common.metadata import ModelMeta
     from conversion.runfolder import read_log
     from conversion.train import TrainConfig, train

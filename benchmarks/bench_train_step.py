@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (process settings before transformers is imported: common.env)
 from conversion.objective import DiffusionOptions, ar_loss, diffusion_loss
 
 TARGET = 0.9  # tokens/s(MDM) / tokens/s(AR) at least this

@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (process settings before transformers is imported: common.env)
 
 # isort: split
 from ar2mdm.common.errors import UserError

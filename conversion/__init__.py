@@ -13,4 +13,4 @@ The floors it stands on (errors, metadata, noise, attention, samplers, tasks) ar
 `ar2mdm.diffusion`, `ar2mdm.sampling` and `ar2mdm.tasks`.
 """
 
-import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (process settings before transformers is imported: common.env)

@@ -45,6 +45,7 @@ from transformers import __version__ as transformers_version
 from ar2mdm.common.env import cache_dir
 from ar2mdm.common.errors import CheckpointError
 from ar2mdm.common.families import read_gguf_architecture
+from ar2mdm.common.hub import localize
 from ar2mdm.common.metadata import Kind, ModelMeta, checkpoint_kind, require_kind
 from ar2mdm.common.modeling import loading_options
 from ar2mdm.common.outputs import atomic_write_text, write_folder_atomically
@@ -77,8 +78,9 @@ def load_ar(
     """Load an autoregressive LM and its tokenizer from a name, an HF folder or a .gguf file.
 
     source: "smollm2", "organism", a folder with config.json + *.safetensors + tokenizer files,
-    or a .gguf file. Known names win over same-named relative paths (write "./smollm2" for a
-    folder called smollm2).
+    a .gguf file, or a hub id "org/name[@revision]" (downloaded into the HF cache, only what is
+    read: `ar2mdm.common.hub`). Known names win over same-named relative paths (write "./smollm2"
+    for a folder called smollm2), and an existing local path wins over a hub id.
     dtype / device: the model's parameter dtype and device.
     trust_remote_code: allow code shipped with the checkpoint to run (only for sources you trust).
     role: what the caller uses the model as, for the error raised when `source` is an MDM
@@ -90,6 +92,7 @@ def load_ar(
     UserError for a dtype, device or trust_remote_code value that is not one (`loading_options`).
     """
     dtype, device, trust_remote_code = loading_options(dtype, device, trust_remote_code)
+    source, hub = localize(source, trust_remote_code=trust_remote_code)
     if isinstance(source, str) and source in KNOWN_NAMES:
         path = smollm2_folder() if source == SMOLLM2 else _existing_organism_folder()
         label = source
@@ -124,7 +127,7 @@ def load_ar(
         source_format="gguf" if path.is_file() else "hf",
         extra={"path": str(path)} if label != str(path) else {},
     )
-    return Loaded(model=model, tokenizer=tokenizer, meta=meta)
+    return Loaded(model=model, tokenizer=tokenizer, meta=meta).from_hub(hub)
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,10 +156,13 @@ def load_any(
     from conversion.mdm import load_mdm  # mdm builds on this module
 
     dtype, device, trust_remote_code = loading_options(dtype, device, trust_remote_code)
-    kind = require_kind(source, expect, role) if expect else checkpoint_kind(source)
+    local, hub = localize(source, trust_remote_code=trust_remote_code)
+    kind = require_kind(local, expect, role) if expect else checkpoint_kind(local)
     if kind == "mdm":
-        return load_mdm(source, dtype=dtype, device=device, role=role, block_size=block_size)
-    return load_ar(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code, role=role)
+        loaded = load_mdm(local, dtype=dtype, device=device, role=role, block_size=block_size)
+    else:
+        loaded = load_ar(local, dtype=dtype, device=device, trust_remote_code=trust_remote_code, role=role)
+    return loaded.from_hub(hub)
 
 
 # --------------------------------------------------------------------------------------------

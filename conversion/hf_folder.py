@@ -32,6 +32,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from ar2mdm.common.errors import CheckpointError
 from ar2mdm.common.families import FAMILIES, supported_list
+from ar2mdm.common.hub import HubSnapshot
 from ar2mdm.common.metadata import ModelMeta
 from ar2mdm.common.options import parse_bool
 from conversion.memory import check_fits, safetensors_summary
@@ -54,6 +55,19 @@ class Loaded:
     model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
     meta: ModelMeta
+
+    def from_hub(self, hub: HubSnapshot | None) -> Loaded:
+        """This Loaded with its hub origin recorded (meta.repo_id, meta.revision = the commit, and
+        meta.extra["path"] = the snapshot folder read); unchanged when `hub` is None. A source that
+        named the snapshot folder is renamed to the hub id the user wrote."""
+        if hub is None:
+            return self
+        meta = self.meta
+        meta.repo_id, meta.revision = hub.ref.repo_id, hub.commit
+        if meta.source in ("", str(hub.folder), hub.local_source):
+            meta.source = str(hub.ref)
+        meta.extra = {**meta.extra, "path": str(hub.folder)}
+        return self
 
 
 def load_hf_folder(

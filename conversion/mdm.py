@@ -32,6 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ar2mdm.common.errors import CheckpointError, UserError
 from ar2mdm.common.families import detect_family, gguf_family, split_format
+from ar2mdm.common.hub import localize
 from ar2mdm.common.metadata import META_FILE, ModelMeta, require_kind
 from ar2mdm.common.modeling import loading_options
 from ar2mdm.diffusion.attention import make_bidirectional
@@ -236,7 +237,8 @@ def load_mdm(
     """Load an MDM: a folder written by `save_mdm` / `train` (with ar2mdm.json), a published MDM as
     downloaded (Dream, LLaDA, DiffuGPT, DiffuLLaMA, A2D, SDAR, Fast-dLLM v2: `ar2mdm.common.families`,
     read by `conversion.published`), a "FAMILY:PATH" source naming the family of a folder whose
-    files do not, or a Dream/LLaDA GGUF file (`conversion.gguf_mdm`).
+    files do not, a Dream/LLaDA GGUF file (`conversion.gguf_mdm`), or any of these by hub id
+    ("org/name[@revision]", "FAMILY:org/name": `ar2mdm.common.hub`).
 
     Returns model (eval, bidirectional), tokenizer, and its `ModelMeta` (kind "mdm";
     `source_format` says which of the above it was). dtype / device: parameters' dtype and device.
@@ -246,6 +248,13 @@ def load_mdm(
     device that is not one (`ar2mdm.common.modeling.loading_options`).
     """
     dtype, device, _ = loading_options(dtype, device)
+    path, hub = localize(path)
+    return _load_local_mdm(path, dtype=dtype, device=device, role=role, block_size=block_size).from_hub(hub)
+
+
+def _load_local_mdm(
+    path: str | Path, *, dtype: torch.dtype, device: torch.device, role: str, block_size: int | None
+) -> Loaded:
     forced, plain = split_format(str(path)) if isinstance(path, str) else (None, path)
     folder = Path(plain).expanduser()
     if folder.is_file() and folder.suffix.lower() == ".gguf":

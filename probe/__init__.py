@@ -7,7 +7,7 @@ the unembedding. `tasks` holds the task suites (IOI, Greater-Than, induction, Co
 infilling, sudoku) that render clean/corrupted pairs for AR or MDM reading.
 """
 
-import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (process settings before transformers is imported: common.env)
 
 # isort: split
 from probe.cache import Cache, DiskCache

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (process settings before transformers is imported: common.env)
 
 # isort: split
 from plotly.subplots import make_subplots

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (process settings before transformers is imported: common.env)
 
 # isort: split
 import plotly.graph_objects as go

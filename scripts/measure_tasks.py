@@ -15,7 +15,7 @@ import time
 
 import torch
 
-import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (process settings before transformers is imported: common.env)
 from ar2mdm.tasks import TASKS, get_task
 from ar2mdm.tasks.evaluate import greedy_accuracy, logit_metrics
 

@@ -8,10 +8,8 @@ checkpoint looks like. Add new shared fixtures here.
 
 from __future__ import annotations
 
+import offline_env  # noqa: F401  (HF offline flags for the test process; see its docstring)
 import suite_typecheck  # noqa: F401  (beartype loads before any library patches `object`; see its docstring)
-
-# Offline flags must be in the environment before transformers / huggingface_hub are imported.
-import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
 
 # isort: split
 import json

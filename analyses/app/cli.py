@@ -99,7 +99,7 @@ def organism_eval(
 
 @app.command()
 def convert(
-    model: Annotated[str | None, typer.Option(help="AR source: smollm2 | organism | HF folder | .gguf file.")] = None,
+    model: Annotated[str | None, typer.Option(help="AR source: smollm2 | organism | hub id org/name[@revision] | HF folder | .gguf file.")] = None,
     data: Annotated[str | None, typer.Option(help="Text: sotu | moby-dick | .txt/.jsonl file | folder of .txt.")] = None,
     out: Annotated[str | None, typer.Option(help="Output folder: the MDM (HF folder + ar2mdm.json), train.jsonl, checkpoint/.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML/TOML file of options (names as below, - or _); flags override it.")] = None,
@@ -188,7 +188,7 @@ def _sampler_flags(
 
 @app.command()
 def sample(
-    model: Annotated[str, typer.Option(help="Checkpoint: an MDM (a folder from `ar2mdm convert`, a published one as downloaded: Dream, LLaDA, ...; FAMILY:PATH; a Dream/LLaDA .gguf) or an AR source (smollm2 | organism | HF folder | .gguf).")],
+    model: Annotated[str, typer.Option(help="Checkpoint: an MDM (a folder from `ar2mdm convert`, a published one as downloaded: Dream, LLaDA, ...; FAMILY:PATH; a Dream/LLaDA .gguf; any of these by hub id org/name[@revision]) or an AR source (smollm2 | organism | hub id | HF folder | .gguf).")],
     prompt: Annotated[list[str], typer.Option(help="Prompt text (repeat the flag for a batch).")],
     sampler: Annotated[str, typer.Option(help=SAMPLER_HELP)] = "low-confidence",
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate after each prompt.")] = 32,
@@ -279,7 +279,7 @@ TRACE_SIGNATURE = '{"written_by": "ar2mdm sample --trace",'
 
 @app.command("eval")
 def eval_(
-    model: Annotated[str, typer.Option(help="Checkpoint: an MDM (a folder from `ar2mdm convert`, a published one as downloaded: Dream, LLaDA, ...; FAMILY:PATH; a Dream/LLaDA .gguf) or an AR source (smollm2 | organism | HF folder | .gguf).")],
+    model: Annotated[str, typer.Option(help="Checkpoint: an MDM (a folder from `ar2mdm convert`, a published one as downloaded: Dream, LLaDA, ...; FAMILY:PATH; a Dream/LLaDA .gguf; any of these by hub id org/name[@revision]) or an AR source (smollm2 | organism | hub id | HF folder | .gguf).")],
     out: Annotated[Path, typer.Option(help="Folder for results.json, results.md and generation.html.")],
     tasks: Annotated[str, typer.Option(help=f"Comma-separated tasks: {TASK_HELP}, or .jsonl task files.")] = "ioi,countdown",
     samplers: Annotated[str | None, typer.Option(help=f"Comma-separated samplers: {SAMPLER_HELP}. [default: low-confidence,threshold; with --lm-eval one sampler, default ar for an ARM, low-confidence for an MDM]")] = None,
@@ -365,7 +365,7 @@ def eval_(
 @app.command()
 def study(
     out: Annotated[Path, typer.Option(help="Study folder: one sub-folder per stage, report.html and summary.json.")] = Path("study"),
-    model: Annotated[str, typer.Option(help="organism (the embedded default: trained or taken from the cache) | smollm2.")] = "organism",
+    model: Annotated[str, typer.Option(help="organism (the embedded default: trained or taken from the cache) | smollm2 | a hub id org/name[@revision] or an HF folder of a pretrained ARM (SmolLM2's route: conversion on SOTU within --budget).")] = "organism",
     budget: Annotated[float, typer.Option(help="Minutes for the whole study on this machine. smollm2: the conversion gets 40% and the comparison pool is sized from it; with --power: whether the larger pool fits.")] = 30.0,
     ar_steps: Annotated[int, typer.Option(help="organism: training steps when none is cached.")] = 1500,
     convert_steps: Annotated[int, typer.Option(help="organism: conversion (SFT) steps.")] = 600,

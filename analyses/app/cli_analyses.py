@@ -29,8 +29,8 @@ from ar2mdm.tasks import task_names
 
 @app.command()
 def compare(
-    ar: Annotated[str, typer.Option(help="The ARM: smollm2 | organism | HF folder (Qwen2.5-7B, Llama-2-7b, gpt2, ...) | .gguf.")],
-    mdm: Annotated[str, typer.Option(help="The MDM, same architecture and vocabulary as --ar: a folder written by `ar2mdm convert`, a published MDM as downloaded (Dream, DiffuLLaMA, DiffuGPT, A2D, SDAR, Fast-dLLM v2; docs/FORMATS.md), FAMILY:PATH, or a Dream/LLaDA .gguf.")],
+    ar: Annotated[str, typer.Option(help="The ARM: smollm2 | organism | hub id org/name[@revision] (Qwen/Qwen2.5-7B, gpt2, ...) | HF folder | .gguf.")],
+    mdm: Annotated[str, typer.Option(help="The MDM, same architecture and vocabulary as --ar: a folder written by `ar2mdm convert`, a published MDM as downloaded (Dream, DiffuLLaMA, DiffuGPT, A2D, SDAR, Fast-dLLM v2; docs/FORMATS.md), FAMILY:PATH, a Dream/LLaDA .gguf, or any of these by hub id org/name[@revision] (dream:Dream-org/Dream-v0-Base-7B).")],
     out: Annotated[Path, typer.Option(help="Folder for report.json, report.html, summary.md and graphs/.")],
     tasks: Annotated[str, typer.Option(help=f"Comma-separated: {TASK_HELP}.")] = ",".join(task_names()),
     pool_size: Annotated[int, typer.Option(help="At most this many common-correct examples per task.")] = 500,
@@ -146,7 +146,7 @@ def refuse_repeated_checkpoints(sources: list[str], option: str) -> None:
 
 @app.command("compare-series")
 def compare_series(
-    ar: Annotated[str, typer.Option(help="The ARM: smollm2 | organism | HF folder | .gguf.")],
+    ar: Annotated[str, typer.Option(help="The ARM: smollm2 | organism | hub id org/name[@revision] | HF folder | .gguf.")],
     mdm: Annotated[list[str], typer.Option(help="An MDM of --ar's architecture (e.g. converted at one block size); repeat, at least twice.")],
     out: Annotated[Path, typer.Option(help="Folder for series.json, series.md, series.html and one compare report per MDM.")],
     tasks: Annotated[str, typer.Option(help=f"Comma-separated: {TASK_HELP}.")] = ",".join(task_names()),

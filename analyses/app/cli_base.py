@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (process settings before transformers is imported: common.env)
 from analyses.attribution import methods_for
 from ar2mdm.common.errors import TrainingInterrupted, UserError
 from ar2mdm.common.plugins import load_plugins

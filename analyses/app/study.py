@@ -37,16 +37,19 @@ from analyses.app.power import CLAIM_A_HALF_WIDTH, POWER_HALF_WIDTH, needed_pool
 from analyses.app.stages import StageRecord, Stages, stage_output
 from analyses.app.study_report import print_summary, write_study_report
 from ar2mdm.common.errors import UserError
+from ar2mdm.common.hub import parse_hub_id
 from ar2mdm.common.jsonl import read_json
 from ar2mdm.common.outputs import claim_output
 from conversion.organism_data import TASK_NAMES as ORGANISM_TASKS
 
-MODELS = ("organism", "smollm2")
+MODELS = ("organism", "smollm2")  # the built-in names; a hub id or an HF folder takes SmolLM2's route
 
 
 @dataclass
 class StudyConfig:
-    """out: the study folder. model: "organism" (the embedded default) or "smollm2".
+    """out: the study folder. model: "organism" (the embedded default), "smollm2", or any pretrained
+    ARM by hub id ("org/name[@revision]") or HF folder, which takes SmolLM2's route (conversion on
+    SOTU within the budget, no seed floor).
     budget: minutes for the whole study on this machine (SmolLM2: the conversion gets 40%, the
     comparison's pool is sized from it; with `power`, whether the larger pool fits).
     ar_steps: organism training steps when no organism is cached. convert_steps: conversion
@@ -84,8 +87,11 @@ class StudyConfig:
     power: bool = False
 
     def checked(self) -> StudyConfig:
-        if self.model not in MODELS:
-            raise UserError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}.")
+        if self.model not in MODELS and parse_hub_id(self.model) is None and not Path(self.model).expanduser().is_dir():
+            raise UserError(
+                f"--model must be one of {', '.join(MODELS)}, a hub id (org/name[@revision]) or an HF model folder; "
+                f"got {self.model!r}, which is none of these."
+            )
         if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.block_sizes):
             raise UserError(f"block sizes must be positive integers, got {list(self.block_sizes)}.")
         if self.block_sizes and self.model != "organism":
@@ -185,6 +191,8 @@ def _ar_stage(cfg: StudyConfig, stages: Stages) -> tuple[str, StageRecord]:
         from conversion.checkpoints import smollm2_folder
 
         source = str(smollm2_folder())
+    elif cfg.model != "organism":
+        source = cfg.model  # a hub id or an HF folder: load_ar resolves it (ar2mdm.common.hub)
     else:
         from conversion.organism import OrganismConfig, default_organism_dir, outdated, train_organism
 
@@ -526,9 +534,9 @@ def _run_stages(cfg: StudyConfig, out: Path, log: Callable[[str], None]) -> dict
     ar_source, ar_record = _ar_stage(cfg, stages)
     mdm_record = _mdm_stage(cfg, stages, ar_source, ar_record, settings)
     mdm_path = out / "mdm" / "model"
-    if cfg.model == "smollm2":
+    if cfg.model != "organism":
         log(
-            f"[mdm] SmolLM2 conversion on this budget: {mdm_record.info.get('steps')} steps, "
+            f"[mdm] {cfg.model} conversion on this budget: {mdm_record.info.get('steps')} steps, "
             f"{mdm_record.info.get('tokens_seen', 0):,} tokens -- published conversions used 30-580 B tokens; "
             "this MDM is barely converted, and the comparison says what such a short conversion changes."
         )
@@ -546,7 +554,7 @@ def _run_stages(cfg: StudyConfig, out: Path, log: Callable[[str], None]) -> dict
         report = stage_output(out / "compare" / "report.json")
         seconds = float(pilot.info.get("seconds") or pilot.seconds)
         left = cfg.budget * 60 - (time.perf_counter() - t0)
-        if cfg.model == "smollm2":
+        if cfg.model != "organism":
             needed, target = needed_pool(report, None, CLAIM_A_HALF_WIDTH), f"claim (a) +/-{CLAIM_A_HALF_WIDTH}"
         else:
             needed, target = needed_pool(report), f"every task's Jaccard +/-{POWER_HALF_WIDTH}"

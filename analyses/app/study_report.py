@@ -105,7 +105,7 @@ def write_study_report(
         f"<p>Model <b>{html.escape(model)}</b>: ARM <code>{html.escape(ar_source)}</code>, converted by "
         f"{mdm_info.get('steps')} steps ({tokens:,} tokens) into <code>{html.escape(str(mdm_path))}</code>.</p>"
     ]
-    if model == "smollm2":
+    if model != "organism":
         lines.append(
             f"<p><b>How little conversion this is:</b> {tokens:,} tokens on this machine's budget; published conversions "
             "used about 30 B (DiffuGPT), 65 B (DiffuLLaMA) and 580 B (Dream) tokens. Read the MDM side as a barely "

@@ -459,6 +459,11 @@ def report_html(
         f"{data['shape']['n_layers']} layers, {data['shape']['edges']} edges; K = {data['options']['k_edges']} edges, "
         f"{data['options']['k_nodes']} nodes; EAP-IG m = {data['options']['steps']}; 95% bootstrap intervals "
         f"({data['options']['n_boot']} resamples).</p>",
+        *(
+            f"<p>{role.upper()} from the hub: <code>{html.escape(h['repo_id'])}</code> at commit "
+            f"<code>{html.escape(h['revision'])}</code></p>"
+            for role, h in data.get("hub", {}).items()
+        ),
         *(f"<p style='color:#b00'><b>Warning:</b> {html.escape(w)}</p>" for w in data.get("warnings", [])),
         *sections,
         "<h2>Claims of the reference study</h2>",

@@ -211,6 +211,11 @@ def compare(
     }
     result = CompareResult(data)
     models = {"ar": ar, "mdm": mdm, **{f"{r}_twin": m for r, m in twins.items()}}
+    data["hub"] = {  # the hub repository and commit of each model loaded by hub id (ar2mdm.common.hub)
+        role: {"repo_id": m.meta.repo_id, "revision": m.meta.revision}
+        for role, m in models.items()
+        if m.meta is not None and getattr(m.meta, "repo_id", "")
+    }
     pools = _pools(ar, mdm, opts, examples, data, log, twins)
     data["seconds"]["pools"] = time.perf_counter() - t0
     pairs: dict[str, dict[str, PairStats]] = {}

@@ -11,4 +11,4 @@ Regenerate docs/results/validation.md's numbers with
 `.venv/bin/python -m analyses.validation --out docs/results/validation`.
 """
 
-from ar2mdm.common import env  # noqa: F401  (offline flags before transformers is imported)
+from ar2mdm.common import env  # noqa: F401  (process settings before transformers is imported: common.env)

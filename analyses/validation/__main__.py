@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (process settings before transformers is imported: common.env)
 
 # isort: split
 import torch

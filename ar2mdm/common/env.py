@@ -1,9 +1,10 @@
-"""Process-wide settings every entry point needs before transformers or datasets are imported.
+"""Process-wide settings and the toolkit's cache folder.
 
-No machine this toolkit targets can reach a model or dataset hub, and a silent network attempt
-turns into a long hang or a confusing error. We set the offline flags once, here, unless the user
-has already chosen otherwise. The cache directory holds everything the toolkit downloads or
-derives (the SmolLM2 HF folder, text corpora, the trained organism); it is never inside the repo.
+ar2mdm never switches the network off: what the user set for huggingface_hub, transformers and
+datasets (`HF_HUB_OFFLINE`, `HF_ENDPOINT`, `HF_HOME`, ...) is theirs, and hub ids are downloaded
+when the user has a network (`ar2mdm.common.hub`). The cache directory holds everything the
+toolkit derives (the SmolLM2 HF folder, text corpora, the trained organism); it is never inside the
+repo. Models fetched by hub id live in the user's HF cache, not here.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-for _flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(_flag, "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ar2mdm.common.errors import CheckpointError, UserError
 from ar2mdm.common.families import detect_family, gguf_family, split_format
+from ar2mdm.common.hub import localize
 from ar2mdm.common.options import check_types
 from ar2mdm.common.outputs import atomic_write_text
 
@@ -51,6 +52,8 @@ class ModelMeta:
     convert` wrote), "hf" (a transformers folder), "gguf", or a published family's name ("dream",
     "llada", ...; `ar2mdm.common.families`), "gguf:dream" for a family's GGUF. Empty in files of older
     ar2mdm versions.
+    repo_id / revision: the hub repository ("org/name") and the commit (40 hex) the weights were read
+    from, when the source was a hub id (`ar2mdm.common.hub`); empty for local sources.
     extra: anything else a producer wants to record (steps, tokens seen, training options).
     """
 
@@ -64,6 +67,8 @@ class ModelMeta:
     schedule: str | None = None
     block_size: int | None = None
     source_format: str = ""
+    repo_id: str = ""
+    revision: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -137,8 +142,10 @@ def checkpoint_kind(source: str | Path) -> Kind:
     interrupted, or the folder was copied without it): CheckpointError, since its mask token and
     read rule are unknown and running it causally would be silently wrong. Anything else (a
     built-in name, an HF folder, a .gguf file, a path that does not exist yet) is "ar": the
-    loaders report missing paths themselves.
+    loaders report missing paths themselves. A hub id is read from its snapshot in the HF cache,
+    downloaded first if needed (`ar2mdm.common.hub.localize`).
     """
+    source = localize(source)[0]
     forced, source = split_format(str(source)) if isinstance(source, str) else (None, source)
     if forced is not None:
         return "mdm"
@@ -211,6 +218,7 @@ def require_kind(source: str | Path, expected: Kind, role: str) -> Kind:
     source of a conversion", "ARPC's AR scorer (--ar-scorer)", "compare --mdm").
     """
     expected = parse_kind(expected)
+    source = localize(source)[0]
     kind = checkpoint_kind(source)
     if kind == expected:
         return kind

@@ -6,4 +6,4 @@
   per-document), as 4D masks or the model's own `is_causal=False`.
 """
 
-import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (process settings before transformers is imported: common.env)

@@ -33,7 +33,7 @@ import inspect
 import typing
 from typing import Any
 
-import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (process settings before transformers is imported: common.env)
 from ar2mdm.common.errors import UserError
 from ar2mdm.common.options import parse_bool
 from ar2mdm.sampling.ancestral import AncestralSampler, UniformSampler, unmask_probability

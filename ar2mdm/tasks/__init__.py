@@ -23,7 +23,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-import ar2mdm.common  # noqa: F401  (offline flags before transformers is imported)
+import ar2mdm.common  # noqa: F401  (process settings before transformers is imported: common.env)
 from ar2mdm.common.errors import TaskError
 from ar2mdm.tasks.base import (
     TASKS,
