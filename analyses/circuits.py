@@ -45,6 +45,7 @@ from analyses.graph import Graph, forward_edges, split_edge
 from analyses.metrics import METRICS, Targets, clean_reference, metric_values
 from analyses.patching import Patch, patch_batch
 from ar2mdm.common.errors import UserError
+from ar2mdm.common.modeling import device_of
 from probe.model import ProbedModel
 
 # --- attribution ----------------------------------------------------------------------------------
@@ -160,7 +161,7 @@ def _predict(pm: ProbedModel, scorer, method: str, batch, per_example: bool, log
         return None
     if log is not None:
         log(est.describe())
-    device = next(pm.model.parameters()).device
+    device = device_of(pm.model)
     if device.type == "cuda":
         check_free_memory(est, torch.cuda.mem_get_info(device)[0], str(device))
     return est

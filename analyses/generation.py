@@ -34,7 +34,7 @@ from lm_eval.filters.extraction import RegexFilter
 from tqdm.auto import tqdm
 
 from ar2mdm.common.errors import UserError
-from ar2mdm.common.modeling import pad_id, position_ids, right_pad
+from ar2mdm.common.modeling import device_of, pad_id, position_ids, right_pad
 from ar2mdm.sampling import SAMPLERS, ModelContext, build_sampler, check_prompts, make_canvas, run, takes_steps
 from ar2mdm.tasks import Example, Task, render
 from conversion.checkpoints import Loaded
@@ -163,7 +163,7 @@ def ar_scorer(loaded: Loaded, source: str | None = None) -> torch.nn.Module:
         raise UserError(
             f"ARPC's AR scorer {where!r} (the MDM's source) could not be loaded: {err} Pass --ar-scorer PATH."
         ) from None
-    device = next(loaded.model.parameters()).device
+    device = device_of(loaded.model)
     return scorer.to(device)
 
 
@@ -220,7 +220,7 @@ def task_accuracy(
     groups: dict[int, list[int]] = defaultdict(list)
     for i, r in enumerate(rendered):
         groups[len(r.answer_ids)].append(i)
-    device = next(model.parameters()).device
+    device = device_of(model)
     solved, tokens, seconds = 0, 0, 0.0
     nfe_rows: list[float] = []
     nfe_by: dict[str, float] = defaultdict(float)
@@ -324,7 +324,7 @@ def generate_texts(
     model, tok, meta = loaded.model, loaded.tokenizer, loaded.meta
     ctx = ModelContext.from_meta(meta, tok, model)
     sampler = build_sampler(spec.name, **_with_scorer(spec, scorer))
-    device = next(model.parameters()).device
+    device = device_of(model)
     texts, ids_out, nfe, seconds = [], [], 0.0, 0.0
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
@@ -383,7 +383,7 @@ def gen_ppl(
     limit = chunk or int(
         getattr(model.config, "max_position_embeddings", 0) or getattr(model.config, "n_positions", 1024)
     )
-    device = next(model.parameters()).device
+    device = device_of(model)
     total_nll, total_tokens = 0.0, 0
     sample_tokens: list[list[int]] = []
     rows: list[tuple[list[int], int]] = []  # (ids, index of the first scored token)

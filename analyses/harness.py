@@ -64,8 +64,9 @@ from tqdm.auto import tqdm
 
 from analyses.likelihood import LogLikelihood, ar_loglikelihoods, mdm_loglikelihoods
 from ar2mdm.common.errors import UserError
-from ar2mdm.common.modeling import parse_device, parse_dtype
+from ar2mdm.common.modeling import device_of, parse_device, parse_dtype
 from ar2mdm.common.options import check_types, parse_bool
+from ar2mdm.common.placement import placement_options
 from ar2mdm.sampling import SAMPLERS, ModelContext, build_sampler, make_canvas, run, sampler_options
 from conversion.checkpoints import Loaded, load_any
 
@@ -160,11 +161,15 @@ def check_model_args(
     dtype: Any = "fp32",
     seed: Any = 0,
     trust_remote_code: Any = False,
+    device_map: Any = None,
+    max_memory: Any = None,
+    offload_folder: Any = None,
     **options: Any,
 ) -> ModelArguments:
     """Every check of the ar2mdm harness model's arguments (those of `ModelAdapter`) that needs no
     checkpoint: whole numbers, yes/no values (a refusal such as "no", "off" or "0" is never read as
-    consent), dtype, device, and the sampler's options when a sampler is named. `ar2mdm lm-eval` runs
+    consent), dtype, device (or device_map, max_memory, offload_folder: `ar2mdm.common.placement`),
+    and the sampler's options when a sampler is named. `ar2mdm lm-eval` runs
     it on --model_args before the harness starts; `ModelAdapter` before it loads anything.
     Raises UserError naming the model argument."""
     size = 16 if batch_size in (None, "auto") or str(batch_size).startswith("auto") else batch_size
@@ -183,8 +188,13 @@ def check_model_args(
         load = {
             "trust_remote_code": parse_bool(trust_remote_code, "model argument trust_remote_code"),
             "dtype": parse_dtype(dtype, option="model argument dtype"),
-            "device": _device(device or ("cuda" if torch.cuda.is_available() else "cpu")),
         }
+        if device_map:  # spread over devices (accelerate): the map decides, not a default device
+            placement_options(device_map, max_memory, offload_folder, device=_device(device) if device else None)
+            load.update(device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
+        else:
+            placement_options(None, max_memory, offload_folder)  # refuses them without a map
+            load["device"] = _device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return ModelArguments(**checked, load=load, options=typed)
 
 
@@ -238,7 +248,7 @@ class ModelAdapter(TemplateLM):
         self.model = loaded.model.eval()
         self.tokenizer = loaded.tokenizer
         self.ctx = ModelContext.from_meta(loaded.meta, loaded.tokenizer, loaded.model)
-        self._device = next(self.model.parameters()).device
+        self._device = device_of(self.model)
         self.sampler_name = sampler or ("ar" if self.ctx.kind == "ar" else "low-confidence")
         self.options = args.options if args.options is not None else _sampler_options(self.sampler_name, options)
         self.records: list[LogLikelihood] = []

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from ar2mdm.common.errors import UserError
 from ar2mdm.common.metadata import read_positions
-from ar2mdm.common.modeling import param_dtype, position_ids, right_pad
+from ar2mdm.common.modeling import device_of, param_dtype, position_ids, right_pad
 from ar2mdm.common.seeding import derive_seed
 from ar2mdm.sampling import ModelContext, build_sampler, make_canvas, run
 from ar2mdm.sampling.base import align, mdm_forward_kwargs
@@ -63,7 +63,7 @@ class LogLikelihood:
 
 
 def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    return device_of(model)
 
 
 def _check_pair(context: Sequence[int], continuation: Sequence[int], ctx: ModelContext) -> None:

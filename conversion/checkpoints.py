@@ -49,6 +49,7 @@ from ar2mdm.common.hub import localize
 from ar2mdm.common.metadata import Kind, ModelMeta, checkpoint_kind, require_kind
 from ar2mdm.common.modeling import loading_options
 from ar2mdm.common.outputs import atomic_write_text, write_folder_atomically
+from ar2mdm.common.placement import dispatch, is_dispatched, placement_options
 from conversion.hf_folder import Loaded, fill_pad_token, load_hf_folder
 
 SMOLLM2 = "smollm2"
@@ -74,6 +75,9 @@ def load_ar(
     device: str | torch.device = "cpu",
     trust_remote_code: bool | str = False,
     role: str = "the model",
+    device_map: str | dict | None = None,
+    max_memory: str | dict | None = None,
+    offload_folder: str | Path | None = None,
 ) -> Loaded:
     """Load an autoregressive LM and its tokenizer from a name, an HF folder or a .gguf file.
 
@@ -85,6 +89,10 @@ def load_ar(
     trust_remote_code: allow code shipped with the checkpoint to run (only for sources you trust).
     role: what the caller uses the model as, for the error raised when `source` is an MDM
     (`metadata.require_kind`): an MDM is never loaded as an ARM.
+    device_map / max_memory / offload_folder: spread the model over several devices, CPU memory and
+    disk (accelerate's big-model inference: "auto" | "balanced" | "sequential" | {module: device} |
+    a JSON file; "0=70GiB,cpu=200GiB"; a folder for modules sent to "disk"), instead of `device`
+    (`ar2mdm.common.placement`).
 
     The model is in eval mode. If the tokenizer has no pad token, its pad token is set to its eos
     token (the usual convention for AR models; attention masks keep padding out of the results).
@@ -92,6 +100,7 @@ def load_ar(
     UserError for a dtype, device or trust_remote_code value that is not one (`loading_options`).
     """
     dtype, device, trust_remote_code = loading_options(dtype, device, trust_remote_code)
+    placement = placement_options(device_map, max_memory, offload_folder, device=device)
     source, hub = localize(source, trust_remote_code=trust_remote_code)
     if isinstance(source, str) and source in KNOWN_NAMES:
         path = smollm2_folder() if source == SMOLLM2 else _existing_organism_folder()
@@ -102,7 +111,9 @@ def load_ar(
     require_kind(path, "ar", role)
 
     if path.is_dir():
-        model, tokenizer = load_hf_folder(path, dtype=dtype, trust_remote_code=trust_remote_code, device=device)
+        model, tokenizer = load_hf_folder(
+            path, dtype=dtype, trust_remote_code=trust_remote_code, device=device, placement=placement
+        )
     elif path.suffix.lower() == ".gguf":
         model, tokenizer = load_gguf(path, dtype=dtype)
     else:
@@ -112,10 +123,14 @@ def load_ar(
         )
 
     fill_pad_token(tokenizer)
-    try:
-        model.to(device)
-    except (RuntimeError, AssertionError, ValueError) as err:
-        raise CheckpointError(f"Cannot move the model to device {device!r}: {err}") from None
+    if placement:
+        if not is_dispatched(model):  # a GGUF, read on the CPU
+            model = dispatch(model, placement, dtype=dtype)
+    else:
+        try:
+            model.to(device)
+        except (RuntimeError, AssertionError, ValueError) as err:
+            raise CheckpointError(f"Cannot move the model to device {device!r}: {err}") from None
     model.eval()
 
     meta = ModelMeta(
@@ -143,11 +158,15 @@ def load_any(
     expect: Kind | None = None,
     role: str = "the model",
     block_size: int | None = None,
+    device_map: str | dict | None = None,
+    max_memory: str | dict | None = None,
+    offload_folder: str | Path | None = None,
 ) -> Loaded:
     """Load any checkpoint the toolkit knows: an MDM (a folder with `ar2mdm.json` of kind "mdm", a
     published MDM as downloaded: Dream, LLaDA, DiffuGPT, DiffuLLaMA, A2D, SDAR, Fast-dLLM v2, a
     "FAMILY:PATH" source, or a Dream/LLaDA GGUF; all through `conversion.mdm.load_mdm`) or anything
-    `load_ar` takes (a name, an HF folder, a .gguf). block_size: see `load_mdm`.
+    `load_ar` takes (a name, an HF folder, a .gguf). block_size: see `load_mdm`. device_map /
+    max_memory / offload_folder: see `load_ar` (several devices, CPU memory, disk).
 
     The kind is decided by `metadata.checkpoint_kind` (an MDM folder that lost its ar2mdm.json is
     a CheckpointError, never an ARM). expect: "ar" or "mdm" to refuse the other kind, with `role`
@@ -158,10 +177,11 @@ def load_any(
     dtype, device, trust_remote_code = loading_options(dtype, device, trust_remote_code)
     local, hub = localize(source, trust_remote_code=trust_remote_code)
     kind = require_kind(local, expect, role) if expect else checkpoint_kind(local)
+    spread = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
     if kind == "mdm":
-        loaded = load_mdm(local, dtype=dtype, device=device, role=role, block_size=block_size)
+        loaded = load_mdm(local, dtype=dtype, device=device, role=role, block_size=block_size, **spread)
     else:
-        loaded = load_ar(local, dtype=dtype, device=device, trust_remote_code=trust_remote_code, role=role)
+        loaded = load_ar(local, dtype=dtype, device=device, trust_remote_code=trust_remote_code, role=role, **spread)
     return loaded.from_hub(hub)
 
 

@@ -35,6 +35,7 @@ from ar2mdm.common.families import FAMILIES, supported_list
 from ar2mdm.common.hub import HubSnapshot
 from ar2mdm.common.metadata import ModelMeta
 from ar2mdm.common.options import parse_bool
+from ar2mdm.common.placement import Placement
 from conversion.memory import check_fits, safetensors_summary
 
 # Files that can only be read by unpickling, which can run arbitrary code.
@@ -76,8 +77,11 @@ def load_hf_folder(
     dtype: torch.dtype = torch.float32,
     trust_remote_code: bool | str = False,
     device: str | torch.device = "cpu",
+    placement: Placement | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load (model, tokenizer) from an HF causal-LM folder, safetensors only, onto `device`.
+    """Load (model, tokenizer) from an HF causal-LM folder, safetensors only, onto `device`, or
+    spread over devices as `placement` asks (transformers' big-model loading through accelerate:
+    `device_map`, `max_memory`, `offload_folder`; `ar2mdm.common.placement`).
 
     Weights stream from the memory-mapped files straight to `device` in `dtype` (no second full
     copy); a large load is announced with its predicted memory first, and refused when a CUDA
@@ -95,7 +99,8 @@ def load_hf_folder(
     for file in files:
         check_safetensors(file)
     summary = safetensors_summary(files)
-    check_fits(summary.n_params, dtype, device, summary.largest, str(folder), summary.file_bytes)
+    if not placement:
+        check_fits(summary.n_params, dtype, device, summary.largest, str(folder), summary.file_bytes)
     tokenizer = _load_tokenizer(folder, trust_remote_code=trust_remote_code)
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
@@ -105,7 +110,7 @@ def load_hf_folder(
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
             output_loading_info=True,
-            device_map=None if torch.device(device).type == "cpu" else str(device),
+            **_placement_kwargs(placement, device),
         )
     except Exception as err:  # anything transformers/safetensors raise: report it as one line
         raise CheckpointError(f"Could not load the weights in {folder}: {type(err).__name__}: {err}") from err
@@ -119,6 +124,18 @@ def load_hf_folder(
             "save the full *ForCausalLM model with save_pretrained."
         )
     return model, tokenizer
+
+
+def _placement_kwargs(placement: Placement | None, device: str | torch.device) -> dict:
+    """from_pretrained's device_map / max_memory / offload_folder for a placement, else one device."""
+    if not placement:
+        return {"device_map": None if torch.device(device).type == "cpu" else str(device)}
+    out: dict = {"device_map": placement.device_map}
+    if placement.max_memory is not None:
+        out["max_memory"] = dict(placement.max_memory)
+    if placement.offload_folder is not None:
+        out["offload_folder"] = str(placement.offload_folder)
+    return out
 
 
 def fill_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:

@@ -35,6 +35,7 @@ from ar2mdm.common.families import detect_family, gguf_family, split_format
 from ar2mdm.common.hub import localize
 from ar2mdm.common.metadata import META_FILE, ModelMeta, require_kind
 from ar2mdm.common.modeling import loading_options
+from ar2mdm.common.placement import Placement, dispatch, is_dispatched, placement_options
 from ar2mdm.diffusion.attention import make_bidirectional
 from conversion.gguf_mdm import load_gguf_mdm
 from conversion.hf_folder import Loaded, load_hf_folder
@@ -233,6 +234,9 @@ def load_mdm(
     device: str | torch.device = "cpu",
     role: str = "the checkpoint",
     block_size: int | None = None,
+    device_map: str | dict | None = None,
+    max_memory: str | dict | None = None,
+    offload_folder: str | Path | None = None,
 ) -> Loaded:
     """Load an MDM: a folder written by `save_mdm` / `train` (with ar2mdm.json), a published MDM as
     downloaded (Dream, LLaDA, DiffuGPT, DiffuLLaMA, A2D, SDAR, Fast-dLLM v2: `ar2mdm.common.families`,
@@ -245,15 +249,26 @@ def load_mdm(
     block_size: the block size of a published block-diffusion checkpoint whose files do not state
     it. Raises CheckpointError if it is not an MDM (`metadata.require_kind`; `role` says what the
     caller uses it as), or if its files are incomplete or inconsistent; UserError for a dtype or
-    device that is not one (`ar2mdm.common.modeling.loading_options`).
+    device that is not one (`ar2mdm.common.modeling.loading_options`). device_map / max_memory /
+    offload_folder: spread it over devices, CPU memory and disk (`conversion.checkpoints.load_ar`).
     """
     dtype, device, _ = loading_options(dtype, device)
+    placement = placement_options(device_map, max_memory, offload_folder, device=device)
     path, hub = localize(path)
-    return _load_local_mdm(path, dtype=dtype, device=device, role=role, block_size=block_size).from_hub(hub)
+    loaded = _load_local_mdm(path, dtype=dtype, device=device, role=role, block_size=block_size, placement=placement)
+    if placement and not is_dispatched(loaded.model):  # a published layout or a GGUF, read on the CPU
+        dispatch(loaded.model, placement, dtype=dtype)  # in place (accelerate adds hooks, moves weights)
+    return loaded.from_hub(hub)
 
 
 def _load_local_mdm(
-    path: str | Path, *, dtype: torch.dtype, device: torch.device, role: str, block_size: int | None
+    path: str | Path,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    role: str,
+    block_size: int | None,
+    placement: Placement,
 ) -> Loaded:
     forced, plain = split_format(str(path)) if isinstance(path, str) else (None, path)
     folder = Path(plain).expanduser()
@@ -273,12 +288,13 @@ def _load_local_mdm(
             return load_published(folder, family, dtype=dtype, device=device, block_size=block_size)
     meta = ModelMeta.load(folder)
     meta.source_format = meta.source_format or "ar2mdm"
-    model, tokenizer = load_hf_folder(folder, dtype=dtype, device=device)
+    model, tokenizer = load_hf_folder(folder, dtype=dtype, device=device, placement=placement)
     if getattr(model.config, "is_causal", True):
         raise CheckpointError(
             f"{folder}/config.json has is_causal true: the folder was changed after training; "
             "an MDM must attend bidirectionally."
         )
-    model.to(device)
+    if not placement:
+        model.to(device)
     model.eval()
     return Loaded(model=model, tokenizer=tokenizer, meta=meta)

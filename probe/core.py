@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ar2mdm.common.errors import UserError
+from ar2mdm.common.placement import offload_holder
 from probe.interventions import EdgePatch, NodeEdit
 from probe.layout import FrozenNorm, Layout
 from probe.names import Shape
@@ -38,10 +39,15 @@ class Core:
     def __init__(self, layout: Layout, shape: Shape) -> None:
         self.layout = layout
         self.shape = shape
-        self.ln1 = [FrozenNorm(b.ln1) for b in layout.blocks]
-        self.attn_post = [FrozenNorm(b.attn_post_norm) if b.attn_post_norm is not None else None for b in layout.blocks]
-        self.mlp_post = [FrozenNorm(b.mlp_post_norm) if b.mlp_post_norm is not None else None for b in layout.blocks]
-        self.final = FrozenNorm(layout.final_norm)
+
+        # a norm in a block accelerate offloaded (device_map) is read in with its block to be frozen
+        def frozen(norm: torch.nn.Module | None) -> FrozenNorm | None:
+            return None if norm is None else FrozenNorm(norm, offload_holder(layout.model, norm))
+
+        self.ln1 = [frozen(b.ln1) for b in layout.blocks]
+        self.attn_post = [frozen(b.attn_post_norm) for b in layout.blocks]
+        self.mlp_post = [frozen(b.mlp_post_norm) for b in layout.blocks]
+        self.final = frozen(layout.final_norm)
         self._o_heads: dict[int, tuple[int, list[torch.Tensor]]] = {}
 
     def o_heads(self, layer: int) -> list[torch.Tensor]:

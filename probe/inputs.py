@@ -17,6 +17,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ar2mdm.common.errors import UserError
+from ar2mdm.common.modeling import device_of
 from ar2mdm.tasks.base import Batch
 
 # Token ids are [B, T] or [T]; their dtype and shape are checked by `model_inputs` (a UserError).
@@ -98,7 +99,7 @@ def model_inputs(
             f"the inputs are {ids.shape[1]} tokens long but the model's context is {context} positions; "
             f"shorten them to at most {context} tokens."
         )
-    device = next(model.parameters()).device
+    device = device_of(model)
     return ids.to(device), mask.to(device)
 
 

@@ -17,7 +17,9 @@ against the module on random input, so an unfamiliar norm is detected, not trust
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -26,6 +28,7 @@ from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from ar2mdm.common.errors import UserError
+from ar2mdm.common.placement import offload_holder, weights_at_hand
 
 SUPPORTED = (
     "Llama-like blocks (self_attn.{q,k,v,o}_proj, input_layernorm, post_attention_layernorm, "
@@ -149,9 +152,26 @@ class Layout:
         return Block(block, ln1, attn, q, k, v, qkv, o, attn_post, ln2, mlp, down, mlp_post)
 
     # --- weights in [out, in] orientation -----------------------------------------------------
+    # A model accelerate dispatched with offloading (device_map to "cpu" or "disk" beside a GPU, or
+    # to "disk") holds meta tensors between calls: outside its forward, a weight is read in and
+    # copied (`_at_hand`); inside the forward it is the live tensor, as on one device.
+
+    def _at_hand(self, module: nn.Module, read: Callable[[], Any]) -> Any:
+        first = read()
+        probe = first[0] if isinstance(first, tuple) else first
+        if probe is None or probe.device.type != "meta":
+            return first
+        with torch.no_grad(), weights_at_hand(module, offload_holder(self.model, module)):
+            got = read()
+            if isinstance(got, tuple):
+                return tuple(None if t is None else t.detach().clone() for t in got)
+            return got.detach().clone()
 
     def qkv_weight(self, layer: int, port: str) -> tuple[Float[Tensor, "proj d_model"], Float[Tensor, " proj"] | None]:
         """(W [n * d_head, d_model], b [n * d_head] or None) of the q, k or v projection."""
+        return self._at_hand(self.blocks[layer].module, lambda: self._qkv_weight(layer, port))
+
+    def _qkv_weight(self, layer: int, port: str) -> tuple[Tensor, Tensor | None]:
         blk = self.blocks[layer]
         if blk.qkv is None:
             module = {"q": blk.q, "k": blk.k, "v": blk.v}[port]
@@ -165,20 +185,23 @@ class Layout:
 
     def o_weight(self, layer: int) -> Float[Tensor, "d_model heads_d_head"]:
         """W_O as [d_model, n_heads * d_head]."""
-        return linear_weight(self.blocks[layer].o)
+        o = self.blocks[layer].o
+        return self._at_hand(o, lambda: linear_weight(o))
 
     def o_bias(self, layer: int) -> Float[Tensor, " d_model"] | None:
-        return linear_bias(self.blocks[layer].o)
+        o = self.blocks[layer].o
+        return self._at_hand(o, lambda: linear_bias(o))
 
     def down_weight(self, layer: int) -> Float[Tensor, "d_model d_mlp"]:
         """W_down as [d_model, d_mlp]: column i is what neuron i writes per unit of activation."""
-        return linear_weight(self.blocks[layer].down)
+        down = self.blocks[layer].down
+        return self._at_hand(down, lambda: linear_weight(down))
 
     def unembed_weight(self) -> Float[Tensor, "vocab d_model"]:
-        return linear_weight(self.unembed)
+        return self._at_hand(self.unembed, lambda: linear_weight(self.unembed))
 
     def unembed_bias(self) -> Float[Tensor, " vocab"] | None:
-        return linear_bias(self.unembed)
+        return self._at_hand(self.unembed, lambda: linear_bias(self.unembed))
 
 
 def _config_value(config, keys: tuple[str, ...], what: str):
@@ -195,9 +218,11 @@ class FrozenNorm:
 
     Summed over parts that add up to x, `linear` plus `bias` reproduces the module exactly.
     `exact` is False when the module did not pass the self-check (an unfamiliar norm).
+    holder: the module whose weights accelerate offloads together with this norm's (its decoder
+    block, for a model dispatched with a device_map); default the norm itself.
     """
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, holder: nn.Module | None = None) -> None:
         self.module = module
         weight = getattr(module, "weight", None)
         if weight is None:
@@ -208,17 +233,19 @@ class FrozenNorm:
         self.eps = float(
             next((getattr(module, a) for a in ("variance_epsilon", "eps", "epsilon") if hasattr(module, a)), 1e-6)
         )
-        with torch.no_grad():
+        # a norm accelerate offloaded (device_map) holds meta tensors between calls: read it in for this
+        with torch.no_grad(), weights_at_hand(module, holder) as device:
+            weight = module.weight
             if self.centered:
-                self.gain = module.weight.detach()
-                self.bias = None if module.bias is None else module.bias.detach()
+                self.gain = module.weight.detach().clone()
+                self.bias = None if module.bias is None else module.bias.detach().clone()
             else:
                 # An RMSNorm of a ones vector is gain / sqrt(1 + eps): this reads the effective gain
                 # whatever the parametrisation (Llama's w, Gemma's 1 + w).
-                ones = torch.ones(1, d, dtype=weight.dtype, device=weight.device)
+                ones = torch.ones(1, d, dtype=weight.dtype, device=device)
                 self.gain = (module(ones)[0] * (1.0 + self.eps) ** 0.5).detach()
                 self.bias = None
-            probe = torch.randn(3, d, generator=torch.Generator().manual_seed(0)).to(weight)
+            probe = torch.randn(3, d, generator=torch.Generator().manual_seed(0)).to(device=device, dtype=weight.dtype)
             expected = module(probe)
             got = self.linear(probe, probe) + (0 if self.bias is None else self.bias)
             tol = 1e-4 if weight.dtype == torch.float32 or weight.dtype == torch.float64 else 2e-2

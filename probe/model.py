@@ -197,6 +197,9 @@ class ProbedModel:
         expect: Literal["ar", "mdm"] | None = None,
         role: str = "the model",
         ungroup_kv: bool = False,
+        device_map: str | dict | None = None,
+        max_memory: str | dict | None = None,
+        offload_folder: str | Path | None = None,
     ) -> ProbedModel:
         """Probe any checkpoint the toolkit loads.
 
@@ -208,6 +211,8 @@ class ProbedModel:
         expect: "ar" or "mdm" to refuse a path or name of the other kind (CheckpointError naming
         `role`, what the caller uses the checkpoint as); the kind is read from the files
         (`ar2mdm.common.metadata.checkpoint_kind`), so an MDM is never probed as a causal model.
+        device_map / max_memory / offload_folder: spread the model over several GPUs, CPU memory
+        and disk (`conversion.checkpoints.load_ar`); every backend but "tl" probes it in place.
         """
         if isinstance(source, PreTrainedModel):
             return cls(source, tokenizer, meta, backend=backend, ungroup_kv=ungroup_kv)
@@ -220,7 +225,15 @@ class ProbedModel:
                 f"from_checkpoint takes a name, a path, a Loaded or an HF model; got {type(source).__name__}."
             )
         loaded = load_any(
-            source, dtype=dtype, device=device, trust_remote_code=trust_remote_code, expect=expect, role=role
+            source,
+            dtype=dtype,
+            device=device,
+            trust_remote_code=trust_remote_code,
+            expect=expect,
+            role=role,
+            device_map=device_map,
+            max_memory=max_memory,
+            offload_folder=offload_folder,
         )
         return cls(
             loaded.model, tokenizer or loaded.tokenizer, meta or loaded.meta, backend=backend, ungroup_kv=ungroup_kv

@@ -21,8 +21,11 @@ from analyses.app.cli_base import (
     INTERRUPTED,
     SAMPLER_HELP,
     TASK_HELP,
+    DeviceMapOption,
     DeviceOption,
     DtypeOption,
+    MaxMemoryOption,
+    OffloadFolderOption,
     TrustOption,
     app,
     console,
@@ -212,6 +215,9 @@ def sample(
     dtype: DtypeOption = "fp32",
     device: DeviceOption = "cpu",
     trust_remote_code: TrustOption = False,
+    device_map: DeviceMapOption = "",
+    max_memory: MaxMemoryOption = "",
+    offload_folder: OffloadFolderOption = "",
 ) -> None:  # fmt: skip
     """Generate from a checkpoint: prints each prompt followed by its continuation."""
     import json
@@ -232,7 +238,9 @@ def sample(
         refuse_unused_options([sampler], options)
         if ar_scorer is not None and not SAMPLERS.get(sampler).needs_scorer:
             raise UserError(f"--ar-scorer is used by the arpc sampler only, not {sampler!r}. Drop it.")
-        loaded = load_any(model, **load_options(dtype, device, trust_remote_code))
+        loaded = load_any(
+            model, **load_options(dtype, device, trust_remote_code, device_map, max_memory, offload_folder)
+        )
         if SAMPLERS.get(sampler).needs_scorer:
             options["scorer"] = load_scorer(loaded, ar_scorer)
         chosen = build_sampler(sampler, **options)
@@ -304,6 +312,9 @@ def eval_(
     dtype: DtypeOption = "fp32",
     device: DeviceOption = "cpu",
     trust_remote_code: TrustOption = False,
+    device_map: DeviceMapOption = "",
+    max_memory: MaxMemoryOption = "",
+    offload_folder: OffloadFolderOption = "",
 ) -> None:  # fmt: skip
     """Task accuracy, NFE and tokens/s of each sampler at several step budgets; JSON + plot.
 
@@ -316,7 +327,7 @@ def eval_(
         )
         harness_eval(
             model, out, lm_eval, samplers, flags, n=n, batch_size=batch_size, seed=seed, mc_samples=mc_samples,
-            overwrite=overwrite, loading=(dtype, device, trust_remote_code),
+            overwrite=overwrite, loading=(dtype, device, trust_remote_code, device_map, max_memory, offload_folder),
         )  # fmt: skip
         return
     samplers = samplers or "low-confidence,threshold"
@@ -345,7 +356,7 @@ def eval_(
         refuse_unused_options(names, flags)
         if ar_scorer is not None and not any(SAMPLERS.get(x).needs_scorer for x in names):
             raise UserError(f"--ar-scorer is used by the arpc sampler only; --samplers is {samplers!r}. Drop it.")
-        loading = load_options(dtype, device, trust_remote_code)
+        loading = load_options(dtype, device, trust_remote_code, device_map, max_memory, offload_folder)
         claim = stack.enter_context(claim_output(out, "eval"))
         refuse_earlier_results(claim, overwrite)
         loaded = load_any(model, **loading)

@@ -11,9 +11,12 @@ from analyses.app.cli_base import (
     BACKEND_HELP,
     METHOD_HELP,
     TASK_HELP,
+    DeviceMapOption,
     DeviceOption,
     DtypeOption,
     KvReceiversOption,
+    MaxMemoryOption,
+    OffloadFolderOption,
     TrustOption,
     app,
     console,
@@ -61,6 +64,9 @@ def compare(
     device: DeviceOption = "cpu",
     kv_receivers: KvReceiversOption = "grouped",
     trust_remote_code: TrustOption = False,
+    device_map: DeviceMapOption = "",
+    max_memory: MaxMemoryOption = "",
+    offload_folder: OffloadFolderOption = "",
 ) -> None:  # fmt: skip
     """ARM vs MDM on a common-correct pool: circuits (EAP-IG), depth, units; the reference study's claims tested
     against a null pair (each model vs itself) and, with --ar-seed-twin / --mdm-seed-twin, a seed floor."""
@@ -93,7 +99,7 @@ def compare(
             null_pair=null_pair,
         ).checked()
         snapshots = snapshots_of(track) if track is not None else None
-        loading = probe_options(dtype, device, trust_remote_code, kv_receivers)
+        loading = probe_options(dtype, device, trust_remote_code, kv_receivers, device_map, max_memory, offload_folder)
         claim = stack.enter_context(claim_output(out, "compare"))
         refuse_earlier_results(claim, overwrite)
         pm_ar = ProbedModel.from_checkpoint(ar, backend=backend, expect="ar", role="compare --ar", **loading)
@@ -166,6 +172,9 @@ def compare_series(
     device: DeviceOption = "cpu",
     kv_receivers: KvReceiversOption = "grouped",
     trust_remote_code: TrustOption = False,
+    device_map: DeviceMapOption = "",
+    max_memory: MaxMemoryOption = "",
+    offload_folder: OffloadFolderOption = "",
 ) -> None:  # fmt: skip
     """One ARM against several MDMs (e.g. block sizes 1, 4, 16, full): Jaccard with the ARM, early-layer
     mass and MDM accuracy per task and MDM, with each pair's own compare report."""
@@ -192,7 +201,7 @@ def compare_series(
             common_correct=not all_examples,
             null_pair=null_pair,
         ).checked()
-        loading = probe_options(dtype, device, trust_remote_code, kv_receivers)
+        loading = probe_options(dtype, device, trust_remote_code, kv_receivers, device_map, max_memory, offload_folder)
         claim = stack.enter_context(claim_output(out, "compare-series"))
         refuse_earlier_results(claim, overwrite)
         pm_ar = ProbedModel.from_checkpoint(ar, backend=backend, expect="ar", role="compare-series --ar", **loading)

@@ -119,6 +119,22 @@ DtypeOption = Annotated[
 DeviceOption = Annotated[
     str, typer.Option("--device", help="Where the models run: cpu | cuda | cuda:N (weights stream straight there).")
 ]
+DeviceMapOption = Annotated[
+    str,
+    typer.Option(
+        "--device-map",
+        help="Spread each model over devices, CPU memory and disk (accelerate's big-model inference) instead of --device: auto | balanced | balanced_low_0 | sequential | FILE.json {module: device}.",
+    ),
+]
+MaxMemoryOption = Annotated[
+    str,
+    typer.Option(
+        "--max-memory", help="With --device-map: the most each device may hold, e.g. 0=70GiB,1=70GiB,cpu=200GiB."
+    ),
+]
+OffloadFolderOption = Annotated[
+    str, typer.Option("--offload-folder", help="With --device-map: the folder for modules placed on 'disk'.")
+]
 KvReceiversOption = Annotated[
     str,
     typer.Option(
@@ -135,18 +151,32 @@ TrustOption = Annotated[
 ]
 
 
-def load_options(dtype: str, device: str, trust_remote_code: bool) -> dict:
-    """The checked keyword arguments of every loader (`load_any`, `ProbedModel.from_checkpoint`)."""
+def load_options(
+    dtype: str,
+    device: str,
+    trust_remote_code: bool,
+    device_map: str = "",
+    max_memory: str = "",
+    offload_folder: str = "",
+) -> dict:
+    """The checked keyword arguments of every loader (`load_any`, `ProbedModel.from_checkpoint`):
+    dtype, device, trust_remote_code, and with --device-map the placement (`ar2mdm.common.placement`)."""
     from ar2mdm.common.modeling import parse_device, parse_dtype
+    from ar2mdm.common.placement import placement_options
 
-    return {"dtype": parse_dtype(dtype), "device": parse_device(device), "trust_remote_code": trust_remote_code}
+    out = {"dtype": parse_dtype(dtype), "device": parse_device(device), "trust_remote_code": trust_remote_code}
+    placement_options(device_map or None, max_memory or None, offload_folder or None, device=out["device"])
+    if device_map:
+        out.update(device_map=device_map, max_memory=max_memory or None, offload_folder=offload_folder or None)
+    return out
 
 
-def probe_options(dtype: str, device: str, trust_remote_code: bool, kv_receivers: str) -> dict:
-    """`load_options` plus the probe's own: `ProbedModel.from_checkpoint(..., ungroup_kv=)`."""
+def probe_options(dtype: str, device: str, trust_remote_code: bool, kv_receivers: str, *placement: str) -> dict:
+    """`load_options` plus the probe's own: `ProbedModel.from_checkpoint(..., ungroup_kv=)`.
+    placement: --device-map, --max-memory, --offload-folder."""
     if kv_receivers not in ("grouped", "per-query"):
         raise UserError(f"--kv-receivers must be grouped or per-query, got {kv_receivers!r}.")
-    return {**load_options(dtype, device, trust_remote_code), "ungroup_kv": kv_receivers == "per-query"}
+    return {**load_options(dtype, device, trust_remote_code, *placement), "ungroup_kv": kv_receivers == "per-query"}
 
 
 def refuse_earlier_results(claim, overwrite: bool) -> None:

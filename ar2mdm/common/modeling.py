@@ -71,8 +71,11 @@ def param_dtype(model: torch.nn.Module) -> torch.dtype:
 
 
 def device_of(model: torch.nn.Module) -> torch.device:
-    """The device of the model's first parameter."""
-    return next(model.parameters()).device
+    """The device a model's inputs go to: its first parameter's, or for a model accelerate dispatched
+    over several devices (or offloaded), the main device of its map (`ar2mdm.common.placement`)."""
+    from ar2mdm.common.placement import main_device
+
+    return main_device(model)
 
 
 def output_size(model: torch.nn.Module) -> int | None:

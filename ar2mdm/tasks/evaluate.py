@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ar2mdm.common.errors import TaskError
 from ar2mdm.common.metadata import ModelMeta
-from ar2mdm.common.modeling import kv_cache_kwargs, pad_id, position_ids, returned_kv_cache
+from ar2mdm.common.modeling import device_of, kv_cache_kwargs, pad_id, position_ids, returned_kv_cache
 from ar2mdm.tasks.base import Example, Mode, Rendered, Task, Tokenizer, collate, continuation_ids, encode_prompt, render
 
 # The least mean clean - corrupted logit difference a task should show before its circuits are
@@ -39,7 +39,7 @@ LD_GAP_TARGET = 1.0
 
 
 def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    return device_of(model)
 
 
 def set_scores(

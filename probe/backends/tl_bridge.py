@@ -20,6 +20,8 @@ import copy
 from torch import Tensor
 
 from ar2mdm.common.errors import UserError
+from ar2mdm.common.modeling import device_of
+from ar2mdm.common.placement import is_dispatched
 from probe.backends.base import Backend, Logits, Mask, Mask4D, SiteFn, SiteFns, TokenIds
 from probe.layout import Layout
 
@@ -65,7 +67,7 @@ class TLBackend(Backend):
             from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
         except ImportError:  # pragma: no cover - a dependency of the package
             return False
-        return tokenizer is not None and type(model).__name__ in SUPPORTED_ARCHITECTURES
+        return tokenizer is not None and type(model).__name__ in SUPPORTED_ARCHITECTURES and not is_dispatched(model)
 
     def __init__(self, model, layout: Layout, *, causal: bool, tokenizer=None, source: str = "") -> None:
         try:
@@ -74,6 +76,11 @@ class TLBackend(Backend):
         except ImportError as err:  # pragma: no cover - a dependency of the package
             raise UserError(f"backend 'tl' needs transformer-lens 4 ({err}); {ALTERNATIVE}.") from None
         arch = type(model).__name__
+        if is_dispatched(model):
+            raise UserError(
+                "backend 'tl' copies the model into TransformerLens' bridge on one device, so it cannot probe a model "
+                "spread over devices or offloaded (device_map); use backend 'torch' or 'nnsight', which probe it in place."
+            )
         if arch not in SUPPORTED_ARCHITECTURES:
             raise UserError(f"TransformerLens has no bridge adapter for {arch}; {ALTERNATIVE}.")
         if tokenizer is None:
@@ -88,7 +95,7 @@ class TLBackend(Backend):
                 source or getattr(model.config, "_name_or_path", "") or arch,
                 hf_model=own,
                 tokenizer=tokenizer,
-                device=str(next(model.parameters()).device),
+                device=str(device_of(model)),
                 dtype=next(model.parameters()).dtype,
             )
         except Exception as err:  # the bridge raises many kinds; report them as one
