@@ -97,6 +97,12 @@ def shape_of(config) -> tuple[Shape, int, int, int]:
     return Shape(text.num_hidden_layers, n_heads, kv, d_mlp), d_model, d_head, text.vocab_size
 
 
+def meta_model(config, dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, int]:
+    """(the model `config` describes built on the meta device, its parameter count); allocates
+    nothing, and is remembered for the last few configs."""
+    return _meta_model(_key(config), _config_dtype(dtype))
+
+
 def parameter_count(config) -> int:
     """Parameters of the model `config` describes (built on the meta device; no memory)."""
     return _meta_model(_key(config), _config_dtype(torch.float32))[1]

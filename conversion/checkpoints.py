@@ -185,6 +185,32 @@ def load_any(
     return loaded.from_hub(hub)
 
 
+def model_config(source: str | Path, *, trust_remote_code: bool = False):
+    """The transformers config of a checkpoint, read from its files without loading weights: a
+    published MDM's through its family's mapping (`conversion.published.family_config`), anything
+    else by AutoConfig (a hub id is resolved first, `ar2mdm.common.hub`). For memory predictions
+    made before a load (`analyses.device_memory.auto_max_memory`). Raises CheckpointError when the
+    source has no config.json (a .gguf file: read its model after loading instead)."""
+    from transformers import AutoConfig
+
+    from ar2mdm.common.families import detect_family, read_config, split_format
+    from ar2mdm.common.metadata import META_FILE
+    from conversion.published import family_config
+
+    if isinstance(source, str) and source in KNOWN_NAMES:
+        source = smollm2_folder() if source == SMOLLM2 else _existing_organism_folder()
+    local, _ = localize(source, trust_remote_code=trust_remote_code)
+    forced, plain = split_format(str(local)) if isinstance(local, str) else (None, local)
+    folder = Path(plain).expanduser()
+    raw = read_config(folder) if folder.is_dir() else None
+    if raw is None:
+        raise CheckpointError(f"{folder} has no readable config.json to predict its memory from.")
+    family = forced or (None if (folder / META_FILE).is_file() else detect_family(folder))
+    if family is not None:
+        return family_config(family, raw, folder)
+    return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+
+
 # --------------------------------------------------------------------------------------------
 # GGUF files
 

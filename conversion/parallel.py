@@ -93,6 +93,11 @@ _FSDP_CPU_HELP = (
 )
 
 
+def offload_params() -> bool:
+    """Whether this launch asked FSDP to keep sharded parameters in CPU memory (`fsdp_offload_params`)."""
+    return _flag(os.environ, "FSDP_OFFLOAD_PARAMS")
+
+
 def _flag(env: Any, name: str) -> bool:
     """Environment variable `name` as a yes/no value (`ar2mdm.common.options.parse_bool`); unset is no."""
     value = env.get(name)
@@ -136,13 +141,21 @@ def parallelism(distributed_type: DistributedType, num_processes: int, env: dict
     return "ddp" if num_processes > 1 else "none"
 
 
-def shard_on_cpu(model: torch.nn.Module) -> torch.nn.Module:
+def shard_on_cpu(model: torch.nn.Module, offload: bool | None = None) -> torch.nn.Module:
     """FSDP2 over the CPU (gloo) process group: every decoder layer one unit, the rest the root.
 
-    Rank 0's weights are broadcast first, so every process shards the same model.
+    Rank 0's weights are broadcast first, so every process shards the same model. offload: apply
+    FSDP2's CPUOffloadPolicy (the launch's `fsdp_offload_params`, read from FSDP_OFFLOAD_PARAMS when
+    None), as accelerate applies it on GPUs; on the CPU the shards already live in CPU memory, so
+    this runs the offloading code path (`conversion/configs/fsdp2_cpu_offload.yaml`) with the same
+    results.
     """
     import torch.distributed as dist
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
+
+    if offload is None:
+        offload = offload_params()
+    options = {"offload_policy": CPUOffloadPolicy(pin_memory=False)} if offload else {}
 
     with torch.no_grad():
         for tensor in model.state_dict().values():
@@ -150,8 +163,8 @@ def shard_on_cpu(model: torch.nn.Module) -> torch.nn.Module:
     layer_classes = set(getattr(model, "_no_split_modules", None) or ())
     for module in list(model.modules()):
         if module is not model and type(module).__name__ in layer_classes:
-            fully_shard(module)
-    fully_shard(model)
+            fully_shard(module, **options)
+    fully_shard(model, **options)
     return model
 
 

@@ -80,7 +80,7 @@ from conversion.loop import Clock, StepOutput, fit
 from conversion.lora import Adapters, attach_lora
 from conversion.mdm import save_mdm
 from conversion.objective import DiffusionOptions, diffusion_loss, draw_noise, eligible_positions, heldout_loss
-from conversion.parallel import any_process, make_accelerator, no_sync, parallelism, shard_on_cpu
+from conversion.parallel import any_process, make_accelerator, no_sync, offload_params, parallelism, shard_on_cpu
 from conversion.report import write_training_report
 from conversion.runfolder import (
     CHECKPOINT_DIR,
@@ -517,6 +517,7 @@ def _write_mdm(
             "tokens_seen": tokens_seen,
             "processes": world,
             "parallelism": parallel,
+            **({"fsdp_offload_params": True} if parallel.startswith("fsdp") and offload_params() else {}),
             "options": cfg.to_json(),
             **({"lora": adapters.record()} if adapters else {}),
         },

@@ -239,4 +239,29 @@ CASES: tuple[Case, ...] = (
         "pass an organism; score other models with `ar2mdm eval`",
         cli=("organism", "eval", "{ar}", "--n", "2"),
     ),
+    # --- models over several devices (ar2mdm.common.placement) -----------------------------------
+    Case(
+        "device-map-unknown",
+        "options",
+        "`compare --device-map nowhere`: neither a strategy nor a JSON file",
+        ("--device-map 'nowhere'", "neither a strategy", "existing JSON file"),
+        "a strategy (auto, balanced, balanced_low_0, sequential) or the path of a JSON {module: device} file",
+        cli=_compare("--mdm", "{mdm}", "--device-map", "nowhere"),
+    ),
+    Case(
+        "max-memory-without-map",
+        "options",
+        "`sample --max-memory cpu=1GiB` without --device-map",
+        ("max_memory and offload_folder place a model only with a device_map",),
+        "add --device-map (auto, balanced, ...) or drop --max-memory",
+        cli=("sample", "--model", "{ar}", "--prompt", "When", "--max-memory", "cpu=1GiB"),
+    ),
+    Case(
+        "max-memory-not-a-size",
+        "options",
+        "`sample --device-map auto --max-memory 0=lots`",
+        ("'lots' is not a size", "70GiB"),
+        "DEVICE=SIZE pairs such as 0=70GiB,cpu=200GiB",
+        cli=("sample", "--model", "{ar}", "--prompt", "When", "--device-map", "auto", "--max-memory", "0=lots"),
+    ),
 )

@@ -173,6 +173,7 @@ def test_cli_sample_with_a_device_map_gives_the_one_device_text(models, tmp_path
     one = CliRunner().invoke(app, args)
     split = CliRunner().invoke(app, [*args, "--device-map", str(device_map), "--offload-folder", str(tmp_path / "off")])
     assert one.exit_code == 0 and split.exit_code == 0, one.output + split.output
+
     def sample_lines(output: str) -> list[str]:  # the samples, without progress bars and timings
         return [line for line in output.splitlines() if line.strip() and "it/s" not in line and " s" not in line]
 

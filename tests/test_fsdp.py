@@ -290,3 +290,36 @@ def test_format1_checkpoint_still_resumes(tmp_path: Path, monkeypatch: pytest.Mo
     wr, ws = weights(resumed.out), weights(straight.out)
     for name in ws:
         assert torch.equal(wr[name], ws[name]), name
+
+
+@SLOW
+def test_fsdp_full_sharding_with_cpu_offload_from_the_shipped_config(tmp_path: Path) -> None:
+    """`accelerate launch --config_file conversion/configs/fsdp2_cpu_offload.yaml` (2 CPU processes,
+    mixed precision off so the runs compare exactly) trains with FSDP2's CPUOffloadPolicy and ends
+    where one process ends, up to float summation order; the MDM records the offload."""
+    if not LAUNCHER.exists():
+        pytest.skip("accelerate CLI not installed")
+    base = replace(_base(tmp_path), steps=4, batch_size=8, grad_accum=2, save_every=2)
+    two = replace(base, out=str(tmp_path / "offloaded"))
+    script = tmp_path / "run_offload.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(REPO)!r})
+        from conversion.train import TrainConfig, train
+        train(TrainConfig(**json.loads({json.dumps(json.dumps(asdict(two)))})))
+        """)
+    )
+    config = REPO / "conversion" / "configs" / "fsdp2_cpu_offload.yaml"
+    launch = [str(LAUNCHER), "launch", "--config_file", str(config), "--num_processes", "2"]
+    launch += ["--main_process_port", "0", "--mixed_precision", "no", str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "AR2MDM_CACHE": str(tmp_path / "c")}
+    proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    extra = ModelMeta.load(two.out).extra
+    assert (extra["processes"], extra["parallelism"], extra["fsdp_offload_params"]) == (2, "fsdp-cpu", True)
+    one = train(replace(base, out=str(tmp_path / "one")))
+    w1, w2 = weights(one.out), weights(Path(two.out))
+    assert w1.keys() == w2.keys()
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-5)

@@ -25,6 +25,7 @@ from analyses.app.cli_base import (
     plain,
     probe_options,
     refuse_earlier_results,
+    reserve_for_attribution,
 )
 from ar2mdm.common.errors import UserError
 from ar2mdm.tasks import task_names
@@ -100,6 +101,8 @@ def compare(
         ).checked()
         snapshots = snapshots_of(track) if track is not None else None
         loading = probe_options(dtype, device, trust_remote_code, kv_receivers, device_map, max_memory, offload_folder)
+        if device_map == "auto" and not max_memory:  # leave each GPU the attribution's predicted share
+            loading.update(reserve_for_attribution([ar, mdm], batch_size, loading["dtype"], trust_remote_code))
         claim = stack.enter_context(claim_output(out, "compare"))
         refuse_earlier_results(claim, overwrite)
         pm_ar = ProbedModel.from_checkpoint(ar, backend=backend, expect="ar", role="compare --ar", **loading)

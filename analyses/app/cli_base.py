@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from typing import Annotated
 
+import torch
 import typer
 from rich.console import Console
 
@@ -162,9 +163,11 @@ def load_options(
     """The checked keyword arguments of every loader (`load_any`, `ProbedModel.from_checkpoint`):
     dtype, device, trust_remote_code, and with --device-map the placement (`ar2mdm.common.placement`)."""
     from ar2mdm.common.modeling import parse_device, parse_dtype
-    from ar2mdm.common.placement import placement_options
+    from ar2mdm.common.placement import parse_device_map, parse_max_memory, placement_options
 
     out = {"dtype": parse_dtype(dtype), "device": parse_device(device), "trust_remote_code": trust_remote_code}
+    parse_device_map(device_map or None, "--device-map")  # the flags' own names in the messages
+    parse_max_memory(max_memory or None, "--max-memory")
     placement_options(device_map or None, max_memory or None, offload_folder or None, device=out["device"])
     if device_map:
         out.update(device_map=device_map, max_memory=max_memory or None, offload_folder=offload_folder or None)
@@ -177,6 +180,20 @@ def probe_options(dtype: str, device: str, trust_remote_code: bool, kv_receivers
     if kv_receivers not in ("grouped", "per-query"):
         raise UserError(f"--kv-receivers must be grouped or per-query, got {kv_receivers!r}.")
     return {**load_options(dtype, device, trust_remote_code, *placement), "ungroup_kv": kv_receivers == "per-query"}
+
+
+def reserve_for_attribution(sources: list[str], batch: int, dtype: torch.dtype, trust_remote_code: bool) -> dict:
+    """{"max_memory": ...} for `--device-map auto` before an analysis: each GPU's free memory less the
+    EAP-IG share predicted for the pair at `batch` x 128 tokens (`analyses.device_memory`); {} on a
+    machine without GPUs (the map is then all CPU and there is nothing to reserve)."""
+    from analyses.device_memory import auto_max_memory, free_gpu_memory
+    from conversion.checkpoints import model_config
+
+    free = free_gpu_memory()
+    if not free:
+        return {}
+    configs = [model_config(s, trust_remote_code=trust_remote_code) for s in sources]
+    return {"max_memory": auto_max_memory(configs, free, batch=batch, seq_len=128, dtype=dtype)}
 
 
 def refuse_earlier_results(claim, overwrite: bool) -> None:
