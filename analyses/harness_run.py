@@ -142,6 +142,11 @@ def run_prepared(run: HarnessRun, *, num_fewshot: int = 0, model_name: str = "")
         "n-samples": res.get("n-samples", {}),
         "ar2mdm": {
             "model": model_name or loaded.meta.source,
+            **(
+                {"hub": {"repo_id": loaded.meta.repo_id, "revision": loaded.meta.revision}}
+                if loaded.meta.repo_id
+                else {}
+            ),
             "kind": loaded.meta.kind,
             "sampler": run.lm.sampler_name,
             "options": run.lm.options,

@@ -368,7 +368,9 @@ def eval_(
         rows = evaluate_samplers(loaded, sets, specs, fractions=fracs, batch_size=batch_size, seed=seed, scorer=scorer)
         claim.clear()
         claim.mark()
-        write_report(rows, out, extra={"model": model, "n": n, "batch_size": batch_size, "seed": seed})
+        hub = {"repo_id": loaded.meta.repo_id, "revision": loaded.meta.revision} if loaded.meta.repo_id else None
+        extra = {"model": model, "n": n, "batch_size": batch_size, "seed": seed, **({"hub": hub} if hub else {})}
+        write_report(rows, out, extra=extra)
     print(table(rows))
     console.print(f"results: {out}/results.json, {out}/generation.html")
 

@@ -21,7 +21,8 @@
 Each stage writes `stage.json` last, holding a key made of its options and the identity of its
 inputs (weight hashes, upstream keys); a stage whose key is unchanged is skipped, so a rerun
 after a crash resumes at the stage that did not finish (the conversion itself resumes from its
-last checkpoint). `force` reruns everything. The stage runner is `analyses.app.stages`, the report `analyses.app.study_report`.
+last checkpoint). `force` reruns everything. The options and per-model settings are
+`analyses.app.study_config`, the stage runner `analyses.app.stages`, the report `analyses.app.study_report`.
 """
 
 from __future__ import annotations
@@ -29,156 +30,18 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from analyses.app.power import CLAIM_A_HALF_WIDTH, POWER_HALF_WIDTH, needed_pool, plan_power
 from analyses.app.stages import StageRecord, Stages, stage_output
+from analyses.app.study_config import StudyConfig
+from analyses.app.study_config import settings as study_settings
 from analyses.app.study_report import print_summary, write_study_report
 from ar2mdm.common.errors import UserError
-from ar2mdm.common.hub import parse_hub_id
 from ar2mdm.common.jsonl import read_json
 from ar2mdm.common.outputs import claim_output
-from conversion.organism_data import TASK_NAMES as ORGANISM_TASKS
-
-MODELS = ("organism", "smollm2")  # the built-in names; a hub id or an HF folder takes SmolLM2's route
-
-
-@dataclass
-class StudyConfig:
-    """out: the study folder. model: "organism" (the embedded default), "smollm2", or any pretrained
-    ARM by hub id ("org/name[@revision]") or HF folder, which takes SmolLM2's route (conversion on
-    SOTU within the budget, no seed floor).
-    budget: minutes for the whole study on this machine (SmolLM2: the conversion gets 40%, the
-    comparison's pool is sized from it; with `power`, whether the larger pool fits).
-    ar_steps: organism training steps when no organism is cached. convert_steps: conversion
-    steps (organism; SmolLM2 runs until its share of the budget is spent). pool_size: at most this
-    many common-correct examples per task. n: examples per task for the sampler evaluation.
-    device: "cpu" or "cuda", for training and analyses. quick: tiny settings
-    everywhere (tests, a smoke run; the numbers mean nothing). force: rerun every stage.
-    seed_floor: (organism) also train an ARM' and convert an MDM' alike with seed + 1, the seed
-    floor every claim is read against (`analyses.compare.controls`); SmolLM2 has none (one
-    published ARM), and its report says so. block_sizes: (organism) also convert the ARM with
-    block diffusion at each block size B (`--attention block:B`, same recipe) and compare the
-    ARM with each MDM and the full-length one (`analyses.compare.compare_series`, stage
-    "blocks": Jaccard with the ARM, early mass and accuracy against block size).
-    power: after the comparison, compute the pool each task needs for a Jaccard interval of
-    +/-`POWER_HALF_WIDTH` (organism) or that claim (a) needs for +/-`CLAIM_A_HALF_WIDTH`
-    (SmolLM2) (`analyses.statistics.pool_for_width`) and, when the comparison at that
-    pool fits in what is left of `budget` minutes (estimated from the first comparison's time,
-    linear in the pool), rerun it there (stage "compare_power", which the report then reads);
-    either way summary.json says what was needed and what was done ("power")."""
-
-    out: str | Path = "study"
-    model: str = "organism"
-    budget: float = 30.0
-    ar_steps: int = 1500
-    convert_steps: int = 600
-    pool_size: int = 100
-    n: int = 50
-    n_boot: int = 500
-    seed: int = 0
-    device: str = "cpu"
-    quick: bool = False
-    force: bool = False
-    seed_floor: bool = True
-    block_sizes: tuple[int, ...] = ()
-    power: bool = False
-
-    def checked(self) -> StudyConfig:
-        if self.model not in MODELS and parse_hub_id(self.model) is None and not Path(self.model).expanduser().is_dir():
-            raise UserError(
-                f"--model must be one of {', '.join(MODELS)}, a hub id (org/name[@revision]) or an HF model folder; "
-                f"got {self.model!r}, which is none of these."
-            )
-        if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.block_sizes):
-            raise UserError(f"block sizes must be positive integers, got {list(self.block_sizes)}.")
-        if self.block_sizes and self.model != "organism":
-            raise UserError("--block-sizes converts the organism at each block size; use it with --model organism.")
-        for name in ("ar_steps", "convert_steps", "pool_size", "n", "n_boot"):
-            if int(getattr(self, name)) < 1:
-                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if not self.budget > 0:
-            raise UserError(f"--budget must be a positive number of minutes, got {self.budget}.")
-        if self.device not in ("cpu", "cuda"):
-            raise UserError(f"--device must be cpu or cuda, got {self.device!r}.")
-        if self.device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise UserError("--device cuda, but torch sees no CUDA device here; use --device cpu.")
-        return self
-
-
-# --- settings per model -----------------------------------------------------------------------------
-
-
-def _settings(cfg: StudyConfig) -> dict[str, Any]:
-    """What each stage runs with, by model and quick mode."""
-    if cfg.model == "organism":
-        s = {
-            "tasks": list(ORGANISM_TASKS),  # what the organism was trained on
-            "sampler_tasks": ["ioi", "countdown"],
-            "train": {
-                "data": "tasks",
-                "sft": True,
-                "steps": cfg.convert_steps,
-                "seq_len": 96,
-                "batch_size": 32,
-                "lr": 5e-4,
-                "warmup": 50,
-                "save_every": 100,
-                "snapshot_every": max(1, cfg.convert_steps // 4),
-                "log_every": 10,
-            },
-            "compare": {"pool_size": cfg.pool_size, "n_boot": cfg.n_boot, "n_random": 3},
-            "track": ["ioi", "countdown"],
-        }
-    else:
-        s = {
-            "tasks": ["ioi", "greater_than", "countdown"],
-            "sampler_tasks": ["ioi", "countdown"],
-            "train": {
-                "data": "sotu",
-                "steps": 100_000,
-                "seq_len": 128,
-                "batch_size": 8,
-                "lr": 1e-4,
-                "warmup": 20,
-                "save_every": 25,
-                "log_every": 5,
-                "max_minutes": cfg.budget * 0.4,
-            },
-            # measured on 2 busy cores: ~7 min per task for 40 examples (EAP-IG, m = 5, both models)
-            "compare": {
-                "pool_size": min(cfg.pool_size, max(8, int(cfg.budget / 2))),
-                "n_boot": cfg.n_boot,
-                "n_random": 2,
-                "denoising": (1.0, 0.0),
-                "faithfulness": False,
-                "causal": False,
-                "batch_size": 8,
-            },
-            "track": [],
-        }
-    if cfg.quick:
-        s["train"].update({"steps": 12, "save_every": 4, "snapshot_every": 6, "max_minutes": 0.0})
-        s["compare"].update(
-            {
-                "pool_size": 8,
-                "n_boot": 50,
-                "n_random": 1,
-                "denoising": (1.0, 0.0),
-                "faithfulness": False,
-                "common_correct": False,
-            }
-        )
-        s["tasks"] = ["ioi", "greater_than", "countdown"]
-        s["sampler_tasks"] = ["ioi"]
-        s["track"] = ["ioi"]
-    return s
-
 
 # --- stages -----------------------------------------------------------------------------------------
 
@@ -227,9 +90,16 @@ def _ar_stage(cfg: StudyConfig, stages: Stages) -> tuple[str, StageRecord]:
             source = "organism"
     meta = load_ar(source).meta
     record = stages.run(
-        "ar", {"source": source, "hash": meta.source_hash}, lambda folder: {"source": source, "hash": meta.source_hash}
+        "ar",
+        {"source": source, "hash": meta.source_hash},
+        lambda folder: {"source": source, "hash": meta.source_hash, **_hub_origin(meta)},
     )
     return source, record
+
+
+def _hub_origin(meta: Any) -> dict[str, str]:
+    """The hub repository and commit an ARM named by hub id was read from (for the stage record)."""
+    return {"repo_id": meta.repo_id, "revision": meta.revision} if meta.repo_id else {}
 
 
 def _train_organism(
@@ -529,7 +399,7 @@ def _is_study_folder(folder: Path) -> bool:
 
 def _run_stages(cfg: StudyConfig, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
     stages = Stages(out, cfg.force, log)
-    settings = _settings(cfg)
+    settings = study_settings(cfg)
     t0 = time.perf_counter()
     ar_source, ar_record = _ar_stage(cfg, stages)
     mdm_record = _mdm_stage(cfg, stages, ar_source, ar_record, settings)
