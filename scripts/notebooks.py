@@ -9,7 +9,8 @@
 `--store` is what `make results` runs (entry "notebooks" in scripts/results.py): a reader browsing the
 repository sees each notebook with its printed results and figures. Figures are stored as static PNG
 images (plotly's "png" renderer: kaleido and a Chrome or Chromium; `plotly_get_chrome` installs one),
-so a stored notebook is a few hundred kB at most; progress bars keep their last state only. When the
+so a stored notebook is a few hundred kB at most; progress bars are left out (their rates differ on
+every run). When the
 notebooks run interactively the figures stay interactive: the renderer is set by a setup cell this
 script adds before executing and removes before writing.
 
@@ -87,10 +88,17 @@ def execute(path: Path, *, first: str | None = None, last: str | None = None) ->
     return nb
 
 
+# a finished tqdm bar ("Loading weights: 100%|####| 30/30 [00:00<00:00, 5564.71it/s]"): its rate changes
+# from run to run, so stored notebooks would differ on every regeneration; the bars are left out.
+TQDM_BAR = re.compile(r"\d+%\|.*\| *\d+/\d+ \[")
+
+
 def _last_state(text: str) -> str:
     """A stream's text as a terminal shows it at the end: each line keeps what follows its last '\\r'
-    (tqdm redraws its bar that way), and at most STREAM_LINES lines remain."""
+    (tqdm redraws its bar that way), finished progress bars are dropped, and at most STREAM_LINES
+    lines remain."""
     lines = [re.split(r"\r(?!\n)", line)[-1] for line in text.split("\n")]
+    lines = [line for line in lines if not TQDM_BAR.search(line)]
     if len(lines) > STREAM_LINES + 1:
         lines = [f"[{len(lines) - STREAM_LINES - 1} earlier lines left out]", *lines[-STREAM_LINES - 1 :]]
     return "\n".join(lines)
@@ -115,7 +123,7 @@ def shrink(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         for out in merged:
             if out.output_type == "stream":
                 out.text = _last_state(out.text)
-        cell.outputs = merged
+        cell.outputs = [o for o in merged if o.output_type != "stream" or o.text.strip()]
     nb.metadata.pop("widgets", None)
     return nb
 

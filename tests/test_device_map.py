@@ -45,10 +45,15 @@ def layer_map(model: torch.nn.Module, last: str) -> dict[str, str]:
 def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("split")
     dream = replicas.dream(root)
-    return {"rope-ar": replicas.ar_partner(dream, root), "gpt2-mdm": replicas.diffugpt(root).path}
+    return {
+        "rope-ar": replicas.ar_partner(dream, root),
+        "rope-mdm": dream.path,
+        "gpt2-mdm": replicas.diffugpt(root).path,
+    }
 
 
 def _placed(source: Path, how: str, tmp_path: Path) -> ProbedModel:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     if how == "one":
         return ProbedModel.from_checkpoint(str(source), backend="torch")
     if how == "two-cpu-groups":
@@ -90,10 +95,16 @@ def _results(pm: ProbedModel) -> dict[str, torch.Tensor]:
         pm.tokenizer("the war lasted from 17")["input_ids"],
     ]
     canvas, am = make_canvas(prompts, 5, mask_id=ctx.placeholder, pad_id=ctx.pad_id)
-    samplers = ("ar",) if pm.config.kind == "ar" else ("low-confidence", "threshold")
-    for name in samplers:
-        result = run(build_sampler(name), pm.model, canvas, am, ctx, seed=0)
-        out[f"sampler {name}"] = result.ids.cpu()
+    # the ARM's exact KV cache; the MDM's full-canvas sampler and the prefix / dual KV caches
+    samplers = [("ar", {})] if pm.config.kind == "ar" else [("low-confidence", {})]
+    if pm.config.kind == "mdm":
+        samplers += [
+            ("threshold", {"cache": "prefix", "block_length": 4}),
+            ("factor", {"cache": "dual", "block_length": 4}),
+        ]
+    for name, options in samplers:
+        result = run(build_sampler(name, **options), pm.model, canvas, am, ctx, seed=0)
+        out[f"sampler {name} {options}"] = result.ids.cpu()
     return out
 
 
@@ -180,3 +191,40 @@ def test_cli_sample_with_a_device_map_gives_the_one_device_text(models, tmp_path
     assert sample_lines(split.output) == sample_lines(one.output) != []
     bad = CliRunner().invoke(app, [*args, "--max-memory", "cpu=1GiB"])
     assert bad.exit_code == 2 and "only with a device_map" in bad.output
+
+
+def _close(a, b, where: str = "") -> None:
+    """Nested report values equal, numbers within ATOL (timings left out)."""
+    if isinstance(a, dict):
+        keys = {k for k in a if k != "seconds"}
+        assert keys == {k for k in b if k != "seconds"}, where
+        for k in keys:
+            _close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _close(x, y, f"{where}[{i}]")
+    elif isinstance(a, float):
+        assert abs(a - b) <= ATOL or (a != a and b != b), f"{where}: {a} vs {b}"
+    else:
+        assert a == b, f"{where}: {a!r} vs {b!r}"
+
+
+def test_exact_patching_and_a_comparison_of_a_split_pair(models, tmp_path: Path) -> None:
+    """Exact edge patching, and a whole comparison (circuits, faithfulness, depth with ablations,
+    neurons, claims) of an ARM and MDM each split over CPU + disk equal the one-device ones."""
+    from analyses.compare import CompareOptions, compare
+
+    one = {k: _placed(models[f"rope-{k}"], "one", tmp_path / f"one-{k}") for k in ("ar", "mdm")}
+    split = {k: _placed(models[f"rope-{k}"], "cpu+disk", tmp_path / f"split-{k}") for k in ("ar", "mdm")}
+    items = _items(one["ar"])
+    exact = [attribute(pm["ar"], items, method="exact", batch_size=4) for pm in (one, split)]
+    torch.testing.assert_close(exact[1].scores, exact[0].scores, atol=ATOL, rtol=0)
+    opts = CompareOptions(
+        tasks=("ioi",), pool_size=4, steps=2, n_boot=20, n_random=1, k_edges=8, k_nodes=2, batch_size=4,
+        causal=False, denoising=(), common_correct=False, null_pair=False,
+    )  # fmt: skip
+    reports = [compare(pm["ar"], pm["mdm"], opts, log=lambda _: None).data for pm in (one, split)]
+    assert reports[0]["tasks"], reports[0]["pools"]
+    _close(reports[1]["tasks"], reports[0]["tasks"], "tasks")
+    _close(reports[1]["units"], reports[0]["units"], "units")

@@ -9,6 +9,7 @@ which `make results` runs) is fast and runs by default.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def test_there_are_notebooks():
 # JSON, JavaScript or widget state would make the file large and show nothing in a repository browser.
 STORED_MIME = {"text/plain", "image/png", "text/html", "text/markdown"}
 MAX_NOTEBOOK_BYTES = 600_000
+TQDM_BAR = re.compile(r"\d+%\|.*\| *\d+/\d+ \[")  # a finished tqdm bar
 MAX_STREAM_LINES = 41  # scripts/notebooks.py keeps the last 40 lines, and says how many it left out
 
 
@@ -71,6 +73,7 @@ def test_notebook_is_stored_executed_and_small(path: Path):
             if out.output_type == "stream":
                 assert "\r" not in out.text.replace("\r\n", "\n"), f"{path.name} [{i}]: a progress bar's redraws"
                 assert out.text.count("\n") <= MAX_STREAM_LINES, f"{path.name} [{i}]: a long stream output"
+                assert not TQDM_BAR.search(out.text), f"{path.name} [{i}]: a progress bar (its rate differs each run)"
             else:
                 extra = set(out.get("data", {})) - STORED_MIME
                 assert not extra, f"{path.name} [{i}]: outputs {sorted(extra)} (store figures as PNG)"
