@@ -212,7 +212,8 @@ class ProbedModel:
         `role`, what the caller uses the checkpoint as); the kind is read from the files
         (`ar2mdm.common.metadata.checkpoint_kind`), so an MDM is never probed as a causal model.
         device_map / max_memory / offload_folder: spread the model over several GPUs, CPU memory
-        and disk (`conversion.checkpoints.load_ar`); every backend but "tl" probes it in place.
+        and disk (`conversion.checkpoints.load_ar`); torch and nnsight probe it in place, "tl" a copy
+        (so "auto" does not choose it for a split model).
         """
         if isinstance(source, PreTrainedModel):
             return cls(source, tokenizer, meta, backend=backend, ungroup_kv=ungroup_kv)

@@ -125,24 +125,38 @@ def test_a_split_model_gives_the_single_device_results(models, family: str, how:
     assert main_device(pm.model) == torch.device("cpu")
 
 
-def test_nnsight_backend_probes_a_split_model_in_place(models, tmp_path: Path) -> None:
-    one = ProbedModel.from_checkpoint(str(models["rope-ar"]), backend="nnsight")
-    split = ProbedModel.from_checkpoint(str(models["rope-ar"]), backend="nnsight")
-    dispatch(split.model, Placement(layer_map(split.model, last="cpu")))
+def _split_for(backend: str, source: Path, how: str, tmp_path: Path) -> ProbedModel:
+    """`source` split as `how` says, probed with `backend`."""
+    if how == "two-cpu-groups":
+        model = load_any(str(source))
+        dispatch(model.model, Placement(layer_map(model.model, last="cpu")))
+        return ProbedModel(model.model, model.tokenizer, model.meta, backend=backend)
+    device_map = tmp_path / "map.json"
+    device_map.write_text(json.dumps(layer_map(load_any(str(source)).model, last="disk")))
+    return ProbedModel.from_checkpoint(
+        str(source), backend=backend, device_map=str(device_map), offload_folder=str(tmp_path / "offload")
+    )
+
+
+@pytest.mark.parametrize("backend", ["nnsight", "tl"])
+@pytest.mark.parametrize("how", ["two-cpu-groups", "cpu+disk"])
+def test_nnsight_and_tl_backends_probe_a_split_model(models, backend: str, how: str, tmp_path: Path) -> None:
+    one = ProbedModel.from_checkpoint(str(models["rope-ar"]), backend=backend)
+    split = _split_for(backend, models["rope-ar"], how, tmp_path)
+    assert split.backend_name == backend
     ids = one.tokenizer(["When Mary and John went to the store"], return_tensors="pt").input_ids
-    a, cache_a = one.run_with_cache(ids, names=["L*.H*"])
-    b, cache_b = split.run_with_cache(ids, names=["L*.H*"])
+    a, cache_a = one.run_with_cache(ids, names=["L*.H*", "L*.mlp", "L1.resid_post"])
+    b, cache_b = split.run_with_cache(ids, names=["L*.H*", "L*.mlp", "L1.resid_post"])
     torch.testing.assert_close(b, a, atol=ATOL, rtol=0)
     for name in cache_a:
         torch.testing.assert_close(cache_b[name], cache_a[name], atol=ATOL, rtol=0)
 
 
-def test_tl_backend_refuses_a_split_model_and_auto_picks_another(models) -> None:
-    pm = ProbedModel.from_checkpoint(str(models["rope-ar"]), backend="torch")
-    dispatch(pm.model, Placement(layer_map(pm.model, last="cpu")))
-    with pytest.raises(UserError, match="backend 'tl' copies the model .* use backend 'torch' or 'nnsight'"):
-        ProbedModel(pm.model, pm.tokenizer, pm.meta, backend="tl")
-    assert ProbedModel(pm.model, pm.tokenizer, pm.meta, backend="auto").backend_name != "tl"
+def test_auto_backend_does_not_copy_a_split_model_into_transformer_lens(models) -> None:
+    loaded = load_any(str(models["rope-ar"]))
+    assert ProbedModel(loaded.model, loaded.tokenizer, loaded.meta, backend="auto").backend_name == "tl"
+    dispatch(loaded.model, Placement(layer_map(loaded.model, last="cpu")))
+    assert ProbedModel(loaded.model, loaded.tokenizer, loaded.meta, backend="auto").backend_name != "tl"
 
 
 def test_placement_options_are_checked(tmp_path: Path) -> None:

@@ -67,6 +67,8 @@ class TLBackend(Backend):
             from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
         except ImportError:  # pragma: no cover - a dependency of the package
             return False
+        # not chosen by "auto" for a model spread over devices: the bridge works on a copy of the model, which
+        # would double the memory the map was made to fit (backend="tl" still takes one)
         return tokenizer is not None and type(model).__name__ in SUPPORTED_ARCHITECTURES and not is_dispatched(model)
 
     def __init__(self, model, layout: Layout, *, causal: bool, tokenizer=None, source: str = "") -> None:
@@ -76,11 +78,6 @@ class TLBackend(Backend):
         except ImportError as err:  # pragma: no cover - a dependency of the package
             raise UserError(f"backend 'tl' needs transformer-lens 4 ({err}); {ALTERNATIVE}.") from None
         arch = type(model).__name__
-        if is_dispatched(model):
-            raise UserError(
-                "backend 'tl' copies the model into TransformerLens' bridge on one device, so it cannot probe a model "
-                "spread over devices or offloaded (device_map); use backend 'torch' or 'nnsight', which probe it in place."
-            )
         if arch not in SUPPORTED_ARCHITECTURES:
             raise UserError(f"TransformerLens has no bridge adapter for {arch}; {ALTERNATIVE}.")
         if tokenizer is None:
@@ -91,12 +88,15 @@ class TLBackend(Backend):
         self.causal = causal
         own = copy.deepcopy(model)
         try:
+            # a model accelerate spread over devices keeps its map: TransformerLens 4 reads hf_device_map
+            # from a pre-loaded model (CPU and disk targets, or GPUs only; it refuses GPUs mixed with offload)
+            where = {} if is_dispatched(model) else {"device": str(device_of(model))}
             self.bridge = TransformerBridge.boot_transformers(
                 source or getattr(model.config, "_name_or_path", "") or arch,
                 hf_model=own,
                 tokenizer=tokenizer,
-                device=str(device_of(model)),
-                dtype=next(model.parameters()).dtype,
+                dtype=next(p.dtype for p in model.parameters()),
+                **where,
             )
         except Exception as err:  # the bridge raises many kinds; report them as one
             raise UserError(
