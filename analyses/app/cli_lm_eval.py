@@ -139,14 +139,14 @@ def harness_eval(
     seed: int,
     mc_samples: int,
     overwrite: bool,
-    loading: tuple[str, str, bool],
+    loading: tuple[str, str, bool, str, str, str],
 ) -> None:
     """`ar2mdm eval --lm-eval TASKS`: export ar2mdm's tasks, run them (and any harness task named)
     through the harness with one sampler, write OUT/lm_eval/ (results.json, tasks/) and OUT/results.md.
 
     options: every sampler flag of `ar2mdm eval`, None where not given; each one given must be an
-    option of the sampler (else UserError). loading: the --dtype, --device and --trust-remote-code
-    values. Every check (options, task names, the model) runs before OUT is written; a run that fails
+    option of the sampler (else UserError). loading: the --dtype, --device, --trust-remote-code,
+    --device-map, --max-memory and --offload-folder values. Every check (options, task names, the model) runs before OUT is written; a run that fails
     after that removes what it wrote, so OUT is never left holding a half run."""
     from analyses.harness_run import prepare_run, results_table, run_prepared
     from ar2mdm.common.outputs import atomic_write_text, claim_output
