@@ -57,11 +57,14 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # The default suite again with run-time shape and type checks (jaxtyping + beartype) on every
-# annotated call of every package, but for the e2e tests (CI runs it; about 2x slower than without).
+# annotated call of every package, but for the e2e tests (CI runs it). The checks are Python work,
+# so the pass runs in TYPECHECK_WORKERS pytest-xdist processes of one thread each (2 cores: 222 s,
+# 394 s in one process); tests/test_typecheck_active.py fails if a worker ran without the checks.
 TYPECHECKED := ar2mdm,conversion,probe,analyses,suite_typecheck.check
+TYPECHECK_WORKERS ?= 2
 .PHONY: typecheck
 typecheck: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not notebooks and not e2e" --jaxtyping-packages=$(TYPECHECKED)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TYPECHECK_WORKERS) -m "not slow and not notebooks and not e2e" --jaxtyping-packages=$(TYPECHECKED)
 
 # Slow tests: real SmolLM2 weights, real corpora, full organism training, DDP.
 test-slow: $(STAMP) assets

@@ -132,6 +132,7 @@ def test_downloads_only_what_the_loaders_read_and_records_the_commit(hub, pair) 
     assert len(hub.downloaded()) == before
 
 
+@pytest.mark.e2e  # in another process: the run-time type checks would not reach it
 def test_cli_compare_downloads_a_pair_by_hub_id(hub, pair, tmp_path: Path) -> None:
     """`ar2mdm compare --ar org/tiny-ar --mdm org/tiny-mdm` in a new process that knows only HF_ENDPOINT."""
     ar, mdm = pair
@@ -185,6 +186,7 @@ def test_unreachable_hub_and_no_cache(monkeypatch, tmp_path: Path) -> None:
         load_any("org/anything")
 
 
+@pytest.mark.e2e  # in another process
 def test_importing_ar2mdm_leaves_the_network_setting_alone() -> None:
     env = {k: v for k, v in os.environ.items() if "OFFLINE" not in k}
     code = "import os, ar2mdm.common, conversion, probe, analyses; print([k for k in os.environ if 'OFFLINE' in k])"
