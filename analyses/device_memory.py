@@ -198,6 +198,16 @@ QWEN3_30B_A3B = dict(  # RND1-30B-A3B keeps this layout (RESEARCH.md section 7)
     vocab_size=151936,
     tie_word_embeddings=False,
 )
+
+
+def config_of(fields: dict):
+    """The transformers config a dict of config.json fields (with its model_type) describes."""
+    from transformers import AutoConfig
+
+    data = dict(fields)
+    return AutoConfig.for_model(data.pop("model_type"), **data)
+
+
 PAIRS = {
     "Qwen2.5-7B + Dream-v0-Base-7B": (QWEN25_7B, QWEN25_7B),
     "Qwen3-30B-A3B + RND1-30B-A3B": (QWEN3_30B_A3B, QWEN3_30B_A3B),
@@ -205,8 +215,6 @@ PAIRS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from transformers import AutoConfig
-
     parser = argparse.ArgumentParser(description="Per-device peak memory of the reference pairs, split over GPUs.")
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--gib", type=float, default=80 * 10**9 / GIB, help="memory of each device in GiB")
@@ -215,10 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default="eap-ig-inputs")
     args = parser.parse_args(argv)
     for name, raw in PAIRS.items():
-        configs = []
-        for fields in raw:
-            data = dict(fields)
-            configs.append(AutoConfig.for_model(data.pop("model_type"), **data))
+        configs = [config_of(fields) for fields in raw]
         plan = predict_device_peaks(
             configs, n_devices=args.devices, batch=args.batch, seq_len=args.seq_len, method=args.method
         )

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import ar2mdm.common  # noqa: F401  (process settings before transformers is imported: common.env)
+from analyses.device_memory import QWEN25_7B, config_of
 
 SIZES = ("organism", "smollm2", "0.5b")
 LARGE = {
@@ -41,16 +42,7 @@ LARGE = {
         vocab_size=128256,
         tie_word_embeddings=False,
     ),
-    "Qwen2.5-7B": dict(
-        model_type="qwen2",
-        hidden_size=3584,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        intermediate_size=18944,
-        vocab_size=152064,
-        tie_word_embeddings=False,
-    ),
+    "Qwen2.5-7B": QWEN25_7B,  # one definition, shared with analyses.device_memory
 }
 GPU_BYTES = 80 * 10**9
 
@@ -121,14 +113,12 @@ def one(size: str, examples: int, batch: int, steps: int, offload: str) -> dict:
 
 def large_predictions() -> list[dict]:
     import torch
-    from transformers import AutoConfig
 
     from analyses.attribution_memory import predict_memory
 
     rows = []
     for name, fields in LARGE.items():
-        fields = dict(fields)
-        config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+        config = config_of(fields)
         for seq_len in (20, 128, 512):
             est = predict_memory(config, batch=8, seq_len=seq_len, dtype=torch.bfloat16, device="cuda")
             fits = 0

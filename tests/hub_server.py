@@ -167,6 +167,28 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, "NotFound", f"no route {path}", body)
 
 
+def point_client_at(mp, *, endpoint: str, cache: Path, offline: bool) -> None:
+    """Point the real huggingface_hub client at `endpoint`, an HF cache at `cache` and HF_HUB_OFFLINE
+    `offline`, with no token: what HF_ENDPOINT / HF_HUB_CACHE / HF_HUB_OFFLINE set at import, set for
+    this process (its constants) and the commands it starts (the environment). mp: a
+    pytest.MonkeyPatch, which undoes all of it. Forgets the ids ar2mdm resolved before."""
+    from huggingface_hub import constants
+
+    from ar2mdm.common.hub import forget_resolved
+
+    mp.setattr(constants, "ENDPOINT", endpoint)
+    mp.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    mp.setattr(constants, "HF_HUB_CACHE", str(cache))
+    mp.setattr(constants, "HF_HUB_OFFLINE", offline)
+    mp.setattr(constants, "HF_TOKEN_PATH", str(cache / "no-token"))
+    mp.setenv("HF_ENDPOINT", endpoint)
+    mp.setenv("HF_HUB_CACHE", str(cache))
+    mp.setenv("HF_HUB_OFFLINE", "1" if offline else "0")
+    mp.setenv("HF_TOKEN_PATH", str(cache / "no-token"))
+    mp.delenv("HF_TOKEN", raising=False)
+    forget_resolved()
+
+
 def start(hub: FakeHub) -> ThreadingHTTPServer:
     """Serve `hub` on 127.0.0.1 (a free port) in a daemon thread; sets hub.url; call .shutdown() after."""
     handler = type("Handler", (_Handler,), {"hub": hub})

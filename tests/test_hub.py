@@ -21,7 +21,6 @@ import hub_server
 import pytest
 import replicas
 import torch
-from huggingface_hub import constants
 
 from ar2mdm.common.errors import CheckpointError
 from ar2mdm.common.hub import forget_resolved, localize, parse_hub_id
@@ -31,26 +30,11 @@ from probe import ProbedModel
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _point_hub_client_at(monkeypatch, *, endpoint: str, cache: Path, offline: bool) -> None:
-    """What HF_ENDPOINT / HF_HUB_CACHE / HF_HUB_OFFLINE set at import, set for this process (and its children)."""
-    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
-    monkeypatch.setenv("HF_ENDPOINT", endpoint)
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1" if offline else "0")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setenv("HF_TOKEN_PATH", str(cache / "no-token"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(cache / "no-token"))
-    forget_resolved()
-
-
 @pytest.fixture
 def hub(monkeypatch, tmp_path: Path) -> Iterator[hub_server.FakeHub]:
     fake = hub_server.FakeHub()
     server = hub_server.start(fake)
-    _point_hub_client_at(monkeypatch, endpoint=fake.url, cache=tmp_path / "hf-cache", offline=False)
+    hub_server.point_client_at(monkeypatch, endpoint=fake.url, cache=tmp_path / "hf-cache", offline=False)
     yield fake
     server.shutdown()
     forget_resolved()
@@ -97,7 +81,7 @@ def test_offline_cache_is_read_by_id(monkeypatch, tmp_path: Path, make_tiny_mode
     folder = make_tiny_model("llama")
     commit = "0123456789abcdef0123456789abcdef01234567"
     _cache_by_hand(tmp_path / "hf", "org/tiny-ar", folder, commit)
-    _point_hub_client_at(monkeypatch, endpoint="http://127.0.0.1:9", cache=tmp_path / "hf", offline=True)
+    hub_server.point_client_at(monkeypatch, endpoint="http://127.0.0.1:9", cache=tmp_path / "hf", offline=True)
 
     by_id = load_ar("org/tiny-ar")
     local = load_ar(folder)
@@ -181,7 +165,7 @@ def test_hub_refusals_say_what_to_do(hub, pair, tmp_path: Path, monkeypatch) -> 
 
 
 def test_unreachable_hub_and_no_cache(monkeypatch, tmp_path: Path) -> None:
-    _point_hub_client_at(monkeypatch, endpoint="http://127.0.0.1:9", cache=tmp_path / "hf", offline=False)
+    hub_server.point_client_at(monkeypatch, endpoint="http://127.0.0.1:9", cache=tmp_path / "hf", offline=False)
     with pytest.raises(CheckpointError, match=r"cannot be reached .*check the path, the network or HF_ENDPOINT"):
         load_any("org/anything")
 

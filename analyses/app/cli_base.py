@@ -163,12 +163,11 @@ def load_options(
     """The checked keyword arguments of every loader (`load_any`, `ProbedModel.from_checkpoint`):
     dtype, device, trust_remote_code, and with --device-map the placement (`ar2mdm.common.placement`)."""
     from ar2mdm.common.modeling import parse_device, parse_dtype
-    from ar2mdm.common.placement import parse_device_map, parse_max_memory, placement_options
+    from ar2mdm.common.placement import placement_options
 
     out = {"dtype": parse_dtype(dtype), "device": parse_device(device), "trust_remote_code": trust_remote_code}
-    parse_device_map(device_map or None, "--device-map")  # the flags' own names in the messages
-    parse_max_memory(max_memory or None, "--max-memory")
-    placement_options(device_map or None, max_memory or None, offload_folder or None, device=out["device"])
+    flags = ("--device-map", "--max-memory")  # the flags' own names in the messages
+    placement_options(device_map or None, max_memory or None, offload_folder or None, device=out["device"], names=flags)
     if device_map:
         out.update(device_map=device_map, max_memory=max_memory or None, offload_folder=offload_folder or None)
     return out

@@ -138,17 +138,19 @@ def placement_options(
     offload_folder: str | Path | None = None,
     *,
     device: str | torch.device | None = None,
+    names: tuple[str, str] = ("device_map", "max_memory"),
 ) -> Placement:
     """The loaders' `device_map`, `max_memory` and `offload_folder` keywords (the CLI's flags), checked.
     device: the loader's `device`; a device other than the CPU together with a map is refused (the
-    map says where every module goes)."""
-    mapping = parse_device_map(device_map, "device_map")
+    map says where every module goes). names: how the map and the memory were given, for the
+    messages (the CLI passes its flags, "--device-map", "--max-memory")."""
+    mapping = parse_device_map(device_map, names[0])
     if mapping is not None and device is not None and torch.device(device).type != "cpu":
         raise UserError(
             f"device={str(device)!r} and device_map={device_map!r} both say where the model goes: give one "
             "(--device for one device, --device-map to spread it)."
         )
-    memory = parse_max_memory(max_memory, "max_memory")
+    memory = parse_max_memory(max_memory, names[1])
     folder = Path(offload_folder).expanduser() if offload_folder not in (None, "") else None
     if mapping is None and (memory is not None or folder is not None):
         raise UserError("max_memory and offload_folder place a model only with a device_map (auto, balanced, ...).")
@@ -157,6 +159,11 @@ def placement_options(
             "the device map sends modules to 'disk': give an offload_folder (--offload-folder DIR) for them."
         )
     return Placement(mapping, memory, folder)
+
+
+def torch_device(device: int | str) -> torch.device:
+    """A device as accelerate names it (GPU index, "cpu", "mps", "cuda:N") as a torch device."""
+    return torch.device(f"cuda:{device}" if isinstance(device, int) else device)
 
 
 def main_device(model: torch.nn.Module) -> torch.device:
@@ -170,8 +177,7 @@ def main_device(model: torch.nn.Module) -> torch.device:
         on_devices = [d for d in device_map.values() if d not in ("cpu", "disk")]
         if not on_devices:
             return torch.device("cpu")
-        first = on_devices[0]
-        return torch.device(f"cuda:{first}" if isinstance(first, int) else first)
+        return torch_device(on_devices[0])
     for p in model.parameters():
         if p.device.type != "meta":
             return p.device
@@ -212,8 +218,8 @@ def weights_at_hand(module: torch.nn.Module, holder: torch.nn.Module | None = No
         device = next((p.device for p in module.parameters() if p.device.type != "meta"), None)
         if device is None:
             hook = next((getattr(m, "_hf_hook", None) for m in candidates if hasattr(m, "_hf_hook")), None)
-            raw = getattr(hook, "execution_device", None) or "cpu"
-            device = torch.device(f"cuda:{raw}" if isinstance(raw, int) else raw)
+            raw = getattr(hook, "execution_device", None)
+            device = torch_device("cpu" if raw is None else raw)
         yield device
 
 
