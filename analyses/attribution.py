@@ -454,7 +454,8 @@ class EAPIGInputs(IntegratedGradients):
 
 class EAPIGActivations(IntegratedGradients):
     """EAP-IG on activations: the embedding, each layer's heads (they write together, before
-    their MLP reads) and each MLP interpolated in turn; a group's passes score its own edges."""
+    their MLP reads) and each MLP (an MoE layer's experts together) interpolated in turn; a
+    group's passes score its own edges."""
 
     name = "eap-ig-activations"
 
@@ -462,7 +463,7 @@ class EAPIGActivations(IntegratedGradients):
         out = [["embed"]]
         for layer in range(pm.config.n_layers):
             out.append([f"L{layer}.H{h}" for h in range(pm.config.n_heads)])
-            out.append([f"L{layer}.mlp"])
+            out.append(pm.shape.mlp_senders(layer))
         return [(g, g) for g in out]
 
 

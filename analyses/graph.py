@@ -225,11 +225,10 @@ class Graph:
     # --- JSON -----------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        s = self.shape
         return {
             "format": FORMAT,
             "version": VERSION,
-            "shape": {"n_layers": s.n_layers, "n_heads": s.n_heads, "n_kv_heads": s.n_kv_heads, "d_mlp": s.d_mlp},
+            "shape": self.shape.to_dict(),
             "meta": self.meta,
             "edges": self.as_dict(),
             "nodes": self.node_scores,
@@ -242,7 +241,7 @@ class Graph:
         if data.get("version") != VERSION:
             raise UserError(f"circuit graph version {data.get('version')!r}; this code reads version {VERSION}.")
         try:
-            shape = Shape(**{k: int(v) for k, v in data["shape"].items()})
+            shape = Shape.from_dict(data["shape"])
             edges = dict(data["edges"])
         except (KeyError, TypeError, ValueError) as err:
             raise UserError(f"malformed circuit graph: {err}.") from None

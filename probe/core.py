@@ -45,6 +45,8 @@ class Core:
             return None if norm is None else FrozenNorm(norm, offload_holder(layout.model, norm))
 
         self.ln1 = [frozen(b.ln1) for b in layout.blocks]
+        # the MLP norms of MoE layers (a router reading its own copy of the stream goes through it)
+        self.ln2 = [frozen(b.ln2) if b.moe is not None else None for b in layout.blocks]
         self.attn_post = [frozen(b.attn_post_norm) for b in layout.blocks]
         self.mlp_post = [frozen(b.mlp_post_norm) for b in layout.blocks]
         self.final = frozen(layout.final_norm)

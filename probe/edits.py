@@ -27,6 +27,8 @@ def node_shape(name: Name, shape: Shape, batch: int, length: int, d_model: int) 
         return (batch, length)
     if name.kind == "neurons":
         return (batch, length, shape.d_mlp)
+    if name.kind in ("router", "routing"):
+        return (batch, length, shape.n_experts)
     return (batch, length, d_model)
 
 

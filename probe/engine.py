@@ -38,6 +38,7 @@ from probe.cache import Cache, LazyHead
 from probe.core import Core, Request
 from probe.edits import PassEdits
 from probe.gradients import GradientPoints
+from probe.moe_pass import MoeSites
 from probe.names import Name, parse
 
 
@@ -82,6 +83,7 @@ class Pass:
             )
         if any(e.sender.kind in ("head", "mlp") for e in request.edges):
             core.require_exact_norms(core.attn_post + core.mlp_post, "an edge patch on a post-norm model")
+        self.moe = MoeSites(self)
 
     # --- bookkeeping --------------------------------------------------------------------------
 
@@ -127,13 +129,22 @@ class Pass:
             if any(f"{h}.pattern" in rec for h in heads):
                 fns[("pattern", layer)] = self._fn_pattern(layer)
             mlp = f"L{layer}.mlp"
-            if mlp in incoming or Name("mlp", layer) in ins:
+            moe_block = self.core.layout.blocks[layer].moe
+            touched = moe_block is not None and layer in self.moe.touched
+            if mlp in incoming or Name("mlp", layer) in ins or (touched and layer in self.moe.router_in):
                 fns[("mlp_in", layer)] = self._fn_mlp_in(layer, Name("mlp", layer) in ins)
+            if touched:
+                fns[("moe_in", layer)] = self.moe.fn_moe_in(layer)
             neurons = f"L{layer}.mlp.neurons"
             grad_neurons = any(o.kind in ("neuron", "neurons") and o.layer == layer for o in outs)
             if wants(neurons) or grad_neurons:
                 fns[("neurons", layer)] = self._fn_plain("neurons", layer, neurons, grad_neurons)
-            if wants(mlp) or Name("mlp", layer) in outs:
+            if touched:
+                assert moe_block is not None
+                fns[("mlp_out", layer)] = _then(
+                    self.moe.fn_out(layer, moe_block), self._fn_mlp_out(layer, Name("mlp", layer) in outs)
+                )
+            elif wants(mlp) or Name("mlp", layer) in outs:
                 fns[("mlp_out", layer)] = self._fn_mlp_out(layer, Name("mlp", layer) in outs)
             post = f"L{layer}.resid_post"
             if wants(post) or Name("resid_post", layer) in outs:
@@ -280,6 +291,7 @@ class Pass:
         name = f"L{layer}.mlp"
 
         def fn(m: Tensor) -> Tensor:
+            self.moe.keep_mid(layer, m)
             new = self.edits.receive(name, m)
             if grad:
                 # a tensor of its own, so the gradient is the MLP branch's alone (not the skip's)
@@ -333,3 +345,15 @@ class Pass:
         """(gradients w.r.t. node outputs, gradients w.r.t. receiver inputs) after backward;
         with `sink`, receiver gradients go to it instead (`GradientPoints.results`)."""
         return self.grads.results(self.req, self.taps, self.resid_pre, sink)
+
+
+def _then(first: SiteFn, second: SiteFn) -> SiteFn:
+    """One site function running `first`, then `second` on its result (None: unchanged)."""
+
+    def fn(x: Tensor) -> Tensor | None:
+        got = first(x)
+        x = x if got is None else got
+        again = second(x)
+        return got if again is None else again
+
+    return fn

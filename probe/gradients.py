@@ -85,6 +85,8 @@ class GradientPoints:
                 outs[name] = self.grad_of(("neurons", n.layer))
             elif n.kind == "neuron":
                 outs[name] = self.grad_of(("neurons", n.layer))[..., n.neuron]
+            elif n.kind == "expert":
+                outs[name] = self.grad_of((f"expert{n.expert}", n.layer))
             else:
                 outs[name] = self.grad_of((n.kind, n.layer))
         ins: dict[str, Tensor] = {}
@@ -102,6 +104,8 @@ class GradientPoints:
                 give(name, self.grad_of((n.port, n.layer))[:, :, n.head])
             elif n.kind == "mlp":
                 give(name, self.grad_of(("mlp_in", n.layer)))
+            elif n.kind == "router":
+                give(name, self.grad_of(("router_in", n.layer)))
             else:
                 give(name, self.grad_of(("final", self.core.shape.n_layers)))
         return Cache(outs), Cache(ins)

@@ -15,11 +15,15 @@ Node edits replace or shift a node's value everywhere downstream:
     `L{l}.mlp`, `L{l}.mlp.neuron{i}` (exact names only; globs do not enumerate neurons),
     `L{l}.mlp.neurons`, `L{l}.resid_pre`, `L{l}.resid_post`, and a head's receiver
     `L{l}.H{h}.q|k|v` (the input that one head's query / key / value projection reads, in
-    residual units: a change there reaches no other head).
+    residual units: a change there reaches no other head). In a mixture-of-experts layer:
+    `L{l}.expert{e}` and `L{l}.shared_expert` (what an expert writes: zero one, patch one),
+    and `L{l}.routing` (the gate weights [B, T, n_experts]; `patch("L*.routing", clean)` fixes
+    the routing to the clean run's and computes the experts under it).
 
 Edge patches replace what one sender writes into one receiver's input and nothing else:
-    patch_edge(sender, receiver, source)   sender in {embed, L{l}.H{h}, L{l}.mlp}; receiver in
-        {L{l}.H{h}.q|k|v, L{l}.mlp, logits}, strictly downstream of the sender. The receiver reads
+    patch_edge(sender, receiver, source)   sender in {embed, L{l}.H{h}, L{l}.mlp, and in MoE
+        layers L{l}.expert{e}, L{l}.shared_expert}; receiver in {L{l}.H{h}.q|k|v, L{l}.mlp,
+        L{l}.router (MoE), logits}, strictly downstream of the sender. The receiver reads
         its usual input plus (sender's value in `source` - sender's value in this run); every
         other path keeps the sender's real value.
 
@@ -51,8 +55,24 @@ from probe.names import Name, Shape, expand
 Pos = int | slice | Sequence[int] | Int[Tensor, "*_n"] | Bool[Tensor, "*_batch _pos"] | None
 Mode = Literal["set", "add"]
 
-NODE_KINDS = ("embed", "head", "mlp", "neuron", "neurons", "resid_pre", "resid_post", "receiver")
-SENDER_KINDS = ("embed", "head", "mlp")
+NODE_KINDS = (
+    "embed",
+    "head",
+    "mlp",
+    "neuron",
+    "neurons",
+    "resid_pre",
+    "resid_post",
+    "receiver",
+    "expert",
+    "shared_expert",
+    "routing",
+)
+SENDER_KINDS = ("embed", "head", "mlp", "expert", "shared_expert")
+EDGE_ENDS = (
+    "senders are embed, L{l}.H{h}, L{l}.mlp (in MoE layers L{l}.expert{e}, L{l}.shared_expert); receivers are "
+    "L{l}.H{h}.q|k|v, L{l}.mlp, L{l}.router (MoE layers), logits."
+)
 
 
 @dataclass(frozen=True)
@@ -82,7 +102,10 @@ def node_universe(shape: Shape) -> list[str]:
         out.append(f"L{layer}.resid_pre")
         out += shape.receivers(layer)
         out += shape.heads(layer)
-        out += [f"L{layer}.mlp.neurons", f"L{layer}.mlp", f"L{layer}.resid_post"]
+        if shape.is_moe(layer):
+            out += [f"L{layer}.routing", *shape.experts(layer), f"L{layer}.mlp", f"L{layer}.resid_post"]
+        else:
+            out += [f"L{layer}.mlp.neurons", f"L{layer}.mlp", f"L{layer}.resid_post"]
     return out
 
 
@@ -127,7 +150,8 @@ class Interventions:
                 n = self.shape.check(item)
                 if n.kind not in NODE_KINDS:
                     raise UserError(
-                        f"cannot intervene on {item!r}: interventions act on {', '.join(NODE_KINDS)} names (logits and patterns are outputs)."
+                        f"cannot intervene on {item!r}: interventions act on {', '.join(NODE_KINDS)} names "
+                        "(logits, patterns and router logits are outputs; set L{l}.routing to change routing)."
                     )
                 out.append(n)
             else:
@@ -229,10 +253,7 @@ class Interventions:
         for names, known, what in ((senders, known_s, "sender"), (receivers, known_r, "receiver")):
             for name in names:
                 if name not in known:
-                    raise UserError(
-                        f"edge {what} {name!r}: senders are embed, L{{l}}.H{{h}}, L{{l}}.mlp; receivers are "
-                        "L{l}.H{h}.q|k|v, L{l}.mlp, logits."
-                    )
+                    raise UserError(f"edge {what} {name!r}: {EDGE_ENDS}")
                 names[name] = self.shape.check(name)
         values = {s: source if isinstance(source, Tensor) else _from_cache(source, senders[s]) for s in senders}
         for s, r in pairs:
@@ -248,9 +269,7 @@ class Interventions:
         if not set("*?[") & set(spec):
             name = str(self.shape.check(spec))
             if name not in universe:
-                raise UserError(
-                    f"{what} {spec!r}: senders are embed, L{{l}}.H{{h}}, L{{l}}.mlp; receivers are L{{l}}.H{{h}}.q|k|v, L{{l}}.mlp, logits."
-                )
+                raise UserError(f"{what} {spec!r}: {EDGE_ENDS}")
         return expand(spec, self.shape, universe, what)
 
 
@@ -259,7 +278,7 @@ def downstream(sender: Name, receiver: Name) -> bool:
     if receiver.kind == "logits" or sender.kind == "embed":
         return True
     assert sender.layer is not None and receiver.layer is not None
-    if receiver.kind == "mlp":
+    if receiver.kind in ("mlp", "router"):  # an MoE layer's router reads what its MLP reads
         return sender.layer < receiver.layer or (sender.kind == "head" and sender.layer == receiver.layer)
     return sender.layer < receiver.layer
 

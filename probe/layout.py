@@ -29,12 +29,14 @@ from transformers.pytorch_utils import Conv1D
 
 from ar2mdm.common.errors import UserError
 from ar2mdm.common.placement import offload_holder, weights_at_hand
+from probe.moe import MoeBlock, is_moe_block
 
 SUPPORTED = (
     "Llama-like blocks (self_attn.{q,k,v,o}_proj, input_layernorm, post_attention_layernorm, "
     "mlp.down_proj: Llama, Mistral, Qwen2/3, SmolLM, ...), Gemma-like blocks (the same plus "
-    "pre/post_feedforward_layernorm) and GPT-2-like blocks (attn.c_attn, attn.c_proj, ln_1, ln_2, "
-    "mlp.c_proj)"
+    "pre/post_feedforward_layernorm), GPT-2-like blocks (attn.c_attn, attn.c_proj, ln_1, ln_2, "
+    "mlp.c_proj) and transformers' mixture-of-experts blocks (mlp.gate router, mlp.experts fused: "
+    "Qwen3-MoE, GLM-4-MoE, Qwen2-MoE, OLMoE)"
 )
 
 
@@ -61,7 +63,8 @@ def linear_bias(module: nn.Module) -> Float[Tensor, " d_out"] | None:
 
 @dataclass
 class Block:
-    """The modules of one decoder block. `qkv` is set instead of q/k/v for fused projections."""
+    """The modules of one decoder block. `qkv` is set instead of q/k/v for fused projections;
+    `moe` instead of `down` for a mixture-of-experts MLP."""
 
     module: nn.Module
     ln1: nn.Module
@@ -74,8 +77,9 @@ class Block:
     attn_post_norm: nn.Module | None
     ln2: nn.Module
     mlp: nn.Module
-    down: nn.Module
+    down: nn.Module | None
     mlp_post_norm: nn.Module | None
+    moe: MoeBlock | None = None
 
 
 class Layout:
@@ -105,7 +109,20 @@ class Layout:
         self.n_kv_heads = int(getattr(config, "num_key_value_heads", None) or self.n_heads)
         self.d_model = int(self.embed.weight.shape[1])
         self.d_head = int(getattr(config, "head_dim", None) or self.d_model // self.n_heads)
-        self.d_mlp = int(linear_weight(self.blocks[0].down).shape[1])
+        dense = [b for b in self.blocks if b.down is not None]
+        self.d_mlp = int(linear_weight(dense[0].down).shape[1]) if dense else 0  # type: ignore[arg-type]
+        moe = [b.moe for b in self.blocks if b.moe is not None]
+        self.moe_layers = tuple(i for i, b in enumerate(self.blocks) if b.moe is not None)
+        self.n_experts = moe[0].n_experts if moe else 0
+        self.top_k = moe[0].top_k if moe else 0
+        self.shared_expert = bool(moe and moe[0].shared is not None)
+        if any(
+            (m.n_experts, m.top_k, m.shared is not None) != (self.n_experts, self.top_k, self.shared_expert)
+            for m in moe
+        ):
+            raise UserError(
+                f"{what}: its MoE layers differ in expert count, top-k or shared expert; the probe reads uniform ones."
+            )
         self.d_vocab = int(self.unembed.weight.shape[0])
         q_out = self.n_heads * self.d_head
         kv_out = self.n_kv_heads * self.d_head
@@ -143,13 +160,28 @@ class Layout:
         q, k, v = (_first(attn, (n,)) for n in ("q_proj", "k_proj", "v_proj"))
         qkv = None if q is not None else _first(attn, ("c_attn", "qkv_proj"))
         o = _first(attn, ("o_proj", "c_proj", "out_proj", "dense"))
-        down = _first(mlp, ("down_proj", "c_proj", "fc2"))
-        if (q is None or k is None or v is None) and qkv is None or o is None or down is None:
+        moe = None
+        if is_moe_block(mlp):
+            moe = MoeBlock(mlp, f"{what} block {index}")
+            if not moe.check():
+                raise UserError(
+                    f"{what}: the mixture of experts in block {index} ({type(mlp).__name__}) does not compute "
+                    "the sum of its routed experts' gated outputs and its shared expert, which the probe "
+                    "re-computes per expert; it cannot be probed."
+                )
+            down = None
+            if pre_ff is not None:
+                raise UserError(
+                    f"{what}: block {index} is a mixture of experts with post-norms; the probe does not read that yet."
+                )
+        else:
+            down = _first(mlp, ("down_proj", "c_proj", "fc2"))
+        if (q is None or k is None or v is None) and qkv is None or o is None or (down is None and moe is None):
             raise UserError(
                 f"{what}: block {index} lacks q/k/v, output or down projections under the names "
                 f"the probe knows. The probe reads {SUPPORTED}."
             )
-        return Block(block, ln1, attn, q, k, v, qkv, o, attn_post, ln2, mlp, down, mlp_post)
+        return Block(block, ln1, attn, q, k, v, qkv, o, attn_post, ln2, mlp, down, mlp_post, moe)
 
     # --- weights in [out, in] orientation -----------------------------------------------------
     # A model accelerate dispatched with offloading (device_map to "cpu" or "disk" beside a GPU, or
@@ -195,6 +227,8 @@ class Layout:
     def down_weight(self, layer: int) -> Float[Tensor, "d_model d_mlp"]:
         """W_down as [d_model, d_mlp]: column i is what neuron i writes per unit of activation."""
         down = self.blocks[layer].down
+        if down is None:
+            raise UserError(f"layer {layer} is a mixture of experts: it has no single down projection (no neurons).")
         return self._at_hand(down, lambda: linear_weight(down))
 
     def unembed_weight(self) -> Float[Tensor, "vocab d_model"]:

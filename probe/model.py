@@ -63,6 +63,9 @@ class ProbeConfig:
     kv_receivers: "grouped" (k/v receivers per key/value head) or "per-query" (the model was
     ungrouped, `probe.ungroup`: one k/v receiver per query head, as TransformerLens's ungrouped
     graph). Models without grouped-query attention are "grouped" (the two coincide).
+    n_experts / top_k / moe_layers / shared_expert: a mixture-of-experts model's routed experts
+    per MoE layer, experts per token, its MoE layers and whether they have a shared expert
+    (0 / 0 / () / False for a dense model; `probe.moe`).
     """
 
     n_layers: int
@@ -79,10 +82,22 @@ class ProbeConfig:
     post_norms: bool
     block_size: int | None = None
     kv_receivers: Literal["grouped", "per-query"] = "grouped"
+    n_experts: int = 0
+    top_k: int = 0
+    moe_layers: tuple[int, ...] = ()
+    shared_expert: bool = False
 
     @property
     def shape(self) -> Shape:
-        return Shape(self.n_layers, self.n_heads, self.n_kv_heads, self.d_mlp)
+        return Shape(
+            self.n_layers,
+            self.n_heads,
+            self.n_kv_heads,
+            self.d_mlp,
+            n_experts=self.n_experts,
+            moe_layers=self.moe_layers,
+            shared_expert=self.shared_expert,
+        )
 
 
 @dataclass
@@ -166,6 +181,10 @@ class ProbedModel:
             post_norms=lay.post_norms,
             block_size=block_size,
             kv_receivers="per-query" if getattr(model, UNGROUPED_FROM, None) else "grouped",
+            n_experts=lay.n_experts,
+            top_k=lay.top_k,
+            moe_layers=lay.moe_layers,
+            shared_expert=lay.shared_expert,
         )
         self.shape = self.config.shape
         self.core = Core(lay, self.shape)
@@ -410,16 +429,23 @@ class ProbedModel:
         """Gradients of `metric(logits)` (a scalar) w.r.t. node outputs and receiver inputs, in one
         backward pass, under the active interventions.
 
-        outputs: senders and other nodes (embed, L{l}.H{h}, L{l}.mlp, neurons, residuals).
-        receivers: L{l}.H{h}.q|k|v, L{l}.mlp, logits: the gradient w.r.t. that
+        outputs: senders and other nodes (embed, L{l}.H{h}, L{l}.mlp, neurons, residuals, and an MoE
+        layer's L{l}.expert{e} and L{l}.shared_expert).
+        receivers: L{l}.H{h}.q|k|v, L{l}.mlp, L{l}.router (MoE), logits: the gradient w.r.t. that
         receiver's own copy of its input. names: activations to record in the same pass.
         receiver_sink: stream the receivers' gradients: `receiver_sink(name, grad [B, T, D])` is
         called once per receiver, one layer's worth alive at a time, and `GradResult.inputs` is
         empty (what attribution uses to keep memory flat at 70k-edge graphs).
         """
         ids, mask = self._inputs(inputs, attention_mask)
-        out_universe = [n for n in self.shape.components(neurons=False, receivers=False) if n != "logits"]
-        out_universe += [f"L{layer}.mlp.neurons" for layer in range(self.shape.n_layers)]
+        out_universe = [
+            n
+            for n in self.shape.components(neurons=False, receivers=False)
+            if n != "logits" and not n.endswith((".router", ".routing"))  # routing is discrete: no gradient
+        ]
+        out_universe += [
+            f"L{layer}.mlp.neurons" for layer in range(self.shape.n_layers) if not self.shape.is_moe(layer)
+        ]
         outs = _select_or_exact(outputs, out_universe, self.shape, "gradient outputs", ("neuron",))
         ins = select(receivers, self.receivers(), self.shape, "gradient receivers") if receivers != () else []
         record = set(self.cache_names(names)) if names != () else set()

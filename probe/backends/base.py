@@ -10,7 +10,9 @@ Sites of block l, in forward order, with the shape the core sees (B batch, T pos
     ("pattern", l)     attention probabilities, read only           [B, n_heads, T, T]
     ("mlp_in", l)      the MLP branch's input, before its norm; a new value changes the MLP's
                        input only, not the residual skip            [B, T, d_model]
-    ("neurons", l)     input of the down projection                 [B, T, d_mlp]
+    ("moe_in", l)      a mixture-of-experts block's input (the normed tokens its router and
+                       experts read), read only                    [B, T, d_model]
+    ("neurons", l)     input of the down projection (dense MLPs)    [B, T, d_mlp]
     ("mlp_out", l)     MLP output (before a post-norm)              [B, T, d_model]
     ("resid_post", l)  block output                                 [B, T, d_model]
     ("final", L)       input of the final norm (L = n_layers)       [B, T, d_model]
@@ -48,6 +50,7 @@ SITE_ORDER: tuple[str, ...] = (
     "attn_out",
     "pattern",
     "mlp_in",
+    "moe_in",
     "neurons",
     "mlp_out",
     "resid_post",

@@ -70,7 +70,9 @@ def hf_taps(layout: Layout, fns: Mapping[Site, SiteFn]) -> list[Tap]:
             taps.append(Tap(blk.attn, "out", f, index=1))
         if f := at("mlp_in"):
             taps.append(Tap(blk.ln2, "in", f))
-        if f := at("neurons"):
+        if f := at("moe_in"):
+            taps.append(Tap(blk.mlp, "in", f))
+        if (f := at("neurons")) and blk.down is not None:
             taps.append(Tap(blk.down, "in", f))
         if f := at("mlp_out"):
             taps.append(Tap(blk.mlp, "out", f))

@@ -24,6 +24,7 @@ from ar2mdm.common.modeling import device_of
 from ar2mdm.common.placement import is_dispatched
 from probe.backends.base import Backend, Logits, Mask, Mask4D, SiteFn, SiteFns, TokenIds
 from probe.layout import Layout
+from probe.moe import is_moe_block
 
 HOOKS: dict[str, str] = {
     "resid_pre": "blocks.{l}.hook_in",
@@ -43,6 +44,11 @@ HOOKS: dict[str, str] = {
 PER_HEAD = ("q", "k", "v", "z")
 
 ALTERNATIVE = "use backend='torch' or backend='nnsight', which read any layout the probe knows"
+
+
+def _has_experts(model) -> bool:
+    """Whether any module of `model` is a mixture-of-experts block (`probe.moe.is_moe_block`)."""
+    return any(is_moe_block(m) for m in model.modules())
 
 
 def _wrap(fn: SiteFn, per_head: bool):
@@ -69,7 +75,12 @@ class TLBackend(Backend):
             return False
         # not chosen by "auto" for a model spread over devices: the bridge works on a copy of the model, which
         # would double the memory the map was made to fit (backend="tl" still takes one)
-        return tokenizer is not None and type(model).__name__ in SUPPORTED_ARCHITECTURES and not is_dispatched(model)
+        return (
+            tokenizer is not None
+            and type(model).__name__ in SUPPORTED_ARCHITECTURES
+            and not is_dispatched(model)
+            and not _has_experts(model)
+        )
 
     def __init__(self, model, layout: Layout, *, causal: bool, tokenizer=None, source: str = "") -> None:
         try:
@@ -78,6 +89,11 @@ class TLBackend(Backend):
         except ImportError as err:  # pragma: no cover - a dependency of the package
             raise UserError(f"backend 'tl' needs transformer-lens 4 ({err}); {ALTERNATIVE}.") from None
         arch = type(model).__name__
+        if layout.moe_layers:
+            raise UserError(
+                f"{arch} is a mixture of experts, and TransformerLens's bridge has no hook points for its "
+                f"router and experts (or no adapter for it); {ALTERNATIVE}."
+            )
         if arch not in SUPPORTED_ARCHITECTURES:
             raise UserError(f"TransformerLens has no bridge adapter for {arch}; {ALTERNATIVE}.")
         if tokenizer is None:
