@@ -85,8 +85,14 @@ def nodes(shape: Shape) -> list[str]:
 
 def receiver_nodes(shape: Shape, receiver: str) -> list[str]:
     """The node(s) a receiver feeds: a q input its head, a k/v input every query head of its
-    group (grouped-query attention), an MLP input its MLP, logits itself."""
+    group (grouped-query attention), an MLP input its MLP, logits itself; in an MoE layer the
+    MLP input every expert of the layer (the shared one too) and the router's input the routed
+    experts."""
     n = parse(receiver)
+    if n.kind == "router":
+        return [e for e in shape.experts(n.layer) if not e.endswith("shared_expert")]
+    if n.kind == "mlp" and shape.is_moe(n.layer):
+        return shape.experts(n.layer)
     if n.kind == "receiver":
         if n.port == "q":
             return [f"L{n.layer}.H{n.head}"]

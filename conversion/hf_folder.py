@@ -14,6 +14,7 @@ missing ones at random).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from ar2mdm.common.errors import CheckpointError
-from ar2mdm.common.families import FAMILIES, supported_list
+from ar2mdm.common.families import FAMILIES, safetensors_header, supported_list
 from ar2mdm.common.hub import HubSnapshot
 from ar2mdm.common.metadata import ModelMeta
 from ar2mdm.common.options import parse_bool
@@ -98,6 +99,7 @@ def load_hf_folder(
     files = safetensors_files(folder)
     for file in files:
         check_safetensors(file)
+    check_experts(files, config, folder)
     summary = safetensors_summary(files)
     if not placement:
         check_fits(summary.n_params, dtype, device, summary.largest, str(folder), summary.file_bytes)
@@ -285,6 +287,53 @@ def check_safetensors(file: str | Path) -> None:
     expected = 8 + header_len + data_end
     if expected != size:
         raise CheckpointError(f"{file} should have {expected} bytes but has {size}. {advice}")
+
+
+_EXPERT = re.compile(r"layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+_FUSED_EXPERTS = re.compile(r"layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)$")
+
+
+def check_experts(files: list[Path], config: PretrainedConfig, folder: Path) -> None:
+    """Raise CheckpointError when a mixture of experts' weight files do not hold, in every MoE
+    layer they cover, exactly the experts its config states (each with gate, up and down
+    projections), read from the safetensors headers only. transformers would otherwise report a
+    size mismatch of its fused experts tensor, naming none of the experts.
+    """
+    n_experts = next(
+        (int(v) for k in ("num_experts", "n_routed_experts", "num_local_experts") if (v := getattr(config, k, None))), 0
+    )
+    if not n_experts:
+        return
+    layers: dict[int, dict[int, set[str]]] = {}
+    for file in files:
+        for name, entry in safetensors_header(file).items():
+            if m := _EXPERT.search(name):
+                layers.setdefault(int(m[1]), {}).setdefault(int(m[2]), set()).add(m[3])
+            elif (m := _FUSED_EXPERTS.search(name)) and int(entry["shape"][0]) != n_experts:
+                raise CheckpointError(
+                    f"{folder}: {name} holds {entry['shape'][0]} experts, but config.json says each MoE layer has "
+                    f"{n_experts}: the config and the weights belong to different models. Download both again."
+                )
+    for layer, experts in sorted(layers.items()):
+        extra = sorted(e for e in experts if e >= n_experts)
+        if extra:
+            raise CheckpointError(
+                f"{folder}: layer {layer} holds experts up to {max(extra)}, but config.json says each MoE layer has "
+                f"{n_experts} (num_experts): the config and the weights belong to different models. Download both again."
+            )
+        missing = sorted(set(range(n_experts)) - set(experts))
+        if missing:
+            raise CheckpointError(
+                f"{folder}: the weights lack expert(s) {missing[:5]} of layer {layer} ({n_experts} per layer in "
+                "config.json): the download is incomplete (a missing shard?). Download the checkpoint again."
+            )
+        for e, parts in sorted(experts.items()):
+            if len(parts) < 3:
+                lacking = sorted({"gate_proj", "up_proj", "down_proj"} - parts)
+                raise CheckpointError(
+                    f"{folder}: expert {e} of layer {layer} lacks its {', '.join(lacking)}: the download is "
+                    "incomplete (a missing shard?). Download the checkpoint again."
+                )
 
 
 # Any one of these means the folder carries a tokenizer (fast, sentencepiece, or BPE vocab files).

@@ -1,9 +1,9 @@
 """Reading the field's published diffusion LMs into transformers' own classes, no remote code.
 
-`load_published(folder, family)` turns a Dream, LLaDA, DiffuGPT, DiffuLLaMA, A2D, SDAR or
-Fast-dLLM v2 folder, as users download it, into the same `Loaded(model, tokenizer, meta)` every
-loader returns: the model is the family's transformers architecture (`Family.base`: Qwen2, Qwen3,
-Llama, GPT-2) made bidirectional (`ar2mdm.diffusion.attention.make_bidirectional`; block-diffusion
+`load_published(folder, family)` turns a Dream, LLaDA, DiffuGPT, DiffuLLaMA, A2D, SDAR,
+Fast-dLLM v2, LLaDA-MoE, LLaDA2.x, RND1 or SDAR-MoE folder, as users download it, into the same
+`Loaded(model, tokenizer, meta)` every loader returns: the model is the family's transformers
+architecture (`Family.base`: Qwen2, Qwen3, Llama, GPT-2, Qwen3-MoE, GLM-4-MoE) made bidirectional (`ar2mdm.diffusion.attention.make_bidirectional`; block-diffusion
 families get their block size in `meta.block_size`, and the probe and samplers apply the
 block-causal mask), and `meta` is an MDM's: mask id, shift, block size, `source_format` (the
 family's name), and in `extra` where each fact came from (the checkpoint's config, its tokenizer,
@@ -28,6 +28,7 @@ Steps, each failing with a CheckpointError that says what is wrong and what to d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,28 @@ from ar2mdm.common.errors import CheckpointError
 from ar2mdm.common.families import COMMON_DROP, Family, block_size_from_name, read_config
 from ar2mdm.common.metadata import ModelMeta
 from ar2mdm.diffusion.attention import make_bidirectional
-from conversion.hf_folder import Loaded, check_safetensors, fill_pad_token, safetensors_files
+from conversion.hf_folder import Loaded, check_experts, check_safetensors, fill_pad_token, safetensors_files
 from conversion.memory import check_fits, safetensors_summary
+
+
+def _llada_moe(raw: dict[str, Any], values: dict[str, Any]) -> None:
+    """LLaDA-MoE: `moe_layer_freq` (one entry per layer, 0 = dense MLP) as Qwen3-MoE's
+    `mlp_only_layers`; head_dim = hidden_size / heads (its config states none)."""
+    freq = raw.get("moe_layer_freq")
+    if isinstance(freq, list):
+        values["mlp_only_layers"] = [i for i, f in enumerate(freq) if not f]
+    if values.get("head_dim") is None and raw.get("hidden_size") and raw.get("num_attention_heads"):
+        values["head_dim"] = raw["hidden_size"] // raw["num_attention_heads"]
+
+
+def _llada2(raw: dict[str, Any], values: dict[str, Any]) -> None:
+    """LLaDA2.x: num_key_value_heads 0 means as many as query heads (LLaDA2.1's config)."""
+    if not values.get("num_key_value_heads"):
+        values["num_key_value_heads"] = raw.get("num_attention_heads")
+
+
+# Family.config_derive -> the rule filling config values no rename can (raw config, values so far).
+DERIVATIONS: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {"llada-moe": _llada_moe, "llada2": _llada2}
 
 
 def family_config(family: Family, raw: dict[str, Any], folder: Path) -> transformers.PretrainedConfig:
@@ -60,6 +81,8 @@ def family_config(family: Family, raw: dict[str, Any], folder: Path) -> transfor
         values["vocab_size"] = raw["embedding_size"]  # rows of wte and the head: >= vocab_size
     if family.name == "llada" and values.get("intermediate_size") is None and raw.get("mlp_ratio"):
         values["intermediate_size"] = int(raw["mlp_ratio"] * raw["d_model"])
+    if family.config_derive:
+        DERIVATIONS[family.config_derive](raw, values)
     values.update(family.config_set)
     needed = (
         ("hidden_size", "num_hidden_layers", "num_attention_heads")
@@ -106,6 +129,7 @@ def load_published(
     files = safetensors_files(folder)  # refuses pickle-only folders, never unpickles
     for file in files:
         check_safetensors(file)
+    check_experts(files, config, folder)
     summary = safetensors_summary(files)
     check_fits(summary.n_params, dtype, device, summary.largest, f"{family.title} from {folder}", summary.file_bytes)
     model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]

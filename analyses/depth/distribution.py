@@ -43,7 +43,7 @@ Weight = Literal["score", "count"]
 
 # --- layers -----------------------------------------------------------------------------------------
 
-_LAYERED = ("head", "mlp", "neuron", "receiver")
+_LAYERED = ("head", "mlp", "neuron", "receiver", "expert", "shared_expert", "router")
 
 
 def layer_of(name: str) -> int | None:
@@ -58,7 +58,7 @@ def layer_of(name: str) -> int | None:
     if n.kind not in _LAYERED:
         raise UserError(
             f"{name!r} is not a component; depth analyses take scores of heads (L{{l}}.H{{h}}), "
-            "MLPs (L{l}.mlp) or neurons (L{l}.mlp.neuron{i})."
+            "MLPs (L{l}.mlp), experts (L{l}.expert{e}) or neurons (L{l}.mlp.neuron{i})."
         )
     return n.layer
 
