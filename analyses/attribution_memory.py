@@ -33,6 +33,7 @@ import torch
 
 from analyses.attribution import CHUNK_BYTES, OFFLOADS
 from ar2mdm.common.errors import UserError
+from probe.moe import MoeBlock, is_moe_block
 from probe.names import Shape
 
 GIB = 2**30
@@ -87,14 +88,46 @@ class MemoryEstimate:
 
 
 def shape_of(config) -> tuple[Shape, int, int, int]:
-    """(probe Shape, d_model, d_head, vocab) of a transformers config."""
+    """(probe Shape, d_model, d_head, vocab) of a transformers config; a mixture of experts' MoE
+    layers, expert count and shared expert are read off the model built on the meta device."""
     text = getattr(config, "get_text_config", lambda: config)()
     n_heads = text.num_attention_heads
     d_model = text.hidden_size
     kv = getattr(text, "num_key_value_heads", None) or n_heads
     d_head = getattr(text, "head_dim", None) or d_model // n_heads
     d_mlp = getattr(text, "intermediate_size", None) or 4 * d_model
-    return Shape(text.num_hidden_layers, n_heads, kv, d_mlp), d_model, d_head, text.vocab_size
+    moe = moe_fields(config)
+    return Shape(text.num_hidden_layers, n_heads, kv, d_mlp, **moe), d_model, d_head, text.vocab_size
+
+
+def moe_fields(config) -> dict:
+    """{n_experts, moe_layers, shared_expert} of a mixture-of-experts config ({} for a dense one)."""
+    text = getattr(config, "get_text_config", lambda: config)()
+    if not any(getattr(text, k, None) for k in ("num_experts", "n_routed_experts", "num_local_experts")):
+        return {}
+    model, _ = meta_model(config)
+    blocks = [MoeBlock(layer.mlp, "") if is_moe_block(layer.mlp) else None for layer in model.base_model.layers]
+    found = [b for b in blocks if b is not None]
+    if not found:
+        return {}
+    return {
+        "n_experts": found[0].n_experts,
+        "moe_layers": tuple(i for i, b in enumerate(blocks) if b is not None),
+        "shared_expert": found[0].shared is not None,
+    }
+
+
+def active_parameters(config) -> tuple[int, int]:
+    """(parameters, parameters a token uses) of the model `config` describes: a mixture of experts
+    holds every expert but runs top-k of them per token (shared experts always). Dense: equal."""
+    model, total = meta_model(config)
+    idle = 0
+    for layer in model.base_model.layers:
+        if is_moe_block(layer.mlp):
+            block = MoeBlock(layer.mlp, "")
+            per_expert = (block.experts.gate_up_proj.numel() + block.experts.down_proj.numel()) // block.n_experts
+            idle += (block.n_experts - block.top_k) * per_expert
+    return total, total - idle
 
 
 def meta_model(config, dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, int]:

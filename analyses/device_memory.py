@@ -199,6 +199,71 @@ QWEN3_30B_A3B = dict(  # RND1-30B-A3B keeps this layout (RESEARCH.md section 7)
     tie_word_embeddings=False,
 )
 
+# The published MoE diffusion LMs' layouts (docs/FORMATS.md): LLaDA-MoE-7B-A1B read as Qwen3-MoE
+# (values from its model card and paper: 16 layers, 64 experts, top-8, expert width 1024; vocab
+# 157184 as the Ling tokenizer, not read from its config.json here); LLaDA2.0-mini read as
+# GLM-4-MoE (SarvamMoE), values from a loader fixture mirroring its config (20 layers, 256
+# experts top-8 in groups, one shared expert, first layer dense).
+LLADA_MOE_7B = dict(
+    model_type="qwen3_moe",
+    hidden_size=2048,
+    num_hidden_layers=16,
+    num_attention_heads=16,
+    num_key_value_heads=16,
+    head_dim=128,
+    intermediate_size=8192,
+    moe_intermediate_size=1024,
+    num_experts=64,
+    num_experts_per_tok=8,
+    vocab_size=157184,
+    tie_word_embeddings=False,
+)
+LLADA2_MINI = dict(
+    model_type="sarvam_moe",
+    hidden_size=2048,
+    num_hidden_layers=20,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    head_dim=128,
+    intermediate_size=5120,
+    moe_intermediate_size=512,
+    n_routed_experts=256,
+    n_shared_experts=1,
+    num_experts_per_tok=8,
+    n_group=8,
+    topk_group=4,
+    first_k_dense_replace=1,
+    vocab_size=157184,
+    tie_word_embeddings=False,
+)
+# (model, its layout, the AR source's layout or None)
+MOE_MODELS = (
+    ("LLaDA-MoE-7B-A1B", LLADA_MOE_7B, None),
+    ("LLaDA2.0-mini / Ling-mini-2.0", LLADA2_MINI, LLADA2_MINI),
+    ("RND1-30B-A3B / Qwen3-30B-A3B", QWEN3_30B_A3B, QWEN3_30B_A3B),
+    ("SDAR-30B-A3B / Qwen3-30B-A3B-Base", QWEN3_30B_A3B, QWEN3_30B_A3B),
+)
+
+
+def moe_table(dtype: torch.dtype = torch.bfloat16) -> str:
+    """A Markdown table of the published MoE diffusion LMs: parameters, parameters a token uses
+    (top-k experts), the weights' bytes in `dtype` (every expert is resident), the pair's."""
+    from analyses.attribution_memory import active_parameters
+
+    size = torch.empty((), dtype=dtype).element_size()
+    name = str(dtype).removeprefix("torch.")
+    rows = [
+        f"| model (/ AR source) | parameters | active per token | weights in {name} | the pair |",
+        "|---|---|---|---|---|",
+    ]
+    for title, fields, ar in MOE_MODELS:
+        total, active = active_parameters(config_of(fields))
+        pair = "(no AR source)"
+        if ar is not None:
+            pair = f"{(total + active_parameters(config_of(ar))[0]) * size / GIB:.1f} GiB"
+        rows.append(f"| {title} | {total / 1e9:.2f} B | {active / 1e9:.2f} B | {total * size / GIB:.1f} GiB | {pair} |")
+    return "\n".join(rows)
+
 
 def config_of(fields: dict):
     """The transformers config a dict of config.json fields (with its model_type) describes."""
@@ -221,7 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--method", default="eap-ig-inputs")
+    parser.add_argument("--moe", action="store_true", help="print the published MoE models' parameters and bf16 bytes")
     args = parser.parse_args(argv)
+    if args.moe:
+        print(moe_table())
+        return 0
     for name, raw in PAIRS.items():
         configs = [config_of(fields) for fields in raw]
         plan = predict_device_peaks(

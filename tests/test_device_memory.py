@@ -66,3 +66,31 @@ def test_model_config_reads_a_published_mdm_without_loading_it(tmp_path) -> None
     config = model_config(str(dream.path))
     assert config.model_type == "qwen2" and config.num_hidden_layers >= 1  # Dream maps onto Qwen2
     assert model_config(str(replicas.ar_partner(dream, tmp_path))).model_type == "qwen2"
+
+
+def test_moe_parameters_active_per_token_and_shape_by_hand() -> None:
+    """A GLM-4-MoE layout (layer 0 dense, layers 1-2: 8 experts top-2 + a shared expert): every
+    expert is resident; a token runs 2 routed experts and the shared one."""
+    from transformers import Glm4MoeConfig
+
+    from analyses.attribution_memory import active_parameters, shape_of
+    from analyses.device_memory import moe_table
+
+    d, v, f, fe, e, k = 64, 1000, 128, 32, 8, 2
+    config = Glm4MoeConfig(
+        vocab_size=v, hidden_size=d, intermediate_size=f, moe_intermediate_size=fe, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=4, head_dim=16, n_routed_experts=e, num_experts_per_tok=k,
+        n_shared_experts=1, n_group=1, topk_group=1, first_k_dense_replace=1, tie_word_embeddings=False,
+        use_qk_norm=False,
+    )  # fmt: skip
+    total, active = active_parameters(config)
+    attention = 4 * d * d + 2 * d  # q, k, v, o; two norms
+    dense = 3 * d * f
+    moe = e * 3 * d * fe + 3 * d * fe + e * d + e  # experts, shared expert, router, expert bias (a buffer: not counted)
+    assert total == 2 * v * d + d + 3 * attention + dense + 2 * (moe - e)
+    assert total - active == 2 * (e - k) * 3 * d * fe
+    shape = shape_of(config)[0]
+    assert (shape.n_experts, shape.moe_layers, shape.shared_expert) == (e, (1, 2), True)
+    table = moe_table()
+    assert "| RND1-30B-A3B / Qwen3-30B-A3B | 30.53 B | 3.35 B |" in table  # Qwen3-30B-A3B: 30.5B, 3.3B active
+    assert "| LLaDA2.0-mini / Ling-mini-2.0 | 16.26 B | 1.43 B |" in table  # its card: 16B, 1.4B active
