@@ -157,6 +157,9 @@ class TrainConfig:
     adapters and the mask token's embedding row, merged into the weights on save
     (`conversion.lora`; `validate` rewrites it in canonical form, so equal settings compare equal
     on resume).
+    router / aux_loss (mixture-of-experts sources, `conversion.moe`): "train" or "freeze" the
+    routers; the load-balancing loss's coefficient: "source" (what the source's config states:
+    Qwen3-MoE's router_aux_loss_coef, none for GLM-4-MoE-style models), "off", or a number.
     """
 
     model: str
@@ -198,6 +201,8 @@ class TrainConfig:
     compile: str = "off"
     peak_tflops: float = 0.0
     lora: str = ""
+    router: str = "train"
+    aux_loss: str = "source"
 
     def options(self) -> DiffusionOptions:
         return DiffusionOptions(
@@ -253,6 +258,18 @@ class TrainConfig:
         if not (self.peak_tflops >= 0 and math.isfinite(self.peak_tflops)):
             raise UserError(f"peak_tflops must be >= 0 (0 = look the GPU up), got {self.peak_tflops}.")
         check_compile_backend(self.compile)
+        if self.router not in ("train", "freeze"):
+            raise UserError(f"router must be 'train' or 'freeze', got {self.router!r}.")
+        self.aux_loss = str(self.aux_loss).strip().lower()
+        if self.aux_loss not in ("source", "off"):
+            try:
+                coef = float(self.aux_loss)
+            except ValueError:
+                coef = -1.0
+            if not (coef >= 0 and math.isfinite(coef)):
+                raise UserError(
+                    f"aux_loss must be 'source', 'off' or a coefficient >= 0 (e.g. 0.001), got {self.aux_loss!r}."
+                )
         self.options()
         spec = self.lora_spec()
         self.lora = spec.text() if spec else ""

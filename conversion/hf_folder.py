@@ -322,6 +322,11 @@ def check_experts(files: list[Path], config: PretrainedConfig, folder: Path) -> 
                 f"{n_experts} (num_experts): the config and the weights belong to different models. Download both again."
             )
         missing = sorted(set(range(n_experts)) - set(experts))
+        if missing and sorted(experts) == list(range(len(experts))):
+            raise CheckpointError(
+                f"{folder}: layer {layer} holds {len(experts)} experts, but config.json says each MoE layer has "
+                f"{n_experts} (num_experts): the config and the weights belong to different models. Download both again."
+            )
         if missing:
             raise CheckpointError(
                 f"{folder}: the weights lack expert(s) {missing[:5]} of layer {layer} ({n_experts} per layer in "

@@ -78,6 +78,7 @@ from conversion import data as data_mod
 from conversion.config import TrainConfig
 from conversion.loop import Clock, StepOutput, fit
 from conversion.lora import Adapters, attach_lora
+from conversion.moe import RouterLogits, freeze_routers, moe_settings
 from conversion.mdm import save_mdm
 from conversion.objective import DiffusionOptions, diffusion_loss, draw_noise, eligible_positions, heldout_loss
 from conversion.parallel import any_process, make_accelerator, no_sync, offload_params, parallelism, shard_on_cpu
@@ -265,6 +266,10 @@ class _Conversion:
         self.out = Path(cfg.out).expanduser()
         self.ckpt_dir = self.out / CHECKPOINT_DIR
         self.loaded, model, self.tokenizer, self.mask_id = source_model(cfg)
+        freeze, self.aux_coef = moe_settings(model, cfg.router, cfg.aux_loss)  # mixtures of experts
+        if freeze:
+            freeze_routers(model)
+        self.router_logits = RouterLogits(model) if self.aux_coef else None
         model, self.adapters = attach_lora(model, cfg.lora_spec(), self.mask_id, cfg.seed)
         self.per_token = flops_per_token(model, cfg.seq_len)  # LoRA's frozen weights: 4 FLOPs each, not 6
         # a LoRA checkpoint holds only what trains: it resumes on the same source weights only
@@ -358,7 +363,7 @@ class _Conversion:
             rows = slice(k * self.micro + self.rank * self.local, k * self.micro + (self.rank + 1) * self.local)
             sync = nullcontext() if k == cfg.grad_accum - 1 else no_sync(self.accelerator, self.model, self.parallel)
             with sync:
-                with self.autocast:
+                with self.autocast, self.router_logits or nullcontext():
                     res = diffusion_loss(
                         self.model,
                         batch[rows],
@@ -372,7 +377,11 @@ class _Conversion:
                     )
                 # Sum of this shard's weighted CE over the GLOBAL token count; x world because
                 # DDP and FSDP average gradients over processes.
-                self.accelerator.backward(res.loss * res.n_tokens * self.world / n_global)
+                loss = res.loss * res.n_tokens * self.world / n_global
+                if self.router_logits is not None:  # the source's load balancing, a mean over micro-steps
+                    aux = self.router_logits.loss(None if am is None else am[rows])
+                    loss = loss + self.aux_coef * aux / cfg.grad_accum
+                self.accelerator.backward(loss)
             sums += torch.stack([(res.loss * res.n_tokens).detach(), res.n_masked.float(), res.n_correct.float()])
         totals = self.accelerator.reduce(sums, reduction="sum")
         masked = float(totals[1])

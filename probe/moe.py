@@ -30,12 +30,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ar2mdm.common.errors import UserError
+from ar2mdm.common.modeling import is_moe_block
 
-
-def is_moe_block(mlp: nn.Module) -> bool:
-    """Whether `mlp` is a transformers MoE block (a router `gate` and fused `experts`)."""
-    experts = getattr(mlp, "experts", None)
-    return isinstance(getattr(mlp, "gate", None), nn.Module) and isinstance(experts, nn.Module)
+__all__ = ["MoeBlock", "Routing", "is_moe_block", "topk_of"]
 
 
 @dataclass

@@ -28,12 +28,13 @@ AREAS = {
     "probe": "Probe inputs (library)",
     "published": "Published checkpoints, dtypes and devices",
     "hub": "Hub ids (org/name[@revision]; against a hub served on 127.0.0.1)",
+    "moe": "Mixture-of-experts checkpoints, probing and conversion",
 }
 
 HEAD = """# Bad inputs and what ar2mdm says
 
 Every row is a test (`tests/test_errors.py`; cases in `tests/error_cases.py`, `error_cases_harness.py`,
-`error_cases_options.py` and `error_cases_hub.py`, gathered by `tests/error_catalogue.py`): it runs the input
+`error_cases_options.py`, `error_cases_hub.py` and `error_cases_moe.py`, gathered by `tests/error_catalogue.py`): it runs the input
 inside a sandbox of real files and asserts the exit code (2 for bad input on the command line) or
 the exception type (library calls), the key words of the message, that no traceback is shown,
 and that nothing that existed before was changed (every file's bytes are compared; an output

@@ -141,6 +141,8 @@ def convert(
     text_field: Annotated[str | None, typer.Option(help="The field holding the text in .jsonl data files. [default: text]")] = None,
     trust_remote_code: Annotated[bool | None, typer.Option("--trust-remote-code/--no-trust-remote-code", help="Allow custom model code from the checkpoint folder. [default: off]")] = None,
     lora: Annotated[str | None, typer.Option(help="Train LoRA adapters (and the mask token's embedding row) instead of every weight, merged into the weights on save: r=8,alpha=16,targets=q_proj,k_proj,v_proj,o_proj[,dropout=0.05] (alpha: 2r if omitted; targets: every linear layer but the LM head if omitted). '' = every weight trains. [default: '']")] = None,
+    router: Annotated[str | None, typer.Option(help="Mixture-of-experts sources: train | freeze the routers (frozen: routing changes only through the experts' inputs). [default: train]")] = None,
+    aux_loss: Annotated[str | None, typer.Option(help="Mixture-of-experts sources: the load-balancing loss's coefficient: source (the source config's router_aux_loss_coef, e.g. Qwen3-MoE's 0.001; none for GLM-4-MoE-style models) | off | a number. [default: source]")] = None,
 ) -> None:  # fmt: skip
     """Post-train an AR checkpoint into a masked diffusion model.
 

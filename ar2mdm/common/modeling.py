@@ -171,3 +171,10 @@ def returned_kv_cache(out: Any) -> Any:
     """The KV cache a forward returned (`out.cache`, or `out.past_key_values` before 5.24)."""
     cache = getattr(out, "cache", None)
     return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+def is_moe_block(module: torch.nn.Module) -> bool:
+    """Whether `module` is a transformers mixture-of-experts block: a router `gate` and its
+    `experts` (Qwen3-MoE's SparseMoeBlock, GLM-4-MoE's MoE, ...; `probe.moe` reads them)."""
+    experts = getattr(module, "experts", None)
+    return isinstance(getattr(module, "gate", None), torch.nn.Module) and isinstance(experts, torch.nn.Module)
