@@ -78,8 +78,8 @@ from conversion import data as data_mod
 from conversion.config import TrainConfig
 from conversion.loop import Clock, StepOutput, fit
 from conversion.lora import Adapters, attach_lora
-from conversion.moe import RouterLogits, freeze_routers, moe_settings
 from conversion.mdm import save_mdm
+from conversion.moe import RouterLogits, freeze_routers, moe_settings
 from conversion.objective import DiffusionOptions, diffusion_loss, draw_noise, eligible_positions, heldout_loss
 from conversion.parallel import any_process, make_accelerator, no_sync, offload_params, parallelism, shard_on_cpu
 from conversion.report import write_training_report

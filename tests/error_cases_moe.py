@@ -32,7 +32,9 @@ def _replicas(p: dict[str, Path]) -> Iterator[None]:
         replicas_moe.llada2(root / "d")
         folder = root / "a" / "LLaDA-MoE-7B-A1B-Base-tiny"
         tensors = load_file(folder / "model.safetensors")
-        save_file({k: v for k, v in tensors.items() if "layers.1.mlp.experts.2." not in k}, str(folder / "model.safetensors"))
+        save_file(
+            {k: v for k, v in tensors.items() if "layers.1.mlp.experts.2." not in k}, str(folder / "model.safetensors")
+        )
         _edit(root / "b" / "LLaDA-MoE-7B-A1B-Base-tiny" / "config.json", num_experts=8)
         _edit(root / "d" / "LLaDA2.0-mini-tiny" / "config.json", score_function="softmax")
     p["moe_missing_expert"] = root / "a" / "LLaDA-MoE-7B-A1B-Base-tiny"
@@ -96,7 +98,11 @@ CASES: tuple[Case, ...] = (
         "moe-tl-backend",
         "moe",
         "`ProbedModel.from_checkpoint(moe, backend='tl')`: TransformerLens has no router or expert hook points",
-        ("is a mixture of experts", "TransformerLens's bridge has no hook points", "backend='torch' or backend='nnsight'"),
+        (
+            "is a mixture of experts",
+            "TransformerLens's bridge has no hook points",
+            "backend='torch' or backend='nnsight'",
+        ),
         "backend 'torch' or 'nnsight' (or 'auto')",
         call=lambda p: ProbedModel.from_checkpoint(str(p["moe"]), backend="tl"),
         expect=UserError,

@@ -114,7 +114,9 @@ def test_a_missing_expert_or_another_expert_count_is_a_clear_error(name: str, bu
     gone = {k: v for k, v in tensors.items() if f"layers.{layer}.mlp.experts.2." not in k}
     assert len(gone) == len(tensors) - 3
     save_file(gone, str(folder / "model.safetensors"))
-    with pytest.raises(CheckpointError, match=rf"lack expert\(s\) \[2\] of layer {layer}.*Download the checkpoint again"):
+    with pytest.raises(
+        CheckpointError, match=rf"lack expert\(s\) \[2\] of layer {layer}.*Download the checkpoint again"
+    ):
         load_any(str(folder))
     save_file(tensors, str(folder / "model.safetensors"))
     key = "num_experts"
