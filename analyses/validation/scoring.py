@@ -13,8 +13,9 @@ or on activations (Hanna et al. 2024).
     >>> precision_at_k([3.0, 1.0, 2.0, 2.0], [True, False, True, False])
     0.75
 
-`write_validation(out_dir)` builds every model of `analyses.validation.groundtruth`, scores every
-method and writes groundtruth.json and groundtruth.md (a Markdown table) into `out_dir`.
+`write_validation(out_dir)` builds every model of `analyses.validation.groundtruth` and the
+mixture-of-experts one of `analyses.validation.groundtruth_moe`, scores every method and writes
+groundtruth.json and groundtruth.md (a Markdown table) into `out_dir`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from torch import Tensor
 from analyses.circuits import attribute
 from analyses.graph import Graph
 from analyses.validation.groundtruth import N_EXAMPLES, SEED, GroundTruth, ground_truths
+from analyses.validation.groundtruth_moe import moe_routing
 from ar2mdm.common.errors import UserError
 from ar2mdm.common.outputs import atomic_write_text
 
@@ -194,7 +196,7 @@ def write_validation(
     CPU for a given seed."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    truths = ground_truths(n, seed)
+    truths = [*ground_truths(n, seed), moe_routing(n, seed)]
     graphs: dict[tuple[str, str], Graph] = {}
     rows = score_methods(truths, methods, steps=steps, graphs=graphs)
     models = []
