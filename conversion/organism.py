@@ -16,7 +16,8 @@ How it is built, and why:
    string round-trips exactly (decode(encode(text)) == text), which Countdown's checker relies on.
    Specials: <pad> <bos> <eos> <unk> and <mask>, the token a later MDM conversion masks with (its id
    is also stored as `mask_token_id` in config.json). Encoding prepends <bos>.
-2. Model (`OrganismConfig`, `build_model`). LlamaConfig: RoPE, RMSNorm, SwiGLU, untied embeddings,
+2. Model (`OrganismConfig`, `build_model` in `conversion.organism_model`; `n_experts` > 0 gives a
+   Mixtral, the same blocks with mixture-of-experts MLPs). LlamaConfig: RoPE, RMSNorm, SwiGLU, untied embeddings,
    128 positions; default 6 layers, d_model 128, 4 heads of 32, MLP 384 (1.7M parameters), so
    the "first third" of the depth holds two layers. fp32 is the fast path on these CPUs (no native
    bf16: autocast to bf16 ran ~7x slower). Measured (seed 0, 1,500 steps, 2 threads): the 6 x 128
@@ -64,9 +65,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from ar2mdm.common.env import cache_dir
 from ar2mdm.common.errors import UserError
@@ -83,6 +84,7 @@ from ar2mdm.common.outputs import OWNER_FILE, claim_output, owner_record, write_
 from ar2mdm.tasks import Example, Task
 from ar2mdm.tasks.evaluate import LD_GAP_TARGET
 from conversion.loop import Clock, StepOutput, fit
+from conversion.moe import RouterLogits
 from conversion.organism_data import (  # noqa: F401  (the organism's data, importable from here too)
     EVAL_EXAMPLES,
     HOLDOUT_PROMPTS,
@@ -102,6 +104,7 @@ from conversion.organism_data import (  # noqa: F401  (the organism's data, impo
     task_examples,
 )
 from conversion.organism_eval import evaluate, evaluate_checkpoint, ioi_logit_diff, ld_gaps  # noqa: F401
+from conversion.organism_model import OrganismConfig, build_model  # noqa: F401  (importable from here too)
 
 TARGETS: dict[str, float] = {"ioi": 0.95, "greater_than": 0.95, "induction": 0.95, "countdown": 0.60}
 
@@ -114,69 +117,23 @@ ORGANISM_COMMAND = "organism train"
 # older version, or of another architecture, is out of date (`outdated`).
 DATA_VERSION = 2
 # OrganismConfig fields that shape what an organism is (not how long or how fast it trained)
-_SHAPING = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_mlp", "max_positions", "mixture", "answer_weight")
+_SHAPING = (
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "d_mlp",
+    "max_positions",
+    "mixture",
+    "answer_weight",
+    "n_experts",
+    "top_k",
+)
 
 
 def default_organism_dir() -> Path:
     """Where the toolkit looks for the organism: `cache_dir()/models/organism`."""
     return cache_dir() / "models" / "organism"
-
-
-@dataclass
-class OrganismConfig:
-    """Everything that shapes an organism besides the seed and the length of training.
-
-    Model: d_model, n_layers, n_heads, n_kv_heads, d_mlp, max_positions.
-    Data: mixture (examples of each task per batch; their sum is the batch size),
-        infill_in_place (probability that an infilling example is given in place instead of in
-        AR order), answer_weight (loss weight of answer tokens and the final <eos>),
-        tokenizer_examples (examples per task the tokenizer is trained on), pack_length (pack a
-        batch's sequences into rows of this many tokens, each sequence attending only to itself:
-        the same loss terms as one padded row each, with a third of the padding; 0 = no packing).
-    Optimisation: lr, min_lr_ratio (cosine floor, as a fraction of lr), warmup (fraction of the
-        run), weight_decay, grad_clip, betas.
-    Evaluation: eval_examples (held-out examples per task at the end), eval_every (steps between
-        cheap periodic evaluations, 0 = never), periodic_examples (examples per task then).
-    threads: torch CPU threads (default $AR2MDM_THREADS, else 2). On a machine whose cores are
-        busy with other work, 1 is much faster than 2: OpenMP threads spin-wait for each other
-        (measured: 2 threads 4-20x slower than 1 under a load of ~5 on 2 cores). Runs are
-        bit-reproducible for a fixed seed, step count and thread count.
-    """
-
-    d_model: int = 128
-    n_layers: int = 6
-    n_heads: int = 4
-    n_kv_heads: int = 4
-    d_mlp: int = 384
-    max_positions: int = 128
-    pack_length: int = 64
-    mixture: dict[str, int] = field(
-        default_factory=lambda: {
-            "ioi": 12,
-            "greater_than": 4,
-            "induction": 10,
-            "countdown": 30,
-            "infilling": 2,
-            "sudoku": 6,
-        }
-    )
-    infill_in_place: float = 0.25
-    answer_weight: float = 2.0
-    tokenizer_examples: int = 500
-    lr: float = 1.5e-3
-    min_lr_ratio: float = 0.05
-    warmup: float = 0.03
-    weight_decay: float = 0.05
-    grad_clip: float = 1.0
-    betas: tuple[float, float] = (0.9, 0.98)
-    eval_examples: int = EVAL_EXAMPLES
-    eval_every: int = 150
-    periodic_examples: int = 32
-    threads: int = field(default_factory=lambda: int(os.environ.get("AR2MDM_THREADS", "2")))
-
-    @property
-    def batch_size(self) -> int:
-        return sum(self.mixture.values())
 
 
 @dataclass
@@ -238,26 +195,6 @@ class OrganismReport:
 
 
 # --- model ----------------------------------------------------------------------------------------
-
-
-def build_model(cfg: OrganismConfig, tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
-    """A randomly initialised Llama of size `cfg` over `tokenizer`'s vocabulary, seeded."""
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.d_model,
-        intermediate_size=cfg.d_mlp,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_kv_heads,
-        max_position_embeddings=cfg.max_positions,
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    config.mask_token_id = tokenizer.mask_token_id
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -348,7 +285,8 @@ def outdated(folder: str | Path, config: OrganismConfig | None = None) -> str | 
         return f"it was trained on data version {version}, today's is {DATA_VERSION}"
     want = asdict(config or OrganismConfig())
     have = report.get("config", {})
-    differ = [k for k in _SHAPING if have.get(k) != want[k]]
+    # a key an older report lacks had the value today's default has (n_experts: dense organisms)
+    differ = [k for k in _SHAPING if have.get(k, asdict(OrganismConfig())[k]) != want[k]]
     return f"its {', '.join(differ)} differ from today's defaults" if differ else None
 
 
@@ -442,7 +380,7 @@ class _OrganismRun:
     def __init__(
         self,
         cfg: OrganismConfig,
-        model: LlamaForCausalLM,
+        model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerFast,
         tasks: Mapping[str, Task],
         eval_sets: Mapping[str, Sequence[Example]],
@@ -469,6 +407,7 @@ class _OrganismRun:
         self.clock = Clock()
         total = steps if steps is not None else round(self.budget)
         self.bar = tqdm(total=total, disable=not progress, unit="step" if steps else "s")
+        self.routers = RouterLogits(model) if cfg.n_experts else None
 
     def lr(self, step: int, clock: Clock) -> float:
         self.clock = clock
@@ -478,8 +417,12 @@ class _OrganismRun:
     def gradients(self, step: int) -> StepOutput:
         batch = next(self.stream)
         self.model.train()
-        logits = self.model(**batch.model_inputs()).logits
+        with self.routers or nullcontext():
+            logits = self.model(**batch.model_inputs()).logits
         loss = weighted_lm_loss(logits, batch.input_ids, batch.weights)
+        if self.routers is not None:  # an MoE organism: the Switch load-balancing loss
+            mask = batch.model_inputs().get("attention_mask")
+            loss = loss + self.cfg.aux_loss * self.routers.loss(mask if mask is not None and mask.dim() == 2 else None)
         loss.backward()
         return StepOutput(loss=float(loss.detach()), tokens=batch.n_tokens)
 
@@ -517,7 +460,7 @@ class _OrganismRun:
 
 def save_checkpoint(
     out: str | Path,
-    model: LlamaForCausalLM,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
     files: Mapping[str, str] | None = None,
     *,

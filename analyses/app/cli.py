@@ -68,13 +68,16 @@ def organism_train(
     minutes: Annotated[float, typer.Option(help="Wall-clock training budget in minutes.")] = 10.0,
     steps: Annotated[int | None, typer.Option(help="Train for exactly this many steps (overrides --minutes; use it for reproducible runs).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an organism already in --out (never any other folder).")] = False,
+    experts: Annotated[int, typer.Option(help="Mixture-of-experts MLPs with this many experts per layer (a Mixtral organism; 0 = the dense Llama).")] = 0,
+    top_k: Annotated[int, typer.Option(help="With --experts: experts per token (each of width MLP / top-k, so a token computes as much as the dense organism's MLP).")] = 2,
 ) -> None:  # fmt: skip
     """Train the model organism from scratch, then print its held-out accuracy per task."""
     from conversion import organism
 
     with errors("the organism is written only at the end; --out is unchanged."):
+        config = organism.OrganismConfig(n_experts=experts, top_k=top_k)
         report = organism.train_organism(
-            out=out, seed=seed, minutes=minutes, steps=steps, overwrite=overwrite, data_seed=data_seed
+            out=out, seed=seed, minutes=minutes, steps=steps, overwrite=overwrite, data_seed=data_seed, config=config
         )
     organism.print_report(report)
 

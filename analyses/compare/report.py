@@ -18,6 +18,7 @@ from typing import Any
 from torch import Tensor
 
 from analyses.compare.controls import PAIR_LABELS
+from analyses.compare.routing import routing_figure, routing_markdown, routing_rows
 from analyses.depth.distribution import region
 from analyses.graph import Graph
 from analyses.statistics import Interval, pool_for_width
@@ -229,6 +230,8 @@ def markdown_summary(data: Mapping[str, Any]) -> str:
             ),
             "",
         ]
+    if data.get("routing"):
+        lines += routing_markdown(data["routing"])
     points = {t: d for t, d in data.get("denoising", {}).items() if "points" in d}
     if points:
         lines += ["Denoising trajectory (MDM; t = share of the answer still masked):", ""]
@@ -472,6 +475,16 @@ def report_html(
     parts += ["<h2>Per task (common-correct pool)</h2>", table_html(summary_rows(data))]
     if any(e.get("controls") for e in data["tasks"].values()):
         parts += ["<h2>Controls per task</h2>", table_html(controls_rows(data))]
+    if data.get("routing"):
+        c = data["routing"]["claim"]
+        parts += [
+            "<h2>Routing (mixture of experts)</h2>",
+            f"<p>{html.escape(c['claim'])}: <b>{html.escape(c['verdict'])}</b>"
+            + (" (seed floor: missing)" if c["seed_floor_missing"] else "")
+            + "</p>",
+            table_html(routing_rows(data["routing"])),
+        ]
+        figs["Routing: entropy and expert overlap"] = routing_figure(data["routing"])
     first = True
     for name, fig in figs.items():
         parts.append(f"<h2>{html.escape(name)}</h2>")

@@ -16,7 +16,10 @@
    ablation of the early top-K nodes against random and middle/late controls;
 4. units: `analyses.neurons` profiles of MLP neurons and heads over all tasks, compared with
    bootstrap intervals, and (optionally) a causal check per task;
-5. beyond the reference study, for the MDM: attribution along the denoising trajectory
+5. mixtures of experts (`analyses.compare.routing`): per task and model, routing entropy, load
+   balance, top and selective experts, the ARM-MDM expert overlap against the null pair and the
+   seed floor, the MDM's routing along denoising, and the routing claim;
+6. beyond the reference study, for the MDM: attribution along the denoising trajectory
    (`denoising`): the first answer token is read while a growing share of the *other* answer
    tokens is already revealed (t = share of the answer still masked, 1 -> 0), and the circuit at
    each t is compared with the one at t = 1 and with the ARM's.
@@ -54,7 +57,8 @@ from analyses.compare.claims import claims, default_k_edges, default_k_nodes, no
 from analyses.compare.controls import CONTROL_PAIRS, PairStats, check_twins, pair_stats, with_twins
 from analyses.compare.pool import MIN_POOL, Pool, check_pair, common_pool, task_examples
 from analyses.compare.report import CompareResult, json_safe
-from analyses.compare.trajectory import denoising_trajectory
+from analyses.compare.routing import compare_routing
+from analyses.compare.trajectory import denoising_trajectory, revealed
 from analyses.depth import compare_depth, lens_profile, mean_scores, node_patching_scores, targeted_ablation
 from analyses.graph import Graph, check_top_k, jaccard_curve, node_importance
 from analyses.neurons import causal_check, compare_profiles, profile_units
@@ -248,6 +252,20 @@ def compare(
             method=opts.method,
         )
         data["seconds"]["denoising"] = time.perf_counter() - ts
+    if ar.shape.moe_layers and ar.shape.moe_layers == mdm.shape.moe_layers:  # mixtures of experts: routing
+        ts = time.perf_counter()
+        data["routing"] = compare_routing(
+            models,
+            pools,
+            denoising=opts.denoising,
+            reveal=revealed,
+            n_boot=opts.n_boot,
+            seed=opts.seed,
+            batch_size=opts.batch_size,
+        )
+        data["seconds"]["routing"] = time.perf_counter() - ts
+        claim = data["routing"]["claim"]
+        log(f"  routing: {claim['claim']}: {claim['verdict']}")
     neurons = data["units"].get("neurons", {}).get("compare", {})
     supporting = {"median_entropy": neurons["median_entropy"]["diff"]} if "median_entropy" in neurons else {}
     data["claims"] = claims(list(pools), pairs, selectivity, supporting)
@@ -431,7 +449,11 @@ def _units(
     boot = {"n_boot": opts.n_boot, "seed": opts.seed + 1009 * (len(pools) - 1)}  # as the last task's
     tasks = {m: {t: (p.ar if m.startswith("ar") else p.mdm) for t, p in pools.items()} for m in models}
     selectivity: dict[str, Interval | None] = {}
-    for kind in ("neurons", "heads"):
+    kinds = ["neurons", "heads"]
+    if not any(not models["ar"].shape.is_moe(layer) for layer in range(models["ar"].config.n_layers)):
+        kinds = ["heads"]  # every MLP is a mixture of experts: the experts are read in data["routing"]
+        data["units"]["neurons_skipped"] = "every MLP is a mixture of experts (see the routing section)"
+    for kind in kinds:
         roles = list(models) if kind == "neurons" else ["ar", "mdm"]
         profiles = {m: profile_units(models[m], tasks[m], kind=kind, keep=True, batch_size=big) for m in roles}
         block: dict[str, Any] = {

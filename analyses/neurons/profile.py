@@ -58,17 +58,23 @@ On = Literal["attribution", "activation"]
 
 
 def unit_names(pm: ProbedModel, kind: UnitKind) -> list[str]:
-    """Every unit of `kind` in forward order."""
+    """Every unit of `kind` in forward order (neurons of the dense MLPs: a mixture-of-experts layer
+    has experts instead, `analyses.compare.routing`)."""
     if kind == "neurons":
-        return [f"L{layer}.mlp.neuron{i}" for layer in range(pm.config.n_layers) for i in range(pm.config.d_mlp)]
+        return [f"L{layer}.mlp.neuron{i}" for layer in dense_layers(pm) for i in range(pm.config.d_mlp)]
     if kind == "heads":
         return [f"L{layer}.H{h}" for layer in range(pm.config.n_layers) for h in range(pm.config.n_heads)]
     raise UserError(f"unit kind {kind!r}; use 'neurons' or 'heads'.")
 
 
+def dense_layers(pm: ProbedModel) -> list[int]:
+    """The layers whose MLP is dense (all of them but a mixture of experts' MoE layers)."""
+    return [layer for layer in range(pm.config.n_layers) if not pm.shape.is_moe(layer)]
+
+
 def _stored(pm: ProbedModel, kind: UnitKind) -> list[str]:
     if kind == "neurons":
-        return [f"L{layer}.mlp.neurons" for layer in range(pm.config.n_layers)]
+        return [f"L{layer}.mlp.neurons" for layer in dense_layers(pm)]
     return unit_names(pm, "heads")
 
 
