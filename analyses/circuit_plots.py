@@ -21,10 +21,14 @@ from probe.names import parse
 
 
 def importance_heatmap(graph: Graph, k: int | None = None, *, title: str | None = None) -> go.Figure:
-    """Layers x (heads, MLP) heatmap of s(v) over the top-k edges (all edges if k is None)."""
+    """Layers x (heads, MLP) heatmap of s(v) over the top-k edges (all edges if k is None); an MoE
+    layer's MLP cell sums its experts'."""
     s = node_importance(graph, k)
     L, H = graph.shape.n_layers, graph.shape.n_heads
-    z = [[s[f"L{layer}.H{h}"] for h in range(H)] + [s[f"L{layer}.mlp"]] for layer in range(L)]
+    z = [
+        [s[f"L{layer}.H{h}"] for h in range(H)] + [sum(s[n] for n in graph.shape.mlp_senders(layer))]
+        for layer in range(L)
+    ]
     fig = go.Figure(
         go.Heatmap(
             z=z,

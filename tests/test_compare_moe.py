@@ -126,3 +126,16 @@ def test_compare_reports_routing_with_its_controls(pair) -> None:
     assert "Routing (4 experts, top-2" in text and "Jaccard ARM-MDM" in text and "along denoising" in text
     page = report_html(result.data, plotlyjs="cdn")
     assert "<h2>Routing (mixture of experts)</h2>" in page and "Routing: entropy and expert overlap" in page
+
+
+def test_importance_heatmap_sums_an_moe_layers_experts() -> None:
+    from analyses.circuit_plots import importance_heatmap
+    from analyses.graph import Graph, node_importance
+    from probe.names import Shape
+
+    shape = Shape(2, 2, 2, 0, n_experts=3, moe_layers=(0, 1), shared_expert=True)
+    graph = Graph(shape, {"L0.expert1->logits": 2.0, "L0.shared_expert->L1.router": -1.0, "L1.H0->logits": 0.5})
+    s = node_importance(graph)
+    z = importance_heatmap(graph).data[0].z
+    assert z[0][2] == pytest.approx(sum(s[n] for n in shape.experts(0))) == pytest.approx(3.0)
+    assert z[1][0] == pytest.approx(0.5)

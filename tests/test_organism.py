@@ -354,3 +354,27 @@ def test_eval_of_a_checkpoint_that_is_no_organism_says_so(tmp_path: Path) -> Non
     assert "built-in model" in (not_an_organism("smollm2") or "")
     with pytest.raises(UserError, match=r"is not a model organism: it holds no report\.json.*ar2mdm eval --model"):
         O.evaluate_checkpoint(plain, n=2)
+
+
+def test_moe_organism_trains_with_balanced_experts_and_is_told_apart(tmp_path, tiny_run):
+    """--experts: a Mixtral of the organism's blocks, experts of width d_mlp / top_k; its training
+    adds the Switch load-balancing loss (the loss logged is the LM loss plus aux_loss x it); a
+    dense organism's report (no n_experts key) is up to date for a dense config and out of date
+    for an MoE one."""
+    cfg = O.OrganismConfig(**{**TINY, "n_experts": 4, "top_k": 2})
+    report = O.train_organism(out=tmp_path / "moe", seed=3, steps=3, config=cfg, progress=False)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "moe")
+    assert type(model).__name__ == "MixtralForCausalLM"
+    assert (model.config.num_local_experts, model.config.num_experts_per_tok) == (4, 2)
+    assert model.config.intermediate_size == TINY["d_mlp"] // 2
+    assert report.config["n_experts"] == 4
+    out, _ = tiny_run
+    saved = json.loads((out / "report.json").read_text())
+    saved["config"].pop("n_experts"), saved["config"].pop("top_k")  # as a report written before MoE organisms
+    old = tmp_path / "dense"
+    old.mkdir()
+    (old / "report.json").write_text(json.dumps(saved))
+    assert O.outdated(old, O.OrganismConfig(**TINY)) is None
+    assert "n_experts" in O.outdated(old, cfg)
+    with pytest.raises(O.UserError, match="top_k <= n_experts"):
+        O.build_model(O.OrganismConfig(**{**TINY, "n_experts": 2, "top_k": 3}), O.organism_tokenizer(n_per_task=20), 0)

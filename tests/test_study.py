@@ -104,6 +104,24 @@ def test_study_rejects_bad_options(tmp_path: Path) -> None:
         StudyConfig(out=tmp_path, model="smollm2", budget=0).checked()
     res = CliRunner().invoke(app, ["study", "--out", str(tmp_path), "--convert-steps", "0"])
     assert res.exit_code == 2 and "convert_steps" in res.output and "Traceback" not in res.output
+    with pytest.raises(UserError, match="--experts 4: a mixture-of-experts organism needs --model organism"):
+        StudyConfig(out=tmp_path, model="smollm2", experts=4).checked()
+
+
+@pytest.mark.slow
+def test_study_of_an_moe_organism_reports_routing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`study --quick --experts 2`: the ARM and its seed twin are Mixtral organisms, the MDMs their
+    conversions, and the comparison has the routing section with its controls."""
+    monkeypatch.setenv("AR2MDM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "study"
+    run_study(StudyConfig(out=out, quick=True, experts=2), log=lambda _: None)
+    for stage in ("ar", "ar_twin"):
+        report = json.loads((out / stage / "model" / "report.json").read_text())
+        assert report["config"]["n_experts"] == 2
+    routing = json.loads((out / "compare" / "report.json").read_text())["routing"]
+    assert routing["n_experts"] == 2 and routing["moe_layers"] == [0, 1, 2, 3, 4, 5]
+    assert not routing["claim"]["seed_floor_missing"]
+    assert "Routing (mixture of experts)" in (out / "compare" / "report.html").read_text()
 
 
 def test_power_plan_by_hand() -> None:

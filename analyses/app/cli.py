@@ -397,6 +397,7 @@ def study(
     seed_floor: Annotated[bool, typer.Option("--seed-floor/--no-seed-floor", help="organism: also train ARM' and convert MDM' with seed + 1, the floor every claim must clear.")] = True,
     block_sizes: Annotated[str, typer.Option(help="organism: also convert with block diffusion at these block sizes (e.g. 1,4,16) and compare the ARM with each MDM and the full-length one ('' = off).")] = "",
     power: Annotated[bool, typer.Option("--power/--no-power", help="After the comparison, rerun it on the pool that resolves Jaccard to +/-0.03 when that fits in --budget minutes for the whole study; the report says what was needed either way.")] = False,
+    experts: Annotated[int, typer.Option(help="organism: a mixture-of-experts organism with this many experts per MLP (top-2; cached apart from the dense one), and the routing comparison in the report (0 = the dense organism).")] = 0,
 ) -> None:  # fmt: skip
     """The main job: ARM -> conversion -> sampler evaluation -> ARM vs MDM comparison -> report.html.
 
@@ -422,6 +423,7 @@ def study(
             seed_floor=seed_floor,
             block_sizes=ints(block_sizes, "--block-sizes"),
             power=power,
+            experts=experts,
         )
         summary = run_study(cfg, log=plain)
     print_summary(summary)

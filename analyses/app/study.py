@@ -60,24 +60,30 @@ def _ar_stage(cfg: StudyConfig, stages: Stages) -> tuple[str, StageRecord]:
         from conversion.organism import OrganismConfig, default_organism_dir, outdated, train_organism
 
         cached = default_organism_dir()
+        shape = OrganismConfig(n_experts=cfg.experts)
+        if cfg.experts:  # the MoE organism has a cache folder of its own
+            cached = cached.parent / f"organism-moe{cfg.experts}"
         if cfg.quick:
             source = str(stages.root / "ar" / "model")
-            quick = OrganismConfig(eval_examples=8, eval_every=0)
+            quick = OrganismConfig(eval_examples=8, eval_every=0, n_experts=cfg.experts)
             record = stages.run(
                 "ar",
-                {"quick": True, "steps": 40, "seed": cfg.seed},
+                {"quick": True, "steps": 40, "seed": cfg.seed, **({"experts": cfg.experts} if cfg.experts else {})},
                 lambda folder: _train_organism(train_organism, folder / "model", 40, cfg.seed, quick),
             )
             return source, record
         present = (cached / "config.json").is_file()
-        stale = outdated(cached) if present else None
+        stale = outdated(cached, shape) if present else None
+        home = "organism" if not cfg.experts else str(cached)
         if present and stale is None:
-            source = "organism"
+            source = home
         else:
             why = f"the cached organism is out of date ({stale})" if stale else f"no cached organism at {cached}"
             stages.log(f"{why}: training one ({cfg.ar_steps} steps, a few minutes on 2 cores)")
             t0 = time.perf_counter()
-            report = train_organism(out=cached, seed=cfg.seed, steps=cfg.ar_steps, overwrite=stale is not None)
+            report = train_organism(
+                out=cached, seed=cfg.seed, steps=cfg.ar_steps, overwrite=stale is not None, config=shape
+            )
             stages.records.append(
                 StageRecord(
                     "organism training",
@@ -87,7 +93,7 @@ def _ar_stage(cfg: StudyConfig, stages: Stages) -> tuple[str, StageRecord]:
                     {"accuracy": report.accuracy, "steps": report.steps, "out": str(cached)},
                 )
             )
-            source = "organism"
+            source = home
     meta = load_ar(source).meta
     record = stages.run(
         "ar",
@@ -119,7 +125,7 @@ def _ar_twin_stage(cfg: StudyConfig, stages: Stages, ar_source: str, ar_record: 
 
     if cfg.quick:
         source = str(stages.root / "ar_twin" / "model")
-        quick = OrganismConfig(eval_examples=8, eval_every=0)
+        quick = OrganismConfig(eval_examples=8, eval_every=0, n_experts=cfg.experts)
         parts = {"quick": True, "steps": 40, "seed": cfg.seed + 1, "data_seed": cfg.seed, "ar": ar_record.key}
         record = stages.run(
             "ar_twin",

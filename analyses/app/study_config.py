@@ -39,7 +39,10 @@ class StudyConfig:
     (SmolLM2) (`analyses.statistics.pool_for_width`) and, when the comparison at that
     pool fits in what is left of `budget` minutes (estimated from the first comparison's time,
     linear in the pool), rerun it there (stage "compare_power", which the report then reads);
-    either way summary.json says what was needed and what was done ("power")."""
+    either way summary.json says what was needed and what was done ("power").
+    experts: (organism) an organism whose MLPs are mixtures of this many experts (top-2; a
+    Mixtral, `conversion.organism_model`), cached in its own folder beside the dense organism;
+    the comparison then reports routing (`analyses.compare.routing`). 0: the dense organism."""
 
     out: str | Path = "study"
     model: str = "organism"
@@ -56,6 +59,7 @@ class StudyConfig:
     seed_floor: bool = True
     block_sizes: tuple[int, ...] = ()
     power: bool = False
+    experts: int = 0
 
     def checked(self) -> StudyConfig:
         if self.model not in MODELS and parse_hub_id(self.model) is None and not Path(self.model).expanduser().is_dir():
@@ -65,6 +69,10 @@ class StudyConfig:
             )
         if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.block_sizes):
             raise UserError(f"block sizes must be positive integers, got {list(self.block_sizes)}.")
+        if self.experts and (self.model != "organism" or self.experts < 2):
+            raise UserError(
+                f"--experts {self.experts}: a mixture-of-experts organism needs --model organism and at least 2 experts."
+            )
         if self.block_sizes and self.model != "organism":
             raise UserError("--block-sizes converts the organism at each block size; use it with --model organism.")
         for name in ("ar_steps", "convert_steps", "pool_size", "n", "n_boot"):
