@@ -116,6 +116,18 @@ ENTRIES: tuple[Entry, ...] = (
         doc="docs/results/organism.md (the study), validation.md (controls)",
     ),
     Entry(
+        "study-moe",
+        ("docs/results/study-organism-moe/summary.json", "docs/results/study-organism-moe/compare-summary.md"),
+        ((*AR2MDM, "study", "--experts", "4", "--out", "runs/results-study-moe"),),
+        CORE,
+        30.0,
+        copies=(
+            ("runs/results-study-moe/summary.json", "docs/results/study-organism-moe/summary.json"),
+            ("runs/results-study-moe/compare/summary.md", "docs/results/study-organism-moe/compare-summary.md"),
+        ),
+        doc="docs/results/moe.md (the MoE organism pair: routing, ARM vs MDM)",
+    ),
+    Entry(
         "organism-mdm-sft",
         ("runs/organism-mdm-sft",),
         (

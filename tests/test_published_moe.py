@@ -7,7 +7,6 @@ missing / extra tensor checks run for them in tests/test_published.py with the d
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import replicas_moe
 import torch
 from moe_reference import reference_forward
 from safetensors.torch import load_file, save_file
+from test_published import edit_json
 
 from ar2mdm.common.errors import CheckpointError
 from ar2mdm.common.families import FAMILIES, detect_family
@@ -93,16 +93,6 @@ def copy_of(path: Path, tmp_path: Path) -> Path:
     out = tmp_path / f"copy-{path.name}"
     shutil.copytree(path, out)
     return out
-
-
-def edit_json(path: Path, **changes) -> None:
-    data = json.loads(path.read_text())
-    for key, value in changes.items():
-        if value is None:
-            data.pop(key, None)
-        else:
-            data[key] = value
-    path.write_text(json.dumps(data))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ar2mdm.common.families_dense import DLLM
-from ar2mdm.common.family import Family, add_family
+from ar2mdm.common.family import FAMILIES, Family, add_family
 
 # --- mixtures of experts ------------------------------------------------------------------------
 # transformers 5.x reads per-expert checkpoints (mlp.experts.{e}.gate_proj ...) into its fused
@@ -151,32 +153,20 @@ add_family(
     )
 )
 
+# SDAR-MoE reads as SDAR does (mask, block size and its name rule, training keys, tokenizer);
+# only the architecture and the checkpoints differ
+SDAR = FAMILIES["sdar"]
 add_family(
-    Family(
+    replace(
+        SDAR,
         name="sdar-moe",
         title="SDAR-MoE (JetAstra), mixture of experts, block diffusion",
         base="qwen3_moe",
-        shift=False,
         examples=("JetLM/SDAR-30B-A3B-Chat", "JetLM/SDAR-30B-A3B-Sci"),
         ar_sources=("Qwen/Qwen3-30B-A3B-Base",),
         model_types=("sdar_moe",),
         architectures=("SDARMoeForCausalLM",),
-        config_drop=(
-            "debug",
-            "ep_size",
-            "fuse_cross_entropy",
-            "micro_forward",
-            "skip_checkpoint",
-            "use_deepep",
-            "block_size",
-            "use_cache",
-        ),
-        mask_token="<|MASK|>",
-        mask_id=151669,
-        block_size=4,
-        block_size_keys=("block_size",),
-        block_size_from_name=r"-b(\d+)(?:$|[-_])",
-        tokenizer_class="Qwen2Tokenizer",
+        config_drop=(*SDAR.config_drop, "use_cache"),
         sources={
             "model_type sdar_moe, architectures SDARMoeForCausalLM": "InternLM/lmdeploy: lmdeploy/pytorch/configurations/sdar.py (~L9); sgl-project/sglang: python/sglang/srt/dllm/config.py",
             "weights and router = Qwen3-MoE's (mlp.gate, mlp.experts.{e}.gate/up/down_proj, norm_topk_prob)": "InternLM/lmdeploy: lmdeploy/pytorch/models/sdar_moe.py; Labman42/JetEngine: jetengine/models/sdar_moe.py (~L80-82, L191-198)",
