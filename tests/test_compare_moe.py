@@ -92,6 +92,7 @@ def test_reads_are_the_probes_routing_at_the_read_positions(pair) -> None:
     torch.testing.assert_close(load, total / total.sum(-1, keepdim=True))
 
 
+@pytest.mark.e2e
 def test_compare_reports_routing_with_its_controls(pair) -> None:
     ar, mdm, ar_twin, mdm_twin = pair
     opts = CompareOptions(

@@ -49,6 +49,7 @@ def experts_and_routers(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str
     return experts, routers
 
 
+@pytest.mark.e2e
 def test_frozen_routers_keep_the_source_weights_and_the_mdm_probes(moe_setup: TrainConfig) -> None:
     source_experts, source_routers = experts_and_routers(Path(moe_setup.model))
     assert len(source_routers) == 3 and source_experts
