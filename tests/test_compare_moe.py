@@ -14,7 +14,9 @@ import torch
 
 from analyses.compare import CompareOptions, compare
 from analyses.compare.routing import (
+    align_experts,
     expert_overlap,
+    relabelled,
     routing_at_reads,
     routing_claim,
     routing_stats,
@@ -59,6 +61,30 @@ def test_overlaps_and_selectivity_by_hand() -> None:
     assert claim["seed_floor_missing"]
     floored = routing_claim({"main": main, "floor_ar": main})
     assert floored["verdict"] == "within the seed floor" and floored["seed_floor"] == pytest.approx(0.75)
+    # a null pair (split halves) bounds the effect too: sampling alone moves 1 - Jaccard above 0
+    noisy = {"t": (Interval(0.5, 0.4, 0.6), torch.full((20,), 0.5, dtype=torch.float64))}
+    bounded = routing_claim({"main": main, "null_ar": noisy})
+    assert bounded["bound_from"] == "null_ar" and bounded["bound"] == pytest.approx(0.5)
+    assert bounded["verdict"] == "holds"  # 0.75 clears 0.5
+    assert routing_claim({"main": noisy, "null_ar": main})["verdict"] == "within the seed floor"
+
+
+def test_experts_are_matched_up_to_relabelling() -> None:
+    """A twin whose experts are the reference's under another labelling is matched back exactly;
+    after the match the overlap is the reference's own."""
+    gen = torch.Generator().manual_seed(0)
+    ref = {t: torch.rand(8, 2, 4, generator=gen, dtype=torch.float64) for t in ("ioi", "countdown", "sudoku")}
+    perm = torch.tensor([[2, 0, 3, 1], [1, 3, 0, 2]])  # the twin's expert perm[l, e] is the reference's e
+    twin = {t: torch.zeros_like(x) for t, x in ref.items()}
+    for t, x in ref.items():
+        for layer in range(2):
+            twin[t][:, layer, perm[layer]] = x[:, layer]
+    found = align_experts(ref, twin)
+    assert torch.equal(found, perm)
+    for t in ref:
+        torch.testing.assert_close(relabelled(twin[t], found), ref[t])
+        same, _ = expert_overlap(ref[t], relabelled(twin[t], found), [0, 1], 4, n_boot=10, seed=0)
+        assert same.estimate == 1.0
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,9 @@ common-correct pool's clean inputs:
   `analyses.neurons` reads neurons);
 - `expert_overlap`: Jaccard of two models' top experts with a bootstrap interval (examples
   resampled, the same resample for both models);
+- `align_experts`: expert indices are labels; two models are compared up to the permutation of
+  each layer's experts that best matches their per-task routing profiles (an MDM inherits its
+  ARM's labels, and the match shows whether conversion kept them; a seed twin shares none);
 - `routing_claim`: "converting the ARM changes which experts a task uses": 1 - mean Jaccard of the
   ARM's and the MDM's top experts over tasks, pooled over tasks, against the controls: the null
   pair (each model against itself on the two halves of its pool: what sampling alone moves) and
@@ -33,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from analyses.batching import batches
@@ -152,12 +155,14 @@ def selective_experts(
     return out
 
 
-def routing_claim(
-    overlaps: Mapping[str, Mapping[str, tuple[Interval, Tensor]]], n_tasks_weights: Mapping[str, float] | None = None
-) -> dict[str, Any]:
-    """The routing claim for the main pair and every control pair: effect 1 - mean Jaccard of top
-    experts over tasks (pooled bootstrap), verdict read against the seed floor (unsigned: two
-    seeds' routing differ in no meaningful direction).
+def routing_claim(overlaps: Mapping[str, Mapping[str, tuple[Interval, Tensor]]]) -> dict[str, Any]:
+    """The routing claim: effect 1 - mean Jaccard of the ARM's and the MDM's top experts over tasks
+    (pooled bootstrap), for the main pair and every control pair. 1 - Jaccard is >= 0 for any two
+    sets, so a control is not expected at 0: the null pairs (a model against itself on two halves
+    of its pool) measure what sampling alone moves, the seed floors (ARM vs ARM', MDM vs MDM',
+    experts matched first: `align_experts`) what training alike with another seed moves. The
+    main effect "holds" only where its interval clears the far end of every control's
+    (`floor_bound`, unsigned); "bound_from" names the control that sets the bound.
 
     overlaps: pair name ("main", "null_ar", "null_mdm", "floor_ar", "floor_mdm") -> task ->
     (Jaccard interval, replicates)."""
@@ -169,19 +174,49 @@ def routing_claim(
         return Interval(1 - mean.estimate, 1 - mean.high, 1 - mean.low, mean.level)
 
     effects = {name: effect(per_task) for name, per_task in overlaps.items() if per_task}
-    floors = [effects[f] for f in ("floor_ar", "floor_mdm") if f in effects]
-    bound = max((floor_bound(f, 1, signed=False) or 0.0 for f in floors), default=None)
+    bounds = {name: floor_bound(e, 1, signed=False) or 0.0 for name, e in effects.items() if name != "main"}
+    source = max(bounds, key=bounds.get) if bounds else None
     main = effects.get("main")
     return {
         "claim": "converting the ARM changes which experts a task uses (1 - Jaccard of top experts, ARM vs MDM)",
         "effect": main,
-        "verdict": verdict(main, 1, floor=bound),
-        "seed_floor": bound,
-        "seed_floor_missing": not floors,
-        "controls": {
-            name: {"effect": e, "verdict": verdict(e, 1, floor=None)} for name, e in effects.items() if name != "main"
-        },
+        "verdict": verdict(main, 1, floor=bounds[source] if source else None),
+        "bound": bounds.get(source) if source else None,
+        "bound_from": source,
+        "seed_floor": max((bounds[f] for f in ("floor_ar", "floor_mdm") if f in bounds), default=None),
+        "seed_floor_missing": not any(f in effects for f in ("floor_ar", "floor_mdm")),
+        "controls": {name: {"effect": e, "bound": bounds[name]} for name, e in effects.items() if name != "main"},
     }
+
+
+def align_experts(
+    ref: Mapping[str, Float[Tensor, "examples moe_layers experts"]],
+    other: Mapping[str, Float[Tensor, "examples moe_layers experts"]],
+) -> Int[Tensor, "moe_layers experts"]:
+    """Per MoE layer, the relabelling of `other`'s experts that best matches `ref`'s: expert
+    indices are arbitrary labels (two models trained apart share no correspondence, an MDM
+    inherits its ARM's), so expert sets are compared up to a permutation. Each expert is its
+    profile of mean gate weights over the tasks; the Hungarian assignment (scipy's
+    linear_sum_assignment) minimises the summed squared distance between matched profiles.
+    Returns perm [M, E]: `other`'s expert perm[l, e] plays `ref`'s expert e in layer l."""
+    from scipy.optimize import linear_sum_assignment
+
+    tasks = sorted(set(ref) & set(other))
+    a = torch.stack([ref[t].mean(0) for t in tasks])  # [T, M, E]
+    b = torch.stack([other[t].mean(0) for t in tasks])
+    perms = []
+    for layer in range(a.shape[1]):
+        cost = torch.cdist(a[:, layer].T.double(), b[:, layer].T.double()).pow(2)  # [E ref, E other]
+        _, cols = linear_sum_assignment(cost.numpy())
+        perms.append(torch.as_tensor(cols, dtype=torch.long))
+    return torch.stack(perms)
+
+
+def relabelled(
+    reads: Float[Tensor, "examples moe_layers experts"], perm: Int[Tensor, "moe_layers experts"]
+) -> Float[Tensor, "examples moe_layers experts"]:
+    """`reads` with expert e of layer l taken from expert perm[l, e] (`align_experts`)."""
+    return torch.stack([reads[:, layer, perm[layer]] for layer in range(reads.shape[1])], 1)
 
 
 Reveal = Callable[[Rendered, float, random.Random], Rendered]
@@ -234,46 +269,40 @@ def compare_routing(
 ) -> dict[str, Any]:
     """The routing section of `analyses.compare.compare` for mixture-of-experts pairs: per task
     and model (roles "ar", "mdm" and the seed twins "ar_twin", "mdm_twin" when given) the routing
-    statistics, the ARM-MDM expert overlap with its controls, the selective experts, the MDM's
-    routing along denoising, and the routing claim (module docstring)."""
+    statistics, the ARM-MDM expert overlap with its controls (experts of the MDM and of each twin
+    matched to their reference first, `align_experts`), the selective experts, the MDM's routing
+    along denoising, and the routing claim (module docstring)."""
     ar = models["ar"]
     layers = ar.shape.moe_layers
     k = len(layers) * max(1, ar.config.top_k)
     reads: dict[str, dict[str, Tensor]] = {}
-    tasks: dict[str, Any] = {}
-    overlaps: dict[str, dict[str, tuple[Interval, Tensor]]] = {
-        "main": {},
-        "null_ar": {},
-        "null_mdm": {},
-        "floor_ar": {},
-        "floor_mdm": {},
-    }
-    for i, (task, pool) in enumerate(pools.items()):
-        boot = {"n_boot": n_boot, "seed": seed + 7919 * (i + 1)}
-        entry: dict[str, Any] = {}
+    tasks: dict[str, Any] = {task: {} for task in pools}
+    for task, pool in pools.items():
         for role, pm in models.items():
             items = pool.ar if role.startswith("ar") else pool.mdm
             r, load = routing_at_reads(pm, items, batch_size)
             reads.setdefault(role, {})[task] = r
-            entry[role] = routing_stats(r, load, layers, k)
-        r = reads
-        overlaps["main"][task] = expert_overlap(r["ar"][task], r["mdm"][task], layers, k, **boot)
-        overlaps["null_ar"][task] = split_half_overlap(r["ar"][task], layers, k, **boot)
-        overlaps["null_mdm"][task] = split_half_overlap(r["mdm"][task], layers, k, **boot)
-        for twin in ("ar", "mdm"):
-            if f"{twin}_twin" in r:
-                overlaps[f"floor_{twin}"][task] = expert_overlap(
-                    r[twin][task], r[f"{twin}_twin"][task], layers, k, **boot
-                )
-        entry["overlap"] = {name: per_task[task][0] for name, per_task in overlaps.items() if task in per_task}
+            tasks[task][role] = routing_stats(r, load, layers, k)
+    pairs = {"main": ("ar", "mdm"), "floor_ar": ("ar", "ar_twin"), "floor_mdm": ("mdm", "mdm_twin")}
+    pairs = {name: p for name, p in pairs.items() if p[1] in reads}
+    perms = {name: align_experts(reads[a], reads[b]) for name, (a, b) in pairs.items()}
+    overlaps: dict[str, dict[str, tuple[Interval, Tensor]]] = {name: {} for name in (*pairs, "null_ar", "null_mdm")}
+    for i, task in enumerate(pools):
+        boot = {"n_boot": n_boot, "seed": seed + 7919 * (i + 1)}
+        for name, (a, b) in pairs.items():
+            matched = relabelled(reads[b][task], perms[name])
+            overlaps[name][task] = expert_overlap(reads[a][task], matched, layers, k, **boot)
+        overlaps["null_ar"][task] = split_half_overlap(reads["ar"][task], layers, k, **boot)
+        overlaps["null_mdm"][task] = split_half_overlap(reads["mdm"][task], layers, k, **boot)
+        tasks[task]["overlap"] = {name: per_task[task][0] for name, per_task in overlaps.items()}
         if len(denoising) > 1:
-            entry["denoising"] = routing_trajectory(
-                models["mdm"], pool.mdm, denoising, k, reveal, batch_size=batch_size, seed=seed
+            tasks[task]["denoising"] = routing_trajectory(
+                models["mdm"], pools[task].mdm, denoising, k, reveal, batch_size=batch_size, seed=seed
             )
-        tasks[task] = entry
     selective = {
         role: selective_experts({t: x.mean(0) for t, x in per_task.items()}, layers) for role, per_task in reads.items()
     }
+    identity = torch.arange(ar.shape.n_experts)
     return {
         "moe_layers": list(layers),
         "n_experts": ar.shape.n_experts,
@@ -281,7 +310,11 @@ def compare_routing(
         "k_experts": k,
         "tasks": tasks,
         "selective": selective,
-        "claim": routing_claim({name: per_task for name, per_task in overlaps.items() if per_task}),
+        "alignment": {
+            name: {"perm": perm.tolist(), "identity_layers": int(sum(bool((p == identity).all()) for p in perm))}
+            for name, perm in perms.items()
+        },
+        "claim": routing_claim(overlaps),
     }
 
 
@@ -319,14 +352,22 @@ def routing_markdown(section: Mapping[str, Any]) -> list[str]:
     """The routing section as Markdown lines (claim, per-task table, denoising)."""
     c = section["claim"]
     floor = "missing" if c["seed_floor_missing"] else f"{c['seed_floor']:.2f}"
+    bound = "-" if c["bound"] is None else f"{c['bound']:.2f} ({c['bound_from']})"
+    kept = section.get("alignment", {}).get("main", {}).get("identity_layers")
     lines = [
         f"Routing ({section['n_experts']} experts, top-{section['top_k']}, MoE layers {section['moe_layers']}; "
-        f"top experts K = {section['k_experts']}):",
+        f"top experts K = {section['k_experts']}; experts matched across models, `align_experts`):",
         "",
-        f"- {c['claim']}: **{c['verdict']}** -- effect {_fmt(c['effect'])}; seed floor: {floor}; "
-        + "; ".join(f"{name}: {v['verdict']} ({_fmt(v['effect'])})" for name, v in c["controls"].items()),
-        "",
+        f"- {c['claim']}: **{c['verdict']}** -- effect {_fmt(c['effect'])}; the bound to clear: {bound}; "
+        f"seed floor: {floor}; controls (1 - Jaccard): "
+        + "; ".join(f"{name} {_fmt(v['effect'])}" for name, v in c["controls"].items()),
     ]
+    if kept is not None:
+        lines.append(
+            f"- expert labels the MDM kept from the ARM (the matching is the identity): {kept} of "
+            f"{len(section['moe_layers'])} layers"
+        )
+    lines.append("")
     rows = routing_rows(section)
     if rows:
         keys = list(rows[0])
