@@ -347,6 +347,25 @@ def study_run(data: JSON) -> str:
     )
 
 
+def study_moe(data: JSON) -> str:
+    verdicts = ", ".join(f"({name}) {data['claims'][name]['verdict']}" for name in ("a", "b", "c"))
+    table = {row["task"]: row for row in data["table"]}
+    routing = data["routing"]
+    claim, kept = routing["claim"], routing["alignment"]["main"]["identity_layers"]
+    effect = claim["effect"]
+    controls = {name: c["effect"]["estimate"] for name, c in claim["controls"].items()}
+    infilling = routing["jaccard"]["infilling"]
+    return (
+        f"conversion keeps every expert's identity ({kept} of {len(routing['alignment']['main']['perm'])} layers "
+        f"matched to themselves); which experts a task uses: 1 - Jaccard {effect['estimate']:.2f} "
+        f"[{effect['low']:.2f}, {effect['high']:.2f}], {claim['verdict']} (MDM vs MDM' {controls['floor_mdm']:.2f}, "
+        f"ARM vs ARM' {controls['floor_ar']:.2f}); infilling Jaccard {infilling['main']['estimate']:.2f} vs "
+        f"{infilling['floor_mdm']['estimate']:.2f} for MDM vs MDM'; accuracy ARM / MDM: Countdown "
+        f"{table['countdown']['acc AR']} / {table['countdown']['acc MDM']}, sudoku {table['sudoku']['acc AR']} / "
+        f"{table['sudoku']['acc MDM']}; {verdicts}"
+    )
+
+
 # the ground-truth models whose circuits switch attention; on single-path EAP is exact
 ATTENTION_MODELS = ("induction", "mdm-reverse-induction")
 

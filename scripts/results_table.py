@@ -59,6 +59,7 @@ REGENERATE: dict[str, str] = {
     "docs/results/formats/load_memory.json": "python scripts/results.py --run formats-memory",
     "docs/results/attribution_memory.json": "python scripts/results.py --run attribution-memory",
     "docs/results/study-organism/summary.json": "python scripts/results.py --run study",
+    "docs/results/study-organism-moe/summary.json": "python scripts/results.py --run study-moe",
     "docs/results/validation/groundtruth.json": "python scripts/results.py --run validation",
     "docs/results/compare/smollm2/report.json": (
         "ar2mdm compare --ar smollm2 --mdm runs/smollm2-mdm-cpu --out docs/results/compare/smollm2 "
@@ -230,6 +231,12 @@ ROWS: tuple[Row, ...] = (
         ("docs/results/study-organism/summary.json",),
         fmt.study_run,
         as_written="the fresh-clone times (the file's study ran with the organism already trained)",
+    ),
+    Row(
+        "MoE organism (4 experts, top-2) -> MDM: routing, ARM vs MDM (`ar2mdm study --experts 4`)",
+        "[`docs/results/moe.md`](results/moe.md)",
+        ("docs/results/study-organism-moe/summary.json",),
+        fmt.study_moe,
     ),
     Row(
         "circuits across block size, organism (`study --block-sizes 1,4,16`, +514 s)",

@@ -161,6 +161,13 @@ def write_study_report(
         "compare_folder": compare_dir,
         "power": dict(power) if power is not None else None,
     }
+    if compare_data.get("routing"):  # a mixture-of-experts pair: the routing claim and what it rests on
+        routing = compare_data["routing"]
+        summary["routing"] = {
+            "claim": routing["claim"],
+            "alignment": routing.get("alignment", {}),
+            "jaccard": {t: e["overlap"] for t, e in routing["tasks"].items()},
+        }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
     return summary
 
