@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from ar2mdm.common.errors import UserError
 from ar2mdm.tasks import Example, Task
@@ -16,7 +16,7 @@ from ar2mdm.tasks.evaluate import greedy_accuracy, logit_metrics
 from conversion.organism_data import build_tasks, held_out_sets, is_organism
 
 
-def ioi_logit_diff(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, examples: Sequence[Example]) -> float:
+def ioi_logit_diff(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, examples: Sequence[Example]) -> float:
     """Mean logit(IO) - logit(S) at the last prompt position (AR reading)."""
     model.eval()
     with torch.no_grad():
@@ -24,7 +24,7 @@ def ioi_logit_diff(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, 
 
 
 def ld_gaps(
-    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, eval_sets: Mapping[str, Sequence[Example]]
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, eval_sets: Mapping[str, Sequence[Example]]
 ) -> dict[str, float]:
     """Per task: mean clean minus mean corrupted logit difference over its examples (AR reading,
     first answer token; `ar2mdm.tasks.evaluate.logit_metrics`). Tasks without counterfactuals are left out."""
@@ -39,7 +39,7 @@ def ld_gaps(
 
 
 def evaluate(
-    model: LlamaForCausalLM,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
     tasks: Mapping[str, Task],
     eval_sets: Mapping[str, Sequence[Example]],
