@@ -15,9 +15,9 @@ tasks add each task's independent replicates (`pooled`). `verdict` turns an inte
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -40,6 +40,18 @@ class Interval:
 
     def to_dict(self) -> dict:
         return {"estimate": self.estimate, "low": self.low, "high": self.high, "level": self.level}
+
+
+def format_interval(d: Interval | Mapping[str, Any] | None, digits: int = 2) -> str:
+    """An interval for a report table, "estimate [low, high]" (an `Interval` or its `to_dict`);
+    "-" where there is none, the estimate alone where it has no bounds."""
+    if isinstance(d, Interval):
+        d = d.to_dict()
+    if not d or d.get("estimate") is None:
+        return "-"
+    if d.get("low") is None:
+        return f"{d['estimate']:.{digits}f}"
+    return f"{d['estimate']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
 
 
 def bootstrap_indices(n: int, n_boot: int, seed: int) -> Int[Tensor, "boot examples"]:

@@ -81,7 +81,6 @@ class MoeBlock:
         if getattr(self.experts, "has_bias", False) or getattr(self.experts, "is_transposed", False):
             raise UserError(f"{where}: experts with biases or transposed weights are not read by the probe yet.")
         self.n_experts = int(gate_up.shape[0])
-        self.d_expert = int(down.shape[2])
         self.top_k = int(getattr(self.router, "top_k", 0) or 0)
         self.act = getattr(self.experts, "act_fn", None)
         if self.top_k < 1 or self.act is None:
@@ -140,11 +139,19 @@ class MoeBlock:
             total = total + (parts[e] if e in parts else self.gated(e, x, routing))
         return total
 
-    def output(self, x: Float[Tensor, "tokens d_model"], routing: Routing) -> Float[Tensor, "tokens d_model"]:
-        """The block's output under `routing`: the routed experts' sum plus the shared expert."""
-        total = self.routed(x, routing)
-        shared = self.shared_out(x)
-        return total if shared is None else total + shared
+    def output(
+        self,
+        x: Float[Tensor, "tokens d_model"],
+        routing: Routing,
+        parts: dict[int, Tensor] | None = None,
+        shared: Float[Tensor, "tokens d_model"] | None = None,
+    ) -> Float[Tensor, "tokens d_model"]:
+        """The block's output under `routing`: the routed experts' sum (`routed`, with `parts`)
+        plus the shared expert's output (`shared`, computed here when not given)."""
+        total = self.routed(x, routing, parts)
+        if self.shared is None:
+            return total
+        return total + (self.shared_out(x) if shared is None else shared)
 
     def check(self) -> bool:
         """Whether the per-expert re-computation equals the module's forward on random input."""

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from probe.backends.base import SiteFn
@@ -45,6 +44,7 @@ class MoeSites:
         req = run.req
         self.touched: set[int] = set()
         self.router_in: set[int] = set()  # layers whose router reads its own copy of the stream
+        self.router_grads: set[int] = set()  # layers whose router input's gradient is asked for
         self.expert_grads: set[Name] = set()
         if not shape.moe_layers:
             return
@@ -61,6 +61,7 @@ class MoeSites:
             if r.kind == "router" or (r.kind == "mlp" and shape.is_moe(r.layer)):
                 self.touched.add(r.layer)
                 self.router_in.add(r.layer)
+        self.router_grads = {r.layer for r in map(parse, req.grad_inputs) if r.kind == "router"}
         self.mid: dict[int, Tensor] = {}
         self.x: dict[int, Tensor] = {}
         if self.router_in:
@@ -85,7 +86,7 @@ class MoeSites:
         if layer in self.router_in:
             name = f"L{layer}.router"
             r = run.edits.receive(name, self.mid[layer])
-            if any(n.kind == "router" and n.layer == layer for n in map(parse, run.req.grad_inputs)):
+            if layer in self.router_grads:
                 r = run.grads.track(("router_in", layer), r.clone() if r is self.mid[layer] else r)
             norm = run.core.ln2[layer]
             assert norm is not None
@@ -117,30 +118,29 @@ class MoeSites:
             parts: dict[int, Tensor] = {}  # the experts' values as the model uses them (flat)
             change = None
             for e in range(E):
-                value, delta = self._expert(layer, f"L{layer}.expert{e}", lambda z, e=e: moe.gated(e, z, routing))
+                value, delta = self._expert(
+                    layer, f"L{layer}.expert{e}", lambda z, e=e: moe.gated(e, z, routing), recompute
+                )
                 if value is not None:
                     parts[e] = value.reshape(-1, D)
                 if delta is not None:
                     change = delta if change is None else change + delta
             shared_value = None
             if moe.shared is not None:
-                shared_value, delta = self._expert(layer, f"L{layer}.shared_expert", lambda z: moe.shared_out(z))
+                shared_value, delta = self._expert(layer, f"L{layer}.shared_expert", moe.shared_out, recompute)
                 if delta is not None:
                     change = delta if change is None else change + delta
             if recompute:
-                total = moe.routed(flat, routing, parts).reshape(B, T, D)
-                if moe.shared is not None:
-                    total = total + (
-                        shared_value if shared_value is not None else moe.shared_out(flat).reshape(B, T, D)
-                    )
-                return total.to(o.dtype)
+                shared = None if shared_value is None else shared_value.reshape(-1, D)
+                return moe.output(flat, routing, parts, shared).reshape(B, T, D).to(o.dtype)
             return o if change is None else o + change.to(o.dtype)
 
         return fn
 
-    def _expert(self, layer: int, name: str, compute) -> tuple[Tensor | None, Tensor | None]:
+    def _expert(self, layer: int, name: str, compute, recompute: bool) -> tuple[Tensor | None, Tensor | None]:
         """(the expert's value as the model uses it [B, T, D] or None when the pass does not need
-        it, the change to add to the module's output or None)."""
+        it, the change to add to the module's output or None). recompute: the block's output is
+        re-computed from its parts in this pass (no change to add)."""
         run = self.run
         n = parse(name)
         grad = n in self.expert_grads
@@ -149,12 +149,9 @@ class MoeSites:
             return None, None
         x = self.x[layer]
         B, T, D = x.shape
-        recompute = layer in self.router_in or run.edits.edited(f"L{layer}.routing")
-        if grad and not recompute:
-            with torch.enable_grad():
-                old = compute(x.reshape(-1, D).detach()).reshape(B, T, D)
-        else:
-            old = compute(x.reshape(-1, D)).reshape(B, T, D)
+        flat = x.reshape(-1, D)
+        # a gradient kept on the module's own output: the expert's value a leaf of its own (docstring)
+        old = compute(flat.detach() if grad and not recompute else flat).reshape(B, T, D)
         new = run.edits.edit(name, old)
         run._store(name, new)
         run.edits.send(name, new)  # (MoE blocks have no post-norm: `probe.layout` refuses one)

@@ -21,7 +21,7 @@ from analyses.compare.controls import PAIR_LABELS
 from analyses.compare.routing import routing_figure, routing_markdown, routing_rows
 from analyses.depth.distribution import region
 from analyses.graph import Graph
-from analyses.statistics import Interval, pool_for_width
+from analyses.statistics import Interval, format_interval, pool_for_width
 from ar2mdm.common.outputs import atomic_write_text
 from ar2mdm.tasks import TASKS
 from ar2mdm.tasks.evaluate import LD_GAP_TARGET
@@ -59,14 +59,6 @@ def format_number(x: float | None, digits: int = 2) -> str:
     of a model whose top-K nodes all score 0, as when the read position cannot see the
     corruption)."""
     return "-" if x is None else f"{x:.{digits}f}"
-
-
-def format_interval(d: Mapping[str, Any] | None, digits: int = 2) -> str:
-    if not d or d.get("estimate") is None:
-        return "-"
-    if d.get("low") is None:
-        return f"{d['estimate']:.{digits}f}"
-    return f"{d['estimate']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
 
 
 def summary_rows(data: Mapping[str, Any]) -> list[dict[str, str]]:

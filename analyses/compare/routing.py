@@ -40,7 +40,15 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from analyses.batching import batches
-from analyses.statistics import Interval, bootstrap_indices, floor_bound, percentile_interval, pooled, verdict
+from analyses.statistics import (
+    Interval,
+    bootstrap_indices,
+    floor_bound,
+    format_interval,
+    percentile_interval,
+    pooled,
+    verdict,
+)
 from ar2mdm.tasks.base import Rendered
 from probe.model import ProbedModel
 
@@ -242,14 +250,14 @@ def routing_trajectory(
     for t in sorted(set(ts), reverse=True):
         rng = random.Random(seed)
         shown = [reveal(it, t, rng) for it in items]
-        reads, load = routing_at_reads(mdm, shown, batch_size)
-        top = top_experts(reads, layers, k)
+        stats = routing_stats(*routing_at_reads(mdm, shown, batch_size), layers, k)
+        top = stats["top_experts"]
         reference = top if reference is None else reference
         out.append(
             {
                 "t": t,
-                "entropy_bits": float(_entropy_bits(reads).mean()),
-                "load_balance": float((_entropy_bits(load) / math.log2(reads.shape[-1])).mean()),
+                "entropy_bits": stats["entropy_bits"],
+                "load_balance": stats["load_balance"],
                 "jaccard_with_t1": _jaccard(top, reference),
                 "top_experts": top,
             }
@@ -321,13 +329,6 @@ def compare_routing(
 # --- report -------------------------------------------------------------------------------------
 
 
-def _fmt(iv: Any) -> str:
-    d = iv.to_dict() if isinstance(iv, Interval) else iv
-    if not d:
-        return "-"
-    return f"{d['estimate']:.2f} [{d['low']:.2f}, {d['high']:.2f}]"
-
-
 def routing_rows(section: Mapping[str, Any]) -> list[dict[str, str]]:
     """One row per task: entropy and load balance per model, the ARM-MDM overlap of top experts
     with its null pairs and seed floors, the selective experts."""
@@ -340,7 +341,7 @@ def routing_rows(section: Mapping[str, Any]) -> list[dict[str, str]]:
         names = {"main": "Jaccard ARM-MDM", "null_ar": "null ARM", "null_mdm": "null MDM"}
         names.update(floor_ar="floor ARM-ARM'", floor_mdm="floor MDM-MDM'")
         for key, label in names.items():
-            row[label] = _fmt(e["overlap"].get(key))
+            row[label] = format_interval(e["overlap"].get(key))
         for role in ("ar", "mdm"):
             found = section["selective"].get(role, {}).get(task, [])
             row[f"selective experts {role.upper()}"] = ", ".join(x["expert"] for x in found[:4]) or "-"
@@ -358,9 +359,9 @@ def routing_markdown(section: Mapping[str, Any]) -> list[str]:
         f"Routing ({section['n_experts']} experts, top-{section['top_k']}, MoE layers {section['moe_layers']}; "
         f"top experts K = {section['k_experts']}; experts matched across models, `align_experts`):",
         "",
-        f"- {c['claim']}: **{c['verdict']}** -- effect {_fmt(c['effect'])}; the bound to clear: {bound}; "
+        f"- {c['claim']}: **{c['verdict']}** -- effect {format_interval(c['effect'])}; the bound to clear: {bound}; "
         f"seed floor: {floor}; controls (1 - Jaccard): "
-        + "; ".join(f"{name} {_fmt(v['effect'])}" for name, v in c["controls"].items()),
+        + "; ".join(f"{name} {format_interval(v['effect'])}" for name, v in c["controls"].items()),
     ]
     if kept is not None:
         lines.append(
