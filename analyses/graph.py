@@ -18,8 +18,10 @@ that produced them (`meta`). Everything here is pure: no model is needed, so sel
 overlap and importance are checked against hand computations.
 
 - `Graph.top(k)`: the k edges of largest |score| (ties broken by canonical order).
-- `Graph.select(top_n=, threshold=, prune=True)` and `prune(shape, edges)`: a circuit, keeping
-  only edges on some path from `embed` to `logits`.
+- `Graph.select(top_n=, threshold=, prune=True)` and `prune_edges(shape, edges)`: a `Circuit`,
+  keeping only edges on some path from `embed` to `logits`; its `nodes` are the nodes on such a
+  path (`circuit_nodes`), so a query head that only shares a kept k/v input of its key/value
+  head, or an expert that only shares its MoE layer's kept input, is no node of the circuit.
 - `jaccard(a, b, k)` / `jaccard_curve`: overlap of two graphs' top-k edge sets (`check_top_k`
   refuses a K above the graph's edges).
 - `node_importance(graph, k)`: s(v) = sum of |score| over the top-k edges entering or leaving v.
@@ -31,7 +33,7 @@ overlap and importance are checked against hand computations.
     >>> g.edges[:3]
     ['embed->L0.H0.q', 'embed->L0.H0.k', 'embed->L0.H0.v']
     >>> len(g.edges), len(g.senders), len(g.receivers)
-    (9, 3, 5)
+    (8, 3, 5)
 """
 
 from __future__ import annotations
@@ -209,10 +211,13 @@ class Graph:
             raise UserError(f"k must be a non-negative integer, got {k!r}.")
         return [self.edges[i] for i in self.order()[:k]]
 
-    def select(self, top_n: int | None = None, threshold: float | None = None, *, prune: bool = True) -> list[str]:
+    def select(self, top_n: int | None = None, threshold: float | None = None, *, prune: bool = True) -> Circuit:
         """A circuit: the top_n edges by |score|, or every edge with |score| >= threshold (exactly
         one of the two), then (prune=True) only the edges on a path from embed to logits.
-        Returned in canonical order."""
+
+        Returns a `Circuit`: the edge names in canonical order (a list, what `faithfulness`
+        keeps clean) with `nodes`, the nodes on a path embed -> ... -> logits through them. With
+        prune=False the edges are every chosen one, dangling ones included; `nodes` is the same."""
         if (top_n is None) == (threshold is None):
             raise UserError(
                 "select a circuit with exactly one of top_n= (number of edges) or threshold= (minimum |score|)."
@@ -223,10 +228,11 @@ class Graph:
             if not threshold >= 0:
                 raise UserError(f"threshold must be >= 0 (it is compared with |score|), got {threshold!r}.")
             chosen = [e for e, v in zip(self.edges, self.scores.abs().tolist(), strict=True) if v >= threshold]
+        kept, on_path = _paths(self.shape, chosen)
         if prune:
-            return prune_edges(self.shape, chosen)
+            return Circuit(kept, on_path)
         keep = set(chosen)
-        return [e for e in self.edges if e in keep]
+        return Circuit([e for e in self.edges if e in keep], on_path)
 
     # --- JSON -----------------------------------------------------------------------------------
 
@@ -280,21 +286,46 @@ class Graph:
 # --- pruning ------------------------------------------------------------------------------------
 
 
-def prune_edges(shape: Shape, edges: Iterable[str]) -> list[str]:
-    """The edges of `edges` that lie on a path embed -> ... -> logits, in canonical order.
+class Circuit(list[str]):
+    """A selected circuit: a list of edge names (`sender->receiver`, canonical order), as
+    `Graph.select` and `prune_edges` return it, that also names its nodes.
+
+    nodes: the nodes (`nodes(shape)` names, in forward order) on a path embed -> ... -> logits
+    through the circuit's edges; [] when no path exists. Under grouped-query attention an edge
+    into `L{l}.H{g}.k|v` reaches every query head of group g, but only the heads of the group
+    that also send on to logits are nodes: a head whose keys or values the kept edge changes but
+    whose output reaches the logits through no edge of the circuit is not part of it (patching
+    the circuit, nothing it writes gets to the logits, so it changes nothing). The same holds for
+    the experts an MoE layer's MLP or router input reaches. With per-query-head k/v receivers
+    (`ungroup_kv=True`) and in dense layers every receiver feeds one node, and the nodes are
+    exactly those the edges join. A circuit compares equal to the plain list of its edges.
+    """
+
+    def __init__(self, edges: Iterable[str] = (), nodes: Iterable[str] = ()) -> None:
+        super().__init__(edges)
+        self.nodes: list[str] = list(nodes)
+
+
+def _paths(shape: Shape, edges: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(the edges of `edges` on a path embed -> ... -> logits, the nodes on such a path), both in
+    canonical order. UserError for a name that is not an edge of `shape`'s graph.
 
     A head is reached from the input when an edge into one of its q/k/v receivers comes from a
-    reached sender (a k/v receiver reaches every head of its group); an MLP when its receiver is.
-    A sender is alive (reaches logits) when one of its edges goes to a receiver whose node is
-    alive. An edge is kept iff its sender is reached and its receiver alive: then embed reaches
-    the sender and the receiver reaches logits, so the edge is on a full path.
+    reached sender (a k/v receiver reaches every head of its group); an MLP or expert when its
+    receiver is. A node is alive (reaches logits) when one of its edges goes to a receiver that
+    feeds an alive node. The nodes on a path are those both reached and alive; an edge is on a
+    path iff its sender is reached and its receiver feeds an alive node (which the edge then
+    reaches): embed reaches the sender and the receiver reaches logits.
     """
     chosen = set(edges)
     pairs = forward_edges(shape)
     known = {edge_name(s, r) for s, r in pairs}
     unknown = chosen - known
     if unknown:
-        raise UserError(f"not edges of this graph: {sorted(unknown)[:3]}.")
+        raise UserError(
+            f"not edges of this graph: {sorted(unknown)[:3]}; edges are 'sender->receiver' names as in "
+            "Graph.edges (analyses.graph.forward_edges)."
+        )
     kept = [(s, r) for s, r in pairs if edge_name(s, r) in chosen]
     feeds = {r: receiver_nodes(shape, r) for r in shape.all_receivers()}
     order = nodes(shape)
@@ -313,7 +344,22 @@ def prune_edges(shape: Shape, edges: Iterable[str]) -> list[str]:
     for node in reversed(order[:-1]):
         if any(any(n in alive for n in feeds[r]) for r in out_of[node]):
             alive.add(node)
-    return [edge_name(s, r) for s, r in kept if s in reached and any(n in alive for n in feeds[r])]
+    on_path = [n for n in order if n in reached and n in alive]
+    return [edge_name(s, r) for s, r in kept if s in reached and any(n in alive for n in feeds[r])], on_path
+
+
+def prune_edges(shape: Shape, edges: Iterable[str]) -> Circuit:
+    """The edges of `edges` that lie on a path embed -> ... -> logits, as a `Circuit` (canonical
+    order) whose `nodes` are the nodes on such a path. UserError for a name that is not an edge
+    of `shape`'s graph."""
+    return Circuit(*_paths(shape, edges))
+
+
+def circuit_nodes(shape: Shape, edges: Iterable[str]) -> list[str]:
+    """The nodes on a path embed -> ... -> logits through `edges`, in forward order: the `nodes`
+    of their `Circuit` (pruned or not, the same). A query head that only shares a k/v input of
+    its key/value head with such a path is not one of them (see `Circuit`)."""
+    return _paths(shape, edges)[1]
 
 
 # --- comparing graphs ---------------------------------------------------------------------------

@@ -70,8 +70,10 @@ def test_top_k_orders_by_magnitude_with_stable_ties() -> None:
 def test_pruning_by_hand_gqa() -> None:
     # embed -> L0.H0.k feeds KV head 0, shared by query heads 0 and 1: both are reached.
     # L0.H0 -> L0.mlp leads nowhere (L0.mlp sends nothing), so it goes; L0.H1 -> logits stays.
+    # L0.H0 is reached but sends nothing on: no node of the circuit (tests/test_circuit_paths.py)
     circuit = ["embed->L0.H0.k", "L0.H1->logits", "L0.H0->L0.mlp"]
     assert prune_edges(GQA, circuit) == ["embed->L0.H0.k", "L0.H1->logits"]
+    assert prune_edges(GQA, circuit).nodes == ["embed", "L0.H1", "logits"]
 
 
 def test_pruning_by_hand_two_layers() -> None:
