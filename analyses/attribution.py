@@ -18,6 +18,9 @@ Built in (RESEARCH.md section 4):
   on the clean input (edge, node, unit): score(u->v) = sum over examples and positions of
   (a_u(corrupt) - a_u(clean)) . dM/d(input of v) (gradient at the clean input). For units, the
   same with a unit's value: attribution patching (AtP).
+- "relp", "relp-ah", "gim": EAP with local backward rules in place of the chain rule
+  (`probe.rules`): RelP's LRP rules (Jafari et al. 2025), with the AH-rule ("relp-ah"), and GIM
+  (Edin et al. 2025). Same cost as EAP.
 - "eap-ig-inputs": the gradient averaged over `steps` inputs whose embeddings lie between the
   corrupted and the clean embeddings, alpha_k = (k + 1/2) / steps (midpoint rule; Hanna et al.
   2024). Cost: 2 forward passes and `steps` forward+backward passes per batch.
@@ -56,6 +59,7 @@ from probe.cache import Cache, head_differences
 from probe.lens import answer_logit_diff
 from probe.model import ProbedModel
 from probe.names import parse
+from probe.rules import GIM, RELP, RELP_AH, BackwardRules
 
 LEVELS = ("edge", "node", "unit")
 OFFLOADS = ("none", "cpu", "disk")
@@ -344,10 +348,12 @@ def summed_gradients(downstream: Sequence[str], like: Tensor) -> tuple[Tensor, C
 
 class EAP(GradientAttribution):
     """Edge attribution patching: one gradient at the clean input; also attribution patching of
-    units (AtP)."""
+    units (AtP). Subclasses set `rules` to replace the chain rule by local backward rules
+    (`probe.rules`): RelP and GIM."""
 
     name = "eap"
     levels = frozenset({"edge", "node", "unit"})
+    rules: ClassVar[BackwardRules | None] = None
 
     def gradients(self, pm: ProbedModel, graph: Graph, batch: Batch, metric: str, targets: Targets) -> GradientRun:
         corrupt_rows, corrupt = corrupted_run(pm, graph, batch, targets)
@@ -359,6 +365,7 @@ class EAP(GradientAttribution):
             receivers=graph.receivers,
             names=graph.senders,
             receiver_sink=sink,
+            rules=self.rules,
         )
         ref = clean_reference(metric, result.logits, targets)
         clean_rows = targets.rows(result.logits)
@@ -375,10 +382,42 @@ class EAP(GradientAttribution):
     ) -> tuple[dict[str, Float[Tensor, "batch pos *_units"]], Cache]:
         _, corrupt = pm.run_with_cache(corrupted_inputs(batch), list(stored))
         g = pm.run_with_grads(
-            batch, lambda logits: answer_logit_diff(logits, batch).sum(), outputs=list(stored), names=list(stored)
+            batch,
+            lambda logits: answer_logit_diff(logits, batch).sum(),
+            outputs=list(stored),
+            names=list(stored),
+            rules=self.rules,
         )
         real = batch.attention_mask.bool().to(g.logits.device)
         return {name: (corrupt[name] - g.cache[name]) * g.outputs[name] * real[..., None] for name in stored}, g.cache
+
+
+class RelP(EAP):
+    """Relevance patching (Jafari et al. 2025, arXiv 2508.21258): EAP whose backward pass follows
+    LRP rules: norm scales constant (LN-rule), activations pass relevance through (Identity
+    rule), each factor of a gated MLP's product gets half (Half rule); attention by the chain
+    rule. Cost: EAP's (2 forward passes, 1 backward pass)."""
+
+    name = "relp"
+    rules = RELP
+
+
+class RelPAH(EAP):
+    """RelP with the AH-rule (Ali et al. 2022): attention patterns constant, so q and k
+    receivers get no gradient and a head is attributed through its values only."""
+
+    name = "relp-ah"
+    rules = RELP_AH
+
+
+class GIMAttribution(EAP):
+    """Gradient interaction modifications (Edin et al. 2025, arXiv 2505.17630): EAP whose backward
+    pass freezes norm statistics, takes the attention softmax's gradient at temperature 2, and
+    scales the gradients of q, k, v by 1/4, 1/4, 1/2 and of a gated MLP's gate and up by 1/2
+    (gim-explain's defaults). Cost: EAP's."""
+
+    name = "gim"
+    rules = GIM
 
 
 class IntegratedGradients(GradientAttribution):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,6 +19,9 @@ from ar2mdm.common.placement import offload_holder
 from probe.interventions import EdgePatch, NodeEdit
 from probe.layout import FrozenNorm, Layout
 from probe.names import Shape
+
+if TYPE_CHECKING:
+    from probe.rules import BackwardRules
 
 
 @dataclass
@@ -31,6 +35,7 @@ class Request:
     grad_inputs: set[str] = field(default_factory=set)
     dtype: torch.dtype | None = None
     device: torch.device | str | None = None
+    rules: BackwardRules | None = None  # backward rules of a gradient pass (`probe.rules`)
 
 
 class Core:

@@ -53,7 +53,7 @@ class Pass:
         self.n_layers = core.shape.n_layers
         self.d_model = core.layout.d_model
         self.record: dict[str, Tensor | LazyHead] = {}
-        self.grads = GradientPoints(core)
+        self.grads = GradientPoints(core, request.rules)
         self.resid_pre: dict[int, Tensor] = {}
         self.heads: dict[int, Tensor] = {}
         self.edits = PassEdits(core.shape, self.d_model, request.edits, request.edges, batch, length, device)

@@ -19,13 +19,15 @@ from probe.backends.base import Site
 from probe.cache import Cache
 from probe.core import Core, Request
 from probe.names import parse
+from probe.rules import BackwardRules
 
 
 class GradientPoints:
     """The gradient-keeping points of one pass (by site) and how to read them back."""
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, rules: BackwardRules | None = None) -> None:
         self.core = core
+        self.rules = rules
         self.points: dict[Site, Tensor] = {}
 
     def track(self, site: Site, x: Float[Tensor, "batch pos *rest"]) -> Float[Tensor, "batch pos *rest"]:
@@ -57,7 +59,8 @@ class GradientPoints:
         w = weight.reshape(n, d_head, -1).to(dtype)
         u = torch.einsum("btne,ned->btnd", g.reshape(*g.shape[:2], n, d_head).to(dtype), w)
         x = resid_pre.detach()
-        return core.ln1[layer].vjp(x[:, :, None], u).to(g.dtype)
+        frozen = self.rules is not None and self.rules.freeze_norms
+        return core.ln1[layer].vjp(x[:, :, None], u, frozen=frozen).to(g.dtype)
 
     def results(
         self,

@@ -302,12 +302,13 @@ class FrozenNorm:
         return (p * self.inv_scale(x).to(p.dtype) * self.gain.to(p.dtype)).to(part.dtype)
 
     def vjp(
-        self, x: Float[Tensor, "*batch 1 d_model"], v: Float[Tensor, "*batch n d_model"]
+        self, x: Float[Tensor, "*batch 1 d_model"], v: Float[Tensor, "*batch n d_model"], *, frozen: bool = False
     ) -> Float[Tensor, "*batch n d_model"]:
         """J^T v: the gradient w.r.t. the norm's input x of <v, norm(x)>.
 
         x: [..., 1, D] (one input per token), v: [..., n, D] (n covectors per token). With
         x_hat = (x - mean) * r and w = gain * v:  r * (w - x_hat * mean(w * x_hat) [- mean(w)]).
+        frozen: the scale r held constant (the LN-rule, `probe.rules`): r * (w [- mean(w)]).
         """
         xf = x.to(_compute_dtype(x))
         if self.centered:
@@ -315,6 +316,9 @@ class FrozenNorm:
         r = self.inv_scale(x).to(xf.dtype)
         x_hat = xf * r
         w = v.to(xf.dtype) * self.gain.to(xf.dtype)
+        if frozen:
+            out = w - w.mean(-1, keepdim=True) if self.centered else w
+            return out * r
         coef = torch.matmul(w, x_hat.transpose(-1, -2)) / x.shape[-1]  # [..., n, 1]
         out = torch.addcmul(w, coef, x_hat, value=-1.0)
         if self.centered:

@@ -49,6 +49,7 @@ from probe.inputs import Inputs, context_length, model_inputs
 from probe.interventions import Interventions
 from probe.layout import Layout
 from probe.names import NameFilter, Shape, parse, select
+from probe.rules import BackwardRules, applied
 from probe.ungroup import UNGROUPED_FROM, ungroup_kv_heads
 
 
@@ -198,6 +199,7 @@ class ProbedModel:
             source=meta.extra.get("path", meta.source) if meta.extra else meta.source,
         )
         self._active: list[Interventions] = []
+        self._hooks: Backend | None = None  # forward hooks on the HF modules, for tl + backward rules
         self._names_memo: dict[object, tuple[str, ...]] = {}  # cache_names of names seen before
 
     # --- construction -------------------------------------------------------------------------
@@ -297,14 +299,21 @@ class ProbedModel:
             edges += iv.edges
         return Request(edits=edits, edges=edges, **kwargs)
 
-    def _run(self, ids: Tensor, mask: Tensor, request: Request) -> tuple[Tensor, Pass]:
+    def _run(self, ids: Tensor, mask: Tensor, request: Request, *, hf_modules: bool = False) -> tuple[Tensor, Pass]:
         """The one place a pass reaches the backend: a block-diffusion MDM gets its 4D
-        block-causal mask here, every other model the 2D padding mask."""
+        block-causal mask here, every other model the 2D padding mask. hf_modules: the pass must
+        run the Hugging Face modules themselves (backward rules): the tl backend is replaced by
+        forward hooks for it."""
         run = Pass(self.core, request, ids.shape[0], ids.shape[1], ids.device)
         attention = mask
         if self.config.block_size is not None:
             attention = block_causal_mask(mask.long(), self.config.block_size, next(self.model.parameters()).dtype)
-        logits = self.backend.forward(ids, attention, position_ids(mask), run.site_fns())
+        backend = self.backend
+        if hf_modules and self.backend_name == "tl":
+            if self._hooks is None:
+                self._hooks = create("torch", self.model, self.layout, causal=self.meta.kind == "ar")
+            backend = self._hooks
+        logits = backend.forward(ids, attention, position_ids(mask), run.site_fns())
         return logits, run
 
     def forward(
@@ -425,6 +434,7 @@ class ProbedModel:
         names: NameFilter = (),
         attention_mask: Shaped[Tensor, "*_batch _pos"] | None = None,
         receiver_sink: Callable[[str, Float[Tensor, "batch pos d_model"]], None] | None = None,
+        rules: BackwardRules | None = None,
     ) -> GradResult:
         """Gradients of `metric(logits)` (a scalar) w.r.t. node outputs and receiver inputs, in one
         backward pass, under the active interventions.
@@ -436,6 +446,9 @@ class ProbedModel:
         receiver_sink: stream the receivers' gradients: `receiver_sink(name, grad [B, T, D])` is
         called once per receiver, one layer's worth alive at a time, and `GradResult.inputs` is
         empty (what attribution uses to keep memory flat at 70k-edge graphs).
+        rules: local backward rules replacing the chain rule (`probe.rules`: RelP's LRP rules,
+        GIM); the forward values are unchanged. They act on the Hugging Face modules, so on the
+        tl backend such a pass runs through the torch backend's hooks (same numbers, tested).
         """
         ids, mask = self._inputs(inputs, attention_mask)
         out_universe = [
@@ -449,9 +462,9 @@ class ProbedModel:
         outs = _select_or_exact(outputs, out_universe, self.shape, "gradient outputs", ("neuron",))
         ins = select(receivers, self.receivers(), self.shape, "gradient receivers") if receivers != () else []
         record = set(self.cache_names(names)) if names != () else set()
-        request = self._request(record=record, grad_outputs=set(outs), grad_inputs=set(ins))
-        with torch.enable_grad():
-            logits, run = self._run(ids, mask, request)
+        request = self._request(record=record, grad_outputs=set(outs), grad_inputs=set(ins), rules=rules)
+        with torch.enable_grad(), applied(self.layout, rules):
+            logits, run = self._run(ids, mask, request, hf_modules=rules is not None)
             value = metric(logits)
             if not isinstance(value, Tensor) or value.numel() != 1:
                 raise UserError("the metric must return a scalar tensor (e.g. a mean logit difference).")

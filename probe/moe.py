@@ -22,6 +22,7 @@ with a UserError, never probed wrongly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,9 @@ from torch.nn import functional as F
 
 from ar2mdm.common.errors import UserError
 from ar2mdm.common.modeling import is_moe_block
+
+# (activation, gate, up) -> the expert's neurons act(gate) * up, under a pass's backward rules
+Product = Callable[[Callable[[Tensor], Tensor], Tensor, Tensor], Tensor]
 
 __all__ = ["MoeBlock", "Routing", "is_moe_block", "topk_of"]
 
@@ -103,12 +107,18 @@ class MoeBlock:
         logits, weights, ids = got
         return Routing(logits.reshape(x.shape[0], -1), ids.reshape(x.shape[0], -1), weights.reshape(x.shape[0], -1))
 
-    def expert(self, e: int, x: Float[Tensor, "tokens d_model"]) -> Float[Tensor, "tokens d_model"]:
-        """Expert e's output on x [n, D], before its gate weight."""
+    def expert(
+        self, e: int, x: Float[Tensor, "tokens d_model"], product: Product | None = None
+    ) -> Float[Tensor, "tokens d_model"]:
+        """Expert e's output on x [n, D], before its gate weight. product(act, gate, up): how the
+        neurons act(gate) * up are formed (a gradient pass's backward rules: `probe.rules`)."""
         gate, up = F.linear(x, self.experts.gate_up_proj[e]).chunk(2, dim=-1)
-        return F.linear(self.act(gate) * up, self.experts.down_proj[e])
+        neurons = self.act(gate) * up if product is None else product(self.act, gate, up)
+        return F.linear(neurons, self.experts.down_proj[e])
 
-    def gated(self, e: int, x: Float[Tensor, "tokens d_model"], routing: Routing) -> Float[Tensor, "tokens d_model"]:
+    def gated(
+        self, e: int, x: Float[Tensor, "tokens d_model"], routing: Routing, product: Product | None = None
+    ) -> Float[Tensor, "tokens d_model"]:
         """What expert e writes: weight * expert_e(x) at the tokens routed to it, 0 elsewhere; [N, D]."""
         hit = routing.ids == e  # [N, k]
         rows = hit.any(-1).nonzero().squeeze(-1)
@@ -116,7 +126,7 @@ class MoeBlock:
         if rows.numel() == 0:
             return out
         w = (routing.weights * hit).sum(-1)[rows, None].to(x.dtype)
-        return out.index_copy(0, rows, w * self.expert(e, x[rows]))
+        return out.index_copy(0, rows, w * self.expert(e, x[rows], product))
 
     def shared_out(self, x: Float[Tensor, "tokens d_model"]) -> Float[Tensor, "tokens d_model"] | None:
         """What the shared expert writes on x [N, D] (its sigmoid gate included), or None."""
@@ -128,7 +138,11 @@ class MoeBlock:
         return out
 
     def routed(
-        self, x: Float[Tensor, "tokens d_model"], routing: Routing, parts: dict[int, Tensor] | None = None
+        self,
+        x: Float[Tensor, "tokens d_model"],
+        routing: Routing,
+        parts: dict[int, Tensor] | None = None,
+        product: Product | None = None,
     ) -> Float[Tensor, "tokens d_model"]:
         """The routed experts' sum under `routing`; `parts` gives some experts' gated outputs
         already computed (or replaced: a replaced expert writes its value even where the routing
@@ -136,7 +150,7 @@ class MoeBlock:
         parts = parts or {}
         total = x.new_zeros(x.shape)
         for e in sorted(set(routing.ids.unique().tolist()) | set(parts)):
-            total = total + (parts[e] if e in parts else self.gated(e, x, routing))
+            total = total + (parts[e] if e in parts else self.gated(e, x, routing, product))
         return total
 
     def output(
@@ -145,10 +159,12 @@ class MoeBlock:
         routing: Routing,
         parts: dict[int, Tensor] | None = None,
         shared: Float[Tensor, "tokens d_model"] | None = None,
+        product: Product | None = None,
     ) -> Float[Tensor, "tokens d_model"]:
-        """The block's output under `routing`: the routed experts' sum (`routed`, with `parts`)
-        plus the shared expert's output (`shared`, computed here when not given)."""
-        total = self.routed(x, routing, parts)
+        """The block's output under `routing`: the routed experts' sum (`routed`, with `parts`;
+        `product` as in `expert`) plus the shared expert's output (`shared`, computed here when
+        not given)."""
+        total = self.routed(x, routing, parts, product)
         if self.shared is None:
             return total
         return total + (self.shared_out(x) if shared is None else shared)

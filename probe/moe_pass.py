@@ -23,6 +23,7 @@ to the output as (leaf - leaf.detach()), so the gradient reaches the rest of the
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from torch import Tensor
@@ -30,6 +31,7 @@ from torch import Tensor
 from probe.backends.base import SiteFn
 from probe.moe import MoeBlock, Routing, topk_of
 from probe.names import Name, parse
+from probe.rules import gated_product
 
 MOE_KINDS = ("expert", "shared_expert", "router", "routing")
 
@@ -90,7 +92,9 @@ class MoeSites:
                 r = run.grads.track(("router_in", layer), r.clone() if r is self.mid[layer] else r)
             norm = run.core.ln2[layer]
             assert norm is not None
-            normed = norm.linear(r, r) + (0 if norm.bias is None else norm.bias)
+            # the LN-rule (`probe.rules`) holds the norm's scale constant in the backward pass
+            scale_from = r.detach() if run.req.rules is not None and run.req.rules.freeze_norms else r
+            normed = norm.linear(r, scale_from) + (0 if norm.bias is None else norm.bias)
             routing = moe.route(normed.reshape(-1, normed.shape[-1]).to(flat.dtype))
         else:
             routing = moe.route(flat)
@@ -115,11 +119,13 @@ class MoeSites:
                 recompute = True
             if name in run.req.record:
                 run._store(name, routing.dense(E).reshape(B, T, E))
+            rules = run.req.rules
+            product = None if rules is None else partial(gated_product, rules=rules)
             parts: dict[int, Tensor] = {}  # the experts' values as the model uses them (flat)
             change = None
             for e in range(E):
                 value, delta = self._expert(
-                    layer, f"L{layer}.expert{e}", lambda z, e=e: moe.gated(e, z, routing), recompute
+                    layer, f"L{layer}.expert{e}", lambda z, e=e: moe.gated(e, z, routing, product), recompute
                 )
                 if value is not None:
                     parts[e] = value.reshape(-1, D)
@@ -132,7 +138,7 @@ class MoeSites:
                     change = delta if change is None else change + delta
             if recompute:
                 shared = None if shared_value is None else shared_value.reshape(-1, D)
-                return moe.output(flat, routing, parts, shared).reshape(B, T, D).to(o.dtype)
+                return moe.output(flat, routing, parts, shared, product).reshape(B, T, D).to(o.dtype)
             return o if change is None else o + change.to(o.dtype)
 
         return fn
