@@ -24,6 +24,8 @@ Built in (RESEARCH.md section 4):
 - "eap-ig-inputs": the gradient averaged over `steps` inputs whose embeddings lie between the
   corrupted and the clean embeddings, alpha_k = (k + 1/2) / steps (midpoint rule; Hanna et al.
   2024). Cost: 2 forward passes and `steps` forward+backward passes per batch.
+- "eap-gp": EAP-IG on inputs along a path built from the model's gradients (GradPath, Zhang et
+  al. 2025) instead of the straight line; 2 x `steps` forward+backward passes.
 - "eap-ig-activations": the gradient averaged while one group of senders (the embedding, one
   layer's heads, or one MLP) outputs a_corrupt + alpha_k (a_clean - a_corrupt) and everything
   downstream runs on the clean input; an edge uses the passes of its sender's group. Cost:
@@ -36,8 +38,9 @@ node's own attribution). A new method is one subclass (docs/EXTENDING.md).
 
 from __future__ import annotations
 
+import itertools
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -431,6 +434,16 @@ class IntegratedGradients(GradientAttribution):
         """(interpolated senders, senders whose edges their passes score) per group."""
         raise NotImplementedError
 
+    def path(
+        self, pm: ProbedModel, group: Sequence[str], ends: Ends, along: PathContext
+    ) -> Iterator[dict[str, Tensor]]:
+        """The group's values at each of the `steps` points whose gradients are averaged:
+        corrupted + alpha_k (clean - corrupted), alpha_k = (k + 1/2) / steps (midpoint rule)."""
+        like = ends[group[0]][0]
+        for k in range(self.steps):
+            a = torch.tensor((k + 0.5) / self.steps, dtype=like.dtype, device=like.device)
+            yield {name: ends[name][0] + a * (ends[name][1] - ends[name][0]) for name in group}
+
     def gradients(self, pm: ProbedModel, graph: Graph, batch: Batch, metric: str, targets: Targets) -> GradientRun:
         corrupt_rows, corrupt = corrupted_run(pm, graph, batch, targets)
         clean_in = pair_inputs(batch)[0]
@@ -445,30 +458,45 @@ class IntegratedGradients(GradientAttribution):
         like = corrupt["embed"]
         deltas = SenderDeltas.of(pm, clean, corrupt, graph.senders, batch.attention_mask, self.offload)
         del clean, corrupt
+        along = PathContext(clean_in, targets, corrupt_rows, batch.attention_mask)
         target = objective(metric, targets.repeat(self.steps_per_pass), _repeat(ref, self.steps_per_pass))
-        alphas = [(k + 0.5) / self.steps for k in range(self.steps)]
         blocks: Gradients = []
         for group, scored in groups:
             downstream = downstream_receivers(graph, scored)
             total, sink = summed_gradients(downstream, like)
-            for start in range(0, self.steps, self.steps_per_pass):
-                chunk = alphas[start : start + self.steps_per_pass]
+            points = self.path(pm, group, ends, along)
+            n = 0
+            while chunk := list(itertools.islice(points, self.steps_per_pass)):
                 k = len(chunk)
-                a = torch.tensor(chunk, dtype=like.dtype, device=like.device).repeat_interleave(like.shape[0])
+                n += k
                 with pm.intervene() as iv:
                     for name in group:
-                        lo, hi = ends[name]
-                        iv.set(name, _repeat(lo, k) + a.view(-1, *[1] * (lo.ndim - 1)) * _repeat(hi - lo, k))
+                        iv.set(name, torch.cat([p[name] for p in chunk]) if k > 1 else chunk[0][name])
                     step_target = (
                         target if k == self.steps_per_pass else objective(metric, targets.repeat(k), _repeat(ref, k))
                     )
                     pm.run_with_grads(
                         _repeat_inputs(clean_in, k), step_target, receivers=downstream, receiver_sink=sink
                     )
-            blocks.append((scored, downstream, total, self.steps))
+            blocks.append((scored, downstream, total, n))
         return GradientRun(
             blocks, deltas, row_values(metric, clean_rows, targets, ref), row_values(metric, corrupt_rows, targets, ref)
         )
+
+
+# (corrupted value, clean value) of each interpolated sender, [B, T, D]
+Ends = dict[str, tuple[Tensor, Tensor]]
+
+
+@dataclass
+class PathContext:
+    """What a path between the corrupted and the clean run may read: the clean inputs, the
+    targets, the corrupted logits at the read positions [B, V] and the padding mask [B, T]."""
+
+    clean_in: dict[str, Tensor]
+    targets: Targets
+    corrupt_rows: Float[Tensor, "batch vocab"]
+    mask: Shaped[Tensor, "batch pos"]
 
 
 def _repeat(t: Tensor | None, k: int) -> Tensor | None:
@@ -489,6 +517,40 @@ class EAPIGInputs(IntegratedGradients):
 
     def groups(self, pm: ProbedModel, senders: Sequence[str]) -> list[tuple[list[str], list[str]]]:
         return [(["embed"], list(senders))]
+
+
+class EAPGP(EAPIGInputs):
+    """EAP-GP (Zhang et al. 2025, arXiv 2502.06852): EAP-IG on inputs whose integration path
+    (GradPath) is built from the model instead of a straight line. It starts at the clean
+    embedding and takes `steps` steps, each down the gradient of the squared distance between
+    the logits at the read positions and the corrupted run's, ||G(gamma) - G(x')||^2, normalised
+    per example; each step is ||x - x'|| / steps long (per example, so the path is as long as
+    EAP-IG's; the paper normalises the direction and leaves the length to the implementation).
+    The gradients of the metric are averaged over the path's `steps` points gamma_1..gamma_m.
+    Cost: 2 forward passes and 2 x `steps` forward+backward passes per batch."""
+
+    name = "eap-gp"
+
+    def path(
+        self, pm: ProbedModel, group: Sequence[str], ends: Ends, along: PathContext
+    ) -> Iterator[dict[str, Tensor]]:
+        corrupt, clean = ends["embed"]
+        real = along.mask.to(clean)[..., None]
+        length = ((clean - corrupt) * real).flatten(1).norm(dim=1).view(-1, 1, 1) / self.steps  # of one step
+        target = along.corrupt_rows.detach()
+
+        def distance(logits: Tensor) -> Tensor:
+            return (along.targets.rows(logits).to(target.dtype) - target).pow(2).sum()
+
+        gamma = clean
+        for _ in range(self.steps):
+            with pm.intervene() as iv:
+                iv.set("embed", gamma)
+                g = pm.run_with_grads(along.clean_in, distance, outputs=["embed"]).outputs["embed"] * real
+            norm = g.flatten(1).norm(dim=1).view(-1, 1, 1)
+            step = torch.where(norm > 0, length / norm.clamp_min(torch.finfo(norm.dtype).tiny), 0.0)
+            gamma = (gamma - step * g).to(clean.dtype)
+            yield {"embed": gamma}
 
 
 class EAPIGActivations(IntegratedGradients):
