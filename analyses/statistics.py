@@ -5,7 +5,7 @@ replacement from a seeded generator (`bootstrap_indices`), the statistic is reco
 resample, and the `level` interval is read off the replicates' quantiles. Comparisons of two
 models on the same examples resample both with the same indices (paired); claims pooled over
 tasks add each task's independent replicates (`pooled`). `verdict` turns an interval into
-"holds" / "reversed" / "inconclusive" for a claimed direction.
+"holds" / "reversed" / "inconclusive" for a claimed direction (the words: `analyses.verdicts`).
 
     >>> ci = bootstrap_ci(torch.tensor([1.0, 2.0, 3.0, 4.0]), n_boot=200, seed=0)
     >>> ci.estimate, ci.low <= 2.5 <= ci.high
@@ -23,6 +23,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from analyses.verdicts import HOLDS, INCONCLUSIVE, NO_DIFFERENCE, REVERSED, UNTESTED, WITHIN_FLOOR
 from ar2mdm.common.errors import UserError
 
 
@@ -169,10 +170,6 @@ def pooled(
     return percentile_interval(reps, est, level)
 
 
-NO_DIFFERENCE = "no difference"
-WITHIN_FLOOR = "within the seed floor"
-
-
 def verdict(
     interval: Interval | None, direction: Literal[1, -1], *, floor: float | None = None, margin: float = 0.0
 ) -> str:
@@ -183,19 +180,20 @@ def verdict(
     tests read off the interval): an interval inside [-margin, margin] is "no difference"
     (with margin 0 only the interval [0, 0] is). floor: the effect two models trained alike with
     different seeds already show (>= 0, see `floor_bound`): an interval that excludes 0 but whose
-    near end does not pass the floor is "within the seed floor", not "holds"/"reversed".
+    near end does not pass the floor is "within the seed floor", not "holds"/"reversed". A claim
+    read with no floor at all says so in its verdict (`analyses.verdicts.unfloored`).
     """
     if interval is None or math.isnan(interval.low):
-        return "untested"
+        return UNTESTED
     if -margin <= interval.low and interval.high <= margin:
         return NO_DIFFERENCE
     lo, hi = sorted((direction * interval.low, direction * interval.high))
     bound = 0.0 if floor is None else max(0.0, floor)
     if lo > 0:
-        return "holds" if lo > bound else WITHIN_FLOOR
+        return HOLDS if lo > bound else WITHIN_FLOOR
     if hi < 0:
-        return "reversed" if -hi > bound else WITHIN_FLOOR
-    return "inconclusive"
+        return REVERSED if -hi > bound else WITHIN_FLOOR
+    return INCONCLUSIVE
 
 
 def floor_bound(floor: Interval | None, direction: Literal[1, -1], *, signed: bool) -> float | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from analyses.verdicts import stored_verdict
+
 MIB = 2**20
 JSON = Any  # what json.loads returns
 
@@ -56,10 +58,25 @@ def perplexity(x: float) -> str:
 
 
 def claim(result: dict, plus_sign: bool = False) -> str:
-    """A compare claim ({"interval", "verdict"}) as `0.034 [-0.004, 0.095]: inconclusive`."""
+    """A compare claim ({"interval", "verdict"}) as `0.034 [-0.004, 0.095]: inconclusive`; a
+    verdict read without a seed floor says so, in files of any version (`stored_verdict`)."""
     ci = result["interval"]
     estimate = signed(ci["estimate"], 3) if plus_sign else f"{ci['estimate']:.3f}"
-    return f"{estimate} {interval(ci, 3)}: {result['verdict']}"
+    return f"{estimate} {interval(ci, 3)}: {stored_verdict(result)}"
+
+
+def verdicts(claims: dict) -> str:
+    """Claims (a)-(c)'s verdicts as `(a) holds, (b) inconclusive, (c) within the seed floor`."""
+    return ", ".join(f"({name}) {stored_verdict(claims[name])}" for name in ("a", "b", "c"))
+
+
+def accuracies(row: dict) -> str:
+    """A study table row's pool accuracies, ARM / MDM, with their criterion: `0.98 / 0.97 (LD>0)`
+    (tables written before the criterion was named hold "acc AR" / "acc MDM": LD > 0)."""
+    for label in ("LD>0", "top-1"):
+        if f"acc AR ({label})" in row:
+            return f"{row[f'acc AR ({label})']} / {row[f'acc MDM ({label})']} ({label})"
+    return f"{row['acc AR']} / {row['acc MDM']} (LD>0)"
 
 
 def find(rows: list[dict], **match: Any) -> dict:
@@ -340,15 +357,13 @@ def attribution_memory(data: JSON) -> str:
 
 
 def study_run(data: JSON) -> str:
-    verdicts = ", ".join(f"({name}) {data['claims'][name]['verdict']}" for name in ("a", "b", "c"))
     return (
         "16 min 44 s with the install (target 20 min); study 931 s: organism 252 s, conversion 79 s, "
-        f"ARM' 244 s, MDM' 79 s, samplers 2 s, comparison 273 s; {verdicts}"
+        f"ARM' 244 s, MDM' 79 s, samplers 2 s, comparison 273 s; {verdicts(data['claims'])}"
     )
 
 
 def study_moe(data: JSON) -> str:
-    verdicts = ", ".join(f"({name}) {data['claims'][name]['verdict']}" for name in ("a", "b", "c"))
     table = {row["task"]: row for row in data["table"]}
     routing = data["routing"]
     claim, kept = routing["claim"], routing["alignment"]["main"]["identity_layers"]
@@ -358,11 +373,10 @@ def study_moe(data: JSON) -> str:
     return (
         f"conversion keeps every expert's identity ({kept} of {len(routing['alignment']['main']['perm'])} layers "
         f"matched to themselves); which experts a task uses: 1 - Jaccard {effect['estimate']:.2f} "
-        f"[{effect['low']:.2f}, {effect['high']:.2f}], {claim['verdict']} (MDM vs MDM' {controls['floor_mdm']:.2f}, "
+        f"[{effect['low']:.2f}, {effect['high']:.2f}], {stored_verdict(claim)} (MDM vs MDM' {controls['floor_mdm']:.2f}, "
         f"ARM vs ARM' {controls['floor_ar']:.2f}); infilling Jaccard {infilling['main']['estimate']:.2f} vs "
         f"{infilling['floor_mdm']['estimate']:.2f} for MDM vs MDM'; accuracy ARM / MDM: Countdown "
-        f"{table['countdown']['acc AR']} / {table['countdown']['acc MDM']}, sudoku {table['sudoku']['acc AR']} / "
-        f"{table['sudoku']['acc MDM']}; {verdicts}"
+        f"{accuracies(table['countdown'])}, sudoku {accuracies(table['sudoku'])}; {verdicts(data['claims'])}"
     )
 
 
@@ -392,7 +406,7 @@ def ground_truth(data: JSON) -> str:
 def smollm2_claims(data: JSON) -> str:
     claims = data["claims"]
     return (
-        f"(a) {claim(claims['a'])} (Countdown's clean-corrupt gap is tiny); (b) {claim(claims['b'])}; "
+        f"(a) {claim(claims['a'])} -- Countdown's clean-corrupt gap is tiny; (b) {claim(claims['b'])}; "
         f"(c) {claim(claims['c'], plus_sign=True)}"
     )
 

@@ -194,10 +194,12 @@ def test_claims_read_their_intervals() -> None:
     }
     main = {t: stats(jac[t], torch.full((n,), 0.1)) for t in tasks}
     out = claims(tasks, {"main": main}, {"main": Interval(-0.05, -0.08, -0.02)})
+    holds = "holds (no seed floor: not tested against training-seed noise)"  # no floor: the verdict says so
     assert out["a"]["interval"].estimate == pytest.approx(0.7 - 0.2)
-    assert out["a"]["verdict"] == "holds" and out["a"]["local_tasks"] == ["ioi", "greater_than"]
-    assert out["b"]["interval"].estimate == pytest.approx(0.1) and out["b"]["verdict"] == "holds"
-    assert out["c"]["verdict"] == "holds"  # MDM - AR selectivity below 0
+    assert out["a"]["verdict"] == holds and out["a"]["local_tasks"] == ["ioi", "greater_than"]
+    assert out["b"]["interval"].estimate == pytest.approx(0.1) and out["b"]["verdict"] == holds
+    assert out["c"]["verdict"] == holds  # MDM - AR selectivity below 0
+    assert all(out[k]["verdict_without_floor"] == "holds" for k in "abc")
     assert all(c["floor_missing"] and "--ar-seed-twin" in c["floor_missing"] for c in out.values())
     # (a)'s replicates: 0.7 - linspace(0.1, 0.3) spans 0.4..0.6, so the 2.5/97.5% quantiles by hand
     reps = 0.7 - torch.linspace(0.1, 0.3, n).double()

@@ -48,23 +48,25 @@ REPRODUCIBILITY = [
 
 
 def summary_table(compare_data: Mapping[str, Any], sampler_rows: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """Per task: pool accuracies, low-confidence and ARM sampling accuracy, Jaccard, early mass."""
+    """Per task: pool accuracies (LD>0 and top-1), low-confidence and ARM sampling accuracy (the
+    decoded answer passes the task's checker), Jaccard, early mass."""
     from analyses.compare import summary_rows
 
     rows = summary_rows(compare_data)
     by = {(r["task"], r["sampler"]): r for r in sampler_rows if r.get("fraction") in (1.0, None)}
     for row in rows:
         lc, arm = by.get((row["task"], "low-confidence")), by.get((row["task"], "ar (the ARM)"))
-        row["MDM sampling acc"] = f"{lc['accuracy']:.2f}" if lc else "-"
-        row["ARM greedy acc"] = f"{arm['accuracy']:.2f}" if arm else "-"
+        row["MDM sampling acc (checked answer)"] = f"{lc['accuracy']:.2f}" if lc else "-"
+        row["ARM greedy acc (checked answer)"] = f"{arm['accuracy']:.2f}" if arm else "-"
     return rows
 
 
 def claim_text(c: Mapping[str, Any]) -> str:
     """One line per claim: verdict, effect, detectable effect, seed floor and null pair."""
     from analyses.compare import format_interval
+    from analyses.verdicts import stored_verdict
 
-    text = f"{c['claim']} -- {c['verdict'].upper()}: {c['effect']} = {format_interval(c['interval'], 3)}"
+    text = f"{c['claim']} -- {stored_verdict(c).upper()}: {c['effect']} = {format_interval(c['interval'], 3)}"
     if c.get("detectable_effect") is not None:
         text += f"; detectable +/-{c['detectable_effect']:.3f}"
     floors = c.get("floor") or {}

@@ -10,7 +10,9 @@ read against the controls (`analyses.compare.controls`).
 Intervals pool each task's bootstrap replicates (tasks resampled independently, examples within
 a task). Each effect is computed the same way for every control pair: the null pairs (a model
 against itself) must read "no difference"; the seed floors (ARM vs ARM', MDM vs MDM') give the
-bound an effect must clear to "hold" (`analyses.statistics.verdict` with `floor`). Every claim
+bound an effect must clear to "hold" (`analyses.statistics.verdict` with `floor`). Without a
+measured floor a claim's "holds" / "reversed" says so in the verdict itself ("holds (no seed
+floor: not tested against training-seed noise)", `analyses.verdicts.unfloored`). Every claim
 states the smallest effect its pool can detect (`detectable_effect`, 80% power at the 5% level).
 """
 
@@ -26,6 +28,7 @@ from torch import Tensor
 from analyses.compare.controls import PairStats
 from analyses.graph import Graph
 from analyses.statistics import Interval, detectable_effect, floor_bound, pooled, verdict
+from analyses.verdicts import unfloored
 from ar2mdm.common.errors import UserError
 from ar2mdm.tasks import TASKS
 
@@ -111,9 +114,11 @@ def claims(
     `analyses.compare.controls`) -> task -> PairStats; "main" is required. selectivity: pair name
     -> interval of the median selectivity difference (claim c; None: not profiled).
     supporting: extra figures shown with claim (c). Each claim holds "interval", "verdict" (read
-    against the seed floors present), "verdict_without_floor", "detectable_effect", "null"
-    (pair -> interval and verdict), "floor" (pair -> interval), "floor_bound" and "floor_missing"
-    (what to pass for one), and "per_task" (task -> pair -> interval).
+    against the seed floors present; with none, "holds" / "reversed" name the missing floor:
+    `analyses.verdicts.unfloored`), "verdict_without_floor" (the plain reading against 0),
+    "detectable_effect", "null" (pair -> interval and verdict), "floor" (pair -> interval),
+    "floor_bound" and "floor_missing" (what to pass for one), and "per_task" (task -> pair ->
+    interval).
     """
     local = [t for t in tasks if TASKS[t].kind == "local"]
     glob = [t for t in tasks if TASKS[t].kind == "global"]
@@ -132,7 +137,12 @@ def claims(
             "claim": text,
             "effect": effect,
             "interval": interval,
-            "verdict": verdict(interval, direction, floor=bound, margin=margin),
+            # no floor measured: "holds" / "reversed" say so in the verdict itself
+            "verdict": (
+                verdict(interval, direction, floor=bound, margin=margin)
+                if bound is not None
+                else unfloored(verdict(interval, direction, margin=margin))
+            ),
             "verdict_without_floor": verdict(interval, direction, margin=margin),
             "detectable_effect": detectable_effect(interval),
             "null": {

@@ -49,6 +49,7 @@ from analyses.statistics import (
     pooled,
     verdict,
 )
+from analyses.verdicts import WITHIN_FLOOR, WITHIN_NULL, stored_verdict, unfloored
 from ar2mdm.tasks.base import Rendered
 from probe.model import ProbedModel
 
@@ -170,7 +171,10 @@ def routing_claim(overlaps: Mapping[str, Mapping[str, tuple[Interval, Tensor]]])
     of its pool) measure what sampling alone moves, the seed floors (ARM vs ARM', MDM vs MDM',
     experts matched first: `align_experts`) what training alike with another seed moves. The
     main effect "holds" only where its interval clears the far end of every control's
-    (`floor_bound`, unsigned); "bound_from" names the control that sets the bound.
+    (`floor_bound`, unsigned); "bound_from" names the control that sets the bound (an effect
+    short of a null pair's bound is "within the null pairs' noise", of a seed floor's "within the
+    seed floor"). Without a seed floor, "holds" / "reversed" say so in the verdict
+    (`analyses.verdicts.unfloored`).
 
     overlaps: pair name ("main", "null_ar", "null_mdm", "floor_ar", "floor_mdm") -> task ->
     (Jaccard interval, replicates)."""
@@ -185,14 +189,18 @@ def routing_claim(overlaps: Mapping[str, Mapping[str, tuple[Interval, Tensor]]])
     bounds = {name: floor_bound(e, 1, signed=False) or 0.0 for name, e in effects.items() if name != "main"}
     source = max(bounds, key=bounds.get) if bounds else None
     main = effects.get("main")
+    missing = not any(f in effects for f in ("floor_ar", "floor_mdm"))
+    read = verdict(main, 1, floor=bounds[source] if source else None)
+    if read == WITHIN_FLOOR and source and source.startswith("null"):
+        read = WITHIN_NULL  # the bound it misses is sampling noise, not a seed floor
     return {
         "claim": "converting the ARM changes which experts a task uses (1 - Jaccard of top experts, ARM vs MDM)",
         "effect": main,
-        "verdict": verdict(main, 1, floor=bounds[source] if source else None),
+        "verdict": unfloored(read) if missing else read,  # no seed floor: the verdict says so
         "bound": bounds.get(source) if source else None,
         "bound_from": source,
         "seed_floor": max((bounds[f] for f in ("floor_ar", "floor_mdm") if f in bounds), default=None),
-        "seed_floor_missing": not any(f in effects for f in ("floor_ar", "floor_mdm")),
+        "seed_floor_missing": missing,
         "controls": {name: {"effect": e, "bound": bounds[name]} for name, e in effects.items() if name != "main"},
     }
 
@@ -359,7 +367,7 @@ def routing_markdown(section: Mapping[str, Any]) -> list[str]:
         f"Routing ({section['n_experts']} experts, top-{section['top_k']}, MoE layers {section['moe_layers']}; "
         f"top experts K = {section['k_experts']}; experts matched across models, `align_experts`):",
         "",
-        f"- {c['claim']}: **{c['verdict']}** -- effect {format_interval(c['effect'])}; the bound to clear: {bound}; "
+        f"- {c['claim']}: **{stored_verdict(c)}** -- effect {format_interval(c['effect'])}; the bound to clear: {bound}; "
         f"seed floor: {floor}; controls (1 - Jaccard): "
         + "; ".join(f"{name} {format_interval(v['effect'])}" for name, v in c["controls"].items()),
     ]
