@@ -132,6 +132,14 @@ CASES: tuple[Case, ...] = (
         cli=_compare("--mdm", "{mdm}", "--k-nodes", "1000"),
     ),
     Case(
+        "compare-pool-criterion-unknown",
+        "options",
+        "`compare --pool-criterion top-1` (the criteria are `ld` and `top1`)",
+        ("pool criterion 'top-1' is unknown", "ld (logit difference", "top1 (the answer"),
+        "`--pool-criterion ld` (answer preferred to the counterfactual) or `top1` (the answer is the top token)",
+        cli=_compare("--mdm", "{mdm}", "--pool-criterion", "top-1"),
+    ),
+    Case(
         "lora-rank-above-layer",
         "options",
         "`convert --lora r=4096` on a model whose narrowest target (k_proj) is 32 x 16",

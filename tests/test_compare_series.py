@@ -86,6 +86,8 @@ def test_series_entries_equal_direct_comparisons_and_the_saved_graphs(series) ->
             assert entry["early_mass_ar"] == cmp["a"]["early_mass"]
             assert entry["early_mass_diff"] == cmp["early_mass_diff"]
             assert entry["accuracy_mdm"] == direct["pools"][task]["accuracy_mdm"]
+            for c in ("ld", "top1"):
+                assert entry[f"accuracy_mdm_{c}"] == direct["pools"][task][f"accuracy_mdm_{c}"]
             assert entry["pool"] == direct["pools"][task]["pool"] == 8
     for label, folder in saved["folders"].items():
         for task in TASKS:
@@ -110,11 +112,15 @@ def test_one_block_over_the_whole_sequence_is_full_attention(series) -> None:
 def test_series_files_have_one_column_per_mdm(series) -> None:
     _, out, _, _ = series
     md = (out / "series.md").read_text()
-    assert md.count("| task | block 2 | block 4 | long | full |") == 6  # one table per quantity
-    assert "### Jaccard@K with the ARM (95% CI)" in md and "### MDM accuracy" in md
+    assert md.count("| task | block 2 | block 4 | long | full |") == 7  # one table per quantity
+    assert "### Jaccard@K with the ARM (95% CI)" in md
+    # accuracy under both criteria, each named; the pool says what it holds
+    assert "### MDM accuracy (LD>0: answer preferred to the counterfactual, a forced choice)" in md
+    assert "### MDM accuracy (top-1: the answer is its most likely token)" in md
+    assert "### Common-correct pool (every aligned example)" in md  # OPTS: common_correct=False
     assert "| ioi |" in md and "block size full" in md
     page = (out / "series.html").read_text()
-    assert page.count("Plotly.newPlot") == 6 and "Early-layer mass MDM - ARM" in page
+    assert page.count("Plotly.newPlot") == 7 and "Early-layer mass MDM - ARM" in page
     assert {p.name for p in out.iterdir()} >= {"series.json", "series.md", "series.html", "block-2", "full"}
 
 

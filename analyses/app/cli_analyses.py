@@ -30,6 +30,12 @@ from analyses.app.cli_base import (
 from ar2mdm.common.errors import UserError
 from ar2mdm.tasks import task_names
 
+POOL_CRITERION_HELP = (
+    "What 'correct' means for the common-correct pool: ld (logit difference answer - counterfactual > 0, a forced "
+    "choice between the two; as before) | top1 (the answer is the model's most likely token). Both accuracies are "
+    "reported either way."
+)
+
 
 @app.command()
 def compare(
@@ -52,6 +58,7 @@ def compare(
     causal: Annotated[bool, typer.Option("--causal/--no-causal", help="Causal checks of the most selective units.")] = True,
     denoising: Annotated[str, typer.Option(help="MDM denoising trajectory: shares t of the answer still masked ('' = off).")] = "1,0.75,0.5,0.25,0",
     all_examples: Annotated[bool, typer.Option("--all-examples", help="Analyse every aligned example, not only those both models solve.")] = False,
+    pool_criterion: Annotated[str, typer.Option(help=POOL_CRITERION_HELP)] = "ld",
     track: Annotated[Path | None, typer.Option(help="A conversion run folder with snapshots/ (convert --snapshot-every N): follow Jaccard and early mass over its steps.")] = None,
     track_tasks: Annotated[str, typer.Option(help="Tasks followed over the snapshots.")] = "ioi,countdown",
     seed: Annotated[int, typer.Option(help="Seed of examples and bootstraps.")] = 0,
@@ -74,6 +81,7 @@ def compare(
     from analyses.compare import CompareOptions, markdown_summary, snapshots_of, write_report
     from analyses.compare import compare as run_compare
     from analyses.compare import track as run_track
+    from analyses.compare.pool import check_criterion
     from ar2mdm.common.outputs import claim_output
     from probe import ProbedModel
 
@@ -81,6 +89,7 @@ def compare(
         opts = CompareOptions(
             tasks=tuple(tasks.split(",")),
             pool_size=pool_size,
+            pool_criterion=check_criterion(pool_criterion),
             draw=draw,
             k_edges=k_edges,
             k_nodes=k_nodes,
@@ -168,6 +177,7 @@ def compare_series(
     extras: Annotated[bool, typer.Option("--extras/--no-extras", help="Also faithfulness, ablations, units and denoising in each MDM's report (slow).")] = False,
     null_pair: Annotated[bool, typer.Option("--null-pair/--no-null-pair", help="Attribute each model twice and report it against itself.")] = True,
     all_examples: Annotated[bool, typer.Option("--all-examples", help="Analyse every aligned example, not only those both models solve.")] = False,
+    pool_criterion: Annotated[str, typer.Option(help=POOL_CRITERION_HELP)] = "ld",
     given_order: Annotated[bool, typer.Option("--given-order", help="Keep the --mdm order (default: by block size, full attention last).")] = False,
     backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "torch",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier `ar2mdm compare-series` in --out.")] = False,
@@ -183,6 +193,7 @@ def compare_series(
     mass and MDM accuracy per task and MDM, with each pair's own compare report."""
     from analyses.compare import CompareOptions, write_series
     from analyses.compare import compare_series as run_series
+    from analyses.compare.pool import check_criterion
     from analyses.compare.series import series_markdown
     from ar2mdm.common.outputs import claim_output
     from probe import ProbedModel
@@ -194,6 +205,7 @@ def compare_series(
         opts = CompareOptions(
             tasks=tuple(tasks.split(",")),
             pool_size=pool_size,
+            pool_criterion=check_criterion(pool_criterion),
             k_edges=k_edges,
             steps=steps,
             batch_size=batch_size,

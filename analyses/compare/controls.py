@@ -32,10 +32,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from analyses.compare.pool import Pool, tokenizer_warnings
+from analyses.compare.pool import Pool, answer_reads, correct_by, tokenizer_warnings
 from analyses.depth import compare_depth
 from analyses.graph import Graph
-from analyses.patching import baseline_logit_diffs
 from analyses.statistics import Interval, jaccard_bootstrap
 from ar2mdm.common.errors import CheckpointError
 from probe.model import ProbedModel
@@ -140,20 +139,22 @@ def _same_weights(a: ProbedModel, b: ProbedModel) -> bool:
     return pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
 
 
-def with_twins(pool: Pool, twins: Mapping[str, ProbedModel], *, batch_size: int, require_correct: bool) -> Pool:
-    """The pool restricted to the examples every seed twin answers correctly too (clean logit
-    difference > 0; all kept when `require_correct` is False), so every pair is measured on the
-    same examples. The share of the pool each twin answers correctly and the size before the
-    restriction go into stats."""
+def with_twins(
+    pool: Pool, twins: Mapping[str, ProbedModel], *, batch_size: int, require_correct: bool, criterion: str = "ld"
+) -> Pool:
+    """The pool restricted to the examples every seed twin answers correctly too (under the
+    pool's `criterion`, `analyses.compare.pool.CRITERIA`; all kept when `require_correct` is
+    False), so every pair is measured on the same examples. The share of the pool each twin
+    answers correctly (under the criterion) and the size before the restriction go into stats."""
     if not twins or len(pool) == 0:
         return pool
     keep = torch.ones(len(pool), dtype=torch.bool)
     stats = dict(pool.stats, pool_before_twins=len(pool))
     for role, twin in twins.items():
-        ld = baseline_logit_diffs(twin, pool.ar if role == "ar" else pool.mdm, batch_size=batch_size)[0]
-        stats[f"{role}_twin_correct_on_pool"] = float((ld > 0).float().mean())
+        ok = correct_by(answer_reads(twin, pool.ar if role == "ar" else pool.mdm, batch_size=batch_size), criterion)
+        stats[f"{role}_twin_correct_on_pool"] = float(ok.float().mean())
         if require_correct:
-            keep &= ld > 0
+            keep &= ok
     idx = keep.nonzero().squeeze(1).tolist()
     stats["pool"] = len(idx)
     return Pool(pool.task, [pool.ar[i] for i in idx], [pool.mdm[i] for i in idx], stats)

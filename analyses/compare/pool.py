@@ -5,6 +5,15 @@ tokenizers) and warns about what can but should be read with care (special token
 an MDM that is not the ARM's own conversion). `task_examples` draws candidate examples (the
 organism's held-out sets for an organism conversion, else the built-in tasks aligned under the
 tokenizer); `common_pool` keeps those both models render aligned and answer correctly.
+
+"Correct" is a criterion (`CRITERIA`), read at the first answer token's read position:
+- "ld" (the default, as before): the logit difference answer - counterfactual is > 0. A forced
+  choice between two candidates: a model can prefer the answer to the counterfactual while a third
+  token tops both (a barely converted MDM on IOI: LD > 0 on 94% of examples, the answer its top
+  token on none). The circuits explain this logit difference;
+- "top1": the answer (any id of the correct set) is the model's most likely token there (an MDM's
+  mask token left out: it never writes it).
+Both accuracies are reported for both models whichever criterion builds the pool.
 """
 
 from __future__ import annotations
@@ -12,18 +21,42 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
 
-from analyses.patching import baseline_logit_diffs
-from ar2mdm.common.errors import CheckpointError, TaskError
+from analyses.batching import batches
+from ar2mdm.common.errors import CheckpointError, TaskError, UserError
 from ar2mdm.common.families import FAMILIES
 from ar2mdm.tasks import Example, render
 from ar2mdm.tasks.base import Rendered
+from probe.lens import answer_logit_diff
 from probe.model import ProbedModel
 
 MIN_POOL = 4  # fewer common-correct examples than this: the task is reported, not analysed
+
+PoolCriterion = Literal["ld", "top1"]
+# criterion -> (its name in table headers, what it means)
+CRITERIA: dict[str, tuple[str, str]] = {
+    "ld": ("LD>0", "logit difference answer - counterfactual > 0, a forced choice between the two"),
+    "top1": ("top-1", "the answer is the model's most likely token at the read position"),
+}
+
+
+def check_criterion(criterion: str) -> PoolCriterion:
+    """`criterion` if it is one of `CRITERIA`, else a UserError naming them."""
+    if criterion not in CRITERIA:
+        choices = "; ".join(f"{k} ({v[1]})" for k, v in CRITERIA.items())
+        raise UserError(f"pool criterion {criterion!r} is unknown; choose one of: {choices}.")
+    return criterion  # type: ignore[return-value]
+
+
+def criterion_label(criterion: str | None) -> str:
+    """A criterion's name in table headers ("LD>0", "top-1"); reports written before the pool
+    had a criterion (None) used LD > 0."""
+    return CRITERIA[criterion or "ld"][0]
 
 
 def check_pair(ar: ProbedModel, mdm: ProbedModel) -> list[str]:
@@ -155,6 +188,45 @@ class Pool:
         return len(self.ar)
 
 
+def read_answers(
+    logits: Float[Tensor, "batch pos vocab"], items: Sequence[Rendered], *, exclude: int | None = None
+) -> tuple[Float[Tensor, " batch"], Bool[Tensor, " batch"]]:
+    """(logit difference [B], top-1 [B]) of each example at its first read position: the logit
+    difference over the candidate sets (`probe.lens.answer_logit_diff`), and whether the most
+    likely token there (token `exclude` left out: an MDM's mask) is one of the correct ids."""
+    ld = answer_logit_diff(logits, items).detach().float().cpu()
+    pos = torch.tensor([int(r.read_positions[0]) for r in items], device=logits.device)
+    rows = logits[torch.arange(len(items), device=logits.device), pos].float()
+    if exclude is not None and 0 <= exclude < rows.shape[-1]:
+        rows[:, exclude] = -math.inf
+    best = rows.argmax(-1).cpu()
+    top1 = torch.tensor([int(b) in set(r.correct_ids.tolist()) for b, r in zip(best, items, strict=True)])
+    return ld, top1
+
+
+@torch.no_grad()
+def answer_reads(pm: ProbedModel, items: Sequence[Rendered], *, batch_size: int = 64) -> dict[str, Tensor]:
+    """{"ld": logit differences [N], "top1": bool [N]} of `pm` on clean `items` (`read_answers`,
+    one forward pass per batch; an MDM's mask token is never its top-1)."""
+    exclude = pm.config.mask_id if pm.config.kind == "mdm" else None
+    lds, tops = [], []
+    for batch in batches(pm, items, batch_size):
+        ld, top1 = read_answers(pm(batch), batch.items, exclude=exclude)
+        lds.append(ld)
+        tops.append(top1)
+    return {"ld": torch.cat(lds), "top1": torch.cat(tops)}
+
+
+def correct_by(reads: dict[str, Tensor], criterion: str) -> Bool[Tensor, " examples"]:
+    """Which examples `reads` (`answer_reads`) count as correct under `criterion`."""
+    return reads["ld"] > 0 if check_criterion(criterion) == "ld" else reads["top1"].bool()
+
+
+def accuracies(role: str, reads: dict[str, Tensor]) -> dict[str, float]:
+    """{"accuracy_{role}_ld", "accuracy_{role}_top1"}: the share correct under each criterion."""
+    return {f"accuracy_{role}_{c}": float(correct_by(reads, c).float().mean()) for c in CRITERIA}
+
+
 def common_pool(
     ar: ProbedModel,
     mdm: ProbedModel,
@@ -164,9 +236,15 @@ def common_pool(
     *,
     batch_size: int = 64,
     require_correct: bool = True,
+    criterion: str = "ld",
 ) -> Pool:
-    """Examples both models render aligned and (require_correct) both answer correctly, at most
-    `pool_size`, in the order drawn."""
+    """Examples both models render aligned and (require_correct) both answer correctly under
+    `criterion` ("ld" or "top1", `CRITERIA`), at most `pool_size`, in the order drawn.
+
+    stats: "drawn", "aligned", "pool", "criterion"; "accuracy_ar" / "accuracy_mdm" and
+    "both_correct" under the criterion; and for each criterion c, "accuracy_ar_c",
+    "accuracy_mdm_c" and "both_correct_c" (accuracies over the aligned examples)."""
+    criterion = check_criterion(criterion)
     rows_ar, rows_mdm = [], []
     for ex in examples:
         try:
@@ -180,17 +258,22 @@ def common_pool(
         if not bad:
             rows_ar.append(ra)
             rows_mdm.append(rm)
-    stats: dict[str, Any] = {"drawn": len(examples), "aligned": len(rows_ar)}
+    stats: dict[str, Any] = {"drawn": len(examples), "aligned": len(rows_ar), "criterion": criterion}
     if not rows_ar:
-        return Pool(task, [], [], {**stats, "pool": 0, "accuracy_ar": math.nan, "accuracy_mdm": math.nan})
-    ld_ar = baseline_logit_diffs(ar, rows_ar, batch_size=batch_size)[0]
-    ld_mdm = baseline_logit_diffs(mdm, rows_mdm, batch_size=batch_size)[0]
-    keep = ((ld_ar > 0) & (ld_mdm > 0)) if require_correct else torch.ones(len(rows_ar), dtype=torch.bool)
+        nan = {f"accuracy_{m}{c}": math.nan for m in ("ar", "mdm") for c in ("", "_ld", "_top1")}
+        return Pool(task, [], [], {**stats, "pool": 0, **nan})
+    reads_ar = answer_reads(ar, rows_ar, batch_size=batch_size)
+    reads_mdm = answer_reads(mdm, rows_mdm, batch_size=batch_size)
+    both = {c: correct_by(reads_ar, c) & correct_by(reads_mdm, c) for c in CRITERIA}
+    keep = both[criterion] if require_correct else torch.ones(len(rows_ar), dtype=torch.bool)
     idx = keep.nonzero().squeeze(1)[:pool_size].tolist()
     stats.update(
         pool=len(idx),
-        accuracy_ar=float((ld_ar > 0).float().mean()),
-        accuracy_mdm=float((ld_mdm > 0).float().mean()),
-        both_correct=int(((ld_ar > 0) & (ld_mdm > 0)).sum()),
+        accuracy_ar=float(correct_by(reads_ar, criterion).float().mean()),
+        accuracy_mdm=float(correct_by(reads_mdm, criterion).float().mean()),
+        both_correct=int(both[criterion].sum()),
+        **accuracies("ar", reads_ar),
+        **accuracies("mdm", reads_mdm),
+        **{f"both_correct_{c}": int(b.sum()) for c, b in both.items()},
     )
     return Pool(task, [rows_ar[i] for i in idx], [rows_mdm[i] for i in idx], stats)

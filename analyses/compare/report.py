@@ -18,10 +18,12 @@ from typing import Any
 from torch import Tensor
 
 from analyses.compare.controls import PAIR_LABELS
+from analyses.compare.pool import CRITERIA, criterion_label
 from analyses.compare.routing import routing_figure, routing_markdown, routing_rows
 from analyses.depth.distribution import region
 from analyses.graph import Graph
 from analyses.statistics import Interval, format_interval, pool_for_width
+from analyses.verdicts import is_unfloored, stored_verdict
 from ar2mdm.common.outputs import atomic_write_text
 from ar2mdm.tasks import TASKS
 from ar2mdm.tasks.evaluate import LD_GAP_TARGET
@@ -61,18 +63,38 @@ def format_number(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def accuracy_cells(pool: Mapping[str, Any]) -> dict[str, str]:
+    """Each model's accuracy over a task's aligned examples under each criterion, the pool's
+    first: {"acc AR (LD>0)": ..., "acc MDM (LD>0)": ..., "acc AR (top-1)": ..., ...}. Reports
+    written before the pool had a criterion hold the LD > 0 accuracy only (top-1 reads "-")."""
+    criterion = pool.get("criterion") or "ld"
+    cells = {}
+    for c in (criterion, *(c for c in CRITERIA if c != criterion)):
+        for m in ("ar", "mdm"):
+            value = pool.get(f"accuracy_{m}_{c}", pool.get(f"accuracy_{m}") if c == criterion else None)
+            cells[f"acc {m.upper()} ({criterion_label(c)})"] = format_number(value)
+    return cells
+
+
+def pool_caption(data: Mapping[str, Any]) -> str:
+    """What the per-task table's pool and accuracies mean (the pool's criterion named)."""
+    criterion = data.get("options", {}).get("pool_criterion") or "ld"
+    pool = (
+        f"the examples both models answer correctly by {criterion_label(criterion)} ({CRITERIA[criterion][1]})"
+        if data.get("options", {}).get("common_correct", True)
+        else "every aligned example, solved or not"
+    )
+    meanings = "; ".join(f"{label}: {meaning}" for label, meaning in CRITERIA.values())
+    return f"Per task: pool = {pool}; accuracies over the aligned examples ({meanings})."
+
+
 def summary_rows(data: Mapping[str, Any]) -> list[dict[str, str]]:
-    """One row per task: pool, accuracies, Jaccard, early mass AR / MDM and their difference."""
+    """One row per task: pool, accuracies under each pool criterion (`accuracy_cells`), Jaccard,
+    early mass AR / MDM and their difference."""
     rows = []
     for task, pool in data["pools"].items():
         entry = data["tasks"].get(task)
-        row = {
-            "task": task,
-            "kind": TASKS[task].kind,
-            "pool": str(pool["pool"]),
-            "acc AR": f"{pool['accuracy_ar']:.2f}" if pool.get("accuracy_ar") is not None else "-",
-            "acc MDM": f"{pool['accuracy_mdm']:.2f}" if pool.get("accuracy_mdm") is not None else "-",
-        }
+        row = {"task": task, "kind": TASKS[task].kind, "pool": str(pool["pool"]), **accuracy_cells(pool)}
         if entry is None:
             row.update(
                 {
@@ -114,7 +136,7 @@ def claim_rows(data: Mapping[str, Any]) -> list[dict[str, str]]:
                 "claim": f"({key}) {c['claim']}",
                 "effect": c["effect"],
                 "estimate [95% CI]": format_interval(c["interval"], 3),
-                "verdict": c["verdict"],
+                "verdict": stored_verdict(c),
                 "detectable": f"+/-{mde:.3f}" if mde is not None else "-",
                 "null pair": "; ".join(
                     f"{PAIR_LABELS[p]} {format_interval(n['interval'], 3)} {n['verdict']}" for p, n in nulls.items()
@@ -123,7 +145,7 @@ def claim_rows(data: Mapping[str, Any]) -> list[dict[str, str]]:
                 "seed floor": "; ".join(f"{PAIR_LABELS[p]} {format_interval(f, 3)}" for p, f in floors.items())
                 + (f" (must clear {c['floor_bound']:.3f})" if c.get("floor_bound") is not None else "")
                 if floors
-                else "missing",
+                else c.get("floor_missing") or "none measured",
             }
         )
     return rows
@@ -177,10 +199,10 @@ def markdown_summary(data: Mapping[str, Any]) -> str:
     ]
     for key, c in data["claims"].items():
         lines.append(
-            f"- ({key}) {c['claim']}: **{c['verdict']}** -- {c['effect']} = {format_interval(c['interval'], 3)}"
+            f"- ({key}) {c['claim']}: **{stored_verdict(c)}** -- {c['effect']} = {format_interval(c['interval'], 3)}"
         )
     lines += ["", "Claims against their controls:", "", *md_table(claim_rows(data)), ""]
-    lines += [*md_table(summary_rows(data)), ""]
+    lines += [pool_caption(data), "", *md_table(summary_rows(data)), ""]
     if any(e.get("controls") for e in data["tasks"].values()):
         lines += ["Controls per task (null pair: a model against itself; seed floor: models trained alike):", ""]
         lines += [*md_table(controls_rows(data)), ""]
@@ -250,7 +272,7 @@ def markdown_summary(data: Mapping[str, Any]) -> str:
                 {
                     "task": t,
                     "step": p["step"],
-                    "accuracy": f"{p['accuracy']:.2f}",
+                    "accuracy (LD>0)": f"{p['accuracy']:.2f}",
                     "Jaccard with ARM": f"{p['jaccard_ar']:.2f}",
                     "early mass": f"{p['early_mass']:.2f}",
                     "ARM early mass": f"{d['ar_early_mass']:.2f}",
@@ -406,7 +428,7 @@ def _track_figure(tracked: Mapping[str, Mapping[str, Any]]) -> Any:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    titles = ["accuracy on the ARM's correct examples", "Jaccard with the ARM", "early-layer mass"]
+    titles = ["accuracy (LD>0) on the ARM's correct examples", "Jaccard with the ARM", "early-layer mass"]
     fig = make_subplots(rows=1, cols=3, subplot_titles=titles)
     for t, d in tracked.items():
         steps = [p["step"] for p in d["points"]]
@@ -464,15 +486,19 @@ def report_html(
         "<h2>Claims of the reference study</h2>",
     ]
     parts.append(table_html(claim_rows(data)))
-    parts += ["<h2>Per task (common-correct pool)</h2>", table_html(summary_rows(data))]
+    parts += [
+        "<h2>Per task (common-correct pool)</h2>",
+        f"<p>{html.escape(pool_caption(data))}</p>",
+        table_html(summary_rows(data)),
+    ]
     if any(e.get("controls") for e in data["tasks"].values()):
         parts += ["<h2>Controls per task</h2>", table_html(controls_rows(data))]
     if data.get("routing"):
         c = data["routing"]["claim"]
         parts += [
             "<h2>Routing (mixture of experts)</h2>",
-            f"<p>{html.escape(c['claim'])}: <b>{html.escape(c['verdict'])}</b>"
-            + (" (seed floor: missing)" if c["seed_floor_missing"] else "")
+            f"<p>{html.escape(c['claim'])}: <b>{html.escape(stored_verdict(c))}</b>"
+            + (" (seed floor: missing)" if c["seed_floor_missing"] and not is_unfloored(stored_verdict(c)) else "")
             + "</p>",
             table_html(routing_rows(data["routing"])),
         ]

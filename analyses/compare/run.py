@@ -5,7 +5,9 @@
 
 1. builds the *common-correct pool*: held-out examples that render aligned in both reading modes
    (AR after the prompt; MDM answer masked in place, read where its shift says) and that both
-   models answer correctly (clean logit difference > 0), at most `pool_size` of them;
+   models answer correctly, at most `pool_size` of them. "Correctly" is `pool_criterion`: "ld"
+   (default; clean logit difference answer - counterfactual > 0, a forced choice) or "top1" (the
+   answer is the model's most likely token); both accuracies are reported either way;
 2. circuits: EAP-IG (on inputs, m = `steps`) edge scores per example for both models, the
    Jaccard overlap of their top-K edges with a bootstrap interval (examples resampled, the same
    resample for both models), the Jaccard curve over K, node importance s(v), and (optionally)
@@ -33,8 +35,10 @@ percentile bootstrap interval (tasks resampled independently, examples within a 
     global tasks: mean over global tasks of early mass (MDM - AR) > 0;
 (c) MDM units are less specialised: median selectivity index over MLP neurons (MDM - AR) < 0.
 
-A claim "holds" when the interval excludes 0 in the claimed direction, is "reversed" when it
-excludes 0 the other way, and is "inconclusive" otherwise (or "untested" without the tasks).
+A claim "holds" when the interval excludes 0 in the claimed direction (and clears the seed
+floor), is "reversed" when it excludes 0 the other way, and is "inconclusive" otherwise (or
+"untested" without the tasks); with no seed floor measured, "holds" and "reversed" say so in the
+verdict itself (`analyses.verdicts`).
 
 `track(ar, snapshots, ...)` follows a conversion run's snapshots (`ar2mdm convert
 --snapshot-every N`): Jaccard with the ARM and early-layer mass against the training step.
@@ -55,7 +59,16 @@ from analyses.attribution import methods_for
 from analyses.circuits import attribute, faithfulness_curve
 from analyses.compare.claims import claims, default_k_edges, default_k_nodes, node_examples
 from analyses.compare.controls import CONTROL_PAIRS, PairStats, check_twins, pair_stats, with_twins
-from analyses.compare.pool import MIN_POOL, Pool, check_pair, common_pool, task_examples
+from analyses.compare.pool import (
+    MIN_POOL,
+    Pool,
+    PoolCriterion,
+    check_criterion,
+    check_pair,
+    common_pool,
+    criterion_label,
+    task_examples,
+)
 from analyses.compare.report import CompareResult, json_safe
 from analyses.compare.routing import compare_routing
 from analyses.compare.trajectory import denoising_trajectory, revealed
@@ -86,8 +99,11 @@ class CompareOptions:
     faithfulness / ablations / neurons / causal: optional parts. denoising: values of t for the
     MDM's denoising-trajectory analysis (empty: off). common_correct: False keeps every aligned
     example, solved or not (past the reference study's successful-examples-only limit; also the
-    fallback for models too weak to share a pool). null_pair: attribute each model a second time
-    and report the pair "model vs itself" beside every claim (`analyses.compare.controls`)."""
+    fallback for models too weak to share a pool). pool_criterion: what "correct" means for the
+    pool (`analyses.compare.pool.CRITERIA`): "ld" (logit difference answer - counterfactual > 0,
+    a forced choice; the default, as before) or "top1" (the answer is the model's top token).
+    null_pair: attribute each model a second time and report the pair "model vs itself" beside
+    every claim (`analyses.compare.controls`)."""
 
     tasks: tuple[str, ...] = field(default_factory=task_names)
     pool_size: int = 500
@@ -107,6 +123,7 @@ class CompareOptions:
     causal: bool = True
     denoising: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25, 0.0)
     common_correct: bool = True
+    pool_criterion: PoolCriterion = "ld"
     null_pair: bool = True
 
     def checked(self) -> CompareOptions:
@@ -125,6 +142,7 @@ class CompareOptions:
             raise UserError(
                 f"method {self.method!r} is no edge attribution method; choose one of {', '.join(methods_for('edge'))}."
             )
+        check_criterion(self.pool_criterion)
         if self.node_scores not in ("eap-ig", "patching"):
             raise UserError(f"node_scores must be 'eap-ig' or 'patching', got {self.node_scores!r}.")
         if any(not 0.0 <= t <= 1.0 for t in self.denoising):
@@ -301,8 +319,15 @@ def _pools(
             opts.pool_size,
             batch_size=max(opts.batch_size, 32),
             require_correct=opts.common_correct,
+            criterion=opts.pool_criterion,
         )
-        pool = with_twins(pool, twins, batch_size=max(opts.batch_size, 32), require_correct=opts.common_correct)
+        pool = with_twins(
+            pool,
+            twins,
+            batch_size=max(opts.batch_size, 32),
+            require_correct=opts.common_correct,
+            criterion=opts.pool_criterion,
+        )
         data["pools"][task] = pool.stats
         log(f"  {task}: {pool.stats}")
         if len(pool) >= MIN_POOL:
@@ -310,8 +335,14 @@ def _pools(
     if not pools:
         raise UserError(
             f"no task has {MIN_POOL} or more examples that both models answer correctly "
-            f"({ {t: s['pool'] for t, s in data['pools'].items()} }); train the models longer, draw more (--draw), "
-            "or analyse every aligned example (--all-examples)."
+            f"({criterion_label(opts.pool_criterion)}: { {t: s['pool'] for t, s in data['pools'].items()} }); "
+            "train the models longer, draw more (--draw), "
+            + (
+                "judge correctness by the logit difference (--pool-criterion ld), "
+                if opts.pool_criterion != "ld"
+                else ""
+            )
+            + "or analyse every aligned example (--all-examples)."
         )
     return pools
 

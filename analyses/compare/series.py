@@ -9,8 +9,10 @@ for every MDM and collects, per task and MDM, the numbers the series is about:
 - `early_mass_mdm` / `early_mass_ar`: the share of the top-K nodes' score in the first third of
   the layers, of the MDM and of the ARM (each pair has its own pool, so the ARM's value can move);
 - `early_mass_diff`: the paired MDM - ARM difference of early mass (estimate, low, high);
-- `accuracy_mdm`: the MDM's accuracy on the task's candidate examples (pool stats `accuracy_mdm`);
-- `pool`: the size of the pair's common-correct pool;
+- `accuracy_mdm`: the MDM's accuracy on the task's candidate examples under the pool's criterion
+  (pool stats `accuracy_mdm`), and `accuracy_mdm_ld` / `accuracy_mdm_top1` under each criterion
+  (LD > 0: answer preferred to the counterfactual; top-1: the answer is its most likely token);
+- `pool`: the size of the pair's common-correct pool (both models correct by the criterion);
 - `block_size`: the MDM's block size (`mdm.config.block_size`; None = fully bidirectional,
   shown as "full").
 
@@ -37,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from analyses.compare.pool import check_pair, task_examples
+from analyses.compare.pool import check_pair, criterion_label, task_examples
 from analyses.compare.report import (
     CompareResult,
     format_interval,
@@ -63,9 +65,27 @@ QUANTITIES: dict[str, tuple[str, Callable[[Mapping[str, Any]], str]]] = {
     "early_mass_mdm": ("Early-layer mass of the MDM", lambda e: format_number(e["early_mass_mdm"])),
     "early_mass_ar": ("Early-layer mass of the ARM (on the pair's pool)", lambda e: format_number(e["early_mass_ar"])),
     "early_mass_diff": ("Early-layer mass MDM - ARM (95% CI)", lambda e: format_interval(e["early_mass_diff"])),
-    "accuracy_mdm": ("MDM accuracy", lambda e: format_number(e["accuracy_mdm"])),
+    "accuracy_mdm_ld": (
+        "MDM accuracy (LD>0: answer preferred to the counterfactual, a forced choice)",
+        lambda e: format_number(e.get("accuracy_mdm_ld")),
+    ),
+    "accuracy_mdm_top1": (
+        "MDM accuracy (top-1: the answer is its most likely token)",
+        lambda e: format_number(e.get("accuracy_mdm_top1")),
+    ),
     "pool": ("Common-correct pool", lambda e: str(e["pool"])),
 }
+
+
+def quantity_title(q: str, data: Mapping[str, Any]) -> str:
+    """A quantity's title; the pool's names its criterion ("both models correct by LD>0")."""
+    title = QUANTITIES[q][0]
+    if q == "pool":
+        options = data.get("options", {})
+        if options.get("common_correct", True):
+            return f"{title} (both models correct by {criterion_label(options.get('pool_criterion'))})"
+        return f"{title} (every aligned example)"
+    return title
 
 
 @dataclass
@@ -102,7 +122,8 @@ def compare_series(
     {"block_size", "block"}), "options" (the checked options, as `compare` records them) and
     "tasks": task -> label -> {"jaccard": interval dict | None, "early_mass_mdm",
     "early_mass_ar": float | None (shares in [0, 1]), "early_mass_diff": interval dict | None,
-    "accuracy_mdm": float | None, "pool": int, "block_size": int | None}; the None values mark a
+    "accuracy_mdm", "accuracy_mdm_ld", "accuracy_mdm_top1": float | None, "pool": int,
+    "block_size": int | None}; the None values mark a
     task whose pool was too small for that pair (it was not analysed).
 
     Raises UserError for fewer than two MDMs, one model given under two labels, an unknown order
@@ -191,6 +212,8 @@ def _entry(data: Mapping[str, Any], task: str, block_size: int | None) -> dict[s
         "early_mass_ar": cmp["a"]["early_mass"] if cmp else None,
         "early_mass_diff": cmp["early_mass_diff"] if cmp else None,
         "accuracy_mdm": pool.get("accuracy_mdm"),
+        "accuracy_mdm_ld": pool.get("accuracy_mdm_ld"),
+        "accuracy_mdm_top1": pool.get("accuracy_mdm_top1"),
         "pool": pool.get("pool", 0),
         "block_size": block_size,
     }
@@ -234,7 +257,7 @@ def series_markdown(data: Mapping[str, Any]) -> str:
             "",
         ]
     for q, rows in series_tables(data).items():
-        lines += [f"### {QUANTITIES[q][0]}", "", *md_table(rows), ""]
+        lines += [f"### {quantity_title(q, data)}", "", *md_table(rows), ""]
     return "\n".join(lines)
 
 
@@ -248,10 +271,11 @@ def series_figures(data: Mapping[str, Any]) -> dict[str, Any]:
     blocks = [data["mdms"][k]["block"] for k in order]
     x = blocks if len(set(blocks)) == len(blocks) else order
     figs = {}
-    for q, (title, _) in QUANTITIES.items():
+    for q in QUANTITIES:
+        title = quantity_title(q, data)
         fig = go.Figure()
         for task, per in data["tasks"].items():
-            values = [per[k][q] for k in order]
+            values = [per[k].get(q) for k in order]
             intervals = all(isinstance(v, dict) or v is None for v in values)
             y = [v.get("estimate") if isinstance(v, dict) else v for v in values]
             error = None
@@ -271,7 +295,7 @@ def series_html(data: Mapping[str, Any], *, plotlyjs: bool | str = True) -> str:
     parts = ["<h1>ARM vs a series of MDMs</h1>", f"<p>{html.escape(_header(data))}</p>"]
     figs = series_figures(data)
     for i, (q, rows) in enumerate(series_tables(data).items()):
-        parts += [f"<h2>{html.escape(QUANTITIES[q][0])}</h2>", table_html(rows)]
+        parts += [f"<h2>{html.escape(quantity_title(q, data))}</h2>", table_html(rows)]
         parts.append(figs[q].to_html(full_html=False, include_plotlyjs=plotlyjs if i == 0 else False))
     return page_html("ARM vs MDMs", parts)
 
