@@ -80,12 +80,12 @@ def pool_caption(data: Mapping[str, Any]) -> str:
     """What the per-task table's pool and accuracies mean (the pool's criterion named)."""
     criterion = data.get("options", {}).get("pool_criterion") or "ld"
     pool = (
-        f"the examples both models answer correctly by {criterion_label(criterion)} ({CRITERIA[criterion][1]})"
+        f"the examples both models answer correctly by {criterion_label(criterion)}"
         if data.get("options", {}).get("common_correct", True)
         else "every aligned example, solved or not"
     )
     meanings = "; ".join(f"{label}: {meaning}" for label, meaning in CRITERIA.values())
-    return f"Per task: pool = {pool}; accuracies over the aligned examples ({meanings})."
+    return f"Per task: pool = {pool}; accuracies over the aligned examples by each criterion ({meanings})."
 
 
 def summary_rows(data: Mapping[str, Any]) -> list[dict[str, str]]:
