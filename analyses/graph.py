@@ -484,15 +484,19 @@ def compare_scores(graph: Graph, reference: Graph, top: int = 100) -> dict[str, 
     """How well `graph`'s edge scores rank edges like `reference`'s (e.g. exact patching).
 
     spearman_all: over every edge (signed scores). spearman_top: over the `top` edges of largest
-    |reference score|. spearman_abs: over every edge, on |score|. jaccard_top: overlap of the two
-    top-`top` sets (of every edge when `top` exceeds their number; "top" says how many were used).
+    |reference score|. spearman_own_top: over `graph`'s own `top` edges (what a circuit built
+    from `graph` keeps; the reference need only be scored there). spearman_abs: over every edge,
+    on |score|. jaccard_top: overlap of the two top-`top` sets (of every edge when `top` exceeds
+    their number; "top" says how many were used).
     """
     _same_architecture(graph, reference)
     top = min(top, len(graph.edges))
     idx = torch.tensor([reference.index[e] for e in reference.top(top)])
+    own = torch.tensor([graph.index[e] for e in graph.top(top)])
     return {
         "spearman_all": spearman(graph.scores, reference.scores),
         "spearman_top": spearman(graph.scores[idx], reference.scores[idx]),
+        "spearman_own_top": spearman(graph.scores[own], reference.scores[own]),
         "spearman_abs": spearman(graph.scores.abs(), reference.scores.abs()),
         "jaccard_top": jaccard(graph, reference, top),
         "top": float(min(top, len(graph.edges))),
