@@ -350,8 +350,9 @@ def test_graph_rows_follow_the_graph() -> None:
 def test_write_validation(tmp_path) -> None:
     path = write_validation(tmp_path, methods=("eap",), n=3)
     data = json.loads(path.read_text())
-    assert [m["name"] for m in data["models"]] == [*MODELS, "moe-routing"]  # tests/test_validation_moe.py
-    assert {r["level"] for r in data["rows"]} == {"edge", "node"} and len(data["rows"]) == 8
+    # the MoE model: tests/test_validation_moe.py; the harder ones: tests/test_validation_hard.py
+    assert [m["name"] for m in data["models"]] == [*MODELS, "moe-routing", "mdm-bidirectional", "self-repair"]
+    assert {r["level"] for r in data["rows"]} == {"edge", "node"} and len(data["rows"]) == 2 * 6  # 6 models x (edge, node)
     assert data["models"][1]["true_edges"] == sorted(truths()["induction"].true_edges)
     table = (tmp_path / "groundtruth.md").read_text()
     assert table.startswith("| model | method |") and table == markdown_table(data["rows"])
