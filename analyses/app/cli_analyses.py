@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +23,7 @@ from analyses.app.cli_base import (
     console,
     errors,
     floats,
+    names_option,
     plain,
     probe_options,
     refuse_earlier_results,
@@ -63,6 +65,7 @@ def compare(
     track_tasks: Annotated[str, typer.Option(help="Tasks followed over the snapshots.")] = "ioi,countdown",
     seed: Annotated[int, typer.Option(help="Seed of examples and bootstraps.")] = 0,
     method: Annotated[str, typer.Option(help=METHOD_HELP)] = "eap-ig-inputs",
+    methods: Annotated[str, typer.Option(help="Comma-separated methods (instead of --method): the comparison runs under each (METHODS/<method>/ reports); a claim whose verdict changes between two ground-truth-validated methods is marked method-dependent in the main report (the first method's).")] = "",
     backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "torch",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the report of an earlier `ar2mdm compare` in --out.")] = False,
     ar_seed_twin: Annotated[str | None, typer.Option(help="Seed floor: an ARM trained like --ar with another seed. Every claim must clear ARM vs ARM'.")] = None,
@@ -79,8 +82,8 @@ def compare(
     """ARM vs MDM on a common-correct pool: circuits (EAP-IG), depth, units; the reference study's claims tested
     against a null pair (each model vs itself) and, with --ar-seed-twin / --mdm-seed-twin, a seed floor."""
     from analyses.compare import CompareOptions, markdown_summary, snapshots_of, write_report
-    from analyses.compare import compare as run_compare
     from analyses.compare import track as run_track
+    from analyses.compare.methods import compare_methods
     from analyses.compare.pool import check_criterion
     from ar2mdm.common.outputs import claim_output
     from probe import ProbedModel
@@ -108,6 +111,9 @@ def compare(
             common_correct=not all_examples,
             null_pair=null_pair,
         ).checked()
+        chosen = names_option(methods, "--methods") or [method]
+        for m in chosen:  # every method checked before any model is loaded
+            replace(opts, method=m).checked()
         snapshots = snapshots_of(track) if track is not None else None
         loading = probe_options(dtype, device, trust_remote_code, kv_receivers, device_map, max_memory, offload_folder)
         if device_map == "auto" and not max_memory:  # leave each GPU the attribution's predicted share
@@ -123,7 +129,7 @@ def compare(
             if src is not None
         }
         labels = {"ar": ar, "mdm": mdm, **{f"{r}_twin": src for r, src in given.items() if src is not None}}
-        result = run_compare(pm_ar, pm_mdm, opts, labels=labels, twins=twins, log=plain)
+        result, results = compare_methods(pm_ar, pm_mdm, opts, chosen, labels=labels, twins=twins, log=plain)
         if snapshots is not None:
             result.data["track"] = run_track(
                 pm_ar,
@@ -140,6 +146,8 @@ def compare(
         claim.clear()
         claim.mark()
         write_report(result, out, title=f"{ar} vs {mdm}")
+        for m, r in results.items() if len(results) > 1 else ():
+            write_report(r, out / "methods" / m, title=f"{ar} vs {mdm} ({m})")
     print(markdown_summary(result.data))
     console.print(f"report: {out}/report.html, {out}/report.json")
 

@@ -212,6 +212,15 @@ def floats(text: str, what: str) -> tuple[float, ...]:
         raise UserError(f"{what} must be comma-separated numbers, got {text!r}.") from None
 
 
+def names_option(text: str, what: str) -> list[str]:
+    """Comma-separated names, each once, in order; UserError for a repeated one."""
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"{what} names {', '.join(repeated)} more than once; give each once.")
+    return names
+
+
 def ints(text: str, what: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())

@@ -18,6 +18,7 @@ from typing import Any
 from torch import Tensor
 
 from analyses.compare.controls import PAIR_LABELS
+from analyses.compare.methods import dependence_rows
 from analyses.compare.pool import CRITERIA, criterion_label
 from analyses.compare.routing import routing_figure, routing_markdown, routing_rows
 from analyses.depth.distribution import region
@@ -188,6 +189,12 @@ def md_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     ]
 
 
+METHODS_CAPTION = (
+    "Claims under each attribution method (* validated on ground truth: a verdict these disagree on "
+    "is method-dependent; reports per method under methods/):"
+)
+
+
 def markdown_summary(data: Mapping[str, Any]) -> str:
     """The report's numbers as Markdown: claims, per-task table, circuits, ablations, units,
     denoising trajectory and tracking (whichever were run)."""
@@ -202,6 +209,8 @@ def markdown_summary(data: Mapping[str, Any]) -> str:
             f"- ({key}) {c['claim']}: **{stored_verdict(c)}** -- {c['effect']} = {format_interval(c['interval'], 3)}"
         )
     lines += ["", "Claims against their controls:", "", *md_table(claim_rows(data)), ""]
+    if data.get("method_dependence"):
+        lines += [METHODS_CAPTION, "", *md_table(dependence_rows(data["method_dependence"])), ""]
     lines += [pool_caption(data), "", *md_table(summary_rows(data)), ""]
     if any(e.get("controls") for e in data["tasks"].values()):
         lines += ["Controls per task (null pair: a model against itself; seed floor: models trained alike):", ""]
@@ -486,6 +495,8 @@ def report_html(
         "<h2>Claims of the reference study</h2>",
     ]
     parts.append(table_html(claim_rows(data)))
+    if data.get("method_dependence"):
+        parts += [f"<p>{html.escape(METHODS_CAPTION)}</p>", table_html(dependence_rows(data["method_dependence"]))]
     parts += [
         "<h2>Per task (common-correct pool)</h2>",
         f"<p>{html.escape(pool_caption(data))}</p>",
