@@ -93,6 +93,11 @@ class Pass:
 
     # --- site functions -----------------------------------------------------------------------
 
+    @property
+    def reads_patterns(self) -> bool:
+        """Whether the pass records an attention pattern (it must then run eager attention)."""
+        return any(parse(n).kind == "pattern" for n in self.req.record)
+
     def site_fns(self) -> dict[Site, SiteFn]:
         fns: dict[Site, SiteFn] = {}
         rec, req = self.req.record, self.req

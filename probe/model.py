@@ -161,7 +161,10 @@ class ProbedModel:
             ungroup_kv_heads(model)  # in place: the model's k/v projections get one head per query head
         model.eval()
         model.requires_grad_(False)
-        model.set_attn_implementation("eager")  # patterns are only observable in eager attention
+        # patterns are only observable in eager attention: the model rests there, and passes that
+        # read none run with SDPA where the family supports it (`_attention`)
+        self._sdpa = bool(getattr(model, "_supports_sdpa", False)) and _sdpa_faithful(model)
+        model.set_attn_implementation("eager")
         self.model = model
         self.tokenizer = tokenizer
         self.meta = meta
@@ -313,8 +316,27 @@ class ProbedModel:
             if self._hooks is None:
                 self._hooks = create("torch", self.model, self.layout, causal=self.meta.kind == "ar")
             backend = self._hooks
-        logits = backend.forward(ids, attention, position_ids(mask), run.site_fns())
+        fns = run.site_fns()
+        with self._attention(fast=backend is not self.backend or self.backend_name != "tl", pattern=run.reads_patterns):
+            logits = backend.forward(ids, attention, position_ids(mask), fns)
         return logits, run
+
+    @contextlib.contextmanager
+    def _attention(self, *, fast: bool, pattern: bool) -> Iterator[None]:
+        """The attention a pass runs with. The model rests in eager attention (patterns are only
+        observable there, and code outside the probe may read them); a pass that reads no
+        pattern runs with PyTorch's scaled-dot-product attention where the family supports it
+        (the same numbers to float rounding, faster). A pass under backward rules keeps their
+        attention (`probe.rules`); the tl backend keeps eager (its bridge reads patterns itself)."""
+        model = self.model
+        if not (fast and not pattern and self._sdpa and model.config._attn_implementation == "eager"):
+            yield
+            return
+        model.set_attn_implementation("sdpa")
+        try:
+            yield
+        finally:
+            model.set_attn_implementation("eager")
 
     def forward(
         self, inputs: Inputs, *, attention_mask: Shaped[Tensor, "*_batch _pos"] | None = None
@@ -497,6 +519,15 @@ class ProbedModel:
     def decompose(self, cache: Cache) -> Decomposition:
         """Each sender's exact contribution to the final residual stream (`probe.decompose`)."""
         return decompose(self.core, cache)
+
+
+def _sdpa_faithful(model: PreTrainedModel) -> bool:
+    """Whether SDPA computes what the family's eager attention does: no logit soft-capping,
+    attention sinks or dropout (`_attention`)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if getattr(config, "attn_logit_softcapping", None) or getattr(config, "attention_dropout", 0.0):
+        return False
+    return not any(hasattr(m, "sinks") for m in model.modules())
 
 
 def block_causal_mask(

@@ -263,16 +263,19 @@ def test_backends_agree_on_caches_edges_and_gradients(family: str) -> None:
             )
         results[backend] = (logits, cache, grads)
     ref_logits, ref_cache, ref_grads = results["torch"]
+    # torch and nnsight run passes that read no pattern with SDPA, tl with eager attention: the
+    # same numbers to float32 rounding (a few 1e-5 on gradients of size ~1-40)
+    tol = {"atol": 5e-5, "rtol": 1e-5}
     for backend in BACKENDS[1:]:
         logits, cache, grads = results[backend]
-        torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(logits, ref_logits, **tol)
         assert set(cache) == set(ref_cache)
         for name in cache:
-            torch.testing.assert_close(cache[name], ref_cache[name], atol=1e-5, rtol=0)
+            torch.testing.assert_close(cache[name], ref_cache[name], **tol)
         for name in ref_grads.outputs:
-            torch.testing.assert_close(grads.outputs[name], ref_grads.outputs[name], atol=1e-5, rtol=0)
+            torch.testing.assert_close(grads.outputs[name], ref_grads.outputs[name], **tol)
         for name in ref_grads.inputs:
-            torch.testing.assert_close(grads.inputs[name], ref_grads.inputs[name], atol=1e-5, rtol=0)
+            torch.testing.assert_close(grads.inputs[name], ref_grads.inputs[name], **tol)
 
 
 # --- construction -------------------------------------------------------------------------------------
