@@ -149,6 +149,14 @@ ENTRIES: tuple[Entry, ...] = (
         doc="notebooks/*.ipynb stored executed (figures as PNG), on the models in the cache",
     ),
     _script_entry("circuits", "results.json", "circuits_results.py", ("--n", "48"), 2.5),
+    Entry(
+        "attribution-methods",
+        ("docs/results/attribution-methods/results.json", "docs/results/attribution-methods/table.md"),
+        ((PY, "scripts/attribution_methods.py", "--n", "48", "--out", "docs/results/attribution-methods"),),
+        (*CORE, "scripts/attribution_methods.py", "scripts/circuits_results.py"),
+        12.0,
+        doc="docs/results/attribution-methods.md (every method: ground truth, exact, CPR/CMD, cost)",
+    ),
     _script_entry("depth_neurons", "results.json", "depth_neurons_results.py", ("--n", "200"), 6.5),
     _script_entry("sampling", "organism/results.json", "sampler_results.py", ("--mdm", "runs/organism-mdm-sft"), 3.0),
     _script_entry(

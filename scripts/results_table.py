@@ -61,6 +61,7 @@ REGENERATE: dict[str, str] = {
     "docs/results/study-organism/summary.json": "python scripts/results.py --run study",
     "docs/results/study-organism-moe/summary.json": "python scripts/results.py --run study-moe",
     "docs/results/validation/groundtruth.json": "python scripts/results.py --run validation",
+    "docs/results/attribution-methods/results.json": "python scripts/results.py --run attribution-methods",
     "docs/results/compare/smollm2/report.json": (
         "ar2mdm compare --ar smollm2 --mdm runs/smollm2-mdm-cpu --out docs/results/compare/smollm2 "
         "--tasks ioi,greater_than,countdown --pool-size 40 --draw 120 --n-boot 1000 --no-faithfulness "
@@ -211,6 +212,12 @@ ROWS: tuple[Row, ...] = (
         "`python -m benchmarks.bench_load_memory`; [`docs/FORMATS.md`](FORMATS.md)",
         ("docs/results/formats/load_memory.json",),
         fmt.load_memory,
+    ),
+    Row(
+        "attribution methods (exact, EAP, RelP, RelP-AH, GIM, EAP-IG x2, EAP-GP) on ground truth and the organism",
+        "`python scripts/attribution_methods.py`; [`docs/results/attribution-methods.md`](results/attribution-methods.md)",
+        ("docs/results/attribution-methods/results.json",),
+        fmt.attribution_methods,
     ),
     Row(
         "EAP-IG wall time / (m+2) fwd+bwd",

@@ -26,6 +26,7 @@ from ar2mdm.common.errors import UserError
 from ar2mdm.common.metadata import ModelMeta
 from conversion.checkpoints import load_any, load_ar
 from conversion.mdm import add_mask_token, save_mdm
+from probe.rules import BackwardRules
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -138,6 +139,30 @@ CASES: tuple[Case, ...] = (
         ("pool criterion 'top-1' is unknown", "ld (logit difference", "top1 (the answer"),
         "`--pool-criterion ld` (answer preferred to the counterfactual) or `top1` (the answer is the top token)",
         cli=_compare("--mdm", "{mdm}", "--pool-criterion", "top-1"),
+    ),
+    Case(
+        "compare-methods-repeated",
+        "options",
+        "`compare --methods gim,gim` (a method named twice)",
+        ("--methods names gim more than once",),
+        "each method once: `--methods gim,eap-ig-inputs`",
+        cli=_compare("--mdm", "{mdm}", "--methods", "gim,gim"),
+    ),
+    Case(
+        "compare-methods-unknown",
+        "options",
+        "`compare --methods gim,magic` (no such attribution method)",
+        ("'magic' is no edge attribution method", "relp", "eap-gp"),
+        "methods from the list the message gives (`ar2mdm compare --help`)",
+        cli=_compare("--mdm", "{mdm}", "--methods", "gim,magic"),
+    ),
+    Case(
+        "rules-temperature-not-positive",
+        "options",
+        "`BackwardRules(softmax_temperature=0)` (GIM's softmax temperature must be positive)",
+        ("softmax_temperature must be > 0",),
+        "a temperature above 0 (GIM uses 2; 1 is the plain softmax gradient)",
+        call=lambda p: BackwardRules(softmax_temperature=0.0),
     ),
     Case(
         "lora-rank-above-layer",

@@ -41,47 +41,47 @@ METHODS = ("exact", "eap", "relp", "relp-ah", "gim", "eap-ig-inputs", "eap-gp", 
 # the lowest acceptable ROC AUC per method, at edge and node level, on every ground-truth model
 # (unless MEASURED names the pair)
 TARGETS: dict[str, float] = {"exact": 1.0, "gim": 0.95, "eap-ig-inputs": 0.95, "eap-ig-activations": 0.95}
-# AUCs as measured (`python -m analyses.validation`, 2026-12-08), (edge, node) per method and
+# AUCs as measured (`python -m analyses.validation`, 2026-12-08, passes without patterns on SDPA), (edge, node) per method and
 # ground-truth model, where a method has no uniform target or falls below it (the harder models):
 # a method may not fall more than FLOOR_SLACK below them
 MEASURED: dict[str, dict[str, tuple[float, float]]] = {
     "eap": {
-        "single-path": (1.0, 1.0),
+        "single-path": (1.000, 1.000),
         "induction": (0.659, 0.750),
         "mdm-reverse-induction": (0.614, 0.536),
-        "moe-routing": (1.0, 1.0),
-        "mdm-bidirectional": (0.712, 0.821),
-        "self-repair": (0.650, 1.0),
+        "moe-routing": (1.000, 1.000),
+        "mdm-bidirectional": (0.708, 0.821),
+        "self-repair": (0.650, 1.000),
     },
     "relp": {
-        "single-path": (1.0, 1.0),
-        "induction": (0.785, 0.667),
-        "mdm-reverse-induction": (0.846, 0.536),
-        "moe-routing": (1.0, 1.0),
-        "mdm-bidirectional": (0.808, 0.786),
-        "self-repair": (0.650, 1.0),
+        "single-path": (1.000, 1.000),
+        "induction": (0.790, 0.667),
+        "mdm-reverse-induction": (0.843, 0.571),
+        "moe-routing": (1.000, 1.000),
+        "mdm-bidirectional": (0.816, 0.786),
+        "self-repair": (0.650, 1.000),
     },
     "relp-ah": {
-        "single-path": (1.0, 1.0),
-        "induction": (0.697, 0.792),
-        "mdm-reverse-induction": (0.753, 0.536),
-        "moe-routing": (1.0, 1.0),
-        "mdm-bidirectional": (0.750, 0.750),
-        "self-repair": (0.707, 1.0),
+        "single-path": (1.000, 1.000),
+        "induction": (0.695, 0.750),
+        "mdm-reverse-induction": (0.753, 0.607),
+        "moe-routing": (1.000, 1.000),
+        "mdm-bidirectional": (0.753, 0.821),
+        "self-repair": (0.707, 1.000),
     },
+    "gim": {"self-repair": (0.665, 1.000)},
+    "eap-ig-inputs": {"self-repair": (0.672, 1.000)},
     "eap-gp": {
-        "single-path": (1.0, 1.0),
-        "induction": (0.613, 0.750),
-        "mdm-reverse-induction": (0.764, 0.679),
-        "moe-routing": (1.0, 1.0),
+        "single-path": (1.000, 1.000),
+        "induction": (0.615, 0.875),
+        "mdm-reverse-induction": (0.761, 0.750),
+        "moe-routing": (1.000, 1.000),
         "mdm-bidirectional": (0.729, 0.893),
-        "self-repair": (1.0, 1.0),
+        "self-repair": (1.000, 1.000),
     },
-    "gim": {"self-repair": (0.665, 1.0)},
-    "eap-ig-inputs": {"self-repair": (0.672, 1.0)},
-    "eap-ig-activations": {"self-repair": (0.823, 1.0)},
+    "eap-ig-activations": {"self-repair": (0.823, 1.000)},
 }
-FLOOR_SLACK = 0.02
+FLOOR_SLACK = 0.05  # node AUCs move in steps of ~0.04 (11 nodes), and saturated gradients are ~1e-11
 
 
 def target_of(method: str, model: str, level: str) -> float | None:
