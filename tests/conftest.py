@@ -275,3 +275,14 @@ def unchecked_types():
 
     with unchecked():
         yield
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test, restored after it: the hand-set models are tiny, and a second
+    thread only adds overhead (a lot when the other core is busy). Use with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

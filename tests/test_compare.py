@@ -43,6 +43,28 @@ from probe import ProbedModel
 TASKS = ("ioi", "greater_than", "countdown", "sudoku")
 
 
+def quick_options(**overrides) -> CompareOptions:
+    """CompareOptions for a seconds-long comparison of the tiny models: a pool of 8, m = 2, 50
+    bootstrap resamples, K = 20 edges and 3 nodes, circuits and depth only (no faithfulness,
+    ablations, units, denoising or null pair); `overrides` replace any of them."""
+    quick = dict(
+        tasks=TASKS,
+        pool_size=8,
+        steps=2,
+        n_boot=50,
+        k_edges=20,
+        k_nodes=3,
+        batch_size=8,
+        faithfulness=False,
+        ablations=False,
+        neurons=False,
+        causal=False,
+        denoising=(),
+        null_pair=False,
+    )
+    return CompareOptions(**{**quick, **overrides})
+
+
 def task_examples(n: int = 12) -> dict:
     tok = tiny_tokenizer()
     return {t: get_task(t, tok).generate_aligned(n, tok, seed=1, modes=("ar", "mdm"), mask_id=MASK_ID) for t in TASKS}

@@ -212,25 +212,11 @@ def test_report_shows_the_missing_floor_in_the_verdict(tmp_path: Path) -> None:
     """A whole comparison without seed twins: every claim's verdict is its plain reading with the
     missing floor named (JSON), and the report (Markdown, HTML) shows the verdict so; with hand
     claims that hold, the words reach summary.md and report.html."""
-    from test_compare import TASKS, task_examples
+    from test_compare import quick_options, task_examples
 
     from analyses.compare import compare, json_safe, write_report
 
-    opts = CompareOptions(
-        tasks=TASKS,
-        pool_size=8,
-        steps=2,
-        n_boot=50,
-        k_edges=20,
-        k_nodes=3,
-        batch_size=8,
-        faithfulness=False,
-        ablations=False,
-        neurons=False,
-        causal=False,
-        denoising=(),
-        null_pair=False,
-    )
+    opts = quick_options()
     result = compare(probed3(), probed3(kind="mdm"), opts, examples=task_examples(40), log=lambda _: None)
     write_report(result, tmp_path / "real")
     saved = json.loads((tmp_path / "real" / "report.json").read_text())

@@ -6,13 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_compare import TASKS, task_examples
+from test_compare import quick_options, task_examples
 from test_depth import probed3
 from typer.testing import CliRunner
 
 from analyses.app.cli import app
-from analyses.compare import CompareOptions, markdown_summary, write_report
-from analyses.compare.methods import VALIDATED, compare_methods, dependence_rows, mark, method_dependence
+from analyses.compare import markdown_summary, write_report
+from analyses.compare.methods import VALIDATED, dependence_rows, mark, method_dependence
+from analyses.compare.run import compare_methods
 from analyses.validation.scoring import TARGETS
 from analyses.verdicts import NO_FLOOR, verdict_kind
 from ar2mdm.common.errors import UserError
@@ -51,21 +52,7 @@ def test_two_validated_methods_that_disagree_make_a_claim_method_dependent() -> 
 
 
 def test_compare_under_two_methods(tmp_path: Path) -> None:
-    opts = CompareOptions(
-        tasks=TASKS,
-        pool_size=8,
-        steps=2,
-        n_boot=50,
-        k_edges=20,
-        k_nodes=3,
-        batch_size=8,
-        faithfulness=False,
-        ablations=False,
-        neurons=False,
-        causal=False,
-        denoising=(),
-        null_pair=False,
-    )
+    opts = quick_options()
     main, results = compare_methods(
         probed3(), probed3(kind="mdm"), opts, ["eap-ig-inputs", "gim"], examples=task_examples(40), log=lambda _: None
     )

@@ -116,7 +116,8 @@ def test_reads_are_the_probes_routing_at_the_read_positions(pair) -> None:
         _, cache = mdm.run_with_cache(item.input_ids[None], names="L*.routing")
         pos = int(item.read_positions[0])
         for i, layer in enumerate(mdm.shape.moe_layers):
-            torch.testing.assert_close(reads[b, i], cache[f"L{layer}.routing"][0, pos].double())
+            # batched (padded) and single passes: the same weights to float32 rounding
+            torch.testing.assert_close(reads[b, i], cache[f"L{layer}.routing"][0, pos].double(), atol=1e-6, rtol=1e-5)
             total[i] += (cache[f"L{layer}.routing"][0] > 0).double().sum(0)
     torch.testing.assert_close(load, total / total.sum(-1, keepdim=True))
 

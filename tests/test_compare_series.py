@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_tokenizer
-from test_compare import task_examples
+from test_compare import quick_options, task_examples
 from test_depth import MASK_ID, hf_model, probed3
 from typer.testing import CliRunner
 
@@ -26,22 +26,8 @@ from probe import ProbedModel
 
 TASKS = ("ioi", "greater_than")
 K = 20
-OPTS = CompareOptions(
-    tasks=TASKS,
-    pool_size=8,
-    steps=2,
-    n_boot=50,
-    k_edges=K,
-    k_nodes=3,
-    batch_size=8,
-    faithfulness=False,
-    ablations=False,
-    neurons=False,
-    causal=False,
-    denoising=(),
-    null_pair=False,
-    common_correct=False,  # random weights: keep every aligned example so every task has a pool
-)
+# random weights: keep every aligned example so every task has a pool
+OPTS = quick_options(tasks=TASKS, k_edges=K, common_correct=False)
 QUIET = {"log": lambda _: None}
 LONG = 10_000  # longer than any rendered example: one block holds the whole sequence
 

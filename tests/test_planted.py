@@ -49,13 +49,7 @@ from ar2mdm.tasks import TASKS
 TOL = 1e-6  # the noise nodes' share of the top-K mass is below 1e-7
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models are tiny: a second torch thread only adds overhead. Restored after each test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @cache

@@ -79,14 +79,7 @@ NODE_CARRIES: dict[str, dict[str, frozenset[str]]] = {
 MODELS = tuple(BUILDERS)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models are tiny: a second torch thread only adds overhead (a lot when the other core is
-    busy). Restored after each test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @cache
@@ -352,7 +345,9 @@ def test_write_validation(tmp_path) -> None:
     data = json.loads(path.read_text())
     # the MoE model: tests/test_validation_moe.py; the harder ones: tests/test_validation_hard.py
     assert [m["name"] for m in data["models"]] == [*MODELS, "moe-routing", "mdm-bidirectional", "self-repair"]
-    assert {r["level"] for r in data["rows"]} == {"edge", "node"} and len(data["rows"]) == 2 * 6  # 6 models x (edge, node)
+    assert {r["level"] for r in data["rows"]} == {"edge", "node"} and len(
+        data["rows"]
+    ) == 2 * 6  # 6 models x (edge, node)
     assert data["models"][1]["true_edges"] == sorted(truths()["induction"].true_edges)
     table = (tmp_path / "groundtruth.md").read_text()
     assert table.startswith("| model | method |") and table == markdown_table(data["rows"])

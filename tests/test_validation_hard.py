@@ -16,13 +16,7 @@ from analyses.validation.groundtruth_hard import HARD_BUILDERS
 from analyses.validation.scoring import METHODS, graph_rows, target_of
 from ar2mdm.tasks import collate
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @cache

@@ -83,8 +83,8 @@ def compare(
     against a null pair (each model vs itself) and, with --ar-seed-twin / --mdm-seed-twin, a seed floor."""
     from analyses.compare import CompareOptions, markdown_summary, snapshots_of, write_report
     from analyses.compare import track as run_track
-    from analyses.compare.methods import compare_methods
     from analyses.compare.pool import check_criterion
+    from analyses.compare.run import compare_methods
     from ar2mdm.common.outputs import claim_output
     from probe import ProbedModel
 

@@ -1,7 +1,7 @@
 """One comparison under several attribution methods: which claim verdicts depend on the method.
 
-`ar2mdm compare --methods a,b` runs the whole comparison once per method (`analyses.compare.compare`
-with `CompareOptions.method` set) and `method_dependence` reads the claims side by side. A verdict
+`ar2mdm compare --methods a,b` runs the whole comparison once per method
+(`analyses.compare.run.compare_methods`) and `method_dependence` reads the claims side by side. A verdict
 is *method-dependent* when two methods validated on ground truth (`VALIDATED`: an edge and node
 ROC AUC of at least 0.95 on the four original ground-truth models, `analyses.validation.scoring.
 TARGETS`) give it different kinds (`analyses.verdicts.verdict_kind`: "holds" and "holds (no seed
@@ -13,15 +13,10 @@ verdict method-dependent on their own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 from analyses.verdicts import verdict_kind
-
-if TYPE_CHECKING:
-    from analyses.compare.run import CompareOptions, CompareResult
-    from probe import ProbedModel
 
 # the methods with a uniform ground-truth target (`analyses.validation.scoring.TARGETS`; a test
 # keeps the two equal: analyses.validation imports this package, so it is not read from there)
@@ -62,32 +57,3 @@ def dependence_rows(dependence: Mapping[str, Mapping[str, Any]]) -> list[dict[st
         row["method-dependent"] = "yes" if d["dependent"] else "no"
         rows.append(row)
     return rows
-
-
-def compare_methods(
-    ar: ProbedModel,
-    mdm: ProbedModel,
-    options: CompareOptions,
-    methods: Sequence[str],
-    *,
-    log: Callable[[str], None] = print,
-    **kwargs: Any,
-) -> tuple[CompareResult, dict[str, CompareResult]]:
-    """(the main result, {method: result}): `analyses.compare.compare` once per method, every
-    method checked before the first run (UserError for an unknown one). With two or more methods
-    the main result (the first method's) carries `method_dependence` and its dependent claims
-    are marked (`mark`). kwargs: passed to `compare` (labels, examples, twins)."""
-    from analyses.compare.run import compare
-
-    by_method = {m: replace(options, method=m).checked() for m in methods}
-    results = {}
-    for m, opts in by_method.items():
-        if len(by_method) > 1:
-            log(f"method {m}:")
-        results[m] = compare(ar, mdm, opts, log=log, **kwargs)
-    main = results[next(iter(results))]
-    if len(results) > 1:
-        dependence = method_dependence({m: r.data["claims"] for m, r in results.items()})
-        mark(main.data["claims"], dependence)
-        main.data["method_dependence"] = dependence
-    return main, results

@@ -59,6 +59,7 @@ from analyses.attribution import methods_for
 from analyses.circuits import attribute, faithfulness_curve
 from analyses.compare.claims import claims, default_k_edges, default_k_nodes, node_examples
 from analyses.compare.controls import CONTROL_PAIRS, PairStats, check_twins, pair_stats, with_twins
+from analyses.compare.methods import mark, method_dependence
 from analyses.compare.pool import (
     MIN_POOL,
     Pool,
@@ -521,3 +522,30 @@ def _units(
         data["units"][kind] = block
     data["seconds"]["units"] = time.perf_counter() - ts
     return selectivity
+
+
+def compare_methods(
+    ar: ProbedModel,
+    mdm: ProbedModel,
+    options: CompareOptions,
+    methods: Sequence[str],
+    *,
+    log: Callable[[str], None] = print,
+    **kwargs: Any,
+) -> tuple[CompareResult, dict[str, CompareResult]]:
+    """(the main result, {method: result}): `analyses.compare.compare` once per method, every
+    method checked before the first run (UserError for an unknown one). With two or more methods
+    the main result (the first method's) carries `method_dependence` and its dependent claims
+    are marked (`mark`). kwargs: passed to `compare` (labels, examples, twins)."""
+    by_method = {m: replace(options, method=m).checked() for m in methods}
+    results = {}
+    for m, opts in by_method.items():
+        if len(by_method) > 1:
+            log(f"method {m}:")
+        results[m] = compare(ar, mdm, opts, log=log, **kwargs)
+    main = results[next(iter(results))]
+    if len(results) > 1:
+        dependence = method_dependence({m: r.data["claims"] for m, r in results.items()})
+        mark(main.data["claims"], dependence)
+        main.data["method_dependence"] = dependence
+    return main, results

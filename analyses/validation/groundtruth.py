@@ -428,9 +428,19 @@ def reverse_induction_examples(n: int = N_EXAMPLES, seed: int = SEED) -> list[Ex
 # --- the models -----------------------------------------------------------------------------------
 
 
-def _ar(model: GPT2LMHeadModel, examples: list[Example]) -> tuple[ProbedModel, list[Rendered]]:
+def as_ar(model: GPT2LMHeadModel, examples: list[Example]) -> tuple[ProbedModel, list[Rendered]]:
+    """A hand-set model read as an ARM and `examples` rendered for it."""
     tok = word_tokenizer()
     return ProbedModel(model, tok, backend="torch"), [render(ex, tok, "ar") for ex in examples]
+
+
+def as_mdm(model: GPT2LMHeadModel, examples: list[Example]) -> tuple[ProbedModel, list[Rendered]]:
+    """A hand-set model read as a bidirectional MDM (shift on, mask `MASK_ID`) and `examples`
+    rendered for it (the answer masked in place)."""
+    model = make_bidirectional(model)
+    tok = word_tokenizer()
+    pm = ProbedModel(model, tok, ModelMeta(kind="mdm", family="gpt2", shift=True, mask_id=MASK_ID), backend="torch")
+    return pm, [render(ex, tok, "mdm", shift=True, mask_id=MASK_ID) for ex in examples]
 
 
 def single_path(n: int = N_EXAMPLES, seed: int = SEED) -> GroundTruth:
@@ -448,7 +458,7 @@ def single_path(n: int = N_EXAMPLES, seed: int = SEED) -> GroundTruth:
             w_in[t, coord("A1", t)] = 2.0
             w_out[coord("ANS", t), t] = GAIN
 
-    pm, items = _ar(_build(seed, circuit, {1: lookup}), single_path_examples(n, seed))
+    pm, items = as_ar(_build(seed, circuit, {1: lookup}), single_path_examples(n, seed))
     return GroundTruth(
         "single-path",
         pm,
@@ -471,7 +481,7 @@ def induction(n: int = N_EXAMPLES, seed: int = SEED) -> GroundTruth:
         w.head(1, 2, query, _select("A1"), _select("TOK"), _emit("ANS", GAIN))
         return {(0, 1), (1, 2)}
 
-    pm, items = _ar(_build(seed + 1, circuit), induction_examples(n, seed))
+    pm, items = as_ar(_build(seed + 1, circuit), induction_examples(n, seed))
     return GroundTruth(
         "induction",
         pm,
@@ -496,10 +506,7 @@ def mdm_reverse_induction(n: int = N_EXAMPLES, seed: int = SEED) -> GroundTruth:
         w.head(1, 1, _select("A2", MATCH_SHARPNESS * math.sqrt(D_HEAD)), key, _select("TOK"), _emit("ANS", GAIN))
         return {(0, 0), (0, 3), (1, 1)}
 
-    model = make_bidirectional(_build(seed + 2, circuit))
-    tok = word_tokenizer()
-    pm = ProbedModel(model, tok, ModelMeta(kind="mdm", family="gpt2", shift=True, mask_id=MASK_ID), backend="torch")
-    items = [render(ex, tok, "mdm", shift=True, mask_id=MASK_ID) for ex in reverse_induction_examples(n, seed)]
+    pm, items = as_mdm(_build(seed + 2, circuit), reverse_induction_examples(n, seed))
     return GroundTruth(
         "mdm-reverse-induction",
         pm,

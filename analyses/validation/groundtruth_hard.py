@@ -41,6 +41,8 @@ from analyses.validation.groundtruth import (
     VOCAB,
     GroundTruth,
     Weights,
+    as_ar,
+    as_mdm,
     build_model,
     coord,
     emit,
@@ -48,12 +50,7 @@ from analyses.validation.groundtruth import (
     reverse_induction_examples,
     select,
     single_path_examples,
-    word_tokenizer,
 )
-from ar2mdm.common.metadata import ModelMeta
-from ar2mdm.diffusion.attention import make_bidirectional
-from ar2mdm.tasks.base import render
-from probe.model import ProbedModel
 
 SELF_REPAIR_GATE = 3.0 * POSITION_SHARPNESS  # what agreement subtracts from the backup's score of position 1
 
@@ -69,10 +66,7 @@ def mdm_bidirectional(n: int = N_EXAMPLES, seed: int = SEED) -> GroundTruth:
         w.head(1, 1, select("A2", MATCH_SHARPNESS * math.sqrt(D_HEAD)), key, select("A1"), emit("ANS", GAIN))
         return {(0, 1), (0, 3), (1, 1)}
 
-    model = make_bidirectional(build_model(seed + 3, circuit))
-    tok = word_tokenizer()
-    pm = ProbedModel(model, tok, ModelMeta(kind="mdm", family="gpt2", shift=True, mask_id=MASK_ID), backend="torch")
-    items = [render(ex, tok, "mdm", shift=True, mask_id=MASK_ID) for ex in reverse_induction_examples(n, seed)]
+    pm, items = as_mdm(build_model(seed + 3, circuit), reverse_induction_examples(n, seed))
     return GroundTruth(
         "mdm-bidirectional",
         pm,
@@ -110,9 +104,7 @@ def self_repair(n: int = N_EXAMPLES, seed: int = SEED) -> GroundTruth:
             w_in[t, coord("A1", t)] = 2.0
             w_out[coord("ANS", t), t] = GAIN
 
-    tok = word_tokenizer()
-    pm = ProbedModel(build_model(seed + 4, circuit, {1: lookup}), tok, backend="torch")
-    items = [render(ex, tok, "ar") for ex in single_path_examples(n, seed)]
+    pm, items = as_ar(build_model(seed + 4, circuit, {1: lookup}), single_path_examples(n, seed))
     return GroundTruth(
         "self-repair",
         pm,
