@@ -579,7 +579,8 @@ def written(pm: ProbedModel, cache: Cache, senders: Sequence[str]) -> dict[str, 
 
 def downstream_receivers(graph: Graph, group: Sequence[str]) -> list[str]:
     """The receivers the senders in `group` write into, in graph order."""
-    reach = {r for s, r in graph.pairs if s in set(group)}
+    members = set(group)
+    reach = {r for s, r in graph.pairs if s in members}
     return [r for r in graph.receivers if r in reach]
 
 

@@ -38,10 +38,12 @@ overlap and importance are checked against hand computations.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -72,12 +74,20 @@ def split_edge(edge: str) -> tuple[str, str]:
 
 def forward_edges(shape: Shape) -> list[tuple[str, str]]:
     """Every (sender, receiver) pair of the graph, senders in forward order, then receivers."""
+    return list(_skeleton(shape)[0])
+
+
+@functools.lru_cache(maxsize=16)
+def _skeleton(shape: Shape) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...], Mapping[str, int]]:
+    """(pairs, edge names, name -> index) of a shape's graph, built once per shape (a 120k-edge
+    graph takes a second of Python to enumerate; every `Graph` of the shape shares them, read-only)."""
     receivers = [(r, parse(r)) for r in shape.all_receivers()]
-    out = []
+    pairs: list[tuple[str, str]] = []
     for s in shape.senders():
         sn = parse(s)
-        out += [(s, r) for r, rn in receivers if downstream(sn, rn)]
-    return out
+        pairs += [(s, r) for r, rn in receivers if downstream(sn, rn)]
+    edges = tuple(edge_name(s, r) for s, r in pairs)
+    return tuple(pairs), edges, MappingProxyType({e: i for i, e in enumerate(edges)})
 
 
 def nodes(shape: Shape) -> list[str]:
@@ -126,9 +136,8 @@ class Graph:
         if shape.n_kv_heads < 1 or shape.n_heads % shape.n_kv_heads:
             raise UserError(f"n_heads ({shape.n_heads}) must be a multiple of n_kv_heads ({shape.n_kv_heads}).")
         self.shape = shape
-        self.pairs = forward_edges(shape)
-        self.edges = [edge_name(s, r) for s, r in self.pairs]
-        self.index = {e: i for i, e in enumerate(self.edges)}
+        pairs, edges, self.index = _skeleton(shape)  # enumerated once per shape; the index shared
+        self.pairs, self.edges = list(pairs), list(edges)
         self.senders = shape.senders()
         self.receivers = shape.all_receivers()
         self.scores = self._scores(scores)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import weakref
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -155,6 +156,8 @@ class _TemperatureSoftmax(torch.autograd.Function):
 # --- attention ------------------------------------------------------------------------------------
 
 _ACTIVE: ContextVar[BackwardRules | None] = ContextVar("backward_rules", default=None)
+_CHECKED: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # attention modules whose output was checked
+_FROZEN: weakref.WeakKeyDictionary[nn.Module, tuple[int, FrozenNorm]] = weakref.WeakKeyDictionary()
 
 
 def _family_eager(module: nn.Module) -> Callable[..., tuple[Tensor, Tensor]]:
@@ -177,33 +180,34 @@ def rules_attention(
     **kwargs,
 ) -> tuple[Float[Tensor, "batch pos heads d_head"], Float[Tensor, "batch heads pos pos"]]:
     """The family's eager attention with the active rules' backward (an `AttentionInterface`
-    function). The value path (pattern fixed) and the pattern path (v fixed) are rebuilt around
-    the family's own output, so scores, masks, scaling and soft-capping stay the family's.
+    function). The output is rebuilt as pattern @ v from the family's own pattern (its scores,
+    masks, scaling and soft-capping), the pattern passing through the rule (constant, or the
+    temperature's backward); returns (output [B, T, H, d_head], pattern).
 
-    Raises UserError when the family's output is not pattern @ v (e.g. attention sinks)."""
+    Raises UserError when the family's output is not pattern @ v (e.g. attention sinks; checked
+    on a module's first call)."""
     rules = _ACTIVE.get() or BackwardRules()
     q_s, k_s, v_s = rules.qkv_scales
     query, key, value = scale_grad(query, q_s), scale_grad(key, k_s), scale_grad(value, v_s)
     out, pattern = _family_eager(module)(module, query, key, value, attention_mask, *args, **kwargs)
     groups = pattern.shape[1] // value.shape[1]
     v_rep = value.repeat_interleave(groups, dim=1) if groups > 1 else value
-    through_v = torch.matmul(pattern.detach(), v_rep).transpose(1, 2)
-    tol = 1e-4 if out.dtype in (torch.float32, torch.float64) else 3e-2
-    if not torch.allclose(through_v.detach(), out.detach().to(through_v.dtype), atol=tol, rtol=tol):
-        raise UserError(
-            f"{type(module).__name__}'s attention output is not its pattern times v (attention sinks "
-            "or another variant): the attention backward rules cannot be applied to this family."
-        )
-    result = out.detach() + (through_v - through_v.detach()).to(out.dtype)
-    if not rules.detach_pattern:
-        p = (
-            pattern
-            if rules.softmax_temperature == 1.0
-            else _TemperatureSoftmax.apply(pattern, rules.softmax_temperature)
-        )
-        through_p = torch.matmul(p, v_rep.detach()).transpose(1, 2)
-        result = result + (through_p - through_p.detach()).to(out.dtype)
-    return result, pattern
+    if rules.detach_pattern:
+        p = pattern.detach()
+    elif rules.softmax_temperature != 1.0:
+        p = _TemperatureSoftmax.apply(pattern, rules.softmax_temperature)
+    else:
+        p = pattern
+    result = torch.matmul(p.to(v_rep.dtype), v_rep).transpose(1, 2)  # the family's output, rebuilt
+    if module not in _CHECKED:  # once per module: the family computes pattern @ v
+        tol = 1e-4 if out.dtype in (torch.float32, torch.float64) else 3e-2
+        if not torch.allclose(result.detach(), out.detach().to(result.dtype), atol=tol, rtol=tol):
+            raise UserError(
+                f"{type(module).__name__}'s attention output is not its pattern times v (attention sinks "
+                "or another variant): the attention backward rules cannot be applied to this family."
+            )
+        _CHECKED.add(module)
+    return result.to(out.dtype), pattern
 
 
 AttentionInterface.register(IMPLEMENTATION, rules_attention)
@@ -242,6 +246,17 @@ def _mlp_parts(layout: Layout) -> tuple[list[nn.Module], list[nn.Module], list[s
     return acts, gates, missing
 
 
+def _frozen(module: nn.Module) -> FrozenNorm:
+    """The norm's `FrozenNorm`, remembered while its weight is unchanged (same tensor version)."""
+    weight = getattr(module, "weight", None)
+    version = int(weight._version) if isinstance(weight, Tensor) else -1
+    held = _FROZEN.get(module)
+    if held is None or held[0] != version:
+        held = (version, FrozenNorm(module))
+        _FROZEN[module] = held
+    return held[1]
+
+
 @contextlib.contextmanager
 def applied(layout: Layout, rules: BackwardRules | None) -> Iterator[None]:
     """Run the model's passes under `rules` inside the block (nothing when None).
@@ -258,7 +273,7 @@ def applied(layout: Layout, rules: BackwardRules | None) -> Iterator[None]:
     try:
         if rules.freeze_norms:
             for name, module in _norm_modules(model):
-                frozen = FrozenNorm(module)
+                frozen = _frozen(module)
                 if not frozen.exact:
                     raise UserError(
                         f"the norm {name} ({type(module).__name__}) is not an RMSNorm or LayerNorm the probe "
