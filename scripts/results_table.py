@@ -220,9 +220,12 @@ ROWS: tuple[Row, ...] = (
         fmt.attribution_methods,
     ),
     Row(
-        "EAP-IG wall time / (m+2) fwd+bwd",
-        "`python -m benchmarks.bench_eapig`",
-        text="1.16 (organism), 1.07 (SmolLM2, streamed; 1.17 before) (target <= 1.2)",
+        "gradient methods' wall time / their pass bound (plain SDPA model, no hooks), SmolLM2 IOI batch 8",
+        "`python -m benchmarks.bench_eapig [--kv-receivers per-query]`; "
+        "[`docs/results/attribution-methods.md`](results/attribution-methods.md)",
+        text="EAP-IG 1.07-1.39 (grouped), 1.19-1.44 (per-query); EAP 1.18-1.37, GIM 1.25-1.40, EAP-GP "
+        "1.05-1.25, over two runs each (target <= 1.2, not met reliably); before 2026-12-08, against "
+        "the eager model: 1.16 (organism), 1.07 (SmolLM2)",
     ),
     Row(
         "EAP-IG peak memory, predicted / measured (bytes alive)",
