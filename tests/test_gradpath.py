@@ -7,13 +7,15 @@ import torch
 from test_probe import batch, hf, probed
 
 from analyses.attribution import EAPGP, EAPIGInputs, PathContext
+from analyses.metrics import Targets
 
 
-class LastPosition:
-    """Targets stand-in: the logits read at the last position, [B, V]."""
-
-    def rows(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits[:, -1]
+def last_position(n: int, length: int) -> Targets:
+    """Targets reading the last position of each of n rows (answer and counterfactual ids unused
+    by the path)."""
+    ids = torch.zeros(n, 1, dtype=torch.long)
+    ok = torch.ones(n, 1, dtype=torch.bool)
+    return Targets(torch.full((n,), length - 1), ids, ok, ids, ok)
 
 
 def setup(steps: int = 4):
@@ -22,7 +24,9 @@ def setup(steps: int = 4):
     ids, corrupted, mask = ids[:1], corrupted[:1], mask[:1]  # one unpadded row
     _, clean = pm.run_with_cache(ids, names=["embed"])
     corrupt_logits, corrupt = pm.run_with_cache(corrupted, names=["embed"])
-    along = PathContext({"input_ids": ids, "attention_mask": mask}, LastPosition(), corrupt_logits[:, -1], mask)
+    along = PathContext(
+        {"input_ids": ids, "attention_mask": mask}, last_position(*ids.shape), corrupt_logits[:, -1], mask
+    )
     ends = {"embed": (corrupt["embed"], clean["embed"])}
     return pm, ids, ends, along
 
