@@ -302,17 +302,17 @@ class ProbedModel:
             edges += iv.edges
         return Request(edits=edits, edges=edges, **kwargs)
 
-    def _run(self, ids: Tensor, mask: Tensor, request: Request, *, hf_modules: bool = False) -> tuple[Tensor, Pass]:
+    def _run(self, ids: Tensor, mask: Tensor, request: Request) -> tuple[Tensor, Pass]:
         """The one place a pass reaches the backend: a block-diffusion MDM gets its 4D
-        block-causal mask here, every other model the 2D padding mask. hf_modules: the pass must
-        run the Hugging Face modules themselves (backward rules): the tl backend is replaced by
-        forward hooks for it."""
+        block-causal mask here, every other model the 2D padding mask. A pass under backward
+        rules must run the Hugging Face modules themselves: the tl backend is replaced by forward
+        hooks for it."""
         run = Pass(self.core, request, ids.shape[0], ids.shape[1], ids.device)
         attention = mask
         if self.config.block_size is not None:
             attention = block_causal_mask(mask.long(), self.config.block_size, next(self.model.parameters()).dtype)
         backend = self.backend
-        if hf_modules and self.backend_name == "tl":
+        if request.rules is not None and self.backend_name == "tl":
             if self._hooks is None:
                 self._hooks = create("torch", self.model, self.layout, causal=self.meta.kind == "ar")
             backend = self._hooks
@@ -486,7 +486,7 @@ class ProbedModel:
         record = set(self.cache_names(names)) if names != () else set()
         request = self._request(record=record, grad_outputs=set(outs), grad_inputs=set(ins), rules=rules)
         with torch.enable_grad(), applied(self.layout, rules):
-            logits, run = self._run(ids, mask, request, hf_modules=rules is not None)
+            logits, run = self._run(ids, mask, request)
             value = metric(logits)
             if not isinstance(value, Tensor) or value.numel() != 1:
                 raise UserError("the metric must return a scalar tensor (e.g. a mean logit difference).")

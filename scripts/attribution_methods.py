@@ -37,7 +37,7 @@ import torch
 import ar2mdm.common  # noqa: F401  (process settings before transformers is imported: common.env)
 
 # isort: split
-from circuits_results import MODELS, clean_logit_diff, render_for
+from circuits_results import MODELS, common_correct, render_for
 from plotly.subplots import make_subplots
 
 from analyses.attribution import methods_for
@@ -45,7 +45,7 @@ from analyses.circuits import attribute, faithfulness_curve
 from analyses.graph import compare_scores
 from analyses.metrics import Targets, metric_values
 from analyses.validation.scoring import all_ground_truths, score_methods
-from ar2mdm.tasks import collate, generate_aligned, get_task
+from ar2mdm.tasks import collate
 from benchmarks.bench_probe import extra_peak_mib
 from probe import ProbedModel
 
@@ -187,13 +187,7 @@ def main() -> None:
 
     gt_rows = ground_truth_rows(args.steps)
     pms = {label: ProbedModel.from_checkpoint(source, backend="torch") for label, source in MODELS.items()}
-    tok = pms["organism-ar"].tokenizer
-    mask_id = pms["organism-mdm"].config.mask_id
-    examples = generate_aligned(get_task("ioi", tok), args.n, tok, args.seed, modes=("ar", "mdm"), mask_id=mask_id)
-    correct = torch.ones(len(examples), dtype=torch.bool)
-    for pm in pms.values():
-        correct &= clean_logit_diff(pm, render_for(pm, examples)) > 0
-    examples = [ex for ex, ok in zip(examples, correct.tolist(), strict=True) if ok]
+    examples = common_correct(pms, args.n, args.seed)
     rows = []
     for label, pm in pms.items():
         rows += model_rows(label, pm, render_for(pm, examples), args.steps, args.batch_size)

@@ -56,6 +56,18 @@ def clean_logit_diff(pm: ProbedModel, items) -> torch.Tensor:
     return metric_values("logit_diff", pm(batch), Targets.of(items))
 
 
+def common_correct(pms: dict[str, ProbedModel], n: int, seed: int) -> list:
+    """n IOI examples drawn from `seed` (aligned for AR and MDM reading), keeping those every model
+    in `pms` (the organism AR and MDM) answers with logit difference > 0."""
+    tok = pms["organism-ar"].tokenizer
+    mask_id = pms["organism-mdm"].config.mask_id
+    examples = generate_aligned(get_task("ioi", tok), n, tok, seed, modes=("ar", "mdm"), mask_id=mask_id)
+    correct = torch.ones(len(examples), dtype=torch.bool)
+    for pm in pms.values():
+        correct &= clean_logit_diff(pm, render_for(pm, examples)) > 0
+    return [ex for ex, ok in zip(examples, correct.tolist(), strict=True) if ok]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=48, help="IOI examples drawn (before keeping common-correct ones)")
@@ -69,13 +81,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     pms = {label: ProbedModel.from_checkpoint(source, backend="torch") for label, source in MODELS.items()}
-    tok = pms["organism-ar"].tokenizer
-    mdm = pms["organism-mdm"].config
-    examples = generate_aligned(get_task("ioi", tok), args.n, tok, args.seed, modes=("ar", "mdm"), mask_id=mdm.mask_id)
-    correct = torch.ones(len(examples), dtype=torch.bool)
-    for pm in pms.values():
-        correct &= clean_logit_diff(pm, render_for(pm, examples)) > 0
-    examples = [ex for ex, ok in zip(examples, correct.tolist(), strict=True) if ok]
+    examples = common_correct(pms, args.n, args.seed)
     results: dict = {
         "n_drawn": args.n,
         "n_common_correct": len(examples),
